@@ -1,0 +1,39 @@
+/* Shared helpers of the command line: the only layer that prints. */
+#ifndef LSM_CLI_H
+#define LSM_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "error.h"
+
+#define EXIT_OPERATIONAL 1
+#define EXIT_USAGE 2
+
+struct lsm_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);   /* argv[0] is the command name */
+};
+
+/* "lsm-sync: WHAT: MESSAGE" on stderr. */
+void cli_error(const char *what, const char *fmt, ...) LSM_PRINTF(2, 3);
+/* Print the library's last error for WHAT; returns EXIT_OPERATIONAL. */
+int cli_fail(const char *what);
+/* Usage error for COMMAND: message plus a hint; returns EXIT_USAGE. */
+int cli_usage_error(const char *command, const char *fmt, ...) LSM_PRINTF(2, 3);
+/* "lsm-sync: warning: ..." */
+void cli_warn(const char *fmt, ...) LSM_PRINTF(1, 2);
+/* Parse a size option; prints a usage error and returns false on bad input. */
+bool cli_parse_size(const char *command, const char *option, const char *arg, uint64_t *out);
+
+/* --output=human|json */
+enum cli_output { CLI_OUTPUT_HUMAN, CLI_OUTPUT_JSON };
+bool cli_parse_output(const char *command, const char *arg, enum cli_output *out);
+
+/* Commands (one file each). */
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_copy(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,75 @@
+/* Unit tests for common/util.c */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "util.h"
+#include "error.h"
+
+static void test_parse_size(void **state)
+{
+    (void)state;
+    uint64_t v;
+    assert_int_equal(lsm_parse_size("0", &v), 0); assert_int_equal(v, 0);
+    assert_int_equal(lsm_parse_size("512", &v), 0); assert_int_equal(v, 512);
+    assert_int_equal(lsm_parse_size("64k", &v), 0); assert_int_equal(v, 65536);
+    assert_int_equal(lsm_parse_size("1M", &v), 0); assert_int_equal(v, 1048576);
+    assert_int_equal(lsm_parse_size("2GiB", &v), 0); assert_int_equal(v, 2ULL << 30);
+    assert_int_equal(lsm_parse_size("8T", &v), 0); assert_int_equal(v, 8ULL << 40);
+    assert_int_equal(lsm_parse_size("", &v), -EINVAL);
+    assert_int_equal(lsm_parse_size("-1", &v), -EINVAL);
+    assert_int_equal(lsm_parse_size("12x", &v), -EINVAL);
+    assert_int_equal(lsm_parse_size("1Mx", &v), -EINVAL);
+    assert_int_equal(lsm_parse_size("100000E", &v), -ERANGE);
+    assert_int_equal(lsm_parse_size("99999999999999999999999", &v), -ERANGE);
+}
+
+static void test_align(void **state)
+{
+    (void)state;
+    assert_int_equal(align_up(1, 512), 512);
+    assert_int_equal(align_up(512, 512), 512);
+    assert_int_equal(align_down(1023, 512), 512);
+    assert_true(is_pow2(65536));
+    assert_false(is_pow2(0));
+    assert_false(is_pow2(65537));
+    assert_int_equal(div_round_up(1025, 512), 3);
+}
+
+static void test_endian(void **state)
+{
+    (void)state;
+    uint8_t b[8];
+    be64_put(b, 0x0102030405060708ULL);
+    assert_int_equal(b[0], 1);
+    assert_int_equal(b[7], 8);
+    assert_int_equal(be64_get(b), 0x0102030405060708ULL);
+    be32_put(b, 0x514649fb);
+    assert_memory_equal(b, "QFI\xfb", 4);
+    assert_int_equal(be16_get(b), 0x5146);
+}
+
+static void test_error(void **state)
+{
+    (void)state;
+    assert_int_equal(lsm_error_errno(-ENOENT, "cannot open %s", "x"), -ENOENT);
+    assert_string_equal(lsm_last_error(), "cannot open x: No such file or directory");
+    lsm_error_prefix("%s", "top.qcow2");
+    assert_string_equal(lsm_last_error(), "top.qcow2: cannot open x: No such file or directory");
+    assert_int_equal(lsm_error(-EINVAL, "plain"), -EINVAL);
+    assert_string_equal(lsm_last_error(), "plain");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_align),
+        cmocka_unit_test(test_endian),
+        cmocka_unit_test(test_error),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
