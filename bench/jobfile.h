@@ -1,0 +1,96 @@
+/* Bench jobs: the options of one job, and their parsers (fio's spelling).
+ *
+ * A job file is INI in fio's style: [global] sets defaults for the jobs
+ * that follow it, every other [section] is a job, `key=value` or a bare
+ * boolean `key`, whole-line comments start with '#' or ';'.  On the
+ * command line, options before the first --name are global and --name
+ * starts a job.  Errors are recorded with lsm_error() as
+ * "FILE:LINE: message" (or "--key: message") and returned as -EINVAL. */
+#ifndef LSM_BENCH_JOBFILE_H
+#define LSM_BENCH_JOBFILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io.h"
+
+enum bench_rw {
+    BENCH_RW_READ,
+    BENCH_RW_WRITE,
+    BENCH_RW_RANDREAD,
+    BENCH_RW_RANDWRITE,
+    BENCH_RW_RANDRW,
+    BENCH_RW_COPY,        /* read SRC, write the same block to DST */
+};
+
+enum bench_verify {
+    BENCH_VERIFY_NONE,
+    BENCH_VERIFY_PATTERN, /* per-block header (offset, seed) + seeded body */
+};
+
+struct bench_job {
+    char *name;
+    enum bench_rw rw;
+    uint64_t bs;
+    unsigned iodepth;
+    enum lsm_io_kind ioengine;
+    bool direct;
+    uint64_t size;          /* 0: the size of the existing file/device */
+    uint64_t runtime_ns;    /* 0: not bounded by time */
+    bool time_based;
+    unsigned numjobs;
+    char *filename;         /* all but copy */
+    char *src, *dst;        /* copy */
+    unsigned rwmixread;     /* percent of reads in randrw */
+    bool fixedbufs;
+    bool registerfiles;
+    enum bench_verify verify;
+    bool stonewall;         /* accepted; jobs always run one after another */
+    bool group_reporting;
+    uint64_t randseed;
+    char *origin;           /* "job.fio:12" or "command line", for messages */
+};
+
+struct bench_jobs {
+    struct bench_job *v;
+    size_t n;
+};
+
+void bench_job_defaults(struct bench_job *job);
+/* Deep copy (strings duplicated). */
+int bench_job_copy(struct bench_job *dst, const struct bench_job *src);
+void bench_job_clear(struct bench_job *job);
+void bench_jobs_free(struct bench_jobs *jobs);
+
+/* Is key a job option (after '-' -> '_' folding)?  Is it boolean? */
+bool bench_key_known(const char *key);
+bool bench_key_is_bool(const char *key);
+/* Set one option; value NULL means a bare key (booleans only).  The error
+ * message names the key and value but not the place (callers prefix it). */
+int bench_job_set(struct bench_job *job, const char *key, const char *value);
+/* Check a complete job; fills src/dst from filename=SRC:DST for copy. */
+int bench_job_finish(struct bench_job *job);
+
+/* Parse job file text; path is used in messages only.  Appends to out. */
+int bench_jobfile_parse(const char *path, const char *text, struct bench_jobs *out);
+/* Read and parse a job file. */
+int bench_jobfile_load(const char *path, struct bench_jobs *out);
+
+/* Command-line job options: the "--key=value" arguments in order (without
+ * other arguments).  --name starts a job; earlier options are global; with
+ * no --name at all, one job named "bench" is made from them. */
+int bench_args_parse(int n, char **opts, struct bench_jobs *out);
+
+const char *bench_rw_name(enum bench_rw rw);
+bool bench_rw_reads(enum bench_rw rw);
+bool bench_rw_writes(enum bench_rw rw);
+bool bench_rw_random(enum bench_rw rw);
+const char *bench_engine_name(enum lsm_io_kind k);
+
+/* Duration with an optional unit (us, ms, s, m, h, d; default seconds). */
+int bench_parse_time(const char *s, uint64_t *ns);
+/* 1/0, true/false, yes/no, on/off */
+int bench_parse_bool(const char *s, bool *out);
+
+#endif
