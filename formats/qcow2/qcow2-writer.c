@@ -1,0 +1,1361 @@
+/* qcow2 writer: see qcow2-writer.h for the contract.
+ *
+ * Layout of an image we create:
+ *   cluster 0            header, header extensions, backing file name
+ *   clusters 1..n        L1 table (sized for the virtual size, written at finish)
+ *   then, in call order  L2 tables (allocated on demand) and data runs
+ *   at finish            refcount table, then refcount blocks, at the end
+ *
+ * Refcounts: the writer never frees, so every cluster below the end of the
+ * image has refcount 1, except a "free set" of clusters that already had
+ * refcount 0 in an image we opened plus that image's old refcount table and
+ * blocks.  finish() therefore never needs the refcounts in memory: it streams
+ * refcount blocks computed from the end of the image and the free set.
+ *
+ * Memory: the L1 table (at most 32 MiB, QEMU's limit), one bit per L1 entry
+ * ("fresh" L2 tables: allocated but never written, read back as zeroes), a
+ * small LRU write-back cache of L2 tables, and the free set as sorted ranges.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "error.h"
+#include "qcow2-format.h"
+#include "qcow2-writer.h"
+#include "util.h"
+
+#define BUF_ALIGN 4096u
+/* L2 cache: at most this many tables, and at most this many bytes (but
+ * always at least L2_CACHE_MIN tables). */
+#define L2_CACHE_MAX_TABLES 64u
+#define L2_CACHE_MAX_BYTES (8u * 1024 * 1024)
+#define L2_CACHE_MIN 4u
+/* Chunk for streaming refcount structures. */
+#define STREAM_BYTES (1u * 1024 * 1024)
+/* Host offsets must fit in bits 9..55 of L1/L2 entries. */
+#define QCOW2_MAX_HOST_OFFSET (1ULL << 56)
+/* Bound on the number of free ranges kept when opening an image. */
+#define MAX_FREE_RANGES (1u << 20)
+
+struct l2_slot {
+    uint64_t l1_index;          /* UINT64_MAX: empty */
+    uint8_t *table;             /* one cluster, big-endian entries; NULL until first use */
+    uint64_t lru;
+    bool dirty;
+};
+
+struct crange {                 /* [start, end) in clusters */
+    uint64_t start, end;
+};
+
+struct qcow2_writer {
+    int fd;
+    uint32_t align;
+    bool is_blockdev;
+    uint64_t dev_size;          /* block devices: usable size in bytes */
+
+    unsigned cluster_bits;
+    uint32_t cluster_size;
+    unsigned refcount_order;
+    bool extended_l2;
+    unsigned l2_entry_size;     /* 8 or 16 */
+    uint64_t l2_entries;        /* entries per L2 table */
+    uint64_t size;              /* virtual size */
+    uint64_t guest_end;         /* size rounded up to clusters */
+
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint8_t *l1;                /* big-endian; l1_buf_len bytes */
+    size_t l1_buf_len;
+    uint8_t *fresh;             /* bit per L1 entry */
+
+    uint8_t *hdr;               /* first cluster as it goes to disk (magic set at finish) */
+    size_t hdr_write_len;       /* bytes of hdr rewritten at finish (multiple of align) */
+
+    uint64_t next_free;         /* end of the image in bytes (cluster aligned) */
+
+    struct l2_slot *cache;
+    unsigned cache_n;
+    uint64_t lru_clock;
+
+    struct crange *free;        /* sorted, disjoint, non-adjacent */
+    size_t nfree, free_cap;
+
+    int failed;                 /* first write error: the writer is unusable */
+    bool finished;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void *aligned_alloc_zero(size_t len)
+{
+    void *p = NULL;
+    if (len == 0)
+        len = BUF_ALIGN;
+    if (posix_memalign(&p, BUF_ALIGN, align_up(len, BUF_ALIGN)) != 0)
+        return NULL;
+    memset(p, 0, align_up(len, BUF_ALIGN));
+    return p;
+}
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+        /* With O_DIRECT a short read ends at end of file: do not retry at
+         * an unaligned offset. */
+        if (done < len && !is_aligned(done, 512))
+            break;
+    }
+    memset((char *)buf + done, 0, len - done);   /* past end of file reads as zeroes */
+    return 0;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -ENOSPC;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static const char *fmt_name(enum lsm_format f)
+{
+    switch (f) {
+    case LSM_FMT_RAW: return "raw";
+    case LSM_FMT_QCOW2: return "qcow2";
+    default: return NULL;
+    }
+}
+
+static int get_device(int fd, bool *is_blockdev, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return lsm_error_errno(-errno, "cannot stat the destination");
+    *is_blockdev = S_ISBLK(st.st_mode);
+    if (*is_blockdev) {
+        uint64_t sz;
+        if (ioctl(fd, BLKGETSIZE64, &sz) < 0)
+            return lsm_error_errno(-errno, "cannot get the size of the destination device");
+        *size = sz;
+    } else if (S_ISREG(st.st_mode)) {
+        *size = (uint64_t)st.st_size;
+    } else {
+        return lsm_error(-EINVAL, "destination is neither a regular file nor a block device");
+    }
+    return 0;
+}
+
+static uint64_t l1_get(const struct qcow2_writer *w, uint64_t i)
+{
+    return be64_get(w->l1 + i * 8);
+}
+
+static void l1_put(struct qcow2_writer *w, uint64_t i, uint64_t v)
+{
+    be64_put(w->l1 + i * 8, v);
+}
+
+static bool fresh_test(const struct qcow2_writer *w, uint64_t i)
+{
+    return w->fresh[i / 8] & (1u << (i % 8));
+}
+
+static void fresh_set(struct qcow2_writer *w, uint64_t i, bool v)
+{
+    if (v)
+        w->fresh[i / 8] |= (uint8_t)(1u << (i % 8));
+    else
+        w->fresh[i / 8] &= (uint8_t)~(1u << (i % 8));
+}
+
+static int writer_failed(struct qcow2_writer *w, int err)
+{
+    if (!w->failed)
+        w->failed = err;
+    return err;
+}
+
+static int check_usable(const struct qcow2_writer *w)
+{
+    if (w->finished)
+        return lsm_error(-EINVAL, "qcow2 writer: image already finished");
+    if (w->failed)
+        return lsm_error_errno(w->failed, "qcow2 writer: an earlier metadata write failed");
+    return 0;
+}
+
+/* Reserve `bytes` at the end of the image; does not move next_free. */
+static int check_room(const struct qcow2_writer *w, uint64_t bytes, const char *what)
+{
+    uint64_t end = w->next_free + bytes;
+    if (end < w->next_free || end > QCOW2_MAX_HOST_OFFSET)
+        return lsm_error(-EFBIG, "cannot allocate %s: image would exceed the qcow2 limit of 64 PiB", what);
+    if (w->is_blockdev && end > w->dev_size)
+        return lsm_error(-ENOSPC, "cannot allocate %s: image needs %" PRIu64
+                         " bytes but the device holds %" PRIu64 ": No space left on device",
+                         what, end, w->dev_size);
+    return 0;
+}
+
+/* ---- free set ----------------------------------------------------------- */
+
+static int free_add(struct qcow2_writer *w, uint64_t start, uint64_t end)
+{
+    if (start >= end)
+        return 0;
+    if (w->nfree && w->free[w->nfree - 1].end == start) {
+        w->free[w->nfree - 1].end = end;
+        return 0;
+    }
+    if (w->nfree == w->free_cap) {
+        if (w->free_cap >= MAX_FREE_RANGES)
+            return lsm_error(-EFBIG, "image free space is too fragmented (over %u free ranges)",
+                             MAX_FREE_RANGES);
+        size_t cap = w->free_cap ? w->free_cap * 2 : 64;
+        struct crange *n = realloc(w->free, cap * sizeof *n);
+        if (!n)
+            return lsm_error(-ENOMEM, "cannot allocate the free-cluster list");
+        w->free = n;
+        w->free_cap = cap;
+    }
+    w->free[w->nfree++] = (struct crange){ start, end };
+    return 0;
+}
+
+static int crange_cmp(const void *a, const void *b)
+{
+    const struct crange *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort, merge overlapping or adjacent ranges, drop everything at or past limit. */
+static void free_normalize(struct qcow2_writer *w, uint64_t limit)
+{
+    if (!w->nfree)
+        return;
+    qsort(w->free, w->nfree, sizeof *w->free, crange_cmp);
+    size_t o = 0;
+    for (size_t i = 0; i < w->nfree; i++) {
+        struct crange r = w->free[i];
+        if (r.end > limit)
+            r.end = limit;
+        if (r.start >= r.end)
+            continue;
+        if (o && w->free[o - 1].end >= r.start) {
+            if (r.end > w->free[o - 1].end)
+                w->free[o - 1].end = r.end;
+        } else {
+            w->free[o++] = r;
+        }
+    }
+    w->nfree = o;
+}
+
+static bool free_contains(const struct qcow2_writer *w, uint64_t c)
+{
+    size_t lo = 0, hi = w->nfree;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (w->free[mid].end <= c)
+            lo = mid + 1;
+        else if (w->free[mid].start > c)
+            hi = mid;
+        else
+            return true;
+    }
+    return false;
+}
+
+/* ---- L2 cache ----------------------------------------------------------- */
+
+static int l2_write_slot(struct qcow2_writer *w, struct l2_slot *s)
+{
+    uint64_t off = l1_get(w, s->l1_index) & QCOW2_L1E_OFFSET_MASK;
+    int r = pwrite_full(w->fd, s->table, w->cluster_size, off);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write L2 table at 0x%" PRIx64, off));
+    s->dirty = false;
+    fresh_set(w, s->l1_index, false);
+    return 0;
+}
+
+/* Get the L2 table of L1 entry l1i (which must point to a table). */
+static int l2_get(struct qcow2_writer *w, uint64_t l1i, struct l2_slot **out)
+{
+    struct l2_slot *victim = NULL;
+    for (unsigned i = 0; i < w->cache_n; i++) {
+        struct l2_slot *s = &w->cache[i];
+        if (s->l1_index == l1i) {
+            s->lru = ++w->lru_clock;
+            *out = s;
+            return 0;
+        }
+        if (!victim || (victim->l1_index != UINT64_MAX &&
+                        (s->l1_index == UINT64_MAX || s->lru < victim->lru)))
+            victim = s;
+    }
+    if (victim->l1_index != UINT64_MAX && victim->dirty) {
+        int r = l2_write_slot(w, victim);
+        if (r < 0)
+            return r;
+    }
+    victim->l1_index = UINT64_MAX;
+    if (!victim->table) {
+        victim->table = aligned_alloc_zero(w->cluster_size);
+        if (!victim->table)
+            return lsm_error(-ENOMEM, "cannot allocate an L2 table buffer");
+    }
+    uint64_t off = l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK;
+    assert(off != 0);
+    if (fresh_test(w, l1i)) {
+        memset(victim->table, 0, w->cluster_size);
+    } else {
+        int r = pread_full(w->fd, victim->table, w->cluster_size, off);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read L2 table at 0x%" PRIx64, off);
+    }
+    victim->l1_index = l1i;
+    victim->dirty = false;
+    victim->lru = ++w->lru_clock;
+    *out = victim;
+    return 0;
+}
+
+/* ---- allocation --------------------------------------------------------- */
+
+static int check_guest_range(const struct qcow2_writer *w, uint64_t guest, uint64_t len,
+                             const char *what)
+{
+    if (len == 0 || !is_aligned(guest, w->cluster_size) || !is_aligned(len, w->cluster_size))
+        return lsm_error(-EINVAL, "cannot %s guest range 0x%" PRIx64 "+0x%" PRIx64
+                         ": not aligned to the cluster size %u", what, guest, len, w->cluster_size);
+    if (guest >= w->guest_end || len > w->guest_end - guest)
+        return lsm_error(-EINVAL, "cannot %s guest range 0x%" PRIx64 "+0x%" PRIx64
+                         ": beyond the virtual size %" PRIu64, what, guest, len, w->size);
+    return 0;
+}
+
+enum range_check { CHECK_UNALLOCATED, CHECK_NO_DATA };
+
+/* Walk the existing L2 entries of [guest, guest+len): for CHECK_UNALLOCATED
+ * every entry must be empty; for CHECK_NO_DATA no entry may have a host
+ * cluster.  Also counts the L1 entries without an L2 table. */
+static int check_existing(struct qcow2_writer *w, uint64_t guest, uint64_t len,
+                          enum range_check mode, uint64_t *new_tables)
+{
+    uint64_t c = guest >> w->cluster_bits, end = c + (len >> w->cluster_bits);
+    *new_tables = 0;
+    while (c < end) {
+        uint64_t l1i = c / w->l2_entries;
+        uint64_t idx = c % w->l2_entries;
+        uint64_t n = MIN(end - c, w->l2_entries - idx);
+        if ((l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK) == 0) {
+            (*new_tables)++;
+        } else {
+            struct l2_slot *s;
+            int r = l2_get(w, l1i, &s);
+            if (r < 0)
+                return r;
+            for (uint64_t i = idx; i < idx + n; i++) {
+                const uint8_t *e = s->table + i * w->l2_entry_size;
+                uint64_t e0 = be64_get(e), e1 = w->extended_l2 ? be64_get(e + 8) : 0;
+                bool bad = mode == CHECK_UNALLOCATED ? (e0 | e1) != 0
+                                                     : (e0 & QCOW2_L2E_OFFSET_MASK) != 0;
+                if (bad)
+                    return lsm_error(-EEXIST, "guest cluster at 0x%" PRIx64 " is already %s",
+                                     (l1i * w->l2_entries + i) << w->cluster_bits,
+                                     (e0 & QCOW2_L2E_OFFSET_MASK) ? "allocated" : "marked zero");
+            }
+        }
+        c += n;
+    }
+    return 0;
+}
+
+/* Give every L1 entry of the range an L2 table (fresh: zero on read). */
+static void alloc_tables(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    uint64_t first = (guest >> w->cluster_bits) / w->l2_entries;
+    uint64_t last = (((guest + len) >> w->cluster_bits) - 1) / w->l2_entries;
+    for (uint64_t l1i = first; l1i <= last; l1i++) {
+        if ((l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK) == 0) {
+            l1_put(w, l1i, w->next_free | QCOW2_OFLAG_COPIED);
+            fresh_set(w, l1i, true);
+            w->next_free += w->cluster_size;
+        }
+    }
+}
+
+/* Fill the entries of the range: host == UINT64_MAX marks zero clusters. */
+static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t host)
+{
+    uint64_t c = guest >> w->cluster_bits, end = c + (len >> w->cluster_bits);
+    while (c < end) {
+        uint64_t l1i = c / w->l2_entries;
+        uint64_t idx = c % w->l2_entries;
+        uint64_t n = MIN(end - c, w->l2_entries - idx);
+        struct l2_slot *s;
+        int r = l2_get(w, l1i, &s);
+        if (r < 0)
+            return writer_failed(w, r);
+        for (uint64_t i = idx; i < idx + n; i++) {
+            uint8_t *e = s->table + i * w->l2_entry_size;
+            if (host == UINT64_MAX) {
+                if (w->extended_l2) {
+                    be64_put(e, 0);
+                    be64_put(e + 8, QCOW2_SUB_ALL_ZERO);
+                } else {
+                    be64_put(e, QCOW2_OFLAG_ZERO);
+                }
+            } else {
+                be64_put(e, host | QCOW2_OFLAG_COPIED);
+                if (w->extended_l2)
+                    be64_put(e + 8, QCOW2_SUB_ALL_ALLOC);
+                host += w->cluster_size;
+            }
+        }
+        s->dirty = true;
+        c += n;
+    }
+    return 0;
+}
+
+int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host)
+{
+    uint64_t new_tables;
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    r = check_guest_range(w, guest, len, "allocate");
+    if (r < 0)
+        return r;
+    r = check_existing(w, guest, len, CHECK_UNALLOCATED, &new_tables);
+    if (r < 0)
+        return r;
+    if (new_tables > (UINT64_MAX - len) >> w->cluster_bits)
+        return lsm_error(-EFBIG, "cannot allocate guest range 0x%" PRIx64 ": too large", guest);
+    r = check_room(w, (new_tables << w->cluster_bits) + len, "data clusters");
+    if (r < 0)
+        return r;
+    alloc_tables(w, guest, len);
+    *host = w->next_free;
+    w->next_free += len;
+    return fill_entries(w, guest, len, *host);
+}
+
+int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    uint64_t new_tables;
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    r = check_guest_range(w, guest, len, "zero");
+    if (r < 0)
+        return r;
+    r = check_existing(w, guest, len, CHECK_NO_DATA, &new_tables);
+    if (r < 0)
+        return r;
+    r = check_room(w, new_tables << w->cluster_bits, "L2 tables");
+    if (r < 0)
+        return r;
+    alloc_tables(w, guest, len);
+    return fill_entries(w, guest, len, UINT64_MAX);
+}
+
+uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w)
+{
+    return w->cluster_size;
+}
+
+uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w)
+{
+    return w->size;
+}
+
+/* ---- header area -------------------------------------------------------- */
+
+struct hdr_ext {
+    uint32_t type;
+    uint32_t len;
+    const void *data;
+};
+
+/* Lay out header (hlen bytes), extensions, end marker and backing name in a
+ * zeroed cluster buffer out; sets the backing offset/size fields.  Returns
+ * the bytes used or -ENOSPC. */
+static long layout_header(uint8_t *out, uint32_t cluster_size, const uint8_t *header, uint32_t hlen,
+                          const struct hdr_ext *exts, size_t nexts, const char *backing)
+{
+    size_t pos = hlen;
+    size_t blen = backing ? strlen(backing) : 0;
+    size_t need = hlen + 8 + blen;
+    for (size_t i = 0; i < nexts; i++)
+        need += 8 + align_up(exts[i].len, 8);
+    if (need > cluster_size)
+        return -ENOSPC;
+    memset(out, 0, cluster_size);
+    memcpy(out, header, hlen);
+    for (size_t i = 0; i < nexts; i++) {
+        be32_put(out + pos, exts[i].type);
+        be32_put(out + pos + 4, exts[i].len);
+        if (exts[i].len)
+            memcpy(out + pos + 8, exts[i].data, exts[i].len);
+        pos += 8 + align_up(exts[i].len, 8);
+    }
+    pos += 8;                   /* end of extensions (zeroes) */
+    if (backing) {
+        memcpy(out + pos, backing, blen);
+        be64_put(out + offsetof(struct qcow2_header, backing_file_offset), pos);
+        be32_put(out + offsetof(struct qcow2_header, backing_file_size), (uint32_t)blen);
+        pos += blen;
+    } else {
+        be64_put(out + offsetof(struct qcow2_header, backing_file_offset), 0);
+        be32_put(out + offsetof(struct qcow2_header, backing_file_size), 0);
+    }
+    return (long)pos;
+}
+
+struct feature_name {
+    uint8_t type, bit;
+    char name[46];
+} __attribute__((packed));
+static_assert(sizeof(struct feature_name) == 48, "feature name table entry");
+
+static const struct feature_name feature_table[] = {
+    { 0, 0, "dirty bit" },
+    { 0, 1, "corrupt bit" },
+    { 0, 2, "external data file" },
+    { 0, 3, "compression type" },
+    { 0, 4, "extended L2 entries" },
+    { 1, 0, "lazy refcounts" },
+    { 2, 0, "bitmaps" },
+    { 2, 1, "raw external data" },
+};
+
+/* ---- create ------------------------------------------------------------- */
+
+static int validate_opts(const struct qcow2_create_opts *o, unsigned *cbits, unsigned *rorder)
+{
+    unsigned cb = o->cluster_bits ? o->cluster_bits : 16;
+    unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
+    if (cb < QCOW2_MIN_CLUSTER_BITS || cb > QCOW2_MAX_CLUSTER_BITS)
+        return lsm_error(-EINVAL, "invalid cluster_bits %u: must be %d..%d",
+                         cb, QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
+    if (!is_pow2(rb) || rb > 64)
+        return lsm_error(-EINVAL, "invalid refcount_bits %u: must be a power of two from 1 to 64", rb);
+    if (o->extended_l2 && cb < 14)
+        return lsm_error(-EINVAL, "extended L2 entries need a cluster size of at least 16 KiB");
+    if (o->size % 512)
+        return lsm_error(-EINVAL, "invalid virtual size %" PRIu64 ": not a multiple of 512", o->size);
+    if (o->size > (uint64_t)INT64_MAX - (1ULL << cb))
+        return lsm_error(-EINVAL, "invalid virtual size %" PRIu64 ": too large", o->size);
+    if (o->compression_type != QCOW2_COMPRESSION_ZLIB && o->compression_type != QCOW2_COMPRESSION_ZSTD)
+        return lsm_error(-EINVAL, "invalid compression type %u", o->compression_type);
+    if (o->backing_name) {
+        size_t n = strlen(o->backing_name);
+        if (n == 0 || n > QCOW2_MAX_BACKING_NAME)
+            return lsm_error(-EINVAL, "invalid backing file name length %zu: must be 1..%d",
+                             n, QCOW2_MAX_BACKING_NAME);
+    }
+    if (o->backing_fmt != LSM_FMT_AUTO && !fmt_name(o->backing_fmt))
+        return lsm_error(-EINVAL, "invalid backing format %d", (int)o->backing_fmt);
+    *cbits = cb;
+    *rorder = (unsigned)__builtin_ctz(rb);
+    return 0;
+}
+
+static struct qcow2_writer *writer_new(int fd, uint32_t align, unsigned cbits)
+{
+    struct qcow2_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->fd = fd;
+    w->align = align;
+    w->cluster_bits = cbits;
+    w->cluster_size = 1u << cbits;
+    return w;
+}
+
+/* Everything that depends on the geometry: L1 buffer, fresh bits, cache. */
+static int writer_setup(struct qcow2_writer *w)
+{
+    w->l2_entry_size = w->extended_l2 ? 16 : 8;
+    w->l2_entries = w->cluster_size / w->l2_entry_size;
+    w->guest_end = align_up(w->size, w->cluster_size);
+    w->l1_buf_len = align_up((uint64_t)w->l1_size * 8, MAX(w->align, BUF_ALIGN));
+    w->l1 = aligned_alloc_zero(w->l1_buf_len);
+    w->fresh = calloc(1, w->l1_size / 8 + 1);
+    unsigned n = L2_CACHE_MAX_BYTES / w->cluster_size;
+    w->cache_n = MAX(L2_CACHE_MIN, MIN(L2_CACHE_MAX_TABLES, n));
+    w->cache = calloc(w->cache_n, sizeof *w->cache);
+    if (!w->l1 || !w->fresh || !w->cache || !(w->hdr = aligned_alloc_zero(w->cluster_size)))
+        return lsm_error(-ENOMEM, "cannot allocate qcow2 writer tables");
+    for (unsigned i = 0; i < w->cache_n; i++)
+        w->cache[i].l1_index = UINT64_MAX;
+    return 0;
+}
+
+static int check_align(uint32_t align, uint32_t cluster_size)
+{
+    if (!is_pow2(align) || align > cluster_size)
+        return lsm_error(-EINVAL, "I/O alignment %u must be a power of two no larger than "
+                         "the cluster size %u", align, cluster_size);
+    return 0;
+}
+
+int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
+                        struct qcow2_writer **out)
+{
+    unsigned cbits, rorder;
+    int r = validate_opts(o, &cbits, &rorder);
+    if (r < 0)
+        return r;
+    r = check_align(align, 1u << cbits);
+    if (r < 0)
+        return r;
+
+    struct qcow2_writer *w = writer_new(fd, align, cbits);
+    if (!w)
+        return lsm_error(-ENOMEM, "cannot allocate the qcow2 writer");
+    w->refcount_order = rorder;
+    w->extended_l2 = o->extended_l2;
+    w->size = o->size;
+
+    uint64_t l2_entries = w->cluster_size / (o->extended_l2 ? 16 : 8);
+    uint64_t l1_size = div_round_up(div_round_up(o->size, w->cluster_size), l2_entries);
+    if (l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+        qcow2_writer_close(w);
+        return lsm_error(-EFBIG, "virtual size %" PRIu64 " needs an L1 table of %" PRIu64
+                         " bytes, over the limit of %u: use larger clusters",
+                         o->size, l1_size * 8, QCOW2_MAX_L1_BYTES);
+    }
+    w->l1_size = (uint32_t)l1_size;
+    r = writer_setup(w);
+    if (r < 0)
+        goto fail;
+    r = get_device(fd, &w->is_blockdev, &w->dev_size);
+    if (r < 0)
+        goto fail;
+
+    uint64_t l1_clusters = div_round_up(l1_size * 8, w->cluster_size);
+    w->l1_offset = l1_size ? w->cluster_size : 0;   /* like QEMU: no L1 table for size 0 */
+    w->next_free = (1 + l1_clusters) << cbits;
+    if (w->is_blockdev && w->next_free > w->dev_size) {
+        r = lsm_error(-ENOSPC, "device of %" PRIu64 " bytes is too small for the qcow2 header "
+                      "and L1 table (%" PRIu64 " bytes)", w->dev_size, w->next_free);
+        goto fail;
+    }
+
+    struct qcow2_header h = { 0 };
+    be32_put(&h.version, 3);
+    be32_put(&h.cluster_bits, cbits);
+    be64_put(&h.size, o->size);
+    be32_put(&h.l1_size, w->l1_size);
+    be64_put(&h.l1_table_offset, w->l1_offset);
+    uint64_t incompat = o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0;
+    if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
+        incompat |= QCOW2_INCOMPAT_COMPRESSION;
+    be64_put(&h.incompatible_features, incompat);
+    be32_put(&h.refcount_order, rorder);
+    be32_put(&h.header_length, sizeof h);
+    h.compression_type = (uint8_t)o->compression_type;
+
+    struct hdr_ext exts[2];
+    size_t n = 0;
+    const char *bf = o->backing_name ? fmt_name(o->backing_fmt) : NULL;
+    if (bf)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_BACKING_FORMAT, (uint32_t)strlen(bf), bf };
+    exts[n++] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, sizeof feature_table, feature_table };
+    long used = layout_header(w->hdr, w->cluster_size, (const uint8_t *)&h, sizeof h,
+                              exts, n, o->backing_name);
+    if (used < 0)       /* small clusters: the feature table is optional */
+        used = layout_header(w->hdr, w->cluster_size, (const uint8_t *)&h, sizeof h,
+                             exts, n - 1, o->backing_name);
+    if (used < 0) {
+        r = lsm_error(-EINVAL, "backing file name of %zu bytes does not fit in a %u-byte "
+                      "header cluster", strlen(o->backing_name), w->cluster_size);
+        goto fail;
+    }
+    w->hdr_write_len = align_up((uint64_t)used, align);
+
+    /* The whole first cluster, magic cleared: whatever was there before
+     * (an old image on a reused device) no longer opens. */
+    r = pwrite_full(fd, w->hdr, w->cluster_size, 0);
+    if (r < 0) {
+        r = lsm_error_errno(r, "cannot write the qcow2 header at 0x0");
+        goto fail;
+    }
+    if (fdatasync(fd) < 0) {
+        r = lsm_error_errno(-errno, "cannot sync the qcow2 header");
+        goto fail;
+    }
+    *out = w;
+    return 0;
+fail:
+    qcow2_writer_close(w);
+    return r;
+}
+
+/* ---- open --------------------------------------------------------------- */
+
+static uint64_t refcount_get(const uint8_t *block, uint64_t i, unsigned order)
+{
+    switch (order) {
+    case 0: return (block[i / 8] >> (i % 8)) & 1;
+    case 1: return (block[i / 4] >> (2 * (i % 4))) & 3;
+    case 2: return (block[i / 2] >> (4 * (i % 2))) & 15;
+    case 3: return block[i];
+    case 4: return be16_get(block + 2 * i);
+    case 5: return be32_get(block + 4 * i);
+    default: return be64_get(block + 8 * i);
+    }
+}
+
+/* Read the refcount structures: refuse refcounts above 1, build the free
+ * set (refcount 0), add the old table and blocks to the free set (the new
+ * ones replace them at finish), and find the last used cluster. */
+static int scan_refcounts(struct qcow2_writer *w, uint64_t rt_off, uint32_t rt_clusters,
+                          uint64_t *used_end)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t rb_entries = cs * 8 >> w->refcount_order;
+    uint64_t rt_entries = (uint64_t)rt_clusters * cs / 8;
+    _cleanup_free_ uint8_t *rt = aligned_alloc_zero(cs);
+    _cleanup_free_ uint8_t *rb = aligned_alloc_zero(cs);
+    _cleanup_free_ struct crange *meta = NULL;
+    size_t nmeta = 0, meta_cap = 0;
+    int r;
+    if (!rt || !rb)
+        return lsm_error(-ENOMEM, "cannot allocate refcount buffers");
+
+    *used_end = 0;
+    for (uint64_t j = 0; j < rt_entries; j++) {
+        if (j % (cs / 8) == 0) {
+            uint64_t off = rt_off + j * 8;
+            r = pread_full(w->fd, rt, cs, off);
+            if (r < 0)
+                return lsm_error_errno(r, "cannot read refcount table at 0x%" PRIx64, off);
+        }
+        uint64_t e = be64_get(rt + (j % (cs / 8)) * 8);
+        uint64_t first = j * rb_entries;
+        if (e & ~QCOW2_REFT_OFFSET_MASK)
+            return lsm_error(-EINVAL, "corrupt image: refcount table entry %" PRIu64
+                             " has reserved bits set", j);
+        uint64_t off = e & QCOW2_REFT_OFFSET_MASK;
+        if (off == 0) {
+            r = free_add(w, first, first + rb_entries);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        if (!is_aligned(off, cs))
+            return lsm_error(-EINVAL, "corrupt image: refcount block at unaligned offset 0x%" PRIx64, off);
+        r = pread_full(w->fd, rb, cs, off);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read refcount block at 0x%" PRIx64, off);
+        if (nmeta == meta_cap) {
+            size_t cap = meta_cap ? meta_cap * 2 : 64;
+            struct crange *m = realloc(meta, cap * sizeof *m);
+            if (!m)
+                return lsm_error(-ENOMEM, "cannot allocate the refcount block list");
+            meta = m;
+            meta_cap = cap;
+        }
+        meta[nmeta++] = (struct crange){ off / cs, off / cs + 1 };
+        for (uint64_t i = 0; i < rb_entries; i++) {
+            uint64_t v = refcount_get(rb, i, w->refcount_order);
+            if (v > 1)
+                return lsm_error(-ENOTSUP, "cluster at 0x%" PRIx64 " has refcount %" PRIu64
+                                 ": shared clusters (internal snapshots?) cannot be maintained",
+                                 (first + i) * cs, v);
+            if (v == 0) {
+                r = free_add(w, first + i, first + i + 1);
+                if (r < 0)
+                    return r;
+            } else {
+                *used_end = first + i + 1;
+            }
+        }
+    }
+    /* Clusters not covered by the refcount table are free too. */
+    r = free_add(w, rt_entries * rb_entries, UINT64_MAX);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < nmeta; i++) {
+        r = free_add(w, meta[i].start, meta[i].end);
+        if (r < 0)
+            return r;
+    }
+    return free_add(w, rt_off / cs, rt_off / cs + rt_clusters);
+}
+
+/* A host cluster referenced by L1/L2 must be in use. */
+static int check_ref(const struct qcow2_writer *w, uint64_t off, uint64_t end, const char *what)
+{
+    if (!is_aligned(off, w->cluster_size))
+        return lsm_error(-EINVAL, "corrupt image: %s at unaligned offset 0x%" PRIx64, what, off);
+    if ((off >> w->cluster_bits) >= end || free_contains(w, off >> w->cluster_bits))
+        return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " has refcount 0 "
+                         "(run qemu-img check -r all)", what, off);
+    return 0;
+}
+
+/* Walk L1 and every L2 table: no compressed clusters, every reference
+ * points to a used cluster and has the COPIED flag (refcount 1). */
+static int scan_l2(struct qcow2_writer *w, uint64_t end)
+{
+    _cleanup_free_ uint8_t *t = aligned_alloc_zero(w->cluster_size);
+    if (!t)
+        return lsm_error(-ENOMEM, "cannot allocate an L2 buffer");
+    for (uint64_t i = 0; i < w->l1_size; i++) {
+        uint64_t e = l1_get(w, i);
+        uint64_t off = e & QCOW2_L1E_OFFSET_MASK;
+        if (e & QCOW2_L1E_RESERVED_MASK)
+            return lsm_error(-EINVAL, "corrupt image: L1 entry %" PRIu64 " has reserved bits set", i);
+        if (off == 0)
+            continue;
+        int r = check_ref(w, off, end, "L2 table");
+        if (r < 0)
+            return r;
+        if (!(e & QCOW2_OFLAG_COPIED))
+            return lsm_error(-EINVAL, "corrupt image: L1 entry %" PRIu64 " lacks the COPIED flag "
+                             "(run qemu-img check -r all)", i);
+        r = pread_full(w->fd, t, w->cluster_size, off);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read L2 table at 0x%" PRIx64, off);
+        for (uint64_t k = 0; k < w->l2_entries; k++) {
+            uint64_t l2e = be64_get(t + k * w->l2_entry_size);
+            uint64_t guest = (i * w->l2_entries + k) << w->cluster_bits;
+            if (l2e & QCOW2_OFLAG_COMPRESSED)
+                return lsm_error(-ENOTSUP, "image has compressed clusters (guest offset 0x%"
+                                 PRIx64 "): cannot add clusters to it", guest);
+            uint64_t hoff = l2e & QCOW2_L2E_OFFSET_MASK;
+            if (hoff == 0)
+                continue;
+            r = check_ref(w, hoff, end, "data cluster");
+            if (r < 0)
+                return r;
+            if (!(l2e & QCOW2_OFLAG_COPIED))
+                return lsm_error(-EINVAL, "corrupt image: L2 entry for guest offset 0x%" PRIx64
+                                 " lacks the COPIED flag (run qemu-img check -r all)", guest);
+        }
+    }
+    return 0;
+}
+
+static int parse_open_header(struct qcow2_writer *w, const uint8_t *hdr, uint64_t *rt_off,
+                             uint32_t *rt_clusters)
+{
+    const struct qcow2_header *h = (const struct qcow2_header *)hdr;
+    uint32_t version = be32_get(&h->version);
+    if (version != 3)
+        return lsm_error(-ENOTSUP, "qcow2 version %u images are not supported by the writer "
+                         "(only version 3, compat=1.1)", version);
+    uint32_t hlen = be32_get(&h->header_length);
+    if (hlen < QCOW2_V3_MIN_HEADER_LENGTH || hlen % 8 || hlen > w->cluster_size)
+        return lsm_error(-EINVAL, "corrupt image: invalid header length %u", hlen);
+    uint64_t incompat = be64_get(&h->incompatible_features);
+    if (incompat & ~QCOW2_INCOMPAT_KNOWN)
+        return lsm_error(-ENOTSUP, "image has unknown incompatible features 0x%" PRIx64,
+                         (uint64_t)(incompat & ~QCOW2_INCOMPAT_KNOWN));
+    if (incompat & QCOW2_INCOMPAT_DIRTY)
+        return lsm_error(-ENOTSUP, "image is dirty (refcounts may be stale): "
+                         "run qemu-img check -r all first");
+    if (incompat & QCOW2_INCOMPAT_CORRUPT)
+        return lsm_error(-ENOTSUP, "image is marked corrupt");
+    if (incompat & QCOW2_INCOMPAT_DATA_FILE)
+        return lsm_error(-ENOTSUP, "images with an external data file are not supported");
+    w->extended_l2 = incompat & QCOW2_INCOMPAT_EXTL2;
+    if (w->extended_l2 && w->cluster_bits < 14)
+        return lsm_error(-EINVAL, "corrupt image: extended L2 entries with clusters under 16 KiB");
+    if (be32_get(&h->crypt_method) != QCOW2_CRYPT_NONE)
+        return lsm_error(-ENOTSUP, "encrypted images are not supported");
+    if (be32_get(&h->nb_snapshots) != 0)
+        return lsm_error(-ENOTSUP, "image has %u internal snapshots: cannot add clusters to it",
+                         be32_get(&h->nb_snapshots));
+    if (be64_get(&h->autoclear_features) & QCOW2_AUTOCLEAR_BITMAPS)
+        return lsm_error(-ENOTSUP, "image has persistent dirty bitmaps: cannot maintain them");
+    w->refcount_order = be32_get(&h->refcount_order);
+    if (w->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
+        return lsm_error(-EINVAL, "corrupt image: invalid refcount order %u", w->refcount_order);
+    w->size = be64_get(&h->size);
+    if (w->size > (uint64_t)INT64_MAX - w->cluster_size)
+        return lsm_error(-EINVAL, "corrupt image: invalid virtual size %" PRIu64, w->size);
+    w->l1_size = be32_get(&h->l1_size);
+    w->l1_offset = be64_get(&h->l1_table_offset);
+    uint64_t l2_entries = w->cluster_size / (w->extended_l2 ? 16 : 8);
+    uint64_t need = div_round_up(div_round_up(w->size, w->cluster_size), l2_entries);
+    if ((uint64_t)w->l1_size * 8 > QCOW2_MAX_L1_BYTES || w->l1_size < need)
+        return lsm_error(-EINVAL, "corrupt image: invalid L1 table size %u", w->l1_size);
+    if (!is_aligned(w->l1_offset, w->cluster_size) || (w->l1_size && w->l1_offset == 0))
+        return lsm_error(-EINVAL, "corrupt image: invalid L1 table offset 0x%" PRIx64, w->l1_offset);
+    *rt_off = be64_get(&h->refcount_table_offset);
+    *rt_clusters = be32_get(&h->refcount_table_clusters);
+    if (!is_aligned(*rt_off, w->cluster_size) || *rt_off == 0 || *rt_clusters == 0 ||
+        (uint64_t)*rt_clusters * w->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
+        return lsm_error(-EINVAL, "corrupt image: invalid refcount table (0x%" PRIx64 ", %u clusters)",
+                         *rt_off, *rt_clusters);
+    uint64_t boff = be64_get(&h->backing_file_offset);
+    uint32_t bsize = be32_get(&h->backing_file_size);
+    if (boff && (bsize > QCOW2_MAX_BACKING_NAME || boff > w->cluster_size - bsize))
+        return lsm_error(-EINVAL, "corrupt image: invalid backing file name location");
+
+    /* Header extensions we cannot keep consistent. */
+    for (size_t pos = hlen; pos + 8 <= w->cluster_size;) {
+        uint32_t type = be32_get(hdr + pos), len = be32_get(hdr + pos + 4);
+        if (type == QCOW2_EXT_END)
+            break;
+        if (len > w->cluster_size - pos - 8)
+            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
+                             "first cluster", type);
+        if (type == QCOW2_EXT_BITMAPS)
+            return lsm_error(-ENOTSUP, "image has a bitmaps extension: cannot maintain it");
+        if (type == QCOW2_EXT_DATA_FILE)
+            return lsm_error(-ENOTSUP, "images with an external data file are not supported");
+        if (type == QCOW2_EXT_CRYPTO)
+            return lsm_error(-ENOTSUP, "encrypted images are not supported");
+        pos += 8 + align_up(len, 8);
+    }
+    return 0;
+}
+
+int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
+{
+    if (!is_pow2(align) || align > (1u << QCOW2_MAX_CLUSTER_BITS))
+        return lsm_error(-EINVAL, "invalid I/O alignment %u", align);
+    /* First sector (or alignment unit): enough for the fixed header. */
+    size_t first = MAX(align, 512u);
+    _cleanup_free_ uint8_t *buf = aligned_alloc_zero(first);
+    if (!buf)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    int r = pread_full(fd, buf, first, 0);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the qcow2 header");
+    const struct qcow2_header *h = (const struct qcow2_header *)buf;
+    if (be32_get(&h->magic) != QCOW2_MAGIC) {
+        if (be32_get(&h->magic) == 0 && be32_get(&h->version) == 3)
+            return lsm_error(-EINVAL, "not a complete qcow2 image (magic cleared: "
+                             "an interrupted copy?)");
+        return lsm_error(-EINVAL, "not a qcow2 image");
+    }
+    uint32_t cbits = be32_get(&h->cluster_bits);
+    if (cbits < QCOW2_MIN_CLUSTER_BITS || cbits > QCOW2_MAX_CLUSTER_BITS)
+        return lsm_error(-ENOTSUP, "unsupported cluster bits %u", cbits);
+    r = check_align(align, 1u << cbits);
+    if (r < 0)
+        return r;
+
+    struct qcow2_writer *w = writer_new(fd, align, cbits);
+    uint64_t rt_off, used_end, end, fsize;
+    uint32_t rt_clusters;
+    if (!w)
+        return lsm_error(-ENOMEM, "cannot allocate the qcow2 writer");
+    uint8_t *hdr = aligned_alloc_zero(w->cluster_size);
+    if (!hdr) {
+        r = lsm_error(-ENOMEM, "cannot allocate a header buffer");
+        goto fail;
+    }
+    r = pread_full(fd, hdr, w->cluster_size, 0);
+    if (r < 0) {
+        free(hdr);
+        r = lsm_error_errno(r, "cannot read the qcow2 header");
+        goto fail;
+    }
+    r = parse_open_header(w, hdr, &rt_off, &rt_clusters);
+    if (r < 0) {
+        free(hdr);
+        goto fail;
+    }
+    r = writer_setup(w);
+    if (r < 0) {
+        free(hdr);
+        goto fail;
+    }
+    free(w->hdr);
+    w->hdr = hdr;
+    w->hdr_write_len = w->cluster_size;
+    /* We do not maintain any autoclear feature: clear them (the spec's rule
+     * for writers that do not know them). */
+    be64_put(w->hdr + offsetof(struct qcow2_header, autoclear_features), 0);
+
+    r = get_device(fd, &w->is_blockdev, &fsize);
+    if (r < 0)
+        goto fail;
+    if (w->is_blockdev)
+        w->dev_size = fsize;
+
+    if (w->l1_size) {
+        r = pread_full(fd, w->l1, align_up((uint64_t)w->l1_size * 8, align), w->l1_offset);
+        if (r < 0) {
+            r = lsm_error_errno(r, "cannot read L1 table at 0x%" PRIx64, w->l1_offset);
+            goto fail;
+        }
+    }
+    r = scan_refcounts(w, rt_off, rt_clusters, &used_end);
+    if (r < 0)
+        goto fail;
+    /* The end of the image: past the last used cluster and, for a regular
+     * file, past its end (never overwrite anything that is there). */
+    end = used_end;
+    if (!w->is_blockdev)
+        end = MAX(end, div_round_up(fsize, w->cluster_size));
+    if (end == 0 || end > (QCOW2_MAX_HOST_OFFSET >> cbits)) {
+        r = lsm_error(-EINVAL, "corrupt image: invalid end of image");
+        goto fail;
+    }
+    /* Free set limited to below the end; old refcount structures are in it. */
+    free_normalize(w, end);
+    if (free_contains(w, 0)) {
+        r = lsm_error(-EINVAL, "corrupt image: the header cluster has refcount 0");
+        goto fail;
+    }
+    if (w->l1_size) {
+        uint64_t c0 = w->l1_offset >> cbits;
+        uint64_t nc = div_round_up((uint64_t)w->l1_size * 8, w->cluster_size);
+        for (uint64_t c = c0; c < c0 + nc; c++) {
+            r = check_ref(w, c << cbits, end, "L1 table");
+            if (r < 0)
+                goto fail;
+        }
+    }
+    r = scan_l2(w, end);
+    if (r < 0)
+        goto fail;
+    w->next_free = end << cbits;
+    if (w->is_blockdev && w->next_free > w->dev_size) {
+        r = lsm_error(-EINVAL, "corrupt image: it ends past the end of the device");
+        goto fail;
+    }
+
+    /* From here on the image is ours: clear the magic, durably. */
+    uint8_t saved[4];
+    memcpy(saved, w->hdr, 4);
+    memset(w->hdr, 0, 4);
+    r = pwrite_full(fd, w->hdr, align_up(first, align), 0);
+    if (r < 0) {
+        memcpy(w->hdr, saved, 4);
+        r = lsm_error_errno(r, "cannot clear the qcow2 magic at 0x0");
+        goto fail;
+    }
+    if (fdatasync(fd) < 0) {
+        r = lsm_error_errno(-errno, "cannot sync the cleared qcow2 magic");
+        goto fail;
+    }
+    *out = w;
+    return 0;
+fail:
+    qcow2_writer_close(w);
+    return r;
+}
+
+/* ---- finish ------------------------------------------------------------- */
+
+static int flush_l2(struct qcow2_writer *w)
+{
+    for (unsigned i = 0; i < w->cache_n; i++) {
+        struct l2_slot *s = &w->cache[i];
+        if (s->l1_index != UINT64_MAX && s->dirty) {
+            int r = l2_write_slot(w, s);
+            if (r < 0)
+                return r;
+        }
+    }
+    /* Tables allocated but never loaded (cannot happen through alloc/zero,
+     * which fill every table they create; kept for robustness). */
+    uint8_t *zero = NULL;
+    for (uint64_t i = 0; i < w->l1_size; i++) {
+        if (!fresh_test(w, i))
+            continue;
+        if (!zero && !(zero = aligned_alloc_zero(w->cluster_size)))
+            return lsm_error(-ENOMEM, "cannot allocate an L2 buffer");
+        uint64_t off = l1_get(w, i) & QCOW2_L1E_OFFSET_MASK;
+        int r = pwrite_full(w->fd, zero, w->cluster_size, off);
+        if (r < 0) {
+            free(zero);
+            return writer_failed(w, lsm_error_errno(r, "cannot write L2 table at 0x%" PRIx64, off));
+        }
+        fresh_set(w, i, false);
+    }
+    free(zero);
+    return 0;
+}
+
+/* Set refcount 1 for entries [from, to) of a refcount block. */
+static void refcount_set_ones(uint8_t *block, uint64_t from, uint64_t to, unsigned order)
+{
+    if (order <= 3) {
+        unsigned per_byte = 8u >> order;
+        static const uint8_t pattern[] = { 0xff, 0x55, 0x11, 0x01 };
+        while (from < to && from % per_byte) {
+            block[from / per_byte] |= (uint8_t)(1u << ((from % per_byte) << order));
+            from++;
+        }
+        uint64_t whole = (to - from) / per_byte;
+        memset(block + from / per_byte, pattern[order], whole);
+        from += whole * per_byte;
+        while (from < to) {
+            block[from / per_byte] |= (uint8_t)(1u << ((from % per_byte) << order));
+            from++;
+        }
+        return;
+    }
+    for (uint64_t i = from; i < to; i++) {
+        switch (order) {
+        case 4: be16_put(block + 2 * i, 1); break;
+        case 5: be32_put(block + 4 * i, 1); break;
+        default: be64_put(block + 8 * i, 1); break;
+        }
+    }
+}
+
+static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t rb_entries = cs * 8 >> w->refcount_order;
+    uint64_t e = w->next_free >> w->cluster_bits;
+    uint64_t nrb = 0, nrt = 0;
+    for (;;) {  /* the structures count themselves: iterate to a fixed point */
+        uint64_t total = e + nrt + nrb;
+        uint64_t nrb2 = div_round_up(total, rb_entries);
+        uint64_t nrt2 = div_round_up(nrb2 * 8, cs);
+        if (nrb2 == nrb && nrt2 == nrt)
+            break;
+        nrb = nrb2;
+        nrt = nrt2;
+    }
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table of %"
+                         PRIu64 " bytes, over QEMU's limit of %u: use larger clusters or "
+                         "fewer refcount bits", e, nrt * cs, QCOW2_MAX_REFTABLE_BYTES);
+    int r = check_room(w, (nrt + nrb) * cs, "refcount structures");
+    if (r < 0)
+        return writer_failed(w, r);
+
+    uint64_t total = e + nrt + nrb;
+    uint64_t rt_off = e * cs, rb_off = (e + nrt) * cs;
+    size_t chunk = MAX(cs, STREAM_BYTES);
+    _cleanup_free_ uint8_t *buf = aligned_alloc_zero(chunk);
+    if (!buf)
+        return lsm_error(-ENOMEM, "cannot allocate a refcount buffer");
+
+    /* Refcount table: entry b points to refcount block b. */
+    uint64_t per_chunk = chunk / 8;
+    for (uint64_t b0 = 0; b0 < nrt * cs / 8; b0 += per_chunk) {
+        uint64_t n = MIN(per_chunk, nrt * cs / 8 - b0);
+        memset(buf, 0, chunk);
+        for (uint64_t b = b0; b < b0 + n && b < nrb; b++)
+            be64_put(buf + (b - b0) * 8, rb_off + b * cs);
+        uint64_t off = rt_off + b0 * 8;
+        r = pwrite_full(w->fd, buf, n * 8, off);
+        if (r < 0)
+            return writer_failed(w, lsm_error_errno(r, "cannot write refcount table at 0x%" PRIx64, off));
+    }
+
+    /* Refcount blocks: 1 below the end, except the free set. */
+    size_t fi = 0;
+    uint64_t blocks_per_chunk = chunk / cs;
+    for (uint64_t b0 = 0; b0 < nrb; b0 += blocks_per_chunk) {
+        uint64_t nb = MIN(blocks_per_chunk, nrb - b0);
+        memset(buf, 0, nb * cs);
+        for (uint64_t b = b0; b < b0 + nb; b++) {
+            uint8_t *block = buf + (b - b0) * cs;
+            uint64_t lo = b * rb_entries, hi = MIN((b + 1) * rb_entries, total);
+            uint64_t c = lo;
+            while (c < hi) {
+                while (fi < w->nfree && w->free[fi].end <= c)
+                    fi++;
+                uint64_t stop = hi;
+                if (fi < w->nfree && w->free[fi].start <= c) {
+                    c = MIN(w->free[fi].end, hi);       /* skip free clusters */
+                    continue;
+                }
+                if (fi < w->nfree)
+                    stop = MIN(stop, w->free[fi].start);
+                refcount_set_ones(block, c - lo, stop - lo, w->refcount_order);
+                c = stop;
+            }
+        }
+        uint64_t off = rb_off + b0 * cs;
+        r = pwrite_full(w->fd, buf, nb * cs, off);
+        if (r < 0)
+            return writer_failed(w, lsm_error_errno(r, "cannot write refcount block at 0x%" PRIx64, off));
+    }
+    w->next_free = total * cs;
+    *rt_off_out = rt_off;
+    *rt_clusters_out = (uint32_t)nrt;
+    return 0;
+}
+
+int qcow2_writer_finish(struct qcow2_writer *w)
+{
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    r = flush_l2(w);
+    if (r < 0)
+        return r;
+    if (w->l1_size) {
+        size_t len = align_up((uint64_t)w->l1_size * 8, w->align);
+        r = pwrite_full(w->fd, w->l1, len, w->l1_offset);
+        if (r < 0)
+            return writer_failed(w, lsm_error_errno(r, "cannot write L1 table at 0x%" PRIx64,
+                                                    w->l1_offset));
+    }
+    uint64_t rt_off;
+    uint32_t rt_clusters;
+    r = write_refcounts(w, &rt_off, &rt_clusters);
+    if (r < 0)
+        return r;
+    if (fdatasync(w->fd) < 0)
+        return writer_failed(w, lsm_error_errno(-errno, "cannot sync qcow2 metadata"));
+
+    be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), rt_off);
+    be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), rt_clusters);
+    be32_put(w->hdr, QCOW2_MAGIC);
+    r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
+    if (fdatasync(w->fd) < 0)
+        return writer_failed(w, lsm_error_errno(-errno, "cannot sync the qcow2 header"));
+    w->finished = true;
+    return 0;
+}
+
+void qcow2_writer_close(struct qcow2_writer *w)
+{
+    if (!w)
+        return;
+    if (w->cache)
+        for (unsigned i = 0; i < w->cache_n; i++)
+            free(w->cache[i].table);
+    free(w->cache);
+    free(w->l1);
+    free(w->fresh);
+    free(w->hdr);
+    free(w->free);
+    free(w);
+}
+
+/* ---- set_backing -------------------------------------------------------- */
+
+int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm_format backing_fmt)
+{
+    if (!is_pow2(align) || align > (1u << QCOW2_MAX_CLUSTER_BITS))
+        return lsm_error(-EINVAL, "invalid I/O alignment %u", align);
+    if (backing_name && (strlen(backing_name) == 0 || strlen(backing_name) > QCOW2_MAX_BACKING_NAME))
+        return lsm_error(-EINVAL, "invalid backing file name length %zu: must be 1..%d",
+                         strlen(backing_name), QCOW2_MAX_BACKING_NAME);
+    if (backing_fmt != LSM_FMT_AUTO && !fmt_name(backing_fmt))
+        return lsm_error(-EINVAL, "invalid backing format %d", (int)backing_fmt);
+
+    size_t first = MAX(align, 512u);
+    _cleanup_free_ uint8_t *buf = aligned_alloc_zero(first);
+    if (!buf)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    int r = pread_full(fd, buf, first, 0);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the qcow2 header");
+    const struct qcow2_header *h = (const struct qcow2_header *)buf;
+    if (be32_get(&h->magic) != QCOW2_MAGIC)
+        return lsm_error(-EINVAL, "not a complete qcow2 image");
+    uint32_t cbits = be32_get(&h->cluster_bits);
+    if (cbits < QCOW2_MIN_CLUSTER_BITS || cbits > QCOW2_MAX_CLUSTER_BITS)
+        return lsm_error(-ENOTSUP, "unsupported cluster bits %u", cbits);
+    uint32_t cs = 1u << cbits;
+    r = check_align(align, cs);
+    if (r < 0)
+        return r;
+
+    _cleanup_free_ uint8_t *old = aligned_alloc_zero(cs);
+    _cleanup_free_ uint8_t *neu = aligned_alloc_zero(cs);
+    if (!old || !neu)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    r = pread_full(fd, old, cs, 0);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the qcow2 header");
+    h = (const struct qcow2_header *)old;
+    uint32_t version = be32_get(&h->version);
+    uint32_t hlen;
+    if (version == 2) {
+        hlen = QCOW2_V2_HEADER_LENGTH;
+    } else if (version == 3) {
+        hlen = be32_get(&h->header_length);
+        if (hlen < QCOW2_V3_MIN_HEADER_LENGTH || hlen % 8 || hlen > cs)
+            return lsm_error(-EINVAL, "corrupt image: invalid header length %u", hlen);
+        if (backing_name && (be64_get(&h->autoclear_features) & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
+            return lsm_error(-EINVAL, "images with a raw external data file cannot have a backing file");
+    } else {
+        return lsm_error(-ENOTSUP, "unsupported qcow2 version %u", version);
+    }
+
+    /* Keep every extension but the backing format. */
+    struct hdr_ext exts[64];
+    size_t n = 0, old_end = hlen;
+    for (size_t pos = hlen; pos + 8 <= cs;) {
+        uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
+        if (type == QCOW2_EXT_END) {
+            old_end = pos + 8;
+            break;
+        }
+        if (len > cs - pos - 8)
+            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
+                             "first cluster", type);
+        if (type != QCOW2_EXT_BACKING_FORMAT) {
+            if (n == ARRAY_SIZE(exts) - 1)
+                return lsm_error(-ENOTSUP, "too many header extensions");
+            exts[n++] = (struct hdr_ext){ type, len, old + pos + 8 };
+        }
+        pos += 8 + align_up(len, 8);
+        old_end = pos;
+    }
+    uint64_t boff = be64_get(&h->backing_file_offset);
+    uint32_t bsize = be32_get(&h->backing_file_size);
+    if (boff && boff <= cs && bsize <= cs - boff)
+        old_end = MAX(old_end, boff + bsize);
+
+    const char *bf = backing_name ? fmt_name(backing_fmt) : NULL;
+    if (bf)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_BACKING_FORMAT, (uint32_t)strlen(bf), bf };
+    long used = layout_header(neu, cs, old, hlen, exts, n, backing_name);
+    if (used < 0)
+        return lsm_error(-ENOSPC, "backing file name and header extensions do not fit in the "
+                         "first cluster (%u bytes)", cs);
+    /* Rewrite as far as the old or the new content reaches. */
+    size_t len = align_up(MAX((size_t)used, old_end), align);
+    if (len > cs)
+        len = cs;
+    r = pwrite_full(fd, neu, len, 0);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot write the qcow2 header at 0x0");
+    if (fdatasync(fd) < 0)
+        return lsm_error_errno(-errno, "cannot sync the qcow2 header");
+    return 0;
+}
