@@ -1,0 +1,366 @@
+/* Files and block devices: open with the O_DIRECT policy, learn the
+ * alignment and size, zero ranges, and the offload calls
+ * (copy_file_range, FICLONERANGE). */
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "error.h"
+#include "io-internal.h"
+#include "util.h"
+
+/* glibc 2.36's struct statx stops before the direct I/O fields (Linux
+ * 6.1): use the kernel's layout. */
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
+struct lsm_statx {
+    uint32_t stx_mask;
+    uint32_t stx_blksize;
+    uint64_t stx_attributes;
+    uint32_t stx_nlink, stx_uid, stx_gid;
+    uint16_t stx_mode, pad1;
+    uint64_t stx_ino, stx_size, stx_blocks, stx_attributes_mask;
+    struct { int64_t sec; uint32_t nsec; int32_t pad; } stx_atime, stx_btime, stx_ctime, stx_mtime;
+    uint32_t stx_rdev_major, stx_rdev_minor, stx_dev_major, stx_dev_minor;
+    uint64_t stx_mnt_id;
+    uint32_t stx_dio_mem_align;
+    uint32_t stx_dio_offset_align;
+    uint64_t spare[12];
+};
+_Static_assert(sizeof(struct lsm_statx) == 256, "struct statx is 256 bytes");
+_Static_assert(offsetof(struct lsm_statx, stx_dio_mem_align) == 0x98, "kernel statx layout");
+
+#define ZERO_BUF_MAX (1u << 20)
+#define DEFAULT_DIO_ALIGN 4096u
+
+struct file_priv {
+    struct lsm_file pub;
+    bool owns_fd;
+};
+
+static int file_learn(struct lsm_file *f)
+{
+    struct stat st;
+    if (fstat(f->fd, &st) < 0)
+        return lsm_error_errno(-errno, "cannot stat %s", f->path);
+    if (S_ISDIR(st.st_mode))
+        return lsm_error(-EISDIR, "cannot use %s: it is a directory", f->path);
+    f->is_blockdev = S_ISBLK(st.st_mode);
+    f->size = (uint64_t)st.st_size;
+    f->zero_reads_zero = S_ISREG(st.st_mode);
+    if (f->is_blockdev) {
+        uint64_t sz;
+        if (ioctl(f->fd, BLKGETSIZE64, &sz) < 0)
+            return lsm_error_errno(-errno, "cannot get the size of block device %s", f->path);
+        f->size = sz;
+    }
+
+    f->mem_align = f->offset_align = 1;
+    if (!f->direct)
+        return 0;
+    struct lsm_statx stx;
+    memset(&stx, 0, sizeof stx);
+    if (syscall(SYS_statx, f->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        f->mem_align = MAX(stx.stx_dio_mem_align, 1u);
+        f->offset_align = stx.stx_dio_offset_align;
+        return 0;
+    }
+    int ssz;
+    if (f->is_blockdev && ioctl(f->fd, BLKSSZGET, &ssz) == 0 && ssz > 0) {
+        f->mem_align = f->offset_align = (uint32_t)ssz;
+        return 0;
+    }
+    f->mem_align = f->offset_align = DEFAULT_DIO_ALIGN;
+    return 0;
+}
+
+static struct file_priv *file_alloc(const char *path)
+{
+    struct file_priv *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->pub.fd = -1;
+    p->pub.reg_index = -1;
+    p->pub.path = strdup(path ? path : "(fd)");
+    if (!p->pub.path) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void file_free(struct file_priv *p)
+{
+    if (p->owns_fd && p->pub.fd >= 0)
+        close(p->pub.fd);
+    free(p->pub.path);
+    free(p);
+}
+
+static const char *access_name(unsigned flags)
+{
+    if ((flags & LSM_FILE_READ) && (flags & LSM_FILE_WRITE))
+        return "reading and writing";
+    return flags & LSM_FILE_WRITE ? "writing" : "reading";
+}
+
+int lsm_file_open(const char *path, unsigned flags, enum lsm_direct_mode direct,
+                  struct lsm_file **out)
+{
+    if (!(flags & (LSM_FILE_READ | LSM_FILE_WRITE)) ||
+        (flags & ~(LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE | LSM_FILE_TRUNC)) ||
+        ((flags & (LSM_FILE_CREATE | LSM_FILE_TRUNC)) && !(flags & LSM_FILE_WRITE)))
+        return lsm_error(-EINVAL, "cannot open %s: invalid open flags 0x%x", path, flags);
+
+    int oflags = O_CLOEXEC;
+    if ((flags & LSM_FILE_READ) && (flags & LSM_FILE_WRITE))
+        oflags |= O_RDWR;
+    else if (flags & LSM_FILE_WRITE)
+        oflags |= O_WRONLY;
+    else
+        oflags |= O_RDONLY;
+    if (flags & LSM_FILE_CREATE)
+        oflags |= O_CREAT | ((flags & LSM_FILE_TRUNC) ? 0 : O_EXCL);
+    if (flags & LSM_FILE_TRUNC)
+        oflags |= O_TRUNC;
+
+    struct file_priv *p = file_alloc(path);
+    if (!p)
+        return lsm_error_errno(-ENOMEM, "cannot open %s", path);
+    struct lsm_file *f = &p->pub;
+    p->owns_fd = true;
+
+    int fd;
+    if (direct == LSM_DIRECT_NEVER) {
+        fd = open(path, oflags, 0644);
+    } else {
+        fd = open(path, oflags | O_DIRECT, 0644);
+        if (fd < 0 && errno == EINVAL) {
+            /* The file system refuses O_DIRECT.  With O_CREAT|O_EXCL the
+             * file was created before the refusal: it is ours. */
+            int excl_created = (oflags & O_EXCL) && access(path, F_OK) == 0;
+            if (direct == LSM_DIRECT_ALWAYS) {
+                if (excl_created)
+                    unlink(path);
+                errno = EINVAL;
+            } else {
+                fd = open(path, excl_created ? (oflags & ~O_EXCL) : oflags, 0644);
+                f->direct_refused = fd >= 0;
+            }
+        } else {
+            f->direct = fd >= 0;
+        }
+    }
+    if (fd < 0) {
+        int err = -errno;
+        file_free(p);
+        if (err == -EINVAL && direct == LSM_DIRECT_ALWAYS)
+            return lsm_error_errno(err, "cannot open %s for %s with O_DIRECT (the file system refuses direct I/O?)",
+                                   path, access_name(flags));
+        return lsm_error_errno(err, "cannot open %s for %s", path, access_name(flags));
+    }
+    f->fd = fd;
+
+    int r = file_learn(f);
+    if (r < 0) {
+        file_free(p);
+        return r;
+    }
+    *out = f;
+    return 0;
+}
+
+int lsm_file_from_fd(int fd, const char *path, struct lsm_file **out)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return lsm_error_errno(-errno, "cannot use file descriptor %d (%s)", fd, path ? path : "?");
+    struct file_priv *p = file_alloc(path);
+    if (!p)
+        return lsm_error_errno(-ENOMEM, "cannot wrap file descriptor %d", fd);
+    p->pub.fd = fd;
+    p->pub.direct = (fl & O_DIRECT) != 0;
+    int r = file_learn(&p->pub);
+    if (r < 0) {
+        file_free(p);
+        return r;
+    }
+    *out = &p->pub;
+    return 0;
+}
+
+void lsm_file_close(struct lsm_file *f)
+{
+    if (f)
+        file_free((struct file_priv *)((char *)f - offsetof(struct file_priv, pub)));
+}
+
+/* Last resort: write zeroes (aligned, so that O_DIRECT accepts them). */
+static int zero_by_writing(struct lsm_file *f, uint64_t offset, uint64_t len)
+{
+    if (!is_aligned(offset, f->offset_align) || !is_aligned(len, f->offset_align))
+        return lsm_error(-EINVAL, "cannot write zeroes at %llu+%llu on %s: not aligned to %u bytes for O_DIRECT",
+                         (unsigned long long)offset, (unsigned long long)len, f->path,
+                         f->offset_align);
+    size_t chunk = (size_t)MIN(len, (uint64_t)ZERO_BUF_MAX);
+    size_t align = MAX((size_t)f->mem_align, (size_t)DEFAULT_DIO_ALIGN);
+    _cleanup_free_ void *buf = NULL;
+    if (posix_memalign(&buf, align, align_up(chunk, align)) != 0)
+        return lsm_error_errno(-ENOMEM, "cannot write zeroes to %s", f->path);
+    memset(buf, 0, align_up(chunk, align));
+
+    while (len > 0) {
+        size_t n = (size_t)MIN(len, (uint64_t)chunk);
+        ssize_t w = pwrite(f->fd, buf, n, (off_t)offset);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return lsm_error_errno(-errno, "cannot write zeroes at offset %llu of %s",
+                                   (unsigned long long)offset, f->path);
+        if (w == 0)
+            return lsm_error(-EIO, "cannot write zeroes at offset %llu of %s: no progress",
+                             (unsigned long long)offset, f->path);
+        offset += (uint64_t)w;
+        len -= (uint64_t)w;
+    }
+    return 0;
+}
+
+static bool not_supported(int err)
+{
+    return err == EOPNOTSUPP || err == ENOTTY || err == ENOSYS;
+}
+
+int lsm_file_zero(struct lsm_file *f, uint64_t offset, uint64_t len, bool may_unmap)
+{
+    if (len == 0)
+        return 0;
+    if (offset > INT64_MAX || len > INT64_MAX - offset)
+        return lsm_error(-EINVAL, "cannot zero %llu+%llu on %s: out of range",
+                         (unsigned long long)offset, (unsigned long long)len, f->path);
+
+    if (f->is_blockdev) {
+        /* On a block device PUNCH_HOLE is "discard, guaranteed to read
+         * back zeroes" and fails rather than writing them. */
+        if (may_unmap && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                   (off_t)offset, (off_t)len) == 0)
+            goto zeroed;
+        uint64_t range[2] = { offset, len };
+        if (ioctl(f->fd, BLKZEROOUT, range) == 0)
+            goto zeroed;
+        if (!not_supported(errno) && errno != EINVAL)
+            return lsm_error_errno(-errno, "cannot zero %llu bytes at offset %llu of %s",
+                                   (unsigned long long)len, (unsigned long long)offset, f->path);
+        int r = zero_by_writing(f, offset, len);
+        if (r < 0)
+            return r;
+zeroed:
+        f->zero_reads_zero = true;
+        return 0;
+    }
+
+    if (may_unmap) {
+        if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) == 0)
+            return 0;
+        if (!not_supported(errno))
+            return lsm_error_errno(-errno, "cannot punch a hole of %llu bytes at offset %llu of %s",
+                                   (unsigned long long)len, (unsigned long long)offset, f->path);
+    }
+    if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) == 0)
+        return 0;
+    if (!not_supported(errno))
+        return lsm_error_errno(-errno, "cannot zero %llu bytes at offset %llu of %s",
+                               (unsigned long long)len, (unsigned long long)offset, f->path);
+    return zero_by_writing(f, offset, len);
+}
+
+int lsm_file_truncate(struct lsm_file *f, uint64_t size)
+{
+    if (f->is_blockdev) {
+        if (size > f->size)
+            return lsm_error(-ENOSPC, "cannot grow block device %s to %llu bytes: it has %llu",
+                             f->path, (unsigned long long)size, (unsigned long long)f->size);
+        return 0;
+    }
+    if (size > INT64_MAX)
+        return lsm_error(-EFBIG, "cannot resize %s to %llu bytes", f->path, (unsigned long long)size);
+    if (ftruncate(f->fd, (off_t)size) < 0)
+        return lsm_error_errno(-errno, "cannot resize %s to %llu bytes", f->path,
+                               (unsigned long long)size);
+    f->size = size;
+    return 0;
+}
+
+int lsm_file_sync(struct lsm_file *f)
+{
+    int r;
+    while ((r = fsync(f->fd)) < 0 && errno == EINTR)
+        ;
+    if (r < 0)
+        return lsm_error_errno(-errno, "cannot sync %s", f->path);
+    return 0;
+}
+
+/* "Offload does not apply" errnos are folded into the three the header
+ * promises. */
+static int offload_errno(int err)
+{
+    if (err == ENOSYS || err == ENOTTY || err == ENOTSUP)
+        return -EOPNOTSUPP;
+    return -err;
+}
+
+int64_t lsm_file_copy_range(struct lsm_file *src, uint64_t src_off,
+                            struct lsm_file *dst, uint64_t dst_off, uint64_t len)
+{
+    if (src_off > INT64_MAX || dst_off > INT64_MAX ||
+        len > INT64_MAX - src_off || len > INT64_MAX - dst_off)
+        return lsm_error(-EINVAL, "cannot copy %llu bytes from %s to %s: out of range",
+                         (unsigned long long)len, src->path, dst->path);
+    loff_t so = (loff_t)src_off, dof = (loff_t)dst_off;
+    uint64_t done = 0;
+    while (done < len) {
+        size_t want = (size_t)MIN(len - done, (uint64_t)1 << 30);
+        ssize_t n = copy_file_range(src->fd, &so, dst->fd, &dof, want, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int err = offload_errno(errno);
+            if (done)
+                break;   /* report the short copy; the next call says why */
+            return lsm_error_errno(err, "cannot copy %llu bytes from %s to %s with copy_file_range",
+                                   (unsigned long long)len, src->path, dst->path);
+        }
+        if (n == 0)
+            break;       /* end of the source */
+        done += (uint64_t)n;
+    }
+    return (int64_t)done;
+}
+
+int lsm_file_clone_range(struct lsm_file *src, uint64_t src_off,
+                         struct lsm_file *dst, uint64_t dst_off, uint64_t len)
+{
+    if (len == 0)
+        return 0;   /* FICLONERANGE reads 0 as "to the end" */
+    struct file_clone_range arg = {
+        .src_fd = src->fd,
+        .src_offset = src_off,
+        .src_length = len,
+        .dest_offset = dst_off,
+    };
+    if (ioctl(dst->fd, FICLONERANGE, &arg) < 0)
+        return lsm_error_errno(offload_errno(errno), "cannot clone %llu bytes from %s to %s",
+                               (unsigned long long)len, src->path, dst->path);
+    return 0;
+}
