@@ -1,0 +1,285 @@
+/* lsm-sync copy: copy one volume, skipping what is not allocated. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "copy.h"
+#include "progress.h"
+#include "util.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    stop_requested = sig;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "Usage: lsm-sync copy [OPTIONS] SRC DST\n\n"
+        "Copy the guest-visible content of SRC (and its backing chain) to DST,\n"
+        "skipping unallocated ranges.  Options shared with qemu-img convert mean the same.\n\n"
+        "  -f FMT               source format (raw, qcow2; default: probe)\n"
+        "  -O FMT               destination format (raw, qcow2; default: raw)\n"
+        "  -B BACKING           copy only SRC's own layer; DST's backing file is BACKING\n"
+        "  -F FMT               format of BACKING\n"
+        "  -n                   DST exists: neither create nor truncate it\n"
+        "  -c, --cluster-size=N cluster size of a qcow2 DST (default: the source's)\n"
+        "  --physical           copy the qcow2 layer's host clusters in host order\n"
+        "  --no-physical        never choose a physical copy automatically\n"
+        "  --io=auto|uring|aio|psync   I/O backend (default auto)\n"
+        "  --direct=auto|always|never  O_DIRECT (default auto: buffered where refused)\n"
+        "  --offload=auto|never        reflink / copy_file_range for raw to raw\n"
+        "  -m REQUESTS          requests in flight (default 16)\n"
+        "  -s SIZE              request size (default 1M)\n"
+        "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
+        "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
+        "  -p                   progress bar\n"
+        "  --progress=json      one JSON object per line on stdout\n"
+        "  -v                   print a summary\n"
+        "  --output=json        print the summary as JSON on stdout\n");
+}
+
+enum {
+    OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
+    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT,
+};
+
+static const struct option longopts[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "cluster-size", required_argument, NULL, 'c' },
+    { "physical", no_argument, NULL, OPT_PHYSICAL },
+    { "no-physical", no_argument, NULL, OPT_NO_PHYSICAL },
+    { "io", required_argument, NULL, OPT_IO },
+    { "direct", required_argument, NULL, OPT_DIRECT },
+    { "offload", required_argument, NULL, OPT_OFFLOAD },
+    { "buffer-size", required_argument, NULL, OPT_BUFSIZE },
+    { "rate", required_argument, NULL, OPT_RATE },
+    { "progress", optional_argument, NULL, OPT_PROGRESS },
+    { "output", required_argument, NULL, OPT_OUTPUT },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 },
+};
+
+struct cli_copy {
+    struct cli_progress prog;
+};
+
+static void on_warn(void *opaque, const char *msg)
+{
+    struct cli_copy *cc = opaque;
+    cli_progress_break(&cc->prog);
+    cli_warn("%s", msg);
+}
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct cli_copy *cc = opaque;
+    cli_progress_update(&cc->prog, done, total);
+}
+
+static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_stats *st,
+                          enum cli_output output, bool verbose)
+{
+    double rate = st->seconds > 0 ? (double)st->bytes_done / st->seconds : 0;
+    if (output == CLI_OUTPUT_JSON) {
+        printf("{\"source\":\"%s\",\"destination\":\"%s\",\"io\":\"%s\",\"direct\":%s,"
+               "\"physical\":%s,\"offload\":%s,\"bytes_total\":%" PRIu64 ",\"bytes_read\":%" PRIu64
+               ",\"bytes_written\":%" PRIu64 ",\"bytes_zeroed\":%" PRIu64 ",\"bytes_skipped\":%" PRIu64
+               ",\"bytes_offloaded\":%" PRIu64 ",\"seconds\":%.3f,\"rate\":%.0f}\n",
+               o->src_path, o->dst_path, st->io_name, st->direct ? "true" : "false",
+               st->physical ? "true" : "false", st->offload ? "true" : "false",
+               st->bytes_total, st->bytes_read, st->bytes_written, st->bytes_zeroed,
+               st->bytes_skipped, st->bytes_offloaded, st->seconds, rate);
+        return;
+    }
+    if (!verbose)
+        return;
+    char b1[32], b2[32], b3[32], b4[32], b5[32];
+    fprintf(stderr, "lsm-sync: copied %s to %s: %s read, %s written, %s zeroed, %s skipped "
+            "in %.3f s (%s/s)\n", o->src_path, o->dst_path,
+            lsm_format_size(st->bytes_read, b1, sizeof(b1)),
+            lsm_format_size(st->bytes_written, b2, sizeof(b2)),
+            lsm_format_size(st->bytes_zeroed, b3, sizeof(b3)),
+            lsm_format_size(st->bytes_skipped, b4, sizeof(b4)), st->seconds,
+            lsm_format_size((uint64_t)rate, b5, sizeof(b5)));
+    fprintf(stderr, "lsm-sync: io: %s, %s%s%s\n", st->io_name, st->direct ? "O_DIRECT" : "buffered",
+            st->physical ? ", physical (host order)" : "",
+            st->offload ? ", offloaded (reflink/copy_file_range)" : "");
+}
+
+static bool parse_fmt(const char *arg, const char *opt, enum lsm_format *out)
+{
+    if (lsm_format_parse(arg, out) < 0) {
+        cli_usage_error("copy", "unknown format for %s: '%s'", opt, arg);
+        return false;
+    }
+    return true;
+}
+
+int cmd_copy(int argc, char **argv)
+{
+    struct lsm_copy_opts o = {
+        .dst_fmt = LSM_FMT_RAW,
+        .offload = true,
+    };
+    struct lsm_copy_stats st;
+    enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
+    enum cli_output output = CLI_OUTPUT_HUMAN;
+    bool verbose = false;
+    uint64_t v;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nc:m:s:pv", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'f':
+            if (!parse_fmt(optarg, "-f", &o.src_fmt))
+                return EXIT_USAGE;
+            break;
+        case 'O':
+            if (!parse_fmt(optarg, "-O", &o.dst_fmt))
+                return EXIT_USAGE;
+            break;
+        case 'B':
+            o.backing = optarg;
+            break;
+        case 'F':
+            if (!parse_fmt(optarg, "-F", &o.backing_fmt))
+                return EXIT_USAGE;
+            break;
+        case 'n':
+            o.no_create = true;
+            break;
+        case 'c':
+            if (!cli_parse_size("copy", "--cluster-size", optarg, &v))
+                return EXIT_USAGE;
+            if (!is_pow2(v) || v < 512 || v > 2 * MiB)
+                return cli_usage_error("copy", "cluster size must be a power of two from 512 to 2M");
+            o.cluster_size = (uint32_t)v;
+            break;
+        case 'm':
+            if (!cli_parse_size("copy", "-m", optarg, &v))
+                return EXIT_USAGE;
+            if (v < 1 || v > 1024)
+                return cli_usage_error("copy", "-m must be between 1 and 1024");
+            o.requests = (unsigned)v;
+            break;
+        case 's':
+            if (!cli_parse_size("copy", "-s", optarg, &v))
+                return EXIT_USAGE;
+            if (!is_pow2(v) || v < 4096 || v > 64 * MiB)
+                return cli_usage_error("copy", "-s must be a power of two from 4K to 64M");
+            o.request_size = v;
+            break;
+        case OPT_BUFSIZE:
+            if (!cli_parse_size("copy", "--buffer-size", optarg, &v))
+                return EXIT_USAGE;
+            if (v < 4096)
+                return cli_usage_error("copy", "--buffer-size must be at least 4K");
+            o.buffer_size = v;
+            break;
+        case OPT_RATE:
+            if (!cli_parse_size("copy", "--rate", optarg, &v))
+                return EXIT_USAGE;
+            o.rate = v;
+            break;
+        case 'p':
+            pmode = CLI_PROGRESS_BAR;
+            break;
+        case OPT_PROGRESS:
+            if (!optarg || !strcmp(optarg, "bar"))
+                pmode = CLI_PROGRESS_BAR;
+            else if (!strcmp(optarg, "json"))
+                pmode = CLI_PROGRESS_JSON;
+            else
+                return cli_usage_error("copy", "--progress must be 'bar' or 'json', not '%s'", optarg);
+            break;
+        case 'v':
+            verbose = true;
+            break;
+        case OPT_OUTPUT:
+            if (!cli_parse_output("copy", optarg, &output))
+                return EXIT_USAGE;
+            break;
+        case OPT_PHYSICAL:
+            o.physical = LSM_PHYSICAL_ALWAYS;
+            break;
+        case OPT_NO_PHYSICAL:
+            o.physical = LSM_PHYSICAL_NEVER;
+            break;
+        case OPT_IO:
+            if (lsm_io_kind_parse(optarg, &o.io_kind) < 0)
+                return cli_usage_error("copy", "--io must be auto, uring, aio or psync, not '%s'", optarg);
+            break;
+        case OPT_DIRECT:
+            if (lsm_direct_parse(optarg, &o.direct) < 0)
+                return cli_usage_error("copy", "--direct must be auto, always or never, not '%s'", optarg);
+            break;
+        case OPT_OFFLOAD:
+            if (!strcmp(optarg, "auto"))
+                o.offload = true;
+            else if (!strcmp(optarg, "never"))
+                o.offload = false;
+            else
+                return cli_usage_error("copy", "--offload must be auto or never, not '%s'", optarg);
+            break;
+        default:
+            return cli_usage_error("copy", "invalid option");
+        }
+    }
+    if (argc - optind != 2)
+        return cli_usage_error("copy", "expected SRC and DST");
+    o.src_path = argv[optind];
+    o.dst_path = argv[optind + 1];
+    if (o.backing_fmt != LSM_FMT_AUTO && !o.backing)
+        return cli_usage_error("copy", "-F needs -B");
+    if (o.backing && o.dst_fmt != LSM_FMT_QCOW2)
+        return cli_usage_error("copy", "-B needs -O qcow2");
+    /* --progress=json with --output=json: both on stdout, one object per
+     * line, the summary last. */
+
+    struct cli_copy cc;
+    cli_progress_init(&cc.prog, pmode);
+    o.opaque = &cc;
+    o.warn = on_warn;
+    if (pmode != CLI_PROGRESS_NONE)
+        o.progress = on_progress;
+    o.cancel = &stop_requested;
+
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    struct sigaction old_int, old_term;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+
+    int r = lsm_copy(&o, &st);
+
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+
+    if (r < 0) {
+        cli_progress_break(&cc.prog);
+        const char *msg = lsm_last_error();
+        if (stop_requested)
+            msg = stop_requested == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)";
+        if (st.dst_incomplete)
+            cli_error("copy", "%s; %s is incomplete", *msg ? msg : "failed", o.dst_path);
+        else if (st.dst_removed)
+            cli_error("copy", "%s; %s removed", *msg ? msg : "failed", o.dst_path);
+        else
+            cli_error("copy", "%s", *msg ? msg : "failed");
+        return EXIT_OPERATIONAL;
+    }
+    cli_progress_finish(&cc.prog, st.bytes_done, st.bytes_total);
+    print_summary(&o, &st, output, verbose);
+    return 0;
+}

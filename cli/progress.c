@@ -1,0 +1,107 @@
+/* Progress display: "    (45.00/100%)" like qemu-img, with rate and time
+ * left on a terminal; JSON lines for programs. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "progress.h"
+#include "util.h"
+
+void cli_progress_init(struct cli_progress *p, enum cli_progress_mode mode)
+{
+    memset(p, 0, sizeof(*p));
+    p->mode = mode;
+    p->out = mode == CLI_PROGRESS_JSON ? stdout : stderr;
+    p->tty = isatty(fileno(p->out));
+    p->start_ns = p->last_sample_ns = lsm_now_ns();
+    /* ~4 per second for programs and terminals; once a second into a log. */
+    p->interval_ms = (mode == CLI_PROGRESS_BAR && !p->tty) ? 1000 : 250;
+}
+
+static void sample(struct cli_progress *p, uint64_t done, uint64_t now)
+{
+    uint64_t dt = now - p->last_sample_ns;
+    if (dt < 100000000ULL && p->rate > 0)
+        return;
+    if (dt == 0)
+        return;
+    double inst = (double)(done - MIN(done, p->last_done)) * 1e9 / (double)dt;
+    p->rate = p->rate > 0 ? 0.7 * p->rate + 0.3 * inst : inst;
+    p->last_done = done;
+    p->last_sample_ns = now;
+}
+
+static void show(struct cli_progress *p, uint64_t done, uint64_t total, uint64_t now, bool final)
+{
+    double pct = total ? 100.0 * (double)done / (double)total : 100.0;
+    if (pct > 100.0)
+        pct = 100.0;
+    double elapsed = (double)(now - p->start_ns) / 1e9;
+    double rate = final ? (elapsed > 0 ? (double)done / elapsed : 0) : p->rate;
+    double eta = final ? 0 : (rate > 0 ? (double)(total - MIN(done, total)) / rate : -1);
+    if (p->mode == CLI_PROGRESS_JSON) {
+        fprintf(p->out, "{\"bytes_done\":%" PRIu64 ",\"bytes_total\":%" PRIu64
+                ",\"percent\":%.2f,\"rate\":%.0f,\"eta_seconds\":", done, total, pct, rate);
+        if (eta < 0)
+            fputs("null}\n", p->out);
+        else
+            fprintf(p->out, "%.1f}\n", eta);
+        fflush(p->out);
+        return;
+    }
+    char rbuf[32], dbuf[32];
+    lsm_format_size((uint64_t)rate, rbuf, sizeof(rbuf));
+    lsm_format_size(done, dbuf, sizeof(dbuf));
+    char etabuf[32];
+    if (eta < 0)
+        snprintf(etabuf, sizeof(etabuf), "--:--");
+    else if (eta >= 3600)
+        snprintf(etabuf, sizeof(etabuf), "%u:%02u:%02u", (unsigned)(eta / 3600),
+                 (unsigned)((uint64_t)eta % 3600 / 60), (unsigned)((uint64_t)eta % 60));
+    else
+        snprintf(etabuf, sizeof(etabuf), "%02u:%02u", (unsigned)(eta / 60), (unsigned)((uint64_t)eta % 60));
+    if (p->tty) {
+        char bar[31];
+        unsigned fill = (unsigned)(pct * 30 / 100);
+        for (unsigned i = 0; i < 30; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(p->out, "\r    (%6.2f/100%%) [%s] %s %s/s %s left\033[K", pct, bar, dbuf, rbuf,
+                final ? "00:00" : etabuf);
+        p->drawn = true;
+    } else {
+        fprintf(p->out, "    (%.2f/100%%) %s %s/s %s left\n", pct, dbuf, rbuf, final ? "00:00" : etabuf);
+    }
+    fflush(p->out);
+}
+
+void cli_progress_update(void *opaque, uint64_t done, uint64_t total)
+{
+    struct cli_progress *p = opaque;
+    if (p->mode == CLI_PROGRESS_NONE)
+        return;
+    uint64_t now = lsm_now_ns();
+    sample(p, done, now);
+    if (p->last_ns && now - p->last_ns < (uint64_t)p->interval_ms * 1000000ULL)
+        return;
+    p->last_ns = now;
+    show(p, done, total, now, false);
+}
+
+void cli_progress_finish(struct cli_progress *p, uint64_t done, uint64_t total)
+{
+    if (p->mode == CLI_PROGRESS_NONE)
+        return;
+    show(p, done, total, lsm_now_ns(), true);
+    cli_progress_break(p);
+}
+
+void cli_progress_break(struct cli_progress *p)
+{
+    if (p->drawn) {
+        fputc('\n', p->out);
+        fflush(p->out);
+        p->drawn = false;
+    }
+}

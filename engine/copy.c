@@ -1,0 +1,1067 @@
+/* The copy pipeline.
+ *
+ * One thread, one event loop: runs come from the plan (or, for a physical
+ * copy, from the used host clusters of a qcow2 layer); adjacent runs are
+ * coalesced into requests of up to request_size bytes, each owning one
+ * aligned buffer of the pool.  A request issues one asynchronous read per
+ * host-contiguous piece (and reads compressed / mixed granules
+ * synchronously); when its reads complete, in whatever order, its buffer is
+ * checked for zeroes chunk by chunk and the non-zero runs are written at
+ * once (for a qcow2 destination at host clusters from qcow2_writer_alloc).
+ * Zero runs become nothing (destination already reads zeroes), holes or
+ * zero clusters.  At the end: flush, then the qcow2 writer's finish.
+ */
+#include <assert.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "copy.h"
+#include "error.h"
+#include "qcow2/qcow2-writer.h"
+#include "util.h"
+
+#define DEFAULT_REQUESTS 16
+#define DEFAULT_REQUEST_SIZE (1 * MiB)
+#define DEFAULT_BUFFER_SIZE (32 * MiB)
+#define RAW_ZERO_CHUNK (64 * KiB)
+#define REAP_BATCH 64
+
+/* ---- Destination ---- */
+
+struct dst {
+    const char *path;
+    struct lsm_file *f;
+    struct qcow2_writer *w;     /* qcow2 destination, else NULL */
+    uint32_t cluster;           /* qcow2 cluster size */
+    uint64_t size;              /* guest size written */
+    bool reads_zero;            /* zero ranges need nothing */
+    bool created;               /* remove on failure */
+    int tail_fd;                /* buffered fd for an unaligned tail (raw) */
+};
+
+static int dst_map(struct dst *d, uint64_t guest, uint64_t len, uint64_t *host)
+{
+    if (!d->w) {
+        *host = guest;
+        return 0;
+    }
+    int r = qcow2_writer_alloc(d->w, guest, align_up(len, d->cluster), host);
+    if (r < 0) {
+        lsm_error_prefix("cannot allocate clusters in %s at guest offset %" PRIu64, d->path, guest);
+        return r;
+    }
+    return 0;
+}
+
+static int dst_zero(struct dst *d, uint64_t guest, uint64_t len)
+{
+    if (d->reads_zero)
+        return 0;
+    int r;
+    if (d->w) {
+        r = qcow2_writer_zero(d->w, guest, align_up(len, d->cluster));
+        if (r < 0)
+            lsm_error_prefix("cannot write zero clusters in %s at offset %" PRIu64, d->path, guest);
+    } else {
+        r = lsm_file_zero(d->f, guest, len, true);
+        if (r < 0)
+            lsm_error_prefix("cannot zero %s at offset %" PRIu64, d->path, guest);
+    }
+    return r;
+}
+
+/* Synchronous buffered write of an unaligned piece (end of a raw disk). */
+static int dst_write_tail(struct dst *d, const void *buf, uint64_t len, uint64_t off)
+{
+    if (d->tail_fd < 0) {
+        d->tail_fd = open(d->path, O_WRONLY | O_CLOEXEC);
+        if (d->tail_fd < 0)
+            return lsm_error_errno(-errno, "cannot open %s", d->path);
+    }
+    while (len) {
+        ssize_t n = pwrite(d->tail_fd, buf, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return lsm_error_errno(-errno, "cannot write to %s at offset %" PRIu64, d->path, off);
+        if (n == 0)
+            return lsm_error(-EIO, "cannot write to %s at offset %" PRIu64 ": short write", d->path, off);
+        buf = (const char *)buf + n;
+        len -= (uint64_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* ---- Pipeline state ---- */
+
+struct creq;
+
+struct ioslot {
+    struct lsm_io_req req;
+    struct creq *owner;
+    struct ioslot *next;        /* backlog */
+};
+
+struct creq {
+    uint64_t start, len;        /* guest range */
+    char *buf;
+    int buf_index;
+    unsigned nslots, used;
+    unsigned pending;
+    bool writing;
+    struct ioslot *slots;
+    struct creq *next;          /* free list */
+};
+
+struct ctx {
+    const struct lsm_copy_opts *o;
+    struct lsm_copy_stats *st;
+    struct lsm_copy_src *src;
+    const char *src_name;
+    struct dst *d;
+    struct lsm_io *io;
+    struct lsm_bufpool *pool;
+    bool fixed;
+
+    /* run source */
+    struct lsm_plan plan;
+    bool physical;
+    uint64_t *phys;             /* pairs: host offset, length */
+    size_t nphys, phys_pos;
+    uint64_t phys_skip_before;  /* physical: bytes below this are deferred (header) */
+    struct lsm_file *phys_file;
+
+    bool have_run;
+    struct lsm_run run;
+    bool runs_done;
+
+    uint64_t granule, rsize, zchunk;
+    unsigned max_active, active;
+    struct creq *reqs, *free_reqs;
+    struct creq *held;          /* built, waiting for the rate limit */
+    struct ioslot *backlog_head, *backlog_tail;
+    unsigned in_flight;
+    struct lsm_ratelimit rl;
+    uint64_t rl_wait_ns;
+
+    bool offload, offload_clone;
+    int err;
+};
+
+static bool cancelled(struct ctx *c)
+{
+    return c->o->cancel && *c->o->cancel;
+}
+
+static int set_err(struct ctx *c, int err)
+{
+    if (!c->err)
+        c->err = err;
+    return err;
+}
+
+static int record(struct ctx *c, uint64_t start, uint64_t len)
+{
+    if (!c->o->record)
+        return 0;
+    int r = c->o->record(c->o->opaque, start, len);
+    if (r < 0) {
+        if (!*lsm_last_error())
+            lsm_error(r, "progress recorder failed at offset %" PRIu64, start);
+        return set_err(c, r);
+    }
+    return 0;
+}
+
+static void progress(struct ctx *c)
+{
+    if (c->o->progress)
+        c->o->progress(c->o->opaque, c->st->bytes_done, c->st->bytes_total);
+}
+
+/* Next run from the plan or the physical run list. */
+static int phys_next(struct ctx *c, struct lsm_run *r)
+{
+    while (c->phys_pos < c->nphys) {
+        uint64_t host = c->phys[2 * c->phys_pos], len = c->phys[2 * c->phys_pos + 1];
+        c->phys_pos++;
+        if (host + len <= c->phys_skip_before)
+            continue;
+        if (host < c->phys_skip_before) {
+            len -= c->phys_skip_before - host;
+            host = c->phys_skip_before;
+        }
+        r->start = host;
+        r->length = len;
+        r->kind = LSM_RUN_DATA;
+        r->file = c->phys_file;
+        r->host = host;
+        return 1;
+    }
+    return 0;
+}
+
+static int peek_run(struct ctx *c)
+{
+    if (c->have_run)
+        return 1;
+    if (c->runs_done)
+        return 0;
+    int r = c->physical ? phys_next(c, &c->run) : lsm_plan_next(&c->plan, &c->run);
+    if (r < 0)
+        return set_err(c, r);
+    if (r == 0) {
+        c->runs_done = true;
+        return 0;
+    }
+    c->have_run = true;
+    return 1;
+}
+
+static void take_run(struct ctx *c, uint64_t n)
+{
+    if (n >= c->run.length) {
+        c->have_run = false;
+        return;
+    }
+    c->run.start += n;
+    c->run.length -= n;
+    if (c->run.kind == LSM_RUN_DATA)
+        c->run.host += n;
+}
+
+/* ---- I/O submission ---- */
+
+static void queue_slot(struct ctx *c, struct ioslot *s)
+{
+    s->next = NULL;
+    s->owner->pending++;
+    if (c->backlog_head) {
+        c->backlog_tail->next = s;
+        c->backlog_tail = s;
+        return;
+    }
+    int r = lsm_io_queue(c->io, &s->req);
+    if (r == -EAGAIN) {
+        c->backlog_head = c->backlog_tail = s;
+        return;
+    }
+    if (r < 0) {
+        s->owner->pending--;
+        lsm_error_errno(r, "cannot queue I/O on %s", s->req.file->path);
+        set_err(c, r);
+        return;
+    }
+    c->in_flight++;
+}
+
+static void flush_backlog(struct ctx *c)
+{
+    while (c->backlog_head) {
+        struct ioslot *s = c->backlog_head;
+        int r = lsm_io_queue(c->io, &s->req);
+        if (r == -EAGAIN)
+            return;
+        c->backlog_head = s->next;
+        if (!c->backlog_head)
+            c->backlog_tail = NULL;
+        if (r < 0) {
+            s->owner->pending--;
+            lsm_error_errno(r, "cannot queue I/O on %s", s->req.file->path);
+            set_err(c, r);
+            continue;
+        }
+        c->in_flight++;
+    }
+}
+
+static struct ioslot *new_slot(struct creq *q, enum lsm_io_op op, struct lsm_file *f,
+                               uint64_t buf_off, uint64_t off, uint64_t len)
+{
+    if (q->used >= q->nslots)
+        return NULL;
+    struct ioslot *s = &q->slots[q->used++];
+    memset(&s->req, 0, sizeof(s->req));
+    s->req.op = op;
+    s->req.file = f;
+    s->req.buf = q->buf + buf_off;
+    s->req.buf_index = q->buf_index;
+    s->req.offset = off;
+    s->req.len = len;
+    s->req.user = s;
+    s->owner = q;
+    return s;
+}
+
+static void free_req(struct ctx *c, struct creq *q)
+{
+    if (q->buf)
+        lsm_bufpool_put(c->pool, q->buf);
+    q->buf = NULL;
+    q->next = c->free_reqs;
+    c->free_reqs = q;
+    c->active--;
+}
+
+static void req_done(struct ctx *c, struct creq *q)
+{
+    c->st->bytes_done += q->len;
+    record(c, q->start, q->len);
+    free_req(c, q);
+    progress(c);
+}
+
+/* Reads of q are complete: detect zeroes, issue the writes. */
+static void start_writes(struct ctx *c, struct creq *q)
+{
+    struct dst *d = c->d;
+    q->writing = true;
+    q->used = 0;
+    uint64_t z = c->zchunk;
+    uint64_t pos = 0;
+    while (pos < q->len && !c->err) {
+        uint64_t n = MIN(z, q->len - pos);
+        bool zero = lsm_is_zero(q->buf + pos, n);
+        uint64_t run = n;
+        /* extend the run while chunks have the same zero-ness */
+        while (pos + run < q->len) {
+            uint64_t m = MIN(z, q->len - pos - run);
+            if (lsm_is_zero(q->buf + pos + run, m) != zero)
+                break;
+            run += m;
+        }
+        uint64_t guest = q->start + pos;
+        if (zero) {
+            int r = dst_zero(d, guest, run);
+            if (r < 0) {
+                set_err(c, r);
+                break;
+            }
+            c->st->bytes_zeroed += run;
+        } else {
+            uint64_t host;
+            int r = c->physical ? (host = guest, 0) : dst_map(d, guest, run, &host);
+            if (r < 0) {
+                set_err(c, r);
+                break;
+            }
+            uint64_t wlen = d->w ? align_up(run, d->cluster) : run;
+            if (wlen > run)   /* last cluster past the end of the disk */
+                memset(q->buf + pos + run, 0, wlen - run);
+            uint64_t alen = align_down(wlen, d->f->offset_align);
+            if (alen < wlen && !d->w) {
+                /* unaligned end of a raw disk: buffered write */
+                int t = dst_write_tail(d, q->buf + pos + alen, wlen - alen, host + alen);
+                if (t < 0) {
+                    set_err(c, t);
+                    break;
+                }
+                c->st->bytes_written += wlen - alen;
+                wlen = alen;
+            }
+            if (wlen) {
+                struct ioslot *s = new_slot(q, LSM_OP_WRITE, d->f, pos, host, wlen);
+                if (!s) {
+                    set_err(c, lsm_error(-EOVERFLOW, "internal: too many writes in one request"));
+                    break;
+                }
+                queue_slot(c, s);
+            }
+        }
+        pos += run;
+    }
+    if (!q->pending)
+        req_done(c, q);
+}
+
+/* Issue one request built from runs.  Returns 1 if a request was started,
+ * 0 if nothing to do now (no run, no buffer, rate limit), <0 on error. */
+static int build_request(struct ctx *c, struct creq **out)
+{
+    int idx;
+    char *buf = lsm_bufpool_get(c->pool, &idx);
+    if (!buf)
+        return 0;
+    struct creq *q = c->free_reqs;
+    assert(q);
+    c->free_reqs = q->next;
+    c->active++;
+    q->buf = buf;
+    q->buf_index = c->fixed ? idx : -1;
+    q->start = c->run.start;
+    q->len = 0;
+    q->used = 0;
+    q->pending = 0;
+    q->writing = false;
+
+    while (q->len < c->rsize && peek_run(c) == 1 &&
+           (c->run.kind == LSM_RUN_DATA || c->run.kind == LSM_RUN_MIXED) &&
+           c->run.start == q->start + q->len) {
+        uint64_t n = MIN(c->run.length, c->rsize - q->len);
+        uint64_t bo = q->len;
+        struct lsm_file *f = c->run.kind == LSM_RUN_DATA ? c->run.file : NULL;
+        uint64_t an = 0;   /* bytes read asynchronously */
+        if (f && is_aligned(c->run.host, f->offset_align) &&
+            is_aligned((uintptr_t)(q->buf + bo), f->mem_align))
+            an = align_down(n, f->offset_align);
+        if (an) {
+            struct ioslot *prev = q->used ? &q->slots[q->used - 1] : NULL;
+            if (prev && prev->req.file == f && prev->req.offset + prev->req.len == c->run.host &&
+                (char *)prev->req.buf + prev->req.len == q->buf + bo) {
+                prev->req.len += an;
+            } else {
+                struct ioslot *s = new_slot(q, LSM_OP_READ, f, bo, c->run.host, an);
+                if (!s) {
+                    set_err(c, lsm_error(-EOVERFLOW, "internal: too many reads in one request"));
+                    break;
+                }
+            }
+        }
+        if (an < n) {
+            int r = c->src->ops->pread(c->src, q->buf + bo + an, n - an, c->run.start + an);
+            if (r < 0) {
+                lsm_error_prefix("cannot read %s at offset %" PRIu64, c->src_name, c->run.start + an);
+                set_err(c, r);
+                break;
+            }
+            c->st->bytes_read += n - an;
+        }
+        q->len += n;
+        take_run(c, n);
+    }
+    *out = q;
+    return 1;
+}
+
+static void start_request(struct ctx *c, struct creq *q)
+{
+    unsigned nreads = q->used;
+    if (!nreads) {
+        start_writes(c, q);
+        return;
+    }
+    for (unsigned i = 0; i < nreads; i++)
+        queue_slot(c, &q->slots[i]);
+}
+
+/* Offload one raw data run (clone, then copy_file_range); returns 1 if the
+ * run was copied, 0 if offload does not apply (now disabled), <0 on error. */
+static int try_offload(struct ctx *c)
+{
+    struct lsm_run *r = &c->run;
+    uint64_t off = 0;
+    if (!r->file)
+        return 0;
+    if (c->offload_clone) {
+        int ret = lsm_file_clone_range(r->file, r->host, c->d->f, r->start, r->length);
+        if (ret == 0)
+            goto done;
+        if (ret != -EXDEV && ret != -EOPNOTSUPP && ret != -EINVAL && ret != -ENOTTY && ret != -ENOSYS)
+            return set_err(c, ret);
+        lsm_error_clear();
+        c->offload_clone = false;
+    }
+    while (off < r->length) {
+        int64_t n = lsm_file_copy_range(r->file, r->host + off, c->d->f, r->start + off,
+                                        r->length - off);
+        if (n == -EXDEV || n == -EOPNOTSUPP || n == -EINVAL || n == -ENOSYS) {
+            lsm_error_clear();
+            c->offload = false;
+            if (!off)
+                return 0;
+            /* The rest goes through the pipeline. */
+            c->st->bytes_offloaded += off;
+            c->st->bytes_done += off;
+            record(c, r->start, off);
+            take_run(c, off);
+            return 0;
+        }
+        if (n < 0)
+            return set_err(c, (int)n);
+        if (n == 0)
+            return set_err(c, lsm_error(-EIO, "cannot copy %s to %s at offset %" PRIu64 ": short copy",
+                                        c->src_name, c->d->path, r->start + off));
+        off += (uint64_t)n;
+        if (cancelled(c))
+            break;
+    }
+done:
+    c->st->offload = true;
+    c->st->bytes_offloaded += off ? off : r->length;
+    c->st->bytes_done += off ? off : r->length;
+    record(c, r->start, off ? off : r->length);
+    take_run(c, off ? off : r->length);
+    progress(c);
+    return 1;
+}
+
+/* Start what can be started. */
+static void fill(struct ctx *c)
+{
+    while (!c->err && !cancelled(c)) {
+        if (c->held) {
+            uint64_t wait = lsm_ratelimit_take(&c->rl, c->held->len, lsm_now_ns());
+            if (wait) {
+                c->rl_wait_ns = wait;
+                return;
+            }
+            struct creq *q = c->held;
+            c->held = NULL;
+            start_request(c, q);
+            continue;
+        }
+        if (c->active >= c->max_active)
+            return;
+        if (peek_run(c) != 1)
+            return;
+        struct lsm_run *r = &c->run;
+        switch (r->kind) {
+        case LSM_RUN_SKIP:
+            c->st->bytes_skipped += r->length;
+            record(c, r->start, r->length);
+            c->have_run = false;
+            continue;
+        case LSM_RUN_ZERO: {
+            int ret = dst_zero(c->d, r->start, r->length);
+            if (ret < 0) {
+                set_err(c, ret);
+                return;
+            }
+            c->st->bytes_zeroed += r->length;
+            record(c, r->start, r->length);
+            c->have_run = false;
+            continue;
+        }
+        default:
+            break;
+        }
+        if (c->offload && r->kind == LSM_RUN_DATA) {
+            int ret = try_offload(c);
+            if (ret < 0)
+                return;
+            if (ret > 0)
+                continue;
+        }
+        struct creq *q = NULL;
+        int ret = build_request(c, &q);
+        if (ret <= 0)
+            return;
+        if (c->err) {
+            free_req(c, q);
+            return;
+        }
+        if (c->rl.rate) {
+            c->held = q;
+            continue;
+        }
+        start_request(c, q);
+    }
+}
+
+static void complete(struct ctx *c, struct lsm_io_req *req)
+{
+    struct ioslot *s = req->user;
+    struct creq *q = s->owner;
+    c->in_flight--;
+    q->pending--;
+    bool rd = req->op == LSM_OP_READ;
+    if (req->result < 0 || (uint64_t)req->result < req->len) {
+        if (req->result < 0) {
+            if (!c->err) {
+                if (rd)
+                    lsm_error_errno((int)req->result, "cannot read %s at offset %" PRIu64,
+                                    req->file->path, req->offset);
+                else
+                    lsm_error_errno((int)req->result, "cannot write to %s at offset %" PRIu64,
+                                    req->file->path, req->offset);
+            }
+            set_err(c, (int)req->result);
+        } else if (req->result == 0) {
+            if (!c->err) {
+                if (rd)
+                    lsm_error(-EIO, "cannot read %s at offset %" PRIu64 ": unexpected end of file "
+                              "(did the source change size?)", req->file->path, req->offset);
+                else
+                    lsm_error(-EIO, "cannot write to %s at offset %" PRIu64 ": short write",
+                              req->file->path, req->offset);
+            }
+            set_err(c, -EIO);
+        } else if (!c->err) {
+            /* Short transfer: issue the rest. */
+            uint64_t n = (uint64_t)req->result;
+            if (rd)
+                c->st->bytes_read += n;
+            else
+                c->st->bytes_written += n;
+            req->buf = (char *)req->buf + n;
+            req->offset += n;
+            req->len -= n;
+            queue_slot(c, s);
+            return;
+        }
+    } else if (rd) {
+        c->st->bytes_read += req->len;
+    } else {
+        c->st->bytes_written += req->len;
+    }
+    if (q->pending)
+        return;
+    if (c->err) {
+        free_req(c, q);
+        return;
+    }
+    if (!q->writing)
+        start_writes(c, q);
+    else
+        req_done(c, q);
+}
+
+static int run_pipeline(struct ctx *c)
+{
+    struct lsm_io_req *done[REAP_BATCH];
+    for (;;) {
+        c->rl_wait_ns = 0;
+        fill(c);
+        flush_backlog(c);
+        if (c->in_flight) {
+            int r = lsm_io_submit(c->io);
+            if (r < 0 && r != -EAGAIN && r != -EINTR) {
+                lsm_error_errno(r, "cannot submit I/O");
+                set_err(c, r);
+            }
+        }
+        if (!c->in_flight && !c->backlog_head) {
+            if (c->err || cancelled(c))
+                break;
+            if (!c->held && c->runs_done && !c->have_run && !c->active)
+                break;
+            if (c->rl_wait_ns) {
+                struct timespec ts = { (time_t)(c->rl_wait_ns / 1000000000ULL),
+                                       (long)(c->rl_wait_ns % 1000000000ULL) };
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            if (!c->held && !c->have_run && c->runs_done && c->active) {
+                set_err(c, lsm_error(-EIO, "internal: %u requests stuck", c->active));
+                break;
+            }
+            continue;
+        }
+        int n = lsm_io_reap(c->io, 1, done, REAP_BATCH);
+        if (n == -EINTR)
+            continue;
+        if (n < 0) {
+            lsm_error_errno(n, "cannot reap I/O completions");
+            set_err(c, n);
+            /* We cannot know what is in flight any more. */
+            return c->err;
+        }
+        for (int i = 0; i < n; i++)
+            complete(c, done[i]);
+    }
+    if (!c->err && cancelled(c))
+        set_err(c, lsm_error(-EINTR, "interrupted"));
+    if (c->held)
+        free_req(c, c->held), c->held = NULL;
+    return c->err;
+}
+
+/* ---- Setup ---- */
+
+static int collect_phys(void *opaque, uint64_t host, uint64_t len)
+{
+    struct ctx *c = opaque;
+    if (c->nphys && c->phys[2 * (c->nphys - 1)] + c->phys[2 * (c->nphys - 1) + 1] == host) {
+        c->phys[2 * (c->nphys - 1) + 1] += len;
+        return 0;
+    }
+    if ((c->nphys & (c->nphys - 1)) == 0) {   /* grow at powers of two */
+        size_t cap = c->nphys ? 2 * c->nphys : 64;
+        uint64_t *p = realloc(c->phys, cap * 2 * sizeof(*p));
+        if (!p)
+            return lsm_error(-ENOMEM, "out of memory");
+        c->phys = p;
+    }
+    c->phys[2 * c->nphys] = host;
+    c->phys[2 * c->nphys + 1] = len;
+    c->nphys++;
+    return 0;
+}
+
+static void warn(const struct lsm_copy_opts *o, const char *fmt, ...) LSM_PRINTF(2, 3);
+static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
+{
+    if (!o->warn)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    o->warn(o->opaque, msg);
+}
+
+/* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
+ * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
+static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return explain ? lsm_error(-EINVAL, "--physical needs a qcow2 source") : 0;
+    if (o->dst_fmt != LSM_FMT_QCOW2)
+        return explain ? lsm_error(-EINVAL, "--physical needs a qcow2 destination (-O qcow2)") : 0;
+    if (o->no_create)
+        return explain ? lsm_error(-EINVAL, "--physical cannot write into an existing destination (-n)") : 0;
+    if (img->backing && !o->backing)
+        return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
+    if (o->cluster_size && o->cluster_size != img->cluster_size)
+        return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
+    struct lsm_qcow2_info qi;
+    int r = lsm_qcow2_get_info(img, &qi);
+    if (r < 0)
+        return r;
+    if (qi.corrupt || qi.dirty)
+        return explain ? lsm_error(-EINVAL, "--physical: %s is marked %s", img->filename,
+                                   qi.corrupt ? "corrupt" : "dirty") : 0;
+    if (qi.data_file)
+        return explain ? lsm_error(-EINVAL, "--physical: %s has an external data file", img->filename) : 0;
+    if (explain)
+        return 1;
+    /* auto: conservative */
+    if (qi.nb_snapshots || qi.nb_bitmaps)
+        return 0;
+    return 1;
+}
+
+static void src_close(struct lsm_copy_src *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    uint64_t t0 = lsm_now_ns();
+    struct ctx cx = { .o = o, .st = st };
+    struct ctx *c = &cx;
+    struct dst d = { .path = o->dst_path, .tail_fd = -1 };
+    struct lsm_image *img = NULL;
+    struct lsm_copy_src *src = NULL;
+    int r;
+
+    unsigned m = o->requests ? o->requests : DEFAULT_REQUESTS;
+    uint64_t rsize = o->request_size ? o->request_size : DEFAULT_REQUEST_SIZE;
+    uint64_t budget = o->buffer_size ? o->buffer_size : DEFAULT_BUFFER_SIZE;
+    if (!is_pow2(rsize) || rsize < 4096)
+        return lsm_error(-EINVAL, "request size must be a power of two of at least 4096 bytes");
+    if (o->dst_fmt != LSM_FMT_RAW && o->dst_fmt != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "destination format must be raw or qcow2");
+    if (o->backing_fmt != LSM_FMT_AUTO && !o->backing)
+        return lsm_error(-EINVAL, "a backing format (-F) needs a backing file (-B)");
+    if (o->backing && o->dst_fmt != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
+
+    r = lsm_image_open(o->src_path, o->src_fmt, 0, &img);
+    if (r < 0)
+        return r;
+    c->src_name = o->src_path;
+
+    /* Physical copy? */
+    bool physical = false;
+    if (o->physical == LSM_PHYSICAL_ALWAYS) {
+        r = physical_applies(o, img, true);
+        if (r < 0)
+            goto out;
+        physical = true;
+    } else if (o->physical == LSM_PHYSICAL_AUTO) {
+        r = physical_applies(o, img, false);
+        if (r < 0)
+            goto out;
+        physical = r > 0;
+    }
+    lsm_error_clear();
+    c->physical = physical;
+    st->physical = physical;
+
+    /* Destination. */
+    uint32_t cluster = 0;
+    if (o->dst_fmt == LSM_FMT_QCOW2) {
+        cluster = o->cluster_size ? o->cluster_size : (img->cluster_size ? img->cluster_size : 64 * KiB);
+        if (!is_pow2(cluster) || cluster < 512 || cluster > 2 * MiB) {
+            r = lsm_error(-EINVAL, "invalid cluster size %u", cluster);
+            goto out;
+        }
+    }
+    unsigned fflags = LSM_FILE_WRITE | (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_TRUNC);
+    r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
+    if (r < 0)
+        goto out;
+    d.created = !o->no_create && !d.f->is_blockdev;
+    if (cluster && d.f->offset_align > cluster) {
+        /* Cluster smaller than the O_DIRECT alignment: buffered I/O. */
+        if (o->direct == LSM_DIRECT_ALWAYS) {
+            r = lsm_error(-EINVAL, "cannot use O_DIRECT on %s: cluster size %u below its alignment %u",
+                          o->dst_path, cluster, d.f->offset_align);
+            goto out;
+        }
+        lsm_file_close(d.f);
+        d.f = NULL;
+        r = lsm_file_open(o->dst_path, LSM_FILE_WRITE, LSM_DIRECT_NEVER, &d.f);
+        if (r < 0)
+            goto out;
+    } else if (d.f->direct_refused) {
+        warn(o, "%s does not support O_DIRECT; using buffered I/O", o->dst_path);
+    }
+    st->direct = d.f->direct;
+
+    uint64_t vsize = img->virtual_size;
+    if (physical) {
+        d.size = img->file_size;
+        d.reads_zero = true;
+        r = lsm_file_truncate(d.f, img->file_size);
+        if (r < 0)
+            goto out;
+    } else if (o->dst_fmt == LSM_FMT_QCOW2) {
+        d.cluster = cluster;
+        if (o->no_create) {
+            r = qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
+            if (r < 0)
+                goto out;
+            if (qcow2_writer_virtual_size(d.w) < vsize) {
+                r = lsm_error(-EINVAL, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
+                              o->dst_path, qcow2_writer_virtual_size(d.w), o->src_path, vsize);
+                goto out;
+            }
+            d.cluster = cluster = qcow2_writer_cluster_size(d.w);
+            d.reads_zero = false;
+        } else {
+            struct qcow2_create_opts co = {
+                .size = align_up(vsize, 512),
+                .cluster_bits = (unsigned)__builtin_ctz(cluster),
+                .backing_name = o->backing,
+                .backing_fmt = o->backing_fmt,
+            };
+            r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
+            if (r < 0)
+                goto out;
+            d.reads_zero = !o->backing;
+        }
+        d.size = vsize;
+    } else {
+        d.size = vsize;
+        if (o->no_create || d.f->is_blockdev) {
+            if (d.f->size < vsize) {
+                r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
+                              o->dst_path, d.f->size, o->src_path, vsize);
+                goto out;
+            }
+            d.reads_zero = false;
+        } else {
+            r = lsm_file_truncate(d.f, vsize);
+            if (r < 0)
+                goto out;
+            d.reads_zero = true;
+        }
+    }
+    c->d = &d;
+
+    /* Source. */
+    if (physical) {
+        r = lsm_qcow2_for_each_used_run(img, collect_phys, c);
+        if (r < 0)
+            goto out;
+        r = lsm_file_open(img->filename, LSM_FILE_READ, o->direct, &c->phys_file);
+        if (r < 0)
+            goto out;
+        c->phys_skip_before = img->cluster_size;   /* header last */
+        c->granule = img->cluster_size;
+        for (size_t i = 0; i < c->nphys; i++) {
+            uint64_t h = c->phys[2 * i], l = c->phys[2 * i + 1];
+            if (h + l > c->phys_skip_before)
+                st->bytes_total += h + l - MAX(h, c->phys_skip_before);
+        }
+    } else {
+        r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
+        if (r < 0)
+            goto out;
+        c->src = src;
+        c->granule = d.w ? cluster : MAX(4096u, d.f->offset_align);
+        /* Pre-pass: bytes to copy, known up front. */
+        lsm_plan_init(&c->plan, src, c->granule, o->backing != NULL);
+        struct lsm_run run;
+        while ((r = lsm_plan_next(&c->plan, &run)) > 0)
+            if (run.kind == LSM_RUN_DATA || run.kind == LSM_RUN_MIXED)
+                st->bytes_total += run.length;
+        if (r < 0)
+            goto out;
+        src->ops->rewind(src);
+        lsm_plan_init(&c->plan, src, c->granule, o->backing != NULL);
+    }
+
+    /* Pipeline resources. */
+    c->rsize = MAX(align_up(rsize, c->granule), c->granule);
+    c->zchunk = d.w ? cluster : MAX(c->granule, RAW_ZERO_CHUNK);
+    if (c->physical)
+        c->zchunk = MAX(c->granule, RAW_ZERO_CHUNK);
+    if (budget < c->rsize)
+        budget = c->rsize;
+    c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
+    if (!c->max_active)
+        c->max_active = 1;
+    r = lsm_bufpool_create(c->max_active * c->rsize, c->rsize, 4096, &c->pool);
+    if (r < 0)
+        goto out;
+    struct lsm_io_config cfg = {
+        .depth = MAX(2 * m, 32u),
+        .fixed_buffers = true,
+    };
+    r = lsm_io_create(o->io_kind, &cfg, &c->io);
+    if (r < 0)
+        goto out;
+    snprintf(st->io_name, sizeof(st->io_name), "%s", lsm_io_name(c->io));
+    {
+        struct iovec *iov = lsm_bufpool_iovecs(c->pool);
+        if (iov) {
+            c->fixed = lsm_io_register_buffers(c->io, iov, c->pool->count) == 0;
+            free(iov);
+        }
+        lsm_error_clear();
+        if (lsm_io_register_file(c->io, d.f) < 0)
+            lsm_error_clear();
+    }
+    unsigned nslots = (unsigned)(c->rsize / MIN(c->granule, 4096) + 4);
+    if (c->rsize / 512 + 4 > nslots && c->granule < 4096)
+        nslots = (unsigned)(c->rsize / c->granule + 4);
+    c->reqs = calloc(c->max_active, sizeof(*c->reqs));
+    if (!c->reqs) {
+        r = lsm_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    for (unsigned i = 0; i < c->max_active; i++) {
+        c->reqs[i].slots = calloc(nslots, sizeof(struct ioslot));
+        if (!c->reqs[i].slots) {
+            r = lsm_error(-ENOMEM, "out of memory");
+            goto out;
+        }
+        c->reqs[i].nslots = nslots;
+        c->reqs[i].next = c->free_reqs;
+        c->free_reqs = &c->reqs[i];
+    }
+    if (o->rate)
+        lsm_ratelimit_init(&c->rl, o->rate, MAX(c->rsize, o->rate / 10), lsm_now_ns());
+    c->offload = o->offload && !physical && !d.w && img->format == LSM_FMT_RAW && !img->backing;
+    c->offload_clone = c->offload;
+
+    progress(c);
+    r = run_pipeline(c);
+    if (r < 0)
+        goto out;
+
+    /* Durable before success. */
+    if (src) {
+        r = src->ops->check(src);
+        if (r < 0)
+            goto out;
+    }
+    r = lsm_file_sync(d.f);
+    if (r < 0) {
+        lsm_error_prefix("cannot flush %s", o->dst_path);
+        goto out;
+    }
+    if (d.tail_fd >= 0 && fdatasync(d.tail_fd) < 0) {
+        r = lsm_error_errno(-errno, "cannot flush %s", o->dst_path);
+        goto out;
+    }
+    if (physical) {
+        /* The header cluster last: until now the file is no qcow2. */
+        int idx;
+        char *buf = lsm_bufpool_get(c->pool, &idx);
+        uint32_t cs = img->cluster_size;
+        ssize_t n = pread(img->fd, buf, cs, 0);
+        if (n != (ssize_t)cs) {
+            r = n < 0 ? lsm_error_errno(-errno, "cannot read %s", o->src_path)
+                      : lsm_error(-EIO, "cannot read %s: short read", o->src_path);
+            lsm_bufpool_put(c->pool, buf);
+            goto out;
+        }
+        n = pwrite(d.f->fd, buf, cs, 0);
+        lsm_bufpool_put(c->pool, buf);
+        if (n != (ssize_t)cs) {
+            r = n < 0 ? lsm_error_errno(-errno, "cannot write to %s at offset 0", o->dst_path)
+                      : lsm_error(-EIO, "cannot write to %s at offset 0: short write", o->dst_path);
+            goto out;
+        }
+        st->bytes_read += cs;
+        st->bytes_written += cs;
+        st->bytes_done += cs;
+        st->bytes_total += cs;
+        r = lsm_file_sync(d.f);
+        if (r < 0)
+            goto out;
+        bool same = o->backing && img->backing_name && !strcmp(o->backing, img->backing_name) &&
+                    o->backing_fmt == img->backing_fmt;
+        if (o->backing && !same) {
+            r = qcow2_set_backing(d.f->fd, d.f->offset_align, o->backing, o->backing_fmt);
+            if (r < 0) {
+                lsm_error_prefix("cannot set the backing file of %s", o->dst_path);
+                goto out;
+            }
+            r = lsm_file_sync(d.f);
+            if (r < 0)
+                goto out;
+        }
+        record(c, 0, cs);
+    }
+    if (d.w) {
+        r = qcow2_writer_finish(d.w);
+        if (r < 0) {
+            lsm_error_prefix("cannot finish %s", o->dst_path);
+            goto out;
+        }
+    }
+    r = record(c, 0, 0);   /* everything reported so far is durable */
+    progress(c);
+
+out:
+    if (r < 0 && !*lsm_last_error())
+        lsm_error_errno(r, "copy failed");
+    if (c->io)
+        lsm_io_destroy(c->io);
+    if (c->pool)
+        lsm_bufpool_destroy(c->pool);
+    if (c->reqs)
+        for (unsigned i = 0; i < c->max_active; i++)
+            free(c->reqs[i].slots);
+    free(c->reqs);
+    free(c->phys);
+    if (c->phys_file)
+        lsm_file_close(c->phys_file);
+    src_close(src);
+    if (d.w)
+        qcow2_writer_close(d.w);
+    if (d.tail_fd >= 0)
+        close(d.tail_fd);
+    bool opened = d.f != NULL, blockdev = d.f && d.f->is_blockdev;
+    if (d.f)
+        lsm_file_close(d.f);
+    if (r < 0 && opened) {
+        if (d.created) {
+            if (unlink(o->dst_path) == 0)
+                st->dst_removed = true;
+        } else if (o->no_create || blockdev) {
+            st->dst_incomplete = true;
+        }
+    }
+    lsm_image_close(img);
+    st->seconds = (double)(lsm_now_ns() - t0) / 1e9;
+    return r < 0 ? r : 0;
+}

@@ -1,0 +1,183 @@
+/* The copy engine: extents in, requests out.
+ *
+ *   source (struct lsm_copy_src: extents + reads)
+ *     -> plan (struct lsm_plan: granule-aligned runs: skip / zero / data)
+ *     -> pipeline (many requests in flight through io/; reads complete out
+ *        of order, writes are issued as each read completes)
+ *     -> destination (struct lsm_copy_dst: raw file/device or qcow2 writer)
+ *
+ * The engine never prints: failures return -errno with a message recorded
+ * by lsm_error(); warnings and progress go to callbacks.
+ */
+#ifndef LSM_COPY_H
+#define LSM_COPY_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "io.h"
+
+/* ---- Extent source ----
+ *
+ * A source hands out guest-ordered extents and reads guest ranges.  The
+ * image source (engine/source.c) wraps the reader's lsm_map_iter; an NBD
+ * source fills the same table with NBD block status and pread. */
+enum lsm_src_kind {
+    LSM_SRC_ABSENT = 0,   /* not present in the copied layer(s): leave to backing */
+    LSM_SRC_ZERO,         /* reads as zeroes */
+    LSM_SRC_DATA,         /* data */
+};
+
+struct lsm_src_extent {
+    uint64_t start, length;
+    enum lsm_src_kind kind;
+    /* DATA only: where an asynchronous read finds the bytes.  file NULL (or
+     * compressed data) means: read it with ops->pread. */
+    struct lsm_file *file;
+    uint64_t host;
+};
+
+struct lsm_copy_src;
+struct lsm_src_ops {
+    const char *name;
+    /* Restart iteration at guest offset 0. */
+    int (*rewind)(struct lsm_copy_src *s);
+    /* Next extent: 1 with *e filled (extents are contiguous and cover the
+     * whole size in order), 0 at the end, or -errno. */
+    int (*next)(struct lsm_copy_src *s, struct lsm_src_extent *e);
+    /* Synchronous guest-visible read of [off, off+len) (any alignment; past
+     * the end reads zeroes). */
+    int (*pread)(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t off);
+    /* Called after the copy: -errno if the source changed under us. */
+    int (*check)(struct lsm_copy_src *s);
+    void (*close)(struct lsm_copy_src *s);
+};
+
+struct lsm_copy_src {
+    const struct lsm_src_ops *ops;
+    uint64_t size;          /* guest-visible size */
+    void *priv;
+};
+
+/* The image source: extents of the chain below img (or of img's own layer
+ * with one_layer, absent where img does not decide the content).  Data
+ * extents are read through a second, read-only O_DIRECT (per `direct`)
+ * lsm_file per layer.  The source does not own img. */
+int lsm_image_source_create(struct lsm_image *img, bool one_layer,
+                            enum lsm_direct_mode direct, struct lsm_copy_src **out);
+
+/* ---- Plan: granule-aligned runs ----
+ *
+ * The destination has a granularity (its cluster size, or a block size for
+ * raw).  The plan merges the source extents into runs whose ends are
+ * granule-aligned (except at the end of the disk):
+ *   SKIP   nothing to do (absent in the copied layer)
+ *   ZERO   reads as zeroes
+ *   DATA   one extent's data, contiguous at src extent `file`/`host`
+ *   MIXED  granules mixing kinds or discontiguous hosts: read with ops->pread
+ */
+enum lsm_run_kind { LSM_RUN_SKIP, LSM_RUN_ZERO, LSM_RUN_DATA, LSM_RUN_MIXED };
+
+struct lsm_run {
+    uint64_t start, length;
+    enum lsm_run_kind kind;
+    struct lsm_file *file;   /* DATA: file and host offset (file may be NULL) */
+    uint64_t host;
+};
+
+struct lsm_plan {
+    struct lsm_copy_src *src;
+    uint64_t granule;
+    uint64_t pos;             /* next guest offset to plan */
+    bool one_layer_zero_mixed;/* ZERO+ABSENT in one granule must be read (backing under dst) */
+    bool have_cur;
+    struct lsm_src_extent cur; /* current source extent, cut at pos */
+    bool eof;
+};
+
+void lsm_plan_init(struct lsm_plan *p, struct lsm_copy_src *src, uint64_t granule,
+                   bool absent_zero_mixed_is_data);
+/* 1 with *r filled, 0 at the end, -errno. */
+int lsm_plan_next(struct lsm_plan *p, struct lsm_run *r);
+
+/* ---- Small helpers (unit-tested) ---- */
+
+/* True if len bytes at buf are all zero (word-wise; buf 8-byte aligned). */
+bool lsm_is_zero(const void *buf, size_t len);
+
+/* Token bucket: rate bytes per second, burst bytes. */
+struct lsm_ratelimit {
+    uint64_t rate;            /* 0: unlimited */
+    uint64_t burst;
+    double tokens;
+    uint64_t last_ns;
+};
+void lsm_ratelimit_init(struct lsm_ratelimit *rl, uint64_t rate, uint64_t burst, uint64_t now_ns);
+/* Take `bytes` tokens at now_ns: returns 0 if taken, else the nanoseconds
+ * to wait before asking again (nothing taken).  A request larger than the
+ * burst is allowed once the bucket is full. */
+uint64_t lsm_ratelimit_take(struct lsm_ratelimit *rl, uint64_t bytes, uint64_t now_ns);
+
+/* ---- The copy ---- */
+
+enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICAL_NEVER };
+
+/* Completed-extent recorder: [start, start+len) of the guest (or, for a
+ * physical copy, of the host file) is written to the destination (not yet
+ * flushed: a resumer must treat ranges as durable only after the copy's
+ * final flush, signalled by a call with len == 0).  Return <0 to abort. */
+typedef int (*lsm_copy_record_fn)(void *opaque, uint64_t start, uint64_t len);
+/* Progress: bytes done of bytes total. */
+typedef void (*lsm_copy_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+/* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
+typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
+
+struct lsm_copy_opts {
+    const char *src_path;
+    enum lsm_format src_fmt;          /* AUTO probes */
+    const char *dst_path;
+    enum lsm_format dst_fmt;          /* RAW (default) or QCOW2 */
+    const char *backing;              /* -B: copy only SRC's own layer */
+    enum lsm_format backing_fmt;      /* -F */
+    bool no_create;                   /* -n */
+    enum lsm_physical_mode physical;
+    enum lsm_io_kind io_kind;
+    enum lsm_direct_mode direct;
+    bool offload;                     /* --offload=auto */
+    unsigned requests;                /* -m (0: 16) */
+    uint64_t request_size;            /* -s (0: 1 MiB) */
+    uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
+    uint64_t rate;                    /* bytes/s (0: unlimited) */
+    uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+
+    volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
+    lsm_copy_record_fn record;
+    lsm_copy_progress_fn progress;
+    lsm_copy_warn_fn warn;
+    void *opaque;
+};
+
+struct lsm_copy_stats {
+    char io_name[16];
+    bool direct;             /* destination written with O_DIRECT */
+    bool physical;           /* physical (host-order) copy */
+    bool offload;            /* some bytes went through clone/copy_file_range */
+    uint64_t bytes_total;    /* bytes planned to copy (data) */
+    uint64_t bytes_done;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
+    uint64_t bytes_skipped;  /* absent / unallocated ranges */
+    uint64_t bytes_offloaded;
+    double seconds;
+    bool dst_incomplete;     /* on failure with -n: destination left incomplete */
+    bool dst_removed;        /* on failure: destination created by us removed */
+};
+
+/* Run a copy.  Returns 0 (destination complete and durable) or -errno with
+ * a message; on failure a destination created here is removed. */
+int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
+
+#endif
