@@ -8,6 +8,26 @@
  * for at least min_done completions and returns up to max pointers to
  * finished requests, each with ->result set (bytes transferred, or -errno).
  * A short transfer is reported as such; retrying is the caller's business.
+ * WRITE_ZEROES completes with len, FLUSH with 0.  -EAGAIN from
+ * lsm_io_queue() is flow control and records no message; every other
+ * failure records one (common/error.h).  lsm_io_reap() never waits for more
+ * than are in flight, so it cannot hang on an empty queue.
+ *
+ * Threads: an lsm_io is used by one thread at a time.  With io_uring the
+ * ring is created disabled and binds (SINGLE_ISSUER|DEFER_TASKRUN) to the
+ * thread that first submits or reaps: create it anywhere, then keep to that
+ * thread.  lsm_io_destroy() waits for requests still in flight.
+ *
+ * Environment (for tests):
+ *   LSM_TEST_URING_ERRNO=EPERM (an errno name or number): io_uring setup
+ *     fails with that errno as a kernel refusing io_uring would, so that
+ *     LSM_IO_AUTO's fallback to aio, then psync, can be exercised.
+ *   LSM_IO_FAULT=OP:N:ERR[,OP:N:ERR...]: lsm_io_create() wraps the chosen
+ *     backend in a fault injector.  OP is read, write, zero, flush or any; N
+ *     is the 1-based index of the request of that kind (counted at queue
+ *     time); ERR is EIO, ENOSPC or short (half the bytes transferred; not for
+ *     flush).  The request is still performed; only its result is
+ *     rewritten.  lsm_io_name() then says e.g. "uring+fault".
  */
 #ifndef LSM_IO_H
 #define LSM_IO_H
@@ -59,9 +79,11 @@ struct lsm_io_ops {
     const char *name;
     int (*init)(struct lsm_io *io, const struct lsm_io_config *cfg);
     void (*destroy)(struct lsm_io *io);
-    /* optional: register buffers (iovecs) for fixed I/O; -ENOTSUP if not supported */
+    /* optional: register buffers (iovecs) for fixed I/O; -ENOTSUP if not
+     * supported or cfg.fixed_buffers is off; replaces an earlier set */
     int (*register_buffers)(struct lsm_io *io, const struct iovec *iov, unsigned n);
-    /* optional: register files; the backend records the index in file */
+    /* optional: register files; the backend records the index in file
+     * (io_uring: 64 slots, the file stays referenced until destroy) */
     int (*register_file)(struct lsm_io *io, struct lsm_file *f);
     int (*queue)(struct lsm_io *io, struct lsm_io_req *req);
     int (*submit)(struct lsm_io *io);
@@ -119,8 +141,10 @@ int lsm_file_open(const char *path, unsigned flags, enum lsm_direct_mode direct,
 int lsm_file_from_fd(int fd, const char *path, struct lsm_file **out);
 void lsm_file_close(struct lsm_file *f);
 /* Make [offset, offset+len) read as zeroes: PUNCH_HOLE (if may_unmap) or
- * ZERO_RANGE on files, BLKZEROOUT / BLKDISCARD on block devices, written
- * zeroes as the last resort. Synchronous. */
+ * ZERO_RANGE on files, both with KEEP_SIZE (zero inside the file; size the
+ * target first); on block devices fallocate PUNCH_HOLE (a discard that
+ * guarantees zeroes, if may_unmap) or BLKZEROOUT; written zeroes as the
+ * last resort (which, unlike the rest, extends a file). Synchronous. */
 int lsm_file_zero(struct lsm_file *f, uint64_t offset, uint64_t len, bool may_unmap);
 int lsm_file_truncate(struct lsm_file *f, uint64_t size);
 int lsm_file_sync(struct lsm_file *f);

@@ -27,6 +27,7 @@ struct fixture {
     char dir[256];
     char mnt[300];
     char img[300];
+    char loopdev[64];
     bool mounted;
 };
 
@@ -58,6 +59,12 @@ static int teardown_dir(void **state)
     struct fixture *fx = *state;
     if (fx->mounted && umount2(fx->mnt, 0) < 0)
         umount2(fx->mnt, MNT_DETACH);
+    if (fx->loopdev[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "losetup -d %s", fx->loopdev);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot detach %s\n", fx->loopdev);
+    }
     nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     free(fx);
     return 0;
@@ -212,7 +219,10 @@ static void run_backend(void **state, enum lsm_io_kind kind, bool fixed)
         assert_int_equal(f->reg_index, 0);
         assert_int_equal(lsm_io_register_file(io, f), 0);   /* again: same slot */
         assert_int_equal(f->reg_index, 0);
-    } else if (kind != LSM_IO_URING) {
+    } else if (kind == LSM_IO_URING) {
+        struct iovec iov = { g_pool->base, BLK };
+        assert_int_equal(lsm_io_register_buffers(io, &iov, 1), -ENOTSUP);  /* fixed_buffers off */
+    } else {
         assert_int_equal(lsm_io_register_buffers(io, NULL, 0), -ENOTSUP);
         assert_int_equal(lsm_io_register_file(io, f), -ENOTSUP);
         assert_int_equal(f->reg_index, -1);
@@ -326,6 +336,47 @@ static void run_backend(void **state, enum lsm_io_kind kind, bool fixed)
     lsm_file_close(f);
     lsm_bufpool_destroy(g_pool);
     g_pool = NULL;
+}
+
+static const enum lsm_io_kind all_kinds[] = {
+#ifdef HAVE_LIBURING
+    LSM_IO_URING,
+#endif
+#ifdef HAVE_LIBAIO
+    LSM_IO_AIO,
+#endif
+    LSM_IO_PSYNC,
+};
+
+/* WRITE_ZEROES of [off, off+len) through every backend, each followed by a
+ * read of the range (buf: len bytes, aligned for f). */
+static void zero_all_backends(struct lsm_file *f, uint64_t off, uint64_t len, uint8_t *buf)
+{
+    for (unsigned k = 0; k < ARRAY_SIZE(all_kinds); k++) {
+        struct lsm_io *io;
+        struct lsm_io_config cfg = { .depth = 2 };
+        assert_int_equal(lsm_io_create(all_kinds[k], &cfg, &io), 0);
+        for (int round = 0; round < 2; round++) {   /* the second one after a fallback */
+            memset(buf, 0xee, len);
+            struct lsm_io_req w = { .op = LSM_OP_WRITE, .file = f, .buf = buf, .buf_index = -1,
+                                    .offset = off, .len = len };
+            struct lsm_io_req z = { .op = LSM_OP_WRITE_ZEROES, .file = f, .buf_index = -1,
+                                    .offset = off, .len = len };
+            struct lsm_io_req r = { .op = LSM_OP_READ, .file = f, .buf = buf, .buf_index = -1,
+                                    .offset = off, .len = len };
+            struct lsm_io_req *seq[] = { &w, &z, &r };
+            for (unsigned i = 0; i < ARRAY_SIZE(seq); i++) {
+                assert_int_equal(lsm_io_queue(io, seq[i]), 0);
+                assert_int_equal(lsm_io_submit(io), 0);
+                assert_ptr_equal(reap_one(io), seq[i]);
+                if (seq[i]->result != (int64_t)len)
+                    fail_msg("%s: op %d: %lld", lsm_io_name(io), seq[i]->op,
+                             (long long)seq[i]->result);
+            }
+            assert_true(all_zero(buf, len));
+        }
+        lsm_io_destroy(io);
+    }
 }
 
 static void test_uring(void **state)
@@ -516,6 +567,12 @@ static void test_buffered_fallback(void **state)
     assert_int_equal(rd.result, sizeof rbuf);
     assert_memory_equal(wbuf, rbuf, sizeof rbuf);
     lsm_io_destroy(io);
+    /* No fallocate on ramfs: zeroes are written, by every backend. */
+    zero_all_backends(f, 0, 50, (uint8_t *)wbuf);
+    assert_int_equal(lsm_file_zero(f, 60, 40, true), 0);
+    assert_int_equal(pread(f->fd, rbuf, sizeof rbuf, 7), sizeof rbuf);
+    for (unsigned i = 0; i < sizeof rbuf; i++)
+        assert_int_equal(rbuf[i], i + 7 < 50 || (i + 7 >= 60 && i + 7 < 100) ? 0 : 'x');
     lsm_file_close(f);
     /* Existing file, AUTO: still falls back. */
     assert_int_equal(lsm_file_open(path, LSM_FILE_READ, LSM_DIRECT_AUTO, &f), 0);
@@ -757,6 +814,56 @@ static void test_offload(void **state)
     lsm_file_close(o);
 }
 
+static void test_blockdev(void **state)
+{
+    struct fixture *fx = *state;
+    snprintf(fx->img, sizeof fx->img, "%s/disk.img", fx->dir);
+    int fd = open(fx->img, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 64 << 20), 0);
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "losetup --find --show '%s' 2>/dev/null", fx->img);
+    FILE *p = popen(cmd, "r");
+    if (!p || !fgets(fx->loopdev, sizeof fx->loopdev, p) || strncmp(fx->loopdev, "/dev/", 5)) {
+        fx->loopdev[0] = 0;
+        if (p)
+            pclose(p);
+        printf("SKIP: cannot attach a loop device (not root, or no loop devices)\n");
+        skip();
+    }
+    pclose(p);
+    fx->loopdev[strcspn(fx->loopdev, "\n")] = 0;
+
+    struct lsm_file *f;
+    int r = lsm_file_open(fx->loopdev, LSM_FILE_READ | LSM_FILE_WRITE, LSM_DIRECT_AUTO, &f);
+    if (r < 0)
+        fail_msg("open %s: %s", fx->loopdev, lsm_last_error());
+    assert_true(f->is_blockdev);
+    assert_true(f->direct);
+    assert_int_equal(f->size, 64 << 20);
+    assert_true(is_pow2(f->offset_align) && f->offset_align >= 512);
+    printf("%s: O_DIRECT alignment memory %u, offset %u\n", fx->loopdev, f->mem_align,
+           f->offset_align);
+    assert_int_equal(lsm_file_truncate(f, 128 << 20), -ENOSPC);
+    assert_int_equal(lsm_file_truncate(f, 64 << 20), 0);
+
+    void *buf = NULL;
+    assert_int_equal(posix_memalign(&buf, 4096, 1 << 20), 0);
+    zero_all_backends(f, 1 << 20, 1 << 20, buf);
+    assert_true(f->zero_reads_zero);
+
+    memset(buf, 0x5a, 1 << 20);
+    assert_int_equal(pwrite(f->fd, buf, 1 << 20, 4 << 20), 1 << 20);
+    assert_int_equal(lsm_file_zero(f, 4 << 20, 65536, true), 0);
+    assert_int_equal(lsm_file_zero(f, (4 << 20) + 65536, 65536, false), 0);
+    assert_int_equal(pread(f->fd, buf, 1 << 20, 4 << 20), 1 << 20);
+    assert_true(all_zero(buf, 131072));
+    assert_int_equal(((uint8_t *)buf)[131072], 0x5a);
+    free(buf);
+    lsm_file_close(f);
+}
+
 int main(void)
 {
     srand(12345);
@@ -773,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_fault),
         cmocka_unit_test_setup_teardown(test_file_zero, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_offload, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_blockdev, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
