@@ -1,0 +1,82 @@
+#!/bin/bash
+# The command line contract: --help/--version/COMMAND --help exit 0 with text
+# on stdout; usage errors exit 2; operational errors exit 1 with exactly one
+# line "lsm-sync: ..." on stderr and nothing on stdout.
+. "$(dirname "$0")/lib.sh"
+
+# expect CASE RC [STDERR_LINES] -- ARGS...: run lsm-sync ARGS, check the exit
+# code and (if given) the number of stderr lines, which must then start with
+# "lsm-sync: ".
+expect() {
+    local case=$1 want=$2 lines=
+    shift 2
+    if [[ $1 != -- ]]; then lines=$1; shift; fi
+    shift
+    local rc=0
+    "$LSM_SYNC" "$@" >out 2>err || rc=$?
+    if ((rc != want)); then
+        fail "$case" "exit $rc, want $want; stderr: $(head -n3 err)"
+    elif ((rc > 128)); then
+        fail "$case" "killed by signal $((rc - 128))"
+    elif [[ -n $lines ]] && [[ $(wc -l <err) != "$lines" ]]; then
+        fail "$case" "want $lines line(s) on stderr, got: $(cat err)"
+    elif [[ -n $lines ]] && ((lines > 0)) && ! grep -q '^lsm-sync: ' err; then
+        fail "$case" "stderr does not start with 'lsm-sync: ': $(head -n1 err)"
+    elif ((want == 0)) && [[ ! -s out ]]; then
+        fail "$case" "exit 0 but nothing on stdout"
+    elif ((want == 1)) && [[ -s out ]]; then
+        fail "$case" "error but output on stdout: $(head -n2 out)"
+    else
+        pass "$case"
+    fi
+}
+
+qemu-img create -q -f raw ok.raw 1M 2>/dev/null || truncate -s 1M ok.raw
+mkdir adir
+
+expect "--help" 0 0 -- --help
+expect "help" 0 0 -- help
+expect "--version" 0 0 -- --version
+if ! grep -Eq '^lsm-sync [0-9]+\.[0-9]+\.[0-9]+' out; then
+    fail "--version format" "want 'lsm-sync X.Y.Z', got: $(head -n1 out)"
+else
+    pass "--version format"
+fi
+
+# Every command listed by --help has its own --help.
+"$LSM_SYNC" --help >help.txt
+mapfile -t commands < <(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\) .*/\1/p' help.txt)
+((${#commands[@]} >= 2)) || fail "--help lists commands" "found: ${commands[*]:-none}"
+for c in "${commands[@]}"; do
+    expect "$c --help" 0 0 -- "$c" --help
+done
+
+# Usage errors: exit 2.
+expect "no arguments" 2 -- 
+expect "unknown command" 2 -- frobnicate
+expect "unknown global option" 2 -- --frobnicate
+for c in info map; do
+    expect "$c: missing IMAGE" 2 -- "$c"
+    expect "$c: unknown option" 2 -- "$c" --frobnicate ok.raw
+    expect "$c: two images" 2 -- "$c" ok.raw ok.raw
+    expect "$c: bad --output" 2 -- "$c" --output=xml ok.raw
+    expect "$c: --output without value" 2 -- "$c" ok.raw --output
+    expect "$c: bad -f" 2 -- "$c" -f vmdk ok.raw
+done
+expect "map: bad --start-offset" 2 -- map --start-offset=abc ok.raw
+expect "map: bad --max-length" 2 -- map --max-length=-5 ok.raw
+
+# Operational errors: exit 1, one line.
+for c in info map; do
+    expect "$c: ok" 0 0 -- "$c" ok.raw
+    expect "$c: nonexistent file" 1 1 -- "$c" "$T/does-not-exist.qcow2"
+    expect "$c: directory" 1 1 -- "$c" adir
+    expect "$c: --output=json nonexistent" 1 1 -- "$c" --output=json "$T/nope"
+done
+if [[ -w /dev/full ]]; then
+    rc=0
+    "$LSM_SYNC" map ok.raw >/dev/full 2>err || rc=$?
+    if ((rc == 1)) && [[ $(wc -l <err) == 1 ]]; then pass "map >/dev/full"; else fail "map >/dev/full" "exit $rc: $(cat err)"; fi
+fi
+
+finish
