@@ -634,7 +634,7 @@ static int check_align(uint32_t align, uint32_t cluster_size)
 int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
                         struct qcow2_writer **out)
 {
-    unsigned cbits, rorder;
+    unsigned cbits = 0, rorder = 0;
     int r = validate_opts(o, &cbits, &rorder);
     if (r < 0)
         return r;
@@ -693,12 +693,13 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     const char *bf = o->backing_name ? fmt_name(o->backing_fmt) : NULL;
     if (bf)
         exts[n++] = (struct hdr_ext){ QCOW2_EXT_BACKING_FORMAT, (uint32_t)strlen(bf), bf };
-    exts[n++] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, sizeof feature_table, feature_table };
+    /* The feature name table is optional: include it only when it leaves
+     * room for the longest backing name and format qcow2_set_backing() may
+     * add later (clusters of 2 KiB and more). */
+    if (sizeof h + 8 + sizeof feature_table + 8 + 8 + 8 + QCOW2_MAX_BACKING_NAME <= w->cluster_size)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, sizeof feature_table, feature_table };
     long used = layout_header(w->hdr, w->cluster_size, (const uint8_t *)&h, sizeof h,
                               exts, n, o->backing_name);
-    if (used < 0)       /* small clusters: the feature table is optional */
-        used = layout_header(w->hdr, w->cluster_size, (const uint8_t *)&h, sizeof h,
-                             exts, n - 1, o->backing_name);
     if (used < 0) {
         r = lsm_error(-EINVAL, "backing file name of %zu bytes does not fit in a %u-byte "
                       "header cluster", strlen(o->backing_name), w->cluster_size);
@@ -974,8 +975,8 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
         return r;
 
     struct qcow2_writer *w = writer_new(fd, align, cbits);
-    uint64_t rt_off, used_end, end, fsize;
-    uint32_t rt_clusters;
+    uint64_t rt_off = 0, used_end = 0, end, fsize = 0;
+    uint32_t rt_clusters = 0;
     if (!w)
         return lsm_error(-ENOMEM, "cannot allocate the qcow2 writer");
     uint8_t *hdr = aligned_alloc_zero(w->cluster_size);
@@ -1229,8 +1230,8 @@ int qcow2_writer_finish(struct qcow2_writer *w)
             return writer_failed(w, lsm_error_errno(r, "cannot write L1 table at 0x%" PRIx64,
                                                     w->l1_offset));
     }
-    uint64_t rt_off;
-    uint32_t rt_clusters;
+    uint64_t rt_off = 0;
+    uint32_t rt_clusters = 0;
     r = write_refcounts(w, &rt_off, &rt_clusters);
     if (r < 0)
         return r;
