@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -814,6 +815,56 @@ static void test_offload(void **state)
     lsm_file_close(o);
 }
 
+struct thread_arg {
+    struct lsm_io *io;
+    struct lsm_file *f;
+    int64_t result;
+};
+
+static void *use_in_thread(void *p)
+{
+    struct thread_arg *a = p;
+    static char buf[4096];
+    memset(buf, 'q', sizeof buf);
+    struct lsm_io_req w = { .op = LSM_OP_WRITE, .file = a->f, .buf = buf, .buf_index = -1,
+                            .offset = 0, .len = sizeof buf };
+    a->result = lsm_io_queue(a->io, &w);
+    if (a->result == 0)
+        a->result = lsm_io_submit(a->io);
+    struct lsm_io_req *done[1];
+    if (a->result == 0)
+        a->result = lsm_io_reap(a->io, 1, done, 1) == 1 ? w.result : -1;
+    return NULL;
+}
+
+/* An lsm_io may be created by one thread and driven by another (the ring
+ * binds to its first user, not its creator). */
+static void test_other_thread(void **state)
+{
+    struct fixture *fx = *state;
+    char path[512];
+    path_in(fx, path, sizeof path, "thread");
+    struct lsm_file *f;
+    assert_int_equal(lsm_file_open(path, LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE,
+                                   LSM_DIRECT_NEVER, &f), 0);
+    for (unsigned k = 0; k < ARRAY_SIZE(all_kinds); k++) {
+        struct lsm_io_config cfg = { .depth = 4 };
+        struct thread_arg a = { .f = f };
+        assert_int_equal(lsm_io_create(all_kinds[k], &cfg, &a.io), 0);
+        if (all_kinds[k] == LSM_IO_URING)
+            assert_int_equal(lsm_io_register_file(a.io, f), 0);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, use_in_thread, &a), 0);
+        pthread_join(t, NULL);
+        if (a.result != 4096)
+            fail_msg("%s from another thread: %lld (%s)", lsm_io_name(a.io),
+                     (long long)a.result, lsm_last_error());
+        /* Destroy from the thread that used it is not required either. */
+        lsm_io_destroy(a.io);
+    }
+    lsm_file_close(f);
+}
+
 static void test_blockdev(void **state)
 {
     struct fixture *fx = *state;
@@ -881,6 +932,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_zero, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_offload, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_blockdev, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_other_thread, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
