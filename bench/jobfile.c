@@ -28,7 +28,7 @@ static const struct key_def keys[] = {
     { "readwrite",         K_RW,     OFF(rw),         0, 0 },
     { "bs",                K_SIZE,   OFF(bs),         1, 1ULL << 30 },
     { "blocksize",         K_SIZE,   OFF(bs),         1, 1ULL << 30 },
-    { "iodepth",           K_UINT,   OFF(iodepth),    1, 65536 },
+    { "iodepth",           K_UINT,   OFF(iodepth),    1, 4096 },
     { "ioengine",          K_ENGINE, OFF(ioengine),   0, 0 },
     { "direct",            K_BOOL,   OFF(direct),     0, 0 },
     { "size",              K_SIZE,   OFF(size),       1, UINT64_MAX },

@@ -1,0 +1,321 @@
+/* The end-of-run reports: fio-like text and fio-modelled JSON. */
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench-cli.h"
+#include "config.h"
+#include "error.h"
+#include "util.h"
+
+static const double percentiles[] = { 50.0, 90.0, 99.0, 99.9, 99.99 };
+
+void bench_agg_add(struct bench_agg *agg, const struct bench_thread *t)
+{
+    for (int d = 0; d < 2; d++) {
+        agg->dir[d].bytes += t->dir[d].bytes;
+        agg->dir[d].ios += t->dir[d].ios;
+        bench_hist_merge(&agg->dir[d].clat, &t->dir[d].clat);
+    }
+    if (agg->njobs == 0 || t->start_ns < agg->start_ns)
+        agg->start_ns = t->start_ns;
+    if (t->end_ns > agg->end_ns)
+        agg->end_ns = t->end_ns;
+    agg->usr_sec += t->usr_sec;
+    agg->sys_sec += t->sys_sec;
+    agg->verified += t->verified;
+    if (t->error && !agg->error) {
+        agg->error = t->error;
+        agg->errmsg = t->errmsg;
+    }
+    if (!agg->engine || !*agg->engine)
+        agg->engine = t->engine;
+    agg->interrupted |= t->interrupted;
+    agg->njobs++;
+}
+
+uint64_t bench_agg_runtime_ns(const struct bench_agg *agg)
+{
+    return agg->end_ns > agg->start_ns ? agg->end_ns - agg->start_ns : 0;
+}
+
+const char *bench_fmt_bin(double v, char *buf, size_t len)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    unsigned i = 0;
+    while (v >= 1000 && i + 1 < ARRAY_SIZE(units)) {
+        v /= 1024;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, len, "%.0f%s", v, units[i]);
+    else
+        snprintf(buf, len, "%.*f%s", v < 10 ? 2 : v < 100 ? 1 : 0, v, units[i]);
+    return buf;
+}
+
+static const char *fmt_dec(double v, char *buf, size_t len)
+{
+    static const char *const units[] = { "B", "kB", "MB", "GB", "TB", "PB" };
+    unsigned i = 0;
+    while (v >= 1000 && i + 1 < ARRAY_SIZE(units)) {
+        v /= 1000;
+        i++;
+    }
+    snprintf(buf, len, "%.*f%s", i == 0 ? 0 : v < 10 ? 2 : v < 100 ? 1 : 0, v, units[i]);
+    return buf;
+}
+
+const char *bench_fmt_count(double v, char *buf, size_t len)
+{
+    static const char *const units[] = { "", "k", "M", "G" };
+    unsigned i = 0;
+    while (v >= 1000 && i + 1 < ARRAY_SIZE(units)) {
+        v /= 1000;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, len, "%.0f", v);
+    else
+        snprintf(buf, len, "%.*f%s", v < 10 ? 2 : v < 100 ? 1 : 0, v, units[i]);
+    return buf;
+}
+
+const char *bench_fmt_exact(uint64_t v, char *buf, size_t len)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB" };
+    unsigned i = 0;
+    while (i + 1 < ARRAY_SIZE(units) && v >= 1024 && v % 1024 == 0) {
+        v /= 1024;
+        i++;
+    }
+    snprintf(buf, len, "%" PRIu64 "%s", v, units[i]);
+    return buf;
+}
+
+static double per_sec(uint64_t n, uint64_t ns)
+{
+    return ns ? (double)n * 1e9 / (double)ns : 0.0;
+}
+
+/* ---- normal ---- */
+
+static void print_dir(FILE *f, const char *label, const struct bench_dir_stats *s,
+                      uint64_t runtime_ns)
+{
+    char b1[32], b2[32], b3[32], b4[32];
+    uint64_t ms = runtime_ns / 1000000;
+    fprintf(f, "  %s: IOPS=%s, BW=%s/s (%s/s)(%s/%" PRIu64 "msec)\n", label,
+            bench_fmt_count(per_sec(s->ios, runtime_ns), b1, sizeof b1),
+            bench_fmt_bin(per_sec(s->bytes, runtime_ns), b2, sizeof b2),
+            fmt_dec(per_sec(s->bytes, runtime_ns), b3, sizeof b3),
+            bench_fmt_bin((double)s->bytes, b4, sizeof b4), ms);
+    const struct bench_hist *h = &s->clat;
+    if (h->count == 0)
+        return;
+    /* the unit that keeps the typical (mean) latency readable */
+    const char *unit = "nsec";
+    double div = 1, mean = bench_hist_mean(h);
+    if (mean >= 10e6) {
+        unit = "msec";
+        div = 1e6;
+    } else if (mean >= 10e3) {
+        unit = "usec";
+        div = 1e3;
+    }
+    fprintf(f, "    clat (%s): min=%.0f, max=%.0f, avg=%.2f\n", unit, (double)h->min / div,
+            (double)h->max / div, mean / div);
+    fprintf(f, "     clat percentiles (%s):", unit);
+    for (size_t i = 0; i < ARRAY_SIZE(percentiles); i++)
+        fprintf(f, "%s %.2fth=[%.0f]", i ? "," : "", percentiles[i],
+                (double)bench_hist_percentile(h, percentiles[i]) / div);
+    fputc('\n', f);
+}
+
+static void print_job(FILE *f, const struct bench_group *g, const struct bench_agg *a)
+{
+    const struct bench_job *job = g->job;
+    char bs[32];
+    uint64_t rt = bench_agg_runtime_ns(a);
+    fprintf(f, "%s: (groupid=%u, jobs=%u): err=%2d: rw=%s, bs=%s, iodepth=%u, ioengine=%s, "
+            "direct=%d%s\n", job->name, g->id, a->njobs, -a->error, bench_rw_name(job->rw),
+            bench_fmt_exact(job->bs, bs, sizeof bs), job->iodepth,
+            a->engine && *a->engine ? a->engine : bench_engine_name(job->ioengine),
+            job->direct, a->interrupted ? " (interrupted)" : "");
+    if (a->dir[BENCH_DIR_READ].ios || bench_rw_reads(job->rw))
+        print_dir(f, "read", &a->dir[BENCH_DIR_READ], rt);
+    if (a->dir[BENCH_DIR_WRITE].ios || bench_rw_writes(job->rw))
+        print_dir(f, "write", &a->dir[BENCH_DIR_WRITE], rt);
+    double secs = (double)rt / 1e9;
+    fprintf(f, "  cpu          : usr=%.2f%%, sys=%.2f%%\n",
+            secs > 0 ? 100.0 * a->usr_sec / secs / a->njobs : 0.0,
+            secs > 0 ? 100.0 * a->sys_sec / secs / a->njobs : 0.0);
+    if (job->verify == BENCH_VERIFY_PATTERN)
+        fprintf(f, "  verify       : %" PRIu64 " blocks checked\n", a->verified);
+    if (a->error)
+        fprintf(f, "  error        : %s\n", a->errmsg && *a->errmsg ? a->errmsg : strerror(-a->error));
+}
+
+static void print_group_line(FILE *f, const char *label, const struct bench_group *g, int d,
+                             const struct bench_agg *sum)
+{
+    char b1[32], b2[32], b3[32], b4[32];
+    uint64_t rt = bench_agg_runtime_ns(sum);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (unsigned i = 0; i < g->nthreads; i++) {
+        uint64_t r = g->threads[i].end_ns - g->threads[i].start_ns;
+        lo = MIN(lo, r);
+        hi = MAX(hi, r);
+    }
+    const struct bench_dir_stats *s = &sum->dir[d];
+    fprintf(f, "  %5s: bw=%s/s (%s/s), io=%s (%s), run=%" PRIu64 "-%" PRIu64 "msec\n", label,
+            bench_fmt_bin(per_sec(s->bytes, rt), b1, sizeof b1),
+            fmt_dec(per_sec(s->bytes, rt), b2, sizeof b2),
+            bench_fmt_bin((double)s->bytes, b3, sizeof b3), fmt_dec((double)s->bytes, b4, sizeof b4),
+            lo / 1000000, hi / 1000000);
+}
+
+void bench_report_normal(FILE *f, const struct bench_report *rep)
+{
+    static struct bench_agg a, sum;     /* large (histograms): not on the stack */
+    for (size_t gi = 0; gi < rep->ngroups; gi++) {
+        const struct bench_group *g = &rep->groups[gi];
+        if (!g->ran || g->nthreads == 0)
+            continue;
+        memset(&sum, 0, sizeof sum);
+        for (unsigned i = 0; i < g->nthreads; i++)
+            bench_agg_add(&sum, &g->threads[i]);
+        if (g->job->group_reporting || g->nthreads == 1) {
+            print_job(f, g, &sum);
+        } else {
+            for (unsigned i = 0; i < g->nthreads; i++) {
+                memset(&a, 0, sizeof a);
+                bench_agg_add(&a, &g->threads[i]);
+                print_job(f, g, &a);
+            }
+        }
+        fprintf(f, "\nRun status group %u (all jobs):\n", g->id);
+        if (sum.dir[BENCH_DIR_READ].ios || bench_rw_reads(g->job->rw))
+            print_group_line(f, "READ", g, BENCH_DIR_READ, &sum);
+        if (sum.dir[BENCH_DIR_WRITE].ios || bench_rw_writes(g->job->rw))
+            print_group_line(f, "WRITE", g, BENCH_DIR_WRITE, &sum);
+        if (gi + 1 < rep->ngroups)
+            fputc('\n', f);
+    }
+}
+
+/* ---- JSON ---- */
+
+#define JADD(obj, key, val) json_object_object_add((obj), (key), (val))
+
+static struct json_object *json_dir(const struct bench_dir_stats *s, uint64_t runtime_ns)
+{
+    struct json_object *o = json_object_new_object();
+    double bw = per_sec(s->bytes, runtime_ns);
+    JADD(o, "io_bytes", json_object_new_int64((int64_t)s->bytes));
+    JADD(o, "io_kbytes", json_object_new_int64((int64_t)(s->bytes / 1024)));
+    JADD(o, "bw_bytes", json_object_new_int64((int64_t)bw));
+    JADD(o, "bw", json_object_new_int64((int64_t)(bw / 1024)));
+    JADD(o, "iops", json_object_new_double(per_sec(s->ios, runtime_ns)));
+    JADD(o, "runtime", json_object_new_int64((int64_t)(runtime_ns / 1000000)));
+    JADD(o, "total_ios", json_object_new_int64((int64_t)s->ios));
+    struct json_object *c = json_object_new_object();
+    const struct bench_hist *h = &s->clat;
+    JADD(c, "min", json_object_new_int64((int64_t)h->min));
+    JADD(c, "max", json_object_new_int64((int64_t)h->max));
+    JADD(c, "mean", json_object_new_double(bench_hist_mean(h)));
+    JADD(c, "N", json_object_new_int64((int64_t)h->count));
+    struct json_object *p = json_object_new_object();
+    for (size_t i = 0; i < ARRAY_SIZE(percentiles); i++) {
+        char key[32];
+        snprintf(key, sizeof key, "%f", percentiles[i]);
+        JADD(p, key, json_object_new_int64((int64_t)bench_hist_percentile(h, percentiles[i])));
+    }
+    JADD(c, "percentile", p);
+    JADD(o, "clat_ns", c);
+    return o;
+}
+
+static struct json_object *json_job(const struct bench_group *g, const struct bench_agg *a)
+{
+    const struct bench_job *job = g->job;
+    struct json_object *o = json_object_new_object();
+    uint64_t rt = bench_agg_runtime_ns(a);
+    double secs = (double)rt / 1e9;
+    JADD(o, "jobname", json_object_new_string(job->name));
+    JADD(o, "groupid", json_object_new_int((int)g->id));
+    JADD(o, "error", json_object_new_int(-a->error));
+    if (a->error)
+        JADD(o, "error_message", json_object_new_string(a->errmsg ? a->errmsg : ""));
+    JADD(o, "numjobs", json_object_new_int((int)a->njobs));
+    JADD(o, "interrupted", json_object_new_boolean(a->interrupted));
+    struct json_object *opts = json_object_new_object();
+    JADD(opts, "rw", json_object_new_string(bench_rw_name(job->rw)));
+    JADD(opts, "bs", json_object_new_int64((int64_t)job->bs));
+    JADD(opts, "iodepth", json_object_new_int((int)job->iodepth));
+    JADD(opts, "direct", json_object_new_int(job->direct));
+    JADD(opts, "size", json_object_new_int64((int64_t)g->prep.size));
+    if (job->rw == BENCH_RW_COPY) {
+        JADD(opts, "src", json_object_new_string(job->src));
+        JADD(opts, "dst", json_object_new_string(job->dst));
+    } else {
+        JADD(opts, "filename", json_object_new_string(job->filename));
+    }
+    if (job->runtime_ns)
+        JADD(opts, "runtime", json_object_new_double((double)job->runtime_ns / 1e9));
+    JADD(opts, "time_based", json_object_new_int(job->time_based));
+    if (job->rw == BENCH_RW_RANDRW)
+        JADD(opts, "rwmixread", json_object_new_int((int)job->rwmixread));
+    JADD(opts, "fixedbufs", json_object_new_int(job->fixedbufs));
+    JADD(opts, "verify", json_object_new_string(job->verify ? "pattern" : "none"));
+    JADD(o, "job options", opts);
+    JADD(o, "read", json_dir(&a->dir[BENCH_DIR_READ], rt));
+    JADD(o, "write", json_dir(&a->dir[BENCH_DIR_WRITE], rt));
+    JADD(o, "usr_cpu", json_object_new_double(secs > 0 ? 100.0 * a->usr_sec / secs / a->njobs : 0));
+    JADD(o, "sys_cpu", json_object_new_double(secs > 0 ? 100.0 * a->sys_sec / secs / a->njobs : 0));
+    JADD(o, "ioengine", json_object_new_string(a->engine && *a->engine ? a->engine
+                                               : bench_engine_name(job->ioengine)));
+    JADD(o, "elapsed_ms", json_object_new_int64((int64_t)(rt / 1000000)));
+    if (job->verify)
+        JADD(o, "verified_blocks", json_object_new_int64((int64_t)a->verified));
+    return o;
+}
+
+int bench_report_json(FILE *f, const struct bench_report *rep)
+{
+    static struct bench_agg a, sum;
+    struct json_object *root = json_object_new_object();
+    struct json_object *jobs = json_object_new_array();
+    struct json_object *groups = json_object_new_array();
+    time_t now = time(NULL);
+    JADD(root, "lsm-sync version", json_object_new_string("lsm-sync-" LSM_VERSION));
+    JADD(root, "timestamp", json_object_new_int64((int64_t)now));
+    for (size_t gi = 0; gi < rep->ngroups; gi++) {
+        const struct bench_group *g = &rep->groups[gi];
+        if (!g->ran || g->nthreads == 0)
+            continue;
+        memset(&sum, 0, sizeof sum);
+        for (unsigned i = 0; i < g->nthreads; i++)
+            bench_agg_add(&sum, &g->threads[i]);
+        if (g->job->group_reporting || g->nthreads == 1) {
+            json_object_array_add(jobs, json_job(g, &sum));
+        } else {
+            for (unsigned i = 0; i < g->nthreads; i++) {
+                memset(&a, 0, sizeof a);
+                bench_agg_add(&a, &g->threads[i]);
+                json_object_array_add(jobs, json_job(g, &a));
+            }
+        }
+        json_object_array_add(groups, json_job(g, &sum));
+    }
+    JADD(root, "jobs", jobs);
+    JADD(root, "groups", groups);
+    const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+                                                   JSON_C_TO_STRING_NOSLASHESCAPE);
+    int r = fprintf(f, "%s\n", s) < 0 ? -EIO : 0;
+    json_object_put(root);
+    return r;
+}

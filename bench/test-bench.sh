@@ -1,0 +1,228 @@
+#!/bin/bash
+# Functional test of 'lsm-sync bench': short real runs on each engine with
+# verify=pattern, a corrupted block caught and named, JSON fields, the plot,
+# rw=copy, SIGINT, and bad job files/options (exit 2 naming line and key).
+# Env: LSM_SYNC (the binary).  Exit 0 pass, 1 fail, 77 skipped.
+set -uo pipefail
+export LC_ALL=C
+
+: "${LSM_SYNC:=$(dirname "$0")/../build/lsm-sync}"
+[[ -x $LSM_SYNC ]] || { echo "bench-engines: LSM_SYNC=$LSM_SYNC is not executable" >&2; exit 1; }
+if ! "$LSM_SYNC" --help | grep -q '^  bench '; then
+    echo "bench-engines: SKIP: this lsm-sync was built without the bench command"
+    exit 77
+fi
+if command -v jq >/dev/null; then
+    jget() { jq -r "$1" "$2"; }
+elif command -v python3 >/dev/null; then
+    jget() { python3 -c 'import json,sys
+d=json.load(open(sys.argv[2]))
+for k in sys.argv[1].lstrip(".").replace("[",".").replace("]","").split("."):
+    if k == "": continue
+    if k.startswith("\"") and k.endswith("\""): k = k[1:-1]
+    d = d[int(k)] if isinstance(d, list) else d[k]
+print(d)' "$1" "$2"; }
+else
+    echo "bench-engines: SKIP: neither jq nor python3 to read JSON"
+    exit 77
+fi
+
+T=$(mktemp -d "${TMPDIR:-/var/tmp}/lsm-bench-test.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+
+FAILED=0
+ok() { echo "ok   - $*"; }
+bad() { echo "FAIL - $*"; FAILED=1; }
+bench() { "$LSM_SYNC" bench --eta=never "$@"; }
+
+# O_DIRECT where the scratch file system has it, buffered otherwise.
+DIRECT=1
+if ! dd if=/dev/zero of=probe bs=4096 count=1 oflag=direct status=none 2>/dev/null; then
+    DIRECT=0
+    echo "note: O_DIRECT refused in $T; running buffered"
+fi
+rm -f probe
+
+# ---- every engine: write with verify, read back with verify ----
+for engine in uring aio psync; do
+    f=data-$engine
+    if ! bench --name=w --rw=write --bs=4k --iodepth=16 --ioengine=$engine --direct=$DIRECT \
+            --size=16M --verify=pattern --filename=$f >w-$engine.out 2>w-$engine.err; then
+        if grep -q -e "built without" -e "Function not implemented" -e "Operation not permitted" \
+                w-$engine.err; then
+            echo "skip - $engine: not available here: $(head -1 w-$engine.err)"
+            continue
+        fi
+        bad "$engine: write+verify failed: $(cat w-$engine.err)"
+        continue
+    fi
+    grep -q "verify       : 4096 blocks checked" w-$engine.out &&
+        grep -q "ioengine=$engine" w-$engine.out &&
+        ok "$engine: sequential write of 16M with verify=pattern" ||
+        bad "$engine: unexpected report: $(cat w-$engine.out)"
+    if bench --name=r --rw=randread --bs=4k --iodepth=8 --ioengine=$engine --direct=$DIRECT \
+            --verify=pattern --filename=$f --output-format=json >r-$engine.json 2>r-$engine.err; then
+        [[ $(jget '.jobs[0].ioengine' r-$engine.json) == "$engine" &&
+           $(jget '.jobs[0].read.total_ios' r-$engine.json) == 4096 &&
+           $(jget '.jobs[0].verified_blocks' r-$engine.json) == 4096 ]] &&
+            ok "$engine: 4096 random 4k reads, each verified" ||
+            bad "$engine: read report: $(cat r-$engine.json)"
+    else
+        bad "$engine: verify read failed: $(cat r-$engine.err)"
+    fi
+done
+
+# ---- a corrupted block is caught, and its offset named ----
+bench --name=w --rw=write --bs=4k --iodepth=8 --direct=$DIRECT --size=16M --filename=corrupt \
+    --verify=pattern >/dev/null 2>&1 || bad "write for the corruption test"
+# block 1234 gets another block's contents (a misplaced write), block 2000 a flipped byte
+dd if=corrupt of=corrupt bs=4096 skip=7 seek=1234 count=1 conv=notrunc status=none
+printf '\x55' | dd of=corrupt bs=1 seek=$((2000 * 4096 + 100)) conv=notrunc status=none
+bench --name=check --rw=read --bs=4k --iodepth=4 --direct=$DIRECT --filename=corrupt \
+    --verify=pattern >check.out 2>check.err
+rc=$?
+if [[ $rc -ne 0 ]] && grep -q "verify failed at offset $((1234 * 4096)) of corrupt: found the block written for offset $((7 * 4096))" check.err; then
+    ok "misplaced block: exit $rc, $(grep -o 'verify failed.*' check.err | head -1)"
+else
+    bad "misplaced block not reported (rc=$rc): $(cat check.err)"
+fi
+dd if=corrupt of=corrupt bs=4096 skip=1234 seek=1234 count=0 status=none
+bench --name=w --rw=write --bs=4k --size=8M --filename=corrupt2 --verify=pattern >/dev/null 2>&1
+printf '\x55' | dd of=corrupt2 bs=1 seek=$((1000 * 4096 + 100)) conv=notrunc status=none
+bench --name=check --rw=randread --bs=4k --iodepth=1 --filename=corrupt2 --size=8M \
+    --verify=pattern --time_based --runtime=20 >check2.out 2>check2.err
+rc=$?
+if [[ $rc -eq 1 ]] && grep -q "verify failed at offset $((1000 * 4096)) of corrupt2: data differs at byte 100 of the block (offset $((1000 * 4096 + 100)))" check2.err; then
+    ok "flipped byte: exit 1, offset named"
+else
+    bad "flipped byte not reported (rc=$rc): $(cat check2.err)"
+fi
+
+# ---- JSON: fio's field names ----
+if bench --name=j1 --rw=randrw --rwmixread=70 --bs=4k --iodepth=8 --direct=$DIRECT --size=16M \
+        --filename=data-json --runtime=1 --time_based --numjobs=2 --output-format=json \
+        --plot=plot.svg >out.json 2>json.err; then
+    fails=()
+    [[ $(jget '."lsm-sync version"' out.json) == lsm-sync-* ]] || fails+=(version)
+    [[ $(jget '.jobs | length' out.json 2>/dev/null || echo 2) == 2 ]] || fails+=(two-jobs)
+    for d in read write; do
+        for k in io_bytes bw_bytes bw iops runtime; do
+            v=$(jget ".jobs[0].$d.$k" out.json)
+            [[ $v =~ ^[0-9.]+$ ]] || fails+=("$d.$k=$v")
+        done
+        for p in 50.000000 90.000000 99.000000 99.900000 99.990000; do
+            v=$(jget ".jobs[0].$d.clat_ns.percentile.\"$p\"" out.json)
+            [[ $v =~ ^[0-9]+$ && $v -gt 0 ]] || fails+=("$d.p$p=$v")
+        done
+        mn=$(jget ".jobs[0].$d.clat_ns.min" out.json)
+        mx=$(jget ".jobs[0].$d.clat_ns.max" out.json)
+        p50=$(jget ".jobs[0].$d.clat_ns.percentile.\"50.000000\"" out.json)
+        [[ $mn -le $p50 && $p50 -le $mx ]] || fails+=("$d: min $mn <= p50 $p50 <= max $mx")
+    done
+    rt=$(jget '.jobs[0].read.runtime' out.json)
+    [[ $rt -ge 900 && $rt -le 3000 ]] || fails+=("runtime=$rt ms for runtime=1")
+    rb=$(jget '.jobs[0].read.io_bytes' out.json)
+    wb=$(jget '.jobs[0].write.io_bytes' out.json)
+    [[ $rb -gt $wb ]] || fails+=("rwmixread=70 but read $rb <= write $wb bytes")
+    for k in usr_cpu sys_cpu; do
+        v=$(jget ".jobs[0].$k" out.json)
+        [[ $v =~ ^[0-9.e-]+$ ]] || fails+=("$k=$v")
+    done
+    [[ $(jget '.groups[0].numjobs' out.json) == 2 ]] || fails+=(group)
+    gb=$(jget '.groups[0].read.io_bytes' out.json)
+    b0=$(jget '.jobs[0].read.io_bytes' out.json)
+    b1=$(jget '.jobs[1].read.io_bytes' out.json)
+    [[ $gb -eq $((b0 + b1)) ]] || fails+=("group read bytes $gb != $b0 + $b1")
+    [[ ${#fails[@]} -eq 0 ]] && ok "JSON fields (randrw, numjobs=2, group total)" ||
+        bad "JSON: ${fails[*]}"
+    if command -v python3 >/dev/null; then
+        python3 -c 'import sys, xml.etree.ElementTree as E
+r = E.parse(sys.argv[1]).getroot()
+lines = [e for e in r.iter() if e.tag.endswith("polyline")]
+texts = " ".join(e.text or "" for e in r.iter() if e.tag.endswith("text"))
+assert len(lines) >= 3, "polylines"
+assert "j1" in texts and "time (s)" in texts and "MiB/s" in texts, texts' plot.svg &&
+            ok "plot.svg is well-formed SVG with labelled axes" || bad "plot.svg"
+    else
+        [[ -s plot.svg ]] && ok "plot.svg written" || bad "plot.svg missing"
+    fi
+else
+    bad "JSON run failed: $(cat json.err)"
+fi
+
+# ---- rw=copy: the destination ends up identical ----
+if bench --name=cp --rw=copy --bs=1M --iodepth=4 --direct=$DIRECT --size=16M \
+        --filename=copy-src:copy-dst >copy.out 2>copy.err && cmp -s copy-src copy-dst; then
+    ok "rw=copy: destination identical to source"
+else
+    bad "rw=copy: $(cat copy.err)"
+fi
+
+# ---- SIGINT: report of what was done, exit 1 ----
+"$LSM_SYNC" bench --eta=never --name=long --rw=randread --bs=4k --iodepth=4 --size=16M --filename=data-json \
+    --time_based --runtime=60 --output-format=json >int.json 2>int.err &
+pid=$!
+sleep 1.5
+kill -INT $pid
+wait $pid
+rc=$?
+if [[ $rc -eq 1 && $(jget '.jobs[0].interrupted' int.json) == true &&
+      $(jget '.jobs[0].read.total_ios' int.json) -gt 0 ]] && grep -q interrupted int.err; then
+    ok "SIGINT: report printed, exit 1"
+else
+    bad "SIGINT: rc=$rc $(cat int.err)"
+fi
+
+# ---- bad input: exit 2, naming the line and the key ----
+cat >job.fio <<'JOB'
+[global]
+ioengine=psync
+bs=4k
+
+; the job
+[j1]
+blocksize2=8k
+JOB
+bench job.fio >/dev/null 2>bad.err
+rc=$?
+[[ $rc -eq 2 ]] && grep -qx "lsm-sync: bench: job.fio:7: unknown key 'blocksize2'" bad.err &&
+    ok "unknown key: exit 2, $(cat bad.err)" || bad "unknown key: rc=$rc $(cat bad.err)"
+printf '[j]\nfilename=x\nbs=4q\n' >bad2.fio
+bench bad2.fio >/dev/null 2>bad2.err
+rc=$?
+[[ $rc -eq 2 ]] && grep -q "bad2.fio:3: bad value for 'bs': '4q'" bad2.err &&
+    ok "bad size: exit 2" || bad "bad size: rc=$rc $(cat bad2.err)"
+bench --name=x --filename=x --iodepth=zero >/dev/null 2>bad3.err
+rc=$?
+[[ $rc -eq 2 ]] && grep -q "iodepth" bad3.err && ok "bad option: exit 2" ||
+    bad "bad option: rc=$rc $(cat bad3.err)"
+bench missing.fio >/dev/null 2>bad4.err
+rc=$?
+[[ $rc -ne 0 ]] && grep -q "missing.fio" bad4.err && ok "missing job file: exit $rc" ||
+    bad "missing job file: rc=$rc"
+
+# ---- a job file run ----
+cat >good.fio <<JOB
+# two jobs, one after the other
+[global]
+bs=64k
+size=8M
+direct=$DIRECT
+filename=data-jobfile
+[seq-write]
+rw=write
+iodepth=4
+[rand-read]
+rw=randread
+iodepth=8
+stonewall
+JOB
+if bench good.fio >good.out 2>good.err && grep -q '^seq-write: (groupid=0' good.out &&
+        grep -q '^rand-read: (groupid=1' good.out && grep -q 'Run status group 1' good.out; then
+    ok "job file with two jobs"
+else
+    bad "job file: $(cat good.err good.out)"
+fi
+
+exit $FAILED
