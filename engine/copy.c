@@ -31,7 +31,7 @@
 #define DEFAULT_REQUESTS 16
 #define DEFAULT_REQUEST_SIZE (1 * MiB)
 #define DEFAULT_BUFFER_SIZE (32 * MiB)
-#define RAW_ZERO_CHUNK (64 * KiB)
+#define RAW_MIN_HOLE (64 * KiB)
 #define REAP_BATCH 64
 
 /* ---- Destination ---- */
@@ -144,7 +144,7 @@ struct ctx {
     struct lsm_run run;
     bool runs_done;
 
-    uint64_t granule, rsize, zchunk;
+    uint64_t granule, rsize, zchunk, min_hole;
     unsigned max_active, active;
     struct creq *reqs, *free_reqs;
     struct creq *held;          /* built, waiting for the rate limit */
@@ -320,64 +320,84 @@ static void req_done(struct ctx *c, struct creq *q)
     progress(c);
 }
 
-/* Reads of q are complete: detect zeroes, issue the writes. */
-static void start_writes(struct ctx *c, struct creq *q)
+static int emit_zero(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
+{
+    int r = dst_zero(c->d, q->start + pos, len);
+    if (r < 0)
+        return set_err(c, r);
+    c->st->bytes_zeroed += len;
+    return 0;
+}
+
+static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
 {
     struct dst *d = c->d;
+    uint64_t guest = q->start + pos;
+    uint64_t host = guest;
+    if (!c->physical) {
+        int r = dst_map(d, guest, len, &host);
+        if (r < 0)
+            return set_err(c, r);
+    }
+    uint64_t wlen = d->w ? align_up(len, d->cluster) : len;
+    if (wlen > len)   /* last cluster past the end of the disk */
+        memset(q->buf + pos + len, 0, wlen - len);
+    uint64_t alen = align_down(wlen, d->f->offset_align);
+    if (alen < wlen && !d->w) {
+        /* unaligned end of a raw disk: buffered write */
+        int t = dst_write_tail(d, q->buf + pos + alen, wlen - alen, host + alen);
+        if (t < 0)
+            return set_err(c, t);
+        c->st->bytes_written += wlen - alen;
+        wlen = alen;
+    }
+    if (wlen) {
+        struct ioslot *s = new_slot(q, LSM_OP_WRITE, d->f, pos, host, wlen);
+        if (!s)
+            return set_err(c, lsm_error(-EOVERFLOW, "internal: too many writes in one request"));
+        queue_slot(c, s);
+    }
+    return 0;
+}
+
+/* Reads of q are complete: detect zeroes chunk by chunk and issue the
+ * writes.  Zero runs shorter than min_hole inside data are written as data
+ * (large writes, unfragmented files); longer ones become holes / zero
+ * clusters or nothing. */
+static void start_writes(struct ctx *c, struct creq *q)
+{
     q->writing = true;
     q->used = 0;
-    uint64_t z = c->zchunk;
-    uint64_t pos = 0;
-    while (pos < q->len && !c->err) {
-        uint64_t n = MIN(z, q->len - pos);
-        bool zero = lsm_is_zero(q->buf + pos, n);
-        uint64_t run = n;
-        /* extend the run while chunks have the same zero-ness */
-        while (pos + run < q->len) {
-            uint64_t m = MIN(z, q->len - pos - run);
-            if (lsm_is_zero(q->buf + pos + run, m) != zero)
-                break;
-            run += m;
+    const uint64_t none = UINT64_MAX;
+    uint64_t z = c->zchunk, min_hole = c->min_hole;
+    uint64_t dstart = none, zstart = none;
+    for (uint64_t p = 0; p < q->len && !c->err; p += z) {
+        uint64_t n = MIN(z, q->len - p);
+        if (lsm_is_zero(q->buf + p, n)) {
+            if (zstart == none)
+                zstart = p;
+            continue;
         }
-        uint64_t guest = q->start + pos;
-        if (zero) {
-            int r = dst_zero(d, guest, run);
-            if (r < 0) {
-                set_err(c, r);
-                break;
-            }
-            c->st->bytes_zeroed += run;
-        } else {
-            uint64_t host;
-            int r = c->physical ? (host = guest, 0) : dst_map(d, guest, run, &host);
-            if (r < 0) {
-                set_err(c, r);
-                break;
-            }
-            uint64_t wlen = d->w ? align_up(run, d->cluster) : run;
-            if (wlen > run)   /* last cluster past the end of the disk */
-                memset(q->buf + pos + run, 0, wlen - run);
-            uint64_t alen = align_down(wlen, d->f->offset_align);
-            if (alen < wlen && !d->w) {
-                /* unaligned end of a raw disk: buffered write */
-                int t = dst_write_tail(d, q->buf + pos + alen, wlen - alen, host + alen);
-                if (t < 0) {
-                    set_err(c, t);
+        if (zstart != none) {
+            if (dstart == none || p - zstart >= min_hole) {
+                if (dstart != none && emit_data(c, q, dstart, zstart - dstart) < 0)
                     break;
-                }
-                c->st->bytes_written += wlen - alen;
-                wlen = alen;
-            }
-            if (wlen) {
-                struct ioslot *s = new_slot(q, LSM_OP_WRITE, d->f, pos, host, wlen);
-                if (!s) {
-                    set_err(c, lsm_error(-EOVERFLOW, "internal: too many writes in one request"));
+                if (emit_zero(c, q, zstart, p - zstart) < 0)
                     break;
-                }
-                queue_slot(c, s);
+                dstart = p;
             }
+            zstart = none;
         }
-        pos += run;
+        if (dstart == none)
+            dstart = p;
+    }
+    if (!c->err) {
+        if (zstart != none && (dstart == none || q->len - zstart >= min_hole)) {
+            if (dstart == none || emit_data(c, q, dstart, zstart - dstart) == 0)
+                emit_zero(c, q, zstart, q->len - zstart);
+        } else if (dstart != none) {
+            emit_data(c, q, dstart, q->len - dstart);
+        }
     }
     if (!q->pending)
         req_done(c, q);
@@ -909,9 +929,15 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 
     /* Pipeline resources. */
     c->rsize = MAX(align_up(rsize, c->granule), c->granule);
-    c->zchunk = d.w ? cluster : MAX(c->granule, RAW_ZERO_CHUNK);
-    if (c->physical)
-        c->zchunk = MAX(c->granule, RAW_ZERO_CHUNK);
+    /* Zero detection: per cluster for a qcow2 destination (every zero
+     * cluster stays unallocated); per 4K for raw and physical copies, where
+     * only zero runs of RAW_MIN_HOLE or more are left as holes. */
+    if (d.w) {
+        c->zchunk = c->min_hole = cluster;
+    } else {
+        c->zchunk = MAX(4096u, d.f->offset_align);
+        c->min_hole = MAX(c->zchunk, RAW_MIN_HOLE);
+    }
     if (budget < c->rsize)
         budget = c->rsize;
     c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
