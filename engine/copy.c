@@ -473,53 +473,52 @@ static void start_request(struct ctx *c, struct creq *q)
         queue_slot(c, &q->slots[i]);
 }
 
-/* Offload one raw data run (clone, then copy_file_range); returns 1 if the
- * run was copied, 0 if offload does not apply (now disabled), <0 on error. */
-static int try_offload(struct ctx *c)
+/* Offload up to len bytes of the current raw data run (clone, then
+ * copy_file_range); returns 1 if bytes were copied, 0 if offload does not
+ * apply (it is then disabled), <0 on error. */
+static int try_offload(struct ctx *c, uint64_t len)
 {
     struct lsm_run *r = &c->run;
-    uint64_t off = 0;
+    uint64_t done = 0;
     if (!r->file)
         return 0;
     if (c->offload_clone) {
-        int ret = lsm_file_clone_range(r->file, r->host, c->d->f, r->start, r->length);
-        if (ret == 0)
-            goto done;
-        if (ret != -EXDEV && ret != -EOPNOTSUPP && ret != -EINVAL && ret != -ENOTTY && ret != -ENOSYS)
+        int ret = lsm_file_clone_range(r->file, r->host, c->d->f, r->start, len);
+        if (ret == 0) {
+            done = len;
+        } else if (ret == -EXDEV || ret == -EOPNOTSUPP || ret == -EINVAL || ret == -ENOTTY ||
+                   ret == -ENOSYS) {
+            lsm_error_clear();
+            c->offload_clone = false;
+        } else {
             return set_err(c, ret);
-        lsm_error_clear();
-        c->offload_clone = false;
+        }
     }
-    while (off < r->length) {
-        int64_t n = lsm_file_copy_range(r->file, r->host + off, c->d->f, r->start + off,
-                                        r->length - off);
+    while (done < len) {
+        int64_t n = lsm_file_copy_range(r->file, r->host + done, c->d->f, r->start + done,
+                                        len - done);
         if (n == -EXDEV || n == -EOPNOTSUPP || n == -EINVAL || n == -ENOSYS) {
             lsm_error_clear();
             c->offload = false;
-            if (!off)
-                return 0;
-            /* The rest goes through the pipeline. */
-            c->st->bytes_offloaded += off;
-            c->st->bytes_done += off;
-            record(c, r->start, off);
-            take_run(c, off);
-            return 0;
+            break;
         }
         if (n < 0)
             return set_err(c, (int)n);
         if (n == 0)
             return set_err(c, lsm_error(-EIO, "cannot copy %s to %s at offset %" PRIu64 ": short copy",
-                                        c->src_name, c->d->path, r->start + off));
-        off += (uint64_t)n;
+                                        c->src_name, c->d->path, r->start + done));
+        done += (uint64_t)n;
         if (cancelled(c))
             break;
     }
-done:
+    if (!done)
+        return 0;
+    uint64_t start = r->start;
     c->st->offload = true;
-    c->st->bytes_offloaded += off ? off : r->length;
-    c->st->bytes_done += off ? off : r->length;
-    record(c, r->start, off ? off : r->length);
-    take_run(c, off ? off : r->length);
+    c->st->bytes_offloaded += done;
+    c->st->bytes_done += done;
+    take_run(c, done);
+    record(c, start, done);
     progress(c);
     return 1;
 }
@@ -565,7 +564,16 @@ static void fill(struct ctx *c)
             break;
         }
         if (c->offload && r->kind == LSM_RUN_DATA) {
-            int ret = try_offload(c);
+            uint64_t len = r->length;
+            if (c->rl.rate) {
+                len = MIN(len, c->rsize);
+                uint64_t wait = lsm_ratelimit_take(&c->rl, len, lsm_now_ns());
+                if (wait) {
+                    c->rl_wait_ns = wait;
+                    return;
+                }
+            }
+            int ret = try_offload(c, len);
             if (ret < 0)
                 return;
             if (ret > 0)
@@ -822,9 +830,14 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         }
     }
     unsigned fflags = LSM_FILE_WRITE | (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_TRUNC);
+    bool existed = access(o->dst_path, F_OK) == 0;
     r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
-    if (r < 0)
+    if (r < 0) {
+        /* e.g. O_DIRECT refused after O_CREAT made the file */
+        if (!existed && !o->no_create && unlink(o->dst_path) == 0)
+            st->dst_removed = true;
         goto out;
+    }
     d.created = !o->no_create && !d.f->is_blockdev;
     if (cluster && d.f->offset_align > cluster) {
         /* Cluster smaller than the O_DIRECT alignment: buffered I/O. */
