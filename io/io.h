@@ -160,7 +160,9 @@ int lsm_file_clone_range(struct lsm_file *src, uint64_t src_off,
 /* ---- Buffers (io/buffers.c) ---- */
 
 /* A fixed set of aligned buffers of buf_size bytes under a memory budget.
- * Allocated once (one mmap), registered with the backend if it can. */
+ * Allocated once (one mmap), registered with the backend if it can.
+ * align is a power of two up to the page size; buf_size a multiple of it;
+ * count = budget / buf_size, at least 1. */
 struct lsm_bufpool {
     void *base;
     size_t buf_size;

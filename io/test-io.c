@@ -439,6 +439,9 @@ static void test_auto_fallback(void **state)
     setenv("LSM_TEST_URING_ERRNO", "EIO", 1);
 #ifdef HAVE_LIBURING
     assert_int_equal(lsm_io_create(LSM_IO_AUTO, &cfg, &io), -EIO);
+    setenv("LSM_TEST_URING_ERRNO", "EBOGUS", 1);
+    assert_int_equal(lsm_io_create(LSM_IO_AUTO, &cfg, &io), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "EBOGUS"));
 #endif
     setenv("LSM_TEST_URING_ERRNO", "38", 1);   /* ENOSYS by number */
     assert_int_equal(lsm_io_create(LSM_IO_AUTO, &cfg, &io), 0);

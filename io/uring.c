@@ -36,18 +36,18 @@ struct uring {
     struct lsm_doneq doneq;  /* synthetic completions */
 };
 
-static int uring_test_errno(void)
-{
-    const char *s = getenv("LSM_TEST_URING_ERRNO");
-    return s && *s ? lsm_errno_parse(s) : 0;
-}
-
 static int uring_init(struct lsm_io *io, const struct lsm_io_config *cfg)
 {
-    int err = uring_test_errno();
-    if (err)
+    /* Test hook (io.h): fail as a kernel refusing io_uring would. */
+    const char *test_errno = getenv("LSM_TEST_URING_ERRNO");
+    if (test_errno && *test_errno) {
+        int err = lsm_errno_parse(test_errno);
+        if (!err)
+            return lsm_error(-EINVAL, "LSM_TEST_URING_ERRNO=%s is not an errno name or number",
+                             test_errno);
         return lsm_error_errno(-err, "cannot create an io_uring of %u entries (LSM_TEST_URING_ERRNO)",
                                cfg->depth);
+    }
 
     struct uring *u = calloc(1, sizeof *u);
     if (!u)
@@ -240,7 +240,8 @@ static int uring_submit(struct lsm_io *io)
     if (r == -EAGAIN || r == -EBUSY)
         return 0;   /* short of resources: reap() pushes them again */
     if (r < 0)
-        return lsm_error_errno(r, "cannot submit %u requests to the io_uring", u->unsubmitted);
+        return lsm_error_errno(r, "cannot submit %u requests to the io_uring%s", u->unsubmitted,
+                               r == -EEXIST ? " (it belongs to another thread)" : "");
     /* The kernel stops at an SQE it cannot even prepare (that one
      * completes with an error); the rest stay queued for the next call. */
     u->unsubmitted -= MIN((unsigned)r, u->unsubmitted);
