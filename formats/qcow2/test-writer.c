@@ -21,6 +21,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1012,6 +1013,81 @@ static void test_enospc(void **state)
     umount(mnt);
 }
 
+/* Like QEMU's iotest 026 for ENOSPC: a small tmpfs is filled so that the
+ * writer runs out of room at every possible metadata write (create, L2
+ * eviction during alloc, L2 flush, L1, refcount table and blocks).  Each
+ * run either completes with a clean image or fails with -ENOSPC and a
+ * message, leaving a file that does not open as qcow2. */
+static void test_enospc_sweep(void **state)
+{
+    (void)state;
+    NEED_QEMU_IMG();
+    const char *mnt = path("sweep");
+    mkdir(mnt, 0755);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=4m") < 0) {
+        print_message("SKIP: cannot mount a small tmpfs: %s\n", strerror(errno));
+        skip();
+    }
+    char img[600], filler[600];
+    snprintf(img, sizeof img, "%s/s.qcow2", mnt);
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    unsigned ok = 0, failed = 0, in_create = 0, in_alloc = 0, in_finish = 0;
+    for (uint64_t room = 0; room <= 600 * KiB; room += 4 * KiB) {
+        unlink(img);
+        unlink(filler);
+        struct statvfs sv;
+        assert_int_equal(statvfs(mnt, &sv), 0);
+        uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+        int ffd = open(filler, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        assert_true(ffd >= 0);
+        if (avail > room)
+            assert_int_equal(fallocate(ffd, 0, 0, (off_t)(avail - room)), 0);
+        close(ffd);
+
+        int fd = open(img, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        assert_true(fd >= 0);
+        struct qcow2_create_opts o = { .size = 256 * MiB, .cluster_bits = 12 };
+        struct qcow2_writer *w = NULL;
+        uint64_t saved_rng = rng_state, host;
+        rng_state = 42;         /* the same sequence of calls every time */
+        lsm_error_clear();
+        int r = qcow2_writer_create(fd, 512, &o, &w);
+        int stage = 0;
+        for (int i = 0; r == 0 && i < 400; i++) {
+            uint64_t g = (rnd() % 65536) * 4096;
+            stage = 1;
+            r = i % 8 == 7 ? qcow2_writer_zero(w, g, 4096) : qcow2_writer_alloc(w, g, 4096, &host);
+            if (r == -EEXIST)
+                r = 0;
+        }
+        if (r == 0) {
+            stage = 2;
+            r = qcow2_writer_finish(w);
+        }
+        rng_state = saved_rng;
+        qcow2_writer_close(w);
+        close(fd);
+        if (r == 0) {
+            ok++;
+            expect_check_clean(img);
+            continue;
+        }
+        failed++;
+        in_create += stage == 0;
+        in_alloc += stage == 1;
+        in_finish += stage == 2;
+        if (r != -ENOSPC || !strstr(lsm_last_error(), "No space left on device"))
+            fail_msg("room %" PRIu64 ": got %d (%s)", room, r, lsm_last_error());
+        expect_not_qcow2(img);
+    }
+    print_message("  %u runs completed, %u failed cleanly with ENOSPC (create %u, alloc %u, "
+                  "finish %u)\n", ok, failed, in_create, in_alloc, in_finish);
+    assert_true(ok > 0 && in_alloc > 0 && in_finish > 0);
+    unlink(img);
+    unlink(filler);
+    umount(mnt);
+}
+
 /* A block device (loop device) smaller than the data: -ENOSPC from alloc,
  * and a finished image on the device passes qemu-img check. */
 static void test_blockdev(void **state)
@@ -1084,8 +1160,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "umount %s/small 2>/dev/null; rm -rf %s", tmpdir, tmpdir);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "umount %s/small %s/sweep 2>/dev/null; rm -rf %s",
+             tmpdir, tmpdir, tmpdir);
     return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -1103,6 +1180,7 @@ int main(void)
         cmocka_unit_test(test_open_refuses),
         cmocka_unit_test(test_huge),
         cmocka_unit_test(test_enospc),
+        cmocka_unit_test(test_enospc_sweep),
         cmocka_unit_test(test_blockdev),
         cmocka_unit_test(test_matrix),
     };
