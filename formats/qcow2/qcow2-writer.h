@@ -8,6 +8,21 @@
  * qcow2_writer_finish() (after every data write has completed) writes the
  * metadata, syncs, writes the header with its magic, and syncs again.
  * Every image it finishes passes `qemu-img check` with no errors or leaks.
+ *
+ * Layout: header cluster, L1 table, then L2 tables (allocated on demand)
+ * and data runs in call order, and at finish the refcount table and blocks
+ * at the end.  Refcounts are rebuilt at finish: every cluster below the end
+ * has refcount 1 except clusters that were free in an opened image and that
+ * image's old refcount structures (refcount 0, not leaks).  Memory stays
+ * bounded: the L1 table (<= 32 MiB), one bit per L1 entry, an LRU cache of at
+ * most 64 L2 tables / 8 MiB (at least 4 tables), and the free ranges of an
+ * opened image.  Metadata I/O uses 4096-aligned buffers and offsets/lengths
+ * aligned to `align`, so the fd may be O_DIRECT.
+ *
+ * Errors: negative errno with a message in lsm_last_error().  After a
+ * metadata write fails, the writer refuses every further call with that
+ * error (the image stays invalid); close it.  The writer never closes,
+ * truncates or preallocates the fd.
  */
 #ifndef LSM_QCOW2_WRITER_H
 #define LSM_QCOW2_WRITER_H
@@ -35,7 +50,12 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
                         struct qcow2_writer **out);
 /* Open an existing qcow2 (made by qemu-img create or by us, with no data
  * clusters allocated yet or some) to add clusters; clears its magic until
- * finish.  Refuses images with features it cannot maintain. */
+ * finish.  Refuses images with features it cannot maintain (-ENOTSUP):
+ * version 2, internal snapshots, refcounts above 1, compressed clusters,
+ * external data file, encryption, persistent bitmaps, dirty or corrupt bit;
+ * and inconsistent ones (-EINVAL): references to free clusters, missing
+ * COPIED flags.  Unknown autoclear bits are cleared.  New clusters go after
+ * the last used cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
@@ -43,22 +63,33 @@ uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
 /* Allocate host clusters for the cluster-aligned guest range [guest,
  * guest+len) (len a multiple of the cluster size; the last cluster may
- * extend past the virtual size).  The host range is contiguous: *host is
- * the offset of the first cluster.  The range must not be allocated yet
- * (-EEXIST).  Memory is bounded: L2 tables are written back as needed. */
+ * extend past the virtual size; -EINVAL otherwise).  The host range is
+ * contiguous: *host is the offset of the first cluster, at the end of the
+ * image (new L2 tables may sit before it).  Every cluster of the range must
+ * be unallocated, neither data nor zero (-EEXIST; nothing changes).  On a
+ * block device the image must fit in the device (-ENOSPC).  Memory is
+ * bounded: L2 tables are written back as needed. */
 int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host);
 /* Mark the cluster-aligned guest range as zero clusters (reads as zero
- * whatever the backing file holds). */
+ * whatever the backing file holds): the v3 zero flag, or all 32 zero bits
+ * with extended L2; no host cluster.  -EEXIST if a cluster of the range has
+ * data (nothing changes); zero clusters may be marked again. */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 /* Write every piece of metadata, fdatasync, then the header with the
  * magic, fdatasync.  After this returns 0 the image is complete. */
 int qcow2_writer_finish(struct qcow2_writer *w);
-/* Free the writer; without finish the image stays invalid (magic cleared). */
+/* Free the writer (not the fd); without finish the image stays invalid
+ * (magic cleared).  NULL is accepted. */
 void qcow2_writer_close(struct qcow2_writer *w);
 
 /* Rewrite the backing name and format of a complete qcow2 in place (for
- * physical copies whose backing name changes).  Fails with -ENOSPC if the
- * name and header extensions do not fit in the first cluster. */
+ * physical copies whose backing name changes).  backing_name NULL removes
+ * the backing file; backing_fmt AUTO writes no backing-format extension.
+ * Other header extensions (feature table, bitmaps, data file, unknown) are
+ * kept.  Fails with -ENOSPC if the name and header extensions do not fit in
+ * the first cluster.  Images we create with clusters of 2 KiB or more always
+ * have room for a 1023-byte name (they only carry the optional feature
+ * table when it leaves that room). */
 int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm_format backing_fmt);
 
 #endif
