@@ -331,6 +331,18 @@ static void run_backend(void **state, enum lsm_io_kind kind, bool fixed)
         assert_int_equal(bad.result, -EINVAL);
         assert_int_equal(good.result, 4096);
     }
+    if (fixed) {
+        /* Proof that READ_FIXED is used: a buffer outside registered
+         * buffer 0 is refused by the kernel (EFAULT) rather than read. */
+        void *outside = NULL;
+        assert_int_equal(posix_memalign(&outside, 4096, 4096), 0);
+        struct lsm_io_req rd = { .op = LSM_OP_READ, .file = f, .buf = outside, .buf_index = 0,
+                                 .offset = 0, .len = 4096 };
+        assert_int_equal(lsm_io_queue(io, &rd), 0);
+        assert_ptr_equal(reap_one(io), &rd);
+        assert_int_equal(rd.result, -EFAULT);
+        free(outside);
+    }
     lsm_bufpool_put(g_pool, buf);
 
     lsm_io_destroy(io);
@@ -868,6 +880,46 @@ static void test_other_thread(void **state)
     lsm_file_close(f);
 }
 
+/* Requests the kernel fails complete with the errno; nothing hangs. */
+static void test_errors(void **state)
+{
+    struct fixture *fx = *state;
+    char path[512];
+    path_in(fx, path, sizeof path, "ro");
+    struct lsm_file *f;
+    assert_int_equal(lsm_file_open(path, LSM_FILE_WRITE | LSM_FILE_CREATE, LSM_DIRECT_NEVER, &f), 0);
+    assert_int_equal(lsm_file_truncate(f, 65536), 0);
+    lsm_file_close(f);
+    assert_int_equal(lsm_file_open(path, LSM_FILE_READ, LSM_DIRECT_AUTO, &f), 0);
+
+    void *buf = NULL;
+    assert_int_equal(posix_memalign(&buf, 4096, 4096), 0);
+    memset(buf, 1, 4096);
+    for (unsigned k = 0; k < ARRAY_SIZE(all_kinds); k++) {
+        struct lsm_io *io;
+        struct lsm_io_config cfg = { .depth = 3 };
+        assert_int_equal(lsm_io_create(all_kinds[k], &cfg, &io), 0);
+        struct lsm_io_req w = { .op = LSM_OP_WRITE, .file = f, .buf = buf, .buf_index = -1,
+                                .offset = 0, .len = 4096 };
+        struct lsm_io_req z = { .op = LSM_OP_WRITE_ZEROES, .file = f, .buf_index = -1,
+                                .offset = 0, .len = 4096 };
+        struct lsm_io_req r = { .op = LSM_OP_READ, .file = f, .buf = buf, .buf_index = -1,
+                                .offset = 4096, .len = 4096 };
+        assert_int_equal(lsm_io_queue(io, &w), 0);
+        assert_int_equal(lsm_io_queue(io, &z), 0);
+        assert_int_equal(lsm_io_queue(io, &r), 0);
+        struct lsm_io_req extra = r;
+        assert_int_equal(lsm_io_queue(io, &extra), -EAGAIN);
+        drain(io, ignore_result);
+        if (w.result != -EBADF || z.result != -EBADF || r.result != 4096)
+            fail_msg("%s: write %lld zero %lld read %lld", lsm_io_name(io), (long long)w.result,
+                     (long long)z.result, (long long)r.result);
+        lsm_io_destroy(io);
+    }
+    free(buf);
+    lsm_file_close(f);
+}
+
 static void test_blockdev(void **state)
 {
     struct fixture *fx = *state;
@@ -936,6 +988,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_offload, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_blockdev, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_other_thread, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_errors, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
