@@ -23,8 +23,8 @@ int lsm_fault_wrap(struct lsm_io *inner, const char *spec, struct lsm_io **out);
 const char *lsm_fault_name(const struct lsm_io *io);
 
 /* Run one request synchronously (pread/pwrite loops, lsm_file_zero,
- * fdatasync); returns what goes into req->result.  Library code: no message
- * for the per-request error, the result carries it. */
+ * fdatasync); returns what goes into req->result (bytes, 0 for a flush, or
+ * -errno).  A failed zero also records lsm_file_zero's message. */
 int64_t lsm_io_exec_sync(struct lsm_io_req *req);
 
 /* Requests completed without the kernel's help (synthetic completions):
