@@ -94,8 +94,9 @@ static int aio_queue(struct lsm_io *io, struct lsm_io_req *req)
 }
 
 /* Push pending iocbs.  An iocb the kernel rejects outright (io_submit
- * fails on the first one) completes with that error; EAGAIN leaves the
- * rest pending.  Returns 0, or a negative errno for a broken context. */
+ * fails on the first one) completes with that error, so a bad request
+ * never fails the batch; EAGAIN leaves the rest pending.  Always 0: every
+ * failure is carried by a request. */
 static int aio_push(struct aio *a)
 {
     unsigned start = 0;
@@ -151,7 +152,7 @@ static int aio_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **do
         if (a->npending) {
             aio_push(a);
             got += lsm_doneq_pop(&a->doneq, done + got, max - got);
-            if (a->npending && a->in_kernel == 0) {
+            if (a->npending && a->in_kernel == 0 && got < max) {
                 /* The kernel takes nothing (EAGAIN with an empty
                  * context): do one synchronously rather than hang. */
                 struct iocb *cb = a->pending[0];
