@@ -44,6 +44,9 @@
 #define QCOW2_MAX_HOST_OFFSET (1ULL << 56)
 /* Bound on the number of free ranges kept when opening an image. */
 #define MAX_FREE_RANGES (1u << 20)
+/* Opening an image uses a temporary bitmap of referenced clusters (to find
+ * leaks and clusters used twice) when it needs at most this many bytes. */
+#define MAX_REFMAP_BYTES (16u * 1024 * 1024)
 
 struct l2_slot {
     uint64_t l1_index;          /* UINT64_MAX: empty */
@@ -818,20 +821,60 @@ static int scan_refcounts(struct qcow2_writer *w, uint64_t rt_off, uint32_t rt_c
     return free_add(w, rt_off / cs, rt_off / cs + rt_clusters);
 }
 
-/* A host cluster referenced by L1/L2 must be in use. */
-static int check_ref(const struct qcow2_writer *w, uint64_t off, uint64_t end, const char *what)
+/* A referenced host cluster must be in use (refcount 1) and, when refmap
+ * is kept, referenced once. */
+static int check_ref(const struct qcow2_writer *w, uint8_t *refmap, uint64_t off, uint64_t end,
+                     const char *what)
 {
+    uint64_t c = off >> w->cluster_bits;
     if (!is_aligned(off, w->cluster_size))
         return lsm_error(-EINVAL, "corrupt image: %s at unaligned offset 0x%" PRIx64, what, off);
-    if ((off >> w->cluster_bits) >= end || free_contains(w, off >> w->cluster_bits))
+    if (c >= end || free_contains(w, c))
         return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " has refcount 0 "
                          "(run qemu-img check -r all)", what, off);
+    if (refmap) {
+        if (refmap[c / 8] & (1u << (c % 8)))
+            return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " is used twice "
+                             "(run qemu-img check -r all)", what, off);
+        refmap[c / 8] |= (uint8_t)(1u << (c % 8));
+    }
+    return 0;
+}
+
+/* Clusters with refcount 1 that nothing references (leaks, e.g. after a
+ * crash of QEMU) join the free set: refcount 0 after finish. */
+static int free_leaks(struct qcow2_writer *w, const uint8_t *refmap, uint64_t end)
+{
+    size_t nold = w->nfree, fi = 0;
+    uint64_t c = 0;
+    while (c < end) {
+        while (fi < nold && w->free[fi].end <= c)
+            fi++;
+        if (fi < nold && w->free[fi].start <= c) {
+            c = w->free[fi].end;
+            continue;
+        }
+        uint64_t stop = fi < nold ? MIN(end, w->free[fi].start) : end;
+        for (; c < stop; c++) {
+            if (refmap[c / 8] & (1u << (c % 8)))
+                continue;
+            uint64_t s0 = c;
+            while (c < stop && !(refmap[c / 8] & (1u << (c % 8))))
+                c++;
+            int r = free_add(w, s0, c);     /* appended: sorted again below */
+            if (r < 0)
+                return r;
+            if (c == stop)
+                break;
+        }
+    }
+    free_normalize(w, end);
     return 0;
 }
 
 /* Walk L1 and every L2 table: no compressed clusters, every reference
  * points to a used cluster and has the COPIED flag (refcount 1). */
-static int scan_l2(struct qcow2_writer *w, uint64_t end)
+static int scan_l2(struct qcow2_writer *w, uint8_t *refmap, uint64_t end)
 {
     _cleanup_free_ uint8_t *t = aligned_alloc_zero(w->cluster_size);
     if (!t)
@@ -843,7 +886,7 @@ static int scan_l2(struct qcow2_writer *w, uint64_t end)
             return lsm_error(-EINVAL, "corrupt image: L1 entry %" PRIu64 " has reserved bits set", i);
         if (off == 0)
             continue;
-        int r = check_ref(w, off, end, "L2 table");
+        int r = check_ref(w, refmap, off, end, "L2 table");
         if (r < 0)
             return r;
         if (!(e & QCOW2_OFLAG_COPIED))
@@ -861,7 +904,7 @@ static int scan_l2(struct qcow2_writer *w, uint64_t end)
             uint64_t hoff = l2e & QCOW2_L2E_OFFSET_MASK;
             if (hoff == 0)
                 continue;
-            r = check_ref(w, hoff, end, "data cluster");
+            r = check_ref(w, refmap, hoff, end, "data cluster");
             if (r < 0)
                 return r;
             if (!(l2e & QCOW2_OFLAG_COPIED))
@@ -976,6 +1019,7 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
 
     struct qcow2_writer *w = writer_new(fd, align, cbits);
     uint64_t rt_off = 0, used_end = 0, end, fsize = 0;
+    uint8_t *refmap = NULL;
     uint32_t rt_clusters = 0;
     if (!w)
         return lsm_error(-ENOMEM, "cannot allocate the qcow2 writer");
@@ -1034,22 +1078,28 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     }
     /* Free set limited to below the end; old refcount structures are in it. */
     free_normalize(w, end);
-    if (free_contains(w, 0)) {
-        r = lsm_error(-EINVAL, "corrupt image: the header cluster has refcount 0");
+    /* Walk everything the image references: the header, L1, L2 tables and
+     * data (the old refcount structures are in the free set already). */
+    refmap = end / 8 + 1 <= MAX_REFMAP_BYTES ? calloc(1, end / 8 + 1) : NULL;
+    r = check_ref(w, refmap, 0, end, "header");
+    if (r < 0)
         goto fail;
-    }
     if (w->l1_size) {
         uint64_t c0 = w->l1_offset >> cbits;
         uint64_t nc = div_round_up((uint64_t)w->l1_size * 8, w->cluster_size);
         for (uint64_t c = c0; c < c0 + nc; c++) {
-            r = check_ref(w, c << cbits, end, "L1 table");
+            r = check_ref(w, refmap, c << cbits, end, "L1 table");
             if (r < 0)
                 goto fail;
         }
     }
-    r = scan_l2(w, end);
+    r = scan_l2(w, refmap, end);
+    if (r == 0 && refmap)
+        r = free_leaks(w, refmap, end);
     if (r < 0)
         goto fail;
+    free(refmap);
+    refmap = NULL;
     w->next_free = end << cbits;
     if (w->is_blockdev && w->next_free > w->dev_size) {
         r = lsm_error(-EINVAL, "corrupt image: it ends past the end of the device");
@@ -1073,6 +1123,7 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     *out = w;
     return 0;
 fail:
+    free(refmap);
     qcow2_writer_close(w);
     return r;
 }

@@ -713,6 +713,46 @@ static void test_open_existing(void **state)
     }
 }
 
+/* An opened image with leaked clusters (refcount 1, unreferenced: what a
+ * QEMU crash leaves) comes out clean; one with a cluster used twice is
+ * refused. */
+static void test_open_leaks(void **state)
+{
+    (void)state;
+    NEED_QEMU_IMG();
+    const char *img = path("leak.qcow2");
+    /* qemu-img's layout for 64 KiB clusters: refcount block at 0x20000 */
+    assert_int_equal(run(NULL, "rm -f %s; qemu-img create -q -f qcow2 %s 16M && "
+                         "printf '\\000\\001\\000\\001' | dd of=%s bs=1 seek=%d conv=notrunc "
+                         "status=none && truncate -s %d %s", img, img, img, 0x20008, 0x60000, img), 0);
+    assert_int_equal(run(NULL, "qemu-img check %s", img), 3);      /* leaks */
+    int fd = open(img, O_RDWR);
+    struct qcow2_writer *w;
+    if (qcow2_writer_open(fd, 512, &w) < 0)
+        fail_msg("open: %s", lsm_last_error());
+    uint64_t host;
+    assert_int_equal(qcow2_writer_alloc(w, 0, 65536, &host), 0);
+    assert_int_equal(host, 0x70000);        /* after the end of the file and a new L2 table */
+    assert_int_equal(qcow2_writer_finish(w), 0);
+    qcow2_writer_close(w);
+    close(fd);
+    expect_check_clean(img);
+
+    /* two L2 entries pointing to the same cluster */
+    assert_int_equal(run(NULL, "rm -f %s; qemu-img create -q -f qcow2 %s 16M && "
+                         "qemu-io -c 'write 0 128k' %s >/dev/null && "
+                         "printf '\\200\\000\\000\\000\\000\\005\\000\\000' | "
+                         "dd of=%s bs=1 seek=%d conv=notrunc status=none",
+                         img, img, img, img, 0x40008), 0);
+    assert_true(run(NULL, "qemu-img check %s", img) != 0);
+    fd = open(img, O_RDWR);
+    lsm_error_clear();
+    assert_int_equal(qcow2_writer_open(fd, 512, &w), -EINVAL);
+    print_message("  cluster used twice: refused (%s)\n", lsm_last_error());
+    assert_non_null(strstr(lsm_last_error(), "used twice"));
+    close(fd);
+}
+
 static void expect_open_refused(const char *what, const char *img)
 {
     int fd = open(img, O_RDWR);
@@ -1178,6 +1218,7 @@ int main(void)
         cmocka_unit_test(test_set_backing),
         cmocka_unit_test(test_open_existing),
         cmocka_unit_test(test_open_refuses),
+        cmocka_unit_test(test_open_leaks),
         cmocka_unit_test(test_huge),
         cmocka_unit_test(test_enospc),
         cmocka_unit_test(test_enospc_sweep),
