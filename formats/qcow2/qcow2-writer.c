@@ -972,12 +972,14 @@ static int parse_open_header(struct qcow2_writer *w, const uint8_t *hdr, uint64_
     if (boff && (bsize > QCOW2_MAX_BACKING_NAME || boff > w->cluster_size - bsize))
         return lsm_error(-EINVAL, "corrupt image: invalid backing file name location");
 
-    /* Header extensions we cannot keep consistent. */
-    for (size_t pos = hlen; pos + 8 <= w->cluster_size;) {
+    /* Header extensions we cannot keep consistent.  Like QEMU, the area
+     * ends at the backing file name when that comes first. */
+    size_t ext_end = boff > hlen ? boff : w->cluster_size;
+    for (size_t pos = hlen; pos + 8 <= ext_end;) {
         uint32_t type = be32_get(hdr + pos), len = be32_get(hdr + pos + 4);
         if (type == QCOW2_EXT_END)
             break;
-        if (len > w->cluster_size - pos - 8)
+        if (len > ext_end - pos - 8)
             return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
                              "first cluster", type);
         if (type == QCOW2_EXT_BITMAPS)
@@ -1368,16 +1370,21 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
         return lsm_error(-ENOTSUP, "unsupported qcow2 version %u", version);
     }
 
-    /* Keep every extension but the backing format. */
+    /* Keep every extension but the backing format.  Like QEMU, the area
+     * ends at the backing file name when that comes first (old images
+     * store the name right after the header, without extensions). */
+    uint64_t boff = be64_get(&h->backing_file_offset);
+    uint32_t bsize = be32_get(&h->backing_file_size);
+    size_t ext_end = boff > hlen && boff < cs ? boff : cs;
     struct hdr_ext exts[64];
     size_t n = 0, old_end = hlen;
-    for (size_t pos = hlen; pos + 8 <= cs;) {
+    for (size_t pos = hlen; pos + 8 <= ext_end;) {
         uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
         if (type == QCOW2_EXT_END) {
             old_end = pos + 8;
             break;
         }
-        if (len > cs - pos - 8)
+        if (len > ext_end - pos - 8)
             return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
                              "first cluster", type);
         if (type != QCOW2_EXT_BACKING_FORMAT) {
@@ -1388,8 +1395,6 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
         pos += 8 + align_up(len, 8);
         old_end = pos;
     }
-    uint64_t boff = be64_get(&h->backing_file_offset);
-    uint32_t bsize = be32_get(&h->backing_file_size);
     if (boff && boff <= cs && bsize <= cs - boff)
         old_end = MAX(old_end, boff + bsize);
 

@@ -903,6 +903,20 @@ static void test_set_backing(void **state)
         fail_msg("bitmap or backing lost:\n%s", out);
     free(out);
 
+    /* version 2 (compat=0.10) images, with and without a backing file */
+    const char *v2 = path("sv2.qcow2");
+    assert_int_equal(run(NULL, "rm -f %s; qemu-img create -q -f qcow2 -o compat=0.10 -b sa.raw "
+                         "-F raw %s", v2, v2), 0);
+    fd = open(v2, O_RDWR);
+    assert_int_equal(qcow2_set_backing(fd, 512, "sb.qcow2", LSM_FMT_QCOW2), 0);
+    close(fd);
+    expect_check_clean(v2);
+    assert_int_equal(run(&out, "qemu-img info %s", v2), 0);
+    if (!strstr(out, "backing file: sb.qcow2") || !strstr(out, "backing file format: qcow2") ||
+        !strstr(out, "compat: 0.10"))
+        fail_msg("set_backing on a v2 image:\n%s", out);
+    free(out);
+
     /* 512-byte clusters: a 1000-byte name does not fit. */
     int fd2;
     w = create_simple("s512.qcow2", size, 9, &fd2);
