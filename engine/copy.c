@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -473,6 +474,28 @@ static void start_request(struct ctx *c, struct creq *q)
         queue_slot(c, &q->slots[i]);
 }
 
+/* copy_file_range is worth it only where it is a real offload: a server-side
+ * copy on a network file system.  On a local file system without reflink
+ * the kernel copies through the page cache in one thread: measured on ext4
+ * here, 5-19 s for 512 MiB against 0.9-1.9 s through the O_DIRECT pipeline.
+ * (Reflink-capable local file systems take the clone path first.) */
+static bool copy_range_offloads(int fd)
+{
+    struct statfs sf;
+    if (fstatfs(fd, &sf) < 0)
+        return false;
+    switch ((unsigned long)sf.f_type) {
+    case 0x6969UL:        /* NFS */
+    case 0xFE534D42UL:    /* SMB2 */
+    case 0xFF534D42UL:    /* CIFS */
+    case 0x00C36400UL:    /* Ceph */
+    case 0x47504653UL:    /* GPFS */
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Offload up to len bytes of the current raw data run (clone, then
  * copy_file_range); returns 1 if bytes were copied, 0 if offload does not
  * apply (it is then disabled), <0 on error. */
@@ -490,6 +513,10 @@ static int try_offload(struct ctx *c, uint64_t len)
                    ret == -ENOSYS) {
             lsm_error_clear();
             c->offload_clone = false;
+            if (!copy_range_offloads(c->d->f->fd)) {
+                c->offload = false;
+                return 0;
+            }
         } else {
             return set_err(c, ret);
         }
