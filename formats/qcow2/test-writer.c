@@ -32,6 +32,7 @@
 
 static char tmpdir[256];
 static bool have_qemu_img;
+static char loopdev[128];         /* attached loop device, detached at teardown */
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -1155,8 +1156,8 @@ static void test_blockdev(void **state)
         free(out);
         skip();
     }
-    char dev[128];
-    snprintf(dev, sizeof dev, "%.*s", (int)strcspn(out, "\n"), out);
+    char *dev = loopdev;
+    snprintf(loopdev, sizeof loopdev, "%.*s", (int)strcspn(out, "\n"), out);
     free(out);
     int fd = open(dev, O_RDWR | O_DIRECT);
     assert_true(fd >= 0);
@@ -1191,6 +1192,7 @@ static void test_blockdev(void **state)
     close(fd);
     rc = run(&out, "qemu-img check -f qcow2 %s", dev);
     run(NULL, "losetup -d %s", dev);
+    loopdev[0] = '\0';
     if (rc != 0)
         fail_msg("check on %s after reopen: %s", dev, out);
     free(out);
@@ -1215,6 +1217,8 @@ static int teardown(void **state)
 {
     (void)state;
     char cmd[1024];
+    if (loopdev[0])
+        run(NULL, "losetup -d %s", loopdev);
     snprintf(cmd, sizeof cmd, "umount %s/small %s/sweep 2>/dev/null; rm -rf %s",
              tmpdir, tmpdir, tmpdir);
     return system(cmd) == 0 ? 0 : -1;
