@@ -35,5 +35,9 @@ int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_copy(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_clone_structure(int argc, char **argv);
+int cmd_sync(int argc, char **argv);
+int cmd_replicate(int argc, char **argv);
 
 #endif

@@ -159,7 +159,7 @@ int cmd_info(int argc, char **argv)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)

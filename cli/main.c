@@ -15,6 +15,12 @@ static const struct lsm_command commands[] = {
 #ifdef LSM_HAVE_CMD_COPY
     { "copy", "copy a volume, skipping unallocated extents", cmd_copy },
 #endif
+    { "clone-structure", "create a chain's volumes, empty, in another storage domain", cmd_clone_structure },
+    { "sync", "copy the data of a chain's volumes layer by layer (syncImageData)", cmd_sync },
+    { "compare", "compare what a guest sees in two images or chains", cmd_compare },
+#ifdef LSM_HAVE_CMD_REPLICATE
+    { "replicate", "mirror an active volume (libvirt or device-mapper) and pivot", cmd_replicate },
+#endif
 #ifdef LSM_HAVE_CMD_BENCH
     { "bench", "measure the I/O path with fio-style jobs", cmd_bench },
 #endif

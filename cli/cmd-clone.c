@@ -1,0 +1,135 @@
+/* lsm-sync clone-structure: re-create a chain's structure, empty, in
+ * another storage domain (cloneImageStructure). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <json-c/json.h>
+
+#include "chain.h"
+#include "cli.h"
+
+static void clone_usage(FILE *f)
+{
+    fprintf(f,
+        "Usage: lsm-sync clone-structure [--reuse] [--output=human|json] [-f FMT]\n"
+        "                                SRC_TOP (--dst-dir DIR | --dst-vg VG | --job FILE)\n\n"
+        "Create the volumes of SRC_TOP's backing chain, empty, in a destination storage\n"
+        "domain: same number and order of volumes, formats, virtual sizes, cluster sizes\n"
+        "and qcow2 options, with backing names that point within the destination.\n"
+        "Prints the destination top volume.\n\n"
+        "  --dst-dir DIR   file domain: a directory; volumes keep their names\n"
+        "  --dst-vg VG     block domain: an LVM volume group; volumes become LVs\n"
+        "  --job FILE      explicit source/destination volumes (docs/chains.md)\n"
+        "  --reuse         overwrite existing destination volumes\n"
+        "  -f FMT          format of SRC_TOP (default: probe)\n"
+        "  --output=FMT    human (default) or json\n");
+}
+
+int cmd_clone_structure(int argc, char **argv)
+{
+    enum { OPT_DIR = 256, OPT_VG, OPT_JOB, OPT_REUSE, OPT_OUTPUT };
+    static const struct option opts[] = {
+        { "dst-dir", required_argument, NULL, OPT_DIR },
+        { "dst-vg", required_argument, NULL, OPT_VG },
+        { "job", required_argument, NULL, OPT_JOB },
+        { "reuse", no_argument, NULL, OPT_REUSE },
+        { "output", required_argument, NULL, OPT_OUTPUT },
+        { "format", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *dir = NULL, *vg = NULL, *jobfile = NULL;
+    bool reuse = false;
+    enum cli_output output = CLI_OUTPUT_HUMAN;
+    enum lsm_format fmt = LSM_FMT_AUTO;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_DIR: dir = optarg; break;
+        case OPT_VG: vg = optarg; break;
+        case OPT_JOB: jobfile = optarg; break;
+        case OPT_REUSE: reuse = true; break;
+        case OPT_OUTPUT:
+            if (!cli_parse_output("clone-structure", optarg, &output))
+                return EXIT_USAGE;
+            break;
+        case 'f':
+            if (lsm_format_parse(optarg, &fmt) < 0)
+                return cli_usage_error("clone-structure", "unknown format '%s' (raw or qcow2)", optarg);
+            break;
+        case 'h':
+            clone_usage(stdout);
+            return 0;
+        default:
+            return cli_usage_error("clone-structure", "unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!!dir + !!vg + !!jobfile != 1)
+        return cli_usage_error("clone-structure", "give exactly one of --dst-dir, --dst-vg and --job");
+    struct lsm_job job = { 0 };
+    const char *src_top;
+    if (jobfile) {
+        if (optind != argc && optind != argc - 1)
+            return cli_usage_error("clone-structure", "too many arguments");
+        if (lsm_job_load(jobfile, &job) < 0)
+            return cli_fail("clone-structure");
+        src_top = optind == argc - 1 ? argv[optind] : job.v[0].src_path;
+    } else {
+        if (optind != argc - 1)
+            return cli_usage_error("clone-structure", optind >= argc ? "missing SRC_TOP" : "too many arguments");
+        src_top = argv[optind];
+    }
+
+    int rc = 0;
+    struct lsm_chain_desc src;
+    if (lsm_chain_describe(src_top, fmt, &src) < 0) {
+        lsm_job_free(&job);
+        return cli_fail(src_top);
+    }
+    if (!jobfile) {
+        struct lsm_domain *dom;
+        if (lsm_domain_open(vg ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE, vg ? vg : dir, &dom) < 0) {
+            rc = cli_fail("clone-structure");
+            goto out;
+        }
+        int r = lsm_job_for_domain(&src, dom, &job);
+        lsm_domain_close(dom);
+        if (r < 0) {
+            rc = cli_fail("clone-structure");
+            goto out;
+        }
+    }
+    if (lsm_chain_clone(&src, &job, reuse) < 0) {
+        rc = cli_fail("clone-structure");
+        goto out;
+    }
+    if (output == CLI_OUTPUT_JSON) {
+        json_object *o = json_object_new_object(), *a = json_object_new_array();
+        json_object_object_add(o, "top", json_object_new_string(job.v[0].dst_path));
+        for (unsigned i = 0; i < job.n; i++) {
+            json_object *v = json_object_new_object();
+            json_object_object_add(v, "source", json_object_new_string(job.v[i].src_path));
+            json_object_object_add(v, "path", json_object_new_string(job.v[i].dst_path));
+            json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src.v[i].format)));
+            json_object_object_add(v, "type", json_object_new_string(
+                                       job.v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
+            if (job.v[i].dst_backing)
+                json_object_object_add(v, "backing", json_object_new_string(job.v[i].dst_backing));
+            json_object_array_add(a, v);
+        }
+        json_object_object_add(o, "volumes", a);
+        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                          JSON_C_TO_STRING_SPACED |
+                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+    } else {
+        printf("%s\n", job.v[0].dst_path);
+    }
+out:
+    lsm_chain_desc_free(&src);
+    lsm_job_free(&job);
+    return rc;
+}
