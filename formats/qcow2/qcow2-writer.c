@@ -1190,21 +1190,47 @@ static void refcount_set_ones(uint8_t *block, uint64_t from, uint64_t to, unsign
     }
 }
 
-static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
+/* Refcount table and blocks for an image of e clusters, placed at its end:
+ * they count themselves, so iterate to a fixed point. */
+static void refcount_layout(const struct qcow2_writer *w, uint64_t e, uint64_t *nrt_out,
+                            uint64_t *nrb_out)
 {
-    uint64_t cs = w->cluster_size;
-    uint64_t rb_entries = cs * 8 >> w->refcount_order;
-    uint64_t e = w->next_free >> w->cluster_bits;
+    uint64_t rb_entries = (uint64_t)w->cluster_size * 8 >> w->refcount_order;
     uint64_t nrb = 0, nrt = 0;
-    for (;;) {  /* the structures count themselves: iterate to a fixed point */
+    for (;;) {
         uint64_t total = e + nrt + nrb;
         uint64_t nrb2 = div_round_up(total, rb_entries);
-        uint64_t nrt2 = div_round_up(nrb2 * 8, cs);
+        uint64_t nrt2 = div_round_up(nrb2 * 8, w->cluster_size);
         if (nrb2 == nrb && nrt2 == nrt)
             break;
         nrb = nrb2;
         nrt = nrt2;
     }
+    *nrt_out = nrt;
+    *nrb_out = nrb;
+}
+
+uint64_t qcow2_writer_end(const struct qcow2_writer *w)
+{
+    return w->next_free;
+}
+
+uint64_t qcow2_writer_final_size(const struct qcow2_writer *w)
+{
+    if (w->finished)
+        return w->next_free;
+    uint64_t nrt, nrb;
+    refcount_layout(w, w->next_free >> w->cluster_bits, &nrt, &nrb);
+    return w->next_free + ((nrt + nrb) << w->cluster_bits);
+}
+
+static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t rb_entries = cs * 8 >> w->refcount_order;
+    uint64_t e = w->next_free >> w->cluster_bits;
+    uint64_t nrb, nrt;
+    refcount_layout(w, e, &nrt, &nrb);
     if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
         return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table of %"
                          PRIu64 " bytes, over QEMU's limit of %u: use larger clusters or "

@@ -61,6 +61,14 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
+/* End of the image so far in bytes (header, L1, L2 tables, data runs): the
+ * next allocation starts here (after any new L2 tables). */
+uint64_t qcow2_writer_end(const struct qcow2_writer *w);
+/* Size the image will have if finish is called now: the end plus the
+ * refcount table and blocks finish appends (e.g. to extend a logical volume
+ * beforehand).  After finish: the final size. */
+uint64_t qcow2_writer_final_size(const struct qcow2_writer *w);
+
 /* Allocate host clusters for the cluster-aligned guest range [guest,
  * guest+len) (len a multiple of the cluster size; the last cluster may
  * extend past the virtual size; -EINVAL otherwise).  The host range is

@@ -356,6 +356,7 @@ static void apply_ops(struct qcow2_writer *w, struct model *m, const struct op *
                 fail_msg("alloc 0x%" PRIx64 "+0x%" PRIx64 ": %s", guest, len, lsm_last_error());
             assert_true(is_aligned(host, cs));
             assert_true(host >= expect_min);    /* appended at the end of the file */
+            assert_int_equal(qcow2_writer_end(w), host + len);
             expect_min = host + len;
             for (uint64_t c = ops[i].c; c < ops[i].c + ops[i].n; c++) {
                 m->state[c] = ST_DATA;
@@ -446,9 +447,15 @@ static void run_config(const struct config *cf, enum order order)
     order_ops(ops, n, order);
     apply_ops(w, &m, ops, n, fd, rfd, 0x1234 + order);
 
+    uint64_t final = qcow2_writer_final_size(w);
+    assert_true(final > qcow2_writer_end(w));
     r = qcow2_writer_finish(w);
     if (r < 0)
         fail_msg("finish: %s", lsm_last_error());
+    assert_int_equal(qcow2_writer_final_size(w), final);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, final);          /* refcounts end the file */
     qcow2_writer_close(w);
     close(fd);
     close(rfd);
