@@ -81,7 +81,9 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
 /* Mark the cluster-aligned guest range as zero clusters (reads as zero
  * whatever the backing file holds): the v3 zero flag, or all 32 zero bits
  * with extended L2; no host cluster.  -EEXIST if a cluster of the range has
- * data (nothing changes); zero clusters may be marked again. */
+ * data (nothing changes); zero clusters may be marked again.  Zero ranges
+ * need L2 tables like data: without a backing file, unallocated clusters
+ * already read as zeroes (qemu-img map then says present=false). */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 /* Write every piece of metadata, fdatasync, then the header with the
  * magic, fdatasync.  After this returns 0 the image is complete. */
