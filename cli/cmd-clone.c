@@ -87,7 +87,7 @@ int cmd_clone_structure(int argc, char **argv)
     struct lsm_chain_desc src;
     if (lsm_chain_describe(src_top, fmt, &src) < 0) {
         lsm_job_free(&job);
-        return cli_fail(src_top);
+        return cli_fail("clone-structure");
     }
     if (!jobfile) {
         struct lsm_domain *dom;

@@ -78,11 +78,11 @@ int cmd_compare(int argc, char **argv)
     const char *pa = argv[optind], *pb = argv[optind + 1];
     struct lsm_image *a = NULL, *b = NULL;
     if (lsm_image_open(pa, fa, 0, &a) < 0) {
-        cli_fail(pa);
+        cli_fail("compare");
         return EXIT_USAGE;
     }
     if (lsm_image_open(pb, fb, 0, &b) < 0) {
-        cli_fail(pb);
+        cli_fail("compare");
         lsm_image_close(a);
         return EXIT_USAGE;
     }
@@ -111,12 +111,12 @@ int cmd_compare(int argc, char **argv)
         uint64_t want = MIN(limit - off, 1ULL << 30);
         if (in_a && lsm_chain_block_status(a, off, want, &ea) < 0) {
             rc = -1;
-            cli_fail(pa);
+            cli_fail("compare");
             break;
         }
         if (in_b && lsm_chain_block_status(b, off, want, &eb) < 0) {
             rc = -1;
-            cli_fail(pb);
+            cli_fail("compare");
             break;
         }
         uint64_t n = want;
@@ -141,12 +141,12 @@ int cmd_compare(int argc, char **argv)
             uint64_t o = off + done;
             if (!za && lsm_image_pread(a, ba, len, o) < 0) {
                 rc = -1;
-                cli_fail(pa);
+                cli_fail("compare");
                 break;
             }
             if (!zb && lsm_image_pread(b, bb, len, o) < 0) {
                 rc = -1;
-                cli_fail(pb);
+                cli_fail("compare");
                 break;
             }
             size_t d = za ? first_nonzero(bb, len) : zb ? first_nonzero(ba, len) : first_diff(ba, bb, len);

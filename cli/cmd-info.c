@@ -185,7 +185,7 @@ int cmd_info(int argc, char **argv)
 
     struct lsm_image *img;
     if (lsm_image_open(path, fmt, chain ? 0 : LSM_OPEN_NO_BACKING, &img) < 0)
-        return cli_fail(path);
+        return cli_fail("info");
 
     json_object *out;
     if (chain) {

@@ -76,7 +76,7 @@ int cmd_map(int argc, char **argv)
 
     struct lsm_image *img;
     if (lsm_image_open(path, fmt, 0, &img) < 0)
-        return cli_fail(path);
+        return cli_fail("map");
 
     uint64_t end = img->virtual_size;
     if (start > end)
@@ -119,7 +119,7 @@ int cmd_map(int argc, char **argv)
         printf("]\n");
     if (r < 0) {
         fflush(stdout);
-        rc = cli_fail(path);
+        rc = cli_fail("map");
     }
     lsm_image_close(img);
     return rc;

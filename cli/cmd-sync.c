@@ -254,11 +254,11 @@ int cmd_sync(int argc, char **argv)
     const char *src_top = jobfile ? job.v[0].src_path : argv[optind];
     const char *dst_top = jobfile ? job.v[0].dst_path : argv[optind + 1];
     if (lsm_chain_describe(src_top, jobfile ? job.v[0].src_fmt : LSM_FMT_AUTO, &src) < 0) {
-        rc = cli_fail(src_top);
+        rc = cli_fail("sync");
         goto out;
     }
     if (lsm_chain_describe(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO, &dst) < 0) {
-        rc = cli_fail(dst_top);
+        rc = cli_fail("sync");
         goto out;
     }
     if (lsm_chain_same_structure(&src, &dst) < 0) {

@@ -84,7 +84,8 @@ int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_de
     for (struct lsm_image *l = img; l; l = l->backing, i++) {
         r = describe_one(l, &out->v[i]);
         if (r < 0) {
-            lsm_error_prefix("%s", l->filename);
+            if (!strstr(lsm_last_error(), l->filename))
+                lsm_error_prefix("%s", l->filename);
             break;
         }
     }

@@ -214,6 +214,7 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
     if (fmt == LSM_FMT_AUTO) {
         int r = lsm_probe_format(img->fd, &fmt);
         if (r < 0) {
+            lsm_error_prefix("%s", path);
             close_one(img);
             return r;
         }
@@ -226,6 +227,7 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
     }
     int r = img->ops->open(img);
     if (r < 0) {
+        lsm_error_prefix("%s", path);
         img->ops = NULL;   /* open cleans up after itself */
         close_one(img);
         return r;
@@ -265,8 +267,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
         cur->backing_path = lsm_resolve_backing(cur->filename, cur->backing_name, &err);
         if (!cur->backing_path) {
             r = err;
-            if (cur != top)
-                lsm_error_prefix("backing file '%s'", cur->filename);
+            lsm_error_prefix("%s", cur->filename);
             goto fail;
         }
         struct lsm_image *b = NULL;
@@ -276,7 +277,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                 lsm_error(r, "backing file '%s' (named by '%s') does not exist",
                           cur->backing_path, cur->filename);
             else
-                lsm_error_prefix("backing file '%s'", cur->backing_path);
+                lsm_error_prefix("backing file of '%s'", cur->filename);
             goto fail;
         }
         cur->backing = b;
