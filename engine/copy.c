@@ -629,7 +629,19 @@ static void complete(struct ctx *c, struct lsm_io_req *req)
     c->in_flight--;
     q->pending--;
     bool rd = req->op == LSM_OP_READ;
-    if (req->result < 0 || (uint64_t)req->result < req->len) {
+    if (rd && req->result >= 0 && (uint64_t)req->result < req->len && c->src && !c->err) {
+        /* Short read: the end of a file whose size is not a multiple of the
+         * O_DIRECT alignment (or a source that shrank: src->check says so
+         * at the end).  Read the rest through the reader, buffered. */
+        uint64_t n = (uint64_t)req->result;
+        uint64_t bo = (uint64_t)((char *)req->buf - q->buf) + n;
+        int r = c->src->ops->pread(c->src, q->buf + bo, req->len - n, q->start + bo);
+        if (r < 0) {
+            lsm_error_prefix("cannot read %s at offset %" PRIu64, c->src_name, q->start + bo);
+            set_err(c, r);
+        }
+        c->st->bytes_read += req->len;
+    } else if (req->result < 0 || (uint64_t)req->result < req->len) {
         if (req->result < 0) {
             if (!c->err) {
                 if (rd)
@@ -856,7 +868,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
         }
     }
-    unsigned fflags = LSM_FILE_WRITE | (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_TRUNC);
+    unsigned fflags = LSM_FILE_READ | LSM_FILE_WRITE | (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_TRUNC);
     bool existed = access(o->dst_path, F_OK) == 0;
     r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
     if (r < 0) {

@@ -246,6 +246,41 @@ else
 fi
 rm -f o.raw sp.raw
 
+# A raw source whose size is not a multiple of 512, all data: the tail
+# comes back short from O_DIRECT and is read buffered.
+head -c $((1048576 + 100)) /dev/urandom >tail.raw
+for io in "${IOS[@]}"; do
+    for out in raw qcow2; do
+        rm -f o.$out
+        if run "odd-tail $io $out" --io="$io" -O $out tail.raw o.$out; then
+            same "odd-tail $io $out" tail.raw o.$out && pass "odd-tail $io $out"
+        fi
+    done
+done
+rm -f o.raw o.qcow2 tail.raw
+
+# -n onto a block device (a loop device over a file full of garbage).
+truncate -s 64M loop.img
+if dev=$(losetup -f --show loop.img 2>/dev/null); then
+    head -c 16M /dev/urandom | dd of="$dev" bs=1M oflag=direct status=none 2>/dev/null || true
+    for img in c1.1-cs65536.qcow2 d3/top.qcow2 holes.raw; do
+        if run "blockdev -n $img" -n "$img" "$dev"; then
+            # The device is larger than the image: compare the image's extent.
+            qemu-img convert -O raw "$img" ref.raw
+            if cmp -n "$(stat -c %s ref.raw)" ref.raw "$dev" >/dev/null; then
+                pass "blockdev -n $img"
+            else
+                fail "blockdev -n $img" "content differs"
+            fi
+            rm -f ref.raw
+        fi
+    done
+    losetup -d "$dev"
+else
+    log "no loop device: block device cases skipped"
+fi
+rm -f loop.img
+
 # The 8 TiB empty image copies in well under a second.
 elapsed_ms "$LSM_SYNC" copy -O qcow2 empty-8t.qcow2 o.qcow2
 if ((RC == 0 && MS < 2000)); then pass "8t-empty ${MS}ms"; else fail "8t-empty" "rc=$RC ${MS}ms"; fi
