@@ -21,7 +21,9 @@
  * volume.  Calls block while lvm runs (about 0.1-0.5 s per command on real
  * hardware, a few seconds under TCG); waitpid() needs SIGCHLD not to be
  * ignored by the caller. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -634,7 +636,7 @@ static int lvm_create_volume(struct lsm_domain *d, const char *name, uint64_t si
     int ret = check_lv_name(vg, name);
     if (ret)
         return ret;
-    uint64_t bytes;
+    uint64_t bytes = 0;
     ret = round_to_extent(d, name, size, &bytes);
     if (ret)
         return ret;
@@ -697,7 +699,7 @@ static int lvm_extend_volume(struct lsm_domain *d, const char *name, uint64_t si
         return lsm_error(-ENOENT, "cannot extend %s/%s to %s: no such logical volume", vg, name, sz);
     if (cur >= size)
         return 0;
-    uint64_t bytes;
+    uint64_t bytes = 0;
     ret = round_to_extent(d, name, size, &bytes);
     if (ret)
         return ret;
