@@ -113,7 +113,7 @@ stage_fuzz() {
         if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
            "$t" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
-                -max_len=65536 -print_final_stats=1 \
+                -max_len=131072 -print_final_stats=1 \
                 -artifact_prefix=build-fuzz/fuzz-artifacts/"$name"- \
                 "$scratch" "$seeds" </dev/null >build-fuzz/"$name".log 2>&1; then
             passed=$((passed + 1))

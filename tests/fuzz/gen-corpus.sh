@@ -1,0 +1,83 @@
+#!/bin/bash
+# Regenerate the seed corpus of the fuzz targets: small qcow2 and raw images
+# covering the format's features, made with qemu-img and qemu-io.
+#   bash tests/fuzz/gen-corpus.sh [OUTDIR]     (default tests/fuzz/corpus)
+# Images stay small (512 B - 4 KiB clusters, small virtual sizes) so that the
+# fuzzer mutates metadata, not padding: every file is under 64 KiB except the
+# extended-L2 one (its 16 KiB minimum cluster size makes it 96 KiB; the
+# fuzzer runs with -max_len=131072).  The outputs are committed; rerun this
+# after changing it and commit the result.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$here/corpus}
+for c in qemu-img qemu-io; do
+    command -v "$c" >/dev/null || { echo "gen-corpus: $c not found" >&2; exit 1; }
+done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+img() {  # img NAME SIZE OPTIONS [qemu-io commands...]
+    local name=$1 size=$2 opts=$3
+    shift 3
+    qemu-img create -q -f qcow2 ${opts:+-o "$opts"} "$name" "$size"
+    local args=() c
+    for c in "$@"; do args+=(-c "$c"); done
+    ((${#args[@]} == 0)) || qemu-io -f qcow2 "${args[@]}" "$name" >/dev/null
+}
+
+img v2-512.qcow2 64k compat=0.10,cluster_size=512 \
+    "write -P 1 0 1k" "write -P 2 8k 512" "write -z 16k 1k" "discard 0 512"
+img v3-512.qcow2 64k cluster_size=512 \
+    "write -P 1 0 1k" "write -z 4k 1k" "write -z -u 8k 512" "write -P 3 12k 2k" "discard 12k 512"
+img v3-4k.qcow2 1M cluster_size=4096 \
+    "write -P 1 0 8k" "write -z 64k 4k" "write -P 2 1020k 4k"
+img v3-4k-odd-size.qcow2 100000 cluster_size=4096 "write -P 1 98304 1024"
+img zero-clusters.qcow2 256k cluster_size=4096 \
+    "write -P 1 0 16k" "write -z 0 8k" "write -z -u 8k 4k" "write -z 64k 16k"
+img zlib.qcow2 256k cluster_size=4096 \
+    "write -c -P 1 0 8k" "write -P 2 8k 4k" "write -c -z 16k 4k"
+img zlib-512.qcow2 32k compat=0.10,cluster_size=512 "write -c -P 1 0 2k"
+if qemu-img create -q -f qcow2 -o compression_type=zstd probe.qcow2 1M 2>/dev/null; then
+    img zstd.qcow2 256k compression_type=zstd,cluster_size=4096 \
+        "write -c -P 1 0 8k" "write -P 2 8k 4k"
+fi
+img refcount-1.qcow2 64k refcount_bits=1,cluster_size=512 "write -P 1 0 2k"
+img refcount-64.qcow2 64k refcount_bits=64,cluster_size=512 "write -P 1 0 2k"
+img lazy-refcounts.qcow2 64k lazy_refcounts=on,cluster_size=512 "write -P 1 0 1k"
+img prealloc-metadata.qcow2 32k preallocation=metadata,cluster_size=512 "write -P 1 1k 1k"
+img snapshot.qcow2 32k cluster_size=512 "write -P 1 0 2k"
+qemu-img snapshot -c first snapshot.qcow2
+qemu-io -f qcow2 -c "write -P 2 512 1k" -c "discard 1536 512" snapshot.qcow2 >/dev/null
+qemu-img snapshot -c second snapshot.qcow2
+img el2.qcow2 64k extended_l2=on,cluster_size=16k \
+    "write -P 1 0 1k" "write -z 2k 1k" "write -P 2 8k 512" "write -z -u 20k 2k"
+img bitmap.qcow2 64k cluster_size=512 "write -P 1 0 1k"
+qemu-img bitmap --add bitmap.qcow2 b0 2>/dev/null || rm -f bitmap.qcow2
+# Backing names: a missing file, the fuzz target's own input name (a loop),
+# a relative path upwards, and a json: name.
+qemu-img create -q -u -f qcow2 -o cluster_size=512 -b base.raw -F raw backing-missing.qcow2 64k
+qemu-img create -q -u -f qcow2 -o cluster_size=512 -b input -F qcow2 backing-self.qcow2 64k
+qemu-img create -q -u -f qcow2 -o cluster_size=512 -b ../x/base.qcow2 -F qcow2 backing-up.qcow2 64k
+qemu-img create -q -u -f qcow2 -o cluster_size=512 \
+    -b 'json:{"driver":"raw","file":{"driver":"file","filename":"/dev/null"}}' -F raw backing-json.qcow2 64k
+qemu-img create -q -f raw data.raw 64k
+img data-file.qcow2 64k data_file=data.raw,cluster_size=512 "write -P 1 0 1k"
+rm -f data.raw
+# Raw inputs.
+head -c 4096 /dev/urandom >raw-random.img
+printf 'QFI\xfb\0\0\0\3' >qfi-header-only.img
+: >empty.img
+rm -f probe.qcow2
+
+mkdir -p "$out"
+rm -f "$out"/*
+for f in *; do
+    size=$(stat -c %s "$f")
+    if ((size > 98304)); then
+        echo "gen-corpus: $f is $size bytes, too big for a seed" >&2
+        exit 1
+    fi
+    cp "$f" "$out/$f"
+done
+echo "gen-corpus: $(ls "$out" | wc -l) files in $out ($(du -sk "$out" | cut -f1) KiB)"
