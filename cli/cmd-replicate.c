@@ -156,7 +156,7 @@ static int run_status(const struct args *a, struct lsm_mirror *m)
 }
 
 static int report_end(const struct args *a, struct lsm_mirror *m, const char *done,
-                      const char *active)
+                      const char *active, const struct lsm_mirror_status *st)
 {
     if (a->output == CLI_OUTPUT_JSON) {
         _cleanup_(json_object_putp) json_object *o = json_object_new_object();
@@ -166,6 +166,9 @@ static int report_end(const struct args *a, struct lsm_mirror *m, const char *do
         json_object_object_add(o, "disk", json_object_new_string(a->target.disk));
         json_object_object_add(o, "result", json_object_new_string(done));
         add_path(o, "source", active);
+        if (st)
+            json_object_object_add(o, "ready_from_event",
+                                   json_object_new_boolean(st->from_event));
         print_json(o);
     } else if (!strcmp(done, "pivoted")) {
         printf("pivoted: %s now uses %s\n", m->what, active);
@@ -180,7 +183,7 @@ static int run_abort(const struct args *a, struct lsm_mirror *m)
     _cleanup_free_ char *active = NULL;
     if (lsm_mirror_abort(m, &active) < 0)
         return cli_fail(a->what);
-    return report_end(a, m, "aborted", active);
+    return report_end(a, m, "aborted", active, NULL);
 }
 
 static int run_finish(const struct args *a, struct lsm_mirror *m)
@@ -200,9 +203,10 @@ static int run_finish(const struct args *a, struct lsm_mirror *m)
         }
     }
     _cleanup_free_ char *active = NULL;
-    if (lsm_mirror_finish(m, a->wait, a->timeout_ms, &active) < 0)
+    struct lsm_mirror_status st;
+    if (lsm_mirror_finish(m, a->wait, a->timeout_ms, &st, &active) < 0)
         return cli_fail(a->what);
-    return report_end(a, m, "pivoted", active);
+    return report_end(a, m, "pivoted", active, &st);
 }
 
 static bool parse_args(int argc, char **argv, struct args *a, int *rc)

@@ -212,6 +212,32 @@ static void on_timer(int timer, void *opaque)
     (void)opaque;
 }
 
+/* Run libvirt's event loop once: until an event (or any I/O on the
+ * connection) or timeout_ms.  Block-job events are dispatched from here. */
+static int run_events(int timeout_ms)
+{
+    int id = virEventAddTimeout(timeout_ms, on_timer, NULL, NULL);
+    if (id < 0)
+        return lsm_error(-EIO, "cannot add a timer to libvirt's event loop: %s", virt_msg());
+    int r = virEventRunDefaultImpl();
+    virEventRemoveTimeout(id);
+    if (r < 0)
+        return lsm_error(-EIO, "libvirt's event loop failed: %s", virt_msg());
+    return 0;
+}
+
+/* How long one wait lasts when events work: polling is only the fallback
+ * then.  Without an event callback we poll at the caller's pace. */
+#define EVENT_POLL_MS 2000
+#define NO_EVENT_POLL_MS 500
+
+static int virt_wait(struct lsm_mirror *m, int timeout_ms)
+{
+    struct virt_mirror *vm = m->priv;
+    int limit = vm->cb_id >= 0 ? EVENT_POLL_MS : NO_EVENT_POLL_MS;
+    return run_events(timeout_ms < limit ? timeout_ms : limit);
+}
+
 /* ---- ops ---- */
 
 static void virt_close(struct lsm_mirror *m)
@@ -539,6 +565,13 @@ static int virt_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
                          job_type_name(info.type));
     st->cur = info.cur;
     st->end = info.end;
+    /* Events that arrived during the calls above are queued by libvirt
+     * until its loop runs: dispatch them before looking at vm->event. */
+    if (vm->cb_id >= 0) {
+        r = run_events(0);
+        if (r < 0)
+            return r;
+    }
     if (vm->event == VIR_DOMAIN_BLOCK_JOB_READY) {
         st->phase = LSM_MIRROR_READY;
         st->from_event = true;
@@ -562,18 +595,6 @@ static int virt_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
     return 0;
 }
 
-static int virt_wait(struct lsm_mirror *m, int timeout_ms)
-{
-    (void)m;
-    int id = virEventAddTimeout(timeout_ms, on_timer, NULL, NULL);
-    if (id < 0)
-        return lsm_error(-EIO, "cannot add a timer to libvirt's event loop: %s", virt_msg());
-    int r = virEventRunDefaultImpl();
-    virEventRemoveTimeout(id);
-    if (r < 0)
-        return lsm_error(-EIO, "libvirt's event loop failed: %s", virt_msg());
-    return 0;
-}
 
 static int virt_pivot(struct lsm_mirror *m)
 {

@@ -105,9 +105,11 @@ int lsm_mirror_paths(struct lsm_mirror *m, char **source, char **mirror)
     return m->ops->paths(m, source, mirror);
 }
 
-/* How often the status is polled while waiting.  With events (libvirt)
- * READY is seen as soon as it is reported; the poll is the fallback. */
+/* How often the status is polled while waiting by a backend without a
+ * wait op; a backend with one chooses (with events, READY is seen as soon as
+ * it is reported and the poll is the fallback). */
 #define POLL_MS 500
+#define MAX_WAIT_MS 5000
 
 static void sleep_ms(int ms)
 {
@@ -141,7 +143,7 @@ int lsm_mirror_wait_ready(struct lsm_mirror *m, int64_t timeout_ms,
         if (now >= deadline)
             return lsm_error(-ETIMEDOUT, "mirror of %s not ready after %.0f s (%u%% copied)",
                              m->what, (double)timeout_ms / 1000.0, lsm_mirror_percent(st));
-        int ms = POLL_MS;
+        int ms = m->ops->wait ? MAX_WAIT_MS : POLL_MS;
         if (deadline != UINT64_MAX && (deadline - now) / 1000000ULL < (uint64_t)ms)
             ms = (int)((deadline - now) / 1000000ULL) + 1;
         if (m->ops->wait) {
@@ -176,7 +178,8 @@ static int check_active(struct lsm_mirror *m, const char *expected, const char *
     return 0;
 }
 
-int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms, char **active)
+int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms,
+                      struct lsm_mirror_status *st_out, char **active)
 {
     struct lsm_mirror_status st;
     int r = lsm_mirror_status(m, &st);
@@ -201,6 +204,8 @@ int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms, char 
         return r;
     if (!dst)
         return lsm_error(-EIO, "%s is ready but its mirror destination is unknown", m->what);
+    if (st_out)
+        *st_out = st;
     r = m->ops->pivot(m);
     if (r < 0)
         return r;

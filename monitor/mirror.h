@@ -76,8 +76,9 @@ struct lsm_mirror_ops {
     int (*start)(struct lsm_mirror *m, const struct lsm_mirror_start_opts *o);
     /* Current phase and progress. */
     int (*status)(struct lsm_mirror *m, struct lsm_mirror_status *st);
-    /* Optional: block up to timeout_ms or until something happened that may
-     * change the status (an event).  NULL: the caller sleeps and polls. */
+    /* Optional: block until something happened that may change the status
+     * (an event) or for at most timeout_ms; the backend may return sooner
+     * to be polled.  NULL: the caller sleeps and polls. */
     int (*wait)(struct lsm_mirror *m, int timeout_ms);
     /* Switch to the destination; called only in READY.  Returns once the
      * switch is done. */
@@ -118,8 +119,10 @@ int lsm_mirror_wait_ready(struct lsm_mirror *m, int64_t timeout_ms,
  * "not ready yet (N% copied); retry with --wait".  With wait, waits up to
  * timeout_ms (< 0: no limit) first.  On success *active (malloc'd, may be
  * NULL if not wanted) is the source the target uses afterwards, read back
- * from the backend; it is checked to be the destination. */
-int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms, char **active);
+ * from the backend; it is checked to be the destination.  *st (may be NULL)
+ * is the status that allowed the pivot. */
+int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms,
+                      struct lsm_mirror_status *st, char **active);
 
 /* Cancel the mirror and stay on the source; *active as for finish, checked
  * to be the source the target used before. */
