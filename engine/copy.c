@@ -582,7 +582,10 @@ static void fill(struct ctx *c)
                 set_err(c, ret);
                 return;
             }
-            c->st->bytes_zeroed += r->length;
+            if (c->d->reads_zero)
+                c->st->bytes_skipped += r->length;   /* nothing to do */
+            else
+                c->st->bytes_zeroed += r->length;
             record(c, r->start, r->length);
             c->have_run = false;
             continue;
