@@ -281,6 +281,32 @@ else
 fi
 rm -f loop.img
 
+# Offload: raw to raw inside an XFS with reflink (on a loop mount) is
+# cloned; --offload=never goes through the pipeline.
+if command -v mkfs.xfs >/dev/null && truncate -s 512M xfs.img &&
+   mkfs.xfs -q -m reflink=1 xfs.img 2>/dev/null && mkdir -p xfs && mount -o loop xfs.img xfs 2>/dev/null; then
+    truncate -s 64M xfs/src.raw
+    qio xfs/src.raw raw -- "write -P 0x61 0 4M" "write -P 0x62 20M 1M" "write -P 0x63 63M 1M"
+    for off in auto never; do
+        if run "xfs-offload=$off" -v --offload=$off xfs/src.raw xfs/dst.raw; then
+            if ! same "xfs-offload=$off" xfs/src.raw xfs/dst.raw; then :
+            elif [[ $off == auto ]] && ! grep -q offloaded err.log; then
+                fail "xfs-offload=$off" "reflink not used: $(cat err.log)"
+            elif [[ $off == never ]] && grep -q offloaded err.log; then
+                fail "xfs-offload=$off" "offload used: $(cat err.log)"
+            else
+                pass "xfs-offload=$off"
+            fi
+        fi
+        rm -f xfs/dst.raw
+    done
+    for i in $(seq 50); do umount xfs 2>/dev/null && break; sleep 0.1; done
+    mountpoint -q xfs && umount -l xfs
+else
+    log "no XFS with reflink on a loop mount: offload cases skipped"
+fi
+rm -f xfs.img
+
 # The 8 TiB empty image copies in well under a second.
 elapsed_ms "$LSM_SYNC" copy -O qcow2 empty-8t.qcow2 o.qcow2
 if ((RC == 0 && MS < 2000)); then pass "8t-empty ${MS}ms"; else fail "8t-empty" "rc=$RC ${MS}ms"; fi
