@@ -25,7 +25,7 @@
  *   LSM_IO_FAULT=OP:N:ERR[,OP:N:ERR...]: lsm_io_create() wraps the chosen
  *     backend in a fault injector.  OP is read, write, zero, flush or any; N
  *     is the 1-based index of the request of that kind (counted at queue
- *     time); ERR is EIO, ENOSPC or short (half the bytes transferred; not for
+ *     time, per lsm_io); ERR is EIO, ENOSPC or short (half the bytes transferred; not for
  *     flush).  The request is still performed; only its result is
  *     rewritten.  lsm_io_name() then says e.g. "uring+fault".
  */
