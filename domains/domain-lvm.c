@@ -111,12 +111,11 @@ static const char *lvm_name_problem(const char *name, bool is_lv)
     for (size_t i = 0; i < ARRAY_SIZE(prefixes); i++)
         if (!strncmp(name, prefixes[i], strlen(prefixes[i])))
             return "names beginning with \"snapshot\" or \"pvmove\" are reserved";
-    /* Suffixes LVM gives the hidden parts of raid, mirror, thin, cache,
-     * vdo and integrity volumes. */
+    /* Strings LVM uses in the names of the hidden parts of mirror, raid,
+     * thin, cache and vdo volumes (the list of lvm(8), LVM 2.03). */
     static const char *const parts[] = {
-        "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig",
-        "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta", "_tdata",
-        "_tmeta", "_vdata", "_vorigin", "_wcorig",
+        "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare",
+        "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig",
     };
     for (size_t i = 0; i < ARRAY_SIZE(parts); i++)
         if (strstr(name, parts[i]))
