@@ -5,7 +5,8 @@
  * Requests are owned by the caller.  lsm_io_queue() adds one; when the
  * backend's queue is full it returns -EAGAIN and the caller must reap first.
  * lsm_io_submit() pushes what was queued to the kernel.  lsm_io_reap() waits
- * for at least min_done completions and returns up to max pointers to
+ * (submitting first whatever is still queued, so queue + reap costs one
+ * system call with io_uring) for at least min_done completions and returns up to max pointers to
  * finished requests, each with ->result set (bytes transferred, or -errno).
  * A short transfer is reported as such; retrying is the caller's business.
  * WRITE_ZEROES completes with len, FLUSH with 0.  -EAGAIN from

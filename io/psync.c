@@ -201,8 +201,7 @@ static int psync_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **
 {
     struct psync *p = io->priv;
     /* Waiting on staged requests would hang: hand them over first. */
-    if (min_done)
-        psync_submit(io);
+    psync_submit(io);
     unsigned got = 0;
     pthread_mutex_lock(&p->lock);
     while (p->done.count < min_done)
