@@ -146,6 +146,8 @@ static unsigned aio_take_events(struct aio *a, int n, struct lsm_io_req **done)
 static int aio_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **done, unsigned max)
 {
     struct aio *a = io->priv;
+    if (a->npending)
+        aio_push(a);
     unsigned got = lsm_doneq_pop(&a->doneq, done, max);
 
     while (got < max) {

@@ -288,8 +288,11 @@ static int uring_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **
         if (got >= min_done) {
             /* With DEFER_TASKRUN completions are only posted when we
              * enter the kernel: look once before saying "nothing yet". */
-            if (polled || got > 0)
+            if (polled || got > 0) {
+                if (u->unsubmitted)
+                    (void)uring_submit(io);   /* a failure shows at the next call */
                 break;
+            }
             polled = true;
             if (u->unsubmitted) {
                 r = io_uring_submit_and_get_events(&u->ring);
