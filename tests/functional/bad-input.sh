@@ -79,9 +79,12 @@ python3 "$MKBAD" variants good.qcow2 v >variants.txt
 check accept good.qcow2
 
 # Valid input that must be accepted; everything else: match qemu or refuse.
+# (QEMU reads a file with the qcow2 magic but a version below 2, or too short
+# for a version, as raw: matching or refusing such a damaged header are both
+# fine.)
 declare -A MODE=(
-    [trunc-0.qcow2]=accept [random-bytes.img]=accept [qfi-version-0.img]=accept
-    [qfi-magic-only.qcow2]=accept [compat-unknown-bit.qcow2]=accept
+    [trunc-0.qcow2]=accept [random-bytes.img]=accept
+    [compat-unknown-bit.qcow2]=accept
     [autoclear-unknown-bit.qcow2]=accept [incompat-dirty.qcow2]=accept
     [crypt-method-1.qcow2]=refuse [crypt-method-2.qcow2]=refuse
     [crypt-method-3.qcow2]=refuse [incompat-unknown-bit.qcow2]=refuse

@@ -4,7 +4,7 @@
 # (present in one and absent in the other is a difference, too), and
 # --backing-chain must list the same layers, top first, with the same fields.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/images.sh"
+. "$TESTS_DIR/images.sh"
 need_cmd qemu-img qemu-io jq diff
 
 # The fields of issue 2, in a canonical form.  Only keys that are present are

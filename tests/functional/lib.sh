@@ -7,7 +7,9 @@
 # Exit codes: 0 pass, 1 fail, 77 skip (meson shows SKIP; the reason is printed).
 set -euo pipefail
 
-: "${SOURCE_DIR:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+# The folder of the test scripts (absolute: we cd away below).
+TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+: "${SOURCE_DIR:=$(cd "$TESTS_DIR/../.." && pwd)}"
 : "${BUILD_DIR:=$SOURCE_DIR/build}"
 : "${LSM_SYNC:=$BUILD_DIR/lsm-sync}"
 export LC_ALL=C

@@ -7,7 +7,7 @@
 # of allocated clusters ignored).  The pass/fail verdict is ours against
 # qemu-img; the log says which images libqcow confirmed and where it differs.
 . "$(dirname "$0")/lib.sh"
-. "$(dirname "$0")/images.sh"
+. "$TESTS_DIR/images.sh"
 need_cmd qemu-img qemu-io
 READCMP=$BUILD_DIR/tests/tools/readcmp
 [[ -x $READCMP ]] || skip "tests/tools/readcmp not built (libqcow-dev missing at configure time)"
