@@ -476,7 +476,8 @@ static void run_config(const struct config *cf, enum order order)
     close(fd);
     close(rfd);
     verify(img, ref, &m);
-    expect_qemu_can_write(img, cf->size, cs);
+    if (order == ORDER_RANDOM)
+        expect_qemu_can_write(img, cf->size, cs);
     free(ops);
     model_free(&m);
 }
@@ -1115,7 +1116,7 @@ static void test_enospc_sweep(void **state)
     snprintf(img, sizeof img, "%s/s.qcow2", mnt);
     snprintf(filler, sizeof filler, "%s/filler", mnt);
     unsigned ok = 0, failed = 0, in_create = 0, in_alloc = 0, in_finish = 0;
-    for (uint64_t room = 0; room <= 600 * KiB; room += 4 * KiB) {
+    for (uint64_t room = 0; room <= 600 * KiB; room += 8 * KiB) {
         unlink(img);
         unlink(filler);
         struct statvfs sv;
@@ -1271,5 +1272,8 @@ int main(void)
         cmocka_unit_test(test_blockdev),
         cmocka_unit_test(test_matrix),
     };
+    /* TEST_FILTER=test_matrix runs one test (cmocka glob). */
+    if (getenv("TEST_FILTER"))
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);
 }
