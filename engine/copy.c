@@ -45,6 +45,7 @@ struct dst {
     uint64_t size;              /* guest size written */
     bool reads_zero;            /* zero ranges need nothing */
     bool created;               /* remove on failure */
+    bool reserved;              /* file extended ahead of the writer */
     int tail_fd;                /* buffered fd for an unaligned tail (raw) */
 };
 
@@ -982,6 +983,18 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         lsm_plan_init(&c->plan, src, c->granule, o->backing != NULL);
     }
 
+    /* A new qcow2 grows at its end: reserve the room first, because ext4
+     * runs O_DIRECT writes that extend a file one at a time (measured: a
+     * guest-order 8 GiB copy took 21 s against 14 s for qemu-img before
+     * this).  Over-estimate (data, L2 tables, refcounts); finish trims. */
+    if (d.w && d.created) {
+        uint64_t cs = cluster, clusters = div_round_up(vsize, cs);
+        uint64_t room = qcow2_writer_end(d.w) + align_up(st->bytes_total, cs) +
+                        align_up(clusters * 16, cs) + align_up(clusters * 8, cs) + 16 * cs;
+        if (ftruncate(d.f->fd, (off_t)room) == 0)
+            d.reserved = true;
+    }
+
     /* Pipeline resources. */
     c->rsize = MAX(align_up(rsize, c->granule), c->granule);
     /* Zero detection: per cluster for a qcow2 destination (every zero
@@ -1053,10 +1066,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
     }
-    r = lsm_file_sync(d.f);
-    if (r < 0) {
-        lsm_error_prefix("cannot flush %s", o->dst_path);
-        goto out;
+    if (!d.w) {   /* (qcow2_writer_finish flushes the data before its header) */
+        r = lsm_file_sync(d.f);
+        if (r < 0) {
+            lsm_error_prefix("cannot flush %s", o->dst_path);
+            goto out;
+        }
     }
     if (d.tail_fd >= 0 && fdatasync(d.tail_fd) < 0) {
         r = lsm_error_errno(-errno, "cannot flush %s", o->dst_path);
@@ -1106,6 +1121,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         r = qcow2_writer_finish(d.w);
         if (r < 0) {
             lsm_error_prefix("cannot finish %s", o->dst_path);
+            goto out;
+        }
+        /* Drop the room reserved for the copy (see below); past the end
+         * of the image, so not needed for durability. */
+        if (d.reserved && ftruncate(d.f->fd, (off_t)qcow2_writer_final_size(d.w)) < 0) {
+            r = lsm_error_errno(-errno, "cannot truncate %s", o->dst_path);
             goto out;
         }
     }
