@@ -7,14 +7,17 @@
  *   at finish            refcount table, then refcount blocks, at the end
  *
  * Refcounts: the writer never frees, so every cluster below the end of the
- * image has refcount 1, except a "free set" of clusters that already had
- * refcount 0 in an image we opened plus that image's old refcount table and
- * blocks.  finish() therefore never needs the refcounts in memory: it streams
- * refcount blocks computed from the end of the image and the free set.
+ * image has refcount 1, except a "free set": in an image we opened, the
+ * clusters that had refcount 0, leaked clusters (refcount 1 but referenced by
+ * nothing), and its old refcount table and blocks.  finish() therefore never
+ * needs the refcounts in memory: it streams refcount blocks computed from the
+ * end of the image and the free set.
  *
  * Memory: the L1 table (at most 32 MiB, QEMU's limit), one bit per L1 entry
  * ("fresh" L2 tables: allocated but never written, read back as zeroes), a
  * small LRU write-back cache of L2 tables, and the free set as sorted ranges.
+ * Opening also uses, temporarily, a bitmap of referenced clusters (at most
+ * 16 MiB; skipped for larger images, which then keep any leaks they have).
  */
 #include <errno.h>
 #include <fcntl.h>
