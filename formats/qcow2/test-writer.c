@@ -695,10 +695,8 @@ static void test_open_existing(void **state)
         "cluster_size=2097152,refcount_bits=8",
     };
     for (size_t k = 0; k < ARRAY_SIZE(opts); k++) {
-        unsigned cbits = (unsigned)strtoul(strchr(opts[k], '=') + 1, NULL, 10) == 65536 ? 16 : 0;
         uint32_t cs = (uint32_t)strtoul(strchr(opts[k], '=') + 1, NULL, 10);
         bool ext = strstr(opts[k], "extended_l2=on") != NULL;
-        (void)cbits;
         print_message("  qemu-img create -o %s\n", opts[k]);
         assert_int_equal(run(NULL, "rm -f %s; qemu-img create -q -f qcow2 -o %s -b obase.raw -F raw %s",
                              path("o.qcow2"), opts[k], path("o.qcow2")), 0);
@@ -992,7 +990,7 @@ static void test_memory(void **state)
 {
     (void)state;
     NEED_QEMU_IMG();
-    uint64_t size = 64 * GiB, cs = 65536;
+    uint64_t size = 64 * GiB;
     int pfd[2];
     assert_int_equal(pipe(pfd), 0);
     pid_t pid = fork();
@@ -1056,7 +1054,6 @@ static void test_memory(void **state)
     json_object_put(arr);
     free(out);
     unlink(path("mem.qcow2"));
-    (void)cs;
 }
 
 static void test_enospc(void **state)
