@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 BUILD=$REPO/build
 DEMO=$REPO/_demo
-LSM_SYNC=$BUILD/lsm-sync
+# Commands run from the top of the tree with short relative names.
+LSM_SYNC=build/lsm-sync
+LEAF=_demo/leaf.qcow2
 
 say() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -52,14 +54,14 @@ step_make_chain() {
 
 step_info() {
     say "lsm-sync info: the backing chain, top first"
-    run "$LSM_SYNC" info --backing-chain "$DEMO/leaf.qcow2"
+    run "$LSM_SYNC" info --backing-chain "$LEAF"
 }
 
 step_map() {
     say "lsm-sync map: which layer answers for each guest range"
-    run "$LSM_SYNC" map "$DEMO/leaf.qcow2"
+    run "$LSM_SYNC" map "$LEAF"
     say "lsm-sync map --output=json (same meaning as qemu-img map --output=json)"
-    run "$LSM_SYNC" map --output=json "$DEMO/leaf.qcow2"
+    run "$LSM_SYNC" map --output=json "$LEAF"
 }
 
 main() {
