@@ -12,8 +12,8 @@
  * Layout: header cluster, L1 table, then L2 tables (allocated on demand)
  * and data runs in call order, and at finish the refcount table and blocks
  * at the end.  Refcounts are rebuilt at finish: every cluster below the end
- * has refcount 1 except clusters that were free in an opened image and that
- * image's old refcount structures (refcount 0, not leaks).  Memory stays
+ * has refcount 1 except, in an opened image, clusters that were free, leaked
+ * clusters and the old refcount structures (refcount 0, not leaks).  Memory stays
  * bounded: the L1 table (<= 32 MiB), one bit per L1 entry, an LRU cache of at
  * most 64 L2 tables / 8 MiB (at least 4 tables), and the free ranges of an
  * opened image.  Metadata I/O uses 4096-aligned buffers and offsets/lengths
@@ -53,8 +53,9 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
  * finish.  Refuses images with features it cannot maintain (-ENOTSUP):
  * version 2, internal snapshots, refcounts above 1, compressed clusters,
  * external data file, encryption, persistent bitmaps, dirty or corrupt bit;
- * and inconsistent ones (-EINVAL): references to free clusters, missing
- * COPIED flags.  Unknown autoclear bits are cleared.  New clusters go after
+ * and inconsistent ones (-EINVAL): references to free clusters, clusters
+ * used twice, missing COPIED flags.  Leaked clusters (refcount 1, referenced
+ * by nothing) end up free.  Unknown autoclear bits are cleared.  New clusters go after
  * the last used cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 
