@@ -265,8 +265,8 @@ static int run_group(struct bench_group *g, uint64_t epoch, bool show)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     g->ran = true;
 
-    struct progress p = { 0 };
     uint64_t start = lsm_now_ns(), next = start + PROGRESS_NS;
+    struct progress p = { .last_ns = start };
     for (;;) {
         bool all = true;
         for (unsigned i = 0; i < g->nthreads; i++)

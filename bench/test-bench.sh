@@ -79,17 +79,19 @@ bench --name=w --rw=write --bs=4k --iodepth=8 --direct=$DIRECT --size=16M --file
 # block 1234 gets another block's contents (a misplaced write), block 2000 a flipped byte
 dd if=corrupt of=corrupt bs=4096 skip=7 seek=1234 count=1 conv=notrunc status=none
 printf '\x55' | dd of=corrupt bs=1 seek=$((2000 * 4096 + 100)) conv=notrunc status=none
+sync corrupt
 bench --name=check --rw=read --bs=4k --iodepth=4 --direct=$DIRECT --filename=corrupt \
     --verify=pattern >check.out 2>check.err
 rc=$?
 if [[ $rc -ne 0 ]] && grep -q "verify failed at offset $((1234 * 4096)) of corrupt: found the block written for offset $((7 * 4096))" check.err; then
     ok "misplaced block: exit $rc, $(grep -o 'verify failed.*' check.err | head -1)"
 else
-    bad "misplaced block not reported (rc=$rc): $(cat check.err)"
+    bad "misplaced block not reported (rc=$rc): $(cat check.err); block 1234 starts:" \
+        "$(od -A d -t x1 -j $((1234 * 4096)) -N 32 corrupt)"
 fi
-dd if=corrupt of=corrupt bs=4096 skip=1234 seek=1234 count=0 status=none
 bench --name=w --rw=write --bs=4k --size=8M --filename=corrupt2 --verify=pattern >/dev/null 2>&1
 printf '\x55' | dd of=corrupt2 bs=1 seek=$((1000 * 4096 + 100)) conv=notrunc status=none
+sync corrupt2
 bench --name=check --rw=randread --bs=4k --iodepth=1 --filename=corrupt2 --size=8M \
     --verify=pattern --time_based --runtime=20 >check2.out 2>check2.err
 rc=$?
