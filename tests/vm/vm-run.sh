@@ -16,7 +16,9 @@
 # Environment passed into the guest: PATH, LANG, LC_*, LSM_*, MESON_*,
 # ASAN_/UBSAN_/LSAN_OPTIONS and the names listed in LSM_VM_ENV.  The guest
 # adds LSM_VM=1 and LSM_VM_SCRATCH (a tmpfs directory for scratch data).
-# LSM_VM_KERNEL picks a kernel image, LSM_VM_CACHE the initramfs cache dir.
+# LSM_VM_KERNEL picks a kernel image, LSM_VM_QEMU the qemu binary,
+# LSM_VM_CACHE the initramfs cache directory, LSM_VM_9P_CACHE the 9p cache
+# mode of the root (loose; none is slower), LSM_VM_TIMING=1 prints timings.
 set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,8 +61,9 @@ shift
 cwd=$(pwd -P)
 
 # ---- what we need on the host ----------------------------------------
-command -v qemu-system-x86_64 >/dev/null ||
-    skip "qemu-system-x86_64 not found (install qemu-system-x86)"
+qemu=${LSM_VM_QEMU:-qemu-system-x86_64}
+command -v "$qemu" >/dev/null ||
+    skip "$qemu not found (install qemu-system-x86)"
 command -v timeout >/dev/null || skip "timeout(1) not found"
 [ -r /dev/null ] || skip "no /dev/null"
 
@@ -88,9 +91,11 @@ esac
 cache=${LSM_VM_CACHE:-$repo/build/cache/vm}
 mkdir -p "$cache" || skip "cannot create the cache directory $cache"
 
-# The modules that mount the 9p share: these and their dependencies, each
-# dependency before the module that needs it (from modules.dep).
-want_modules="virtio_pci 9pnet_virtio 9p"
+# The modules that mount the 9p share, and device-mapper and loop (loading
+# them from the initramfs is faster than modprobe over 9p): these and their
+# dependencies, each dependency before the module that needs it (from
+# modules.dep).
+want_modules="virtio_pci 9pnet_virtio 9p dm-mod dm-log dm-region-hash dm-mirror loop"
 
 declare -A mod_path mod_deps mod_done
 while IFS= read -r line; do
@@ -192,6 +197,10 @@ if [ ! -s "$initrd" ]; then
         mv -f "$initrd.tmp.$$" "$initrd"
     ) || { rm -rf "$stage" "$initrd.tmp.$$"; skip "cannot build the initramfs in $cache"; }
     rm -rf "$stage"
+    # Older builds for this kernel (another version of this script).
+    for old in "$cache/initrd-$kver-"*.cpio; do
+        [ "$old" = "$initrd" ] || rm -f "$old"
+    done
 fi
 
 # ---- the job directory: arguments in, output and status out ------------
@@ -226,7 +235,7 @@ trap 'exit 130' INT TERM
 loglevel=1
 [ "$verbose" = 1 ] && loglevel=7
 start=$(date +%s.%N)
-timeout -k 5 "$timeout_s" qemu-system-x86_64 \
+timeout -k 5 "$timeout_s" "$qemu" \
     -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot -no-user-config \
     -net none \
     -kernel "$kernel" -initrd "$initrd" \
@@ -239,7 +248,8 @@ end=$(date +%s.%N)
 
 console_tail() {
     echo "vm-run: last lines of the guest console and qemu's messages:" >&2
-    tr -d '\r' <"$job/console" | grep -v '^$' | tail -n 25 | sed 's/^/  | /' >&2
+    tr -d '\r' <"$job/console" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' |
+        grep -v '^$' | tail -n 25 | sed 's/^/  | /' >&2
     tail -n 10 "$job/qemu.err" | sed 's/^/  | /' >&2
 }
 dump_output() {
