@@ -176,6 +176,16 @@ else
     bad "SIGINT: rc=$rc $(cat int.err)"
 fi
 
+# ---- an I/O error (io.h's LSM_IO_FAULT injector): offset named, exit 1 ----
+LSM_IO_FAULT=read:5:EIO "$LSM_SYNC" bench --eta=never --name=eio --rw=read --bs=4k \
+    --iodepth=4 --filename=data-json >eio.out 2>eio.err
+rc=$?
+if [[ $rc -eq 1 ]] && grep -q "read of 4096 bytes at offset [0-9]* of data-json: Input/output error" eio.err; then
+    ok "I/O error: exit 1, $(tail -1 eio.err)"
+else
+    bad "I/O error: rc=$rc $(cat eio.err)"
+fi
+
 # ---- bad input: exit 2, naming the line and the key ----
 cat >job.fio <<'JOB'
 [global]
