@@ -186,7 +186,7 @@ static int sink_read(struct sink *s)
         return 0;
     size_t keep = MIN((size_t)n, LVM_OUTPUT_MAX - s->len);
     if (keep) {
-        if (s->len + keep + 1 > s->cap) {
+        if (!s->buf || s->len + keep + 1 > s->cap) {
             size_t cap = MAX(s->cap * 2, s->len + keep + 1);
             char *b = realloc(s->buf, cap);
             if (!b)
