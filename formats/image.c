@@ -13,6 +13,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "fileio.h"
 #include "image.h"
 #include "image-internal.h"
 #include "util.h"
@@ -39,20 +40,11 @@ int lsm_format_parse(const char *name, enum lsm_format *out)
 
 int lsm_pread_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
+    ssize_t n = lsm_pread_all(fd, buf, len, off);
+    if (n < 0)
+        return (int)n;
     if (got)
-        *got = done;
+        *got = (size_t)n;
     return 0;
 }
 

@@ -15,32 +15,16 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "io-internal.h"
 #include "util.h"
 
-/* Whole transfer: loop on short counts; stops early only at EOF (0). */
+/* Whole transfer: loop on short counts; stops early only at EOF. */
 static int64_t full_rw(struct lsm_io_req *req)
 {
-    uint64_t done = 0;
-    while (done < req->len) {
-        ssize_t n;
-        char *p = (char *)req->buf + done;
-        size_t want = req->len - done;
-        off_t off = (off_t)(req->offset + done);
-        if (req->op == LSM_OP_READ)
-            n = pread(req->file->fd, p, want, off);
-        else
-            n = pwrite(req->file->fd, p, want, off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (uint64_t)n;
-    }
-    return (int64_t)done;
+    if (req->op == LSM_OP_READ)
+        return lsm_pread_all(req->file->fd, req->buf, req->len, req->offset);
+    return lsm_pwrite_all(req->file->fd, req->buf, req->len, req->offset);
 }
 
 int64_t lsm_io_exec_sync(struct lsm_io_req *req)

@@ -31,6 +31,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "fileio.h"
 #include "qcow2-format.h"
 #include "qcow2-writer.h"
 #include "util.h"
@@ -114,23 +115,10 @@ static void *aligned_alloc_zero(size_t len)
 
 static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-        /* With O_DIRECT a short read ends at end of file: do not retry at
-         * an unaligned offset. */
-        if (done < len && !is_aligned(done, 512))
-            break;
-    }
-    memset((char *)buf + done, 0, len - done);   /* past end of file reads as zeroes */
+    ssize_t n = lsm_pread_all(fd, buf, len, off);
+    if (n < 0)
+        return (int)n;
+    memset((char *)buf + n, 0, len - (size_t)n);   /* past end of file reads as zeroes */
     return 0;
 }
 
