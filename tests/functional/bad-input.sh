@@ -22,6 +22,13 @@ run_one() {
     fi
     elapsed_ms timeout 5 "$LSM_SYNC" "$cmd" "${opt[@]}" --output=json "$img" >l.out 2>l.err
     local rc=$RC
+    if ((rc < 124 && MS > LIMIT_MS)); then
+        # A busy machine can stall one run: a slow reader is slow twice.
+        local first=$MS
+        elapsed_ms timeout 5 "$LSM_SYNC" "$cmd" "${opt[@]}" --output=json "$img" >l.out 2>l.err
+        rc=$RC
+        log "note: $case took $first ms, then $MS ms"
+    fi
     if ((rc == 124)); then
         fail "$case" "hangs (killed after 5 s)"; return
     elif ((rc > 128)); then
