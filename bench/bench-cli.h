@@ -16,6 +16,7 @@ struct bench_group {
     struct bench_prep prep;
     struct bench_thread *threads;   /* numjobs of them */
     unsigned nthreads;              /* started */
+    double proc_usr_sec, proc_sys_sec;  /* whole process while the clones ran */
     bool ran;
 };
 

@@ -101,6 +101,17 @@ static double per_sec(uint64_t n, uint64_t ns)
     return ns ? (double)n * 1e9 / (double)ns : 0.0;
 }
 
+/* All clones of a group; CPU from the whole process (with the backends'
+ * worker threads), where a single clone's entry has only its own thread. */
+static void group_sum(const struct bench_group *g, struct bench_agg *sum)
+{
+    memset(sum, 0, sizeof *sum);
+    for (unsigned i = 0; i < g->nthreads; i++)
+        bench_agg_add(sum, &g->threads[i]);
+    sum->usr_sec = g->proc_usr_sec;
+    sum->sys_sec = g->proc_sys_sec;
+}
+
 /* ---- normal ---- */
 
 static void print_dir(FILE *f, const char *label, const struct bench_dir_stats *s,
@@ -185,9 +196,7 @@ void bench_report_normal(FILE *f, const struct bench_report *rep)
         const struct bench_group *g = &rep->groups[gi];
         if (!g->ran || g->nthreads == 0)
             continue;
-        memset(&sum, 0, sizeof sum);
-        for (unsigned i = 0; i < g->nthreads; i++)
-            bench_agg_add(&sum, &g->threads[i]);
+        group_sum(g, &sum);
         if (g->job->group_reporting || g->nthreads == 1) {
             print_job(f, g, &sum);
         } else {
@@ -297,9 +306,7 @@ int bench_report_json(FILE *f, const struct bench_report *rep)
         const struct bench_group *g = &rep->groups[gi];
         if (!g->ran || g->nthreads == 0)
             continue;
-        memset(&sum, 0, sizeof sum);
-        for (unsigned i = 0; i < g->nthreads; i++)
-            bench_agg_add(&sum, &g->threads[i]);
+        group_sum(g, &sum);
         if (g->job->group_reporting || g->nthreads == 1) {
             json_object_array_add(jobs, json_job(g, &sum));
         } else {
