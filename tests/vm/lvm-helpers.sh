@@ -16,6 +16,7 @@
 # dmeventd.
 # Call the vm_make_* functions directly, not in $(...): they record what to
 # clean up in this shell.
+# Works under set -euo pipefail.
 # shellcheck shell=bash
 
 export LSM_LVM_CONFIG='activation{udev_sync=0 udev_rules=0 monitoring=0} devices{obtain_device_list_from_udev=0 use_devicesfile=0} backup{backup=0 archive=0}'
@@ -70,20 +71,21 @@ vm_make_vg() {
 }
 
 vm_cleanup() {
+    # Best effort, and safe under set -e (callers trap it on EXIT).
     local vg loop file i
     for vg in "${_vm_vgs[@]}"; do
-        vm_lvm vgchange -q -an "$vg" >/dev/null 2>&1
-        vm_lvm vgremove -q -f "$vg" >/dev/null 2>&1
+        vm_lvm vgchange -q -an "$vg" >/dev/null 2>&1 || :
+        vm_lvm vgremove -q -f "$vg" >/dev/null 2>&1 || :
     done
     _vm_vgs=()
     for ((i = ${#_vm_loops[@]} - 1; i >= 0; i--)); do
         loop=${_vm_loops[i]}
-        vm_lvm pvremove -q -ff -y "$loop" >/dev/null 2>&1
-        losetup -d "$loop" 2>/dev/null
+        vm_lvm pvremove -q -ff -y "$loop" >/dev/null 2>&1 || :
+        losetup -d "$loop" 2>/dev/null || :
     done
     _vm_loops=()
     for file in "${_vm_files[@]}"; do
-        rm -f "$file"
+        rm -f "$file" || :
     done
     _vm_files=()
 }

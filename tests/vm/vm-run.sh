@@ -87,7 +87,7 @@ case "$repo$script" in *[[:space:]]*)
     skip "paths with white space cannot go on the kernel command line: $repo, $script" ;;
 esac
 
-# ---- the initramfs (cached per kernel and per version of this script) --
+# ---- the initramfs (cached per kernel build and version of this script) --
 cache=${LSM_VM_CACHE:-$repo/build/cache/vm}
 mkdir -p "$cache" || skip "cannot create the cache directory $cache"
 
@@ -113,7 +113,7 @@ add_module() {
     [ -n "${mod_done[$n]:-}" ] && return 0
     if [ -z "${mod_path[$n]:-}" ]; then
         # Built into this kernel: nothing to load.
-        grep -q "/${1}.ko\$\|/${1//_/-}.ko\$" "$moddir/modules.builtin" 2>/dev/null && return 0
+        grep -q -e "/${1//-/_}.ko\$" -e "/${1//_/-}.ko\$" "$moddir/modules.builtin" 2>/dev/null && return 0
         skip "module $1 is neither in $moddir/modules.dep nor built in"
     fi
     mod_done[$n]=1
@@ -168,7 +168,7 @@ sleep 10
 INIT
 )
 
-key=$( { printf '%s\n' "$init_text" "${mod_order[@]}"; stat -c '%s %Y' "$busybox"; } | sha256sum | cut -c1-12)
+key=$( { printf '%s\n' "$init_text" "${mod_order[@]}"; stat -c '%s %Y' "$busybox" "$kernel" "$moddir/modules.dep"; } | sha256sum | cut -c1-12)
 initrd=$cache/initrd-$kver-$key.cpio
 if [ ! -s "$initrd" ]; then
     stage=$(mktemp -d "$cache/stage.XXXXXX") || skip "cannot create a staging directory in $cache"
