@@ -32,7 +32,7 @@ fi
 [ -e /dev/loop-control ] || envfail "no /dev/loop-control after loading loop"
 
 # job.sh sets script, cwd, args and exports the caller's environment.
-script= cwd= args=()
+script='' cwd='' args=()
 # shellcheck source=/dev/null
 . "$job/job.sh" || envfail "cannot read $job/job.sh"
 export LSM_VM=1 LSM_VM_SCRATCH=/run/lsm-vm/scratch HOME=/root
