@@ -6,11 +6,11 @@
  * through libvirt's default event loop, which runs only while we wait (the
  * wait op runs virEventRunDefaultImpl with a timer bounding it).  Events are
  * not replayed to a process that connects later (a `status` run minutes after
- * `start`), so status also polls: the live domain XML says
- * <mirror ... ready='yes'> once libvirt has seen QEMU's ready signal, and
- * virDomainGetBlockJobInfo gives progress (libvirt reports cur == end only
- * once the copy job is ready); the second rule is the fallback when the XML
- * has no ready attribute.
+ * `start`), so status also polls: virDomainGetBlockJobInfo says whether a
+ * copy job runs and gives progress, and the live domain XML says
+ * <mirror ... ready='yes'> once libvirt's job state is ready (which is what
+ * its pivot checks).  cur == end is no proof of readiness: QEMU's counters
+ * reach it before the job is declared ready.
  */
 #include "config.h"
 
@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libvirt/libvirt.h>
@@ -55,6 +56,7 @@ struct virt_mirror {
     /* Last block-job event for our disk: -1 none, else a
      * virConnectDomainEventBlockJobStatus value. */
     int event;
+    unsigned nevents;              /* block-job events seen for our disk */
 };
 
 /* What the live domain XML says about one disk. */
@@ -204,6 +206,7 @@ static void on_block_job(virConnectPtr conn, virDomainPtr dom, const char *disk,
     if (!disk || strcmp(disk, vm->disk) || type != VIR_DOMAIN_BLOCK_JOB_TYPE_COPY)
         return;
     vm->event = status;
+    vm->nevents++;
 }
 
 static void on_timer(int timer, void *opaque)
@@ -230,12 +233,40 @@ static int run_events(int timeout_ms)
  * then.  Without an event callback we poll at the caller's pace. */
 #define EVENT_POLL_MS 2000
 #define NO_EVENT_POLL_MS 500
+/* libvirt's loop may return at once without anything for us: seen here, a
+ * descriptor it watches stays readable and its poll timeout is 0.  Pump it
+ * no faster than this then, so waiting costs no CPU and no RPCs. */
+#define PUMP_MS 20
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
 
 static int virt_wait(struct lsm_mirror *m, int timeout_ms)
 {
     struct virt_mirror *vm = m->priv;
     int limit = vm->cb_id >= 0 ? EVENT_POLL_MS : NO_EVENT_POLL_MS;
-    return run_events(timeout_ms < limit ? timeout_ms : limit);
+    if (timeout_ms > limit)
+        timeout_ms = limit;
+    uint64_t start = lsm_now_ns();
+    uint64_t end = start + (uint64_t)timeout_ms * 1000000ULL;
+    unsigned seen = vm->nevents;
+    for (;;) {
+        uint64_t t0 = lsm_now_ns();
+        if (t0 >= end)
+            return 0;
+        int r = run_events((int)((end - t0) / 1000000ULL) + 1);
+        if (r < 0)
+            return r;
+        if (vm->nevents != seen)
+            return 0;
+        uint64_t t1 = lsm_now_ns();
+        if (t1 - t0 < PUMP_MS * 1000000ULL / 2 && t1 < end)
+            sleep_ms(PUMP_MS);
+    }
 }
 
 /* ---- ops ---- */
@@ -586,12 +617,25 @@ static int virt_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
     r = get_disk(vm, vm->disk, &di);
     if (r < 0)
         return r;
-    if (di.mirror_ready)
-        st->phase = !strcmp(di.mirror_ready, "yes") ? LSM_MIRROR_READY : LSM_MIRROR_COPYING;
+    /* The job reports ready through <mirror ready='yes'>: that is libvirt's
+     * own job state, the one its pivot checks.  cur == end alone is not
+     * enough: it was seen while libvirt still refused the pivot as "not
+     * ready".  Only without a <mirror> element (not seen with a libvirt that
+     * has BLOCK_JOB_2) do we fall back to cur == end. */
+    if (di.has_mirror)
+        st->phase = di.mirror_ready && !strcmp(di.mirror_ready, "yes") ? LSM_MIRROR_READY
+                                                                       : LSM_MIRROR_COPYING;
     else
         st->phase = info.end > 0 && info.cur == info.end ? LSM_MIRROR_READY
                                                          : LSM_MIRROR_COPYING;
     disk_info_free(&di);
+    /* The READY event may have come in with the reply that said ready. */
+    if (st->phase == LSM_MIRROR_READY && vm->cb_id >= 0) {
+        r = run_events(0);
+        if (r < 0)
+            return r;
+        st->from_event = vm->event == VIR_DOMAIN_BLOCK_JOB_READY;
+    }
     return 0;
 }
 

@@ -233,6 +233,7 @@ if LOOP2=$(losetup -f --show "$T/loop2.img" 2>/dev/null); then
     hmp_write "$D2" 0x44 20M 4M s2-expected.raw
     hmp_write "$D2" 0x45 70M 1M s2-expected.raw
     out=$(rep status -o json "$D2" vda)
+    log "$out"
     check block-status-copying test "$(json_field "$out" phase)" = copying
     if out=$(rep finish --wait --timeout 120 -o json "$D2" vda); then
         pass finish-block
