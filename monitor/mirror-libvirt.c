@@ -180,7 +180,8 @@ static int get_disk(struct virt_mirror *vm, const char *target, struct disk_info
     for (xmlNodePtr d = devices ? devices->children : NULL; d; d = d->next) {
         if (!is_elem(d, "disk"))
             continue;
-        _cleanup_free_ char *dev = xattr(child(d, "target") ? child(d, "target") : d, "dev");
+        xmlNodePtr tgt = child(d, "target");
+        _cleanup_free_ char *dev = tgt ? xattr(tgt, "dev") : NULL;
         if (!dev)
             continue;
         if (!strcmp(dev, target))

@@ -172,6 +172,8 @@ expect_fail no-libvirtd-socket "is libvirtd running?" \
     rep status --connect "qemu+unix:///system?socket=$T/no-such-sock" "$D1" vda
 expect_fail bogus-uri "cannot connect to libvirt at bogus:///x" \
     rep status --connect bogus:///x "$D1" vda
+expect_fail backend-not-built "mirroring backend 'nosuch' is not available" \
+    rep status --backend=nosuch /dev/nosuch
 expect_fail finish-without-job "has no mirror" rep finish "$D1" vda
 expect_fail abort-without-job "has no mirror" rep abort "$D1" vda
 out=$(rep status "$D1" vda)
@@ -257,6 +259,7 @@ D3=$PREFIX-3
 start_domain "$D3" "$T/s3-leaf.qcow2"
 rep start --bandwidth 1M "$D3" vda "$T/d3-leaf.qcow2" >/dev/null || fail start-abort-case
 hmp_write "$D3" 0x53 4M 1M s3-expected.raw
+expect_fail finish-wait-timeout "not ready after 1 s" rep finish --wait --timeout 1 "$D3" vda
 hmp_write "$D3" 0x54 30M 2M s3-expected.raw
 if out=$(rep abort "$D3" vda); then
     pass abort-copying
