@@ -12,7 +12,9 @@
  * success and "-ENAME: message" on failure, so the test compares lines.
  * The domain is opened once ("open VG: ..." is the first line).  Exit
  * status: 0 when every step ran (whatever its result), 2 on bad usage. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
