@@ -141,6 +141,32 @@ for sig in TERM INT; do
     done
 done
 
+# SIGTERM mid-copy of a large sparse-random source (nbdkit), guest order
+# and physical, without a rate limit: the copy of 1 GiB of data takes
+# seconds here; if it ever finishes first the case cannot be judged.
+if command -v nbdkit >/dev/null; then
+    nbdkit -U - sparse-random size=2G percent=50 random-content=true seed=7 \
+        --run 'qemu-img convert -f raw -O qcow2 "$uri" sr.qcow2'
+    for mode in --no-physical --physical; do
+        case="SIGTERM sparse-random $mode"
+        rm -f sr-out.qcow2
+        "$LSM_SYNC" copy $mode -O qcow2 sr.qcow2 sr-out.qcow2 >out.log 2>err.log &
+        pid=$!
+        sleep 0.3
+        kill -TERM $pid
+        rc=0
+        wait $pid || rc=$?
+        if ((rc == 0)); then
+            log "$case: the copy finished before SIGTERM; not judged"
+        elif ((rc != 1)) || [[ $(wc -l <err.log) != 1 ]] || ! grep -q terminated err.log; then
+            fail "$case" "exit $rc: $(cat err.log)"
+        else
+            gone "$case" sr-out.qcow2 && pass "$case"
+        fi
+    done
+    rm -f sr.qcow2 sr-out.qcow2
+fi
+
 # A source that shrinks during the copy.
 cp --sparse=always src.raw shrink.raw
 rm -f sh.raw

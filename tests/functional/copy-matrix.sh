@@ -194,6 +194,22 @@ for img in c1.1-cs4096.qcow2 c1.1-cs2097152.qcow2 holes.raw; do
 done
 rm -f o.qcow2
 
+# -n onto an existing qcow2 (made by qemu-img): without backing, and with
+# -B onto one that already names the backing file.
+for img in c1.1-cs65536.qcow2 zlib-c1.1.qcow2 holes.raw; do
+    rm -f n.qcow2
+    qemu-img create -q -f qcow2 n.qcow2 "${VSIZE[$img]}"
+    if run "-n qcow2 $img" -n -O qcow2 "$img" n.qcow2; then
+        same "-n qcow2 $img" "$img" n.qcow2 && checked "-n qcow2 $img" n.qcow2 && pass "-n qcow2 $img"
+    fi
+done
+rm -f n.qcow2 d3/n.qcow2
+qemu-img create -q -f qcow2 -b ../d2/mid.qcow2 -F qcow2 d3/n.qcow2
+if run "-n -B qcow2" -n -O qcow2 -B ../d2/mid.qcow2 -F qcow2 d3/top.qcow2 d3/n.qcow2; then
+    same "-n -B qcow2" d3/top.qcow2 d3/n.qcow2 && checked "-n -B qcow2" d3/n.qcow2 && pass "-n -B qcow2"
+fi
+rm -f d3/n.qcow2
+
 # Automatic physical copy: a clean single qcow2 layer to a new qcow2; never
 # with internal snapshots.
 if run "auto-physical" -v -O qcow2 c1.1-cs65536.qcow2 o.qcow2; then
