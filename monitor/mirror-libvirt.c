@@ -9,8 +9,7 @@
  * `start`), so status also polls: virDomainGetBlockJobInfo says whether a
  * copy job runs and gives progress, and the live domain XML says
  * <mirror ... ready='yes'> once libvirt's job state is ready (which is what
- * its pivot checks).  cur == end is no proof of readiness: QEMU's counters
- * reach it before the job is declared ready.
+ * its pivot checks).  cur == end is no proof of that (see virt_status).
  */
 #include "config.h"
 
@@ -619,10 +618,11 @@ static int virt_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
     if (r < 0)
         return r;
     /* The job reports ready through <mirror ready='yes'>: that is libvirt's
-     * own job state, the one its pivot checks.  cur == end alone is not
-     * enough: it was seen while libvirt still refused the pivot as "not
-     * ready".  Only without a <mirror> element (not seen with a libvirt that
-     * has BLOCK_JOB_2) do we fall back to cur == end. */
+     * own job state, the one its pivot checks.  cur == end follows QEMU's
+     * ready flag, which libvirt's state catches up with only once it has
+     * processed QEMU's event: in between a pivot is refused as "not ready"
+     * (seen).  Only without a <mirror> element (not seen with a libvirt
+     * that has BLOCK_JOB_2) do we fall back to cur == end. */
     if (di.has_mirror)
         st->phase = di.mirror_ready && !strcmp(di.mirror_ready, "yes") ? LSM_MIRROR_READY
                                                                        : LSM_MIRROR_COPYING;
