@@ -52,6 +52,20 @@ static void test_endian(void **state)
     assert_int_equal(be16_get(b), 0x5146);
 }
 
+static void test_format_size(void **state)
+{
+    (void)state;
+    char b[32];
+    assert_string_equal(lsm_format_size(0, b, sizeof b), "0 B");
+    assert_string_equal(lsm_format_size(999, b, sizeof b), "999 B");
+    assert_string_equal(lsm_format_size(1000, b, sizeof b), "0.977 KiB");
+    assert_string_equal(lsm_format_size(1536 * 1024, b, sizeof b), "1.5 MiB");
+    assert_string_equal(lsm_format_size(1010ULL << 20, b, sizeof b), "0.986 GiB");
+    assert_string_equal(lsm_format_size(8ULL << 40, b, sizeof b), "8 TiB");
+    for (uint64_t v = 1; v < (1ULL << 62); v = v * 3 + 7)
+        assert_null(strchr(lsm_format_size(v, b, sizeof b), 'e'));
+}
+
 static void test_error(void **state)
 {
     (void)state;
@@ -69,6 +83,7 @@ int main(void)
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_align),
         cmocka_unit_test(test_endian),
+        cmocka_unit_test(test_format_size),
         cmocka_unit_test(test_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -50,7 +50,9 @@ const char *lsm_format_size(uint64_t v, char *buf, size_t len)
     static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
     unsigned i = 0;
     double d = (double)v;
-    while (d >= 1024 && i + 1 < ARRAY_SIZE(units)) {
+    /* like qemu-img: from 1000 of a unit on, show the next unit (0.977 GiB),
+     * so that three significant digits never need an exponent */
+    while (d >= 1000 && i + 1 < ARRAY_SIZE(units)) {
         d /= 1024;
         i++;
     }
