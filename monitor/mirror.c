@@ -13,11 +13,17 @@
 #ifdef LSM_HAVE_MIRROR_LIBVIRT
 extern const struct lsm_mirror_ops lsm_mirror_libvirt_ops;
 #endif
+#ifdef LSM_HAVE_MIRROR_DM
+extern const struct lsm_mirror_ops lsm_mirror_dm_ops;
+#endif
 
 /* A new backend adds itself here (under its own HAVE_ macro). */
 static const struct lsm_mirror_ops *const backends[] = {
 #ifdef LSM_HAVE_MIRROR_LIBVIRT
     &lsm_mirror_libvirt_ops,
+#endif
+#ifdef LSM_HAVE_MIRROR_DM
+    &lsm_mirror_dm_ops,
 #endif
     NULL,
 };
