@@ -464,22 +464,23 @@ static int swap_table(const char *name, uint64_t len, const char *type, const ch
         r = check(name);
         if (r < 0) {
             if (clear_inactive(name) < 0 || resume(name, NULL) < 0)
-                lsm_error_prefix("%s stays SUSPENDED (dmsetup resume %s)", name, name);
+                lsm_error_prefix("%s stays SUSPENDED (dmsetup resume %s lets its I/O go on)",
+                                 name, name);
             return r;
         }
     }
 
     _cleanup_(dm_task_destroyp) struct dm_task *res = NULL;
     if (resume(name, &res) < 0) {
-        r = res ? task_error(res, "cannot resume %s with the %s table", name, what)
-                : lsm_error(-EIO, "cannot resume %s with the %s table", name, what);
+        int err = res ? dm_task_get_errno(res) : 0;
         /* The kernel keeps the old table when the swap fails: drop the new
          * one and resume the old. */
-        if (clear_inactive(name) == 0 && resume(name, NULL) == 0)
-            lsm_error_prefix("%s runs on its previous table", name);
-        else
-            lsm_error_prefix("%s stays SUSPENDED (dmsetup resume %s)", name, name);
-        return r;
+        bool back = clear_inactive(name) == 0 && resume(name, NULL) == 0;
+        return lsm_error_errno(err > 0 ? -err : -EIO, "cannot resume %s with the %s table "
+                               "(%s%s%s)", name, what,
+                               back ? "it runs on its previous table"
+                                    : "it stays SUSPENDED: dmsetup resume ",
+                               back ? "" : name, back ? "" : " lets its I/O go on");
     }
     return 0;
 }
@@ -586,7 +587,12 @@ static int dmm_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
     st->end = t.len * SECTOR;
     uint64_t region_bytes = (uint64_t)t.region * SECTOR;
     st->cur = ms.in_sync == ms.total ? st->end : MIN(ms.in_sync * region_bytes, st->end);
-    if (ms.legs != 2 || check_health(d->name, &ms, &t) < 0) {
+    if (ms.legs != 2) {
+        lsm_error(-EIO, "the mirror on %s has %u legs, not 2", d->name, ms.legs);
+        st->phase = LSM_MIRROR_FAILED;
+        return 0;
+    }
+    if (check_health(d->name, &ms, &t) < 0) {
         /* The message naming the leg stays in lsm_last_error(). */
         st->phase = LSM_MIRROR_FAILED;
         return 0;
@@ -629,6 +635,9 @@ static int dmm_start(struct lsm_mirror *m, const struct lsm_mirror_start_opts *o
     r = get_info(d->name, &info);
     if (r < 0)
         return r;
+    if (info.suspended)
+        return lsm_error(-EBUSY, "%s is suspended (another tool is changing its table?); "
+                         "leave it until it is resumed", d->name);
     if (info.read_only)
         return lsm_error(-EINVAL, "%s is read-only: there are no writes to mirror; copy it "
                          "instead", d->name);
