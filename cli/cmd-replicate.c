@@ -23,12 +23,14 @@ static void usage(FILE *f)
         "Usage: lsm-sync replicate start  [OPTIONS] DOMAIN DISK DST\n"
         "       lsm-sync replicate status [OPTIONS] DOMAIN DISK\n"
         "       lsm-sync replicate finish [OPTIONS] [--wait [--timeout S]] DOMAIN DISK [DST]\n"
-        "       lsm-sync replicate abort  [OPTIONS] DOMAIN DISK\n\n"
+        "       lsm-sync replicate abort  [OPTIONS] DOMAIN DISK\n"
+        "       lsm-sync replicate start|status|finish|abort --backend=dm [OPTIONS] DEVICE [DST]\n\n"
         "Mirror the active layer of a running VM's disk onto DST, a prepared image whose\n"
         "backing chain already holds the copied lower layers; every guest write reaches\n"
         "both until finish switches the VM to DST (pivot) or abort leaves it on its source.\n"
         "DISK is the disk's target name (vda).  finish with DST equal to the disk's source\n"
-        "cancels like abort.\n\n"
+        "cancels like abort.  With --backend=dm the target is an active device-mapper\n"
+        "device (an LV or a dm linear device) and DST a block device at least as large.\n\n"
         "  --backend=NAME       mirroring backend (default libvirt; built in:");
     for (; *b; b++)
         fprintf(f, " %s", *b);
@@ -134,12 +136,21 @@ static int run_status(const struct args *a, struct lsm_mirror *m)
     struct lsm_mirror_status st;
     _cleanup_free_ char *src = NULL;
     _cleanup_free_ char *mirror = NULL;
-    if (lsm_mirror_status(m, &st) < 0 || lsm_mirror_paths(m, &src, &mirror) < 0)
+    char why[1024] = "";
+    lsm_error_clear();
+    if (lsm_mirror_status(m, &st) < 0)
+        return cli_fail(a->what);
+    /* a backend that sees a failed mirror says why (e.g. which leg died) */
+    if (st.phase == LSM_MIRROR_FAILED)
+        snprintf(why, sizeof why, "%s", lsm_last_error());
+    if (lsm_mirror_paths(m, &src, &mirror) < 0)
         return cli_fail(a->what);
     if (a->output == CLI_OUTPUT_JSON) {
         _cleanup_(json_object_putp) json_object *o = status_json(a, &st);
         add_path(o, "source", src);
         add_path(o, "destination", mirror);
+        if (why[0])
+            json_object_object_add(o, "error", json_object_new_string(why));
         print_json(o);
         return 0;
     }
@@ -152,6 +163,8 @@ static int run_status(const struct args *a, struct lsm_mirror *m)
            lsm_mirror_phase_name(st.phase), lsm_mirror_percent(&st),
            lsm_format_size(st.cur, b1, sizeof b1), lsm_format_size(st.end, b2, sizeof b2),
            src ? src : "unknown", mirror ? mirror : "unknown");
+    if (why[0])
+        printf("%s: failed: %s\n", m->what, why);
     return 0;
 }
 
