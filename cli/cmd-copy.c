@@ -29,6 +29,7 @@ static void usage(FILE *f)
         "  -B BACKING           copy only SRC's own layer; DST's backing file is BACKING\n"
         "  -F FMT               format of BACKING\n"
         "  -n                   DST exists: neither create nor truncate it\n"
+        "  --target-is-zero     with -n: DST already reads as zeroes (zero ranges are skipped)\n"
         "  -c, --cluster-size=N cluster size of a qcow2 DST (default: the source's)\n"
         "  --physical           copy the qcow2 layer's host clusters in host order\n"
         "  --no-physical        never choose a physical copy automatically\n"
@@ -47,7 +48,7 @@ static void usage(FILE *f)
 
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
-    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT,
+    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO,
 };
 
 static const struct option longopts[] = {
@@ -62,6 +63,7 @@ static const struct option longopts[] = {
     { "rate", required_argument, NULL, OPT_RATE },
     { "progress", optional_argument, NULL, OPT_PROGRESS },
     { "output", required_argument, NULL, OPT_OUTPUT },
+    { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "verbose", no_argument, NULL, 'v' },
     { NULL, 0, NULL, 0 },
 };
@@ -159,6 +161,9 @@ int cmd_copy(int argc, char **argv)
         case 'n':
             o.no_create = true;
             break;
+        case OPT_TARGET_IS_ZERO:
+            o.target_is_zero = true;
+            break;
         case 'c':
             if (!cli_parse_size("copy", "--cluster-size", optarg, &v))
                 return EXIT_USAGE;
@@ -244,6 +249,8 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "-F needs -B");
     if (o.backing && o.dst_fmt != LSM_FMT_QCOW2)
         return cli_usage_error("copy", "-B needs -O qcow2");
+    if (o.target_is_zero && !o.no_create)
+        return cli_usage_error("copy", "--target-is-zero needs -n");
     /* --progress=json with --output=json: both on stdout, one object per
      * line, the summary last. */
 

@@ -840,6 +840,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "a backing format (-F) needs a backing file (-B)");
     if (o->backing && o->dst_fmt != LSM_FMT_QCOW2)
         return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
+    if (o->target_is_zero && !o->no_create)
+        return lsm_error(-EINVAL, "--target-is-zero needs -n");
 
     r = lsm_image_open(o->src_path, o->src_fmt, 0, &img);
     if (r < 0)
@@ -918,7 +920,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 goto out;
             }
             d.cluster = cluster = qcow2_writer_cluster_size(d.w);
-            d.reads_zero = false;
+            d.reads_zero = o->target_is_zero;
         } else {
             struct qcow2_create_opts co = {
                 .size = align_up(vsize, 512),
@@ -940,7 +942,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                               o->dst_path, d.f->size, o->src_path, vsize);
                 goto out;
             }
-            d.reads_zero = false;
+            d.reads_zero = o->target_is_zero;
         } else {
             r = lsm_file_truncate(d.f, vsize);
             if (r < 0)

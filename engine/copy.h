@@ -142,6 +142,7 @@ struct lsm_copy_opts {
     const char *backing;              /* -B: copy only SRC's own layer */
     enum lsm_format backing_fmt;      /* -F */
     bool no_create;                   /* -n */
+    bool target_is_zero;              /* with -n: DST already reads as zeroes */
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
     enum lsm_direct_mode direct;

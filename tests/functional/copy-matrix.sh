@@ -233,6 +233,12 @@ for args in "" "-m 1 -s 4k" "-m 64 -s 8M --buffer-size=16M" "--offload=never" "-
     fi
 done
 rm -f o.raw
+# -n --target-is-zero onto a fresh sparse file: zero ranges left alone.
+truncate -s 1G o.raw
+if run "target-is-zero" -n --target-is-zero sp.raw o.raw; then
+    same "target-is-zero" sp.raw o.raw && sparse "target-is-zero" sp.raw o.raw && pass "target-is-zero"
+fi
+rm -f o.raw
 
 # Progress as JSON lines on stdout, the last one at 100%.
 if "$LSM_SYNC" copy --progress=json --rate=20M sp.raw o.raw >prog.log 2>err.log; then
