@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "config.h"
 #include "copy.h"
 #include "error.h"
 #include "qcow2/qcow2-writer.h"
@@ -812,6 +813,16 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
     return 1;
 }
 
+bool lsm_is_nbd_uri(const char *s)
+{
+    static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
+                                           "nbd+vsock://", "nbds+vsock://" };
+    for (size_t i = 0; i < ARRAY_SIZE(schemes); i++)
+        if (!strncmp(s, schemes[i], strlen(schemes[i])))
+            return true;
+    return false;
+}
+
 static void src_close(struct lsm_copy_src *s)
 {
     if (s)
@@ -843,14 +854,30 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (o->target_is_zero && !o->no_create)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
 
-    r = lsm_image_open(o->src_path, o->src_fmt, 0, &img);
-    if (r < 0)
-        return r;
     c->src_name = o->src_path;
+    if (lsm_is_nbd_uri(o->src_path)) {
+        if (o->backing)
+            return lsm_error(-EINVAL, "-B needs an image source: %s has no layers", o->src_path);
+        if (o->physical == LSM_PHYSICAL_ALWAYS)
+            return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
+#ifdef HAVE_LIBNBD
+        r = lsm_nbd_source_create(o->src_path, &src);
+        if (r < 0)
+            return r;
+#else
+        return lsm_error(-ENOTSUP, "cannot read %s: lsm-sync was built without libnbd", o->src_path);
+#endif
+    } else {
+        r = lsm_image_open(o->src_path, o->src_fmt, 0, &img);
+        if (r < 0)
+            return r;
+    }
 
     /* Physical copy? */
     bool physical = false;
-    if (o->physical == LSM_PHYSICAL_ALWAYS) {
+    if (!img) {
+        /* an NBD export: guest order */
+    } else if (o->physical == LSM_PHYSICAL_ALWAYS) {
         r = physical_applies(o, img, true);
         if (r < 0)
             goto out;
@@ -868,7 +895,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* Destination. */
     uint32_t cluster = 0;
     if (o->dst_fmt == LSM_FMT_QCOW2) {
-        cluster = o->cluster_size ? o->cluster_size : (img->cluster_size ? img->cluster_size : 64 * KiB);
+        cluster = o->cluster_size ? o->cluster_size
+                                  : (img && img->cluster_size ? img->cluster_size : 64 * KiB);
         if (!is_pow2(cluster) || cluster < 512 || cluster > 2 * MiB) {
             r = lsm_error(-EINVAL, "invalid cluster size %u", cluster);
             goto out;
@@ -901,7 +929,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     st->direct = d.f->direct;
 
-    uint64_t vsize = img->virtual_size;
+    uint64_t vsize = img ? img->virtual_size : src->size;
     if (physical) {
         d.size = img->file_size;
         d.reads_zero = true;
@@ -968,9 +996,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 st->bytes_total += h + l - MAX(h, c->phys_skip_before);
         }
     } else {
-        r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
-        if (r < 0)
-            goto out;
+        if (!src) {
+            r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
+            if (r < 0)
+                goto out;
+        }
         c->src = src;
         c->granule = d.w ? cluster : MAX(4096u, d.f->offset_align);
         /* Pre-pass: bytes to copy, known up front. */
@@ -1054,7 +1084,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     if (o->rate)
         lsm_ratelimit_init(&c->rl, o->rate, MAX(c->rsize, o->rate / 10), lsm_now_ns());
-    c->offload = o->offload && !physical && !d.w && img->format == LSM_FMT_RAW && !img->backing;
+    c->offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
     c->offload_clone = c->offload;
 
     progress(c);
@@ -1165,7 +1195,8 @@ out:
             st->dst_incomplete = true;
         }
     }
-    lsm_image_close(img);
+    if (img)
+        lsm_image_close(img);
     st->seconds = (double)(lsm_now_ns() - t0) / 1e9;
     return r < 0 ? r : 0;
 }

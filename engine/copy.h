@@ -68,6 +68,12 @@ struct lsm_copy_src {
 int lsm_image_source_create(struct lsm_image *img, bool one_layer,
                             enum lsm_direct_mode direct, struct lsm_copy_src **out);
 
+/* The NBD source (with libnbd): extents from base:allocation, data read
+ * with nbd_pread.  lsm_is_nbd_uri() recognises nbd://, nbds://,
+ * nbd+unix://, nbds+unix://, nbd+vsock:// and nbds+vsock:// names. */
+bool lsm_is_nbd_uri(const char *s);
+int lsm_nbd_source_create(const char *uri, struct lsm_copy_src **out);
+
 /* ---- Plan: granule-aligned runs ----
  *
  * The destination has a granularity (its cluster size, or a block size for
