@@ -194,6 +194,23 @@ for img in c1.1-cs4096.qcow2 c1.1-cs2097152.qcow2 holes.raw; do
 done
 rm -f o.qcow2
 
+# -B with a backing name different from the source's (an absolute path to
+# the same file): the physical copy rewrites the header (qcow2_set_backing).
+for phys in --physical --no-physical; do
+    case="-B renamed $phys"
+    rm -f d3/r.qcow2
+    if run "$case" $phys -v -O qcow2 -B "$T/d2/mid.qcow2" -F qcow2 d3/top.qcow2 d3/r.qcow2; then
+        if [[ "$(backing_of d3/r.qcow2)" != "$T/d2/mid.qcow2 qcow2" ]]; then
+            fail "$case" "backing is '$(backing_of d3/r.qcow2)'"
+        elif [[ $phys == --physical ]] && ! grep -q physical err.log; then
+            fail "$case" "not a physical copy: $(cat err.log)"
+        else
+            same "$case" d3/top.qcow2 d3/r.qcow2 && checked "$case" d3/r.qcow2 && pass "$case"
+        fi
+    fi
+    rm -f d3/r.qcow2
+done
+
 # -n onto an existing qcow2 (made by qemu-img): without backing, and with
 # -B onto one that already names the backing file.
 for img in c1.1-cs65536.qcow2 zlib-c1.1.qcow2 holes.raw; do
