@@ -100,6 +100,16 @@ while read -r name; do
     check "${MODE[$name]:-qemu}" "v/$name"
 done <variants.txt
 
+# Subcluster bitmaps of extended L2 entries.
+mkdir e
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=65536 good-el2.qcow2 1M
+qio good-el2.qcow2 -- "write -P 1 0 8k" "write -z 16k 4k"
+check accept good-el2.qcow2
+python3 "$MKBAD" el2-variants good-el2.qcow2 e >el2-variants.txt
+while read -r name; do
+    check qemu "e/$name"
+done <el2-variants.txt
+
 # Backing chains.
 mkdir c && cd c
 qemu-img create -q -u -f qcow2 -b b.qcow2 -F qcow2 a.qcow2 1M

@@ -5,6 +5,10 @@
                                   qcow2 v3 with 4 KiB clusters, some data
                                   clusters and one compressed cluster) into
                                   OUTDIR and print their names, one a line
+  mkbad.py el2-variants GOOD OUTDIR
+                                  the same for subcluster bitmaps of GOOD, a
+                                  qcow2 with extended_l2=on and its first
+                                  cluster allocated
   mkbad.py chain TEMPLATE OUTDIR N
                                   TEMPLATE is a qcow2 whose backing name is
                                   'c000.qcow2'; write c000.qcow2 .. cN-1.qcow2
@@ -197,6 +201,38 @@ def variants(good, outdir):
         print(name)
 
 
+def el2_variants(good, outdir):
+    """Corrupt subcluster bitmaps of GOOD, a qcow2 with extended_l2=on whose
+    first cluster is allocated (16-byte L2 entries: the standard entry, then
+    32 allocation bits and 32 zero bits)."""
+    base = Image(open(good, 'rb').read())
+    if not get(base.data, 'incompatible_features') & (1 << 4):
+        raise SystemExit('mkbad: %s has no extended L2 entries' % good)
+    l2 = base.l2_offset()
+    entry, bitmap = struct.unpack_from('>QQ', base.data, l2)
+    if not entry & L2E_OFFSET_MASK:
+        raise SystemExit('mkbad: the first cluster of %s must be allocated' % good)
+    made = []
+
+    def emit(name, e, b, index=0):
+        d = bytearray(base.data)
+        struct.pack_into('>QQ', d, l2 + 16 * index, e, b)
+        with open(os.path.join(outdir, name), 'wb') as f:
+            f.write(d)
+        made.append(name)
+
+    # A subcluster both allocated and zero.
+    emit('el2-alloc-and-zero.qcow2', entry, bitmap | ((bitmap & 0xffffffff) << 32) | 1 | (1 << 32))
+    # Allocation bits on an unallocated cluster (second entry, offset 0).
+    emit('el2-alloc-bits-no-offset.qcow2', 0, 0xffff, index=1)
+    # A compressed cluster must have an all-zero bitmap.
+    x = 62 - (base.cluster_bits - 8)
+    emit('el2-compressed-with-bitmap.qcow2',
+         OFLAG_COMPRESSED | (1 << x) | (entry & L2E_OFFSET_MASK), 0x1)
+    for name in made:
+        print(name)
+
+
 def set_backing(path, name):
     d = bytearray(open(path, 'rb').read())
     off, size = get(d, 'backing_file_offset'), get(d, 'backing_file_size')
@@ -223,6 +259,8 @@ def chain(template, outdir, n):
 def main(argv):
     if len(argv) == 4 and argv[1] == 'variants':
         variants(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == 'el2-variants':
+        el2_variants(argv[2], argv[3])
     elif len(argv) == 5 and argv[1] == 'chain':
         chain(argv[2], argv[3], int(argv[4]))
     elif len(argv) == 4 and argv[1] == 'set-backing':
