@@ -79,9 +79,7 @@ int cmd_map(int argc, char **argv)
         return cli_fail("map");
 
     uint64_t end = img->virtual_size;
-    if (start > end)
-        start = end;
-    if (max_len < end - start)
+    if (start < end && max_len < end - start)
         end = start + max_len;
 
     struct lsm_map_iter it;
@@ -115,6 +113,10 @@ int cmd_map(int argc, char **argv)
         }
         n++;
     }
+    /* Like qemu-img: an empty range still prints one zero-length entry. */
+    if (output == CLI_OUTPUT_JSON && n == 0 && r == 0)
+        printf("{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0,"
+               " \"present\": false, \"zero\": false, \"data\": false}", start);
     if (output == CLI_OUTPUT_JSON)
         printf("]\n");
     if (r < 0) {

@@ -444,8 +444,7 @@ int lsm_chain_block_status(struct lsm_image *img, uint64_t offset, uint64_t byte
         uint64_t n, map;
         int st = layer_status(layer, offset, bytes, &n, &map, true);
         if (st < 0) {
-            if (layer != img)
-                lsm_error_prefix("backing file '%s'", layer->filename);
+            lsm_error_prefix("%s", layer->filename);
             return st;
         }
         if (n == 0)   /* cannot happen: a shorter backing makes the upper layer ZERO */
