@@ -921,7 +921,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         }
         lsm_file_close(d.f);
         d.f = NULL;
-        r = lsm_file_open(o->dst_path, LSM_FILE_WRITE, LSM_DIRECT_NEVER, &d.f);
+        r = lsm_file_open(o->dst_path, LSM_FILE_READ | LSM_FILE_WRITE, LSM_DIRECT_NEVER, &d.f);
         if (r < 0)
             goto out;
     } else if (d.f->direct_refused) {
