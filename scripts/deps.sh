@@ -11,6 +11,11 @@ PACKAGES=(
     libcmocka-dev libjson-c-dev zlib1g-dev libzstd-dev libnbd-dev
     # tests, demo, benchmarks
     libqcow-utils libnbd-bin nbdkit qemu-utils fio xfsprogs python3 jq time
+    # replication through libvirt: a real libvirtd running QEMU domains
+    libxml2-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+    # LVM and device-mapper tests: the distribution kernel booted under QEMU
+    # (tests/vm/vm-run.sh), since the host kernel has no device-mapper
+    linux-image-amd64 busybox-static lvm2 dmsetup
 )
 
 missing=()
