@@ -26,6 +26,7 @@
 #include "cleanup.h"
 #include "config.h"
 #include "copy.h"
+#include "module.h"
 #include "error.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
@@ -861,7 +862,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
 #ifdef HAVE_LIBNBD
-        r = lsm_nbd_source_create(o->src_path, &src);
+        /* libnbd lives in a module: loaded only for NBD sources */
+        int (*nbd_create)(const char *, struct lsm_copy_src **) =
+            (int (*)(const char *, struct lsm_copy_src **))lsm_module_symbol("source-nbd", "lsm_nbd_source_create");
+        if (!nbd_create)
+            return -ENOTSUP;
+        r = nbd_create(o->src_path, &src);
         if (r < 0)
             return r;
 #else

@@ -8,24 +8,22 @@
 #include "cleanup.h"
 #include "error.h"
 #include "mirror.h"
+#include "module.h"
 #include "util.h"
 
+/* Backends are loadable modules (common/module.h): libvirt and
+ * libdevmapper are mapped only when a mirror is opened.  A new backend adds
+ * itself here (under its own HAVE_ macro) with its module and table names. */
+static const struct {
+    const char *name, *module, *symbol;
+} backends[] = {
 #ifdef LSM_HAVE_MIRROR_LIBVIRT
-extern const struct lsm_mirror_ops lsm_mirror_libvirt_ops;
+    { "libvirt", "mirror-libvirt", "lsm_mirror_libvirt_ops" },
 #endif
 #ifdef LSM_HAVE_MIRROR_DM
-extern const struct lsm_mirror_ops lsm_mirror_dm_ops;
+    { "dm", "mirror-dm", "lsm_mirror_dm_ops" },
 #endif
-
-/* A new backend adds itself here (under its own HAVE_ macro). */
-static const struct lsm_mirror_ops *const backends[] = {
-#ifdef LSM_HAVE_MIRROR_LIBVIRT
-    &lsm_mirror_libvirt_ops,
-#endif
-#ifdef LSM_HAVE_MIRROR_DM
-    &lsm_mirror_dm_ops,
-#endif
-    NULL,
+    { NULL, NULL, NULL },
 };
 
 static const char *backend_names[ARRAY_SIZE(backends)];
@@ -33,7 +31,7 @@ static const char *backend_names[ARRAY_SIZE(backends)];
 const char *const *lsm_mirror_backends(void)
 {
     for (size_t i = 0; i < ARRAY_SIZE(backends); i++)
-        backend_names[i] = backends[i] ? backends[i]->name : NULL;
+        backend_names[i] = backends[i].name;
     return backend_names;
 }
 
@@ -63,12 +61,16 @@ int lsm_mirror_open(const char *backend, const struct lsm_mirror_target *t,
                     struct lsm_mirror **out)
 {
     const struct lsm_mirror_ops *ops = NULL;
-    for (size_t i = 0; backends[i]; i++)
-        if (!strcmp(backends[i]->name, backend))
-            ops = backends[i];
-    if (!ops)
+    size_t i;
+    for (i = 0; backends[i].name; i++)
+        if (!strcmp(backends[i].name, backend))
+            break;
+    if (!backends[i].name)
         return lsm_error(-ENOTSUP, "mirroring backend '%s' is not available in this build",
                          backend);
+    ops = lsm_module_symbol(backends[i].module, backends[i].symbol);
+    if (!ops)
+        return -ENOTSUP;
 
     struct lsm_mirror *m = calloc(1, sizeof *m);
     if (!m)
