@@ -124,19 +124,10 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 
 static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            return -ENOSPC;
-        done += (size_t)n;
-    }
-    return 0;
+    ssize_t n = lsm_pwrite_all(fd, buf, len, off);
+    if (n < 0)
+        return (int)n;
+    return (size_t)n < len ? -ENOSPC : 0;   /* a write that wrote nothing */
 }
 
 static const char *fmt_name(enum lsm_format f)
