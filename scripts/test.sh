@@ -82,10 +82,12 @@ stage_asan() {
     if ! setup build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false; then
         fail_step "build-asan: meson setup"; return
     fi
+    # The vm suite boots a kernel under TCG and runs the binaries emulated:
+    # it runs once, in build/, not again under the sanitizers.  (A comment
+    # must not sit inside the continued command below: it would end it, and
+    # the sanitizer options would become unexported shell variables.)
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        # The vm suite boots a kernel under TCG and runs the binaries emulated:
-        # it runs once, in build/, not again under the sanitizers.
         suite build-asan --timeout-multiplier 3 --no-suite vm
 }
 
