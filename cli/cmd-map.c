@@ -117,8 +117,12 @@ int cmd_map(int argc, char **argv)
     if (output == CLI_OUTPUT_JSON && n == 0 && r == 0)
         printf("{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0,"
                " \"present\": false, \"zero\": false, \"data\": false}", start);
-    if (output == CLI_OUTPUT_JSON)
+    /* On an error the array is left open: a partial map must not parse as
+     * a complete one for a caller that ignores the exit status. */
+    if (output == CLI_OUTPUT_JSON && r >= 0)
         printf("]\n");
+    else if (output == CLI_OUTPUT_JSON)
+        putchar('\n');
     if (r < 0) {
         fflush(stdout);
         rc = cli_fail("map");
