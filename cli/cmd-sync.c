@@ -90,25 +90,9 @@ static int run_volume(struct sync_ctx *ctx, struct sync_vol *v)
     o.opaque = v;
 
     /* Block destinations: make room for the copy first. */
-    if (v->pair->dst_type == LSM_DOMAIN_BLOCK) {
-        struct stat st;
-        if (stat(v->pair->dst_path, &st) == 0 && S_ISBLK(st.st_mode)) {
-            const char *p = v->pair->dst_path + 5;   /* /dev/VG/LV */
-            const char *s = strchr(p, '/');
-            if (!strncmp(v->pair->dst_path, "/dev/", 5) && s) {
-                char vg[256];
-                snprintf(vg, sizeof vg, "%.*s", (int)(s - p), p);
-                struct lsm_domain *dom;
-                int r = lsm_domain_open(LSM_DOMAIN_BLOCK, vg, &dom);
-                if (r == 0) {
-                    r = dom->ops->extend_volume(dom, s + 1, lsm_volume_needed_size(v->src));
-                    lsm_domain_close(dom);
-                }
-                if (r < 0)
-                    return r;
-            }
-        }
-    }
+    int r = lsm_job_ensure_room(v->pair, v->src);
+    if (r < 0)
+        return r;
     memset(&v->st, 0, sizeof v->st);
     return lsm_copy(&o, &v->st);
 }

@@ -330,6 +330,20 @@ static int dst_domain(const struct lsm_volume_pair *p, struct lsm_domain **dom, 
     return lsm_domain_open(p->dst_type, where, dom);
 }
 
+int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v)
+{
+    if (p->dst_type != LSM_DOMAIN_BLOCK)
+        return 0;
+    struct lsm_domain *dom;
+    _cleanup_free_ char *name = NULL;
+    int r = dst_domain(p, &dom, &name);
+    if (r < 0)
+        return r;
+    r = dom->ops->extend_volume(dom, name, lsm_volume_needed_size(v));
+    lsm_domain_close(dom);
+    return r;
+}
+
 static int write_empty_image(const struct lsm_volume_desc *v, const struct lsm_volume_pair *p)
 {
     int fd = open(p->dst_path, O_RDWR | O_CLOEXEC);

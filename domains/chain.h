@@ -71,6 +71,11 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
  * are removed. */
 int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse);
 
+/* Make sure the destination volume of pair p can hold a copy of v: on a
+ * block domain, extend the LV to lsm_volume_needed_size(v); on a file
+ * domain, nothing to do. */
+int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v);
+
 /* Size a block volume needs for a copy of volume v (qcow2: its allocation
  * plus one extension chunk; raw: the virtual size). */
 uint64_t lsm_volume_needed_size(const struct lsm_volume_desc *v);
