@@ -164,7 +164,8 @@ struct run {
     const struct bench_job *job;
     struct lsm_io *io;
     struct lsm_file *file, *dst;   /* dst only for copy */
-    void *mem;
+    struct lsm_bufpool *pool;      /* depth buffers of bs bytes */
+    char *mem;
     struct slot *slots;
     unsigned *free_stack, nfree;
     struct slot **pending;         /* prepared, not yet queued */
@@ -466,11 +467,16 @@ static int run_clone(struct run *r)
     if (copy && (e = open_file(r, job->dst, true, &r->dst)) < 0)
         return e;
 
-    size_t align = MAX(4096u, r->file->mem_align);
+    /* The io/ buffer pool: page- and huge-page-aligned, as the copy engine's,
+     * so that a request reaches the device in as few segments as fio's. */
+    size_t align = MAX(1u, r->file->mem_align);
     if (r->dst)
         align = MAX(align, r->dst->mem_align);
-    if ((e = posix_memalign(&r->mem, align, (size_t)job->bs * depth)) != 0)
-        return lsm_error(-e, "out of memory for %u buffers of %" PRIu64 " bytes", depth, job->bs);
+    if ((e = lsm_bufpool_create_flags((size_t)job->bs * depth, job->bs, align,
+                                      job->mem == BENCH_MEM_PAGES ? LSM_BUFPOOL_SMALL_PAGES : 0,
+                                      &r->pool)) < 0)
+        return e;
+    r->mem = r->pool->base;
     bench_fill_random(r->mem, (size_t)job->bs * depth, job->randseed + 1000003u * t->index);
 
     r->slots = calloc(depth, sizeof *r->slots);
@@ -547,7 +553,7 @@ static void run_free(struct run *r)
      * waits for them when destroyed, before their buffers go */
     if (r->io)
         lsm_io_destroy(r->io);
-    free(r->mem);
+    lsm_bufpool_destroy(r->pool);
     if (r->file)
         lsm_file_close(r->file);
     if (r->dst)

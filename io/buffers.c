@@ -1,7 +1,18 @@
 /* A fixed pool of aligned I/O buffers: one anonymous mapping cut into
  * count = budget / buf_size equal buffers, handed out from a stack of free
  * indexes.  One region keeps registration with io_uring to one iovec per
- * buffer and makes a stray pointer easy to catch. */
+ * buffer and makes a stray pointer easy to catch.
+ *
+ * The region starts on a huge-page boundary and asks for transparent huge
+ * pages.  This is for the device, not the TLB: an O_DIRECT request is
+ * built from the buffer's physical pages, and a queue limits how many
+ * discontiguous segments one request may carry (254 on virtio-blk).  A
+ * 1 MiB buffer of scattered 4 KiB pages is 256 segments, so the block layer
+ * splits every such request in two and can no longer merge neighbours;
+ * measured on this project's machine, sequential 1 MiB reads reached the
+ * disk as ~550 KiB requests and ran at 0.7x of fio's, whose buffers
+ * happened to be contiguous.  Huge pages make a buffer of up to 2 MiB one
+ * segment.  Where THP is off the pool works as before. */
 #include <assert.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -11,7 +22,55 @@
 #include "io.h"
 #include "util.h"
 
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+/* An anonymous mapping of at least bytes starting on a HUGE_ALIGN
+ * boundary, with MADV_HUGEPAGE asked for.  From 256 KiB on, the mapping is
+ * rounded up to whole huge pages, so that a pool of one 1 MiB buffer is
+ * contiguous too (at most 2 MiB more memory); below, plain pages. */
+static void *map_buffers(size_t bytes, unsigned flags, size_t *map_len)
+{
+    if (flags & LSM_BUFPOOL_SMALL_PAGES) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+#ifdef MADV_NOHUGEPAGE
+        if (p != MAP_FAILED)
+            (void)madvise(p, bytes, MADV_NOHUGEPAGE);   /* also with THP=always */
+#endif
+        *map_len = bytes;
+        return p;
+    }
+    if (bytes >= HUGE_ALIGN / 8)
+        bytes = align_up(bytes, HUGE_ALIGN);
+    if (bytes < HUGE_ALIGN) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        *map_len = bytes;
+        return p;
+    }
+    size_t len = bytes + HUGE_ALIGN;
+    char *raw = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return MAP_FAILED;
+    char *base = (char *)align_up((uintptr_t)raw, HUGE_ALIGN);
+    size_t head = (size_t)(base - raw);
+    size_t keep = align_up(bytes, (size_t)sysconf(_SC_PAGESIZE));
+    if (head)
+        munmap(raw, head);
+    if (len - head > keep)
+        munmap(base + keep, len - head - keep);
+#ifdef MADV_HUGEPAGE
+    (void)madvise(base, keep, MADV_HUGEPAGE);   /* advice: THP may be off */
+#endif
+    *map_len = keep;
+    return base;
+}
+
 int lsm_bufpool_create(size_t budget, size_t buf_size, size_t align, struct lsm_bufpool **out)
+{
+    return lsm_bufpool_create_flags(budget, buf_size, align, 0, out);
+}
+
+int lsm_bufpool_create_flags(size_t budget, size_t buf_size, size_t align, unsigned flags,
+                             struct lsm_bufpool **out)
 {
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0)
@@ -36,7 +95,8 @@ int lsm_bufpool_create(size_t budget, size_t buf_size, size_t align, struct lsm_
         return lsm_error_errno(-ENOMEM, "cannot create a buffer pool of %zu buffers", count);
     }
     size_t bytes = count * buf_size;
-    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t map_len;
+    void *base = map_buffers(bytes, flags, &map_len);
     if (base == MAP_FAILED) {
         int err = -errno;
         free(p->free_stack);
@@ -44,6 +104,7 @@ int lsm_bufpool_create(size_t budget, size_t buf_size, size_t align, struct lsm_
         return lsm_error_errno(err, "cannot map %zu bytes of I/O buffers", bytes);
     }
     p->base = base;
+    p->map_len = map_len;
     p->buf_size = buf_size;
     p->count = (unsigned)count;
     /* Hand out low addresses first: index 0 on top of the stack. */
@@ -58,7 +119,7 @@ void lsm_bufpool_destroy(struct lsm_bufpool *p)
 {
     if (!p)
         return;
-    munmap(p->base, (size_t)p->count * p->buf_size);
+    munmap(p->base, p->map_len);
     free(p->free_stack);
     free(p);
 }

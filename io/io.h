@@ -161,17 +161,26 @@ int lsm_file_clone_range(struct lsm_file *src, uint64_t src_off,
 /* ---- Buffers (io/buffers.c) ---- */
 
 /* A fixed set of aligned buffers of buf_size bytes under a memory budget.
- * Allocated once (one mmap), registered with the backend if it can.
+ * Allocated once (one mmap on a huge-page boundary, with MADV_HUGEPAGE so
+ * that a buffer is few physical segments), registered with the backend if
+ * it can.
  * align is a power of two up to the page size; buf_size a multiple of it;
  * count = budget / buf_size, at least 1. */
 struct lsm_bufpool {
     void *base;
+    size_t map_len;
     size_t buf_size;
     unsigned count;
     unsigned nfree;
     unsigned *free_stack;
 };
 int lsm_bufpool_create(size_t budget, size_t buf_size, size_t align, struct lsm_bufpool **out);
+/* The same with flags: LSM_BUFPOOL_SMALL_PAGES asks for plain pages (no
+ * huge-page alignment, MADV_NOHUGEPAGE), to measure what callers with
+ * scattered buffers get. */
+#define LSM_BUFPOOL_SMALL_PAGES 1u
+int lsm_bufpool_create_flags(size_t budget, size_t buf_size, size_t align, unsigned flags,
+                             struct lsm_bufpool **out);
 void lsm_bufpool_destroy(struct lsm_bufpool *p);
 /* NULL when none is free; *index is the buffer's index (for fixed I/O). */
 void *lsm_bufpool_get(struct lsm_bufpool *p, int *index);

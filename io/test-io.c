@@ -427,6 +427,62 @@ static void test_psync(void **state)
     run_backend(state, LSM_IO_PSYNC, false);
 }
 
+static int thread_count(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    assert_non_null(f);
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* At depth 1 the psync backend starts no worker: reap() does the request
+ * in the caller's thread (fio's psync), with the same results. */
+static void test_psync_inline(void **state)
+{
+    struct fixture *fx = *state;
+    char path[512];
+    path_in(fx, path, sizeof path, "inline");
+    struct lsm_file *f;
+    assert_int_equal(lsm_file_open(path, LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE,
+                                   LSM_DIRECT_NEVER, &f), 0);
+    int before = thread_count();
+    struct lsm_io *io;
+    struct lsm_io_config cfg = { .depth = 1 };
+    assert_int_equal(lsm_io_create(LSM_IO_PSYNC, &cfg, &io), 0);
+    assert_int_equal(thread_count(), before);
+
+    static uint8_t wbuf[65536], rbuf[65536];
+    fill_pattern(wbuf, 4096, sizeof wbuf);
+    struct lsm_io_req w = { .op = LSM_OP_WRITE, .file = f, .buf = wbuf, .buf_index = -1,
+                            .offset = 4096, .len = sizeof wbuf };
+    struct lsm_io_req r = { .op = LSM_OP_READ, .file = f, .buf = rbuf, .buf_index = -1,
+                            .offset = 4096, .len = sizeof rbuf };
+    assert_int_equal(lsm_io_queue(io, &w), 0);
+    assert_int_equal(lsm_io_queue(io, &r), -EAGAIN);    /* depth 1 */
+    assert_int_equal(lsm_io_submit(io), 0);
+    assert_ptr_equal(reap_one(io), &w);
+    assert_int_equal(w.result, sizeof wbuf);
+    assert_true(w.complete_ns >= w.submit_ns);
+    assert_int_equal(lsm_io_queue(io, &r), 0);
+    assert_int_equal(lsm_io_submit(io), 0);
+    assert_ptr_equal(reap_one(io), &r);
+    assert_int_equal(r.result, sizeof rbuf);
+    assert_memory_equal(rbuf, wbuf, sizeof rbuf);
+
+    /* destroyed with a request still staged: it is done, not lost */
+    memset(rbuf, 0, sizeof rbuf);
+    assert_int_equal(lsm_io_queue(io, &r), 0);
+    lsm_io_destroy(io);
+    assert_int_equal(r.result, sizeof rbuf);
+    assert_memory_equal(rbuf, wbuf, sizeof rbuf);
+    lsm_file_close(f);
+}
+
 static void test_auto_fallback(void **state)
 {
     (void)state;
@@ -740,6 +796,20 @@ static void test_bufpool(void **state)
     for (int i = 0; i < 16; i++)
         lsm_bufpool_put(p, bufs[i]);
     assert_int_equal(p->nfree, 16);
+    lsm_bufpool_destroy(p);
+
+    /* from 256 KiB on, the region starts on a huge-page boundary and is
+     * whole huge pages */
+    assert_int_equal(lsm_bufpool_create(5 << 20, 1 << 20, 4096, &p), 0);
+    assert_int_equal(p->count, 5);
+    assert_true(is_aligned((uintptr_t)p->base, 2u << 20));
+    assert_int_equal(p->map_len, 6u << 20);   /* whole huge pages */
+    memset(p->base, 0x5a, p->map_len);
+    lsm_bufpool_destroy(p);
+    assert_int_equal(lsm_bufpool_create(3 * 1000000, 1000000, 64, &p), 0);
+    assert_true(is_aligned((uintptr_t)p->base, 2u << 20));
+    assert_int_equal(p->map_len, 4u << 20);   /* whole huge pages */
+    memset(p->base, 0xa5, 3000000);
     lsm_bufpool_destroy(p);
 
     assert_int_equal(lsm_bufpool_create(1000, 65536, 4096, &p), 0);   /* at least one */
@@ -1100,6 +1170,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_uring_fixed, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_aio, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_psync, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_psync_inline, setup_dir, teardown_dir),
         cmocka_unit_test(test_auto_fallback),
         cmocka_unit_test_setup_teardown(test_direct_alignment, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_buffered_fallback, setup_dir, teardown_dir),
