@@ -5,6 +5,11 @@
  * on a completion ring; reap() waits on a condvar for min_done of them.
  * Both rings hold at most depth entries, as in_flight never exceeds it.
  *
+ * At depth 1 there is nothing to overlap, and a hand-off to a worker and
+ * back only adds two thread wake-ups to every request (about 10 us of a
+ * 70 us 4 KiB read here): the backend then has no workers and reap() does
+ * the staged request in the caller's thread, as fio's psync engine does.
+ *
  * lsm_io_exec_sync() (one request, synchronously) is shared with the aio
  * and io_uring backends for the operations they cannot do asynchronously.
  */
@@ -72,6 +77,7 @@ struct psync {
     struct reqring todo;
     struct reqring done;
     bool stop;
+    bool inline_io;             /* depth 1: no workers, reap() does the I/O */
     unsigned nthreads;
     pthread_t *threads;
 };
@@ -122,12 +128,13 @@ static int psync_init(struct lsm_io *io, const struct lsm_io_config *cfg)
     struct psync *p = calloc(1, sizeof *p);
     if (!p)
         return lsm_error_errno(-ENOMEM, "cannot allocate the psync backend");
-    unsigned want = MAX(1u, MIN(cfg->max_workers, cfg->depth));
+    unsigned want = cfg->depth == 1 ? 0 : MAX(1u, MIN(cfg->max_workers, cfg->depth));
+    p->inline_io = want == 0;
     p->staged.cap = p->todo.cap = p->done.cap = cfg->depth;
     p->staged.r = calloc(cfg->depth, sizeof(void *));
     p->todo.r = calloc(cfg->depth, sizeof(void *));
     p->done.r = calloc(cfg->depth, sizeof(void *));
-    p->threads = calloc(want, sizeof *p->threads);
+    p->threads = calloc(MAX(want, 1u), sizeof *p->threads);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->work, NULL);
     pthread_cond_init(&p->done_cond, NULL);
@@ -171,7 +178,7 @@ static int psync_queue(struct lsm_io *io, struct lsm_io_req *req)
 static int psync_submit(struct lsm_io *io)
 {
     struct psync *p = io->priv;
-    if (!p->staged.count)
+    if (!p->staged.count || p->inline_io)
         return 0;
     pthread_mutex_lock(&p->lock);
     while (p->staged.count)
@@ -184,9 +191,19 @@ static int psync_submit(struct lsm_io *io)
 static int psync_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **done, unsigned max)
 {
     struct psync *p = io->priv;
+    unsigned got = 0;
+    if (p->inline_io) {
+        while (p->staged.count && got < max) {
+            struct lsm_io_req *req = ring_pop(&p->staged);
+            req->result = lsm_io_exec_sync(req);
+            req->complete_ns = lsm_now_ns();
+            done[got++] = req;
+        }
+        (void)min_done;    /* min_done <= in_flight = what was staged */
+        return (int)got;
+    }
     /* Waiting on staged requests would hang: hand them over first. */
     psync_submit(io);
-    unsigned got = 0;
     pthread_mutex_lock(&p->lock);
     while (p->done.count < min_done)
         pthread_cond_wait(&p->done_cond, &p->lock);
