@@ -42,6 +42,8 @@ static void usage(FILE *f)
 "  ioengine=uring|aio|psync|auto (auto)   direct=0|1   size=SIZE   runtime=TIME\n"
 "  time_based   numjobs=N   filename=PATH (copy: SRC:DST, or src= dst=)\n"
 "  rwmixread=PCT (50)   fixedbufs   registerfiles   verify=pattern|none\n"
+"  mem=mmaphuge|malloc (mmaphuge: buffers in transparent huge pages, as the\n"
+"    copy engine's; malloc: plain pages, fio's default)\n"
 "  randseed=N   name=NAME   stonewall   group_reporting\n"
 "  Sizes take k, m, g, t suffixes (powers of 1024); times us, ms, s, m, h (default s).\n"
 "\n"

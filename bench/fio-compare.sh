@@ -5,11 +5,14 @@
 #
 #   bench/fio-compare.sh [--lsm-sync PATH] [--file PATH] [--size SIZE]
 #                        [--runtime SECONDS] [--runs N] [--engines "uring aio psync"]
+#                        [--lsm-mem mmaphuge|malloc]
 #
 # Needs root (to drop the page cache), fio and jq.  The file is laid out by
 # fio once and reused; delete it afterwards.  fio's psync engine keeps one
 # request in flight whatever iodepth says, so psync rows run at iodepth 1
-# on both sides.
+# on both sides.  --lsm-mem sets lsm-sync's buffer memory (its default,
+# mmaphuge, is transparent huge pages like the copy engine's; malloc is plain
+# pages like fio's default; see docs/bench-harness.md for why it matters).
 set -euo pipefail
 export LC_ALL=C
 
@@ -20,6 +23,7 @@ SIZE=1G
 RUNTIME=5
 RUNS=3
 ENGINES="uring aio psync"
+LSM_MEM=mmaphuge
 while [[ $# -gt 0 ]]; do
     case $1 in
     --lsm-sync) LSM=$2; shift 2 ;;
@@ -28,7 +32,8 @@ while [[ $# -gt 0 ]]; do
     --runtime) RUNTIME=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --engines) ENGINES=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --lsm-mem) LSM_MEM=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fio-compare: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -65,7 +70,7 @@ run_one() {   # tool engine rw bs qd out.json
     else
         "$LSM" bench --eta=never --name=cmp --filename="$FILE" --size="$SIZE" --rw="$rw" \
             --bs="$bs" --iodepth="$qd" --ioengine="$engine" --direct=1 --runtime="$RUNTIME" \
-            --time_based --output-format=json >"$out"
+            --time_based --mem="$LSM_MEM" --output-format=json >"$out"
     fi
 }
 
@@ -102,7 +107,8 @@ mib() { awk '{ printf "%.0f ", $1 / 1048576 }'; }
 cat <<HEAD
 Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), \
 $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, \
-kernel $(uname -r), $(fio --version), $("$LSM" --version).
+kernel $(uname -r), $(fio --version), $("$LSM" --version) (mem=$LSM_MEM), \
+THP $(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo '?').
 File: $FILE ($SIZE) on $(df -T "$FILE" | awk 'NR == 2 { print $1 " (" $2 ")" }'), \
 $(d=$(lsblk -no PKNAME "$(df "$FILE" | awk 'NR == 2 { print $1 }')" 2>/dev/null | head -1); \
   d=${d:-$(basename "$(df "$FILE" | awk 'NR == 2 { print $1 }')")}; \

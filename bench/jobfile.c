@@ -12,7 +12,7 @@
 
 #define BENCH_DEFAULT_SEED 0x5eed1e55ULL
 
-enum key_type { K_STR, K_SIZE, K_UINT, K_BOOL, K_TIME, K_RW, K_ENGINE, K_VERIFY };
+enum key_type { K_STR, K_SIZE, K_UINT, K_BOOL, K_TIME, K_RW, K_ENGINE, K_VERIFY, K_MEM };
 
 struct key_def {
     const char *name;
@@ -43,6 +43,8 @@ static const struct key_def keys[] = {
     { "fixedbufs",         K_BOOL,   OFF(fixedbufs),  0, 0 },
     { "registerfiles",     K_BOOL,   OFF(registerfiles), 0, 0 },
     { "verify",            K_VERIFY, OFF(verify),     0, 0 },
+    { "mem",               K_MEM,    OFF(mem),        0, 0 },
+    { "iomem",             K_MEM,    OFF(mem),        0, 0 },
     { "stonewall",         K_BOOL,   OFF(stonewall),  0, 0 },
     { "wait_for_previous", K_BOOL,   OFF(stonewall),  0, 0 },
     { "group_reporting",   K_BOOL,   OFF(group_reporting), 0, 0 },
@@ -330,6 +332,16 @@ int bench_job_set(struct bench_job *job, const char *key, const char *value)
             job->verify = BENCH_VERIFY_NONE;
         else
             return lsm_error(-EINVAL, "bad value for '%s': '%s' (pattern or none)", key, value);
+        return 0;
+    case K_MEM:
+        /* fio's names; both huge kinds mean transparent huge pages here */
+        if (!strcmp(value, "mmaphuge") || !strcmp(value, "shmhuge") || !strcmp(value, "huge"))
+            job->mem = BENCH_MEM_HUGE;
+        else if (!strcmp(value, "malloc") || !strcmp(value, "mmap") || !strcmp(value, "shm"))
+            job->mem = BENCH_MEM_PAGES;
+        else
+            return lsm_error(-EINVAL, "bad value for '%s': '%s' (malloc, mmap, shm, mmaphuge, "
+                             "shmhuge or huge)", key, value);
         return 0;
     }
     return lsm_error(-EINVAL, "unknown key '%s'", key);

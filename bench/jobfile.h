@@ -24,6 +24,11 @@ enum bench_rw {
     BENCH_RW_COPY,        /* read SRC, write the same block to DST */
 };
 
+enum bench_mem {
+    BENCH_MEM_HUGE,       /* transparent huge pages, as the copy engine's pool */
+    BENCH_MEM_PAGES,      /* plain pages (fio's default mem=malloc) */
+};
+
 enum bench_verify {
     BENCH_VERIFY_NONE,
     BENCH_VERIFY_PATTERN, /* per-block header (offset, seed) + seeded body */
@@ -45,6 +50,7 @@ struct bench_job {
     unsigned rwmixread;     /* percent of reads in randrw */
     bool fixedbufs;
     bool registerfiles;
+    enum bench_mem mem;
     enum bench_verify verify;
     bool stonewall;         /* accepted; jobs always run one after another */
     bool group_reporting;

@@ -121,6 +121,11 @@ static void test_sizes_and_times(void **state)
     assert_int_equal(bench_job_set(&job, "rwmixread", "101"), -EINVAL);
     assert_int_equal(bench_job_set(&job, "direct", "maybe"), -EINVAL);
     assert_int_equal(bench_job_set(&job, "bs", NULL), -EINVAL);
+    assert_int_equal(job.mem, BENCH_MEM_HUGE);                      /* the default */
+    assert_int_equal(bench_job_set(&job, "mem", "malloc"), 0); assert_int_equal(job.mem, BENCH_MEM_PAGES);
+    assert_int_equal(bench_job_set(&job, "iomem", "mmaphuge"), 0); assert_int_equal(job.mem, BENCH_MEM_HUGE);
+    assert_int_equal(bench_job_set(&job, "mem", "shm"), 0); assert_int_equal(job.mem, BENCH_MEM_PAGES);
+    assert_int_equal(bench_job_set(&job, "mem", "cudamalloc"), -EINVAL);
     bench_job_clear(&job);
 }
 
