@@ -44,6 +44,7 @@ static void usage(FILE *f)
 "  rwmixread=PCT (50)   fixedbufs   registerfiles   verify=pattern|none\n"
 "  mem=mmaphuge|malloc (mmaphuge: buffers in transparent huge pages, as the\n"
 "    copy engine's; malloc: plain pages, fio's default)\n"
+"  scramble_buffers=0|1 (1: stamp every 512 bytes of a write, against dedup)\n"
 "  randseed=N   name=NAME   stonewall   group_reporting\n"
 "  Sizes take k, m, g, t suffixes (powers of 1024); times us, ms, s, m, h (default s).\n"
 "\n"

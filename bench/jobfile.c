@@ -44,6 +44,7 @@ static const struct key_def keys[] = {
     { "registerfiles",     K_BOOL,   OFF(registerfiles), 0, 0 },
     { "verify",            K_VERIFY, OFF(verify),     0, 0 },
     { "mem",               K_MEM,    OFF(mem),        0, 0 },
+    { "scramble_buffers",  K_BOOL,   OFF(scramble_buffers), 0, 0 },
     { "iomem",             K_MEM,    OFF(mem),        0, 0 },
     { "stonewall",         K_BOOL,   OFF(stonewall),  0, 0 },
     { "wait_for_previous", K_BOOL,   OFF(stonewall),  0, 0 },
@@ -95,6 +96,7 @@ void bench_job_defaults(struct bench_job *job)
     job->ioengine = LSM_IO_AUTO;
     job->numjobs = 1;
     job->rwmixread = 50;
+    job->scramble_buffers = true;
     job->randseed = BENCH_DEFAULT_SEED;
 }
 

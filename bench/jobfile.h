@@ -51,6 +51,7 @@ struct bench_job {
     bool fixedbufs;
     bool registerfiles;
     enum bench_mem mem;
+    bool scramble_buffers;  /* fio's default: on */
     enum bench_verify verify;
     bool stonewall;         /* accepted; jobs always run one after another */
     bool group_reporting;

@@ -113,3 +113,14 @@ void bench_fill_random(void *buf, size_t len, uint64_t seed)
 {
     fill_body(buf, len, seed);
 }
+
+void bench_scramble(void *buf, size_t len, uint64_t offset, uint64_t stamp)
+{
+    unsigned char *p = buf;
+    uint64_t x = stamp;
+    size_t at = (size_t)(bench_splitmix64(&x) % (512 / 8 - 1)) * 8;   /* 0..496 */
+    for (size_t s = 0; s + 512 <= len; s += 512) {
+        put_le64(p + s + at, offset + s);
+        put_le64(p + s + at + 8, stamp);
+    }
+}

@@ -19,5 +19,10 @@ int bench_pattern_check(const void *buf, size_t len, uint64_t offset, uint64_t s
                         const char *path);
 /* Bytes of a plain (non-verify) write buffer. */
 void bench_fill_random(void *buf, size_t len, uint64_t seed);
+/* scramble_buffers: make a plain write buffer unlike every earlier write,
+ * cheaply, so that storage that deduplicates or compresses cannot turn
+ * repeated buffers into no work.  Every 512-byte sector gets 16 bytes
+ * (its offset in the file and stamp) at a place that moves with stamp. */
+void bench_scramble(void *buf, size_t len, uint64_t offset, uint64_t stamp);
 
 #endif

@@ -173,6 +173,7 @@ struct run {
     struct lsm_io_req **done;
     uint64_t nblocks;
     uint64_t issued;               /* main-phase requests issued */
+    uint64_t writes_scrambled;     /* stamp of scramble_buffers */
     uint64_t seq_next;
     uint64_t verify_cursor;
     uint64_t *written;             /* bitmap of blocks written (verify) */
@@ -288,6 +289,8 @@ static bool next_request(struct run *r, uint64_t now, struct slot *s)
     req->len = job->bs;
     if (op == LSM_OP_WRITE && job->verify == BENCH_VERIFY_PATTERN)
         bench_pattern_fill(req->buf, job->bs, req->offset, job->randseed);
+    else if (op == LSM_OP_WRITE && job->scramble_buffers)
+        bench_scramble(req->buf, job->bs, req->offset, ++r->writes_scrambled);
     return true;
 }
 

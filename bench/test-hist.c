@@ -143,6 +143,31 @@ static void test_pattern(void **state)
     free(b);
 }
 
+static void test_scramble(void **state)
+{
+    (void)state;
+    enum { BS = 65536 };
+    unsigned char *a = malloc(BS), *b = malloc(BS);
+    assert_non_null(a);
+    assert_non_null(b);
+    bench_fill_random(a, BS, 7);
+    memcpy(b, a, BS);
+    bench_scramble(a, BS, 1 << 20, 1);
+    bench_scramble(b, BS, 1 << 20, 2);
+    /* every sector differs from the same sector of another write */
+    for (size_t s = 0; s < BS; s += 512)
+        assert_true(memcmp(a + s, b + s, 512) != 0);
+    /* and from its neighbours in the same write */
+    for (size_t s = 512; s < BS; s += 512)
+        assert_true(memcmp(a + s, a + s - 512, 512) != 0);
+    /* deterministic, and a partial sector at the end is left alone */
+    memcpy(b, a, BS);
+    bench_scramble(b, BS - 100, 1 << 20, 1);
+    assert_memory_equal(a, b, BS);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -151,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_percentiles),
         cmocka_unit_test(test_prng_below_uniform),
         cmocka_unit_test(test_pattern),
+        cmocka_unit_test(test_scramble),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

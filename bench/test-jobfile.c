@@ -126,6 +126,9 @@ static void test_sizes_and_times(void **state)
     assert_int_equal(bench_job_set(&job, "iomem", "mmaphuge"), 0); assert_int_equal(job.mem, BENCH_MEM_HUGE);
     assert_int_equal(bench_job_set(&job, "mem", "shm"), 0); assert_int_equal(job.mem, BENCH_MEM_PAGES);
     assert_int_equal(bench_job_set(&job, "mem", "cudamalloc"), -EINVAL);
+    assert_true(job.scramble_buffers);                                /* fio's default */
+    assert_int_equal(bench_job_set(&job, "scramble-buffers", "0"), 0);
+    assert_false(job.scramble_buffers);
     bench_job_clear(&job);
 }
 
