@@ -39,6 +39,7 @@ static void usage(FILE *f)
 "\n"
 "Job keys:\n"
 "  rw=read|write|randread|randwrite|randrw|copy   bs=SIZE (4k)   iodepth=N (1)\n"
+"  iodepth_batch_submit=N (1: submit each request at once; 0: iodepth)\n"
 "  ioengine=uring|aio|psync|auto (auto)   direct=0|1   size=SIZE   runtime=TIME\n"
 "  time_based   numjobs=N   filename=PATH (copy: SRC:DST, or src= dst=)\n"
 "  rwmixread=PCT (50)   fixedbufs   registerfiles   verify=pattern|none\n"

@@ -29,6 +29,8 @@ static const struct key_def keys[] = {
     { "bs",                K_SIZE,   OFF(bs),         1, 1ULL << 30 },
     { "blocksize",         K_SIZE,   OFF(bs),         1, 1ULL << 30 },
     { "iodepth",           K_UINT,   OFF(iodepth),    1, 4096 },
+    { "iodepth_batch_submit", K_UINT, OFF(iodepth_batch_submit), 0, 4096 },
+    { "iodepth_batch",     K_UINT,   OFF(iodepth_batch_submit), 0, 4096 },
     { "ioengine",          K_ENGINE, OFF(ioengine),   0, 0 },
     { "direct",            K_BOOL,   OFF(direct),     0, 0 },
     { "size",              K_SIZE,   OFF(size),       1, UINT64_MAX },
@@ -93,6 +95,7 @@ void bench_job_defaults(struct bench_job *job)
     job->rw = BENCH_RW_READ;
     job->bs = 4096;
     job->iodepth = 1;
+    job->iodepth_batch_submit = 1;
     job->ioengine = LSM_IO_AUTO;
     job->numjobs = 1;
     job->rwmixread = 50;

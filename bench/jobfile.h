@@ -39,6 +39,7 @@ struct bench_job {
     enum bench_rw rw;
     uint64_t bs;
     unsigned iodepth;
+    unsigned iodepth_batch_submit;  /* submit every N queued; 0: iodepth */
     enum lsm_io_kind ioengine;
     bool direct;
     uint64_t size;          /* 0: the size of the existing file/device */

@@ -279,6 +279,7 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     if (job->rw == BENCH_RW_RANDRW)
         JADD(opts, "rwmixread", json_object_new_int((int)job->rwmixread));
     JADD(opts, "fixedbufs", json_object_new_int(job->fixedbufs));
+    JADD(opts, "iodepth_batch_submit", json_object_new_int((int)job->iodepth_batch_submit));
     JADD(opts, "scramble_buffers", json_object_new_int(job->scramble_buffers));
     JADD(opts, "mem", json_object_new_string(job->mem == BENCH_MEM_PAGES ? "malloc" : "mmaphuge"));
     JADD(opts, "verify", json_object_new_string(job->verify ? "pattern" : "none"));

@@ -347,6 +347,15 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
     r->free_stack[r->nfree++] = s->index;
 }
 
+static void submit(struct run *r, int *err)
+{
+    int q = lsm_io_submit(r->io);
+    if (q < 0) {
+        lsm_error_prefix("cannot submit requests for %s", r->file->path);
+        *err = fail(r, q);
+    }
+}
+
 /* Issue, submit and reap until the phase has nothing more to do. */
 static int run_phase(struct run *r)
 {
@@ -371,7 +380,9 @@ static int run_phase(struct run *r)
             r->nfree--;
             r->pending[r->npending++] = s;
         }
-        /* queue them; the oldest prepared first */
+        /* queue them, the oldest prepared first, and submit every
+         * iodepth_batch_submit of them (fio's default 1: each at once) */
+        unsigned batch = r->job->iodepth_batch_submit ? r->job->iodepth_batch_submit : depth;
         unsigned queued = 0, i = 0;
         for (; i < r->npending; i++) {
             struct slot *s = r->pending[i];
@@ -386,19 +397,15 @@ static int run_phase(struct run *r)
                 lsm_error_prefix("cannot queue a request for %s", s->req.file->path);
                 err = fail(r, q);
                 r->free_stack[r->nfree++] = s->index;
-            } else {
-                queued++;
+            } else if (++queued >= batch) {
+                submit(r, &err);
+                queued = 0;
             }
         }
         memmove(r->pending, r->pending + i, (r->npending - i) * sizeof *r->pending);
         r->npending -= i;
-        if (queued > 0) {
-            int q = lsm_io_submit(r->io);
-            if (q < 0) {
-                lsm_error_prefix("cannot submit requests for %s", r->file->path);
-                err = fail(r, q);
-            }
-        }
+        if (queued > 0)
+            submit(r, &err);
         if (r->io->in_flight == 0 && r->npending == 0)
             break;
         if (r->io->in_flight == 0) {

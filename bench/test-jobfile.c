@@ -127,6 +127,11 @@ static void test_sizes_and_times(void **state)
     assert_int_equal(bench_job_set(&job, "mem", "shm"), 0); assert_int_equal(job.mem, BENCH_MEM_PAGES);
     assert_int_equal(bench_job_set(&job, "mem", "cudamalloc"), -EINVAL);
     assert_true(job.scramble_buffers);                                /* fio's default */
+    assert_int_equal(job.iodepth_batch_submit, 1);                    /* fio's default */
+    assert_int_equal(bench_job_set(&job, "iodepth_batch", "0"), 0);   /* 0: iodepth */
+    assert_int_equal(job.iodepth_batch_submit, 0);
+    assert_int_equal(bench_job_set(&job, "iodepth-batch-submit", "8"), 0);
+    assert_int_equal(job.iodepth_batch_submit, 8);
     assert_int_equal(bench_job_set(&job, "scramble-buffers", "0"), 0);
     assert_false(job.scramble_buffers);
     bench_job_clear(&job);
