@@ -5,14 +5,15 @@
 #
 #   bench/fio-compare.sh [--lsm-sync PATH] [--file PATH] [--size SIZE]
 #                        [--runtime SECONDS] [--runs N] [--engines "uring aio psync"]
-#                        [--lsm-mem mmaphuge|malloc]
+#                        [--mem huge|plain]
 #
 # Needs root (to drop the page cache), fio and jq.  The file is laid out by
 # fio once and reused; delete it afterwards.  fio's psync engine keeps one
 # request in flight whatever iodepth says, so psync rows run at iodepth 1
-# on both sides.  --lsm-mem sets lsm-sync's buffer memory (its default,
-# mmaphuge, is transparent huge pages like the copy engine's; malloc is plain
-# pages like fio's default; see docs/bench-harness.md for why it matters).
+# on both sides.  --mem gives both tools the same buffer memory (it decides
+# how many segments a request is; docs/bench-harness.md): huge (default):
+# lsm-sync mem=mmaphuge, fio mem=shmhuge on hugetlb pages reserved for the
+# run; plain: lsm-sync mem=malloc, fio's default malloc.
 set -euo pipefail
 export LC_ALL=C
 
@@ -23,7 +24,7 @@ SIZE=1G
 RUNTIME=5
 RUNS=3
 ENGINES="uring aio psync"
-LSM_MEM=mmaphuge
+MEM=huge
 while [[ $# -gt 0 ]]; do
     case $1 in
     --lsm-sync) LSM=$2; shift 2 ;;
@@ -32,8 +33,8 @@ while [[ $# -gt 0 ]]; do
     --runtime) RUNTIME=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --engines) ENGINES=$2; shift 2 ;;
-    --lsm-mem) LSM_MEM=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --mem) MEM=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fio-compare: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -49,7 +50,22 @@ JOBS=("seqread-1M-qd32 read 1M 32" "randread-4k-qd32 randread 4k 32"
 fio_engine() { case $1 in uring) echo io_uring ;; aio) echo libaio ;; *) echo "$1" ;; esac; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/fio-compare.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+hp_file=/proc/sys/vm/nr_hugepages
+hp_old=$(cat $hp_file)
+trap 'rm -rf "$work"; echo "$hp_old" >$hp_file' EXIT
+case $MEM in
+huge)
+    # fio's mem=shmhuge needs hugetlb pages: enough for 32 x 1 MiB buffers.
+    LSM_MEM=mmaphuge FIO_MEM=shmhuge
+    want=$((hp_old + 40))
+    echo $want >$hp_file
+    if (($(awk '/HugePages_Free/ { print $2 }' /proc/meminfo) < 40)); then
+        echo "fio-compare: cannot reserve 40 huge pages for fio; use --mem plain" >&2
+        exit 1
+    fi ;;
+plain) LSM_MEM=malloc FIO_MEM=malloc ;;
+*) echo "fio-compare: --mem huge or plain" >&2; exit 2 ;;
+esac
 
 drop_cache() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
@@ -64,7 +80,7 @@ run_one() {   # tool engine rw bs qd out.json
     local tool=$1 engine=$2 rw=$3 bs=$4 qd=$5 out=$6
     drop_cache
     if [[ $tool == fio ]]; then
-        fio --name=cmp --filename="$FILE" --size="$SIZE" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+        fio --name=cmp --mem="$FIO_MEM" --filename="$FILE" --size="$SIZE" --rw="$rw" --bs="$bs" --iodepth="$qd" \
             --ioengine="$(fio_engine "$engine")" --direct=1 --runtime="$RUNTIME" --time_based \
             --output-format=json >"$out"
     else
@@ -107,7 +123,7 @@ mib() { awk '{ printf "%.0f ", $1 / 1048576 }'; }
 cat <<HEAD
 Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), \
 $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, \
-kernel $(uname -r), $(fio --version), $("$LSM" --version) (mem=$LSM_MEM), \
+kernel $(uname -r), $(fio --version), $("$LSM" --version); buffers: lsm-sync mem=$LSM_MEM, fio mem=$FIO_MEM, \
 THP $(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo '?').
 File: $FILE ($SIZE) on $(df -T "$FILE" | awk 'NR == 2 { print $1 " (" $2 ")" }'), \
 $(d=$(lsblk -no PKNAME "$(df "$FILE" | awk 'NR == 2 { print $1 }')" 2>/dev/null | head -1); \
