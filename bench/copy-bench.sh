@@ -5,6 +5,7 @@
 #
 #   bench/copy-bench.sh [--lsm-sync PATH] [--dir DIR] [--runs N] [--scale small|full]
 #                       [--cases "a b c d"] [--tools "lsm lsm-guest qemu nbdcopy dd"]
+#                       [--lsm-b PATH]   (tool "lsm-b": a second build, for before/after)
 #
 # Images (full scale; small scale divides sizes by 8):
 #   a  8 GiB qcow2, 50% random data in runs (nbdkit sparse-random seed=1)
@@ -19,6 +20,7 @@ set -euo pipefail
 export LC_ALL=C
 
 LSM=${LSM_SYNC:-}
+LSM_B=
 DIR=${BENCH_DIR:-/var/tmp/lsm-copy-bench}
 RUNS=${RUNS:-3}
 SCALE=${SCALE:-full}
@@ -29,12 +31,13 @@ KEEP=${KEEP:-1}   # keep source images between invocations
 while (($#)); do
     case $1 in
     --lsm-sync) LSM=$2; shift 2 ;;
+    --lsm-b) LSM_B=$2; shift 2 ;;
     --dir) DIR=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --scale) SCALE=$2; shift 2 ;;
     --cases) CASES=$2; shift 2 ;;
     --tools) TOOLS=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -125,6 +128,7 @@ run_one() {
     case $tool in
     lsm) cmd=("$LSM" copy -f "$fmt" -O "$fmt" "$src" "$out") ;;
     lsm-guest) cmd=("$LSM" copy --no-physical -f "$fmt" -O "$fmt" "$src" "$out") ;;
+    lsm-b) cmd=("${LSM_B:?--lsm-b PATH is needed for tool lsm-b}" copy -f "$fmt" -O "$fmt" "$src" "$out") ;;
     lsm-raw) out=out.raw; cmd=("$LSM" copy -f "$fmt" -O raw "$src" "$out") ;;
     qemu) cmd=(qemu-img convert -t none -T none -W -m 16 -f "$fmt" -O "$fmt" "$src" "$out") ;;
     qemu-raw) out=out.raw; cmd=(qemu-img convert -t none -T none -W -m 16 -f "$fmt" -O raw "$src" "$out") ;;
