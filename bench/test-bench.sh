@@ -101,6 +101,32 @@ else
     bad "flipped byte not reported (rc=$rc): $(cat check2.err)"
 fi
 
+# ---- scramble_buffers, mem, iodepth_batch_submit ----
+distinct() { python3 -c 'import sys
+d=open(sys.argv[1],"rb").read()
+s=[d[i:i+512] for i in range(0,len(d),512)]
+print(len(set(s)), len(s))' "$1"; }
+bench --name=s --rw=write --bs=64k --iodepth=1 --direct=$DIRECT --size=4M --filename=scr \
+    >/dev/null 2>scr.err || bad "scramble write: $(cat scr.err)"
+read -r nd ns < <(distinct scr)
+bench --name=s --rw=write --bs=64k --iodepth=1 --direct=$DIRECT --size=4M --filename=noscr \
+    --scramble_buffers=0 >/dev/null 2>scr.err || bad "plain write: $(cat scr.err)"
+read -r pd ps < <(distinct noscr)
+[[ $nd -eq $ns && $pd -le 128 ]] &&
+    ok "scramble_buffers: $nd distinct sectors of $ns (without: $pd of $ps)" ||
+    bad "scramble_buffers: $nd distinct of $ns; without: $pd of $ps"
+if bench --name=m --rw=randrw --bs=16k --iodepth=8 --iodepth_batch_submit=4 --mem=malloc \
+        --direct=$DIRECT --size=8M --filename=memf --verify=pattern --output-format=json \
+        >mem.json 2>mem.err; then
+    [[ $(jget '.jobs[0]."job options".mem' mem.json) == malloc &&
+       $(jget '.jobs[0]."job options".iodepth_batch_submit' mem.json) == 4 &&
+       $(jget '.jobs[0].read.total_ios' mem.json) -gt 0 ]] &&
+        ok "mem=malloc, iodepth_batch_submit=4: randrw verified" ||
+        bad "mem/batch report: $(cat mem.json)"
+else
+    bad "mem=malloc iodepth_batch_submit=4: $(cat mem.err)"
+fi
+
 # ---- JSON: fio's field names ----
 if bench --name=j1 --rw=randrw --rwmixread=70 --bs=4k --iodepth=8 --direct=$DIRECT --size=16M \
         --filename=data-json --runtime=1 --time_based --numjobs=2 --output-format=json \
