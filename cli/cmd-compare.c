@@ -20,7 +20,8 @@ static void compare_usage(FILE *f)
     fprintf(f,
         "Usage: lsm-sync compare [-f FMT] [-F FMT] [-s] A B\n\n"
         "Compare what a guest sees in image chains A and B.  Exit status: 0 identical,\n"
-        "1 different (the first differing offset is printed), 2 error.  Unless -s is\n"
+        "1 different (the first differing 512-byte sector is printed, as by qemu-img),\n"
+        "2 error.  Unless -s is\n"
         "given, images of different sizes are identical when the extra part reads as\n"
         "zeroes (as with qemu-img compare).\n\n"
         "  -f FMT     format of A (raw, qcow2; default: probe)\n"
@@ -101,6 +102,8 @@ int cmd_compare(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    if (a->virtual_size != b->virtual_size && !quiet)
+        printf("Warning: Image size mismatch!\n");   /* as qemu-img: the rest must be zero */
     uint8_t *ba = malloc(CMP_CHUNK), *bb = malloc(CMP_CHUNK);
     if (!ba || !bb) {
         free(ba);
@@ -167,8 +170,9 @@ int cmd_compare(int argc, char **argv)
     }
     free(ba);
     free(bb);
+    /* qemu-img compares 512-byte sectors and names the first that differs */
     if (rc == 1 && !quiet && mismatch != UINT64_MAX)
-        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch);
+        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch / 512 * 512);
     else if (rc == 0 && !quiet)
         printf("Images are identical.\n");
     if (rc < 0)

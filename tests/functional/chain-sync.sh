@@ -85,6 +85,20 @@ ok "sync ALL progress reached 100% ($(wc -l <progress.txt) JSON lines)"
 check_volumes src dst
 "$LSM_SYNC" compare src/top.qcow2 dst/top.qcow2 | grep -q 'Images are identical' || fail "compare"
 ok "lsm-sync compare: identical"
+# compare says what qemu-img compare says (sector of the first difference)
+qemu-img create -q -f qcow2 cmp1.qcow2 64M
+qemu-io -c 'write -P 0x11 0 8M' cmp1.qcow2 >/dev/null
+cp cmp1.qcow2 cmp2.qcow2 && qemu-io -c 'write -P 0x22 5000123 1' cmp2.qcow2 >/dev/null
+cp cmp1.qcow2 cmp3.qcow2 && qemu-io -c 'write -P 0x33 40000001 3' cmp3.qcow2 >/dev/null
+qemu-img create -q -f qcow2 cmp4.qcow2 65M
+qemu-io -c 'write -P 0x11 0 8M' -c 'write -P 0x44 67109000 1' cmp4.qcow2 >/dev/null
+for pair in "cmp1 cmp2" "cmp2 cmp1" "cmp1 cmp3" "cmp3 cmp1" "cmp1 cmp4" "cmp1 cmp1"; do
+    set -- $pair
+    want=$(qemu-img compare $1.qcow2 $2.qcow2; echo "rc=$?")
+    got=$("$LSM_SYNC" compare $1.qcow2 $2.qcow2; echo "rc=$?")
+    [ "$got" = "$want" ] || fail "compare $1 $2: lsm-sync '$got', qemu-img '$want'"
+done
+ok "compare: same message and exit status as qemu-img compare ($(qemu-img compare cmp1.qcow2 cmp2.qcow2 | head -1))"
 [ $immutable = 1 ] && ok "sources were immutable (chattr +i): opened read-only"
 
 # 2. INTERNAL then LEAF into a fresh clone, in parallel
