@@ -24,43 +24,40 @@
 
 #define HUGE_ALIGN ((size_t)2 << 20)
 
-/* An anonymous mapping of at least bytes starting on a HUGE_ALIGN
- * boundary, with MADV_HUGEPAGE asked for.  From 256 KiB on, the mapping is
- * rounded up to whole huge pages, so that a pool of one 1 MiB buffer is
- * contiguous too (at most 2 MiB more memory); below, plain pages. */
+static void *map_anon(size_t len)
+{
+    return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
+/* The pool's mapping of at least bytes.  From 256 KiB on (unless plain
+ * pages are asked for) it is whole huge pages on a HUGE_ALIGN boundary
+ * with MADV_HUGEPAGE, so that a pool of one 1 MiB buffer is contiguous too
+ * (at most 2 MiB more memory); below, plain pages. */
 static void *map_buffers(size_t bytes, unsigned flags, size_t *map_len)
 {
-    if (flags & LSM_BUFPOOL_SMALL_PAGES) {
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((flags & LSM_BUFPOOL_SMALL_PAGES) || bytes < HUGE_ALIGN / 8) {
+        void *p = map_anon(bytes);
 #ifdef MADV_NOHUGEPAGE
-        if (p != MAP_FAILED)
+        if (p != MAP_FAILED && (flags & LSM_BUFPOOL_SMALL_PAGES))
             (void)madvise(p, bytes, MADV_NOHUGEPAGE);   /* also with THP=always */
 #endif
         *map_len = bytes;
         return p;
     }
-    if (bytes >= HUGE_ALIGN / 8)
-        bytes = align_up(bytes, HUGE_ALIGN);
-    if (bytes < HUGE_ALIGN) {
-        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        *map_len = bytes;
-        return p;
-    }
-    size_t len = bytes + HUGE_ALIGN;
-    char *raw = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    bytes = align_up(bytes, HUGE_ALIGN);
+    /* map one huge page more and trim both ends to the boundary */
+    char *raw = map_anon(bytes + HUGE_ALIGN);
     if (raw == MAP_FAILED)
         return MAP_FAILED;
     char *base = (char *)align_up((uintptr_t)raw, HUGE_ALIGN);
     size_t head = (size_t)(base - raw);
-    size_t keep = align_up(bytes, (size_t)sysconf(_SC_PAGESIZE));
     if (head)
         munmap(raw, head);
-    if (len - head > keep)
-        munmap(base + keep, len - head - keep);
+    munmap(base + bytes, HUGE_ALIGN - head);
 #ifdef MADV_HUGEPAGE
-    (void)madvise(base, keep, MADV_HUGEPAGE);   /* advice: THP may be off */
+    (void)madvise(base, bytes, MADV_HUGEPAGE);   /* advice: THP may be off */
 #endif
-    *map_len = keep;
+    *map_len = bytes;
     return base;
 }
 
