@@ -164,8 +164,7 @@ struct run {
     const struct bench_job *job;
     struct lsm_io *io;
     struct lsm_file *file, *dst;   /* dst only for copy */
-    struct lsm_bufpool *pool;      /* depth buffers of bs bytes */
-    char *mem;
+    struct lsm_bufpool *pool;      /* depth buffers of bs bytes, slot i has buffer i */
     struct slot *slots;
     unsigned *free_stack, nfree;
     struct slot **pending;         /* prepared, not yet queued */
@@ -486,8 +485,7 @@ static int run_clone(struct run *r)
                                       job->mem == BENCH_MEM_PAGES ? LSM_BUFPOOL_SMALL_PAGES : 0,
                                       &r->pool)) < 0)
         return e;
-    r->mem = r->pool->base;
-    bench_fill_random(r->mem, (size_t)job->bs * depth, job->randseed + 1000003u * t->index);
+    bench_fill_random(r->pool->base, (size_t)job->bs * depth, job->randseed + 1000003u * t->index);
 
     r->slots = calloc(depth, sizeof *r->slots);
     r->free_stack = calloc(depth, sizeof *r->free_stack);
@@ -501,12 +499,10 @@ static int run_clone(struct run *r)
         return lsm_error(-ENOMEM, "out of memory for the verify map");
 
     if (job->fixedbufs) {
-        _cleanup_free_ struct iovec *iov = calloc(depth, sizeof *iov);
+        _cleanup_free_ struct iovec *iov = lsm_bufpool_iovecs(r->pool);
         if (!iov)
-            return lsm_error(-ENOMEM, "out of memory");
-        for (unsigned i = 0; i < depth; i++)
-            iov[i] = (struct iovec){ (char *)r->mem + (size_t)i * job->bs, job->bs };
-        e = lsm_io_register_buffers(r->io, iov, depth);
+            return -ENOMEM;
+        e = lsm_io_register_buffers(r->io, iov, r->pool->count);
         if (e == 0)
             r->fixed = true;
         else if (e != -ENOTSUP && e != -EOPNOTSUPP)
@@ -515,8 +511,9 @@ static int run_clone(struct run *r)
     for (unsigned i = 0; i < depth; i++) {
         struct slot *s = &r->slots[i];
         s->index = i;
-        s->req.buf = (char *)r->mem + (size_t)i * job->bs;
-        s->req.buf_index = r->fixed ? (int)i : -1;
+        int b;
+        s->req.buf = lsm_bufpool_get(r->pool, &b);    /* index 0 first: buffer i */
+        s->req.buf_index = r->fixed ? b : -1;
         s->req.user = s;
         r->free_stack[r->nfree++] = depth - 1 - i;
     }
