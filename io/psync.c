@@ -77,8 +77,7 @@ struct psync {
     struct reqring todo;
     struct reqring done;
     bool stop;
-    bool inline_io;             /* depth 1: no workers, reap() does the I/O */
-    unsigned nthreads;
+    unsigned nthreads;          /* 0 (depth 1): reap() does the I/O itself */
     pthread_t *threads;
 };
 
@@ -129,7 +128,6 @@ static int psync_init(struct lsm_io *io, const struct lsm_io_config *cfg)
     if (!p)
         return lsm_error_errno(-ENOMEM, "cannot allocate the psync backend");
     unsigned want = cfg->depth == 1 ? 0 : MAX(1u, MIN(cfg->max_workers, cfg->depth));
-    p->inline_io = want == 0;
     p->staged.cap = p->todo.cap = p->done.cap = cfg->depth;
     p->staged.r = calloc(cfg->depth, sizeof(void *));
     p->todo.r = calloc(cfg->depth, sizeof(void *));
@@ -178,7 +176,7 @@ static int psync_queue(struct lsm_io *io, struct lsm_io_req *req)
 static int psync_submit(struct lsm_io *io)
 {
     struct psync *p = io->priv;
-    if (!p->staged.count || p->inline_io)
+    if (!p->staged.count || !p->nthreads)
         return 0;
     pthread_mutex_lock(&p->lock);
     while (p->staged.count)
@@ -192,7 +190,7 @@ static int psync_reap(struct lsm_io *io, unsigned min_done, struct lsm_io_req **
 {
     struct psync *p = io->priv;
     unsigned got = 0;
-    if (p->inline_io) {
+    if (!p->nthreads) {
         while (p->staged.count && got < max) {
             struct lsm_io_req *req = ring_pop(&p->staged);
             req->result = lsm_io_exec_sync(req);
