@@ -171,7 +171,7 @@ int cmd_compare(int argc, char **argv)
     free(bb);
     /* qemu-img compares 512-byte sectors and names the first that differs */
     if (rc == 1 && !quiet && mismatch != UINT64_MAX)
-        printf("Content mismatch at offset %" PRIu64 "!\n", mismatch / 512 * 512);
+        printf("Content mismatch at offset %" PRIu64 "!\n", align_down(mismatch, 512));
     else if (rc == 0 && !quiet)
         printf("Images are identical.\n");
     if (rc < 0)
