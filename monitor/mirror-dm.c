@@ -731,16 +731,22 @@ static int check_in_sync(const char *name)
  * replaced, and a flushing suspend would fail them with EIO although the
  * other leg has them.  Without the flush they are requeued to the new
  * table. */
+/* The live mirror table of d, before leaving it ("pivot to", "cancel"). */
+static int live_mirror_table(struct dm_mirror *d, const char *what, struct table *t)
+{
+    int r = read_table(d->name, t);
+    if (r < 0)
+        return r;
+    if (t->kind != TABLE_MIRROR)
+        return lsm_error(-ENOENT, "%s has no mirror to %s", d->name, what);
+    return check_live(d->name);
+}
+
 static int dmm_pivot(struct lsm_mirror *m)
 {
     struct dm_mirror *d = m->priv;
     struct table t;
-    int r = read_table(d->name, &t);
-    if (r < 0)
-        return r;
-    if (t.kind != TABLE_MIRROR)
-        return lsm_error(-ENOENT, "%s has no mirror to pivot to", d->name);
-    r = check_live(d->name);
+    int r = live_mirror_table(d, "pivot to", &t);
     if (r < 0)
         return r;
     char params[64];
@@ -753,12 +759,7 @@ static int dmm_cancel(struct lsm_mirror *m)
 {
     struct dm_mirror *d = m->priv;
     struct table t;
-    int r = read_table(d->name, &t);
-    if (r < 0)
-        return r;
-    if (t.kind != TABLE_MIRROR)
-        return lsm_error(-ENOENT, "%s has no mirror to cancel", d->name);
-    r = check_live(d->name);
+    int r = live_mirror_table(d, "cancel", &t);
     if (r < 0)
         return r;
     char params[64];
