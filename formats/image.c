@@ -13,6 +13,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "fileid.h"
 #include "fileio.h"
 #include "image.h"
 #include "image-internal.h"
@@ -290,6 +291,29 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
 fail:
     lsm_image_close(top);
     return r;
+}
+
+int lsm_image_add_ids(struct lsm_image *img, struct lsm_fileid_set *set)
+{
+    for (; img; img = img->backing) {
+        struct lsm_fileid id;
+        int r = lsm_fileid_fd(img->fd, img->filename, &id);
+        if (r < 0)
+            return r;
+        r = lsm_fileid_set_add(set, &id, img->filename);
+        if (r < 0)
+            return r;
+        if (img->data_fd >= 0 && img->data_fd != img->fd) {
+            const char *dn = img->data_filename ? img->data_filename : img->filename;
+            r = lsm_fileid_fd(img->data_fd, dn, &id);
+            if (r < 0)
+                return r;
+            r = lsm_fileid_set_add(set, &id, dn);
+            if (r < 0)
+                return r;
+        }
+    }
+    return 0;
 }
 
 unsigned lsm_chain_length(const struct lsm_image *img)

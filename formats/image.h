@@ -101,6 +101,12 @@ int lsm_probe_format(int fd, enum lsm_format *out);
  * NULL with -errno in *err (protocols and json: names are refused). */
 char *lsm_resolve_backing(const char *image_path, const char *backing_name, int *err);
 
+/* Add the identity (common/fileid.h) of every file of the chain from img
+ * down to set: each layer's image file and its external data file, named
+ * by their paths.  -errno with a message. */
+struct lsm_fileid_set;
+int lsm_image_add_ids(struct lsm_image *img, struct lsm_fileid_set *set);
+
 /* Number of layers from img down (1 for no backing). */
 unsigned lsm_chain_length(const struct lsm_image *img);
 /* Layer at depth d below img (0 = img). */
