@@ -1,4 +1,5 @@
 /* lsm-sync copy: copy one volume, skipping what is not allocated. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -40,6 +41,8 @@ static void usage(FILE *f)
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
         "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
+        "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
+        "                       after SECONDS (default: 30 to connect, 60 per request)\n"
         "  -p                   progress bar\n"
         "  --progress=json      one JSON object per line on stdout\n"
         "  -v                   print a summary\n"
@@ -48,7 +51,7 @@ static void usage(FILE *f)
 
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
-    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO,
+    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT,
 };
 
 static const struct option longopts[] = {
@@ -64,6 +67,7 @@ static const struct option longopts[] = {
     { "progress", optional_argument, NULL, OPT_PROGRESS },
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "verbose", no_argument, NULL, 'v' },
     { NULL, 0, NULL, 0 },
 };
@@ -197,6 +201,16 @@ int cmd_copy(int argc, char **argv)
                 return EXIT_USAGE;
             o.rate = v;
             break;
+        case OPT_TIMEOUT: {
+            char *end;
+            errno = 0;
+            double sec = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(sec >= 0.001 && sec <= 86400))
+                return cli_usage_error("copy", "--timeout must be a number of seconds from "
+                                       "0.001 to 86400, not '%s'", optarg);
+            o.nbd_timeout_ms = (unsigned)(sec * 1000 + 0.5);
+            break;
+        }
         case 'p':
             pmode = CLI_PROGRESS_BAR;
             break;

@@ -863,11 +863,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
 #ifdef HAVE_LIBNBD
         /* libnbd lives in a module: loaded only for NBD sources */
-        int (*nbd_create)(const char *, struct lsm_copy_src **) =
-            (int (*)(const char *, struct lsm_copy_src **))lsm_module_symbol("source-nbd", "lsm_nbd_source_create");
+        typeof(&lsm_nbd_source_create) nbd_create =
+            (typeof(&lsm_nbd_source_create))lsm_module_symbol("source-nbd", "lsm_nbd_source_create");
         if (!nbd_create)
             return -ENOTSUP;
-        r = nbd_create(o->src_path, &src);
+        r = nbd_create(o->src_path, o->cancel, o->nbd_timeout_ms, o->nbd_timeout_ms, &src);
         if (r < 0)
             return r;
 #else

@@ -69,10 +69,21 @@ int lsm_image_source_create(struct lsm_image *img, bool one_layer,
                             enum lsm_direct_mode direct, struct lsm_copy_src **out);
 
 /* The NBD source (with libnbd): extents from base:allocation, data read
- * with nbd_pread.  lsm_is_nbd_uri() recognises nbd://, nbds://,
- * nbd+unix://, nbds+unix://, nbd+vsock:// and nbds+vsock:// names. */
+ * with NBD_CMD_READ.  lsm_is_nbd_uri() recognises nbd://, nbds://,
+ * nbd+unix://, nbds+unix://, nbd+vsock:// and nbds+vsock:// names.
+ *
+ * No wait on the server is unbounded: connecting (socket, handshake,
+ * negotiation) fails with -ETIMEDOUT after connect_ms, and each command
+ * after request_ms (0 for either: the defaults below); the message names
+ * the server and the offset.  *cancel (may be NULL) is looked at at least
+ * every 50 ms while waiting, and a set flag ends the wait with -EINTR.
+ * After a time-out or a cancel the source sends nothing more and its close
+ * does not wait for the server. */
+#define LSM_NBD_CONNECT_TIMEOUT_MS 30000
+#define LSM_NBD_REQUEST_TIMEOUT_MS 60000
 bool lsm_is_nbd_uri(const char *s);
-int lsm_nbd_source_create(const char *uri, struct lsm_copy_src **out);
+int lsm_nbd_source_create(const char *uri, volatile sig_atomic_t *cancel, unsigned connect_ms,
+                          unsigned request_ms, struct lsm_copy_src **out);
 
 /* ---- Plan: granule-aligned runs ----
  *
@@ -159,6 +170,8 @@ struct lsm_copy_opts {
     uint64_t rate;                    /* bytes/s (0: unlimited) */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
 
+    unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
+                                         (0: 30 s to connect, 60 s per request) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;
     lsm_copy_progress_fn progress;

@@ -1,11 +1,30 @@
 /* The NBD source: an NBD export (nbd://, nbd+unix://, nbds://...) as an
  * lsm_copy_src through libnbd.  Extents come from the base:allocation
  * metadata context when the server offers it (otherwise the whole export is
- * data); data is read with nbd_pread, synchronously, so the pipeline reads
- * NBD data one request at a time and overlaps only the destination writes.
- * (An asynchronous path would drive nbd_aio_pread beside the io/ ring.) */
+ * data).  The pipeline reads NBD data synchronously, one request at a time,
+ * and overlaps only the destination writes.
+ *
+ * Every wait on the server is bounded.  The handle is driven with libnbd's
+ * asynchronous calls (nbd_aio_connect_uri, nbd_aio_pread,
+ * nbd_aio_block_status) and poll() on nbd_aio_get_fd() in slices of at most
+ * CANCEL_POLL_MS, so that:
+ *   - connecting (TCP or Unix connect, handshake, option negotiation) ends
+ *     after connect_ms with -ETIMEDOUT;
+ *   - each command (one read of at most NBD_MAX_READ bytes, one block status
+ *     window) ends after request_ms with -ETIMEDOUT, naming the server and
+ *     the offset;
+ *   - the copy's cancel flag (SIGINT/SIGTERM) is looked at every slice and
+ *     ends any wait with -EINTR.
+ * After a time-out or a cancel the connection is in an unknown state: the
+ * handle is marked broken, no further command is sent on it, and close
+ * drops the socket without waiting for the server.  A command the server
+ * fails is not sent again: the protocol's error codes (EPERM, EIO, ENOMEM,
+ * EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN) have no EAGAIN or EINTR,
+ * so no answer says that trying again would help. */
+#include <errno.h>
 #include <inttypes.h>
 #include <libnbd.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +34,8 @@
 
 #define NBD_STATUS_WINDOW (1 * GiB)   /* bytes asked per block status call */
 #define NBD_MAX_READ (32 * MiB)
+#define CANCEL_POLL_MS 50             /* longest poll() slice between looks at the cancel flag */
+#define DISCONNECT_MS 1000            /* bound on the polite disconnect at close */
 
 struct nbd_ext {
     uint64_t start, length;
@@ -25,6 +46,9 @@ struct nbd_src {
     struct lsm_copy_src s;
     struct nbd_handle *h;
     char *uri;
+    volatile sig_atomic_t *cancel;
+    unsigned connect_ms, request_ms;
+    bool broken;                 /* timed out or cancelled: send nothing more */
     bool have_status;
     uint64_t pos;                /* next offset to ask the server about */
     struct nbd_ext *ext;
@@ -36,6 +60,84 @@ static int nbd_fail(struct nbd_src *ns, const char *what)
 {
     int err = nbd_get_errno();
     return lsm_error(err > 0 ? -err : -EIO, "%s %s: %s", what, ns->uri, nbd_get_error());
+}
+
+static bool cancelled(const struct nbd_src *ns)
+{
+    return ns->cancel && *ns->cancel;
+}
+
+/* One poll() slice of at most slice_ms on the handle's socket, then let
+ * libnbd move on.  0, or -errno with a message. */
+static int poll_once(struct nbd_src *ns, int slice_ms)
+{
+    int fd = nbd_aio_get_fd(ns->h);
+    unsigned dir = nbd_aio_get_direction(ns->h);
+    struct pollfd p = { .fd = fd, .events = 0 };
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+        p.events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+        p.events |= POLLOUT;
+    int r = poll(&p, fd >= 0 ? 1 : 0, slice_ms);
+    if (r < 0) {
+        if (errno == EINTR)
+            return 0;    /* the caller looks at the cancel flag */
+        return lsm_error_errno(-errno, "cannot poll the connection to %s", ns->uri);
+    }
+    if (r == 0)
+        return 0;
+    /* An error or hang-up is seen by reading. */
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+        if (nbd_aio_notify_read(ns->h) == -1)
+            return nbd_fail(ns, "lost the connection to");
+    } else if (p.revents & POLLOUT) {
+        if (nbd_aio_notify_write(ns->h) == -1)
+            return nbd_fail(ns, "lost the connection to");
+    }
+    return 0;
+}
+
+/* Wait for the command with this cookie.  what/off name it in messages;
+ * what NULL: a read, whose caller (the copy engine) names the source and
+ * the offset already.  0 when it succeeded, or -errno with a message. */
+static int wait_cmd(struct nbd_src *ns, int64_t cookie, const char *what, uint64_t off)
+{
+    uint64_t deadline = lsm_now_ns() + (uint64_t)ns->request_ms * 1000000u;
+    for (;;) {
+        int c = nbd_aio_command_completed(ns->h, cookie);
+        if (c == 1)
+            return 0;
+        if (c == -1) {
+            int err = nbd_get_errno();
+            err = err > 0 ? -err : -EIO;
+            if (!what)
+                return lsm_error(err, "%s", nbd_get_error());
+            return lsm_error(err, "NBD server %s failed %s at offset %" PRIu64 ": %s",
+                             ns->uri, what, off, nbd_get_error());
+        }
+        if (cancelled(ns)) {
+            ns->broken = true;
+            if (!what)
+                return lsm_error(-EINTR, "interrupted");
+            return lsm_error(-EINTR, "interrupted while waiting for NBD server %s", ns->uri);
+        }
+        uint64_t now = lsm_now_ns();
+        if (now >= deadline) {
+            ns->broken = true;
+            if (!what)
+                return lsm_error(-ETIMEDOUT, "no answer from the NBD server within %u.%03u s",
+                                 ns->request_ms / 1000, ns->request_ms % 1000);
+            return lsm_error(-ETIMEDOUT, "NBD server %s did not answer %s at offset %" PRIu64
+                             " within %u.%03u s", ns->uri, what, off,
+                             ns->request_ms / 1000, ns->request_ms % 1000);
+        }
+        uint64_t left_ms = (deadline - now + 999999) / 1000000;
+        int r = poll_once(ns, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS));
+        if (r < 0) {
+            ns->broken = true;
+            return r;
+        }
+    }
 }
 
 static int src_rewind(struct lsm_copy_src *s)
@@ -75,7 +177,9 @@ static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
     for (size_t i = 0; i + 1 < nr_entries; i += 2) {
         uint64_t len = entries[i];
         uint32_t flags = entries[i + 1];
-        if (pos + len > ns->s.size)
+        if (pos >= ns->s.size)
+            break;
+        if (len > ns->s.size - pos)
             len = ns->s.size - pos;
         if (!len)
             break;
@@ -92,22 +196,37 @@ static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
     return 0;
 }
 
+static int block_status(struct nbd_src *ns, uint64_t count)
+{
+    ns->n = ns->next = 0;
+    ns->cb_err = 0;
+    nbd_extent_callback cb = { .callback = status_cb, .user_data = ns };
+    int64_t cookie = nbd_aio_block_status(ns->h, count, ns->pos, cb, NBD_NULL_COMPLETION, 0);
+    if (cookie == -1)
+        return nbd_fail(ns, "cannot ask for the block status of");
+    int r = wait_cmd(ns, cookie, "a block status request", ns->pos);
+    if (ns->cb_err)
+        return lsm_error(ns->cb_err, "out of memory for the extents of %s", ns->uri);
+    return r;
+}
+
 static int src_next(struct lsm_copy_src *s, struct lsm_src_extent *e)
 {
     struct nbd_src *ns = s->priv;
     if (ns->next == ns->n) {
         if (ns->pos >= s->size)
             return 0;
+        if (ns->broken)
+            return lsm_error(-EIO, "the connection to NBD server %s was abandoned", ns->uri);
         ns->n = ns->next = 0;
         uint64_t count = MIN(s->size - ns->pos, NBD_STATUS_WINDOW);
         if (!ns->have_status) {
-            add_ext(ns, ns->pos, count, LSM_SRC_DATA);
+            if (add_ext(ns, ns->pos, count, LSM_SRC_DATA) < 0)
+                return lsm_error(-ENOMEM, "out of memory for the extents of %s", ns->uri);
         } else {
-            nbd_extent_callback cb = { .callback = status_cb, .user_data = ns };
-            ns->cb_err = 0;
-            if (nbd_block_status(ns->h, count, ns->pos, cb, 0) == -1)
-                return ns->cb_err ? lsm_error(ns->cb_err, "out of memory")
-                                  : nbd_fail(ns, "cannot get the block status of");
+            int r = block_status(ns, count);
+            if (r < 0)
+                return r;
             if (!ns->n)
                 return lsm_error(-EIO, "NBD server %s returned no extents at offset %" PRIu64,
                                  ns->uri, ns->pos);
@@ -123,6 +242,14 @@ static int src_next(struct lsm_copy_src *s, struct lsm_src_extent *e)
     return 1;
 }
 
+static int read_chunk(struct nbd_src *ns, void *buf, uint64_t n, uint64_t off)
+{
+    int64_t cookie = nbd_aio_pread(ns->h, buf, n, off, NBD_NULL_COMPLETION, 0);
+    if (cookie == -1)
+        return nbd_fail(ns, "cannot send a read to");
+    return wait_cmd(ns, cookie, NULL, off);
+}
+
 static int src_pread(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t off)
 {
     struct nbd_src *ns = s->priv;
@@ -132,9 +259,12 @@ static int src_pread(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t o
             memset(p, 0, len);
             return 0;
         }
+        if (ns->broken)
+            return lsm_error(-EIO, "the connection to NBD server %s was abandoned", ns->uri);
         uint64_t n = MIN(MIN(len, s->size - off), NBD_MAX_READ);
-        if (nbd_pread(ns->h, p, n, off, 0) == -1)
-            return nbd_fail(ns, "cannot read");
+        int r = read_chunk(ns, p, n, off);
+        if (r < 0)
+            return r;
         p += n;
         off += n;
         len -= n;
@@ -145,7 +275,7 @@ static int src_pread(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t o
 static int src_check(struct lsm_copy_src *s)
 {
     struct nbd_src *ns = s->priv;
-    int64_t size = nbd_get_size(ns->h);
+    int64_t size = nbd_get_size(ns->h);    /* from the handshake: no round trip */
     if (size < 0)
         return nbd_fail(ns, "cannot get the size of");
     if ((uint64_t)size != s->size)
@@ -153,12 +283,29 @@ static int src_check(struct lsm_copy_src *s)
     return 0;
 }
 
+/* Tell a server that answers that we are going: NBD_CMD_DISC, then wait at
+ * most DISCONNECT_MS (and not past a cancel) for it to close. */
+static void disconnect(struct nbd_src *ns)
+{
+    if (ns->broken || !nbd_aio_is_ready(ns->h) || nbd_aio_disconnect(ns->h, 0) == -1)
+        return;
+    uint64_t deadline = lsm_now_ns() + (uint64_t)DISCONNECT_MS * 1000000u;
+    while (!nbd_aio_is_closed(ns->h) && !nbd_aio_is_dead(ns->h) && !cancelled(ns)) {
+        uint64_t now = lsm_now_ns();
+        if (now >= deadline)
+            break;
+        uint64_t left_ms = (deadline - now + 999999) / 1000000;
+        if (poll_once(ns, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS)) < 0)
+            break;
+    }
+}
+
 static void src_close(struct lsm_copy_src *s)
 {
     struct nbd_src *ns = s->priv;
     if (ns->h) {
-        nbd_shutdown(ns->h, 0);
-        nbd_close(ns->h);
+        disconnect(ns);
+        nbd_close(ns->h);      /* closes the socket; never waits for the server */
     }
     free(ns->ext);
     free(ns->uri);
@@ -174,7 +321,37 @@ static const struct lsm_src_ops nbd_src_ops = {
     .close = src_close,
 };
 
-int lsm_nbd_source_create(const char *uri, struct lsm_copy_src **out)
+/* Drive the handshake started by nbd_aio_connect_uri to the ready state. */
+static int wait_connected(struct nbd_src *ns)
+{
+    uint64_t deadline = lsm_now_ns() + (uint64_t)ns->connect_ms * 1000000u;
+    for (;;) {
+        if (nbd_aio_is_ready(ns->h))
+            return 0;
+        if (nbd_aio_is_dead(ns->h) || nbd_aio_is_closed(ns->h))
+            return nbd_fail(ns, "cannot connect to");
+        if (cancelled(ns)) {
+            ns->broken = true;
+            return lsm_error(-EINTR, "interrupted while connecting to NBD server %s", ns->uri);
+        }
+        uint64_t now = lsm_now_ns();
+        if (now >= deadline) {
+            ns->broken = true;
+            return lsm_error(-ETIMEDOUT, "cannot connect to NBD server %s: no answer within "
+                             "%u.%03u s", ns->uri, ns->connect_ms / 1000, ns->connect_ms % 1000);
+        }
+        uint64_t left_ms = (deadline - now + 999999) / 1000000;
+        int r = poll_once(ns, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS));
+        if (r < 0) {
+            ns->broken = true;
+            lsm_error_prefix("cannot connect to NBD server %s", ns->uri);
+            return r;
+        }
+    }
+}
+
+int lsm_nbd_source_create(const char *uri, volatile sig_atomic_t *cancel, unsigned connect_ms,
+                          unsigned request_ms, struct lsm_copy_src **out)
 {
     struct nbd_src *ns = calloc(1, sizeof(*ns));
     if (!ns || !(ns->uri = strdup(uri))) {
@@ -183,6 +360,9 @@ int lsm_nbd_source_create(const char *uri, struct lsm_copy_src **out)
     }
     ns->s.ops = &nbd_src_ops;
     ns->s.priv = ns;
+    ns->cancel = cancel;
+    ns->connect_ms = connect_ms ? connect_ms : LSM_NBD_CONNECT_TIMEOUT_MS;
+    ns->request_ms = request_ms ? request_ms : LSM_NBD_REQUEST_TIMEOUT_MS;
     int r;
     ns->h = nbd_create();
     if (!ns->h) {
@@ -190,10 +370,12 @@ int lsm_nbd_source_create(const char *uri, struct lsm_copy_src **out)
         goto fail;
     }
     if (nbd_add_meta_context(ns->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-        nbd_connect_uri(ns->h, uri) == -1) {
+        nbd_aio_connect_uri(ns->h, uri) == -1) {
         r = nbd_fail(ns, "cannot connect to");
         goto fail;
     }
+    if ((r = wait_connected(ns)) < 0)
+        goto fail;
     int64_t size = nbd_get_size(ns->h);
     if (size < 0) {
         r = nbd_fail(ns, "cannot get the size of");
