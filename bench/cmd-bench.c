@@ -47,6 +47,8 @@ static void usage(FILE *f)
 "    copy engine's; malloc: plain pages, fio's default)\n"
 "  scramble_buffers=0|1 (1: stamp every 512 bytes of a write, against dedup)\n"
 "  randseed=N   name=NAME   stonewall   group_reporting\n"
+"  allow_mounted_write=0|1 (0: refuse to write to a block device that is\n"
+"    mounted or held by another program, as fio does)\n"
 "  Sizes take k, m, g, t suffixes (powers of 1024); times us, ms, s, m, h (default s).\n"
 "\n"
 "Options:\n"
@@ -372,6 +374,7 @@ int cmd_bench(int argc, char **argv)
         if (run_group(g, t0 - timeline, show) != 0)
             failed = true;
         timeline += lsm_now_ns() - t0;
+        bench_prep_release(&g->prep);
         for (unsigned k = 0; k < g->nthreads; k++)
             if (g->threads[k].error) {
                 cli_error(CMD, "%s: %s", g->job->name, g->threads[k].errmsg);

@@ -52,6 +52,7 @@ static const struct key_def keys[] = {
     { "wait_for_previous", K_BOOL,   OFF(stonewall),  0, 0 },
     { "group_reporting",   K_BOOL,   OFF(group_reporting), 0, 0 },
     { "randseed",          K_UINT,   OFF(randseed),   0, UINT64_MAX },
+    { "allow_mounted_write", K_BOOL, OFF(allow_mounted_write), 0, 0 },
 };
 #undef OFF
 

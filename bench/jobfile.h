@@ -56,6 +56,7 @@ struct bench_job {
     enum bench_verify verify;
     bool stonewall;         /* accepted; jobs always run one after another */
     bool group_reporting;
+    bool allow_mounted_write; /* write to a block device that is mounted or held */
     uint64_t randseed;
     char *origin;           /* "job.fio:12" or "command line", for messages */
 };

@@ -126,11 +126,54 @@ static int prepare_file(const struct bench_job *job, const char *path, bool read
     return 0;
 }
 
-int bench_prepare(const struct bench_job *job, struct bench_prep *prep)
+/* A block device the job writes: hold it with O_EXCL (see run.h).  Regular
+ * files and paths that do not exist yet are not claimed; anything else is
+ * refused later by prepare_file(). */
+static int claim_written(const struct bench_job *job, const char *path, struct bench_prep *prep)
 {
-    memset(prep, 0, sizeof *prep);
+    if (job->allow_mounted_write)
+        return 0;
+    /* O_NONBLOCK: a FIFO or a tty at that path must not block this open;
+     * O_EXCL without O_CREAT is meaningful for block devices only. */
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_EXCL | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        if (errno == EBUSY)
+            return lsm_error(-EBUSY, "%s is mounted or held by another program (exclusive "
+                             "open: device busy); refusing to write to it "
+                             "(allow_mounted_write=1 to write anyway)", path);
+        return lsm_error_errno(-errno, "cannot open %s", path);
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return lsm_error_errno(-errno, "cannot stat %s", path);
+    if (!S_ISBLK(st.st_mode))
+        return 0;
+    if (prep->nclaims == sizeof prep->claim_fd / sizeof prep->claim_fd[0])
+        return lsm_error(-EINVAL, "too many devices in one job");
+    prep->claim_fd[prep->nclaims++] = fd;
+    fd = -1;
+    return 0;
+}
+
+void bench_prep_release(struct bench_prep *prep)
+{
+    while (prep->nclaims)
+        close(prep->claim_fd[--prep->nclaims]);
+}
+
+static int prepare_files(const struct bench_job *job, struct bench_prep *prep)
+{
     uint64_t size;
     int r;
+    if (job->rw == BENCH_RW_COPY) {
+        if ((r = claim_written(job, job->dst, prep)) < 0)
+            return r;
+    } else if (bench_rw_writes(job->rw)) {
+        if ((r = claim_written(job, job->filename, prep)) < 0)
+            return r;
+    }
     if (job->rw == BENCH_RW_COPY) {
         if ((r = prepare_file(job, job->src, true, job->size, &size, prep)) < 0)
             return r;
@@ -148,6 +191,15 @@ int bench_prepare(const struct bench_job *job, struct bench_prep *prep)
                          job->name, job->bs);
     prep->size = size;
     return 0;
+}
+
+int bench_prepare(const struct bench_job *job, struct bench_prep *prep)
+{
+    memset(prep, 0, sizeof *prep);
+    int r = prepare_files(job, prep);
+    if (r < 0)
+        bench_prep_release(prep);
+    return r;
 }
 
 /* ---- One clone ---- */

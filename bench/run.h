@@ -32,13 +32,27 @@ struct bench_prep {
     uint64_t size;          /* bytes each clone works on (a multiple of bs) */
     bool laid_out;          /* wrote the (source) file before a reading job */
     bool created;           /* created or extended a file to write into */
+    unsigned nclaims;       /* block devices the job writes, held open O_EXCL */
+    int claim_fd[2];
 };
 
 /* Find the job's size and make its files exist: a file a job reads is
  * written in full (verify pattern, buffered, then dropped from the page
  * cache); a file only written is preallocated.  Block devices are used
- * as they are. */
+ * as they are.
+ *
+ * Before anything is written: a block device the job writes (filename of
+ * write, randwrite and randrw; dst of copy) is opened with O_EXCL, as fio
+ * and the kernel's own users (mount, mkfs, LVM, md) do.  EBUSY means that
+ * a file system is mounted on it (or on one of its partitions) or another
+ * program holds it, and the job is refused with -EBUSY naming the device,
+ * unless it sets allow_mounted_write (fio's key).  The exclusive descriptor
+ * stays open in prep until bench_prep_release(), so that nothing mounts the
+ * device while the job runs.  On failure nothing is left held. */
 int bench_prepare(const struct bench_job *job, struct bench_prep *prep);
+/* Drop the exclusive holds of bench_prepare() (safe on a zeroed prep and
+ * twice). */
+void bench_prep_release(struct bench_prep *prep);
 
 struct bench_thread {
     /* set by the caller */

@@ -1,7 +1,9 @@
 #!/bin/bash
 # Functional test of 'lsm-sync bench': short real runs on each engine with
 # verify=pattern, a corrupted block caught and named, JSON fields, the plot,
-# rw=copy, SIGINT, and bad job files/options (exit 2 naming line and key).
+# rw=copy, SIGINT, bad job files/options (exit 2 naming line and key), and a
+# mounted or held loop device refused before any write (allow_mounted_write;
+# that case is skipped, with its reason, where losetup or mount cannot run).
 # Env: LSM_SYNC (the binary).  Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 export LC_ALL=C
@@ -28,7 +30,15 @@ else
 fi
 
 T=$(mktemp -d "${TMPDIR:-/var/tmp}/lsm-bench-test.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+# The mounted-device case sets MNT, LOOPDEV and HOLDER; undo them first.
+MNT= LOOPDEV= HOLDER=
+cleanup() {
+    [[ -n $HOLDER ]] && kill "$HOLDER" 2>/dev/null && wait "$HOLDER" 2>/dev/null
+    [[ -n $MNT ]] && mountpoint -q "$MNT" && umount "$MNT"
+    [[ -n $LOOPDEV ]] && losetup -d "$LOOPDEV"
+    rm -rf "$T"
+}
+trap cleanup EXIT
 cd "$T" || exit 1
 
 FAILED=0
@@ -262,5 +272,121 @@ if bench good.fio >good.out 2>good.err && grep -q '^seq-write: (groupid=0' good.
 else
     bad "job file: $(cat good.err good.out)"
 fi
+
+# ---- a block device that is mounted or held: refused before any write ----
+# (fio's allow_mounted_write).  A loop device with ext4 mounted on it.
+mounted_device_case() {
+    local why=
+    if [[ $(id -u) != 0 ]]; then why="not root"
+    else
+        for c in losetup mkfs.ext4 mount umount mountpoint e2fsck python3; do
+            command -v $c >/dev/null || { why="'$c' not found"; break; }
+        done
+    fi
+    if [[ -z $why ]]; then
+        truncate -s 64M "$T/fs.img"
+        if ! LOOPDEV=$(losetup -f --show "$T/fs.img" 2>"$T/losetup.err"); then
+            LOOPDEV=
+            why="losetup: $(head -1 "$T/losetup.err")"
+        elif ! mkfs.ext4 -q -F "$LOOPDEV" 2>"$T/mkfs.err"; then
+            why="mkfs.ext4: $(head -1 "$T/mkfs.err")"
+        else
+            MNT=$T/mnt
+            mkdir -p "$MNT"
+            if ! mount "$LOOPDEV" "$MNT" 2>"$T/mount.err"; then
+                MNT=
+                why="mount: $(head -1 "$T/mount.err")"
+            fi
+        fi
+    fi
+    if [[ -n $why ]]; then
+        echo "skip - mounted block device: $why"
+        return 0
+    fi
+    head -c 1M /dev/urandom >"$MNT/keep"
+    local sum
+    sum=$(sha256sum <"$MNT/keep")
+    sync
+    ln -s "$LOOPDEV" "$T/dev-link"
+
+    # refused: write, randrw, copy into it, through a symlink, from a job file
+    local name args rc
+    for name in write randwrite randrw copy link jobfile; do
+        case $name in
+        copy) args=(--name=$name --rw=copy --bs=4k --size=1M --src=data-json --dst="$LOOPDEV") ;;
+        link) args=(--name=$name --rw=write --bs=4k --size=1M --filename="$T/dev-link") ;;
+        jobfile) printf '[jobfile]\nrw=write\nbs=4k\nsize=1M\nfilename=%s\n' "$LOOPDEV" >mnt.fio
+                 args=(mnt.fio) ;;
+        *) args=(--name=$name --rw=$name --bs=4k --size=1M --filename="$LOOPDEV") ;;
+        esac
+        bench "${args[@]}" >mnt-$name.out 2>mnt-$name.err
+        rc=$?
+        if [[ $rc -eq 1 && $(wc -l <mnt-$name.err) -eq 1 ]] &&
+           grep -q "is mounted or held by another program" mnt-$name.err &&
+           grep -qF -e "$LOOPDEV" -e "$T/dev-link" mnt-$name.err; then
+            ok "mounted device, $name: refused, $(cat mnt-$name.err)"
+        else
+            bad "mounted device, $name: rc=$rc, want 1 and one line: $(cat mnt-$name.err)"
+        fi
+    done
+    # reading is never refused; allow_mounted_write=1 is accepted (read job:
+    # nothing of the mounted file system is destroyed)
+    for args in "" "--allow_mounted_write=1"; do
+        if bench --name=r --rw=read --bs=4k --size=1M --filename="$LOOPDEV" $args \
+                >mnt-r.out 2>mnt-r.err && grep -q "READ: bw=" mnt-r.out; then
+            ok "mounted device, read job ${args:-without allow_mounted_write}: accepted"
+        else
+            bad "mounted device, read job $args: $(cat mnt-r.err)"
+        fi
+    done
+    # the file system is intact
+    if umount "$MNT" && e2fsck -fn "$LOOPDEV" >fsck.out 2>&1 && mount "$LOOPDEV" "$MNT" &&
+       [[ $(sha256sum <"$MNT/keep") == "$sum" ]] && umount "$MNT"; then
+        ok "mounted device: file system clean and its file unchanged after the refusals"
+    else
+        bad "mounted device: file system damaged: $(tail -5 fsck.out)"
+    fi
+
+    # held by another program (O_EXCL): refused; allowed with the key, and
+    # then really written (the file system on it is not needed any more)
+    python3 -c 'import os, sys, time
+os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)
+open(sys.argv[2], "w").close()
+time.sleep(60)' "$LOOPDEV" "$T/held" &
+    HOLDER=$!
+    for _ in $(seq 100); do [[ -e $T/held ]] && break; sleep 0.05; done
+    bench --name=w --rw=write --bs=4k --size=1M --filename="$LOOPDEV" >held.out 2>held.err
+    rc=$?
+    [[ $rc -eq 1 ]] && grep -q "is mounted or held" held.err &&
+        ok "held device: refused" || bad "held device: rc=$rc $(cat held.err)"
+    printf '[w]\nrw=write\nbs=4k\nsize=1M\nverify=pattern\nallow_mounted_write=1\nfilename=%s\n' \
+        "$LOOPDEV" >allow.fio
+    if bench allow.fio >allow.out 2>allow.err && grep -q "verify       : 256 blocks checked" allow.out; then
+        ok "held device, allow_mounted_write=1 in a job file: written and verified"
+    else
+        bad "held device, allow_mounted_write=1: $(cat allow.err)"
+    fi
+    kill $HOLDER && wait $HOLDER 2>/dev/null
+    HOLDER=
+
+    # while a job writes the device, the device stays claimed
+    "$LSM_SYNC" bench --eta=never --name=w --rw=write --bs=4k --size=1M --filename="$LOOPDEV" \
+        --time_based --runtime=2 >claim.out 2>claim.err &
+    local pid=$!
+    sleep 0.7
+    local excl
+    excl=$(python3 -c 'import os, sys
+try:
+    os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)
+    print("opened")
+except OSError as e:
+    print(e.strerror)' "$LOOPDEV")
+    wait $pid
+    rc=$?
+    [[ $rc -eq 0 && $excl == "Device or resource busy" ]] &&
+        ok "a writing job holds its device: an exclusive open during it gets EBUSY" ||
+        bad "claim during the job: rc=$rc, exclusive open: $excl $(cat claim.err)"
+}
+mounted_device_case
 
 exit $FAILED

@@ -1,5 +1,6 @@
 /* Unit tests for bench/jobfile.c: sections, [global] inheritance, bare
- * booleans, sizes and times, errors naming the line and key. */
+ * booleans, sizes and times, errors naming the line and key,
+ * allow_mounted_write. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -203,6 +204,39 @@ static void test_command_line(void **state)
     bench_jobs_free(&jobs);
 }
 
+static void test_allow_mounted_write(void **state)
+{
+    (void)state;
+    /* off by default; fio's key in a job file ([global] inherited, a bare
+     * key, 0/1) and on the command line (with '-' folded to '_') */
+    const char *text =
+        "[global]\nfilename=/dev/x\nrw=write\nallow_mounted_write=1\n"
+        "[a]\n"
+        "[b]\nallow_mounted_write=0\n";
+    struct bench_jobs jobs = { 0 };
+    assert_int_equal(bench_jobfile_parse("j.fio", text, &jobs), 0);
+    assert_int_equal(jobs.n, 2);
+    assert_true(jobs.v[0].allow_mounted_write);
+    assert_false(jobs.v[1].allow_mounted_write);
+    bench_jobs_free(&jobs);
+
+    char *dflt[] = { "--filename=/f", "--rw=write" };
+    assert_int_equal(bench_args_parse(2, dflt, &jobs), 0);
+    assert_false(jobs.v[0].allow_mounted_write);
+    bench_jobs_free(&jobs);
+
+    char *args[] = { "--name=a", "--filename=/f", "--rw=write", "--allow-mounted-write" };
+    assert_int_equal(bench_args_parse(4, args, &jobs), 0);
+    assert_true(jobs.v[0].allow_mounted_write);
+    bench_jobs_free(&jobs);
+
+    char *bad[] = { "--name=a", "--filename=/f", "--allow_mounted_write=maybe" };
+    lsm_error_clear();
+    assert_int_equal(bench_args_parse(3, bad, &jobs), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "allow_mounted_write"));
+    bench_jobs_free(&jobs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -212,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_sizes_and_times),
         cmocka_unit_test(test_errors_name_line_and_key),
         cmocka_unit_test(test_command_line),
+        cmocka_unit_test(test_allow_mounted_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
