@@ -73,7 +73,8 @@ int lsm_image_source_create(struct lsm_image *img, bool one_layer,
  * nbd+unix://, nbds+unix://, nbd+vsock:// and nbds+vsock:// names.
  *
  * No wait on the server is unbounded: connecting (socket, handshake,
- * negotiation) fails with -ETIMEDOUT after connect_ms, and each command
+ * negotiation; a host name's look-up is left to the resolver's time-outs)
+ * fails with -ETIMEDOUT after connect_ms, and each command
  * after request_ms (0 for either: the defaults below); the message names
  * the server and the offset.  *cancel (may be NULL) is looked at at least
  * every 50 ms while waiting, and a set flag ends the wait with -EINTR.

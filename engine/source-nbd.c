@@ -8,8 +8,12 @@
  * asynchronous calls (nbd_aio_connect_uri, nbd_aio_pread,
  * nbd_aio_block_status) and poll() on nbd_aio_get_fd() in slices of at most
  * CANCEL_POLL_MS, so that:
- *   - connecting (TCP or Unix connect, handshake, option negotiation) ends
- *     after connect_ms with -ETIMEDOUT;
+ *   - connecting (TCP, Unix or vsock connect, TLS, handshake, option
+ *     negotiation) ends after connect_ms with -ETIMEDOUT.  The one step
+ *     not bounded here is libnbd's getaddrinfo() of a host name in an
+ *     nbd:// URI, which runs inside nbd_aio_connect_uri and is bounded by
+ *     the resolver's own time-outs (resolv.conf); numeric addresses and
+ *     Unix sockets need no look-up;
  *   - each command (one read of at most NBD_MAX_READ bytes, one block status
  *     window) ends after request_ms with -ETIMEDOUT, naming the server and
  *     the offset;
