@@ -68,8 +68,8 @@ int lsm_pread_zerofill(int fd, void *buf, size_t len, uint64_t off)
  * of the formats QEMU knows; the others are recognised here by the same
  * tests as QEMU's probe functions (block/<driver>.c, QEMU 7.2) so that they
  * are refused by name instead of being read as raw, which would give the
- * container's bytes as the guest's disk.  Where this differs from QEMU it is
- * stricter, never laxer (docs/format-notes.md, "Probing"). */
+ * container's bytes as the guest's disk.  docs/format-notes.md ("Probing")
+ * lists where this differs from QEMU (DMG, LUKS2, qcow2 version 0). */
 #define PROBE_SIZE 512
 
 static uint32_t le32_at(const uint8_t *p)
@@ -81,7 +81,8 @@ static uint32_t le32_at(const uint8_t *p)
 
 /* QEMU's vmdk_probe for a text descriptor: comment lines (#...) and lines
  * of spaces may come first; the first other line must be "version=1", 2 or
- * 3, ended by "\n" or "\r\n".  An empty line ends the search, as in QEMU. */
+ * 3, ended by "\n" or "\r\n".  An empty line before it means no descriptor,
+ * as in QEMU. */
 static bool vmdk_descriptor(const uint8_t *buf, size_t len)
 {
     const uint8_t *p = buf, *end = buf + len;
