@@ -9,6 +9,7 @@
 #include "bench-cli.h"
 #include "config.h"
 #include "error.h"
+#include "json-util.h"
 #include "util.h"
 
 static const double percentiles[] = { 50.0, 90.0, 99.0, 99.9, 99.99 };
@@ -254,11 +255,11 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     struct json_object *o = json_object_new_object();
     uint64_t rt = bench_agg_runtime_ns(a);
     double secs = (double)rt / 1e9;
-    JADD(o, "jobname", json_object_new_string(job->name));
+    JADD(o, "jobname", lsm_json_string(job->name));
     JADD(o, "groupid", json_object_new_int((int)g->id));
     JADD(o, "error", json_object_new_int(-a->error));
     if (a->error)
-        JADD(o, "error_message", json_object_new_string(a->errmsg ? a->errmsg : ""));
+        JADD(o, "error_message", lsm_json_string(a->errmsg ? a->errmsg : ""));
     JADD(o, "numjobs", json_object_new_int((int)a->njobs));
     JADD(o, "interrupted", json_object_new_boolean(a->interrupted));
     struct json_object *opts = json_object_new_object();
@@ -268,10 +269,10 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     JADD(opts, "direct", json_object_new_int(job->direct));
     JADD(opts, "size", json_object_new_int64((int64_t)g->prep.size));
     if (job->rw == BENCH_RW_COPY) {
-        JADD(opts, "src", json_object_new_string(job->src));
-        JADD(opts, "dst", json_object_new_string(job->dst));
+        JADD(opts, "src", lsm_json_string(job->src));
+        JADD(opts, "dst", lsm_json_string(job->dst));
     } else {
-        JADD(opts, "filename", json_object_new_string(job->filename));
+        JADD(opts, "filename", lsm_json_string(job->filename));
     }
     if (job->runtime_ns)
         JADD(opts, "runtime", json_object_new_double((double)job->runtime_ns / 1e9));
@@ -288,8 +289,8 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     JADD(o, "write", json_dir(&a->dir[BENCH_DIR_WRITE], rt));
     JADD(o, "usr_cpu", json_object_new_double(secs > 0 ? 100.0 * a->usr_sec / secs / a->njobs : 0));
     JADD(o, "sys_cpu", json_object_new_double(secs > 0 ? 100.0 * a->sys_sec / secs / a->njobs : 0));
-    JADD(o, "ioengine", json_object_new_string(a->engine && *a->engine ? a->engine
-                                               : bench_engine_name(job->ioengine)));
+    JADD(o, "ioengine", lsm_json_string(a->engine && *a->engine ? a->engine
+                                        : bench_engine_name(job->ioengine)));
     JADD(o, "elapsed_ms", json_object_new_int64((int64_t)(rt / 1000000)));
     if (job->verify)
         JADD(o, "verified_blocks", json_object_new_int64((int64_t)a->verified));

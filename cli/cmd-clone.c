@@ -8,6 +8,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "json-util.h"
 
 static void clone_usage(FILE *f)
 {
@@ -108,16 +109,16 @@ int cmd_clone_structure(int argc, char **argv)
     }
     if (output == CLI_OUTPUT_JSON) {
         json_object *o = json_object_new_object(), *a = json_object_new_array();
-        json_object_object_add(o, "top", json_object_new_string(job.v[0].dst_path));
+        json_object_object_add(o, "top", lsm_json_string(job.v[0].dst_path));
         for (unsigned i = 0; i < job.n; i++) {
             json_object *v = json_object_new_object();
-            json_object_object_add(v, "source", json_object_new_string(job.v[i].src_path));
-            json_object_object_add(v, "path", json_object_new_string(job.v[i].dst_path));
+            json_object_object_add(v, "source", lsm_json_string(job.v[i].src_path));
+            json_object_object_add(v, "path", lsm_json_string(job.v[i].dst_path));
             json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src.v[i].format)));
             json_object_object_add(v, "type", json_object_new_string(
                                        job.v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
             if (job.v[i].dst_backing)
-                json_object_object_add(v, "backing", json_object_new_string(job.v[i].dst_backing));
+                json_object_object_add(v, "backing", lsm_json_string(job.v[i].dst_backing));
             json_object_array_add(a, v);
         }
         json_object_object_add(o, "volumes", a);

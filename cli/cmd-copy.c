@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "copy.h"
+#include "json-out.h"
 #include "progress.h"
 #include "util.h"
 
@@ -94,14 +95,23 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
 {
     double rate = st->seconds > 0 ? (double)st->bytes_done / st->seconds : 0;
     if (output == CLI_OUTPUT_JSON) {
-        printf("{\"source\":\"%s\",\"destination\":\"%s\",\"io\":\"%s\",\"direct\":%s,"
-               "\"physical\":%s,\"offload\":%s,\"bytes_total\":%" PRIu64 ",\"bytes_read\":%" PRIu64
-               ",\"bytes_written\":%" PRIu64 ",\"bytes_zeroed\":%" PRIu64 ",\"bytes_skipped\":%" PRIu64
-               ",\"bytes_offloaded\":%" PRIu64 ",\"seconds\":%.3f,\"rate\":%.0f}\n",
-               o->src_path, o->dst_path, st->io_name, st->direct ? "true" : "false",
-               st->physical ? "true" : "false", st->offload ? "true" : "false",
-               st->bytes_total, st->bytes_read, st->bytes_written, st->bytes_zeroed,
-               st->bytes_skipped, st->bytes_offloaded, st->seconds, rate);
+        json_object *j = json_object_new_object();
+        json_object_object_add(j, "source", lsm_json_string(o->src_path));
+        json_object_object_add(j, "destination", lsm_json_string(o->dst_path));
+        json_object_object_add(j, "io", lsm_json_string(st->io_name));
+        json_object_object_add(j, "direct", json_object_new_boolean(st->direct));
+        json_object_object_add(j, "physical", json_object_new_boolean(st->physical));
+        json_object_object_add(j, "offload", json_object_new_boolean(st->offload));
+        json_object_object_add(j, "bytes_total", json_object_new_int64((int64_t)st->bytes_total));
+        json_object_object_add(j, "bytes_read", json_object_new_int64((int64_t)st->bytes_read));
+        json_object_object_add(j, "bytes_written", json_object_new_int64((int64_t)st->bytes_written));
+        json_object_object_add(j, "bytes_zeroed", json_object_new_int64((int64_t)st->bytes_zeroed));
+        json_object_object_add(j, "bytes_skipped", json_object_new_int64((int64_t)st->bytes_skipped));
+        json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
+        json_object_object_add(j, "seconds", cli_json_fixed(st->seconds, "%.3f"));
+        json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
+        cli_json_print_line(stdout, j);
+        json_object_put(j);
         return;
     }
     if (!verbose)

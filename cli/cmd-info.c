@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "image.h"
+#include "json-util.h"
 #include "util.h"
 
 static void info_usage(FILE *f)
@@ -23,10 +24,19 @@ static void info_usage(FILE *f)
         "  -h, --help          show this help\n");
 }
 
-static json_object *image_json(struct lsm_image *img)
+/* Names are bytes.  For --output=json each one becomes a valid JSON string
+ * (invalid UTF-8 as U+FFFD, as qemu-img prints it); the human output prints
+ * the bytes as they are, as qemu-img info does.  The object built for the
+ * human output is never serialised. */
+static json_object *name_string(const char *name, bool for_json)
+{
+    return for_json ? lsm_json_string(name) : json_object_new_string(name);
+}
+
+static json_object *image_json(struct lsm_image *img, bool for_json)
 {
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "filename", json_object_new_string(img->filename));
+    json_object_object_add(o, "filename", name_string(img->filename, for_json));
     json_object_object_add(o, "format", json_object_new_string(lsm_format_name(img->format)));
     json_object_object_add(o, "virtual-size", json_object_new_int64((int64_t)img->virtual_size));
     int64_t actual = lsm_image_actual_size(img);
@@ -36,11 +46,11 @@ static json_object *image_json(struct lsm_image *img)
         json_object_object_add(o, "cluster-size", json_object_new_int64(img->cluster_size));
     bool dirty = false;
     if (img->backing_name) {
-        json_object_object_add(o, "backing-filename", json_object_new_string(img->backing_name));
+        json_object_object_add(o, "backing-filename", name_string(img->backing_name, for_json));
         int err;
         char *full = lsm_resolve_backing(img->filename, img->backing_name, &err);
         json_object_object_add(o, "full-backing-filename",
-                               json_object_new_string(full ? full : img->backing_name));
+                               name_string(full ? full : img->backing_name, for_json));
         free(full);
         if (img->backing_fmt != LSM_FMT_AUTO)
             json_object_object_add(o, "backing-filename-format",
@@ -62,7 +72,7 @@ static json_object *image_json(struct lsm_image *img)
             json_object_object_add(d, "extended-l2", json_object_new_boolean(qi.extended_l2));
         }
         if (qi.data_file) {
-            json_object_object_add(d, "data-file", json_object_new_string(qi.data_file));
+            json_object_object_add(d, "data-file", name_string(qi.data_file, for_json));
             json_object_object_add(d, "data-file-raw", json_object_new_boolean(qi.data_file_raw));
         }
         json_object_object_add(fs, "data", d);
@@ -74,8 +84,8 @@ static json_object *image_json(struct lsm_image *img)
             json_object *a = json_object_new_array();
             for (int i = 0; i < n; i++) {
                 json_object *so = json_object_new_object();
-                json_object_object_add(so, "id", json_object_new_string(sn[i].id));
-                json_object_object_add(so, "name", json_object_new_string(sn[i].name));
+                json_object_object_add(so, "id", name_string(sn[i].id, for_json));
+                json_object_object_add(so, "name", name_string(sn[i].name, for_json));
                 json_object_object_add(so, "vm-state-size", json_object_new_int64((int64_t)sn[i].vm_state_size));
                 json_object_object_add(so, "date-sec", json_object_new_int64(sn[i].date_sec));
                 json_object_object_add(so, "date-nsec", json_object_new_int64(sn[i].date_nsec));
@@ -191,9 +201,9 @@ int cmd_info(int argc, char **argv)
     if (chain) {
         out = json_object_new_array();
         for (struct lsm_image *l = img; l; l = l->backing)
-            json_object_array_add(out, image_json(l));
+            json_object_array_add(out, image_json(l, output == CLI_OUTPUT_JSON));
     } else {
-        out = image_json(img);
+        out = image_json(img, output == CLI_OUTPUT_JSON);
     }
     if (output == CLI_OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(out, JSON_C_TO_STRING_PRETTY |

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "image.h"
+#include "json-out.h"
 #include "util.h"
 
 static void map_usage(FILE *f)
@@ -27,6 +28,24 @@ static void map_usage(FILE *f)
 static const char *layer_file(const struct lsm_extent *e)
 {
     return e->layer->data_filename ? e->layer->data_filename : e->layer->filename;
+}
+
+/* One entry of --output=json, built with json-c and printed in qemu-img
+ * map's layout (map-matrix compares the bytes). */
+static void print_entry(uint64_t start, uint64_t length, unsigned depth, bool present,
+                        bool zero, bool data, bool has_offset, uint64_t offset)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "start", json_object_new_int64((int64_t)start));
+    json_object_object_add(o, "length", json_object_new_int64((int64_t)length));
+    json_object_object_add(o, "depth", json_object_new_int64(depth));
+    json_object_object_add(o, "present", json_object_new_boolean(present));
+    json_object_object_add(o, "zero", json_object_new_boolean(zero));
+    json_object_object_add(o, "data", json_object_new_boolean(data));
+    if (has_offset)
+        json_object_object_add(o, "offset", json_object_new_int64((int64_t)offset));
+    cli_json_print_qemu_object(stdout, o);
+    json_object_put(o);
 }
 
 int cmd_map(int argc, char **argv)
@@ -94,13 +113,9 @@ int cmd_map(int argc, char **argv)
         bool present = e.flags & LSM_EXT_PRESENT, zero = e.flags & LSM_EXT_ZERO;
         bool data = e.flags & LSM_EXT_DATA, has_off = e.flags & LSM_EXT_OFFSET;
         if (output == CLI_OUTPUT_JSON) {
-            printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %u,"
-                   " \"present\": %s, \"zero\": %s, \"data\": %s",
-                   n ? ",\n" : "", e.start, e.length, e.depth,
-                   present ? "true" : "false", zero ? "true" : "false", data ? "true" : "false");
-            if (has_off)
-                printf(", \"offset\": %" PRIu64, e.offset);
-            putchar('}');
+            if (n)
+                fputs(",\n", stdout);
+            print_entry(e.start, e.length, e.depth, present, zero, data, has_off, e.offset);
         } else {
             if (data && !has_off) {
                 cli_error(path, "the chain has compressed clusters, which have no host offset; use --output=json");
@@ -115,8 +130,7 @@ int cmd_map(int argc, char **argv)
     }
     /* Like qemu-img: an empty range still prints one zero-length entry. */
     if (output == CLI_OUTPUT_JSON && n == 0 && r == 0)
-        printf("{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0,"
-               " \"present\": false, \"zero\": false, \"data\": false}", start);
+        print_entry(start, 0, 0, false, false, false, false, 0);
     /* On an error the array is left open: a partial map must not parse as
      * a complete one for a caller that ignores the exit status. */
     if (output == CLI_OUTPUT_JSON && r >= 0)

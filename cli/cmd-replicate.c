@@ -11,6 +11,7 @@
 
 #include "cleanup.h"
 #include "cli.h"
+#include "json-util.h"
 #include "mirror.h"
 #include "util.h"
 
@@ -90,10 +91,10 @@ LSM_DEFINE_CLEANUP(json_object *, json_object_put)
 static json_object *status_json(const struct args *a, const struct lsm_mirror_status *st)
 {
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "backend", json_object_new_string(a->backend));
+    json_object_object_add(o, "backend", lsm_json_string(a->backend));
     if (a->target.domain)
-        json_object_object_add(o, "domain", json_object_new_string(a->target.domain));
-    json_object_object_add(o, "disk", json_object_new_string(a->target.disk));
+        json_object_object_add(o, "domain", lsm_json_string(a->target.domain));
+    json_object_object_add(o, "disk", lsm_json_string(a->target.disk));
     json_object_object_add(o, "phase", json_object_new_string(lsm_mirror_phase_name(st->phase)));
     json_object_object_add(o, "cur", json_object_new_uint64(st->cur));
     json_object_object_add(o, "end", json_object_new_uint64(st->end));
@@ -104,7 +105,7 @@ static json_object *status_json(const struct args *a, const struct lsm_mirror_st
 
 static void add_path(json_object *o, const char *key, const char *path)
 {
-    json_object_object_add(o, key, path ? json_object_new_string(path) : NULL);
+    json_object_object_add(o, key, path ? lsm_json_string(path) : NULL);
 }
 
 static void print_json(json_object *o)
@@ -150,7 +151,7 @@ static int run_status(const struct args *a, struct lsm_mirror *m)
         add_path(o, "source", src);
         add_path(o, "destination", mirror);
         if (why[0])
-            json_object_object_add(o, "error", json_object_new_string(why));
+            json_object_object_add(o, "error", lsm_json_string(why));
         print_json(o);
         return 0;
     }
@@ -173,10 +174,10 @@ static int report_end(const struct args *a, struct lsm_mirror *m, const char *do
 {
     if (a->output == CLI_OUTPUT_JSON) {
         _cleanup_(json_object_putp) json_object *o = json_object_new_object();
-        json_object_object_add(o, "backend", json_object_new_string(a->backend));
+        json_object_object_add(o, "backend", lsm_json_string(a->backend));
         if (a->target.domain)
-            json_object_object_add(o, "domain", json_object_new_string(a->target.domain));
-        json_object_object_add(o, "disk", json_object_new_string(a->target.disk));
+            json_object_object_add(o, "domain", lsm_json_string(a->target.domain));
+        json_object_object_add(o, "disk", lsm_json_string(a->target.disk));
         json_object_object_add(o, "result", json_object_new_string(done));
         add_path(o, "source", active);
         if (st)

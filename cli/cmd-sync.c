@@ -13,6 +13,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "json-util.h"
 #include "copy.h"
 #include "progress.h"
 #include "util.h"
@@ -367,8 +368,8 @@ int cmd_sync(int argc, char **argv)
         for (unsigned k = 0; k < ctx.nvols; k++) {
             struct sync_vol *v = &ctx.vols[k];
             json_object *e = json_object_new_object();
-            json_object_object_add(e, "source", json_object_new_string(v->src->path));
-            json_object_object_add(e, "destination", json_object_new_string(v->pair->dst_path));
+            json_object_object_add(e, "source", lsm_json_string(v->src->path));
+            json_object_object_add(e, "destination", lsm_json_string(v->pair->dst_path));
             json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->total));
             json_object_object_add(e, "status", json_object_new_string(
                 v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json-out.h"
 #include "progress.h"
 #include "util.h"
 
@@ -41,12 +42,14 @@ static void show(struct cli_progress *p, uint64_t done, uint64_t total, uint64_t
     double rate = final ? (elapsed > 0 ? (double)done / elapsed : 0) : p->rate;
     double eta = final ? 0 : (rate > 0 ? (double)(total - MIN(done, total)) / rate : -1);
     if (p->mode == CLI_PROGRESS_JSON) {
-        fprintf(p->out, "{\"bytes_done\":%" PRIu64 ",\"bytes_total\":%" PRIu64
-                ",\"percent\":%.2f,\"rate\":%.0f,\"eta_seconds\":", done, total, pct, rate);
-        if (eta < 0)
-            fputs("null}\n", p->out);
-        else
-            fprintf(p->out, "%.1f}\n", eta);
+        json_object *j = json_object_new_object();
+        json_object_object_add(j, "bytes_done", json_object_new_int64((int64_t)done));
+        json_object_object_add(j, "bytes_total", json_object_new_int64((int64_t)total));
+        json_object_object_add(j, "percent", cli_json_fixed(pct, "%.2f"));
+        json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
+        json_object_object_add(j, "eta_seconds", eta < 0 ? NULL : cli_json_fixed(eta, "%.1f"));
+        cli_json_print_line(p->out, j);
+        json_object_put(j);
         fflush(p->out);
         return;
     }

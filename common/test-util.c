@@ -3,9 +3,11 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
+#include "json-util.h"
 #include "util.h"
 #include "error.h"
 
@@ -77,6 +79,41 @@ static void test_error(void **state)
     assert_string_equal(lsm_last_error(), "plain");
 }
 
+/* Invalid UTF-8 becomes U+FFFD the way QEMU's JSON writer replaces it. */
+static void test_utf8_sanitize(void **state)
+{
+    (void)state;
+    static const struct { const char *in, *out; size_t len; } cases[] = {
+        { "plain/name.qcow2", "plain/name.qcow2", 16 },
+        { "a\xff" "b", "a\xef\xbf\xbd" "b", 5 },                  /* impossible byte */
+        { "\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd", 6 },             /* two stray continuations */
+        { "\xc3(", "\xef\xbf\xbd(", 4 },                          /* continuation missing */
+        { "\xe2\x82x", "\xef\xbf\xbdx", 4 },                      /* lead and one continuation */
+        { "end\xe2\x82", "end\xef\xbf\xbd", 6 },                  /* cut at the end */
+        { "\xc0\xaf", "\xef\xbf\xbd", 3 },                        /* overlong '/' */
+        { "\xed\xa0\x80", "\xef\xbf\xbd", 3 },                    /* surrogate */
+        { "\xef\xbf\xbf", "\xef\xbf\xbd", 3 },                    /* noncharacter U+FFFF */
+        { "\xef\xb7\x90", "\xef\xbf\xbd", 3 },                    /* noncharacter U+FDD0 */
+        { "\xf4\x90\x80\x80", "\xef\xbf\xbd", 3 },                /* beyond U+10FFFF */
+        { "\xf8\x88\x80\x80\x80", "\xef\xbf\xbd", 3 },            /* five-byte form */
+        { "\xf0\x9f\x98\x80 \xc3\xa9", "\xf0\x9f\x98\x80 \xc3\xa9", 7 }, /* valid, kept */
+        { "a\xc0\x80" "b", "a\0b", 3 },                          /* modified UTF-8 NUL */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t len;
+        char *out = lsm_utf8_sanitize(cases[i].in, &len);
+        assert_non_null(out);
+        assert_int_equal(len, cases[i].len);
+        assert_memory_equal(out, cases[i].out, len);
+        assert_int_equal(out[len], 0);
+        free(out);
+    }
+    json_object *o = lsm_json_string("x\xff\"\\\n");
+    assert_string_equal(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+                        "\"x\xef\xbf\xbd\\\"\\\\\\n\"");
+    json_object_put(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -85,6 +122,7 @@ int main(void)
         cmocka_unit_test(test_endian),
         cmocka_unit_test(test_format_size),
         cmocka_unit_test(test_error),
+        cmocka_unit_test(test_utf8_sanitize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

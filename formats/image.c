@@ -1,6 +1,8 @@
 /* Generic image layer: probing, opening chains, QEMU-compatible block
  * status, extent iteration and guest-visible reads.  Formats plug in through
  * struct lsm_image_ops (raw.c, qcow2/qcow2.c). */
+#include <endian.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/fs.h>
@@ -60,27 +62,116 @@ int lsm_pread_zerofill(int fd, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* Probing, as QEMU's bdrv_probe_all (block.c) does it: every driver looks at
+ * the first 512 bytes of the file, zero-filled past the end of a shorter
+ * file, and a file is raw only when no driver claims it.  lsm-sync reads two
+ * of the formats QEMU knows; the others are recognised here by the same
+ * tests as QEMU's probe functions (block/<driver>.c, QEMU 7.2) so that they
+ * are refused by name instead of being read as raw, which would give the
+ * container's bytes as the guest's disk.  docs/format-notes.md ("Probing")
+ * lists where this differs from QEMU (DMG, LUKS2, qcow2 version 0). */
+#define PROBE_SIZE 512
+
+static uint32_t le32_at(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
+}
+
+/* QEMU's vmdk_probe for a text descriptor: comment lines (#...) and lines
+ * of spaces may come first; the first other line must be "version=1", 2 or
+ * 3, ended by "\n" or "\r\n".  An empty line before it means no descriptor,
+ * as in QEMU. */
+static bool vmdk_descriptor(const uint8_t *buf, size_t len)
+{
+    const uint8_t *p = buf, *end = buf + len;
+    while (p < end) {
+        if (*p == '#') {
+            while (p < end && *p != '\n')
+                p++;
+            p++;
+            continue;
+        }
+        if (*p == ' ') {
+            while (p < end && *p == ' ')
+                p++;
+            if (p < end && *p == '\r')
+                p++;
+            if (p == end || *p != '\n')
+                return false;
+            p++;
+            continue;
+        }
+        size_t left = (size_t)(end - p);
+        if (left < 10 || memcmp(p, "version=", 8) || p[8] < '1' || p[8] > '3')
+            return false;
+        return p[9] == '\n' || (left >= 11 && p[9] == '\r' && p[10] == '\n');
+    }
+    return false;
+}
+
+/* The name of a format lsm-sync does not read that claims these bytes, or
+ * NULL.  head: the first PROBE_SIZE bytes, zero-filled; tail: the last 512
+ * bytes of a file of at least 512 bytes (NULL otherwise). */
+static const char *probe_foreign(const uint8_t *head, const uint8_t *tail)
+{
+    static const char cloop_v2[] =
+        "#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n";
+
+    if (be32_get(head) == 0x514649fbu && be32_get(head + 4) == 1)
+        return "qcow (version 1)";                   /* qcow_probe */
+    if (!memcmp(head, "conectix", 8))
+        return "VPC (VHD)";                          /* vpc_probe: dynamic VHD header copy */
+    if (!memcmp(head, "vhdxfile", 8))
+        return "VHDX";
+    if (le32_at(head + 0x40) == 0xbeda107fu)
+        return "VDI";                                /* signature after the 64-byte text */
+    if (!memcmp(head, "KDMV", 4) || !memcmp(head, "COWD", 4) || vmdk_descriptor(head, PROBE_SIZE))
+        return "VMDK";
+    if ((!memcmp(head, "WithoutFreeSpace", 16) || !memcmp(head, "WithouFreSpacExt", 16)) &&
+        le32_at(head + 16) == 2)
+        return "Parallels";
+    if (!memcmp(head, "Bochs Virtual HD Image", 23) && !memcmp(head + 32, "Redolog", 8) &&
+        !memcmp(head + 48, "Growing", 8) &&
+        (le32_at(head + 64) == 0x00020000u || le32_at(head + 64) == 0x00010000u))
+        return "Bochs";
+    if (!memcmp(head, cloop_v2, sizeof cloop_v2 - 1))
+        return "cloop";
+    if (!memcmp(head, "QED", 4))                     /* "QED\0", little-endian magic */
+        return "QED";
+    if (!memcmp(head, "LUKS\xba\xbe", 6))            /* QEMU probes version 1 only */
+        return "LUKS (encrypted)";
+    /* QEMU's dmg probe goes by the ".dmg" file name; the UDIF trailer that
+     * dmg_open looks for ("koly", version 4, 512 bytes long, in the last
+     * 512 bytes) is what makes a file a DMG whatever its name. */
+    if (tail && !memcmp(tail, "koly", 4) && be32_get(tail + 4) == 4 && be32_get(tail + 8) == 512)
+        return "DMG";
+    return NULL;
+}
+
 int lsm_probe_format(int fd, enum lsm_format *out)
 {
-    uint8_t buf[8] = { 0 };
-    size_t got;
-    int r = lsm_pread_full(fd, buf, sizeof buf, 0, &got);
+    uint8_t head[PROBE_SIZE], tail[512];
+    int r = lsm_pread_zerofill(fd, head, sizeof head, 0);
     if (r < 0)
         return lsm_error_errno(r, "cannot read the image header");
-    if (got >= 8 && be32_get(buf) == 0x514649fbu) {
-        uint32_t version = be32_get(buf + 4);
-        if (version == 1)
-            return lsm_error(-ENOTSUP, "qcow version 1 images are not supported");
-        *out = LSM_FMT_QCOW2;   /* qcow2 open refuses versions other than 2 and 3 */
-        return 0;
+    off_t size = lseek(fd, 0, SEEK_END);        /* regular files and block devices */
+    if (size < 0)
+        return lsm_error_errno(-errno, "cannot get the size of the image");
+    bool have_tail = size >= (off_t)sizeof tail;
+    if (have_tail) {
+        r = lsm_pread_zerofill(fd, tail, sizeof tail, (uint64_t)size - sizeof tail);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read the last 512 bytes of the image");
     }
-    if (got >= 6 && !memcmp(buf, "LUKS\xba\xbe", 6))
-        return lsm_error(-ENOTSUP, "LUKS-encrypted images are not supported");
-    if (got >= 4 && !memcmp(buf, "KDMV", 4))
-        return lsm_error(-ENOTSUP, "VMDK images are not supported (only raw and qcow2)");
-    if (got >= 4 && !memcmp(buf, "QED\0", 4))
-        return lsm_error(-ENOTSUP, "QED images are not supported (only raw and qcow2)");
-    *out = LSM_FMT_RAW;
+    const char *foreign = probe_foreign(head, have_tail ? tail : NULL);
+    if (foreign)
+        return lsm_error(-ENOTSUP, "%s images are not supported (lsm-sync reads raw and qcow2; "
+                         "convert with qemu-img convert -O qcow2 first)", foreign);
+    /* qcow2_probe claims versions 2 and up; qcow2 open refuses all but 2
+     * and 3.  A qcow2 magic with version 0 (raw to QEMU) is refused too. */
+    *out = be32_get(head) == 0x514649fbu ? LSM_FMT_QCOW2 : LSM_FMT_RAW;
     return 0;
 }
 

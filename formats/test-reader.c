@@ -478,6 +478,46 @@ static void test_probe(void **state)
     fclose(f);
     assert_int_equal(lsm_image_open(path, LSM_FMT_AUTO, 0, &img), -ENOTSUP);
     assert_non_null(strstr(lsm_last_error(), "LUKS"));
+
+    /* Formats QEMU reads and we do not are refused by name, never raw. */
+#define BYTES(s) s, sizeof(s) - 1
+    static const struct { const char *bytes; size_t len, at; const char *name; } foreign[] = {
+        { BYTES("conectix"), 0, "VPC" },
+        { BYTES("vhdxfile"), 0, "VHDX" },
+        { BYTES("\x7f\x10\xda\xbe"), 0x40, "VDI" },
+        { BYTES("KDMV"), 0, "VMDK" },
+        { BYTES("# Disk DescriptorFile\n  \r\nversion=1\r\n"), 0, "VMDK" },
+        { BYTES("WithoutFreeSpace\2\0\0\0"), 0, "Parallels" },
+        { BYTES("QED\0"), 0, "QED" },
+    };
+#undef BYTES
+    for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
+        char buf[1024] = { 0 };
+        memcpy(buf + foreign[i].at, foreign[i].bytes, foreign[i].len);
+        f = fopen(path, "wb");
+        fwrite(buf, 1, sizeof buf, f);
+        fclose(f);
+        assert_int_equal(lsm_image_open(path, LSM_FMT_AUTO, 0, &img), -ENOTSUP);
+        assert_non_null(strstr(lsm_last_error(), foreign[i].name));
+        /* -f raw reads it as raw, as QEMU does. */
+        assert_int_equal(lsm_image_open(path, LSM_FMT_RAW, 0, &img), 0);
+        lsm_image_close(img);
+    }
+    /* A DMG is recognised by its UDIF trailer in the last 512 bytes. */
+    char dmg[1536] = { 0 };
+    memcpy(dmg + 1024, "koly\0\0\0\4\0\0\2\0", 12);
+    f = fopen(path, "wb");
+    fwrite(dmg, 1, sizeof dmg, f);
+    fclose(f);
+    assert_int_equal(lsm_image_open(path, LSM_FMT_AUTO, 0, &img), -ENOTSUP);
+    assert_non_null(strstr(lsm_last_error(), "DMG"));
+    /* An empty line before "version=" is not a descriptor (QEMU agrees). */
+    f = fopen(path, "wb");
+    fputs("\nversion=1\n", f);
+    fclose(f);
+    assert_int_equal(lsm_image_open(path, LSM_FMT_AUTO, 0, &img), 0);
+    assert_int_equal(img->format, LSM_FMT_RAW);
+    lsm_image_close(img);
 }
 
 int main(void)

@@ -68,6 +68,12 @@ rm -f data.raw
 head -c 4096 /dev/urandom >raw-random.img
 printf 'QFI\xfb\0\0\0\3' >qfi-header-only.img
 : >empty.img
+# Formats we refuse by name (formats/image.c, lsm_probe_format): a VMDK text
+# descriptor, a VHDX magic and a DMG trailer, for the fuzzer to mutate near
+# the probe's tests.
+printf '# Disk DescriptorFile\r\n  \r\nversion=1\r\nCID=fffffffe\r\n' >vmdk-descriptor.img
+{ printf 'vhdxfile'; head -c 1016 /dev/zero; } >vhdx-magic.img
+{ head -c 512 /dev/zero; printf 'koly\0\0\0\4\0\0\2\0'; head -c 500 /dev/zero; } >dmg-trailer.img
 rm -f probe.qcow2
 
 mkdir -p "$out"
