@@ -247,6 +247,15 @@ int cmd_sync(int argc, char **argv)
         rc = cli_fail("sync");
         goto out;
     }
+    if (!jobfile) {
+        /* the top first: if it is a source file, say so, whatever else is wrong below it */
+        struct lsm_volume_pair top = { .dst_path = (char *)dst_top };
+        struct lsm_job one = { .n = 1, .v = &top };
+        if (lsm_job_check_destinations(&src, &one) < 0) {
+            rc = cli_fail("sync");
+            goto out;
+        }
+    }
     if (lsm_chain_describe(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO, &dst) < 0) {
         rc = cli_fail("sync");
         goto out;

@@ -596,6 +596,25 @@ int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job,
         return lsm_error(-ENOMEM, "out of memory");
     int r = 0;
     unsigned ncreated = 0;
+    /* every refusal that can be known now comes before the first write */
+    for (unsigned i = 0; i < job->n && r == 0; i++) {
+        const struct lsm_volume_pair *p = &job->v[i];
+        if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != src->v[i].format)
+            return lsm_error(-ENOTSUP, "'%s': converting %s to %s is not supported by clone-structure",
+                             p->dst_path, lsm_format_name(src->v[i].format), lsm_format_name(p->dst_fmt));
+        struct lsm_domain *dom = NULL;
+        _cleanup_free_ char *name = NULL;
+        r = dst_domain(p, &dom, &name);
+        if (r < 0)
+            return r;
+        int ex = dom->ops->volume_exists(dom, name);
+        lsm_domain_close(dom);
+        if (ex < 0)
+            return ex;
+        if (ex && !reuse)
+            return lsm_error(-EEXIST, "destination volume '%s' already exists (use --reuse to overwrite it)",
+                             p->dst_path);
+    }
     /* base first, so every backing file exists when its child names it */
     for (unsigned i = job->n; i-- > 0;) {
         const struct lsm_volume_desc *v = &src->v[i];
