@@ -304,6 +304,22 @@ out:
 
 /* ---- identity checks ---- */
 
+/* The VG and LV name of /dev/VG/LV */
+static int split_lv_path(const char *path, char **vg, char **lv)
+{
+    const char *p = path;
+    if (strncmp(p, "/dev/", 5))
+        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
+    p += 5;
+    const char *s = strchr(p, '/');
+    if (!s || s == p || !s[1] || strchr(s + 1, '/'))
+        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
+    *vg = strndup(p, (size_t)(s - p));
+    *lv = strdup(s + 1);
+    return *vg && *lv ? 0 : lsm_error(-ENOMEM, "out of memory");
+}
+
+
 /* A destination as it is before anything is written: the identity of the
  * file when it exists, else the resolved path it would be created at. */
 struct dst_key {
@@ -408,6 +424,11 @@ int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct ls
             break;
         if (keys[i].exists)
             r = check_not_source(src, &keys[i].id, i, path);
+        if (r == 0 && job->v[i].dst_type == LSM_DOMAIN_BLOCK) {
+            /* block volumes are LVs: extended and removed through LVM */
+            _cleanup_free_ char *vg = NULL, *lv = NULL;
+            r = split_lv_path(path, &vg, &lv);
+        }
         for (unsigned k = 0; k < i && r == 0; k++)
             if (dst_key_same(&keys[k], &keys[i]))
                 r = lsm_error(-EINVAL, "volumes %u and %u have the same destination ('%s' and '%s')",
@@ -457,21 +478,6 @@ int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *
 }
 
 /* ---- clone ---- */
-
-/* The VG and LV name of /dev/VG/LV */
-static int split_lv_path(const char *path, char **vg, char **lv)
-{
-    const char *p = path;
-    if (strncmp(p, "/dev/", 5))
-        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
-    p += 5;
-    const char *s = strchr(p, '/');
-    if (!s || s == p || !s[1] || strchr(s + 1, '/'))
-        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
-    *vg = strndup(p, (size_t)(s - p));
-    *lv = strdup(s + 1);
-    return *vg && *lv ? 0 : lsm_error(-ENOMEM, "out of memory");
-}
 
 /* Domain and volume name for a destination path. */
 static int dst_domain(const struct lsm_volume_pair *p, struct lsm_domain **dom, char **name)

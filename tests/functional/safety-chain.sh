@@ -205,6 +205,14 @@ EOF
     refused "sync: destination mid backed by a loop device over the source base" 'is source volume 2' \
         "$LSM_SYNC" sync --type=ALL src/top.qcow2 dL/top.qcow2
     detach
+    # a block destination that is not an LV cannot be extended: refused before any write
+    LOOP=$(losetup -f --show dB/base.raw)
+    sed -i "s|\"path\": \"/dev/loop[0-9]*\"|\"path\": \"$LOOP\"|" loopjob.json
+    DSUMS=$(dsums)
+    refused "sync --job: a block destination that is not an LV" 'not of the form /dev/VG/LV' \
+        "$LSM_SYNC" sync --type=ALL --job loopjob.json
+    unchanged "non-LV block destination"
+    detach
 else
     ((FAILED == 0)) && skip "no loop device (needs root and losetup); the $CASES other cases passed"
 fi
