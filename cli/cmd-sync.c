@@ -267,6 +267,7 @@ int cmd_sync(int argc, char **argv)
             goto out;
         }
         for (unsigned i = 0; i < job.n; i++) {
+            job.v[i].dst_type = dst.v[i].type;
             free(job.v[i].dst_backing);
             job.v[i].dst_backing = NULL;
             if (dst.v[i].backing_name && !(job.v[i].dst_backing = strdup(dst.v[i].backing_name))) {
@@ -274,6 +275,11 @@ int cmd_sync(int argc, char **argv)
                 rc = EXIT_OPERATIONAL;
                 goto out;
             }
+        }
+        /* again with the types that are there (a job may omit "type") */
+        if (lsm_job_check_destinations(&src, &job) < 0) {
+            rc = cli_fail("sync");
+            goto out;
         }
     } else {
         /* destination pairs from the destination chain as it is */

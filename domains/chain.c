@@ -235,7 +235,7 @@ static const char *jget_str(json_object *o, const char *k)
 }
 
 static int parse_endpoint(json_object *o, const char *what, unsigned i, char **path,
-                          enum lsm_format *fmt, enum lsm_domain_kind *type)
+                          enum lsm_format *fmt, enum lsm_domain_kind *type, bool *type_given)
 {
     if (!o || !json_object_is_type(o, json_type_object))
         return lsm_error(-EINVAL, "volume %u: \"%s\" must be an object", i, what);
@@ -246,6 +246,7 @@ static int parse_endpoint(json_object *o, const char *what, unsigned i, char **p
     if (f && lsm_format_parse(f, fmt) < 0)
         return lsm_error(-EINVAL, "volume %u: %s.format '%s' is not raw or qcow2", i, what, f);
     if (type) {
+        *type_given = t != NULL;
         if (!t || !strcmp(t, "file"))
             *type = LSM_DOMAIN_FILE;
         else if (!strcmp(t, "block"))
@@ -286,9 +287,10 @@ int lsm_job_load(const char *file, struct lsm_job *out)
         json_object_object_get_ex(e, "source", &s);
         json_object_object_get_ex(e, "destination", &d);
         struct lsm_volume_pair *p = &out->v[i];
-        r = parse_endpoint(s, "source", i, &p->src_path, &p->src_fmt, NULL);
+        r = parse_endpoint(s, "source", i, &p->src_path, &p->src_fmt, NULL, NULL);
         if (r == 0)
-            r = parse_endpoint(d, "destination", i, &p->dst_path, &p->dst_fmt, &p->dst_type);
+            r = parse_endpoint(d, "destination", i, &p->dst_path, &p->dst_fmt, &p->dst_type,
+                               &p->dst_type_given);
         if (r < 0) {
             lsm_error_prefix("job file '%s'", file);
             goto out;
@@ -464,7 +466,7 @@ int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *
         if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != dst->v[i].format)
             return lsm_error(-EINVAL, "volume %u: destination '%s' is %s, not %s", i, p->dst_path,
                              lsm_format_name(dst->v[i].format), lsm_format_name(p->dst_fmt));
-        if (p->dst_type != dst->v[i].type)
+        if (p->dst_type_given && p->dst_type != dst->v[i].type)
             return lsm_error(-EINVAL, "volume %u: destination '%s' is a %s, but the job says \"type\": \"%s\"",
                              i, p->dst_path, dst->v[i].type == LSM_DOMAIN_BLOCK ? "block device" : "file",
                              p->dst_type == LSM_DOMAIN_BLOCK ? "block" : "file");

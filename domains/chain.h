@@ -56,6 +56,7 @@ struct lsm_volume_pair {
     char *dst_path;
     enum lsm_format dst_fmt;
     enum lsm_domain_kind dst_type;
+    bool dst_type_given;        /* job file: "type" was there (else file, or for sync what is there) */
     char *dst_backing;          /* backing name written into dst (NULL for the base) */
 };
 
@@ -87,7 +88,8 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
  * _chain (sync): the destinations form one chain, in order: dst is the
  * chain described from job->v[0].dst_path, and entry i's destination is
  * the file opened as dst->v[i], i.e. the backing file of entry i-1's
- * destination as QEMU resolves it; the chain has exactly job->n volumes. */
+ * destination as QEMU resolves it; the chain has exactly job->n volumes;
+ * a format or type the job gives is what is there. */
 int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job *job);
 int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job);
 int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *dst);

@@ -193,7 +193,7 @@ if [[ $(id -u) == 0 ]] && command -v losetup >/dev/null && LOOP=$(losetup -f --s
   { "source": { "path": "src/top.qcow2" }, "destination": { "path": "dA/top.qcow2" } },
   { "source": { "path": "src/mid.qcow2" }, "destination": { "path": "dA/mid.qcow2" } },
   { "source": { "path": "src/base.raw" },
-    "destination": { "path": "$LOOP", "format": "raw", "type": "block" } } ] }
+    "destination": { "path": "$LOOP", "format": "raw" } } ] }
 EOF
     refused "sync --job: the base destination a loop device over the source base" 'is source volume 2' \
         "$LSM_SYNC" sync --type=ALL --job loopjob.json
@@ -206,12 +206,17 @@ EOF
         "$LSM_SYNC" sync --type=ALL src/top.qcow2 dL/top.qcow2
     detach
     # a block destination that is not an LV cannot be extended: refused before any write
-    LOOP=$(losetup -f --show dB/base.raw)
-    sed -i "s|\"path\": \"/dev/loop[0-9]*\"|\"path\": \"$LOOP\"|" loopjob.json
-    DSUMS=$(dsums)
+    mkdir dN
+    "$LSM_SYNC" clone-structure src/top.qcow2 --dst-dir dN >/dev/null
+    LOOP=$(losetup -f --show dN/base.raw)
+    qemu-img rebase -u -f qcow2 -b "$LOOP" -F raw dN/mid.qcow2
+    NSUMS=$(sha256sum dN/*)
+    job loopjob2.json src/top.qcow2 dN/top.qcow2 src/mid.qcow2 dN/mid.qcow2 src/base.raw "$LOOP"
     refused "sync --job: a block destination that is not an LV" 'not of the form /dev/VG/LV' \
-        "$LSM_SYNC" sync --type=ALL --job loopjob.json
-    unchanged "non-LV block destination"
+        "$LSM_SYNC" sync --type=ALL --job loopjob2.json
+    refused "sync: a destination chain on a block device that is not an LV" 'not of the form /dev/VG/LV' \
+        "$LSM_SYNC" sync --type=ALL src/top.qcow2 dN/top.qcow2
+    [[ $(sha256sum dN/*) == "$NSUMS" ]] && pass "non-LV destination chain unchanged" || fail "non-LV destination changed"
     detach
 else
     ((FAILED == 0)) && skip "no loop device (needs root and losetup); the $CASES other cases passed"
