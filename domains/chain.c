@@ -426,6 +426,11 @@ int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct ls
             break;
         if (keys[i].exists)
             r = check_not_source(src, &keys[i].id, i, path);
+        struct stat st;
+        /* a FIFO or a device node is never a volume: not opened, not waited on */
+        if (r == 0 && keys[i].exists && stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+            r = lsm_error(-EINVAL, "the destination of volume %u, '%s', is not a regular file or a block device",
+                          i, path);
         if (r == 0 && job->v[i].dst_type == LSM_DOMAIN_BLOCK) {
             /* block volumes are LVs: extended and removed through LVM */
             _cleanup_free_ char *vg = NULL, *lv = NULL;
@@ -622,6 +627,12 @@ int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job,
         if (ex && !reuse)
             return lsm_error(-EEXIST, "destination volume '%s' already exists (use --reuse to overwrite it)",
                              p->dst_path);
+        struct stat st;
+        if (ex && stat(p->dst_path, &st) < 0)
+            return lsm_error_errno(-errno, "cannot stat '%s'", p->dst_path);
+        if (ex && (p->dst_type == LSM_DOMAIN_FILE ? !S_ISREG(st.st_mode) : !S_ISBLK(st.st_mode)))
+            return lsm_error(-EINVAL, "destination volume '%s' is not a %s", p->dst_path,
+                             p->dst_type == LSM_DOMAIN_FILE ? "regular file" : "block device");
     }
     /* base first, so every backing file exists when its child names it */
     for (unsigned i = job->n; i-- > 0;) {

@@ -81,8 +81,9 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
  * the file opened as src->v[i] (by device and inode, whatever path spells
  * it).
  * _destinations: no destination is a file of src (src->ids: every layer
- * and external data file), no two destinations are one file, and every
- * block destination is named /dev/VG/LV.
+ * and external data file), no two destinations are one file, every one
+ * that exists is a regular file or a block device, and every block
+ * destination is named /dev/VG/LV.
  * Destinations that do not exist yet are compared by the resolved path of
  * their directory plus their name.
  * _chain (sync): the destinations form one chain, in order: dst is the

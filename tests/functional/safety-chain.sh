@@ -142,6 +142,27 @@ refused "clone-structure: a dangling symlink is an existing volume" 'already exi
 [[ $(ls dJ) == top.qcow2 && ! -e nowhere ]] && pass "dangling symlink left alone, nothing created" ||
     fail "dangling symlink case left $(ls dJ)"
 
+# FIFOs and device nodes are never written, waited on or removed
+mkdir dF
+mkfifo dF/top.qcow2
+job fifo.json src/top.qcow2 dF/top.qcow2 src/mid.qcow2 dF/mid.qcow2 src/base.raw dF/base.raw
+refused "clone-structure --reuse --job: the top destination a FIFO" 'is not a regular file or a block device' \
+    timeout 10 "$LSM_SYNC" clone-structure --reuse --job fifo.json
+[[ -p dF/top.qcow2 && $(ls dF) == top.qcow2 ]] && pass "FIFO left alone, nothing created" ||
+    fail "FIFO case left $(ls -l dF)"
+refused "sync: the destination top a FIFO" 'is not a regular file or a block device' \
+    timeout 10 "$LSM_SYNC" sync --type=ALL src/top.qcow2 dF/top.qcow2
+refused "sync --job: the top destination a FIFO" 'is not a regular file or a block device' \
+    timeout 10 "$LSM_SYNC" sync --type=ALL --job fifo.json
+if [[ $(id -u) == 0 ]]; then
+    rm dF/top.qcow2
+    mknod dF/top.qcow2 c 1 3
+    refused "clone-structure --reuse --job: the top destination a character device" 'is not a regular file or a block device' \
+        timeout 10 "$LSM_SYNC" clone-structure --reuse --job fifo.json
+    [[ -c dF/top.qcow2 && $(ls dF) == top.qcow2 ]] && pass "device node left alone" ||
+        fail "device node case left $(ls -l dF)"
+fi
+
 # 5. SIGTERM during clone-structure: exactly what it created is removed.
 # Volumes with 512-byte clusters and 64 GiB each have a 16 MiB L1 table
 # to write: about 0.1 s a volume, enough to land a signal in the middle.
