@@ -1,4 +1,5 @@
-/* Chains across storage domains: describe, compare structure, lay out in a
+/* Chains across storage domains: describe, compare structure, check the
+ * identities of a job (nothing aliases a source file), lay out in a
  * domain or from a job file, clone the structure empty. */
 #include <fcntl.h>
 #include <inttypes.h>
