@@ -1,6 +1,7 @@
 /* lsm-sync clone-structure: re-create a chain's structure, empty, in
  * another storage domain (cloneImageStructure). */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,14 @@
 #include "chain.h"
 #include "cli.h"
 #include "json-util.h"
+
+static volatile sig_atomic_t clone_cancel;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    clone_cancel = 1;
+}
 
 static void clone_usage(FILE *f)
 {
@@ -22,7 +31,7 @@ static void clone_usage(FILE *f)
         "  --dst-dir DIR   file domain: a directory; volumes keep their names\n"
         "  --dst-vg VG     block domain: an LVM volume group; volumes become LVs\n"
         "  --job FILE      explicit source/destination volumes (docs/chains.md)\n"
-        "  --reuse         overwrite existing destination volumes\n"
+        "  --reuse         overwrite existing destination volumes (never a source volume)\n"
         "  -f FMT          format of SRC_TOP (default: probe)\n"
         "  --output=FMT    human (default) or json\n");
 }
@@ -70,6 +79,12 @@ int cmd_clone_structure(int argc, char **argv)
     }
     if (!!dir + !!vg + !!jobfile != 1)
         return cli_usage_error("clone-structure", "give exactly one of --dst-dir, --dst-vg and --job");
+    /* SIGINT/SIGTERM from here on: lsm_chain_clone stops at its next step
+     * and removes what it created; before it, nothing is created. */
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     struct lsm_job job = { 0 };
     const char *src_top;
     if (jobfile) {
@@ -85,7 +100,7 @@ int cmd_clone_structure(int argc, char **argv)
     }
 
     int rc = 0;
-    struct lsm_chain_desc src;
+    struct lsm_chain_desc src = { 0 };
     if (lsm_chain_describe(src_top, fmt, &src) < 0) {
         lsm_job_free(&job);
         return cli_fail("clone-structure");
@@ -102,8 +117,22 @@ int cmd_clone_structure(int argc, char **argv)
             rc = cli_fail("clone-structure");
             goto out;
         }
+    } else if (lsm_job_check_sources(&src, &job) < 0) {
+        rc = cli_fail("clone-structure");
+        goto out;
     }
-    if (lsm_chain_clone(&src, &job, reuse) < 0) {
+    /* no destination may be a file of the source chain, or another
+     * destination, whatever path spells it: checked before any write */
+    if (lsm_job_check_destinations(&src, &job) < 0) {
+        rc = cli_fail("clone-structure");
+        goto out;
+    }
+    if (clone_cancel) {
+        cli_error("clone-structure", "interrupted by a signal; nothing was created");
+        rc = EXIT_OPERATIONAL;
+        goto out;
+    }
+    if (lsm_chain_clone(&src, &job, reuse, &clone_cancel) < 0) {
         rc = cli_fail("clone-structure");
         goto out;
     }

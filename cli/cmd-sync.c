@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <json-c/json.h>
 
 #include "chain.h"
@@ -242,50 +241,80 @@ int cmd_sync(int argc, char **argv)
         rc = cli_fail("sync");
         goto out;
     }
+    /* A job names its source volumes: they must be the source chain, in
+     * order.  Its destinations are checked against every file of the
+     * source chain before the destination chain is even opened. */
+    if (jobfile && (lsm_job_check_sources(&src, &job) < 0 || lsm_job_check_destinations(&src, &job) < 0)) {
+        rc = cli_fail("sync");
+        goto out;
+    }
+    if (!jobfile) {
+        /* the top first: if it is a source file, say so, whatever else is wrong below it */
+        struct lsm_volume_pair top = { .dst_path = (char *)dst_top };
+        struct lsm_job one = { .n = 1, .v = &top };
+        if (lsm_job_check_destinations(&src, &one) < 0) {
+            rc = cli_fail("sync");
+            goto out;
+        }
+    }
     if (lsm_chain_describe(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO, &dst) < 0) {
         rc = cli_fail("sync");
         goto out;
     }
-    if (lsm_chain_same_structure(&src, &dst) < 0) {
-        rc = cli_fail("sync");
-        goto out;
-    }
-    if (jobfile && job.n != src.n) {
-        cli_error("sync", "the job file lists %u volumes but '%s' has %u", job.n, src_top, src.n);
-        rc = EXIT_OPERATIONAL;
-        goto out;
-    }
-    for (unsigned i = 0; i < src.n; i++) {
-        struct stat a, b;
-        if (stat(src.v[i].path, &a) == 0 && stat(dst.v[i].path, &b) == 0 &&
-            a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_rdev == b.st_rdev) {
-            cli_error("sync", "source and destination volume %u are the same file '%s'", i, src.v[i].path);
-            rc = EXIT_OPERATIONAL;
+    if (jobfile) {
+        /* one destination chain: entry i+1's destination backs entry i's */
+        if (lsm_job_check_chain(&job, &dst) < 0) {
+            rc = cli_fail("sync");
             goto out;
         }
-    }
-    if (!jobfile) {
+        for (unsigned i = 0; i < job.n; i++) {
+            job.v[i].dst_type = dst.v[i].type;
+            free(job.v[i].dst_backing);
+            job.v[i].dst_backing = NULL;
+            if (dst.v[i].backing_name && !(job.v[i].dst_backing = strdup(dst.v[i].backing_name))) {
+                cli_error("sync", "out of memory");
+                rc = EXIT_OPERATIONAL;
+                goto out;
+            }
+        }
+        /* again with the types that are there (a job may omit "type") */
+        if (lsm_job_check_destinations(&src, &job) < 0) {
+            rc = cli_fail("sync");
+            goto out;
+        }
+    } else {
         /* destination pairs from the destination chain as it is */
-        job.n = src.n;
-        job.v = calloc(src.n, sizeof *job.v);
+        job.v = calloc(dst.n, sizeof *job.v);
         if (!job.v) {
             cli_error("sync", "out of memory");
             rc = EXIT_OPERATIONAL;
             goto out;
         }
-        for (unsigned i = 0; i < src.n; i++) {
-            job.v[i].src_path = strdup(src.v[i].path);
-            job.v[i].dst_path = strdup(dst.v[i].path);
-            job.v[i].dst_backing = dst.v[i].backing_name ? strdup(dst.v[i].backing_name) : NULL;
-            job.v[i].dst_type = dst.v[i].type;
-            job.v[i].src_fmt = src.v[i].format;
-            job.v[i].dst_fmt = dst.v[i].format;
+        job.n = dst.n;
+        for (unsigned i = 0; i < dst.n; i++) {
+            struct lsm_volume_pair *p = &job.v[i];
+            p->src_path = strdup(i < src.n ? src.v[i].path : "");
+            p->dst_path = strdup(dst.v[i].path);
+            p->dst_backing = dst.v[i].backing_name ? strdup(dst.v[i].backing_name) : NULL;
+            p->dst_type = dst.v[i].type;
+            p->src_fmt = i < src.n ? src.v[i].format : LSM_FMT_AUTO;
+            p->dst_fmt = dst.v[i].format;
+            if (!p->src_path || !p->dst_path || (dst.v[i].backing_name && !p->dst_backing)) {
+                cli_error("sync", "out of memory");
+                rc = EXIT_OPERATIONAL;
+                goto out;
+            }
         }
-    } else {
-        for (unsigned i = 0; i < src.n; i++) {
-            free(job.v[i].dst_backing);
-            job.v[i].dst_backing = dst.v[i].backing_name ? strdup(dst.v[i].backing_name) : NULL;
+        /* no volume of the destination chain (as QEMU resolves its backing
+         * names) may be a file of the source chain */
+        if (lsm_job_check_destinations(&src, &job) < 0) {
+            rc = cli_fail("sync");
+            goto out;
         }
+    }
+    if (lsm_chain_same_structure(&src, &dst) < 0) {
+        rc = cli_fail("sync");
+        goto out;
     }
 
     /* volumes to copy, base first */

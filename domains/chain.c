@@ -1,4 +1,5 @@
-/* Chains across storage domains: describe, compare structure, lay out in a
+/* Chains across storage domains: describe, compare structure, check the
+ * identities of a job (nothing aliases a source file), lay out in a
  * domain or from a job file, clone the structure empty. */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -32,6 +33,9 @@ static int describe_one(struct lsm_image *img, struct lsm_volume_desc *v)
     v->name = strdup(base ? base + 1 : img->filename);
     if (!v->path || !v->name)
         return lsm_error(-ENOMEM, "out of memory");
+    int r = lsm_fileid_fd(img->fd, img->filename, &v->id);
+    if (r < 0)
+        return r;
     v->format = img->format;
     v->type = img->is_blockdev ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE;
     v->virtual_size = img->virtual_size;
@@ -50,7 +54,7 @@ static int describe_one(struct lsm_image *img, struct lsm_volume_desc *v)
         if (qi.data_file)
             return lsm_error(-ENOTSUP, "'%s' uses an external data file, which chains across domains do not support",
                              img->filename);
-        int r = lsm_qcow2_for_each_used_run(img, find_used_end, &v->used_end);
+        r = lsm_qcow2_for_each_used_run(img, find_used_end, &v->used_end);
         if (r < 0)
             return r;
     } else {
@@ -59,7 +63,6 @@ static int describe_one(struct lsm_image *img, struct lsm_volume_desc *v)
     /* own data bytes: what a sync of this volume copies */
     struct lsm_map_iter it;
     struct lsm_extent e;
-    int r;
     lsm_map_iter_init(&it, img, 0, img->virtual_size, LSM_MAP_ONE_LAYER);
     while ((r = lsm_map_iter_next(&it, &e)) > 0)
         if ((e.flags & LSM_EXT_DATA) && !(e.flags & LSM_EXT_ZERO))
@@ -79,6 +82,12 @@ int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_de
     if (!out->v) {
         lsm_image_close(img);
         return lsm_error(-ENOMEM, "out of memory");
+    }
+    r = lsm_image_add_ids(img, &out->ids);
+    if (r < 0) {
+        lsm_image_close(img);
+        lsm_chain_desc_free(out);
+        return r;
     }
     unsigned i = 0;
     for (struct lsm_image *l = img; l; l = l->backing, i++) {
@@ -105,6 +114,7 @@ void lsm_chain_desc_free(struct lsm_chain_desc *c)
     free(c->v);
     c->v = NULL;
     c->n = 0;
+    lsm_fileid_set_free(&c->ids);
 }
 
 int lsm_chain_same_structure(const struct lsm_chain_desc *a, const struct lsm_chain_desc *b)
@@ -226,7 +236,7 @@ static const char *jget_str(json_object *o, const char *k)
 }
 
 static int parse_endpoint(json_object *o, const char *what, unsigned i, char **path,
-                          enum lsm_format *fmt, enum lsm_domain_kind *type)
+                          enum lsm_format *fmt, enum lsm_domain_kind *type, bool *type_given)
 {
     if (!o || !json_object_is_type(o, json_type_object))
         return lsm_error(-EINVAL, "volume %u: \"%s\" must be an object", i, what);
@@ -237,6 +247,7 @@ static int parse_endpoint(json_object *o, const char *what, unsigned i, char **p
     if (f && lsm_format_parse(f, fmt) < 0)
         return lsm_error(-EINVAL, "volume %u: %s.format '%s' is not raw or qcow2", i, what, f);
     if (type) {
+        *type_given = t != NULL;
         if (!t || !strcmp(t, "file"))
             *type = LSM_DOMAIN_FILE;
         else if (!strcmp(t, "block"))
@@ -277,9 +288,10 @@ int lsm_job_load(const char *file, struct lsm_job *out)
         json_object_object_get_ex(e, "source", &s);
         json_object_object_get_ex(e, "destination", &d);
         struct lsm_volume_pair *p = &out->v[i];
-        r = parse_endpoint(s, "source", i, &p->src_path, &p->src_fmt, NULL);
+        r = parse_endpoint(s, "source", i, &p->src_path, &p->src_fmt, NULL, NULL);
         if (r == 0)
-            r = parse_endpoint(d, "destination", i, &p->dst_path, &p->dst_fmt, &p->dst_type);
+            r = parse_endpoint(d, "destination", i, &p->dst_path, &p->dst_fmt, &p->dst_type,
+                               &p->dst_type_given);
         if (r < 0) {
             lsm_error_prefix("job file '%s'", file);
             goto out;
@@ -293,7 +305,7 @@ out:
     return r;
 }
 
-/* ---- clone ---- */
+/* ---- identity checks ---- */
 
 /* The VG and LV name of /dev/VG/LV */
 static int split_lv_path(const char *path, char **vg, char **lv)
@@ -309,6 +321,171 @@ static int split_lv_path(const char *path, char **vg, char **lv)
     *lv = strdup(s + 1);
     return *vg && *lv ? 0 : lsm_error(-ENOMEM, "out of memory");
 }
+
+
+/* A destination as it is before anything is written: the identity of the
+ * file when it exists, else the resolved path it would be created at. */
+struct dst_key {
+    bool exists;
+    struct lsm_fileid id;
+    char *where;        /* !exists: realpath(directory) + "/" + name */
+};
+
+static int dst_key_get(const char *path, struct dst_key *k)
+{
+    memset(k, 0, sizeof *k);
+    int r = lsm_fileid_path(path, &k->id);
+    if (r == 0) {
+        k->exists = true;
+        return 0;
+    }
+    if (r != -ENOENT)
+        return r;
+    _cleanup_free_ char *a = strdup(path), *b = strdup(path);
+    if (!a || !b)
+        return lsm_error(-ENOMEM, "out of memory");
+    _cleanup_free_ char *dir = realpath(dirname(a), NULL);
+    /* no directory: creating it will fail; the spelling is all there is */
+    if (!dir)
+        k->where = strdup(path);
+    else if (asprintf(&k->where, "%s/%s", dir, basename(b)) < 0)
+        k->where = NULL;
+    return k->where ? 0 : lsm_error(-ENOMEM, "out of memory");
+}
+
+static bool dst_key_same(const struct dst_key *a, const struct dst_key *b)
+{
+    if (a->exists != b->exists)
+        return false;
+    return a->exists ? lsm_fileid_same(&a->id, &b->id) : !strcmp(a->where, b->where);
+}
+
+/* Index of the volume of c that id is, or -1. */
+static int volume_index(const struct lsm_chain_desc *c, const struct lsm_fileid *id)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        if (lsm_fileid_same(&c->v[i].id, id))
+            return (int)i;
+    return -1;
+}
+
+/* Refuse id (destination of volume i, spelled path) if it is a file of src. */
+static int check_not_source(const struct lsm_chain_desc *src, const struct lsm_fileid *id,
+                            unsigned i, const char *path)
+{
+    const struct lsm_fileid_entry *e = lsm_fileid_set_find(&src->ids, id);
+    if (!e)
+        return 0;
+    int k = volume_index(src, id);
+    if (k >= 0)
+        return lsm_error(-EINVAL, "the destination of volume %u, '%s', is source volume %d '%s'; "
+                         "refusing to write into the source chain", i, path, k, src->v[k].path);
+    return lsm_error(-EINVAL, "the destination of volume %u, '%s', is '%s', a file of the source chain; "
+                     "refusing to write into it", i, path, e->name);
+}
+
+int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job *job)
+{
+    if (job->n != src->n)
+        return lsm_error(-EINVAL, "the job lists %u volume%s but the chain of '%s' has %u",
+                         job->n, job->n == 1 ? "" : "s", src->v[0].path, src->n);
+    for (unsigned i = 0; i < job->n; i++) {
+        const struct lsm_volume_pair *p = &job->v[i];
+        struct lsm_fileid id;
+        int r = lsm_fileid_path(p->src_path, &id);
+        if (r == -ENOENT)
+            return lsm_error(r, "volume %u: source '%s' does not exist", i, p->src_path);
+        if (r < 0)
+            return r;
+        if (!lsm_fileid_same(&id, &src->v[i].id)) {
+            int k = volume_index(src, &id);
+            if (k >= 0)
+                return lsm_error(-EINVAL, "volume %u: source '%s' is volume %d of the chain of '%s', not volume %u "
+                                 "('%s'); list the volumes top first, each backed by the next",
+                                 i, p->src_path, k, src->v[0].path, i, src->v[i].path);
+            return lsm_error(-EINVAL, "volume %u: source '%s' is not in the chain of '%s' (its volume %u is '%s')",
+                             i, p->src_path, src->v[0].path, i, src->v[i].path);
+        }
+        if (p->src_fmt != LSM_FMT_AUTO && p->src_fmt != src->v[i].format)
+            return lsm_error(-EINVAL, "volume %u: source '%s' is %s, not %s", i, p->src_path,
+                             lsm_format_name(src->v[i].format), lsm_format_name(p->src_fmt));
+    }
+    return 0;
+}
+
+int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job)
+{
+    struct dst_key *keys = calloc(job->n ? job->n : 1, sizeof *keys);
+    if (!keys)
+        return lsm_error(-ENOMEM, "out of memory");
+    int r = 0;
+    unsigned got = 0;
+    for (unsigned i = 0; i < job->n && r == 0; i++, got++) {
+        const char *path = job->v[i].dst_path;
+        r = dst_key_get(path, &keys[i]);
+        if (r < 0)
+            break;
+        if (keys[i].exists)
+            r = check_not_source(src, &keys[i].id, i, path);
+        struct stat st;
+        /* a FIFO or a device node is never a volume: not opened, not waited on */
+        if (r == 0 && keys[i].exists && stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+            r = lsm_error(-EINVAL, "the destination of volume %u, '%s', is not a regular file or a block device",
+                          i, path);
+        if (r == 0 && job->v[i].dst_type == LSM_DOMAIN_BLOCK) {
+            /* block volumes are LVs: extended and removed through LVM */
+            _cleanup_free_ char *vg = NULL, *lv = NULL;
+            r = split_lv_path(path, &vg, &lv);
+        }
+        for (unsigned k = 0; k < i && r == 0; k++)
+            if (dst_key_same(&keys[k], &keys[i]))
+                r = lsm_error(-EINVAL, "volumes %u and %u have the same destination ('%s' and '%s')",
+                              k, i, job->v[k].dst_path, path);
+    }
+    for (unsigned i = 0; i < got; i++)
+        free(keys[i].where);
+    free(keys);
+    return r;
+}
+
+int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *dst)
+{
+    for (unsigned i = 0; i < job->n; i++) {
+        const struct lsm_volume_pair *p = &job->v[i];
+        if (i >= dst->n)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is not in the destination chain: "
+                             "'%s' (the destination of volume %u) has no backing file",
+                             i, p->dst_path, dst->v[i - 1].path, i - 1);
+        struct lsm_fileid id;
+        int r = lsm_fileid_path(p->dst_path, &id);
+        if (r == -ENOENT)
+            return lsm_error(r, "volume %u: destination '%s' does not exist (clone-structure creates it)",
+                             i, p->dst_path);
+        if (r < 0)
+            return r;
+        if (!lsm_fileid_same(&id, &dst->v[i].id) && i == 0)
+            return lsm_error(-EINVAL, "volume 0: destination '%s' changed while it was being read", p->dst_path);
+        if (!lsm_fileid_same(&id, &dst->v[i].id))
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is not the backing file of '%s' "
+                             "(the destination of volume %u), which is '%s'",
+                             i, p->dst_path, dst->v[i - 1].path, i - 1, dst->v[i].path);
+        if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != dst->v[i].format)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is %s, not %s", i, p->dst_path,
+                             lsm_format_name(dst->v[i].format), lsm_format_name(p->dst_fmt));
+        if (p->dst_type_given && p->dst_type != dst->v[i].type)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is a %s, but the job says \"type\": \"%s\"",
+                             i, p->dst_path, dst->v[i].type == LSM_DOMAIN_BLOCK ? "block device" : "file",
+                             p->dst_type == LSM_DOMAIN_BLOCK ? "block" : "file");
+    }
+    if (dst->n > job->n)
+        return lsm_error(-EINVAL, "the job lists %u volume%s but its destination chain has %u: "
+                         "'%s' (the destination of volume %u) is backed by '%s'",
+                         job->n, job->n == 1 ? "" : "s", dst->n, dst->v[job->n - 1].path, job->n - 1,
+                         dst->v[job->n].path);
+    return 0;
+}
+
+/* ---- clone ---- */
 
 /* Domain and volume name for a destination path. */
 static int dst_domain(const struct lsm_volume_pair *p, struct lsm_domain **dom, char **name)
@@ -344,12 +521,33 @@ int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume
     return r;
 }
 
-static int write_empty_image(const struct lsm_volume_desc *v, const struct lsm_volume_pair *p)
+/* Write an empty image of v's structure into the destination of p.  The
+ * descriptor is checked before the first write: a regular file (file
+ * domain) or a block device (block domain), and not a file of src (the
+ * path may have changed since lsm_job_check_destinations). */
+static int write_empty_image(const struct lsm_chain_desc *src, unsigned i, const struct lsm_volume_pair *p,
+                             bool reused)
 {
-    int fd = open(p->dst_path, O_RDWR | O_CLOEXEC);
+    const struct lsm_volume_desc *v = &src->v[i];
+    /* O_NONBLOCK|O_NOCTTY: never wait on what the path names */
+    _cleanup_close_ int fd = open(p->dst_path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
         return lsm_error_errno(-errno, "cannot open '%s'", p->dst_path);
-    int r = 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return lsm_error_errno(-errno, "cannot stat '%s'", p->dst_path);
+    if (p->dst_type == LSM_DOMAIN_FILE ? !S_ISREG(st.st_mode) : !S_ISBLK(st.st_mode))
+        return lsm_error(-EINVAL, "destination volume '%s' is not a %s", p->dst_path,
+                         p->dst_type == LSM_DOMAIN_FILE ? "regular file" : "block device");
+    struct lsm_fileid id;
+    int r = lsm_fileid_fd(fd, p->dst_path, &id);
+    if (r == 0)
+        r = check_not_source(src, &id, i, p->dst_path);
+    if (r < 0)
+        return r;
+    /* a reused file starts empty: nothing of its old content survives */
+    if (reused && p->dst_type == LSM_DOMAIN_FILE && ftruncate(fd, 0) < 0)
+        return lsm_error_errno(-errno, "cannot empty '%s'", p->dst_path);
     if (v->format == LSM_FMT_RAW) {
         if (p->dst_type == LSM_DOMAIN_FILE && ftruncate(fd, (off_t)v->virtual_size) < 0)
             r = lsm_error_errno(-errno, "cannot size '%s'", p->dst_path);
@@ -373,23 +571,78 @@ static int write_empty_image(const struct lsm_volume_desc *v, const struct lsm_v
     }
     if (r == 0 && fsync(fd) < 0)
         r = lsm_error_errno(-errno, "cannot sync '%s'", p->dst_path);
-    close(fd);
     return r;
 }
 
-int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse)
+static bool cancelled(const volatile sig_atomic_t *cancel)
+{
+    return cancel && *cancel;
+}
+
+/* Remove the volumes of job that created[] marks; returns how many could
+ * not be removed (the first one's path in *failed). */
+static unsigned remove_created(const struct lsm_job *job, const bool *created, const char **failed)
+{
+    unsigned left = 0;
+    for (unsigned k = 0; k < job->n; k++) {
+        if (!created[k])
+            continue;
+        struct lsm_domain *dom;
+        _cleanup_free_ char *name = NULL;
+        int r = dst_domain(&job->v[k], &dom, &name);
+        if (r == 0) {
+            r = dom->ops->remove_volume(dom, name);
+            lsm_domain_close(dom);
+        }
+        if (r < 0 && !left++)
+            *failed = job->v[k].dst_path;
+    }
+    return left;
+}
+
+int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse,
+                    const volatile sig_atomic_t *cancel)
 {
     if (src->n != job->n)
         return lsm_error(-EINVAL, "the job lists %u volumes but the chain has %u", job->n, src->n);
-    bool *created = calloc(job->n, sizeof *created);
+    _cleanup_free_ bool *created = calloc(job->n, sizeof *created);
     if (!created)
         return lsm_error(-ENOMEM, "out of memory");
     int r = 0;
-    unsigned i;
+    unsigned ncreated = 0;
+    /* every refusal that can be known now comes before the first write */
+    for (unsigned i = 0; i < job->n && r == 0; i++) {
+        const struct lsm_volume_pair *p = &job->v[i];
+        if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != src->v[i].format)
+            return lsm_error(-ENOTSUP, "'%s': converting %s to %s is not supported by clone-structure",
+                             p->dst_path, lsm_format_name(src->v[i].format), lsm_format_name(p->dst_fmt));
+        struct lsm_domain *dom = NULL;
+        _cleanup_free_ char *name = NULL;
+        r = dst_domain(p, &dom, &name);
+        if (r < 0)
+            return r;
+        int ex = dom->ops->volume_exists(dom, name);
+        lsm_domain_close(dom);
+        if (ex < 0)
+            return ex;
+        if (ex && !reuse)
+            return lsm_error(-EEXIST, "destination volume '%s' already exists (use --reuse to overwrite it)",
+                             p->dst_path);
+        struct stat st;
+        if (ex && stat(p->dst_path, &st) < 0)
+            return lsm_error_errno(-errno, "cannot stat '%s'", p->dst_path);
+        if (ex && (p->dst_type == LSM_DOMAIN_FILE ? !S_ISREG(st.st_mode) : !S_ISBLK(st.st_mode)))
+            return lsm_error(-EINVAL, "destination volume '%s' is not a %s", p->dst_path,
+                             p->dst_type == LSM_DOMAIN_FILE ? "regular file" : "block device");
+    }
     /* base first, so every backing file exists when its child names it */
-    for (i = job->n; i-- > 0;) {
+    for (unsigned i = job->n; i-- > 0;) {
         const struct lsm_volume_desc *v = &src->v[i];
         const struct lsm_volume_pair *p = &job->v[i];
+        if (cancelled(cancel)) {
+            r = -EINTR;
+            break;
+        }
         if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != v->format) {
             r = lsm_error(-ENOTSUP, "'%s': converting %s to %s is not supported by clone-structure",
                           p->dst_path, lsm_format_name(v->format), lsm_format_name(p->dst_fmt));
@@ -410,32 +663,43 @@ int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job,
         } else if (ex) {
             r = dom->ops->extend_volume(dom, name, need);
         } else {
+            /* create_volume fails with -EEXIST rather than take over a
+             * volume that appeared meanwhile: what it made is ours */
             r = dom->ops->create_volume(dom, name, need);
-            if (r == 0)
+            if (r == 0) {
                 created[i] = true;
+                ncreated++;
+            }
         }
-        if (r == 0)
-            r = write_empty_image(v, p);
         lsm_domain_close(dom);
+        if (r == 0 && cancelled(cancel))
+            r = -EINTR;
+        if (r == 0)
+            r = write_empty_image(src, i, p, ex > 0);
         if (r < 0)
             break;
     }
+    /* the last moment a signal still undoes the run */
+    if (r == 0 && cancelled(cancel))
+        r = -EINTR;
     if (r < 0) {
         char saved[1024];
-        snprintf(saved, sizeof saved, "%s", lsm_last_error());
-        for (unsigned k = 0; k < job->n; k++) {
-            if (!created[k])
-                continue;
-            struct lsm_domain *dom;
-            char *name = NULL;
-            if (dst_domain(&job->v[k], &dom, &name) == 0) {
-                dom->ops->remove_volume(dom, name);
-                lsm_domain_close(dom);
-            }
-            free(name);
-        }
-        lsm_error(r, "%s", saved);
+        if (r == -EINTR)
+            snprintf(saved, sizeof saved, "interrupted by a signal");
+        else
+            snprintf(saved, sizeof saved, "%s", lsm_last_error());
+        const char *failed = NULL;
+        unsigned left = remove_created(job, created, &failed);
+        char why[512];
+        snprintf(why, sizeof why, "%s", lsm_last_error());
+        if (left)
+            lsm_error(r, "%s; %u of the %u volume%s this run created could not be removed (the first: '%s': %s)",
+                      saved, left, ncreated, ncreated == 1 ? "" : "s", failed, why);
+        else if (ncreated)
+            lsm_error(r, "%s; removed the %u volume%s this run created", saved, ncreated,
+                      ncreated == 1 ? "" : "s");
+        else
+            lsm_error(r, "%s", saved);
     }
-    free(created);
     return r;
 }

@@ -7,7 +7,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <signal.h>
+
 #include "domain.h"
+#include "fileid.h"
 #include "image.h"
 
 struct lsm_volume_desc {
@@ -26,14 +29,18 @@ struct lsm_volume_desc {
     enum lsm_format backing_fmt;
     uint64_t used_end;          /* qcow2: end of the last used host cluster; raw: virtual size */
     uint64_t data_bytes;        /* bytes of this layer's own data (present, not zero) */
+    struct lsm_fileid id;       /* identity of the file opened as this volume */
 };
 
 /* Volumes top first: v[0] is the leaf, v[n-1] the base. */
 struct lsm_chain_desc {
     unsigned n;
     struct lsm_volume_desc *v;
+    struct lsm_fileid_set ids;  /* every file of the chain (lsm_image_add_ids) */
 };
 
+/* Open top and its backing chain read-only and describe every volume,
+ * with the identities of the files opened (v[i].id, ids). */
 int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_desc *out);
 void lsm_chain_desc_free(struct lsm_chain_desc *c);
 /* 0 if b has the structure of a (same number and order of volumes, same
@@ -49,6 +56,7 @@ struct lsm_volume_pair {
     char *dst_path;
     enum lsm_format dst_fmt;
     enum lsm_domain_kind dst_type;
+    bool dst_type_given;        /* job file: "type" was there (else file, or for sync what is there) */
     char *dst_backing;          /* backing name written into dst (NULL for the base) */
 };
 
@@ -57,7 +65,8 @@ struct lsm_job {
     struct lsm_volume_pair *v;  /* top first */
 };
 
-/* Parse a JSON job file (docs/chains.md). */
+/* Parse a JSON job file (docs/chains.md).  Only the syntax: what the
+ * entries name is checked by lsm_job_check_sources/_destinations/_chain. */
 int lsm_job_load(const char *file, struct lsm_job *out);
 void lsm_job_free(struct lsm_job *j);
 /* Lay the chain out in a domain: same volume names, backing names relative
@@ -65,11 +74,36 @@ void lsm_job_free(struct lsm_job *j);
 int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
                        struct lsm_job *out);
 
+/* The identity checks, run before anything is opened for writing.  Each
+ * returns 0, or -EINVAL with one message naming the offending entry.
+ *
+ * _sources: job has one entry per volume of src, and entry i's source is
+ * the file opened as src->v[i] (by device and inode, whatever path spells
+ * it).
+ * _destinations: no destination is a file of src (src->ids: every layer
+ * and external data file), no two destinations are one file, every one
+ * that exists is a regular file or a block device, and every block
+ * destination is named /dev/VG/LV.
+ * Destinations that do not exist yet are compared by the resolved path of
+ * their directory plus their name.
+ * _chain (sync): the destinations form one chain, in order: dst is the
+ * chain described from job->v[0].dst_path, and entry i's destination is
+ * the file opened as dst->v[i], i.e. the backing file of entry i-1's
+ * destination as QEMU resolves it; the chain has exactly job->n volumes;
+ * a format or type the job gives is what is there. */
+int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job *job);
+int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job);
+int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *dst);
+
 /* Create the destination volumes of job, empty, base first, with the
  * structure of src.  Existing volumes are refused unless reuse (then they
- * are overwritten with empty images).  On failure, volumes created here
- * are removed. */
-int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse);
+ * are overwritten with empty images); a volume that turns out, once
+ * opened, to be a file of src is refused.  When *cancel becomes non-zero
+ * (a signal handler; cancel may be NULL), it stops at the next step with
+ * -EINTR.  On any failure, the volumes this call created (and only those:
+ * created with O_EXCL, or LVs it made) are removed. */
+int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse,
+                    const volatile sig_atomic_t *cancel);
 
 /* Make sure the destination volume of pair p can hold a copy of v: on a
  * block domain, extend the LV to lsm_volume_needed_size(v); on a file

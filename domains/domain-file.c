@@ -41,8 +41,10 @@ static int file_volume_exists(struct lsm_domain *d, const char *name)
     char *p = file_volume_path(d, name);
     if (!p)
         return lsm_error(-ENOMEM, "out of memory");
+    /* lstat: a dangling symlink is there too (creating through it with
+     * O_EXCL would fail, and following it would write elsewhere) */
     struct stat st;
-    int r = stat(p, &st) == 0 ? 1 : (errno == ENOENT ? 0 : lsm_error_errno(-errno, "cannot stat '%s'", p));
+    int r = lstat(p, &st) == 0 ? 1 : (errno == ENOENT ? 0 : lsm_error_errno(-errno, "cannot stat '%s'", p));
     free(p);
     return r;
 }
@@ -56,7 +58,8 @@ static int file_create_volume(struct lsm_domain *d, const char *name, uint64_t s
         return lsm_error(-ENOMEM, "out of memory");
     struct statvfs vfs;
     (void)size;  /* files grow as written; sparse */
-    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    /* O_EXCL: the file is ours, so remove_volume may delete it on failure */
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOCTTY | O_CLOEXEC, 0644);
     int r = 0;
     if (fd < 0)
         r = errno == EEXIST ? lsm_error(-EEXIST, "volume '%s' already exists", p)

@@ -315,8 +315,14 @@ static int lvm_exec(const char *const *args, struct lvm_run *r)
         e = posix_spawnattr_setsigdefault(&attr, &all);
     if (!e)
         e = posix_spawnattr_setsigmask(&attr, &none);
+    /* Its own process group: a Ctrl-C meant for us does not cut an
+     * lvcreate short, so we know whether the LV exists and can remove
+     * what we created before exiting. */
     if (!e)
-        e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+        e = posix_spawnattr_setpgroup(&attr, 0);
+    if (!e)
+        e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                                            POSIX_SPAWN_SETPGROUP);
     if (!e)
         e = posix_spawnp(&pid, bin, &fa, &attr, (char *const *)argv, env);
     if (e) {
@@ -678,7 +684,27 @@ static int lvm_create_volume(struct lsm_domain *d, const char *name, uint64_t si
         return ret;
     }
     lvm_run_free(&r);
-    return ensure_node(d, name);
+    /* Created but unusable: remove it, so that a failure leaves nothing
+     * this call made (the caller removes only what succeeded). */
+    ret = ensure_node(d, name);
+    if (ret) {
+        char saved[512];
+        snprintf(saved, sizeof saved, "%s", lsm_last_error());
+        const char *rm[] = { "lvremove", "-f", NULL, NULL };
+        char full[2 * LVM_NAME_MAX + 2];
+        snprintf(full, sizeof full, "%s/%s", vg, name);
+        rm[2] = full;
+        struct lvm_run rr = { 0 };
+        bool removed = lvm_exec(rm, &rr) == 0 && rr.status == 0;
+        if (!removed && rr.msg)
+            lsm_error(ret, "%s; removing it failed too: %s", saved, rr.msg);
+        else if (!removed)
+            lsm_error(ret, "%s; removing it failed too", saved);
+        else
+            lsm_error(ret, "%s", saved);
+        lvm_run_free(&rr);
+    }
+    return ret;
 }
 
 static int lvm_extend_volume(struct lsm_domain *d, const char *name, uint64_t size)
