@@ -13,7 +13,7 @@ static void map_usage(FILE *f)
 {
     fprintf(f,
         "Usage: lsm-sync map [--output=human|json] [--start-offset=N] [--max-length=N]\n"
-        "                    [-f FMT] IMAGE\n\n"
+        "                    [-f FMT] [-U] IMAGE\n\n"
         "Show which guest ranges of IMAGE's backing chain are allocated, in which layer\n"
         "(depth, 0 = IMAGE) and where.  The JSON output is that of\n"
         "`qemu-img map --output=json`: start, length, depth, present, zero, data, offset.\n\n"
@@ -21,6 +21,7 @@ static void map_usage(FILE *f)
         "      --output=FMT       human (default) or json\n"
         "  -s, --start-offset=N   first guest byte to map (default 0)\n"
         "  -l, --max-length=N     map at most N bytes\n"
+        "  -U, --force-share      read IMAGE even if another process (a running VM) writes it\n"
         "  -h, --help             show this help\n");
 }
 
@@ -36,16 +37,18 @@ int cmd_map(int argc, char **argv)
         { "output", required_argument, NULL, 'o' },
         { "start-offset", required_argument, NULL, 's' },
         { "max-length", required_argument, NULL, 'l' },
+        { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     enum lsm_format fmt = LSM_FMT_AUTO;
     enum cli_output output = CLI_OUTPUT_HUMAN;
     uint64_t start = 0, max_len = UINT64_MAX;
+    unsigned oflags = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:s:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:l:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)
@@ -63,6 +66,9 @@ int cmd_map(int argc, char **argv)
             if (!cli_parse_size("map", "--max-length", optarg, &max_len))
                 return EXIT_USAGE;
             break;
+        case 'U':
+            oflags |= LSM_OPEN_FORCE_SHARE;
+            break;
         case 'h':
             map_usage(stdout);
             return 0;
@@ -75,7 +81,7 @@ int cmd_map(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    if (lsm_image_open(path, fmt, 0, &img) < 0)
+    if (lsm_image_open(path, fmt, oflags, &img) < 0)
         return cli_fail("map");
 
     uint64_t end = img->virtual_size;

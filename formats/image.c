@@ -15,6 +15,7 @@
 #include "error.h"
 #include "fileid.h"
 #include "fileio.h"
+#include "lock.h"
 #include "image.h"
 #include "image-internal.h"
 #include "util.h"
@@ -141,10 +142,15 @@ static void close_one(struct lsm_image *img)
         return;
     if (img->ops && img->ops->close)
         img->ops->close(img);
-    if (img->data_fd >= 0 && img->data_fd != img->fd)
+    /* (explicitly: see lsm_lock_release) */
+    if (img->data_fd >= 0 && img->data_fd != img->fd) {
+        lsm_lock_release(img->data_fd);
         close(img->data_fd);
-    if (img->fd >= 0)
+    }
+    if (img->fd >= 0) {
+        lsm_lock_release(img->fd);
         close(img->fd);
+    }
     free(img->filename);
     free(img->data_filename);
     free(img->backing_name);
@@ -161,7 +167,16 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
-static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **out)
+/* After a lock conflict of a reader: say how to read anyway. */
+static void add_force_share_hint(int err)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", lsm_last_error());
+    lsm_error(err, "%s (-U/--force-share reads it anyway)", msg);
+}
+
+static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const char *what,
+                    struct lsm_image **out)
 {
     struct lsm_image *img = calloc(1, sizeof *img);
     if (!img)
@@ -172,15 +187,11 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         close_one(img);
         return lsm_error(-ENOMEM, "out of memory");
     }
-    img->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (img->fd < 0) {
-        int r = lsm_error_errno(-errno, "cannot open '%s'", path);
-        close_one(img);
-        return r;
-    }
+    /* Never waits: a FIFO or a device node is refused after open. */
     struct stat st;
-    if (fstat(img->fd, &st) < 0) {
-        int r = lsm_error_errno(-errno, "cannot stat '%s'", path);
+    img->fd = lsm_open_disk(path, O_RDONLY, 0, what, &st);
+    if (img->fd < 0) {
+        int r = img->fd;
         close_one(img);
         return r;
     }
@@ -193,14 +204,16 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         }
         img->is_blockdev = true;
         img->file_size = sz;
-    } else if (S_ISREG(st.st_mode)) {
-        img->file_size = (uint64_t)st.st_size;
-    } else if (S_ISDIR(st.st_mode)) {
-        close_one(img);
-        return lsm_error(-EISDIR, "'%s' is a directory", path);
     } else {
+        img->file_size = (uint64_t)st.st_size;
+    }
+    /* Read what a writer holds only when asked to (qemu-img -U). */
+    int lr = lsm_lock_read(img->fd, path, flags & LSM_OPEN_FORCE_SHARE);
+    if (lr < 0) {
+        if (lr == -EAGAIN && !(flags & LSM_OPEN_FORCE_SHARE))
+            add_force_share_hint(lr);
         close_one(img);
-        return lsm_error(-EINVAL, "'%s' is neither a regular file nor a block device", path);
+        return lr;
     }
     img->data_fd = img->fd;
 
@@ -225,6 +238,17 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         close_one(img);
         return r;
     }
+    if (img->data_fd != img->fd) {
+        /* The external data file is an image file too. */
+        const char *dn = img->data_filename ? img->data_filename : path;
+        r = lsm_lock_read(img->data_fd, dn, flags & LSM_OPEN_FORCE_SHARE);
+        if (r < 0) {
+            if (r == -EAGAIN && !(flags & LSM_OPEN_FORCE_SHARE))
+                add_force_share_hint(r);
+            close_one(img);
+            return r;
+        }
+    }
     *out = img;
     return 0;
 }
@@ -233,7 +257,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                    struct lsm_image **out)
 {
     struct lsm_image *top = NULL;
-    int r = open_one(path, fmt, &top);
+    int r = open_one(path, fmt, flags, NULL, &top);
     if (r < 0)
         return r;
     if (flags & LSM_OPEN_NO_BACKING) {
@@ -264,7 +288,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
             goto fail;
         }
         struct lsm_image *b = NULL;
-        r = open_one(cur->backing_path, cur->backing_fmt, &b);
+        r = open_one(cur->backing_path, cur->backing_fmt, flags, NULL, &b);
         if (r < 0) {
             if (r == -ENOENT)
                 lsm_error(r, "backing file '%s' (named by '%s') does not exist",
