@@ -29,6 +29,7 @@ static void usage(FILE *f)
         "  -B BACKING           copy only SRC's own layer; DST's backing file is BACKING\n"
         "  -F FMT               format of BACKING\n"
         "  -n                   DST exists: neither create nor truncate it\n"
+        "  -U, --force-share    read SRC even if another process (a running VM) writes it\n"
         "  --target-is-zero     with -n: DST already reads as zeroes (zero ranges are skipped)\n"
         "  -c, --cluster-size=N cluster size of a qcow2 DST (default: the source's)\n"
         "  --physical           copy the qcow2 layer's host clusters in host order\n"
@@ -65,6 +66,7 @@ static const struct option longopts[] = {
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "verbose", no_argument, NULL, 'v' },
+    { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
 };
 
@@ -138,7 +140,7 @@ int cmd_copy(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nc:m:s:pv", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUc:m:s:pv", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -160,6 +162,9 @@ int cmd_copy(int argc, char **argv)
             break;
         case 'n':
             o.no_create = true;
+            break;
+        case 'U':
+            o.force_share = true;
             break;
         case OPT_TARGET_IS_ZERO:
             o.target_is_zero = true;
