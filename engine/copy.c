@@ -875,6 +875,25 @@ static int dst_alias(const struct lsm_fileid_set *ids, const char *dst, int fd)
     return 0;
 }
 
+/* -B: the backing file DST will name (resolved from DST's directory, as
+ * QEMU resolves it) must not be DST itself, or the copy would empty the
+ * very file it names as its backing. */
+static int dst_is_own_backing(const struct lsm_copy_opts *o)
+{
+    if (!o->backing)
+        return 0;
+    int err;
+    _cleanup_free_ char *bpath = lsm_resolve_backing(o->dst_path, o->backing, &err);
+    struct lsm_fileid b, d;
+    bool same = bpath && lsm_fileid_path(bpath, &b) == 0 &&
+                lsm_fileid_path(o->dst_path, &d) == 0 && lsm_fileid_same(&b, &d);
+    lsm_error_clear();   /* unresolvable or missing names are for the writer to judge */
+    if (same)
+        return lsm_error(-EINVAL, "refusing to write %s: it is its own backing file (-B %s)",
+                         o->dst_path, o->backing);
+    return 0;
+}
+
 static void src_close(struct lsm_copy_src *s)
 {
     if (s)
@@ -970,6 +989,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     }
     r = dst_alias(&srcids, o->dst_path, -1);
+    if (r < 0)
+        goto out;
+    r = dst_is_own_backing(o);
     if (r < 0)
         goto out;
     /* Created only with O_EXCL, never opened with O_TRUNC: only a file this

@@ -105,6 +105,17 @@ done
 refused "qcow2 -> its external data file" "same file" "$LSM_SYNC" copy ext.qcow2 ext.raw
 refused "qcow2 -> its external data file -n" "same file" "$LSM_SYNC" copy -n ext.qcow2 ext.raw
 
+# ---- -B naming DST itself: the copy would empty its own backing file ----
+qcow2 keep.qcow2 2M
+qio keep.qcow2 -- "write -P 0x71 0 64k"
+keep_sum=$(sha256sum <keep.qcow2)
+for b in keep.qcow2 ./keep.qcow2 "../$here/keep.qcow2" "$T/keep.qcow2"; do
+    refused "-B $b onto itself" "own backing file" \
+        "$LSM_SYNC" copy -O qcow2 -B "$b" -F qcow2 c2.qcow2 keep.qcow2
+done
+[[ $(sha256sum <keep.qcow2) == "$keep_sum" ]] && pass "-B onto itself: unchanged" ||
+    fail "-B onto itself: unchanged"
+
 # ---- A loop device over a source file ----
 if ! command -v losetup >/dev/null; then
     log "losetup not found: loop device cases skipped"
