@@ -88,12 +88,20 @@ int cmd_compare(int argc, char **argv)
         return cli_usage_error("compare", argc - optind < 2 ? "need two images" : "too many arguments");
     const char *pa = argv[optind], *pb = argv[optind + 1];
     struct lsm_image *a = NULL, *b = NULL;
-    if (lsm_image_open(pa, fa, oflags, &a) < 0) {
-        cli_fail("compare");
+    int r = lsm_image_open(pa, fa, oflags, &a);
+    if (r < 0) {
+        if (r == -EAGAIN && !oflags)
+            cli_fail_busy("compare");
+        else
+            cli_fail("compare");
         return EXIT_USAGE;
     }
-    if (lsm_image_open(pb, fb, oflags, &b) < 0) {
-        cli_fail("compare");
+    r = lsm_image_open(pb, fb, oflags, &b);
+    if (r < 0) {
+        if (r == -EAGAIN && !oflags)
+            cli_fail_busy("compare");
+        else
+            cli_fail("compare");
         lsm_image_close(a);
         return EXIT_USAGE;
     }

@@ -287,6 +287,8 @@ int cmd_copy(int argc, char **argv)
             cli_error("copy", "%s; %s is incomplete", *msg ? msg : "failed", o.dst_path);
         else if (st.dst_removed)
             cli_error("copy", "%s; %s removed", *msg ? msg : "failed", o.dst_path);
+        else if (st.src_busy && !o.force_share)
+            cli_fail_busy("copy");
         else
             cli_error("copy", "%s", *msg ? msg : "failed");
         return EXIT_OPERATIONAL;

@@ -81,8 +81,9 @@ int cmd_map(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    if (lsm_image_open(path, fmt, oflags, &img) < 0)
-        return cli_fail("map");
+    int r = lsm_image_open(path, fmt, oflags, &img);
+    if (r < 0)
+        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("map") : cli_fail("map");
 
     uint64_t end = img->virtual_size;
     if (start < end && max_len < end - start)
@@ -91,7 +92,7 @@ int cmd_map(int argc, char **argv)
     struct lsm_map_iter it;
     lsm_map_iter_init(&it, img, start, end, 0);
     struct lsm_extent e;
-    int r, n = 0, rc = 0;
+    int n = 0, rc = 0;
     if (output == CLI_OUTPUT_JSON)
         putchar('[');
     else

@@ -947,8 +947,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     } else {
         r = lsm_image_open(o->src_path, o->src_fmt,
                            o->force_share ? LSM_OPEN_FORCE_SHARE : 0, &img);
-        if (r < 0)
+        if (r < 0) {
+            st->src_busy = r == -EAGAIN;
             return r;
+        }
     }
 
     /* Physical copy? */

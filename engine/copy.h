@@ -182,6 +182,7 @@ struct lsm_copy_stats {
     double seconds;
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
+    bool src_busy;           /* on failure: another process holds the source for writing */
 };
 
 /* Run a copy.  Returns 0 (destination complete and durable) or -errno with

@@ -167,14 +167,6 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
-/* After a lock conflict of a reader: say how to read anyway. */
-static void add_force_share_hint(int err)
-{
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", lsm_last_error());
-    lsm_error(err, "%s (-U/--force-share reads it anyway)", msg);
-}
-
 static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const char *what,
                     struct lsm_image **out)
 {
@@ -210,8 +202,6 @@ static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const
     /* Read what a writer holds only when asked to (qemu-img -U). */
     int lr = lsm_lock_read(img->fd, path, flags & LSM_OPEN_FORCE_SHARE);
     if (lr < 0) {
-        if (lr == -EAGAIN && !(flags & LSM_OPEN_FORCE_SHARE))
-            add_force_share_hint(lr);
         close_one(img);
         return lr;
     }
@@ -243,8 +233,6 @@ static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const
         const char *dn = img->data_filename ? img->data_filename : path;
         r = lsm_lock_read(img->data_fd, dn, flags & LSM_OPEN_FORCE_SHARE);
         if (r < 0) {
-            if (r == -EAGAIN && !(flags & LSM_OPEN_FORCE_SHARE))
-                add_force_share_hint(r);
             close_one(img);
             return r;
         }
