@@ -5,7 +5,8 @@
 #   does not write it (copy -n, copy without -n), image unchanged; reads
 #   it only with -U (copy, map, info, compare);
 # - a backing file that qemu-io holds through its overlay (read-only, as a
-#   running VM does): lsm-sync reads it without -U;
+#   running VM does): lsm-sync reads it without -U; clone-structure and
+#   sync --type=INTERNAL work on the live chain, sync of its leaf does not;
 # - while lsm-sync writes a destination: qemu-io cannot write it, qemu-img
 #   cannot open it as qcow2, a second lsm-sync cannot write it, and the
 #   first copy still ends complete;
@@ -112,6 +113,15 @@ expect "map of the backing file" 0 '' "$LSM_SYNC" map base.qcow2
 expect "copy -U of the whole held chain" 0 '' "$LSM_SYNC" copy -U top.qcow2 t.raw
 if qemu-img compare -q -U top.qcow2 t.raw; then pass "chain copy -U content"; else fail "chain copy -U content"; fi
 expect "copy into the backing file a VM reads" 1 'lock' "$LSM_SYNC" copy -n -O qcow2 src.raw base.qcow2
+# Live storage migration: the structure of the live chain is read (as
+# qemu-img info -U reads), its backing files are copied, its leaf is not.
+mkdir live
+expect "clone-structure of a live chain" 0 '' "$LSM_SYNC" clone-structure top.qcow2 --dst-dir live
+expect "sync --type=INTERNAL of a live chain" 0 '' "$LSM_SYNC" sync --type=INTERNAL top.qcow2 live/top.qcow2
+if qemu-img compare -q -U base.qcow2 live/base.qcow2; then pass "INTERNAL sync content"
+else fail "INTERNAL sync content"; fi
+expect "sync --type=LEAF of the live leaf is refused" 1 'lock' \
+    "$LSM_SYNC" sync --type=LEAF top.qcow2 live/top.qcow2
 stop_holders
 
 # ---- 3. A QEMU process holds a disk ----
