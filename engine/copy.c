@@ -1078,6 +1078,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             if (d.f->size < vsize) {
                 r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
                               o->dst_path, d.f->size, o->src_path, vsize);
+                d.touched = false;   /* only its size was read: not incomplete */
                 goto out;
             }
             d.reads_zero = o->target_is_zero;
