@@ -167,7 +167,7 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
-static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const char *what,
+static int open_one(const char *path, enum lsm_format fmt, unsigned flags,
                     struct lsm_image **out)
 {
     struct lsm_image *img = calloc(1, sizeof *img);
@@ -181,7 +181,7 @@ static int open_one(const char *path, enum lsm_format fmt, unsigned flags, const
     }
     /* Never waits: a FIFO or a device node is refused after open. */
     struct stat st;
-    img->fd = lsm_open_disk(path, O_RDONLY, 0, what, &st);
+    img->fd = lsm_open_disk(path, O_RDONLY, 0, NULL, &st);
     if (img->fd < 0) {
         int r = img->fd;
         close_one(img);
@@ -245,7 +245,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                    struct lsm_image **out)
 {
     struct lsm_image *top = NULL;
-    int r = open_one(path, fmt, flags, NULL, &top);
+    int r = open_one(path, fmt, flags, &top);
     if (r < 0)
         return r;
     if (flags & LSM_OPEN_NO_BACKING) {
@@ -276,7 +276,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
             goto fail;
         }
         struct lsm_image *b = NULL;
-        r = open_one(cur->backing_path, cur->backing_fmt, flags, NULL, &b);
+        r = open_one(cur->backing_path, cur->backing_fmt, flags, &b);
         if (r < 0) {
             if (r == -ENOENT)
                 lsm_error(r, "backing file '%s' (named by '%s') does not exist",
