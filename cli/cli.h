@@ -19,6 +19,9 @@ struct lsm_command {
 void cli_error(const char *what, const char *fmt, ...) LSM_PRINTF(2, 3);
 /* Print the library's last error for WHAT; returns EXIT_OPERATIONAL. */
 int cli_fail(const char *what);
+/* cli_fail for a lock conflict of a reader (-EAGAIN from lsm_image_open):
+ * the message says that -U/--force-share reads the image anyway. */
+int cli_fail_busy(const char *what);
 /* Usage error for COMMAND: message plus a hint; returns EXIT_USAGE. */
 int cli_usage_error(const char *command, const char *fmt, ...) LSM_PRINTF(2, 3);
 /* "lsm-sync: warning: ..." */

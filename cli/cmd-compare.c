@@ -18,7 +18,7 @@
 static void compare_usage(FILE *f)
 {
     fprintf(f,
-        "Usage: lsm-sync compare [-f FMT] [-F FMT] [-s] A B\n\n"
+        "Usage: lsm-sync compare [-f FMT] [-F FMT] [-s] [-U] A B\n\n"
         "Compare what a guest sees in image chains A and B.  Exit status: 0 identical,\n"
         "1 different (the first differing 512-byte sector is printed, as by qemu-img),\n"
         "2 error.  Unless -s is given, images of different sizes are identical when\n"
@@ -27,6 +27,7 @@ static void compare_usage(FILE *f)
         "  -F FMT     format of B\n"
         "  -s         strict: different sizes or allocation make images different\n"
         "  -q         quiet: say nothing, only the exit status\n"
+        "  -U, --force-share  read A and B even if another process (a running VM) writes them\n"
         "  -h, --help show this help\n");
 }
 
@@ -57,14 +58,16 @@ int cmd_compare(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "help", no_argument, NULL, 'h' },
+        { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     enum lsm_format fa = LSM_FMT_AUTO, fb = LSM_FMT_AUTO;
+    unsigned oflags = 0;
     bool strict = false, quiet = false;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:F:sqh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:F:sqUh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
         case 'F':
@@ -73,6 +76,7 @@ int cmd_compare(int argc, char **argv)
             break;
         case 's': strict = true; break;
         case 'q': quiet = true; break;
+        case 'U': oflags |= LSM_OPEN_FORCE_SHARE; break;
         case 'h':
             compare_usage(stdout);
             return 0;
@@ -84,12 +88,20 @@ int cmd_compare(int argc, char **argv)
         return cli_usage_error("compare", argc - optind < 2 ? "need two images" : "too many arguments");
     const char *pa = argv[optind], *pb = argv[optind + 1];
     struct lsm_image *a = NULL, *b = NULL;
-    if (lsm_image_open(pa, fa, 0, &a) < 0) {
-        cli_fail("compare");
+    int r = lsm_image_open(pa, fa, oflags, &a);
+    if (r < 0) {
+        if (r == -EAGAIN && !oflags)
+            cli_fail_busy("compare");
+        else
+            cli_fail("compare");
         return EXIT_USAGE;
     }
-    if (lsm_image_open(pb, fb, 0, &b) < 0) {
-        cli_fail("compare");
+    r = lsm_image_open(pb, fb, oflags, &b);
+    if (r < 0) {
+        if (r == -EAGAIN && !oflags)
+            cli_fail_busy("compare");
+        else
+            cli_fail("compare");
         lsm_image_close(a);
         return EXIT_USAGE;
     }

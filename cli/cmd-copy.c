@@ -31,6 +31,7 @@ static void usage(FILE *f)
         "  -B BACKING           copy only SRC's own layer; DST's backing file is BACKING\n"
         "  -F FMT               format of BACKING\n"
         "  -n                   DST exists: neither create nor truncate it\n"
+        "  -U, --force-share    read SRC even if another process (a running VM) writes it\n"
         "  --target-is-zero     with -n: DST already reads as zeroes (zero ranges are skipped)\n"
         "  -c, --cluster-size=N cluster size of a qcow2 DST (default: the source's)\n"
         "  --physical           copy the qcow2 layer's host clusters in host order\n"
@@ -70,6 +71,7 @@ static const struct option longopts[] = {
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "verbose", no_argument, NULL, 'v' },
+    { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
 };
 
@@ -152,7 +154,7 @@ int cmd_copy(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nc:m:s:pv", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUc:m:s:pv", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -174,6 +176,9 @@ int cmd_copy(int argc, char **argv)
             break;
         case 'n':
             o.no_create = true;
+            break;
+        case 'U':
+            o.force_share = true;
             break;
         case OPT_TARGET_IS_ZERO:
             o.target_is_zero = true;
@@ -306,6 +311,8 @@ int cmd_copy(int argc, char **argv)
             cli_error("copy", "%s; %s is incomplete", *msg ? msg : "failed", o.dst_path);
         else if (st.dst_removed)
             cli_error("copy", "%s; %s removed", *msg ? msg : "failed", o.dst_path);
+        else if (st.src_busy && !o.force_share)
+            cli_fail_busy("copy");
         else
             cli_error("copy", "%s", *msg ? msg : "failed");
         return EXIT_OPERATIONAL;

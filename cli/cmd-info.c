@@ -15,12 +15,13 @@
 static void info_usage(FILE *f)
 {
     fprintf(f,
-        "Usage: lsm-sync info [--output=human|json] [--backing-chain] [-f FMT] IMAGE\n\n"
+        "Usage: lsm-sync info [--output=human|json] [--backing-chain] [-f FMT] [-U] IMAGE\n\n"
         "Show the format, sizes, backing file and format-specific details of IMAGE\n"
         "(field names as in `qemu-img info --output=json`).\n\n"
         "  -f, --format=FMT    format of IMAGE (raw, qcow2; default: probe)\n"
         "      --output=FMT    human (default) or json\n"
         "      --backing-chain show every image of the backing chain, top first\n"
+        "  -U, --force-share   read IMAGE even if another process (a running VM) writes it\n"
         "  -h, --help          show this help\n");
 }
 
@@ -160,16 +161,18 @@ int cmd_info(int argc, char **argv)
         { "format", required_argument, NULL, 'f' },
         { "output", required_argument, NULL, 'o' },
         { "backing-chain", no_argument, NULL, 'b' },
+        { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     enum lsm_format fmt = LSM_FMT_AUTO;
     enum cli_output output = CLI_OUTPUT_HUMAN;
     bool chain = false;
+    unsigned oflags = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)
@@ -181,6 +184,9 @@ int cmd_info(int argc, char **argv)
             break;
         case 'b':
             chain = true;
+            break;
+        case 'U':
+            oflags |= LSM_OPEN_FORCE_SHARE;
             break;
         case 'h':
             info_usage(stdout);
@@ -194,8 +200,9 @@ int cmd_info(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    if (lsm_image_open(path, fmt, chain ? 0 : LSM_OPEN_NO_BACKING, &img) < 0)
-        return cli_fail("info");
+    int r = lsm_image_open(path, fmt, oflags | (chain ? 0 : LSM_OPEN_NO_BACKING), &img);
+    if (r < 0)
+        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("info") : cli_fail("info");
 
     json_object *out;
     if (chain) {

@@ -14,7 +14,7 @@ static void map_usage(FILE *f)
 {
     fprintf(f,
         "Usage: lsm-sync map [--output=human|json] [--start-offset=N] [--max-length=N]\n"
-        "                    [-f FMT] IMAGE\n\n"
+        "                    [-f FMT] [-U] IMAGE\n\n"
         "Show which guest ranges of IMAGE's backing chain are allocated, in which layer\n"
         "(depth, 0 = IMAGE) and where.  The JSON output is that of\n"
         "`qemu-img map --output=json`: start, length, depth, present, zero, data, offset.\n\n"
@@ -22,6 +22,7 @@ static void map_usage(FILE *f)
         "      --output=FMT       human (default) or json\n"
         "  -s, --start-offset=N   first guest byte to map (default 0)\n"
         "  -l, --max-length=N     map at most N bytes\n"
+        "  -U, --force-share      read IMAGE even if another process (a running VM) writes it\n"
         "  -h, --help             show this help\n");
 }
 
@@ -55,16 +56,18 @@ int cmd_map(int argc, char **argv)
         { "output", required_argument, NULL, 'o' },
         { "start-offset", required_argument, NULL, 's' },
         { "max-length", required_argument, NULL, 'l' },
+        { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     enum lsm_format fmt = LSM_FMT_AUTO;
     enum cli_output output = CLI_OUTPUT_HUMAN;
     uint64_t start = 0, max_len = UINT64_MAX;
+    unsigned oflags = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:s:l:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:l:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)
@@ -82,6 +85,9 @@ int cmd_map(int argc, char **argv)
             if (!cli_parse_size("map", "--max-length", optarg, &max_len))
                 return EXIT_USAGE;
             break;
+        case 'U':
+            oflags |= LSM_OPEN_FORCE_SHARE;
+            break;
         case 'h':
             map_usage(stdout);
             return 0;
@@ -94,8 +100,9 @@ int cmd_map(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    if (lsm_image_open(path, fmt, 0, &img) < 0)
-        return cli_fail("map");
+    int r = lsm_image_open(path, fmt, oflags, &img);
+    if (r < 0)
+        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("map") : cli_fail("map");
 
     uint64_t end = img->virtual_size;
     if (start < end && max_len < end - start)
@@ -104,7 +111,7 @@ int cmd_map(int argc, char **argv)
     struct lsm_map_iter it;
     lsm_map_iter_init(&it, img, start, end, 0);
     struct lsm_extent e;
-    int r, n = 0, rc = 0;
+    int n = 0, rc = 0;
     if (output == CLI_OUTPUT_JSON)
         putchar('[');
     else

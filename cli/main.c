@@ -52,6 +52,12 @@ int cli_fail(const char *what)
     return EXIT_OPERATIONAL;
 }
 
+int cli_fail_busy(const char *what)
+{
+    cli_error(what, "%s (-U/--force-share reads it anyway)", lsm_last_error());
+    return EXIT_OPERATIONAL;
+}
+
 int cli_usage_error(const char *command, const char *fmt, ...)
 {
     va_list ap;

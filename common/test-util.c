@@ -1,15 +1,21 @@
-/* Unit tests for common/util.c */
+/* Unit tests for common/util.c, error.c, fileio.c (lsm_open_disk), lock.c */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "json-util.h"
 #include "util.h"
 #include "error.h"
+#include "fileio.h"
+#include "lock.h"
 
 static void test_parse_size(void **state)
 {
@@ -114,6 +120,98 @@ static void test_utf8_sanitize(void **state)
     json_object_put(o);
 }
 
+static char scratch[] = "/tmp/lsm-test-util.XXXXXX";
+
+static const char *in_scratch(const char *name)
+{
+    static char p[256];
+    snprintf(p, sizeof p, "%s/%s", scratch, name);
+    return p;
+}
+
+static int ro(const char *name)
+{
+    int fd = open(in_scratch(name), O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/* Two descriptors of one file are two users, as two processes are. */
+static void test_lock(void **state)
+{
+    (void)state;
+    int fd = open(in_scratch("img"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+
+    int r1 = ro("img"), r2 = ro("img"), w1 = ro("img"), w2 = ro("img"), u = ro("img");
+    assert_int_equal(lsm_lock_read(r1, "img", false), 0);
+    assert_int_equal(lsm_lock_read(r2, "img", false), 0);       /* readers share */
+    assert_int_equal(lsm_lock_write(w1, "img"), -EAGAIN);       /* readers do not share write */
+    assert_string_equal(lsm_last_error(),
+                        "Failed to get \"write\" lock on img: Is another process using the image?");
+    assert_int_equal(lsm_lock_read(u, "img", true), 0);         /* -U shares everything */
+    close(r1);
+    close(r2);
+    lsm_lock_release(u);
+    /* The refused attempt released its own bytes: w1 holds nothing now. */
+    assert_int_equal(lsm_lock_write(w2, "img"), 0);
+    assert_int_equal(lsm_lock_write(w1, "img"), -EAGAIN);       /* one writer */
+    r1 = ro("img");
+    assert_int_equal(lsm_lock_read(r1, "img", false), -EAGAIN);
+    assert_string_equal(lsm_last_error(),
+                        "Failed to get shared \"write\" lock on img: Is another process using the image?");
+    assert_int_equal(lsm_lock_read(u, "img", true), 0);         /* qemu-img -U reads it */
+    lsm_lock_release(w2);                                        /* explicit release */
+    assert_int_equal(lsm_lock_read(r1, "img", false), 0);
+    close(r1);
+    close(u);
+    close(w1);
+    close(w2);
+    unlink(in_scratch("img"));
+}
+
+static void test_open_disk(void **state)
+{
+    (void)state;
+    struct stat st;
+    /* A FIFO without a writer: refused at once, never waited on. */
+    assert_int_equal(mkfifo(in_scratch("fifo"), 0600), 0);
+    assert_int_equal(lsm_open_disk(in_scratch("fifo"), O_RDONLY, 0, "backing file", &st), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "is a FIFO"));
+    assert_non_null(strstr(lsm_last_error(), "backing file"));
+    assert_int_equal(lsm_open_disk(in_scratch("fifo"), O_RDWR, 0, NULL, &st), -EINVAL);
+    assert_int_equal(lsm_open_disk(in_scratch("fifo"), O_WRONLY, 0, NULL, &st), -EINVAL);
+    assert_int_equal(lsm_open_disk(in_scratch("fifo"), O_RDWR | O_CREAT | O_EXCL, 0600, NULL, &st),
+                     -EEXIST);
+    assert_int_equal(access(in_scratch("fifo"), F_OK), 0);     /* left alone */
+    unlink(in_scratch("fifo"));
+    assert_int_equal(lsm_open_disk("/dev/null", O_RDWR, 0, NULL, &st), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "character device"));
+    assert_int_equal(lsm_open_disk(scratch, O_RDONLY, 0, NULL, &st), -EISDIR);
+    assert_int_equal(lsm_open_disk(in_scratch("none"), O_RDONLY, 0, NULL, &st), -ENOENT);
+    /* A regular file: the descriptor, blocking again. */
+    int fd = lsm_open_disk(in_scratch("f"), O_RDWR | O_CREAT | O_EXCL, 0600, NULL, &st);
+    assert_true(fd >= 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+    assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    close(fd);
+    unlink(in_scratch("f"));
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return mkdtemp(scratch) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return rmdir(scratch);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -123,6 +221,8 @@ int main(void)
         cmocka_unit_test(test_format_size),
         cmocka_unit_test(test_error),
         cmocka_unit_test(test_utf8_sanitize),
+        cmocka_unit_test(test_lock),
+        cmocka_unit_test(test_open_disk),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -74,7 +74,8 @@ int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_de
 {
     memset(out, 0, sizeof *out);
     struct lsm_image *img;
-    int r = lsm_image_open(top, fmt, 0, &img);
+    /* force share: see chain.h */
+    int r = lsm_image_open(top, fmt, LSM_OPEN_FORCE_SHARE, &img);
     if (r < 0)
         return r;
     out->n = lsm_chain_length(img);

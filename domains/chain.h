@@ -39,8 +39,11 @@ struct lsm_chain_desc {
     struct lsm_fileid_set ids;  /* every file of the chain (lsm_image_add_ids) */
 };
 
-/* Open top and its backing chain read-only and describe every volume,
- * with the identities of the files opened (v[i].id, ids). */
+/* Describe the chain from top (metadata and each layer's map, with the
+ * identities of the files opened: v[i].id, ids), then close it.  Opened
+ * with LSM_OPEN_FORCE_SHARE, as `qemu-img info -U` reads: the leaf of a live
+ * chain is held for writing by its VM while clone-structure and sync
+ * --type=INTERNAL run; what is copied is locked by lsm_copy. */
 int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_desc *out);
 void lsm_chain_desc_free(struct lsm_chain_desc *c);
 /* 0 if b has the structure of a (same number and order of volumes, same

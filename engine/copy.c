@@ -28,6 +28,8 @@
 #include "copy.h"
 #include "module.h"
 #include "error.h"
+#include "fileid.h"
+#include "lock.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
 
@@ -46,7 +48,9 @@ struct dst {
     uint32_t cluster;           /* qcow2 cluster size */
     uint64_t size;              /* guest size written */
     bool reads_zero;            /* zero ranges need nothing */
-    bool created;               /* remove on failure */
+    bool created;               /* this copy created the file (O_EXCL): remove on failure */
+    bool fresh;                 /* empty at the start (created, or emptied after the checks) */
+    bool touched;               /* checks passed: writing may have begun */
     bool reserved;              /* file extended ahead of the writer */
     int tail_fd;                /* buffered fd for an unaligned tail (raw) */
 };
@@ -82,13 +86,43 @@ static int dst_zero(struct dst *d, uint64_t guest, uint64_t len)
     return r;
 }
 
+/* A buffered descriptor of the destination for its unaligned tail: the
+ * same file reopened through /proc/self/fd (not by its path, which may lead
+ * elsewhere by now) and checked to be it.  It takes no locks: those are on
+ * d->f->fd, and a second set would conflict with them. */
+static int dst_open_tail(struct dst *d)
+{
+    if (!d->f->direct) {
+        d->tail_fd = dup(d->f->fd);
+        if (d->tail_fd < 0)
+            return lsm_error_errno(-errno, "cannot duplicate the descriptor of %s", d->path);
+        return 0;
+    }
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", d->f->fd);
+    d->tail_fd = open(proc, O_WRONLY | O_CLOEXEC);
+    if (d->tail_fd < 0)
+        return lsm_error_errno(-errno, "cannot reopen %s (through %s) for buffered writes", d->path, proc);
+    struct lsm_fileid a, b;
+    int r = lsm_fileid_fd(d->f->fd, d->path, &a);
+    if (r == 0)
+        r = lsm_fileid_fd(d->tail_fd, d->path, &b);
+    if (r == 0 && !lsm_fileid_same(&a, &b))
+        r = lsm_error(-ESTALE, "cannot reopen %s for buffered writes: %s leads to another file", d->path, proc);
+    if (r < 0) {
+        close(d->tail_fd);
+        d->tail_fd = -1;
+    }
+    return r;
+}
+
 /* Synchronous buffered write of an unaligned piece (end of a raw disk). */
 static int dst_write_tail(struct dst *d, const void *buf, uint64_t len, uint64_t off)
 {
     if (d->tail_fd < 0) {
-        d->tail_fd = open(d->path, O_WRONLY | O_CLOEXEC);
-        if (d->tail_fd < 0)
-            return lsm_error_errno(-errno, "cannot open %s", d->path);
+        int r = dst_open_tail(d);
+        if (r < 0)
+            return r;
     }
     while (len) {
         ssize_t n = pwrite(d->tail_fd, buf, len, (off_t)off);
@@ -824,6 +858,42 @@ bool lsm_is_nbd_uri(const char *s)
     return false;
 }
 
+/* -EINVAL with a message if dst (the opened fd, or the path when fd < 0)
+ * is one of the source's files; 0 if not or if nothing is there yet. */
+static int dst_alias(const struct lsm_fileid_set *ids, const char *dst, int fd)
+{
+    struct lsm_fileid id;
+    int r = fd >= 0 ? lsm_fileid_fd(fd, dst, &id) : lsm_fileid_path(dst, &id);
+    if (r == -ENOENT && fd < 0)
+        return 0;
+    if (r < 0)
+        return r;
+    const struct lsm_fileid_entry *e = lsm_fileid_set_find(ids, &id);
+    if (e)
+        return lsm_error(-EINVAL, "refusing to write %s: it is the same file as %s, which this copy reads",
+                         dst, e->name);
+    return 0;
+}
+
+/* -B: the backing file DST will name (resolved from DST's directory, as
+ * QEMU resolves it) must not be DST itself, or the copy would empty the
+ * very file it names as its backing. */
+static int dst_is_own_backing(const struct lsm_copy_opts *o)
+{
+    if (!o->backing)
+        return 0;
+    int err;
+    _cleanup_free_ char *bpath = lsm_resolve_backing(o->dst_path, o->backing, &err);
+    struct lsm_fileid b, d;
+    bool same = bpath && lsm_fileid_path(bpath, &b) == 0 &&
+                lsm_fileid_path(o->dst_path, &d) == 0 && lsm_fileid_same(&b, &d);
+    lsm_error_clear();   /* unresolvable or missing names are for the writer to judge */
+    if (same)
+        return lsm_error(-EINVAL, "refusing to write %s: it is its own backing file (-B %s)",
+                         o->dst_path, o->backing);
+    return 0;
+}
+
 static void src_close(struct lsm_copy_src *s)
 {
     if (s)
@@ -839,6 +909,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     struct dst d = { .path = o->dst_path, .tail_fd = -1 };
     struct lsm_image *img = NULL;
     struct lsm_copy_src *src = NULL;
+    struct lsm_fileid_set srcids = { 0 };
     int r;
 
     unsigned m = o->requests ? o->requests : DEFAULT_REQUESTS;
@@ -874,9 +945,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-ENOTSUP, "cannot read %s: lsm-sync was built without libnbd", o->src_path);
 #endif
     } else {
-        r = lsm_image_open(o->src_path, o->src_fmt, 0, &img);
-        if (r < 0)
+        r = lsm_image_open(o->src_path, o->src_fmt,
+                           o->force_share ? LSM_OPEN_FORCE_SHARE : 0, &img);
+        if (r < 0) {
+            st->src_busy = r == -EAGAIN;
             return r;
+        }
     }
 
     /* Physical copy? */
@@ -908,16 +982,48 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
         }
     }
-    unsigned fflags = LSM_FILE_READ | LSM_FILE_WRITE | (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_TRUNC);
-    bool existed = access(o->dst_path, F_OK) == 0;
+    /* Never a file of the source, whatever path spells it: checked by
+     * identity before anything is opened for writing, and again on the
+     * opened descriptor before the first write or truncate. */
+    if (img) {
+        r = lsm_image_add_ids(img, &srcids);
+        if (r < 0)
+            goto out;
+    }
+    r = dst_alias(&srcids, o->dst_path, -1);
+    if (r < 0)
+        goto out;
+    r = dst_is_own_backing(o);
+    if (r < 0)
+        goto out;
+    /* Created only with O_EXCL, never opened with O_TRUNC: only a file this
+     * copy created is removed on failure.  An existing file is opened as it
+     * is, checked (a regular file or block device, not a source file, not
+     * locked by anyone), and only then emptied. */
+    unsigned fflags = LSM_FILE_READ | LSM_FILE_WRITE |
+                      (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_MAY_EXIST);
     r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
+    if (r < 0)
+        goto out;
+    d.created = d.f->created;
+    r = dst_alias(&srcids, o->dst_path, d.f->fd);
+    if (r < 0)
+        goto out;
+    /* QEMU's write lock, for the whole copy, on the one descriptor. */
+    r = lsm_lock_write(d.f->fd, o->dst_path);
     if (r < 0) {
-        /* e.g. O_DIRECT refused after O_CREAT made the file */
-        if (!existed && !o->no_create && unlink(o->dst_path) == 0)
-            st->dst_removed = true;
+        /* Another writer opened what we created: it is theirs now. */
+        if (r == -EAGAIN)
+            d.created = d.f->created = false;
         goto out;
     }
-    d.created = !o->no_create && !d.f->is_blockdev;
+    d.touched = true;
+    if (!o->no_create && !d.created && !d.f->is_blockdev) {
+        r = lsm_file_truncate(d.f, 0);
+        if (r < 0)
+            goto out;
+    }
+    d.fresh = !o->no_create && !d.f->is_blockdev;
     if (cluster && d.f->offset_align > cluster) {
         /* Cluster smaller than the O_DIRECT alignment: buffered I/O. */
         if (o->direct == LSM_DIRECT_ALWAYS) {
@@ -925,9 +1031,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                           o->dst_path, cluster, d.f->offset_align);
             goto out;
         }
-        lsm_file_close(d.f);
-        d.f = NULL;
-        r = lsm_file_open(o->dst_path, LSM_FILE_READ | LSM_FILE_WRITE, LSM_DIRECT_NEVER, &d.f);
+        r = lsm_file_set_direct(d.f, false);
         if (r < 0)
             goto out;
     } else if (d.f->direct_refused) {
@@ -974,6 +1078,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             if (d.f->size < vsize) {
                 r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
                               o->dst_path, d.f->size, o->src_path, vsize);
+                d.touched = false;   /* only its size was read: not incomplete */
                 goto out;
             }
             d.reads_zero = o->target_is_zero;
@@ -1025,7 +1130,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
      * runs O_DIRECT writes that extend a file one at a time (measured: a
      * guest-order 8 GiB copy took 21 s against 14 s for qemu-img before
      * this).  Over-estimate (data, L2 tables, refcounts); finish trims. */
-    if (d.w && d.created) {
+    if (d.w && d.fresh) {
         uint64_t cs = cluster, clusters = div_round_up(vsize, cs);
         uint64_t room = qcow2_writer_end(d.w) + align_up(st->bytes_total, cs) +
                         align_up(clusters * 16, cs) + align_up(clusters * 8, cs) + 16 * cs;
@@ -1190,17 +1295,19 @@ out:
         qcow2_writer_close(d.w);
     if (d.tail_fd >= 0)
         close(d.tail_fd);
-    bool opened = d.f != NULL, blockdev = d.f && d.f->is_blockdev;
-    if (d.f)
-        lsm_file_close(d.f);
-    if (r < 0 && opened) {
-        if (d.created) {
-            if (unlink(o->dst_path) == 0)
-                st->dst_removed = true;
-        } else if (o->no_create || blockdev) {
+    if (r < 0 && d.f) {
+        /* Removed only if this copy created it and the name still leads
+         * to it; anything else was there before and is left in place. */
+        if (d.created && lsm_file_remove_created(d.f))
+            st->dst_removed = true;
+        else if (d.touched)
             st->dst_incomplete = true;
-        }
     }
+    if (d.f) {
+        lsm_lock_release(d.f->fd);
+        lsm_file_close(d.f);
+    }
+    lsm_fileid_set_free(&srcids);
     if (img)
         lsm_image_close(img);
     st->seconds = (double)(lsm_now_ns() - t0) / 1e9;

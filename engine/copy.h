@@ -160,6 +160,7 @@ struct lsm_copy_opts {
     const char *backing;              /* -B: copy only SRC's own layer */
     enum lsm_format backing_fmt;      /* -F */
     bool no_create;                   /* -n */
+    bool force_share;                 /* -U: read a source another process writes */
     bool target_is_zero;              /* with -n: DST already reads as zeroes */
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
@@ -193,12 +194,18 @@ struct lsm_copy_stats {
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
     double seconds;
-    bool dst_incomplete;     /* on failure with -n: destination left incomplete */
+    bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
+    bool src_busy;           /* on failure: another process holds the source for writing */
 };
 
 /* Run a copy.  Returns 0 (destination complete and durable) or -errno with
- * a message; on failure a destination created here is removed. */
+ * a message.  The destination is refused (-EINVAL, nothing written) when it
+ * is any file of the source chain under whatever name, and (-EAGAIN) when
+ * another process holds it (QEMU's image locks, common/lock.h); the copy
+ * holds the write lock until it returns.  On failure a destination this
+ * copy created (O_EXCL) is removed; anything that existed before is never
+ * removed (dst_incomplete says whether it may have been written). */
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
 
 #endif

@@ -279,9 +279,19 @@ static void test_copy_recorder(void **state)
     assert_true(rec.final);
     assert_true(st.bytes_skipped + st.bytes_zeroed + st.bytes_done >= 20 * MiB);
 
-    /* The recorder can stop the copy; the destination we created is removed. */
+    /* The recorder can stop the copy.  A destination that existed before
+     * is not removed (only what this copy created is)... */
     struct rec stop = { .fail_after = 3 };
     o.opaque = &stop;
+    r = lsm_copy(&o, &st);
+    assert_int_equal(r, -ECANCELED);
+    assert_false(st.dst_removed);
+    assert_true(st.dst_incomplete);
+    assert_int_equal(access(dst, F_OK), 0);
+    lsm_error_clear();
+    /* ...and the destination this copy created is removed. */
+    assert_int_equal(unlink(dst), 0);
+    stop = (struct rec){ .fail_after = 3 };
     r = lsm_copy(&o, &st);
     assert_int_equal(r, -ECANCELED);
     assert_true(st.dst_removed);

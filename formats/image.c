@@ -17,6 +17,7 @@
 #include "error.h"
 #include "fileid.h"
 #include "fileio.h"
+#include "lock.h"
 #include "image.h"
 #include "image-internal.h"
 #include "util.h"
@@ -232,10 +233,15 @@ static void close_one(struct lsm_image *img)
         return;
     if (img->ops && img->ops->close)
         img->ops->close(img);
-    if (img->data_fd >= 0 && img->data_fd != img->fd)
+    /* (explicitly: see lsm_lock_release) */
+    if (img->data_fd >= 0 && img->data_fd != img->fd) {
+        lsm_lock_release(img->data_fd);
         close(img->data_fd);
-    if (img->fd >= 0)
+    }
+    if (img->fd >= 0) {
+        lsm_lock_release(img->fd);
         close(img->fd);
+    }
     free(img->filename);
     free(img->data_filename);
     free(img->backing_name);
@@ -252,7 +258,8 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
-static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **out)
+static int open_one(const char *path, enum lsm_format fmt, unsigned flags,
+                    struct lsm_image **out)
 {
     struct lsm_image *img = calloc(1, sizeof *img);
     if (!img)
@@ -263,15 +270,11 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         close_one(img);
         return lsm_error(-ENOMEM, "out of memory");
     }
-    img->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (img->fd < 0) {
-        int r = lsm_error_errno(-errno, "cannot open '%s'", path);
-        close_one(img);
-        return r;
-    }
+    /* Never waits: a FIFO or a device node is refused after open. */
     struct stat st;
-    if (fstat(img->fd, &st) < 0) {
-        int r = lsm_error_errno(-errno, "cannot stat '%s'", path);
+    img->fd = lsm_open_disk(path, O_RDONLY, 0, NULL, &st);
+    if (img->fd < 0) {
+        int r = img->fd;
         close_one(img);
         return r;
     }
@@ -284,14 +287,14 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         }
         img->is_blockdev = true;
         img->file_size = sz;
-    } else if (S_ISREG(st.st_mode)) {
-        img->file_size = (uint64_t)st.st_size;
-    } else if (S_ISDIR(st.st_mode)) {
-        close_one(img);
-        return lsm_error(-EISDIR, "'%s' is a directory", path);
     } else {
+        img->file_size = (uint64_t)st.st_size;
+    }
+    /* Read what a writer holds only when asked to (qemu-img -U). */
+    int lr = lsm_lock_read(img->fd, path, flags & LSM_OPEN_FORCE_SHARE);
+    if (lr < 0) {
         close_one(img);
-        return lsm_error(-EINVAL, "'%s' is neither a regular file nor a block device", path);
+        return lr;
     }
     img->data_fd = img->fd;
 
@@ -316,6 +319,15 @@ static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **ou
         close_one(img);
         return r;
     }
+    if (img->data_fd != img->fd) {
+        /* The external data file is an image file too. */
+        const char *dn = img->data_filename ? img->data_filename : path;
+        r = lsm_lock_read(img->data_fd, dn, flags & LSM_OPEN_FORCE_SHARE);
+        if (r < 0) {
+            close_one(img);
+            return r;
+        }
+    }
     *out = img;
     return 0;
 }
@@ -324,7 +336,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                    struct lsm_image **out)
 {
     struct lsm_image *top = NULL;
-    int r = open_one(path, fmt, &top);
+    int r = open_one(path, fmt, flags, &top);
     if (r < 0)
         return r;
     if (flags & LSM_OPEN_NO_BACKING) {
@@ -355,7 +367,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
             goto fail;
         }
         struct lsm_image *b = NULL;
-        r = open_one(cur->backing_path, cur->backing_fmt, &b);
+        r = open_one(cur->backing_path, cur->backing_fmt, flags, &b);
         if (r < 0) {
             if (r == -ENOENT)
                 lsm_error(r, "backing file '%s' (named by '%s') does not exist",

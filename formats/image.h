@@ -83,13 +83,21 @@ struct lsm_image {
 
 /* Flags for lsm_image_open / lsm_chain_open */
 #define LSM_OPEN_NO_BACKING  0x1u   /* open one layer, do not follow backing files */
+#define LSM_OPEN_FORCE_SHARE 0x2u   /* read what another process writes (qemu-img -U) */
 
 /* Maximum backing chain length accepted. */
 #define LSM_MAX_CHAIN_DEPTH 256
 
 /* Open one image (and, unless LSM_OPEN_NO_BACKING, its whole backing chain),
- * read-only.  fmt AUTO probes.  On error returns -errno with a message that
- * names the file. */
+ * read-only.  fmt AUTO probes.  Every file (layers and external data files)
+ * is opened with lsm_open_disk (regular files and block devices only, never
+ * waiting on a FIFO) and locked for reading the way QEMU locks
+ * (common/lock.h) on img->fd / img->data_fd, which stay open until
+ * lsm_image_close: an image another process holds for writing (a running
+ * VM's active layer) is refused with -EAGAIN unless LSM_OPEN_FORCE_SHARE;
+ * backing files that a VM only reads are fine.  Other descriptors this
+ * process opens on these files must not take locks of their own.  On error
+ * returns -errno with a message that names the file. */
 int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                    struct lsm_image **out);
 /* Close an image and every backing layer below it. */

@@ -14,6 +14,8 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "fileid.h"
+#include "fileio.h"
 #include "io-internal.h"
 #include "util.h"
 
@@ -114,25 +116,36 @@ static const char *access_name(unsigned flags)
     return flags & LSM_FILE_WRITE ? "writing" : "reading";
 }
 
+/* Turn O_DIRECT on or off on the open descriptor (no reopen: the
+ * descriptor, its locks and its identity stay). */
+static int set_direct(struct lsm_file *f, bool on)
+{
+    int fl = fcntl(f->fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    int want = on ? (fl | O_DIRECT) : (fl & ~O_DIRECT);
+    if (want != fl && fcntl(f->fd, F_SETFL, want) < 0)
+        return -errno;
+    f->direct = on;
+    return 0;
+}
+
 int lsm_file_open(const char *path, unsigned flags, enum lsm_direct_mode direct,
                   struct lsm_file **out)
 {
     if (!(flags & (LSM_FILE_READ | LSM_FILE_WRITE)) ||
-        (flags & ~(LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE | LSM_FILE_TRUNC)) ||
-        ((flags & (LSM_FILE_CREATE | LSM_FILE_TRUNC)) && !(flags & LSM_FILE_WRITE)))
+        (flags & ~(LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE | LSM_FILE_MAY_EXIST)) ||
+        ((flags & LSM_FILE_CREATE) && !(flags & LSM_FILE_WRITE)) ||
+        ((flags & LSM_FILE_MAY_EXIST) && !(flags & LSM_FILE_CREATE)))
         return lsm_error(-EINVAL, "cannot open %s: invalid open flags 0x%x", path, flags);
 
-    int oflags = O_CLOEXEC;
+    int oflags;
     if ((flags & LSM_FILE_READ) && (flags & LSM_FILE_WRITE))
-        oflags |= O_RDWR;
+        oflags = O_RDWR;
     else if (flags & LSM_FILE_WRITE)
-        oflags |= O_WRONLY;
+        oflags = O_WRONLY;
     else
-        oflags |= O_RDONLY;
-    if (flags & LSM_FILE_CREATE)
-        oflags |= O_CREAT | ((flags & LSM_FILE_TRUNC) ? 0 : O_EXCL);
-    if (flags & LSM_FILE_TRUNC)
-        oflags |= O_TRUNC;
+        oflags = O_RDONLY;
 
     struct file_priv *p = file_alloc(path);
     if (!p)
@@ -140,44 +153,76 @@ int lsm_file_open(const char *path, unsigned flags, enum lsm_direct_mode direct,
     struct lsm_file *f = &p->pub;
     p->owns_fd = true;
 
+    /* One open, never with O_TRUNC: a file is created only with O_EXCL (so
+     * f->created means this call made it), and O_DIRECT is switched on
+     * afterwards, so that a refusal does not need a second open. */
+    const char *what = access_name(flags);
     int fd;
-    if (direct == LSM_DIRECT_NEVER) {
-        fd = open(path, oflags, 0644);
-    } else {
-        fd = open(path, oflags | O_DIRECT, 0644);
-        if (fd < 0 && errno == EINVAL) {
-            /* The file system refuses O_DIRECT.  With O_CREAT|O_EXCL the
-             * file was created before the refusal: it is ours. */
-            int excl_created = (oflags & O_EXCL) && access(path, F_OK) == 0;
-            if (direct == LSM_DIRECT_ALWAYS) {
-                if (excl_created)
-                    unlink(path);
-                errno = EINVAL;
-            } else {
-                fd = open(path, excl_created ? (oflags & ~O_EXCL) : oflags, 0644);
-                f->direct_refused = fd >= 0;
-            }
-        } else {
-            f->direct = fd >= 0;
+    if (flags & LSM_FILE_CREATE) {
+        fd = lsm_open_disk(path, oflags | O_CREAT | O_EXCL, 0644, NULL, NULL);
+        if (fd >= 0) {
+            f->created = true;
+        } else if (fd == -EEXIST && (flags & LSM_FILE_MAY_EXIST)) {
+            lsm_error_clear();
+            fd = lsm_open_disk(path, oflags, 0, NULL, NULL);
         }
+    } else {
+        fd = lsm_open_disk(path, oflags, 0, NULL, NULL);
     }
     if (fd < 0) {
-        int err = -errno;
         file_free(p);
-        if (err == -EINVAL && direct == LSM_DIRECT_ALWAYS)
-            return lsm_error_errno(err, "cannot open %s for %s with O_DIRECT (the file system refuses direct I/O?)",
-                                   path, access_name(flags));
-        return lsm_error_errno(err, "cannot open %s for %s", path, access_name(flags));
+        return fd;
     }
     f->fd = fd;
 
+    if (direct != LSM_DIRECT_NEVER) {
+        int r = set_direct(f, true);
+        if (r == -EINVAL && direct == LSM_DIRECT_AUTO) {
+            f->direct_refused = true;   /* the file system refuses O_DIRECT */
+        } else if (r < 0) {
+            if (r == -EINVAL)
+                lsm_error_errno(r, "cannot open %s for %s with O_DIRECT (the file system refuses direct I/O?)",
+                                path, what);
+            else
+                lsm_error_errno(r, "cannot enable O_DIRECT on %s", path);
+            lsm_file_remove_created(f);
+            file_free(p);
+            return r;
+        }
+    }
+
     int r = file_learn(f);
     if (r < 0) {
+        lsm_file_remove_created(f);
         file_free(p);
         return r;
     }
     *out = f;
     return 0;
+}
+
+int lsm_file_set_direct(struct lsm_file *f, bool on)
+{
+    int r = set_direct(f, on);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot turn O_DIRECT %s on %s", on ? "on" : "off", f->path);
+    return file_learn(f);
+}
+
+int lsm_file_remove_created(struct lsm_file *f)
+{
+    if (!f->created || f->fd < 0)
+        return 0;
+    struct lsm_fileid mine, there;
+    if (lsm_fileid_fd(f->fd, f->path, &mine) < 0 || lsm_fileid_path(f->path, &there) < 0 ||
+        !lsm_fileid_same(&mine, &there)) {
+        lsm_error_clear();
+        return 0;   /* the name no longer leads to what we created: leave it */
+    }
+    if (unlink(f->path) < 0)
+        return 0;
+    f->created = false;
+    return 1;
 }
 
 int lsm_file_from_fd(int fd, const char *path, struct lsm_file **out)

@@ -117,8 +117,9 @@ int lsm_direct_parse(const char *s, enum lsm_direct_mode *out);
 
 #define LSM_FILE_READ     0x1u
 #define LSM_FILE_WRITE    0x2u
-#define LSM_FILE_CREATE   0x4u   /* create (must not exist unless LSM_FILE_TRUNC) */
-#define LSM_FILE_TRUNC    0x8u
+#define LSM_FILE_CREATE   0x4u   /* create with O_EXCL: must not exist... */
+#define LSM_FILE_MAY_EXIST 0x8u  /* ...unless this is given: then an existing file
+                                  * is opened as it is (never truncated) */
 
 struct lsm_file {
     int fd;
@@ -131,13 +132,23 @@ struct lsm_file {
     uint64_t size;            /* file size or device size at open */
     int reg_index;            /* registered file index, or -1 */
     bool zero_reads_zero;     /* BLKZEROOUT/punch reads back zeroes */
+    bool created;             /* this open created the file (O_CREAT|O_EXCL) */
 };
 
 /* Open path with flags (LSM_FILE_*) and the O_DIRECT mode; AUTO falls back
  * to buffered I/O when the file system refuses O_DIRECT (sets
- * direct_refused so the caller can print one warning). */
+ * direct_refused so the caller can print one warning).  The file is opened
+ * once, with lsm_open_disk (regular files and block devices only, never
+ * waiting on a FIFO, never O_TRUNC); O_DIRECT is set on that descriptor.
+ * On failure a file this call created is removed again. */
 int lsm_file_open(const char *path, unsigned flags, enum lsm_direct_mode direct,
                   struct lsm_file **out);
+/* Switch O_DIRECT on or off on f's descriptor (same descriptor, same
+ * locks) and learn the alignment again.  Only with no I/O in flight. */
+int lsm_file_set_direct(struct lsm_file *f, bool on);
+/* Remove f->path if f->created and the name still leads to f's file (not
+ * something put there since).  1 if removed, else 0.  Call before close. */
+int lsm_file_remove_created(struct lsm_file *f);
 /* Wrap an fd that is already open (not owned). */
 int lsm_file_from_fd(int fd, const char *path, struct lsm_file **out);
 void lsm_file_close(struct lsm_file *f);

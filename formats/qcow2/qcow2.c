@@ -13,6 +13,7 @@
 #include "config.h"
 #include "cleanup.h"
 #include "error.h"
+#include "fileio.h"
 #include "image-internal.h"
 #include "qcow2.h"
 #include "util.h"
@@ -235,11 +236,10 @@ static int open_data_file(struct lsm_image *img, struct qcow2_state *s)
         lsm_error_prefix("external data file");
         return err;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = lsm_open_disk(path, O_RDONLY, 0, "external data file", NULL);
     if (fd < 0) {
-        int r = lsm_error_errno(-errno, "cannot open external data file '%s'", path);
         free(path);
-        return r;
+        return fd;
     }
     img->data_fd = fd;
     img->data_filename = path;
