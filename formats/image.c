@@ -161,11 +161,12 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
-static int open_one(const char *path, enum lsm_format fmt, struct lsm_image **out)
+static int open_one(const char *path, enum lsm_format fmt, unsigned flags, struct lsm_image **out)
 {
     struct lsm_image *img = calloc(1, sizeof *img);
     if (!img)
         return lsm_error(-ENOMEM, "out of memory");
+    img->open_flags = flags;
     img->fd = img->data_fd = -1;
     img->filename = strdup(path);
     if (!img->filename) {
@@ -233,7 +234,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
                    struct lsm_image **out)
 {
     struct lsm_image *top = NULL;
-    int r = open_one(path, fmt, &top);
+    int r = open_one(path, fmt, flags, &top);
     if (r < 0)
         return r;
     if (flags & LSM_OPEN_NO_BACKING) {
@@ -264,7 +265,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
             goto fail;
         }
         struct lsm_image *b = NULL;
-        r = open_one(cur->backing_path, cur->backing_fmt, &b);
+        r = open_one(cur->backing_path, cur->backing_fmt, flags, &b);
         if (r < 0) {
             if (r == -ENOENT)
                 lsm_error(r, "backing file '%s' (named by '%s') does not exist",

@@ -417,7 +417,8 @@ int qcow2_parse_header(struct lsm_image *img, struct qcow2_state *s, unsigned fl
 
 static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
 {
-    int r = qcow2_parse_header(img, s, 0);
+    int r = qcow2_parse_header(img, s, (img->open_flags & LSM_OPEN_INCOMPLETE_OK) ?
+                                        QCOW2_PARSE_INCOMPLETE_OK : 0);
     if (r < 0)
         return r;
     struct qcow2_header *h = &s->h;
