@@ -52,6 +52,12 @@
 /* Opening an image uses a temporary bitmap of referenced clusters (to find
  * leaks and clusters used twice) when it needs at most this many bytes. */
 #define MAX_REFMAP_BYTES (16u * 1024 * 1024)
+/* In an opened regular file, clusters in use (by the refcounts, or by the
+ * references of an incomplete image) may lie at most this far past the end
+ * of the file: leaks of a crashed QEMU, clusters an interrupted writer
+ * allocated but never wrote.  More is a corrupt image, whose refcount
+ * structures finish would have to write up to that end. */
+#define MAX_PAST_EOF (1ULL << 30)
 
 struct l2_slot {
     uint64_t l1_index;          /* UINT64_MAX: empty */
@@ -98,6 +104,7 @@ struct qcow2_writer {
     size_t nfree, free_cap;
 
     bool marked;                /* the incomplete bit is on disk (and in hdr) */
+    uint64_t open_limit;        /* opening: clusters in use must end below this (bytes) */
     bool rebuild;               /* opened incomplete: refcounts are rebuilt from the references */
 
     int failed;                 /* first write error: the writer is unusable */
@@ -898,10 +905,10 @@ static int check_ref(const struct qcow2_writer *w, struct refmap *m, uint64_t of
     if (!is_aligned(off, w->cluster_size))
         return lsm_error(-EINVAL, "corrupt image: %s at unaligned offset 0x%" PRIx64, what, off);
     if (w->rebuild) {
-        uint64_t limit = w->is_blockdev ? w->dev_size : QCOW2_MAX_HOST_OFFSET;
+        uint64_t limit = w->open_limit;
         if (off >= limit || limit - off < w->cluster_size)
             return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " lies past the end of "
-                             "the %s", what, off, w->is_blockdev ? "device" : "qcow2 address space");
+                             "the %s", what, off, w->is_blockdev ? "device" : "file");
         int r = refmap_grow(m, c + 1);
         if (r < 0)
             return r;
@@ -1106,9 +1113,17 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
             goto fail;
         }
     }
+    w->open_limit = is_blockdev ? fsize : MIN(QCOW2_MAX_HOST_OFFSET,
+                                              align_up(fsize, w->cluster_size) + MAX_PAST_EOF);
     r = scan_refcounts(w, rt_off, rt_clusters, &used_end);
     if (r < 0)
         goto fail;
+    if (used_end > w->open_limit >> cbits) {
+        r = lsm_error(-EINVAL, "corrupt image: its refcounts count clusters up to 0x%" PRIx64
+                      ", far past the end of the %s", used_end << cbits,
+                      is_blockdev ? "device" : "file");
+        goto fail;
+    }
     /* The end of the image: past the last used cluster and, for a regular
      * file, past its end (never overwrite anything that is there). */
     end = used_end;
@@ -1252,6 +1267,11 @@ static void refcount_layout(const struct qcow2_writer *w, uint64_t e, uint64_t *
     }
     *nrt_out = nrt;
     *nrb_out = nrb;
+}
+
+bool qcow2_writer_changed(const struct qcow2_writer *w)
+{
+    return w->marked;
 }
 
 uint64_t qcow2_writer_end(const struct qcow2_writer *w)

@@ -70,6 +70,10 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
  * referenced cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 
+/* True once the image carries the incomplete mark on disk (a created
+ * image from the start; an opened one from its first change, or when it
+ * was opened incomplete).  A failure before that left the file as it was. */
+bool qcow2_writer_changed(const struct qcow2_writer *w);
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
