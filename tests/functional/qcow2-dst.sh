@@ -163,6 +163,31 @@ for n in 1 2 3 4 5; do
     check_sources "$case"
 done
 
+# 3b. The same on a block device (a loop device): the end of the image
+#     comes from its metadata, not from the size of the file.
+loop=
+detach() { [[ -z $loop ]] || losetup -d "$loop"; cleanup; }
+trap detach EXIT
+if [[ $(id -u) == 0 ]] && command -v losetup >/dev/null && truncate -s 64M loop.img &&
+    loop=$(losetup -f --show loop.img 2>/dev/null); then
+    case="write:2:EIO on copy -n into a full qcow2 on a loop device"
+    make_dst "$loop" 24M ""
+    LSM_IO_FAULT=write:2:EIO rc_of "$LSM_SYNC" copy -n -O qcow2 src.qcow2 "$loop"
+    if ((RC != 1)); then
+        fail "$case" "exit $RC, want 1: $(cat err.log)"
+    elif incomplete "$case" "$loop"; then
+        rc_of "$LSM_SYNC" copy -n -O qcow2 src.qcow2 "$loop"
+        if ((RC != 0)); then
+            fail "$case" "rerun: exit $RC: $(cat err.log)"
+        elif complete "$case" src.qcow2 "$loop"; then
+            pass "$case"
+        fi
+    fi
+    check_sources "$case"
+else
+    log "no loop device here (not root, or no losetup): block-device case not run"
+fi
+
 # 4. sync twice, and a sync killed with SIGKILL then run again.
 make_chain() {   # DIR: raw base <- qcow2 <- qcow2, 32 MiB, random data
     mkdir -p "$1"
@@ -204,15 +229,26 @@ fi
 case="sync killed with SIGKILL, then run again"
 mkdir k
 "$LSM_SYNC" clone-structure c/top.qcow2 --dst-dir k >/dev/null
-"$LSM_SYNC" sync --type=ALL --rate=8M c/top.qcow2 k/top.qcow2 >/dev/null 2>&1 &
+# marked VOLUME: the incomplete bit (63: the top bit of byte 72) is set.
+marked() { (( $(od -An -tu1 -j72 -N1 "$1") >= 128 )); }
+"$LSM_SYNC" sync --type=ALL --rate=4M c/top.qcow2 k/top.qcow2 >/dev/null 2>&1 &
 pid=$!
-sleep 2
-kill -KILL $pid
+# kill it while it writes a qcow2 volume (at most 20 s of polling)
+for _ in $(seq 200); do
+    if marked k/mid.qcow2 || marked k/top.qcow2; then
+        sleep 0.3
+        break
+    fi
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+done
+killed=1
+kill -KILL $pid 2>/dev/null || killed=0
 set +e
-wait $pid
+wait $pid 2>/dev/null
 krc=$?
 set -e
-if ((krc != 137)); then
+if ((killed == 0 || krc != 137)); then
     fail "$case" "the sync ended before the kill (exit $krc): use a slower rate"
 else
     # what was being written is refused by QEMU and by our reader
