@@ -601,6 +601,85 @@ static const struct feature_name feature_table[] = {
     { 2, 1, "raw external data" },
     { 0, 63, "lsm-sync incomplete copy" },
 };
+#define MAX_HDR_EXTS 64
+
+/* The extensions of a header area the reader validated (qcow2_parse_header):
+ * every extension but skip_type, into exts (at most MAX_HDR_EXTS - 2, room
+ * for two more); *area_end is where the old extensions and backing name
+ * end.  Like QEMU, the area ends at the backing file name when that comes
+ * first (old images store the name right after the header). */
+static int collect_exts(const uint8_t *old, uint32_t cs, uint32_t hlen, uint32_t skip_type,
+                        struct hdr_ext *exts, size_t *n_out, size_t *area_end)
+{
+    uint64_t boff = be64_get(old + offsetof(struct qcow2_header, backing_file_offset));
+    uint32_t bsize = be32_get(old + offsetof(struct qcow2_header, backing_file_size));
+    size_t ext_end = boff > hlen && boff < cs ? boff : cs;
+    size_t n = 0, end = hlen;
+    for (size_t pos = hlen; pos + 8 <= ext_end;) {
+        uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
+        if (type == QCOW2_EXT_END) {
+            end = pos + 8;
+            break;
+        }
+        if (len > ext_end - pos - 8)
+            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
+                             "first cluster", type);
+        if (type != skip_type) {
+            if (n == MAX_HDR_EXTS - 2)
+                return lsm_error(-ENOTSUP, "too many header extensions");
+            exts[n++] = (struct hdr_ext){ type, len, old + pos + 8 };
+        }
+        pos += 8 + align_up(len, 8);
+        end = pos;
+    }
+    if (boff && boff <= cs && bsize <= cs - boff)
+        end = MAX(end, boff + bsize);
+    *n_out = n;
+    *area_end = end;
+    return 0;
+}
+
+/* In an opened image, name our incomplete bit in its feature-name table, or
+ * in a new table with that one entry (QEMU then says "Unsupported qcow2
+ * feature(s): lsm-sync incomplete copy"), in memory: it reaches the disk
+ * with the mark.  Like create, only when the first cluster keeps room for
+ * the longest backing name and format qcow2_set_backing() may write; left
+ * as it is when the table names the bit already. */
+static void name_incomplete_feature(struct qcow2_writer *w, uint32_t hlen, const char *backing)
+{
+    struct hdr_ext exts[MAX_HDR_EXTS];
+    size_t n, end;
+    lsm_error_clear();
+    if (collect_exts(w->hdr, w->cluster_size, hlen, QCOW2_EXT_END, exts, &n, &end) < 0) {
+        lsm_error_clear();
+        return;
+    }
+    const struct feature_name *ours = &feature_table[ARRAY_SIZE(feature_table) - 1];
+    size_t k;
+    for (k = 0; k < n && exts[k].type != QCOW2_EXT_FEATURE_TABLE; k++)
+        ;
+    if (k == n)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, 0, NULL };
+    if (exts[k].len % sizeof *ours || exts[k].len > w->cluster_size - sizeof *ours)
+        return;
+    const uint8_t *t = exts[k].data;
+    for (size_t i = 0; i < exts[k].len; i += sizeof *ours)
+        if (t[i] == ours->type && t[i + 1] == ours->bit)
+            return;
+    _cleanup_free_ uint8_t *table = malloc(exts[k].len + sizeof *ours);
+    _cleanup_free_ uint8_t *neu = aligned_alloc_zero(w->cluster_size);
+    if (!table || !neu)
+        return;
+    if (exts[k].len)
+        memcpy(table, t, exts[k].len);
+    memcpy(table + exts[k].len, ours, sizeof *ours);
+    exts[k] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, exts[k].len + (uint32_t)sizeof *ours, table };
+    long used = layout_header(neu, w->cluster_size, w->hdr, hlen, exts, n, backing);
+    size_t blen = backing ? strlen(backing) : 0;
+    if (used < 0 || (size_t)used - blen + QCOW2_MAX_BACKING_NAME + 16 > w->cluster_size)
+        return;
+    memcpy(w->hdr, neu, w->cluster_size);
+}
 
 /* ---- create ------------------------------------------------------------- */
 
@@ -1006,14 +1085,15 @@ static int scan_l2(struct qcow2_writer *w, struct refmap *m, uint64_t end)
 
 /* The reader's header validation (qcow2_parse_header), then what the
  * writer cannot maintain. */
-static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow2_state *s)
+static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow2_state *s,
+                             char **backing)
 {
     struct lsm_image img = {
         .ops = &lsm_qcow2_ops, .format = LSM_FMT_QCOW2, .filename = (char *)"destination",
         .fd = w->fd, .data_fd = w->fd, .is_blockdev = w->is_blockdev, .file_size = fsize,
     };
     int r = qcow2_parse_header(&img, s, QCOW2_PARSE_INCOMPLETE_OK);
-    free(img.backing_name);
+    *backing = img.backing_name;
     free(s->data_file_name);
     s->data_file_name = NULL;
     if (r < 0)
@@ -1055,7 +1135,8 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
         return r;
     struct qcow2_state st = { 0 };
     struct qcow2_writer tmp = { .fd = fd, .is_blockdev = is_blockdev, .dev_size = fsize };
-    r = parse_open_header(&tmp, fsize, &st);
+    _cleanup_free_ char *backing = NULL;
+    r = parse_open_header(&tmp, fsize, &st, &backing);
     if (r < 0)
         return r;
     const struct qcow2_header *h = &st.h;
@@ -1105,6 +1186,8 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     /* We do not maintain any autoclear feature: clear them (the spec's rule
      * for writers that do not know them). */
     be64_put(w->hdr + offsetof(struct qcow2_header, autoclear_features), 0);
+    if (!w->marked)
+        name_incomplete_feature(w, h->header_length, backing);
 
     if (w->l1_size) {
         r = pread_full(fd, w->l1, align_up((uint64_t)w->l1_size * 8, align), w->l1_offset);
@@ -1455,36 +1538,14 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
     r = pread_full(fd, old, cs, 0);
     if (r < 0)
         return lsm_error_errno(r, "cannot read the qcow2 header");
-    const struct qcow2_header *h = (const struct qcow2_header *)old;
     uint32_t hlen = st.h.header_length;
 
-    /* Keep every extension but the backing format.  Like QEMU, the area
-     * ends at the backing file name when that comes first (old images
-     * store the name right after the header, without extensions). */
-    uint64_t boff = be64_get(&h->backing_file_offset);
-    uint32_t bsize = be32_get(&h->backing_file_size);
-    size_t ext_end = boff > hlen && boff < cs ? boff : cs;
-    struct hdr_ext exts[64];
+    /* Keep every extension but the backing format. */
+    struct hdr_ext exts[MAX_HDR_EXTS];
     size_t n = 0, old_end = hlen;
-    for (size_t pos = hlen; pos + 8 <= ext_end;) {
-        uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
-        if (type == QCOW2_EXT_END) {
-            old_end = pos + 8;
-            break;
-        }
-        if (len > ext_end - pos - 8)
-            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
-                             "first cluster", type);
-        if (type != QCOW2_EXT_BACKING_FORMAT) {
-            if (n == ARRAY_SIZE(exts) - 1)
-                return lsm_error(-ENOTSUP, "too many header extensions");
-            exts[n++] = (struct hdr_ext){ type, len, old + pos + 8 };
-        }
-        pos += 8 + align_up(len, 8);
-        old_end = pos;
-    }
-    if (boff && boff <= cs && bsize <= cs - boff)
-        old_end = MAX(old_end, boff + bsize);
+    r = collect_exts(old, cs, hlen, QCOW2_EXT_BACKING_FORMAT, exts, &n, &old_end);
+    if (r < 0)
+        return r;
 
     const char *bf = backing_name ? fmt_name(backing_fmt) : NULL;
     if (bf)

@@ -166,7 +166,13 @@ done
 # 3b. The same on a block device (a loop device): the end of the image
 #     comes from its metadata, not from the size of the file.
 loop=
-detach() { [[ -z $loop ]] || losetup -d "$loop"; cleanup; }
+detach() {
+    # only our own loop device (another test may have reused the number)
+    if [[ -n $loop ]] && losetup "$loop" 2>/dev/null | grep -qF "$T/loop.img"; then
+        losetup -d "$loop"
+    fi
+    cleanup
+}
 trap detach EXIT
 if [[ $(id -u) == 0 ]] && command -v losetup >/dev/null && truncate -s 64M loop.img &&
     loop=$(losetup -f --show loop.img 2>/dev/null); then
