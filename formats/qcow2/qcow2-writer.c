@@ -9,15 +9,24 @@
  * Refcounts: the writer never frees, so every cluster below the end of the
  * image has refcount 1, except a "free set": in an image we opened, the
  * clusters that had refcount 0, leaked clusters (refcount 1 but referenced by
- * nothing), and its old refcount table and blocks.  finish() therefore never
- * needs the refcounts in memory: it streams refcount blocks computed from the
- * end of the image and the free set.
+ * nothing), and its old refcount table and blocks; in an image opened
+ * incomplete (its refcounts stale), every cluster nothing references.
+ * finish() therefore never needs the refcounts in memory: it streams
+ * refcount blocks computed from the end of the image and the free set.
+ * Clusters already allocated are rewritten in place; zeroed ones keep their
+ * host cluster (a preallocation), so nothing is ever freed while open.
+ *
+ * The incomplete mark (QCOW2_INCOMPAT_LSM_INCOMPLETE) goes to disk before
+ * the first change (mark_incomplete) and is cleared by the last header
+ * write of finish; opening writes nothing.
  *
  * Memory: the L1 table (at most 32 MiB, QEMU's limit), one bit per L1 entry
  * ("fresh" L2 tables: allocated but never written, read back as zeroes), a
  * small LRU write-back cache of L2 tables, and the free set as sorted ranges.
  * Opening also uses, temporarily, a bitmap of referenced clusters (at most
- * 16 MiB; skipped for larger images, which then keep any leaks they have).
+ * 16 MiB; skipped for larger images, which then keep any leaks they have;
+ * an incomplete image that large is refused, its refcounts cannot be
+ * rebuilt without it).
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -7,9 +7,10 @@
  * A second pass runs qcow2_set_backing on a fresh copy of the input with a
  * name and a format taken from its last bytes.  The writer must refuse bad
  * images with a message, never crash, read out of bounds or allocate
- * without bound.  Growth of the memfd is bounded here (the writer appends
- * at most a few clusters plus refcount structures; an image whose refcount
- * table would need more is refused by the writer itself).
+ * without bound.  Growth of the memfd is bounded by the writer itself: it
+ * refuses images whose clusters in use lie more than 1 GiB past the end of
+ * the file, and appends only a few clusters here plus the refcount
+ * structures for that end.
  *
  * Built with -Dfuzzing=true (clang, -fsanitize=fuzzer,address,undefined);
  * fuzz-replay.c feeds the seed corpus to the same function in every build.
