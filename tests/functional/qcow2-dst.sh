@@ -137,13 +137,18 @@ refused "copy -n into a version 2 qcow2" v2.qcow2
 
 # 3. Faults on a copy -n into an existing qcow2: exit 1; the destination
 #    is unchanged or marked incomplete; a rerun completes it.
-for n in 1 2 3 4 5; do
-    case="write:$n:EIO on copy -n into a full qcow2"
+for fault in write:1:EIO write:2:EIO write:3:EIO write:4:EIO write:5:EIO \
+             uring/write:2:ENOSPC aio/write:3:EIO psync/write:2:EIO; do
+    io=auto
+    if [[ $fault == */* ]]; then io=${fault%%/*}; fault=${fault#*/}; fi
+    case="$fault ($io) on copy -n into a full qcow2"
     make_dst fault.qcow2 24M ""
     before=$(sum fault.qcow2)
-    LSM_IO_FAULT=write:$n:EIO rc_of "$LSM_SYNC" copy -n -O qcow2 src.qcow2 fault.qcow2
-    if ((RC != 1)); then
-        fail "$case" "exit $RC, want 1: $(cat err.log)"
+    LSM_IO_FAULT=$fault rc_of "$LSM_SYNC" copy --io=$io -n -O qcow2 src.qcow2 fault.qcow2
+    msg="Input/output error"
+    [[ $fault == *ENOSPC ]] && msg="No space left on device"
+    if ((RC != 1)) || ! grep -q "$msg" err.log; then
+        fail "$case" "exit $RC, want 1 with '$msg': $(cat err.log)"
         continue
     fi
     if [[ $(sum fault.qcow2) != "$before" ]]; then
@@ -227,6 +232,22 @@ elif chain_complete "$case (first)" c d; then
     if ((RC != 0)); then
         fail "$case" "second: exit $RC: $(cat err.log)"
     elif chain_complete "$case (second)" c d; then
+        pass "$case"
+    fi
+fi
+[[ $(chain_sums c) == "$csums" ]] || fail "$case" "the source chain changed"
+
+case="sync failing on write:3:EIO, then run again"
+mkdir f
+"$LSM_SYNC" clone-structure c/top.qcow2 --dst-dir f >/dev/null
+LSM_IO_FAULT=write:3:EIO rc_of "$LSM_SYNC" sync --type=ALL c/top.qcow2 f/top.qcow2
+if ((RC != 1)); then
+    fail "$case" "exit $RC, want 1: $(cat err.log)"
+else
+    rc_of "$LSM_SYNC" sync --type=ALL c/top.qcow2 f/top.qcow2
+    if ((RC != 0)); then
+        fail "$case" "rerun: exit $RC: $(cat err.log)"
+    elif chain_complete "$case" c f; then
         pass "$case"
     fi
 fi

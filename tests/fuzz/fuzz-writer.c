@@ -3,7 +3,9 @@
  * The input goes to a memfd (a regular file the writer may extend), then:
  * qcow2_writer_open; on success a few qcow2_writer_alloc / qcow2_writer_zero
  * calls at places derived from the input (first, middle and last clusters,
- * with host-contiguous runs checked against the contract), finish, close.
+ * with host-contiguous runs checked against the contract), sometimes a
+ * close without finish and a second open of the image left marked
+ * incomplete, then finish, close.
  * A second pass runs qcow2_set_backing on a fresh copy of the input with a
  * name and a format taken from its last bytes.  The writer must refuse bad
  * images with a message, never crash, read out of bounds or allocate
@@ -103,6 +105,15 @@ static void writer_pass(const uint8_t *data, size_t size)
                 len -= mapped;
             }
         }
+        refused_with_message(r);
+    }
+    if (r == 0 && (sel & 0x80) && qcow2_writer_changed(w)) {
+        /* interrupted: a second writer must reopen the marked image
+         * (rebuilding its refcounts) or refuse it with a message */
+        qcow2_writer_close(w);
+        w = NULL;
+        lsm_error_clear();
+        r = qcow2_writer_open(fd, 512, &w);
         refused_with_message(r);
     }
     if (r == 0) {
