@@ -257,7 +257,10 @@ int cmd_sync(int argc, char **argv)
             goto out;
         }
     }
-    if (lsm_chain_describe(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO, &dst) < 0) {
+    /* A destination volume an interrupted sync left incomplete is what
+     * this sync finishes. */
+    if (lsm_chain_describe_flags(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO,
+                                 LSM_OPEN_INCOMPLETE_OK, &dst) < 0) {
         rc = cli_fail("sync");
         goto out;
     }

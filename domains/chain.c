@@ -72,10 +72,16 @@ static int describe_one(struct lsm_image *img, struct lsm_volume_desc *v)
 
 int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_desc *out)
 {
+    return lsm_chain_describe_flags(top, fmt, 0, out);
+}
+
+int lsm_chain_describe_flags(const char *top, enum lsm_format fmt, unsigned flags,
+                             struct lsm_chain_desc *out)
+{
     memset(out, 0, sizeof *out);
     struct lsm_image *img;
     /* force share: see chain.h */
-    int r = lsm_image_open(top, fmt, LSM_OPEN_FORCE_SHARE, &img);
+    int r = lsm_image_open(top, fmt, (flags & ~LSM_OPEN_NO_BACKING) | LSM_OPEN_FORCE_SHARE, &img);
     if (r < 0)
         return r;
     out->n = lsm_chain_length(img);

@@ -45,6 +45,10 @@ struct lsm_chain_desc {
  * chain is held for writing by its VM while clone-structure and sync
  * --type=INTERNAL run; what is copied is locked by lsm_copy. */
 int lsm_chain_describe(const char *top, enum lsm_format fmt, struct lsm_chain_desc *out);
+/* The same with lsm_image_open flags (LSM_OPEN_INCOMPLETE_OK for a
+ * destination chain that an interrupted sync left incomplete). */
+int lsm_chain_describe_flags(const char *top, enum lsm_format fmt, unsigned flags,
+                             struct lsm_chain_desc *out);
 void lsm_chain_desc_free(struct lsm_chain_desc *c);
 /* 0 if b has the structure of a (same number and order of volumes, same
  * formats, virtual sizes and cluster sizes), else -EINVAL with a message

@@ -55,13 +55,17 @@ struct dst {
     int tail_fd;                /* buffered fd for an unaligned tail (raw) */
 };
 
-static int dst_map(struct dst *d, uint64_t guest, uint64_t len, uint64_t *host)
+/* Host offset for writing guest [guest, guest+len): for a qcow2
+ * destination, the first host-contiguous run (*mapped bytes of it, cluster
+ * aligned, possibly past len at the end of the disk). */
+static int dst_map(struct dst *d, uint64_t guest, uint64_t len, uint64_t *host, uint64_t *mapped)
 {
     if (!d->w) {
         *host = guest;
+        *mapped = len;
         return 0;
     }
-    int r = qcow2_writer_alloc(d->w, guest, align_up(len, d->cluster), host);
+    int r = qcow2_writer_alloc(d->w, guest, align_up(len, d->cluster), host, mapped);
     if (r < 0) {
         lsm_error_prefix("cannot allocate clusters in %s at guest offset %" PRIu64, d->path, guest);
         return r;
@@ -370,30 +374,37 @@ static int emit_zero(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
 static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
 {
     struct dst *d = c->d;
-    uint64_t guest = q->start + pos;
-    uint64_t host = guest;
-    if (!c->physical) {
-        int r = dst_map(d, guest, len, &host);
-        if (r < 0)
-            return set_err(c, r);
-    }
     uint64_t wlen = d->w ? align_up(len, d->cluster) : len;
     if (wlen > len)   /* last cluster past the end of the disk */
         memset(q->buf + pos + len, 0, wlen - len);
-    uint64_t alen = align_down(wlen, d->f->offset_align);
-    if (alen < wlen && !d->w) {
-        /* unaligned end of a raw disk: buffered write */
-        int t = dst_write_tail(d, q->buf + pos + alen, wlen - alen, host + alen);
-        if (t < 0)
-            return set_err(c, t);
-        c->st->bytes_written += wlen - alen;
-        wlen = alen;
-    }
-    if (wlen) {
-        struct ioslot *s = new_slot(q, LSM_OP_WRITE, d->f, pos, host, wlen);
-        if (!s)
-            return set_err(c, lsm_error(-EOVERFLOW, "internal: too many writes in one request"));
-        queue_slot(c, s);
+    /* A qcow2 destination may map the range in several host-contiguous
+     * pieces (clusters it already has, new ones): one write each, at most
+     * one per cluster, so the slots of the request suffice. */
+    while (wlen) {
+        uint64_t guest = q->start + pos, host = guest, n = wlen;
+        if (!c->physical) {
+            int r = dst_map(d, guest, wlen, &host, &n);
+            if (r < 0)
+                return set_err(c, r);
+        }
+        uint64_t alen = align_down(n, d->f->offset_align);
+        if (alen < n && !d->w) {
+            /* unaligned end of a raw disk: buffered write */
+            int t = dst_write_tail(d, q->buf + pos + alen, n - alen, host + alen);
+            if (t < 0)
+                return set_err(c, t);
+            c->st->bytes_written += n - alen;
+        } else {
+            alen = n;
+        }
+        if (alen) {
+            struct ioslot *s = new_slot(q, LSM_OP_WRITE, d->f, pos, host, alen);
+            if (!s)
+                return set_err(c, lsm_error(-EOVERFLOW, "internal: too many writes in one request"));
+            queue_slot(c, s);
+        }
+        pos += n;
+        wlen -= n;
     }
     return 0;
 }

@@ -264,6 +264,7 @@ static int open_one(const char *path, enum lsm_format fmt, unsigned flags,
     struct lsm_image *img = calloc(1, sizeof *img);
     if (!img)
         return lsm_error(-ENOMEM, "out of memory");
+    img->open_flags = flags;
     img->fd = img->data_fd = -1;
     img->filename = strdup(path);
     if (!img->filename) {

@@ -78,12 +78,17 @@ struct lsm_image {
     struct lsm_image *backing;   /* opened backing layer (chain open) */
     unsigned depth;          /* 0 for the top of the chain */
 
+    unsigned open_flags;     /* LSM_OPEN_* flags the image was opened with */
     void *priv;              /* format private state */
 };
 
 /* Flags for lsm_image_open / lsm_chain_open */
 #define LSM_OPEN_NO_BACKING  0x1u   /* open one layer, do not follow backing files */
 #define LSM_OPEN_FORCE_SHARE 0x2u   /* read what another process writes (qemu-img -U) */
+/* Also open qcow2 layers an interrupted lsm-sync writer left marked
+ * incomplete (docs/format-notes.md): for describing a destination chain
+ * that a retry will finish, never for reading its data as the guest's. */
+#define LSM_OPEN_INCOMPLETE_OK 0x4u
 
 /* Maximum backing chain length accepted. */
 #define LSM_MAX_CHAIN_DEPTH 256

@@ -145,6 +145,12 @@ static int get_host_offset(struct lsm_image *img, uint64_t offset, uint64_t byte
         return lsm_error(-EIO, "corrupt image: invalid subcluster bitmap 0x%016" PRIx64 " for guest offset 0x%" PRIx64,
                          bm, offset - in_cluster);
 
+    /* Like QEMU: the zero flag is a v3 feature; in a version 2 image it is
+     * corruption, not zeroes. */
+    if (s->h.version < 3 && (t0 == SC_ZERO_PLAIN || t0 == SC_ZERO_ALLOC))
+        return lsm_error(-EIO, "corrupt image: zero cluster entry in a version 2 (compat 0.10) image "
+                         "(guest offset 0x%" PRIx64 ", L1 index %" PRIu64 ", L2 index %u)",
+                         offset - in_cluster, l1_index, l2_index);
     uint64_t host_cluster = e & QCOW2_L2E_OFFSET_MASK;
     if (t0 == SC_COMPRESSED) {
         if (s->has_data_file)

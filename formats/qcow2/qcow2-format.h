@@ -25,6 +25,12 @@
 #define QCOW2_INCOMPAT_COMPRESSION  (1ULL << 3)
 #define QCOW2_INCOMPAT_EXTL2        (1ULL << 4)
 #define QCOW2_INCOMPAT_KNOWN        0x1fULL
+/* lsm-sync's own: set while an lsm-sync writer changes the image, cleared
+ * by the last header write of a complete copy.  QEMU refuses to open an
+ * image with an incompatible bit it does not know ("Unsupported qcow2
+ * feature(s)"); our reader refuses it too; qcow2_writer_open accepts it so
+ * that a retry can finish the copy (docs/format-notes.md). */
+#define QCOW2_INCOMPAT_LSM_INCOMPLETE (1ULL << 63)
 /* Compatible features */
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
 /* Autoclear features */

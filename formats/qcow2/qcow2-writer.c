@@ -9,15 +9,24 @@
  * Refcounts: the writer never frees, so every cluster below the end of the
  * image has refcount 1, except a "free set": in an image we opened, the
  * clusters that had refcount 0, leaked clusters (refcount 1 but referenced by
- * nothing), and its old refcount table and blocks.  finish() therefore never
- * needs the refcounts in memory: it streams refcount blocks computed from the
- * end of the image and the free set.
+ * nothing), and its old refcount table and blocks; in an image opened
+ * incomplete (its refcounts stale), every cluster nothing references.
+ * finish() therefore never needs the refcounts in memory: it streams
+ * refcount blocks computed from the end of the image and the free set.
+ * Clusters already allocated are rewritten in place; zeroed ones keep their
+ * host cluster (a preallocation), so nothing is ever freed while open.
+ *
+ * The incomplete mark (QCOW2_INCOMPAT_LSM_INCOMPLETE) goes to disk before
+ * the first change (mark_incomplete) and is cleared by the last header
+ * write of finish; opening writes nothing.
  *
  * Memory: the L1 table (at most 32 MiB, QEMU's limit), one bit per L1 entry
  * ("fresh" L2 tables: allocated but never written, read back as zeroes), a
  * small LRU write-back cache of L2 tables, and the free set as sorted ranges.
  * Opening also uses, temporarily, a bitmap of referenced clusters (at most
- * 16 MiB; skipped for larger images, which then keep any leaks they have).
+ * 16 MiB; skipped for larger images, which then keep any leaks they have;
+ * an incomplete image that large is refused, its refcounts cannot be
+ * rebuilt without it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +41,8 @@
 #include "cleanup.h"
 #include "error.h"
 #include "fileio.h"
-#include "qcow2-format.h"
+#include "image-internal.h"
+#include "qcow2.h"
 #include "qcow2-writer.h"
 #include "util.h"
 
@@ -51,6 +61,12 @@
 /* Opening an image uses a temporary bitmap of referenced clusters (to find
  * leaks and clusters used twice) when it needs at most this many bytes. */
 #define MAX_REFMAP_BYTES (16u * 1024 * 1024)
+/* In an opened regular file, clusters in use (by the refcounts, or by the
+ * references of an incomplete image) may lie at most this far past the end
+ * of the file: leaks of a crashed QEMU, clusters an interrupted writer
+ * allocated but never wrote.  More is a corrupt image, whose refcount
+ * structures finish would have to write up to that end. */
+#define MAX_PAST_EOF (1ULL << 30)
 
 struct l2_slot {
     uint64_t l1_index;          /* UINT64_MAX: empty */
@@ -84,8 +100,8 @@ struct qcow2_writer {
     size_t l1_buf_len;
     uint8_t *fresh;             /* bit per L1 entry */
 
-    uint8_t *hdr;               /* first cluster as it goes to disk (magic set at finish) */
-    size_t hdr_write_len;       /* bytes of hdr rewritten at finish (multiple of align) */
+    uint8_t *hdr;               /* first cluster as it goes to disk */
+    size_t hdr_write_len;       /* bytes of hdr rewritten (multiple of align) */
 
     uint64_t next_free;         /* end of the image in bytes (cluster aligned) */
 
@@ -95,6 +111,10 @@ struct qcow2_writer {
 
     struct crange *free;        /* sorted, disjoint, non-adjacent */
     size_t nfree, free_cap;
+
+    bool marked;                /* the incomplete bit is on disk (and in hdr) */
+    uint64_t open_limit;        /* opening: clusters in use must end below this (bytes) */
+    bool rebuild;               /* opened incomplete: refcounts are rebuilt from the references */
 
     int failed;                 /* first write error: the writer is unusable */
     bool finished;
@@ -207,6 +227,23 @@ static int check_room(const struct qcow2_writer *w, uint64_t bytes, const char *
         return lsm_error(-ENOSPC, "cannot allocate %s: image needs %" PRIu64
                          " bytes but the device holds %" PRIu64 ": No space left on device",
                          what, end, w->dev_size);
+    return 0;
+}
+
+/* Before the first change to an image: put the incomplete bit on disk,
+ * durably, so that nothing opens a half-written image as complete. */
+static int mark_incomplete(struct qcow2_writer *w)
+{
+    if (w->marked)
+        return 0;
+    uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
+    be64_put(f, be64_get(f) | QCOW2_INCOMPAT_LSM_INCOMPLETE);
+    int r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot mark the image incomplete (header at 0x0)"));
+    if (fdatasync(w->fd) < 0)
+        return writer_failed(w, lsm_error_errno(-errno, "cannot sync the incomplete mark in the header"));
+    w->marked = true;
     return 0;
 }
 
@@ -348,41 +385,32 @@ static int check_guest_range(const struct qcow2_writer *w, uint64_t guest, uint6
     return 0;
 }
 
-enum range_check { CHECK_UNALLOCATED, CHECK_NO_DATA };
-
-/* Walk the existing L2 entries of [guest, guest+len): for CHECK_UNALLOCATED
- * every entry must be empty; for CHECK_NO_DATA no entry may have a host
- * cluster.  Also counts the L1 entries without an L2 table. */
-static int check_existing(struct qcow2_writer *w, uint64_t guest, uint64_t len,
-                          enum range_check mode, uint64_t *new_tables)
+/* Host offset of guest cluster c (0: no host cluster; zero clusters with a
+ * preallocated offset return it). */
+static int lookup(struct qcow2_writer *w, uint64_t c, uint64_t *off)
 {
-    uint64_t c = guest >> w->cluster_bits, end = c + (len >> w->cluster_bits);
-    *new_tables = 0;
-    while (c < end) {
-        uint64_t l1i = c / w->l2_entries;
-        uint64_t idx = c % w->l2_entries;
-        uint64_t n = MIN(end - c, w->l2_entries - idx);
-        if ((l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK) == 0) {
-            (*new_tables)++;
-        } else {
-            struct l2_slot *s;
-            int r = l2_get(w, l1i, &s);
-            if (r < 0)
-                return r;
-            for (uint64_t i = idx; i < idx + n; i++) {
-                const uint8_t *e = s->table + i * w->l2_entry_size;
-                uint64_t e0 = be64_get(e), e1 = w->extended_l2 ? be64_get(e + 8) : 0;
-                bool bad = mode == CHECK_UNALLOCATED ? (e0 | e1) != 0
-                                                     : (e0 & QCOW2_L2E_OFFSET_MASK) != 0;
-                if (bad)
-                    return lsm_error(-EEXIST, "guest cluster at 0x%" PRIx64 " is already %s",
-                                     (l1i * w->l2_entries + i) << w->cluster_bits,
-                                     (e0 & QCOW2_L2E_OFFSET_MASK) ? "allocated" : "marked zero");
-            }
-        }
-        c += n;
-    }
+    uint64_t l1i = c / w->l2_entries;
+    *off = 0;
+    if ((l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK) == 0)
+        return 0;
+    struct l2_slot *s;
+    int r = l2_get(w, l1i, &s);
+    if (r < 0)
+        return r;
+    *off = be64_get(s->table + (c % w->l2_entries) * w->l2_entry_size) & QCOW2_L2E_OFFSET_MASK;
     return 0;
+}
+
+/* L1 entries of [guest, guest+len) without an L2 table. */
+static uint64_t count_new_tables(const struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    uint64_t first = (guest >> w->cluster_bits) / w->l2_entries;
+    uint64_t last = (((guest + len) >> w->cluster_bits) - 1) / w->l2_entries;
+    uint64_t n = 0;
+    for (uint64_t l1i = first; l1i <= last; l1i++)
+        if ((l1_get(w, l1i) & QCOW2_L1E_OFFSET_MASK) == 0)
+            n++;
+    return n;
 }
 
 /* Give every L1 entry of the range an L2 table (fresh: zero on read). */
@@ -399,7 +427,10 @@ static void alloc_tables(struct qcow2_writer *w, uint64_t guest, uint64_t len)
     }
 }
 
-/* Fill the entries of the range: host == UINT64_MAX marks zero clusters. */
+/* Fill the entries of the range.  host == UINT64_MAX marks zero clusters,
+ * keeping the host cluster of a data cluster as a preallocation (its
+ * refcount stays 1, so a later alloc reuses it); otherwise the clusters
+ * become data at host, host + cluster size, ... */
 static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t host)
 {
     uint64_t c = guest >> w->cluster_bits, end = c + (len >> w->cluster_bits);
@@ -414,11 +445,13 @@ static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, ui
         for (uint64_t i = idx; i < idx + n; i++) {
             uint8_t *e = s->table + i * w->l2_entry_size;
             if (host == UINT64_MAX) {
+                uint64_t off = be64_get(e) & QCOW2_L2E_OFFSET_MASK;
+                uint64_t copied = off ? QCOW2_OFLAG_COPIED : 0;
                 if (w->extended_l2) {
-                    be64_put(e, 0);
+                    be64_put(e, off | copied);
                     be64_put(e + 8, QCOW2_SUB_ALL_ZERO);
                 } else {
-                    be64_put(e, QCOW2_OFLAG_ZERO);
+                    be64_put(e, off | copied | QCOW2_OFLAG_ZERO);
                 }
             } else {
                 be64_put(e, host | QCOW2_OFLAG_COPIED);
@@ -433,42 +466,74 @@ static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, ui
     return 0;
 }
 
-int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host)
+int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                       uint64_t *mapped)
 {
-    uint64_t new_tables;
     int r = check_usable(w);
     if (r < 0)
         return r;
     r = check_guest_range(w, guest, len, "allocate");
     if (r < 0)
         return r;
-    r = check_existing(w, guest, len, CHECK_UNALLOCATED, &new_tables);
+    uint64_t c0 = guest >> w->cluster_bits, n = len >> w->cluster_bits;
+    uint64_t first, off, run = 1;
+    r = lookup(w, c0, &first);
     if (r < 0)
         return r;
-    if (new_tables > (UINT64_MAX - len) >> w->cluster_bits)
+    if (first) {
+        /* Clusters that have a host cluster are rewritten in place: the
+         * longest run that is host-contiguous. */
+        for (; run < n; run++) {
+            r = lookup(w, c0 + run, &off);
+            if (r < 0)
+                return r;
+            if (off != first + (run << w->cluster_bits))
+                break;
+        }
+        r = mark_incomplete(w);
+        if (r < 0)
+            return r;
+        *host = first;
+        *mapped = run << w->cluster_bits;
+        return fill_entries(w, guest, *mapped, first);
+    }
+    /* Unallocated clusters: a new run at the end of the image. */
+    for (; run < n; run++) {
+        r = lookup(w, c0 + run, &off);
+        if (r < 0)
+            return r;
+        if (off)
+            break;
+    }
+    uint64_t rlen = run << w->cluster_bits;
+    uint64_t new_tables = count_new_tables(w, guest, rlen);
+    if (new_tables > (UINT64_MAX - rlen) >> w->cluster_bits)
         return lsm_error(-EFBIG, "cannot allocate guest range 0x%" PRIx64 ": too large", guest);
-    r = check_room(w, (new_tables << w->cluster_bits) + len, "data clusters");
+    r = check_room(w, (new_tables << w->cluster_bits) + rlen, "data clusters");
     if (r < 0)
         return r;
-    alloc_tables(w, guest, len);
+    r = mark_incomplete(w);
+    if (r < 0)
+        return r;
+    alloc_tables(w, guest, rlen);
     *host = w->next_free;
-    w->next_free += len;
-    return fill_entries(w, guest, len, *host);
+    *mapped = rlen;
+    w->next_free += rlen;
+    return fill_entries(w, guest, rlen, *host);
 }
 
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
-    uint64_t new_tables;
     int r = check_usable(w);
     if (r < 0)
         return r;
     r = check_guest_range(w, guest, len, "zero");
     if (r < 0)
         return r;
-    r = check_existing(w, guest, len, CHECK_NO_DATA, &new_tables);
+    r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
     if (r < 0)
         return r;
-    r = check_room(w, new_tables << w->cluster_bits, "L2 tables");
+    r = mark_incomplete(w);
     if (r < 0)
         return r;
     alloc_tables(w, guest, len);
@@ -543,7 +608,87 @@ static const struct feature_name feature_table[] = {
     { 1, 0, "lazy refcounts" },
     { 2, 0, "bitmaps" },
     { 2, 1, "raw external data" },
+    { 0, 63, "lsm-sync incomplete copy" },
 };
+#define MAX_HDR_EXTS 64
+
+/* The extensions of a header area the reader validated (qcow2_parse_header):
+ * every extension but skip_type, into exts (at most MAX_HDR_EXTS - 2, room
+ * for two more); *area_end is where the old extensions and backing name
+ * end.  Like QEMU, the area ends at the backing file name when that comes
+ * first (old images store the name right after the header). */
+static int collect_exts(const uint8_t *old, uint32_t cs, uint32_t hlen, uint32_t skip_type,
+                        struct hdr_ext *exts, size_t *n_out, size_t *area_end)
+{
+    uint64_t boff = be64_get(old + offsetof(struct qcow2_header, backing_file_offset));
+    uint32_t bsize = be32_get(old + offsetof(struct qcow2_header, backing_file_size));
+    size_t ext_end = boff > hlen && boff < cs ? boff : cs;
+    size_t n = 0, end = hlen;
+    for (size_t pos = hlen; pos + 8 <= ext_end;) {
+        uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
+        if (type == QCOW2_EXT_END) {
+            end = pos + 8;
+            break;
+        }
+        if (len > ext_end - pos - 8)
+            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
+                             "first cluster", type);
+        if (type != skip_type) {
+            if (n == MAX_HDR_EXTS - 2)
+                return lsm_error(-ENOTSUP, "too many header extensions");
+            exts[n++] = (struct hdr_ext){ type, len, old + pos + 8 };
+        }
+        pos += 8 + align_up(len, 8);
+        end = pos;
+    }
+    if (boff && boff <= cs && bsize <= cs - boff)
+        end = MAX(end, boff + bsize);
+    *n_out = n;
+    *area_end = end;
+    return 0;
+}
+
+/* In an opened image, name our incomplete bit in its feature-name table, or
+ * in a new table with that one entry (QEMU then says "Unsupported qcow2
+ * feature(s): lsm-sync incomplete copy"), in memory: it reaches the disk
+ * with the mark.  Like create, only when the first cluster keeps room for
+ * the longest backing name and format qcow2_set_backing() may write; left
+ * as it is when the table names the bit already. */
+static void name_incomplete_feature(struct qcow2_writer *w, uint32_t hlen, const char *backing)
+{
+    struct hdr_ext exts[MAX_HDR_EXTS];
+    size_t n, end;
+    lsm_error_clear();
+    if (collect_exts(w->hdr, w->cluster_size, hlen, QCOW2_EXT_END, exts, &n, &end) < 0) {
+        lsm_error_clear();
+        return;
+    }
+    const struct feature_name *ours = &feature_table[ARRAY_SIZE(feature_table) - 1];
+    size_t k;
+    for (k = 0; k < n && exts[k].type != QCOW2_EXT_FEATURE_TABLE; k++)
+        ;
+    if (k == n)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, 0, NULL };
+    if (exts[k].len % sizeof *ours || exts[k].len > w->cluster_size - sizeof *ours)
+        return;
+    const uint8_t *t = exts[k].data;
+    for (size_t i = 0; i < exts[k].len; i += sizeof *ours)
+        if (t[i] == ours->type && t[i + 1] == ours->bit)
+            return;
+    _cleanup_free_ uint8_t *table = malloc(exts[k].len + sizeof *ours);
+    _cleanup_free_ uint8_t *neu = aligned_alloc_zero(w->cluster_size);
+    if (!table || !neu)
+        return;
+    if (exts[k].len)
+        memcpy(table, t, exts[k].len);
+    memcpy(table + exts[k].len, ours, sizeof *ours);
+    exts[k] = (struct hdr_ext){ QCOW2_EXT_FEATURE_TABLE, exts[k].len + (uint32_t)sizeof *ours, table };
+    long used = layout_header(neu, w->cluster_size, w->hdr, hlen, exts, n, backing);
+    size_t blen = backing ? strlen(backing) : 0;
+    if (used < 0 || (size_t)used - blen + QCOW2_MAX_BACKING_NAME + 16 > w->cluster_size)
+        return;
+    memcpy(w->hdr, neu, w->cluster_size);
+}
 
 /* ---- create ------------------------------------------------------------- */
 
@@ -660,12 +805,13 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     }
 
     struct qcow2_header h = { 0 };
+    be32_put(&h.magic, QCOW2_MAGIC);
     be32_put(&h.version, 3);
     be32_put(&h.cluster_bits, cbits);
     be64_put(&h.size, o->size);
     be32_put(&h.l1_size, w->l1_size);
     be64_put(&h.l1_table_offset, w->l1_offset);
-    uint64_t incompat = o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0;
+    uint64_t incompat = QCOW2_INCOMPAT_LSM_INCOMPLETE | (o->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0);
     if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
         incompat |= QCOW2_INCOMPAT_COMPRESSION;
     be64_put(&h.incompatible_features, incompat);
@@ -692,8 +838,8 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     }
     w->hdr_write_len = align_up((uint64_t)used, align);
 
-    /* The whole first cluster, magic cleared: whatever was there before
-     * (an old image on a reused device) no longer opens. */
+    /* The whole first cluster, marked incomplete: whatever was there
+     * before (an old image on a reused device) no longer opens. */
     r = pwrite_full(fd, w->hdr, w->cluster_size, 0);
     if (r < 0) {
         r = lsm_error_errno(r, "cannot write the qcow2 header at 0x0");
@@ -703,6 +849,7 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
         r = lsm_error_errno(-errno, "cannot sync the qcow2 header");
         goto fail;
     }
+    w->marked = true;
     *out = w;
     return 0;
 fail:
@@ -803,29 +950,74 @@ static int scan_refcounts(struct qcow2_writer *w, uint64_t rt_off, uint32_t rt_c
     return free_add(w, rt_off / cs, rt_off / cs + rt_clusters);
 }
 
-/* A referenced host cluster must be in use (refcount 1) and, when refmap
- * is kept, referenced once. */
-static int check_ref(const struct qcow2_writer *w, uint8_t *refmap, uint64_t off, uint64_t end,
+/* Referenced clusters, one bit each, while opening an image.  bits is NULL
+ * when the image is too large for it (then clusters used twice and leaks
+ * are not found).  In a rebuild the map grows as references are found. */
+struct refmap {
+    uint8_t *bits;
+    uint64_t nbits;
+    uint64_t max_end;           /* last referenced cluster + 1 */
+};
+
+static int refmap_grow(struct refmap *m, uint64_t nbits)
+{
+    if (nbits <= m->nbits)
+        return 0;
+    uint64_t want = MAX(nbits, 2 * m->nbits);
+    if (want / 8 + 1 > MAX_REFMAP_BYTES)
+        want = nbits;
+    if (want / 8 + 1 > MAX_REFMAP_BYTES)
+        return lsm_error(-EFBIG, "incomplete image is too large to rebuild its refcounts "
+                         "(%" PRIu64 " clusters): recreate it", nbits);
+    uint8_t *b = realloc(m->bits, want / 8 + 1);
+    if (!b)
+        return lsm_error(-ENOMEM, "cannot allocate the cluster map");
+    memset(b + (m->bits ? m->nbits / 8 + 1 : 0), 0, want / 8 + 1 - (m->bits ? m->nbits / 8 + 1 : 0));
+    m->bits = b;
+    m->nbits = want;
+    return 0;
+}
+
+static bool refmap_test(const struct refmap *m, uint64_t c)
+{
+    return c < m->nbits && (m->bits[c / 8] & (1u << (c % 8)));
+}
+
+/* A referenced host cluster must be in use (refcount 1) and, when the map
+ * is kept, referenced once.  In a rebuild the refcounts are stale: any
+ * cluster below the limit of the device or the format may be referenced. */
+static int check_ref(const struct qcow2_writer *w, struct refmap *m, uint64_t off, uint64_t end,
                      const char *what)
 {
     uint64_t c = off >> w->cluster_bits;
     if (!is_aligned(off, w->cluster_size))
         return lsm_error(-EINVAL, "corrupt image: %s at unaligned offset 0x%" PRIx64, what, off);
-    if (c >= end || free_contains(w, c))
+    if (w->rebuild) {
+        uint64_t limit = w->open_limit;
+        if (off >= limit || limit - off < w->cluster_size)
+            return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " lies past the end of "
+                             "the %s", what, off, w->is_blockdev ? "device" : "file");
+        int r = refmap_grow(m, c + 1);
+        if (r < 0)
+            return r;
+    } else if (c >= end || free_contains(w, c)) {
         return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " has refcount 0 "
                          "(run qemu-img check -r all)", what, off);
-    if (refmap) {
-        if (refmap[c / 8] & (1u << (c % 8)))
+    }
+    if (m->bits) {
+        if (refmap_test(m, c))
             return lsm_error(-EINVAL, "corrupt image: %s at 0x%" PRIx64 " is used twice "
                              "(run qemu-img check -r all)", what, off);
-        refmap[c / 8] |= (uint8_t)(1u << (c % 8));
+        m->bits[c / 8] |= (uint8_t)(1u << (c % 8));
     }
+    m->max_end = MAX(m->max_end, c + 1);
     return 0;
 }
 
-/* Clusters with refcount 1 that nothing references (leaks, e.g. after a
- * crash of QEMU) join the free set: refcount 0 after finish. */
-static int free_leaks(struct qcow2_writer *w, const uint8_t *refmap, uint64_t end)
+/* Clusters below end that nothing references and that are not free yet
+ * (leaks, e.g. after a crash of QEMU; in a rebuild, everything
+ * unreferenced) join the free set: refcount 0 after finish. */
+static int free_leaks(struct qcow2_writer *w, const struct refmap *m, uint64_t end)
 {
     size_t nold = w->nfree, fi = 0;
     uint64_t c = 0;
@@ -838,10 +1030,10 @@ static int free_leaks(struct qcow2_writer *w, const uint8_t *refmap, uint64_t en
         }
         uint64_t stop = fi < nold ? MIN(end, w->free[fi].start) : end;
         for (; c < stop; c++) {
-            if (refmap[c / 8] & (1u << (c % 8)))
+            if (refmap_test(m, c))
                 continue;
             uint64_t s0 = c;
-            while (c < stop && !(refmap[c / 8] & (1u << (c % 8))))
+            while (c < stop && !refmap_test(m, c))
                 c++;
             int r = free_add(w, s0, c);     /* appended: sorted again below */
             if (r < 0)
@@ -856,7 +1048,7 @@ static int free_leaks(struct qcow2_writer *w, const uint8_t *refmap, uint64_t en
 
 /* Walk L1 and every L2 table: no compressed clusters, every reference
  * points to a used cluster and has the COPIED flag (refcount 1). */
-static int scan_l2(struct qcow2_writer *w, uint8_t *refmap, uint64_t end)
+static int scan_l2(struct qcow2_writer *w, struct refmap *m, uint64_t end)
 {
     _cleanup_free_ uint8_t *t = aligned_alloc_zero(w->cluster_size);
     if (!t)
@@ -868,7 +1060,7 @@ static int scan_l2(struct qcow2_writer *w, uint8_t *refmap, uint64_t end)
             return lsm_error(-EINVAL, "corrupt image: L1 entry %" PRIu64 " has reserved bits set", i);
         if (off == 0)
             continue;
-        int r = check_ref(w, refmap, off, end, "L2 table");
+        int r = check_ref(w, m, off, end, "L2 table");
         if (r < 0)
             return r;
         if (!(e & QCOW2_OFLAG_COPIED))
@@ -883,10 +1075,13 @@ static int scan_l2(struct qcow2_writer *w, uint8_t *refmap, uint64_t end)
             if (l2e & QCOW2_OFLAG_COMPRESSED)
                 return lsm_error(-ENOTSUP, "image has compressed clusters (guest offset 0x%"
                                  PRIx64 "): cannot add clusters to it", guest);
+            if (l2e & QCOW2_L2E_STD_RESERVED)
+                return lsm_error(-EINVAL, "corrupt image: L2 entry for guest offset 0x%" PRIx64
+                                 " has reserved bits set", guest);
             uint64_t hoff = l2e & QCOW2_L2E_OFFSET_MASK;
             if (hoff == 0)
                 continue;
-            r = check_ref(w, refmap, hoff, end, "data cluster");
+            r = check_ref(w, m, hoff, end, "data cluster");
             if (r < 0)
                 return r;
             if (!(l2e & QCOW2_OFLAG_COPIED))
@@ -897,81 +1092,44 @@ static int scan_l2(struct qcow2_writer *w, uint8_t *refmap, uint64_t end)
     return 0;
 }
 
-static int parse_open_header(struct qcow2_writer *w, const uint8_t *hdr, uint64_t *rt_off,
-                             uint32_t *rt_clusters)
+/* The reader's header validation (qcow2_parse_header), then what the
+ * writer cannot maintain. */
+static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow2_state *s,
+                             char **backing)
 {
-    const struct qcow2_header *h = (const struct qcow2_header *)hdr;
-    uint32_t version = be32_get(&h->version);
-    if (version != 3)
+    struct lsm_image img = {
+        .ops = &lsm_qcow2_ops, .format = LSM_FMT_QCOW2, .filename = (char *)"destination",
+        .fd = w->fd, .data_fd = w->fd, .is_blockdev = w->is_blockdev, .file_size = fsize,
+    };
+    int r = qcow2_parse_header(&img, s, QCOW2_PARSE_INCOMPLETE_OK);
+    *backing = img.backing_name;
+    free(s->data_file_name);
+    s->data_file_name = NULL;
+    if (r < 0)
+        return r;
+    const struct qcow2_header *h = &s->h;
+    if (h->version != 3)
         return lsm_error(-ENOTSUP, "qcow2 version %u images are not supported by the writer "
-                         "(only version 3, compat=1.1)", version);
-    uint32_t hlen = be32_get(&h->header_length);
-    if (hlen < QCOW2_V3_MIN_HEADER_LENGTH || hlen % 8 || hlen > w->cluster_size)
-        return lsm_error(-EINVAL, "corrupt image: invalid header length %u", hlen);
-    uint64_t incompat = be64_get(&h->incompatible_features);
-    if (incompat & ~QCOW2_INCOMPAT_KNOWN)
-        return lsm_error(-ENOTSUP, "image has unknown incompatible features 0x%" PRIx64,
-                         (uint64_t)(incompat & ~QCOW2_INCOMPAT_KNOWN));
+                         "(only version 3, compat=1.1)", h->version);
+    if (h->header_length % 8)
+        return lsm_error(-EINVAL, "corrupt image: invalid header length %u", h->header_length);
+    uint64_t incompat = h->incompatible_features;
     if (incompat & QCOW2_INCOMPAT_DIRTY)
         return lsm_error(-ENOTSUP, "image is dirty (refcounts may be stale): "
                          "run qemu-img check -r all first");
     if (incompat & QCOW2_INCOMPAT_CORRUPT)
         return lsm_error(-ENOTSUP, "image is marked corrupt");
-    if (incompat & QCOW2_INCOMPAT_DATA_FILE)
+    if ((incompat & QCOW2_INCOMPAT_DATA_FILE) || s->has_data_file)
         return lsm_error(-ENOTSUP, "images with an external data file are not supported");
-    w->extended_l2 = incompat & QCOW2_INCOMPAT_EXTL2;
-    if (w->extended_l2 && w->cluster_bits < 14)
-        return lsm_error(-EINVAL, "corrupt image: extended L2 entries with clusters under 16 KiB");
-    if (be32_get(&h->crypt_method) != QCOW2_CRYPT_NONE)
-        return lsm_error(-ENOTSUP, "encrypted images are not supported");
-    if (be32_get(&h->nb_snapshots) != 0)
+    if (h->nb_snapshots != 0)
         return lsm_error(-ENOTSUP, "image has %u internal snapshots: cannot add clusters to it",
-                         be32_get(&h->nb_snapshots));
-    if (be64_get(&h->autoclear_features) & QCOW2_AUTOCLEAR_BITMAPS)
+                         h->nb_snapshots);
+    if ((h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) || s->has_bitmaps_ext)
         return lsm_error(-ENOTSUP, "image has persistent dirty bitmaps: cannot maintain them");
-    w->refcount_order = be32_get(&h->refcount_order);
-    if (w->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
-        return lsm_error(-EINVAL, "corrupt image: invalid refcount order %u", w->refcount_order);
-    w->size = be64_get(&h->size);
-    if (w->size > (uint64_t)INT64_MAX - w->cluster_size)
-        return lsm_error(-EINVAL, "corrupt image: invalid virtual size %" PRIu64, w->size);
-    w->l1_size = be32_get(&h->l1_size);
-    w->l1_offset = be64_get(&h->l1_table_offset);
-    uint64_t l2_entries = w->cluster_size / (w->extended_l2 ? 16 : 8);
-    uint64_t need = div_round_up(div_round_up(w->size, w->cluster_size), l2_entries);
-    if ((uint64_t)w->l1_size * 8 > QCOW2_MAX_L1_BYTES || w->l1_size < need)
-        return lsm_error(-EINVAL, "corrupt image: invalid L1 table size %u", w->l1_size);
-    if (!is_aligned(w->l1_offset, w->cluster_size) || (w->l1_size && w->l1_offset == 0))
-        return lsm_error(-EINVAL, "corrupt image: invalid L1 table offset 0x%" PRIx64, w->l1_offset);
-    *rt_off = be64_get(&h->refcount_table_offset);
-    *rt_clusters = be32_get(&h->refcount_table_clusters);
-    if (!is_aligned(*rt_off, w->cluster_size) || *rt_off == 0 || *rt_clusters == 0 ||
-        (uint64_t)*rt_clusters * w->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
-        return lsm_error(-EINVAL, "corrupt image: invalid refcount table (0x%" PRIx64 ", %u clusters)",
-                         *rt_off, *rt_clusters);
-    uint64_t boff = be64_get(&h->backing_file_offset);
-    uint32_t bsize = be32_get(&h->backing_file_size);
-    if (boff && (bsize > QCOW2_MAX_BACKING_NAME || boff > w->cluster_size - bsize))
-        return lsm_error(-EINVAL, "corrupt image: invalid backing file name location");
-
-    /* Header extensions we cannot keep consistent.  Like QEMU, the area
-     * ends at the backing file name when that comes first. */
-    size_t ext_end = boff > hlen ? boff : w->cluster_size;
-    for (size_t pos = hlen; pos + 8 <= ext_end;) {
-        uint32_t type = be32_get(hdr + pos), len = be32_get(hdr + pos + 4);
-        if (type == QCOW2_EXT_END)
-            break;
-        if (len > ext_end - pos - 8)
-            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
-                             "first cluster", type);
-        if (type == QCOW2_EXT_BITMAPS)
-            return lsm_error(-ENOTSUP, "image has a bitmaps extension: cannot maintain it");
-        if (type == QCOW2_EXT_DATA_FILE)
-            return lsm_error(-ENOTSUP, "images with an external data file are not supported");
-        if (type == QCOW2_EXT_CRYPTO)
-            return lsm_error(-ENOTSUP, "encrypted images are not supported");
-        pos += 8 + align_up(len, 8);
-    }
+    if (s->has_crypto_ext)
+        return lsm_error(-ENOTSUP, "encrypted images are not supported");
+    if (h->size > (uint64_t)INT64_MAX - s->cluster_size)
+        return lsm_error(-EINVAL, "corrupt image: invalid virtual size %" PRIu64, h->size);
     return 0;
 }
 
@@ -979,34 +1137,42 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
 {
     if (!is_pow2(align) || align > (1u << QCOW2_MAX_CLUSTER_BITS))
         return lsm_error(-EINVAL, "invalid I/O alignment %u", align);
-    /* First sector (or alignment unit): enough for the fixed header. */
-    size_t first = MAX(align, 512u);
-    _cleanup_free_ uint8_t *buf = aligned_alloc_zero(first);
-    if (!buf)
-        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
-    int r = pread_full(fd, buf, first, 0);
+    bool is_blockdev = false;
+    uint64_t fsize = 0;
+    int r = get_device(fd, &is_blockdev, &fsize);
     if (r < 0)
-        return lsm_error_errno(r, "cannot read the qcow2 header");
-    const struct qcow2_header *h = (const struct qcow2_header *)buf;
-    if (be32_get(&h->magic) != QCOW2_MAGIC) {
-        if (be32_get(&h->magic) == 0 && be32_get(&h->version) == 3)
-            return lsm_error(-EINVAL, "not a complete qcow2 image (magic cleared: "
-                             "an interrupted copy?)");
-        return lsm_error(-EINVAL, "not a qcow2 image");
-    }
-    uint32_t cbits = be32_get(&h->cluster_bits);
-    if (cbits < QCOW2_MIN_CLUSTER_BITS || cbits > QCOW2_MAX_CLUSTER_BITS)
-        return lsm_error(-ENOTSUP, "unsupported cluster bits %u", cbits);
+        return r;
+    struct qcow2_state st = { 0 };
+    struct qcow2_writer tmp = { .fd = fd, .is_blockdev = is_blockdev, .dev_size = fsize };
+    _cleanup_free_ char *backing = NULL;
+    r = parse_open_header(&tmp, fsize, &st, &backing);
+    if (r < 0)
+        return r;
+    const struct qcow2_header *h = &st.h;
+    unsigned cbits = h->cluster_bits;
     r = check_align(align, 1u << cbits);
     if (r < 0)
         return r;
 
     struct qcow2_writer *w = writer_new(fd, align, cbits);
-    uint64_t rt_off = 0, used_end = 0, end, fsize = 0;
-    uint8_t *refmap = NULL;
-    uint32_t rt_clusters = 0;
+    uint64_t used_end = 0, end;
+    struct refmap m = { 0 };
     if (!w)
         return lsm_error(-ENOMEM, "cannot allocate the qcow2 writer");
+    w->is_blockdev = is_blockdev;
+    if (is_blockdev)
+        w->dev_size = fsize;
+    w->extended_l2 = st.extl2;
+    w->refcount_order = h->refcount_order;
+    w->size = h->size;
+    w->l1_size = h->l1_size;
+    w->l1_offset = h->l1_table_offset;
+    uint64_t rt_off = h->refcount_table_offset;
+    uint32_t rt_clusters = h->refcount_table_clusters;
+    /* Opened incomplete (an earlier writer was interrupted): the marker is
+     * on disk already, and the refcounts on disk may miss clusters that
+     * writer allocated; rebuild them from the references. */
+    w->rebuild = w->marked = h->incompatible_features & QCOW2_INCOMPAT_LSM_INCOMPLETE;
     uint8_t *hdr = aligned_alloc_zero(w->cluster_size);
     if (!hdr) {
         r = lsm_error(-ENOMEM, "cannot allocate a header buffer");
@@ -1016,11 +1182,6 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     if (r < 0) {
         free(hdr);
         r = lsm_error_errno(r, "cannot read the qcow2 header");
-        goto fail;
-    }
-    r = parse_open_header(w, hdr, &rt_off, &rt_clusters);
-    if (r < 0) {
-        free(hdr);
         goto fail;
     }
     r = writer_setup(w);
@@ -1034,12 +1195,8 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     /* We do not maintain any autoclear feature: clear them (the spec's rule
      * for writers that do not know them). */
     be64_put(w->hdr + offsetof(struct qcow2_header, autoclear_features), 0);
-
-    r = get_device(fd, &w->is_blockdev, &fsize);
-    if (r < 0)
-        goto fail;
-    if (w->is_blockdev)
-        w->dev_size = fsize;
+    if (!w->marked)
+        name_incomplete_feature(w, h->header_length, backing);
 
     if (w->l1_size) {
         r = pread_full(fd, w->l1, align_up((uint64_t)w->l1_size * 8, align), w->l1_offset);
@@ -1048,9 +1205,17 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
             goto fail;
         }
     }
+    w->open_limit = is_blockdev ? fsize : MIN(QCOW2_MAX_HOST_OFFSET,
+                                              align_up(fsize, w->cluster_size) + MAX_PAST_EOF);
     r = scan_refcounts(w, rt_off, rt_clusters, &used_end);
     if (r < 0)
         goto fail;
+    if (used_end > w->open_limit >> cbits) {
+        r = lsm_error(-EINVAL, "corrupt image: its refcounts count clusters up to 0x%" PRIx64
+                      ", far past the end of the %s", used_end << cbits,
+                      is_blockdev ? "device" : "file");
+        goto fail;
+    }
     /* The end of the image: past the last used cluster and, for a regular
      * file, past its end (never overwrite anything that is there). */
     end = used_end;
@@ -1064,50 +1229,54 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     free_normalize(w, end);
     /* Walk everything the image references: the header, L1, L2 tables and
      * data (the old refcount structures are in the free set already). */
-    refmap = end / 8 + 1 <= MAX_REFMAP_BYTES ? calloc(1, end / 8 + 1) : NULL;
-    r = check_ref(w, refmap, 0, end, "header");
+    if (end / 8 + 1 <= MAX_REFMAP_BYTES) {
+        r = refmap_grow(&m, end);
+        if (r < 0)
+            goto fail;
+    } else if (w->rebuild) {
+        r = refmap_grow(&m, end);       /* fails: too large */
+        goto fail;
+    }
+    r = check_ref(w, &m, 0, end, "header");
     if (r < 0)
         goto fail;
     if (w->l1_size) {
         uint64_t c0 = w->l1_offset >> cbits;
         uint64_t nc = div_round_up((uint64_t)w->l1_size * 8, w->cluster_size);
         for (uint64_t c = c0; c < c0 + nc; c++) {
-            r = check_ref(w, refmap, c << cbits, end, "L1 table");
+            r = check_ref(w, &m, c << cbits, end, "L1 table");
             if (r < 0)
                 goto fail;
         }
     }
-    r = scan_l2(w, refmap, end);
-    if (r == 0 && refmap)
-        r = free_leaks(w, refmap, end);
+    r = scan_l2(w, &m, end);
     if (r < 0)
         goto fail;
-    free(refmap);
-    refmap = NULL;
+    if (w->rebuild) {
+        /* Everything referenced is in use; nothing else is. */
+        end = MAX(end, m.max_end);
+        r = refmap_grow(&m, end);
+        if (r < 0)
+            goto fail;
+        w->nfree = 0;
+    }
+    if (m.bits) {
+        r = free_leaks(w, &m, end);
+        if (r < 0)
+            goto fail;
+    }
+    free(m.bits);
+    m.bits = NULL;
     w->next_free = end << cbits;
     if (w->is_blockdev && w->next_free > w->dev_size) {
         r = lsm_error(-EINVAL, "corrupt image: it ends past the end of the device");
         goto fail;
     }
-
-    /* From here on the image is ours: clear the magic, durably. */
-    uint8_t saved[4];
-    memcpy(saved, w->hdr, 4);
-    memset(w->hdr, 0, 4);
-    r = pwrite_full(fd, w->hdr, align_up(first, align), 0);
-    if (r < 0) {
-        memcpy(w->hdr, saved, 4);
-        r = lsm_error_errno(r, "cannot clear the qcow2 magic at 0x0");
-        goto fail;
-    }
-    if (fdatasync(fd) < 0) {
-        r = lsm_error_errno(-errno, "cannot sync the cleared qcow2 magic");
-        goto fail;
-    }
+    /* Nothing is written until the first change (mark_incomplete). */
     *out = w;
     return 0;
 fail:
-    free(refmap);
+    free(m.bits);
     qcow2_writer_close(w);
     return r;
 }
@@ -1190,6 +1359,11 @@ static void refcount_layout(const struct qcow2_writer *w, uint64_t e, uint64_t *
     }
     *nrt_out = nrt;
     *nrb_out = nrb;
+}
+
+bool qcow2_writer_changed(const struct qcow2_writer *w)
+{
+    return w->marked;
 }
 
 uint64_t qcow2_writer_end(const struct qcow2_writer *w)
@@ -1281,6 +1455,9 @@ int qcow2_writer_finish(struct qcow2_writer *w)
     int r = check_usable(w);
     if (r < 0)
         return r;
+    r = mark_incomplete(w);
+    if (r < 0)
+        return r;
     r = flush_l2(w);
     if (r < 0)
         return r;
@@ -1301,7 +1478,9 @@ int qcow2_writer_finish(struct qcow2_writer *w)
 
     be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), rt_off);
     be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), rt_clusters);
-    be32_put(w->hdr, QCOW2_MAGIC);
+    /* The last header write: the image is complete once it is on disk. */
+    uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
+    be64_put(f, be64_get(f) & ~QCOW2_INCOMPAT_LSM_INCOMPLETE);
     r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
     if (r < 0)
         return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
@@ -1338,23 +1517,28 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
     if (backing_fmt != LSM_FMT_AUTO && !fmt_name(backing_fmt))
         return lsm_error(-EINVAL, "invalid backing format %d", (int)backing_fmt);
 
-    size_t first = MAX(align, 512u);
-    _cleanup_free_ uint8_t *buf = aligned_alloc_zero(first);
-    if (!buf)
-        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
-    int r = pread_full(fd, buf, first, 0);
+    /* The reader's validation of the whole header area first. */
+    bool is_blockdev = false;
+    uint64_t fsize = 0;
+    int r = get_device(fd, &is_blockdev, &fsize);
     if (r < 0)
-        return lsm_error_errno(r, "cannot read the qcow2 header");
-    const struct qcow2_header *h = (const struct qcow2_header *)buf;
-    if (be32_get(&h->magic) != QCOW2_MAGIC)
-        return lsm_error(-EINVAL, "not a complete qcow2 image");
-    uint32_t cbits = be32_get(&h->cluster_bits);
-    if (cbits < QCOW2_MIN_CLUSTER_BITS || cbits > QCOW2_MAX_CLUSTER_BITS)
-        return lsm_error(-ENOTSUP, "unsupported cluster bits %u", cbits);
-    uint32_t cs = 1u << cbits;
+        return r;
+    struct qcow2_state st = { 0 };
+    struct lsm_image img = {
+        .ops = &lsm_qcow2_ops, .format = LSM_FMT_QCOW2, .filename = (char *)"destination",
+        .fd = fd, .data_fd = fd, .is_blockdev = is_blockdev, .file_size = fsize,
+    };
+    r = qcow2_parse_header(&img, &st, 0);
+    free(img.backing_name);
+    free(st.data_file_name);
+    if (r < 0)
+        return r;
+    uint32_t cs = st.cluster_size;
     r = check_align(align, cs);
     if (r < 0)
         return r;
+    if (backing_name && st.data_file_raw)
+        return lsm_error(-EINVAL, "images with a raw external data file cannot have a backing file");
 
     _cleanup_free_ uint8_t *old = aligned_alloc_zero(cs);
     _cleanup_free_ uint8_t *neu = aligned_alloc_zero(cs);
@@ -1363,48 +1547,14 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
     r = pread_full(fd, old, cs, 0);
     if (r < 0)
         return lsm_error_errno(r, "cannot read the qcow2 header");
-    h = (const struct qcow2_header *)old;
-    uint32_t version = be32_get(&h->version);
-    uint32_t hlen;
-    if (version == 2) {
-        hlen = QCOW2_V2_HEADER_LENGTH;
-    } else if (version == 3) {
-        hlen = be32_get(&h->header_length);
-        if (hlen < QCOW2_V3_MIN_HEADER_LENGTH || hlen % 8 || hlen > cs)
-            return lsm_error(-EINVAL, "corrupt image: invalid header length %u", hlen);
-        if (backing_name && (be64_get(&h->autoclear_features) & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
-            return lsm_error(-EINVAL, "images with a raw external data file cannot have a backing file");
-    } else {
-        return lsm_error(-ENOTSUP, "unsupported qcow2 version %u", version);
-    }
+    uint32_t hlen = st.h.header_length;
 
-    /* Keep every extension but the backing format.  Like QEMU, the area
-     * ends at the backing file name when that comes first (old images
-     * store the name right after the header, without extensions). */
-    uint64_t boff = be64_get(&h->backing_file_offset);
-    uint32_t bsize = be32_get(&h->backing_file_size);
-    size_t ext_end = boff > hlen && boff < cs ? boff : cs;
-    struct hdr_ext exts[64];
+    /* Keep every extension but the backing format. */
+    struct hdr_ext exts[MAX_HDR_EXTS];
     size_t n = 0, old_end = hlen;
-    for (size_t pos = hlen; pos + 8 <= ext_end;) {
-        uint32_t type = be32_get(old + pos), len = be32_get(old + pos + 4);
-        if (type == QCOW2_EXT_END) {
-            old_end = pos + 8;
-            break;
-        }
-        if (len > ext_end - pos - 8)
-            return lsm_error(-EINVAL, "corrupt image: header extension 0x%x overflows the "
-                             "first cluster", type);
-        if (type != QCOW2_EXT_BACKING_FORMAT) {
-            if (n == ARRAY_SIZE(exts) - 1)
-                return lsm_error(-ENOTSUP, "too many header extensions");
-            exts[n++] = (struct hdr_ext){ type, len, old + pos + 8 };
-        }
-        pos += 8 + align_up(len, 8);
-        old_end = pos;
-    }
-    if (boff && boff <= cs && bsize <= cs - boff)
-        old_end = MAX(old_end, boff + bsize);
+    r = collect_exts(old, cs, hlen, QCOW2_EXT_BACKING_FORMAT, exts, &n, &old_end);
+    if (r < 0)
+        return r;
 
     const char *bf = backing_name ? fmt_name(backing_fmt) : NULL;
     if (bf)

@@ -3,17 +3,23 @@
  * offsets the writer hands out; the writer owns all metadata (header, L1,
  * L2, refcount table and blocks).
  *
- * Honesty on disk: while a writer is open the image's magic is cleared, so
- * an interrupted copy leaves a file no tool opens as qcow2.  Only
+ * Honesty on disk: before its first change to an image the writer sets
+ * lsm-sync's own incompatible feature bit (QCOW2_INCOMPAT_LSM_INCOMPLETE,
+ * bit 63, named "lsm-sync incomplete copy" in the feature table of images
+ * we create) in the header and syncs it.  QEMU refuses to open such an
+ * image ("Unsupported qcow2 feature(s)"), so does our reader; only
+ * qcow2_writer_open accepts it, so a retry can finish the copy.  Only
  * qcow2_writer_finish() (after every data write has completed) writes the
- * metadata, syncs, writes the header with its magic, and syncs again.
- * Every image it finishes passes `qemu-img check` with no errors or leaks.
+ * metadata, syncs, writes the header with the bit cleared, and syncs
+ * again.  Every image it finishes passes `qemu-img check` with no errors
+ * or leaks (docs/format-notes.md).
  *
  * Layout: header cluster, L1 table, then L2 tables (allocated on demand)
  * and data runs in call order, and at finish the refcount table and blocks
  * at the end.  Refcounts are rebuilt at finish: every cluster below the end
  * has refcount 1 except, in an opened image, clusters that were free, leaked
- * clusters and the old refcount structures (refcount 0, not leaks).  Memory stays
+ * clusters and the old refcount structures (refcount 0, not leaks); in an
+ * opened incomplete image, every cluster nothing references.  Memory stays
  * bounded: the L1 table (<= 32 MiB), one bit per L1 entry, an LRU cache of at
  * most 64 L2 tables / 8 MiB (at least 4 tables), and the free ranges of an
  * opened image.  Metadata I/O uses 4096-aligned buffers and offsets/lengths
@@ -21,7 +27,7 @@
  *
  * Errors: negative errno with a message in lsm_last_error().  After a
  * metadata write fails, the writer refuses every further call with that
- * error (the image stays invalid); close it.  The writer never closes,
+ * error (the image stays marked incomplete); close it.  The writer never closes,
  * truncates or preallocates the fd.
  */
 #ifndef LSM_QCOW2_WRITER_H
@@ -45,20 +51,29 @@ struct qcow2_writer;
 
 /* Start a new image on fd (a truncated regular file or a block device;
  * O_DIRECT or not: all metadata I/O is aligned to `align`, which must be <=
- * the cluster size).  The file holds no valid qcow2 until finish. */
+ * the cluster size).  Writes the first cluster at once, marked incomplete:
+ * the file holds no complete qcow2 until finish. */
 int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
                         struct qcow2_writer **out);
-/* Open an existing qcow2 (made by qemu-img create or by us, with no data
- * clusters allocated yet or some) to add clusters; clears its magic until
- * finish.  Refuses images with features it cannot maintain (-ENOTSUP):
- * version 2, internal snapshots, refcounts above 1, compressed clusters,
- * external data file, encryption, persistent bitmaps, dirty or corrupt bit;
- * and inconsistent ones (-EINVAL): references to free clusters, clusters
- * used twice, missing COPIED flags.  Leaked clusters (refcount 1, referenced
- * by nothing) end up free.  Unknown autoclear bits are cleared.  New clusters go after
- * the last used cluster (and after the end of a regular file). */
+/* Open an existing qcow2 (made by qemu-img, by us, or left incomplete by an
+ * interrupted writer) to rewrite its content.  Writes nothing: every check
+ * that can refuse runs here, and the incomplete mark goes to disk with the
+ * first alloc, zero or finish.  The header is validated by the reader's
+ * parser (qcow2_parse_header).  Refuses images with features it cannot
+ * maintain (-ENOTSUP): version 2, internal snapshots, refcounts above 1,
+ * compressed clusters, external data file, encryption, persistent bitmaps,
+ * dirty or corrupt bit; and inconsistent ones (-EINVAL): references to free
+ * clusters (except in an incomplete image, whose refcounts are rebuilt from
+ * its references), clusters used twice, missing COPIED flags.  Leaked
+ * clusters (refcount 1, referenced by nothing) end up free.  Unknown
+ * autoclear bits are cleared.  New clusters go after the last used or
+ * referenced cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 
+/* True once the image carries the incomplete mark on disk (a created
+ * image from the start; an opened one from its first change, or when it
+ * was opened incomplete).  A failure before that left the file as it was. */
+bool qcow2_writer_changed(const struct qcow2_writer *w);
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
@@ -70,31 +85,40 @@ uint64_t qcow2_writer_end(const struct qcow2_writer *w);
  * beforehand).  After finish: the final size. */
 uint64_t qcow2_writer_final_size(const struct qcow2_writer *w);
 
-/* Allocate host clusters for the cluster-aligned guest range [guest,
- * guest+len) (len a multiple of the cluster size; the last cluster may
- * extend past the virtual size; -EINVAL otherwise).  The host range is
- * contiguous: *host is the offset of the first cluster, at the end of the
- * image (new L2 tables may sit before it).  Every cluster of the range must
- * be unallocated, neither data nor zero (-EEXIST; nothing changes).  On a
- * block device the image must fit in the device (-ENOSPC).  Memory is
- * bounded: L2 tables are written back as needed. */
-int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host);
+/* Map the cluster-aligned guest range [guest, guest+len) for writing (len a
+ * multiple of the cluster size; the last cluster may extend past the
+ * virtual size; -EINVAL otherwise) and return its first host-contiguous
+ * run: *host is the host offset of the cluster at guest, *mapped the length
+ * of the run (a multiple of the cluster size, 0 < *mapped <= len); call
+ * again for guest + *mapped.  Clusters that have a host cluster (data, or
+ * zero with a preallocated offset) are reused in place and become data;
+ * a run of clusters without one gets new clusters at the end of the image
+ * (new L2 tables may sit before them).  The caller writes every byte of
+ * the run.  On a block device the image must fit in the device (-ENOSPC;
+ * nothing changes).  Memory is bounded: L2 tables are written back as
+ * needed. */
+int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                       uint64_t *mapped);
 /* Mark the cluster-aligned guest range as zero clusters (reads as zero
  * whatever the backing file holds): the v3 zero flag, or all 32 zero bits
- * with extended L2; no host cluster.  -EEXIST if a cluster of the range has
- * data (nothing changes); zero clusters may be marked again.  Zero ranges
- * need L2 tables like data: without a backing file, unallocated clusters
- * already read as zeroes (qemu-img map then says present=false). */
+ * with extended L2.  A data cluster keeps its host cluster as a
+ * preallocation (refcount 1; a later alloc reuses it); others get none.
+ * Zero ranges need L2 tables like data: without a backing file,
+ * unallocated clusters already read as zeroes (qemu-img map then says
+ * present=false). */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 /* Write every piece of metadata, fdatasync, then the header with the
- * magic, fdatasync.  After this returns 0 the image is complete. */
+ * incomplete bit cleared (its last write), fdatasync.  After this returns 0
+ * the image is complete. */
 int qcow2_writer_finish(struct qcow2_writer *w);
-/* Free the writer (not the fd); without finish the image stays invalid
- * (magic cleared).  NULL is accepted. */
+/* Free the writer (not the fd); without finish an image the writer changed
+ * stays marked incomplete (a writer that changed nothing left it as it
+ * was).  NULL is accepted. */
 void qcow2_writer_close(struct qcow2_writer *w);
 
 /* Rewrite the backing name and format of a complete qcow2 in place (for
- * physical copies whose backing name changes).  backing_name NULL removes
+ * physical copies whose backing name changes); the header is validated by
+ * the reader's parser first.  backing_name NULL removes
  * the backing file; backing_fmt AUTO writes no backing-format extension.
  * Other header extensions (feature table, bitmaps, data file, unknown) are
  * kept.  Fails with -ENOSPC if the name and header extensions do not fit in

@@ -114,6 +114,7 @@ static int read_extensions(struct lsm_image *img, struct qcow2_state *s,
                 return lsm_error(-ENOMEM, "out of memory");
             break;
         case QCOW2_EXT_BITMAPS:
+            s->has_bitmaps_ext = true;
             if (len != 24)
                 return lsm_error(-EINVAL, "bitmaps extension has an invalid length (%u)", len);
             if (s->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) {
@@ -124,6 +125,7 @@ static int read_extensions(struct lsm_image *img, struct qcow2_state *s,
             }
             break;
         case QCOW2_EXT_CRYPTO:
+            s->has_crypto_ext = true;
             if (s->h.crypt_method != QCOW2_CRYPT_LUKS)
                 return lsm_error(-EINVAL, "crypto header extension in an image that is not LUKS-encrypted");
             break;
@@ -246,11 +248,26 @@ static int open_data_file(struct lsm_image *img, struct qcow2_state *s)
     return 0;
 }
 
-static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
+/* Buffers for the header reads: aligned, and whole 4 KiB units, so that
+ * the writer's O_DIRECT descriptors can be read too. */
+#define HDR_ALIGN 4096u
+
+static void *hdr_alloc(size_t len)
 {
-    uint8_t hb[sizeof(struct qcow2_header)] = { 0 };
+    void *p = NULL;
+    if (posix_memalign(&p, HDR_ALIGN, align_up(len, HDR_ALIGN)) != 0)
+        return NULL;
+    memset(p, 0, align_up(len, HDR_ALIGN));
+    return p;
+}
+
+int qcow2_parse_header(struct lsm_image *img, struct qcow2_state *s, unsigned flags)
+{
+    _cleanup_free_ uint8_t *hb = hdr_alloc(HDR_ALIGN);
     size_t got;
-    int r = lsm_pread_full(img->fd, hb, sizeof hb, 0, &got);
+    if (!hb)
+        return lsm_error(-ENOMEM, "out of memory");
+    int r = lsm_pread_full(img->fd, hb, HDR_ALIGN, 0, &got);
     if (r < 0)
         return lsm_error_errno(r, "cannot read the qcow2 header");
     if (got < QCOW2_V2_HEADER_LENGTH)
@@ -281,7 +298,12 @@ static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
     if (h->backing_file_offset > s->cluster_size)
         return lsm_error(-EINVAL, "invalid backing file offset 0x%" PRIx64, h->backing_file_offset);
 
-    uint64_t unknown = h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
+    if ((h->incompatible_features & QCOW2_INCOMPAT_LSM_INCOMPLETE) &&
+        !(flags & QCOW2_PARSE_INCOMPLETE_OK))
+        return lsm_error(-EINVAL, "incomplete copy (an lsm-sync write into it was interrupted): "
+                         "run the copy again");
+    uint64_t unknown = h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN &
+                       ~((flags & QCOW2_PARSE_INCOMPLETE_OK) ? QCOW2_INCOMPAT_LSM_INCOMPLETE : 0);
     if (unknown)
         return lsm_error(-ENOTSUP, "unsupported qcow2 incompatible feature bits 0x%" PRIx64, unknown);
     if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
@@ -323,8 +345,8 @@ static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
     img->virtual_size = h->size & ~511ULL;
 
     /* Whole first cluster: header extensions and backing name live here. */
-    size_t clen = s->cluster_size;
-    _cleanup_free_ uint8_t *cl = calloc(1, clen);
+    size_t clen = align_up(s->cluster_size, HDR_ALIGN);
+    _cleanup_free_ uint8_t *cl = hdr_alloc(clen);
     if (!cl)
         return lsm_error(-ENOMEM, "out of memory");
     r = lsm_pread_zerofill(img->fd, cl, clen, 0);
@@ -390,7 +412,16 @@ static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
     if (overlaps(h->l1_table_offset, (uint64_t)h->l1_size * 8,
                  h->refcount_table_offset, (uint64_t)s->reftable_entries * 8))
         return lsm_error(-EINVAL, "L1 table overlaps the refcount table");
+    return 0;
+}
 
+static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
+{
+    int r = qcow2_parse_header(img, s, (img->open_flags & LSM_OPEN_INCOMPLETE_OK) ?
+                                        QCOW2_PARSE_INCOMPLETE_OK : 0);
+    if (r < 0)
+        return r;
+    struct qcow2_header *h = &s->h;
     s->l1_size = h->l1_size;
     if (s->l1_size) {
         s->l1 = malloc((size_t)s->l1_size * 8);

@@ -45,6 +45,8 @@ struct qcow2_state {
     char *data_file_name;
     char backing_fmt[16];
     unsigned nb_bitmaps;
+    bool has_bitmaps_ext;         /* a bitmaps extension is present (whatever the autoclear bit) */
+    bool has_crypto_ext;
 
     struct lsm_snapshot_info *snaps;
     int nb_snaps;
@@ -60,6 +62,18 @@ static inline struct qcow2_state *qcow2_s(struct lsm_image *img)
 {
     return img->priv;
 }
+
+/* qcow2.c: the one header parser, shared by the reader and the writer.
+ * Reads and validates the header, its extensions, the backing name and
+ * format, and the location of the refcount and L1 tables (overflow-safe,
+ * inside img->file_size) from img->fd.  Uses img->fd, img->file_size;
+ * sets s->h and the geometry fields of s, img->cluster_size,
+ * img->virtual_size, img->backing_name, img->backing_fmt and, with an
+ * external data file, s->data_file_name (the caller frees both strings).
+ * Reads no table.  An image carrying QCOW2_INCOMPAT_LSM_INCOMPLETE is
+ * refused unless flags has QCOW2_PARSE_INCOMPLETE_OK. */
+#define QCOW2_PARSE_INCOMPLETE_OK 0x1u
+int qcow2_parse_header(struct lsm_image *img, struct qcow2_state *s, unsigned flags);
 
 /* qcow2-cluster.c */
 int qcow2_block_status(struct lsm_image *img, uint64_t offset, uint64_t bytes,

@@ -64,6 +64,16 @@ qemu-img create -q -u -f qcow2 -o cluster_size=512 \
 qemu-img create -q -f raw data.raw 64k
 img data-file.qcow2 64k data_file=data.raw,cluster_size=512 "write -P 1 0 1k"
 rm -f data.raw
+# Writer seeds (fuzz-writer): an empty image, one whose header an
+# interrupted lsm-sync writer marked incomplete (incompatible bit 63), and
+# a header whose backing name lies past the first cluster (the writer's old
+# parser overflowed on it).
+img writer-empty.qcow2 64k cluster_size=512
+img writer-incomplete.qcow2 64k cluster_size=512 "write -P 1 0 2k" "write -z 4k 1k"
+printf '\x80' | dd of=writer-incomplete.qcow2 bs=1 seek=72 conv=notrunc status=none
+img writer-bad-backing.qcow2 64k cluster_size=512 "write -P 1 0 1k"
+# backing_file_offset 0x1f0, backing_file_size 1000
+printf '\0\0\0\0\0\0\x01\xf0\0\0\x03\xe8' | dd of=writer-bad-backing.qcow2 bs=1 seek=8 conv=notrunc status=none
 # Raw inputs.
 head -c 4096 /dev/urandom >raw-random.img
 printf 'QFI\xfb\0\0\0\3' >qfi-header-only.img
