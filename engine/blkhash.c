@@ -8,39 +8,84 @@
 
 #include <sodium.h>
 
+#include "config.h"
+#ifdef HAVE_LIBCRYPTO
+#include <openssl/evp.h>
+#endif
+
 #include "blkhash.h"
 #include "error.h"
 
-/* One hash computation of either algorithm. */
+/* One hash computation of either algorithm.  SHA-256 goes through OpenSSL's
+ * libcrypto when the build has it (it uses the CPU's SHA extensions, several
+ * times faster than libsodium's portable SHA-256); BLAKE2b with a 32-byte
+ * output always comes from libsodium (OpenSSL 3.0 has only BLAKE2b-512).
+ * An EVP call that fails marks the state failed; the caller checks. */
 struct hstate {
     union {
         crypto_hash_sha256_state sha256;
         crypto_generichash_state blake2b;   /* 64-byte aligned by libsodium's type */
     } u;
+#ifdef HAVE_LIBCRYPTO
+    EVP_MD_CTX *evp;                        /* sha256 */
+#endif
+    bool failed;
 };
 
 static void hs_init(enum lsm_blkhash_alg alg, struct hstate *s)
 {
-    if (alg == LSM_BLKHASH_SHA256)
+    s->failed = false;
+    if (alg == LSM_BLKHASH_SHA256) {
+#ifdef HAVE_LIBCRYPTO
+        if (!s->evp)
+            s->evp = EVP_MD_CTX_new();
+        s->failed = !s->evp || EVP_DigestInit_ex(s->evp, EVP_sha256(), NULL) != 1;
+#else
         crypto_hash_sha256_init(&s->u.sha256);
-    else
+#endif
+    } else {
         crypto_generichash_init(&s->u.blake2b, NULL, 0, LSM_BLKHASH_DIGEST_LEN);
+    }
 }
 
 static void hs_update(enum lsm_blkhash_alg alg, struct hstate *s, const void *p, size_t n)
 {
-    if (alg == LSM_BLKHASH_SHA256)
+    if (alg == LSM_BLKHASH_SHA256) {
+#ifdef HAVE_LIBCRYPTO
+        if (!s->failed)
+            s->failed = EVP_DigestUpdate(s->evp, p, n) != 1;
+#else
         crypto_hash_sha256_update(&s->u.sha256, p, n);
-    else
+#endif
+    } else {
         crypto_generichash_update(&s->u.blake2b, p, n);
+    }
 }
 
 static void hs_final(enum lsm_blkhash_alg alg, struct hstate *s, uint8_t out[LSM_BLKHASH_DIGEST_LEN])
 {
-    if (alg == LSM_BLKHASH_SHA256)
+    if (alg == LSM_BLKHASH_SHA256) {
+#ifdef HAVE_LIBCRYPTO
+        unsigned len = 0;
+        if (!s->failed)
+            s->failed = EVP_DigestFinal_ex(s->evp, out, &len) != 1 || len != LSM_BLKHASH_DIGEST_LEN;
+#else
         crypto_hash_sha256_final(&s->u.sha256, out);
-    else
+#endif
+    } else {
         crypto_generichash_final(&s->u.blake2b, out, LSM_BLKHASH_DIGEST_LEN);
+    }
+}
+
+/* Release what hs_init allocated (the state can be initialised again). */
+static void hs_release(struct hstate *s)
+{
+#ifdef HAVE_LIBCRYPTO
+    EVP_MD_CTX_free(s->evp);
+    s->evp = NULL;
+#else
+    (void)s;
+#endif
 }
 
 _Static_assert(crypto_hash_sha256_BYTES == LSM_BLKHASH_DIGEST_LEN, "sha256 digest length");
@@ -122,6 +167,10 @@ int lsm_blkhash_new(enum lsm_blkhash_alg alg, uint32_t block_size, uint64_t size
     h->size = size;
     h->nblocks = size / block_size + (size % block_size != 0);
     hs_init(alg, &h->outer);
+    if (h->outer.failed) {
+        lsm_blkhash_free(h);
+        return lsm_error(-ENOMEM, "cannot start a %s hash", lsm_blkhash_alg_name(alg));
+    }
     *out = h;
     return 0;
 }
@@ -131,6 +180,8 @@ void lsm_blkhash_free(struct lsm_blkhash *h)
     if (!h)
         return;
     free(h->pend);
+    hs_release(&h->outer);
+    hs_release(&h->inner);
     sodium_memzero(h, sizeof(*h));
     free(h);
 }
@@ -149,18 +200,23 @@ uint32_t lsm_blkhash_block_len(const struct lsm_blkhash *h, uint64_t i)
     return h->block_size;
 }
 
-void lsm_blkhash_digest_of(const struct lsm_blkhash *h, const void *data, size_t len,
-                           uint8_t out[LSM_BLKHASH_DIGEST_LEN])
+int lsm_blkhash_digest_of(const struct lsm_blkhash *h, const void *data, size_t len,
+                          uint8_t out[LSM_BLKHASH_DIGEST_LEN])
 {
-    struct hstate s;
+    struct hstate s = { .failed = false };
     hs_init(h->alg, &s);
     hs_update(h->alg, &s, data, len);
     hs_final(h->alg, &s, out);
+    hs_release(&s);
+    if (s.failed)
+        return lsm_error(-EIO, "the %s implementation failed", lsm_blkhash_alg_name(h->alg));
+    return 0;
 }
 
-static void zero_digest(enum lsm_blkhash_alg alg, uint64_t len, uint8_t out[LSM_BLKHASH_DIGEST_LEN])
+/* H(len zeroes); false if the implementation failed. */
+static bool zero_digest(enum lsm_blkhash_alg alg, uint64_t len, uint8_t out[LSM_BLKHASH_DIGEST_LEN])
 {
-    struct hstate s;
+    struct hstate s = { .failed = false };
     hs_init(alg, &s);
     while (len) {
         size_t n = len < sizeof(zero_chunk) ? (size_t)len : sizeof(zero_chunk);
@@ -168,6 +224,8 @@ static void zero_digest(enum lsm_blkhash_alg alg, uint64_t len, uint8_t out[LSM_
         len -= n;
     }
     hs_final(alg, &s, out);
+    hs_release(&s);
+    return !s.failed;
 }
 
 /* Fold count zero blocks from h->next on. */
@@ -178,14 +236,16 @@ static void fold_zero(struct lsm_blkhash *h, uint64_t count)
     if (end == h->nblocks && h->size % h->block_size)
         full_end = end - 1;            /* the short last block is the other digest */
     if (h->next < full_end && !h->have_zero_full) {
-        zero_digest(h->alg, h->block_size, h->zero_full);
+        if (!zero_digest(h->alg, h->block_size, h->zero_full))
+            h->outer.failed = true;           /* sticky: final reports it */
         h->have_zero_full = true;
     }
     for (; h->next < full_end; h->next++)
         hs_update(h->alg, &h->outer, h->zero_full, LSM_BLKHASH_DIGEST_LEN);
     if (h->next < end) {
         if (!h->have_zero_last) {
-            zero_digest(h->alg, lsm_blkhash_block_len(h, h->next), h->zero_last);
+            if (!zero_digest(h->alg, lsm_blkhash_block_len(h, h->next), h->zero_last))
+                h->outer.failed = true;
             h->have_zero_last = true;
         }
         hs_update(h->alg, &h->outer, h->zero_last, LSM_BLKHASH_DIGEST_LEN);
@@ -293,7 +353,9 @@ int lsm_blkhash_block(struct lsm_blkhash *h, uint64_t i, const void *data, size_
         return lsm_error(-EINVAL, "block %" PRIu64 " has %u bytes, not %zu",
                          i, lsm_blkhash_block_len(h, i), len);
     uint8_t d[LSM_BLKHASH_DIGEST_LEN];
-    lsm_blkhash_digest_of(h, data, len, d);
+    int r = lsm_blkhash_digest_of(h, data, len, d);
+    if (r < 0)
+        return r;
     return add_blocks(h, i, 1, false, d);
 }
 
@@ -332,6 +394,8 @@ int lsm_blkhash_update(struct lsm_blkhash *h, const void *data, size_t len)
         if (h->stream_fill == blen) {
             uint8_t d[LSM_BLKHASH_DIGEST_LEN];
             hs_final(h->alg, &h->inner, d);
+            if (h->inner.failed)
+                h->outer.failed = true;
             fold_digest(h, d);
             h->stream_fill = 0;
         }
@@ -386,6 +450,8 @@ int lsm_blkhash_final(struct lsm_blkhash *h, uint8_t out[LSM_BLKHASH_DIGEST_LEN]
     }
     hs_final(h->alg, &h->outer, out);
     h->spent = true;
+    if (h->outer.failed)
+        return lsm_error(-EIO, "the %s implementation failed", lsm_blkhash_alg_name(h->alg));
     return 0;
 }
 

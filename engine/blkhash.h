@@ -7,7 +7,9 @@
  * the size is not a multiple of block_size and is hashed as it is (no
  * padding); the size itself is not hashed.  An empty input gives H("").
  * H is SHA-256 or BLAKE2b with a 32-byte output (not a truncated
- * BLAKE2b-512); the outer hash is the same H.  docs/checksum.md says more.
+ * BLAKE2b-512); the outer hash is the same H.  SHA-256 comes from OpenSSL's
+ * libcrypto when the build has it, from libsodium otherwise; BLAKE2b from
+ * libsodium.  docs/checksum.md says more.
  *
  * Zero blocks cost nothing: the digest of an all-zero block is computed once
  * per object, so a run of zero blocks only feeds 32 bytes per block to the
@@ -72,9 +74,10 @@ uint64_t lsm_blkhash_nblocks(const struct lsm_blkhash *h);
 uint32_t lsm_blkhash_block_len(const struct lsm_blkhash *h, uint64_t i);
 
 /* H(data[0..len)): one block's digest, computable in any thread (it does
- * not touch h beyond reading its algorithm). */
-void lsm_blkhash_digest_of(const struct lsm_blkhash *h, const void *data, size_t len,
-                           uint8_t out[LSM_BLKHASH_DIGEST_LEN]);
+ * not touch h beyond reading its algorithm).  -EIO if the hash
+ * implementation fails (libcrypto cannot allocate, say). */
+int lsm_blkhash_digest_of(const struct lsm_blkhash *h, const void *data, size_t len,
+                          uint8_t out[LSM_BLKHASH_DIGEST_LEN]);
 
 /* ---- by block index, any order ---- */
 

@@ -57,10 +57,11 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&c->lock);
 
         uint8_t d[LSM_BLKHASH_DIGEST_LEN];
-        lsm_blkhash_digest_of(c->h, b->data, b->len, d);   /* reads only the algorithm */
+        int r = lsm_blkhash_digest_of(c->h, b->data, b->len, d);   /* reads only the algorithm */
 
         pthread_mutex_lock(&c->lock);
-        int r = lsm_blkhash_set_digest(c->h, b->index, d);
+        if (r == 0)
+            r = lsm_blkhash_set_digest(c->h, b->index, d);
         if (r < 0 && !c->err) {
             c->err = r;
             snprintf(c->errmsg, sizeof(c->errmsg), "%s", lsm_last_error());
