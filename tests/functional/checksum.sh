@@ -206,6 +206,34 @@ else
     fail json-python "$json"
 fi
 
+# Memory: 160 MiB of data, more than the 64 MiB budget of block buffers,
+# and with 64 MiB blocks (two buffers): the peak RSS stays within the
+# buffers plus a fixed allowance (asserted, except in sanitizer builds).
+if [[ -x /usr/bin/time ]]; then
+    head -c $((160 << 20)) /dev/urandom >mem.raw
+    sanitized=0
+    if nm "$LSM_SYNC" 2>/dev/null | grep -q '__asan_init\|__ubsan_handle'; then sanitized=1; fi
+    for bs_mib in 4 64; do
+        limit_kib=$(( ((bs_mib == 64 ? 128 : 64) + 48) * 1024 ))
+        rc=0
+        /usr/bin/time -f '%M' -o rss.txt "$LSM_SYNC" checksum --block-size=${bs_mib}M mem.raw \
+            >out.log 2>err.log || rc=$?
+        rss=$(tail -n1 rss.txt)
+        want=$(python3 ref.py file mem.raw sha256 $((bs_mib << 20)))
+        if ((rc != 0)) || [[ $(cat out.log) != "$want  mem.raw" ]]; then
+            fail "memory/${bs_mib}M" "exit $rc: $(cat out.log err.log)"
+        elif ((!sanitized && rss > limit_kib)); then
+            fail "memory/${bs_mib}M" "peak RSS $rss KiB > $limit_kib KiB"
+        else
+            pass "memory/${bs_mib}M"
+            log "checksum of 160 MiB of data with ${bs_mib} MiB blocks: peak RSS $rss KiB"
+        fi
+    done
+    rm -f mem.raw
+else
+    log "/usr/bin/time not found: memory not measured"
+fi
+
 # Bad input: exit 1, one line; bad options: exit 2.
 printf 'QFI\xfb\0\0\0\3garbage' >bad.qcow2
 mkdir adir
