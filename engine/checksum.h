@@ -2,15 +2,18 @@
  *
  * The extents come from the chain's map (lsm_map_iter): a block that the
  * map says reads as zeroes (ZERO, or unallocated down to the end of the
- * chain) is never read and costs one precomputed digest.  Blocks holding
- * data are read whole, one block-sized aligned request per block (the
- * zero parts of a mixed block are filled in from the map, not read), by
- * the calling thread through lsm_image_pread(), and hashed by worker
+ * chain) is never read and costs one precomputed digest.  A block holding
+ * data is read into one block-sized buffer, one request per map extent in
+ * it: a block inside one data extent is a single block-sized request at a
+ * block-aligned offset; the zero parts of a mixed block are filled in from
+ * the map, not read.  Reads are made by the calling thread through
+ * lsm_image_pread(), and the full blocks are hashed by worker
  * threads meanwhile, so reading and hashing overlap.  The image is only
  * touched from the calling thread.
  *
  * Memory: the block buffers are the only allocation that grows with the
- * options; there are max(2, mem_budget / block_size) of them, so they take
+ * options; there are at most max(2, mem_budget / block_size) of them (no
+ * more than the image has blocks), so they take
  * at most max(mem_budget, 2 * block_size).  Nothing grows with the image
  * size (the block hash's pending list holds at most 2 entries per buffer
  * plus one).  The reader's own caches (formats/) are outside this budget.
