@@ -319,6 +319,30 @@ static int add_blocks(struct lsm_blkhash *h, uint64_t first, uint64_t count, boo
         return lsm_error(-EINVAL, "block %" PRIu64 " given twice", first);
     if (lo < h->npend && h->pend[lo].first < first + count)
         return lsm_error(-EINVAL, "block %" PRIu64 " given twice", h->pend[lo].first);
+    /* A zero run next to a pending zero run joins it, so that the list holds
+     * at most one zero run between two digests, however many pieces the
+     * caller sends. */
+    if (zero) {
+        struct pending *prev = lo > 0 ? &h->pend[lo - 1] : NULL;
+        struct pending *nxt = lo < h->npend ? &h->pend[lo] : NULL;
+        bool join_prev = prev && prev->zero && prev->first + prev->count == first;
+        bool join_next = nxt && nxt->zero && first + count == nxt->first;
+        if (join_prev && join_next) {
+            prev->count += count + nxt->count;
+            memmove(nxt, nxt + 1, (h->npend - lo - 1) * sizeof(*h->pend));
+            h->npend--;
+            return 0;
+        }
+        if (join_prev) {
+            prev->count += count;
+            return 0;
+        }
+        if (join_next) {
+            nxt->first = first;
+            nxt->count += count;
+            return 0;
+        }
+    }
     if (h->npend == h->cap) {
         if (h->cap >= LSM_BLKHASH_MAX_PENDING)
             return lsm_error(-ENOBUFS, "more than %d blocks wait for block %" PRIu64,

@@ -21,8 +21,9 @@
  *     elsewhere (another thread), lsm_blkhash_zero_blocks() says a run of
  *     blocks is all zeroes.  Each block must be given exactly once.  Blocks
  *     ahead of the first missing one wait in a pending list (one entry per
- *     digest or per zero run), at most LSM_BLKHASH_MAX_PENDING entries; a
- *     caller that keeps at most K requests in flight needs at most 2K + 1.
+ *     digest, and one per zero run: adjacent zero runs join), at most
+ *     LSM_BLKHASH_MAX_PENDING entries; a caller with at most K block digests
+ *     outstanding needs at most 2K + 1, however many zero runs it sends.
  *   - as a byte stream: lsm_blkhash_update() and lsm_blkhash_zero(), in
  *     order, like any hash function.  No block is buffered: the current
  *     block's inner hash state is kept instead.

@@ -200,6 +200,40 @@ static void test_out_of_order(void **state)
     free(p);
 }
 
+/* Block 0 late, then more single zero blocks than the pending list could
+ * hold if adjacent runs did not join, in both directions and across a
+ * digest; then the data blocks. */
+static void test_many_zero_runs(void **state)
+{
+    (void)state;
+    const uint64_t n = 3 * (uint64_t)LSM_BLKHASH_MAX_PENDING;
+    const uint64_t size = n * BS;
+    struct lsm_blkhash *h, *ref;
+    uint8_t *p = pattern(BS);
+    uint8_t d[LSM_BLKHASH_DIGEST_LEN], want[LSM_BLKHASH_DIGEST_LEN];
+    assert_int_equal(lsm_blkhash_new(LSM_BLKHASH_SHA256, BS, size, &h), 0);
+    assert_int_equal(lsm_blkhash_new(LSM_BLKHASH_SHA256, BS, size, &ref), 0);
+    /* Reference: data, zeroes, data at n/2, zeroes. */
+    assert_int_equal(lsm_blkhash_update(ref, p, BS), 0);
+    assert_int_equal(lsm_blkhash_zero(ref, (n / 2 - 1) * BS), 0);
+    assert_int_equal(lsm_blkhash_update(ref, p, BS), 0);
+    assert_int_equal(lsm_blkhash_zero(ref, (n - n / 2 - 1) * BS), 0);
+    assert_int_equal(lsm_blkhash_final(ref, want), 0);
+    lsm_blkhash_free(ref);
+
+    for (uint64_t i = 2; i < n / 2; i++)                  /* forwards */
+        assert_int_equal(lsm_blkhash_zero_blocks(h, i, 1), 0);
+    for (uint64_t i = n - 1; i > n / 2; i--)              /* backwards */
+        assert_int_equal(lsm_blkhash_zero_blocks(h, i, 1), 0);
+    assert_int_equal(lsm_blkhash_zero_blocks(h, 1, 1), 0);   /* joins on its right */
+    assert_int_equal(lsm_blkhash_block(h, n / 2, p, BS), 0);
+    assert_int_equal(lsm_blkhash_block(h, 0, p, BS), 0);
+    assert_int_equal(lsm_blkhash_final(h, d), 0);
+    assert_memory_equal(d, want, sizeof(d));
+    lsm_blkhash_free(h);
+    free(p);
+}
+
 static void test_misuse(void **state)
 {
     (void)state;
@@ -247,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_empty_and_short),
         cmocka_unit_test(test_zero),
         cmocka_unit_test(test_out_of_order),
+        cmocka_unit_test(test_many_zero_runs),
         cmocka_unit_test(test_misuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
