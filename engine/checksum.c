@@ -250,9 +250,7 @@ int lsm_checksum_image(struct lsm_image *img, const struct lsm_checksum_opts *op
         }
     }
 
-    r = walk(&c, img, res);
-    if (r < 0)
-        lsm_error_prefix("checksum of %s", img->filename);
+    r = walk(&c, img, res);     /* the reader's messages name the file */
 
 out:
     pthread_mutex_lock(&c.lock);
