@@ -42,5 +42,6 @@ int cmd_compare(int argc, char **argv);
 int cmd_clone_structure(int argc, char **argv);
 int cmd_sync(int argc, char **argv);
 int cmd_replicate(int argc, char **argv);
+int cmd_checksum(int argc, char **argv);
 
 #endif

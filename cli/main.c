@@ -18,6 +18,9 @@ static const struct lsm_command commands[] = {
     { "clone-structure", "create a chain's volumes, empty, in another storage domain", cmd_clone_structure },
     { "sync", "copy the data of a chain's volumes layer by layer (syncImageData)", cmd_sync },
     { "compare", "compare what a guest sees in two images or chains", cmd_compare },
+#ifdef LSM_HAVE_CMD_CHECKSUM
+    { "checksum", "print the block-based checksum of an image's or a chain's guest view", cmd_checksum },
+#endif
 #ifdef LSM_HAVE_CMD_REPLICATE
     { "replicate", "mirror an active volume (libvirt or device-mapper) and pivot", cmd_replicate },
 #endif

@@ -9,6 +9,7 @@ PACKAGES=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     liburing-dev libaio-dev libvirt-dev libdevmapper-dev libqcow-dev
     libcmocka-dev libjson-c-dev zlib1g-dev libzstd-dev libnbd-dev
+    libsodium-dev libssl-dev
     # tests, demo, benchmarks
     libqcow-utils libnbd-bin nbdkit qemu-utils fio xfsprogs python3 jq time
     # replication through libvirt: a real libvirtd running QEMU domains
