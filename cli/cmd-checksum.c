@@ -15,7 +15,7 @@ static void checksum_usage(FILE *f)
 {
     fprintf(f,
         "Usage: lsm-sync checksum [-f FMT] [--algorithm=sha256|blake2b] [--block-size=N]\n"
-        "                         [--output=human|json] IMAGE\n\n"
+        "                         [--output=human|json] [-U] IMAGE\n\n"
         "Print the block-based checksum of what a guest sees in IMAGE and its backing\n"
         "chain: H(H(block 1) || ... || H(block N)) over blocks of N bytes, so that a raw\n"
         "file, a qcow2 image and a chain with the same content have the same checksum.\n"
@@ -27,6 +27,8 @@ static void checksum_usage(FILE *f)
         "  -b, --block-size=N     a power of two from 64K to 64M (default 4M)\n"
         "      --output=FMT       human (default): \"CHECKSUM  IMAGE\"; json:\n"
         "                         {\"algorithm\", \"block_size\", \"checksum\"}\n"
+        "  -U, --force-share      read an image another process holds for writing\n"
+        "                         (as qemu-img -U; the result may be inconsistent)\n"
         "  -h, --help             show this help\n");
 }
 
@@ -37,6 +39,7 @@ int cmd_checksum(int argc, char **argv)
         { "algorithm", required_argument, NULL, 'a' },
         { "block-size", required_argument, NULL, 'b' },
         { "output", required_argument, NULL, 'o' },
+        { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -44,10 +47,11 @@ int cmd_checksum(int argc, char **argv)
     enum cli_output output = CLI_OUTPUT_HUMAN;
     struct lsm_checksum_opts o = { .alg = LSM_BLKHASH_SHA256 };
     uint64_t bs = LSM_BLKHASH_DEFAULT_BLOCK;
+    unsigned oflags = 0;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:a:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:a:b:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)
@@ -67,6 +71,9 @@ int cmd_checksum(int argc, char **argv)
             if (!cli_parse_output("checksum", optarg, &output))
                 return EXIT_USAGE;
             break;
+        case 'U':
+            oflags |= LSM_OPEN_FORCE_SHARE;
+            break;
         case 'h':
             checksum_usage(stdout);
             return 0;
@@ -81,10 +88,12 @@ int cmd_checksum(int argc, char **argv)
 
     /* Read-only, with the whole backing chain: as copy opens its source. */
     struct lsm_image *img;
-    if (lsm_image_open(path, fmt, 0, &img) < 0)
-        return cli_fail("checksum");
+    int r = lsm_image_open(path, fmt, oflags, &img);
+    if (r < 0)
+        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("checksum")
+                                                                 : cli_fail("checksum");
     struct lsm_checksum_result res;
-    int r = lsm_checksum_image(img, &o, &res);
+    r = lsm_checksum_image(img, &o, &res);
     lsm_image_close(img);
     if (r < 0)
         return cli_fail("checksum");

@@ -3,7 +3,7 @@
 # qemu-img and QEMU processes:
 # - an image that qemu-io or a QEMU process holds for writing: lsm-sync
 #   does not write it (copy -n, copy without -n), image unchanged; reads
-#   it only with -U (copy, map, info, compare);
+#   it only with -U (copy, map, info, compare, checksum);
 # - a backing file that qemu-io holds through its overlay (read-only, as a
 #   running VM does): lsm-sync reads it without -U; clone-structure and
 #   sync --type=INTERNAL work on the live chain, sync of its leaf does not;
@@ -101,6 +101,10 @@ expect "info of a held image, no -U" 1 'lock' "$LSM_SYNC" info held.qcow2
 expect "info -U of a held image" 0 '' "$LSM_SYNC" info -U held.qcow2
 expect "compare with a held image, no -U" 2 'lock' "$LSM_SYNC" compare held.qcow2 out.raw
 expect "compare -U with a held image" 0 '' "$LSM_SYNC" compare -U held.qcow2 out.raw
+if "$LSM_SYNC" --help | grep -qw checksum; then
+    expect "checksum of a held image, no -U" 1 'force-share' "$LSM_SYNC" checksum held.qcow2
+    expect "checksum -U of a held image" 0 '' "$LSM_SYNC" checksum -U held.qcow2
+fi
 stop_holders
 
 # ---- 2. A backing file held read-only through its overlay ----
