@@ -1,7 +1,8 @@
 /* The copy pipeline.
  *
  * One thread, one event loop: runs come from the plan (or, for a physical
- * copy, from the used host clusters of a qcow2 layer); adjacent runs are
+ * copy, from the data extents of the physical source: the used host
+ * clusters of a qcow2 layer, header cluster last); adjacent runs are
  * coalesced into requests of up to request_size bytes, each owning one
  * aligned buffer of the pool.  A request issues one asynchronous read per
  * host-contiguous piece (and reads compressed / mixed granules
@@ -176,11 +177,8 @@ struct ctx {
 
     /* run source */
     struct lsm_plan plan;
-    bool physical;
-    uint64_t *phys;             /* pairs: host offset, length */
-    size_t nphys, phys_pos;
+    bool physical;              /* src is the physical source: offsets are host offsets */
     uint64_t phys_skip_before;  /* physical: bytes below this are deferred (header) */
-    struct lsm_file *phys_file;
 
     bool have_run;
     struct lsm_run run;
@@ -230,13 +228,18 @@ static void progress(struct ctx *c)
         c->o->progress(c->o->opaque, c->st->bytes_done, c->st->bytes_total);
 }
 
-/* Next run from the plan or the physical run list. */
+/* Next run of a physical copy: the physical source's data extents (host
+ * clusters in use) from phys_skip_before on; the header cluster below it is
+ * written last, by lsm_copy.  Runs keep the source's extent boundaries:
+ * every one starts on a cluster, and only the last one (at the end of a
+ * file whose size is not a multiple of the cluster) may end off it. */
 static int phys_next(struct ctx *c, struct lsm_run *r)
 {
-    while (c->phys_pos < c->nphys) {
-        uint64_t host = c->phys[2 * c->phys_pos], len = c->phys[2 * c->phys_pos + 1];
-        c->phys_pos++;
-        if (host + len <= c->phys_skip_before)
+    struct lsm_src_extent e;
+    int ret;
+    while ((ret = c->src->ops->next(c->src, &e)) > 0) {
+        uint64_t host = e.start, len = e.length;
+        if (e.kind != LSM_SRC_DATA || host + len <= c->phys_skip_before)
             continue;
         if (host < c->phys_skip_before) {
             len -= c->phys_skip_before - host;
@@ -245,11 +248,11 @@ static int phys_next(struct ctx *c, struct lsm_run *r)
         r->start = host;
         r->length = len;
         r->kind = LSM_RUN_DATA;
-        r->file = c->phys_file;
+        r->file = e.file;
         r->host = host;
         return 1;
     }
-    return 0;
+    return ret;
 }
 
 static int peek_run(struct ctx *c)
@@ -795,26 +798,6 @@ static int run_pipeline(struct ctx *c)
 
 /* ---- Setup ---- */
 
-static int collect_phys(void *opaque, uint64_t host, uint64_t len)
-{
-    struct ctx *c = opaque;
-    if (c->nphys && c->phys[2 * (c->nphys - 1)] + c->phys[2 * (c->nphys - 1) + 1] == host) {
-        c->phys[2 * (c->nphys - 1) + 1] += len;
-        return 0;
-    }
-    if ((c->nphys & (c->nphys - 1)) == 0) {   /* grow at powers of two */
-        size_t cap = c->nphys ? 2 * c->nphys : 64;
-        uint64_t *p = realloc(c->phys, cap * 2 * sizeof(*p));
-        if (!p)
-            return lsm_error(-ENOMEM, "out of memory");
-        c->phys = p;
-    }
-    c->phys[2 * c->nphys] = host;
-    c->phys[2 * c->nphys + 1] = len;
-    c->nphys++;
-    return 0;
-}
-
 static void warn(const struct lsm_copy_opts *o, const char *fmt, ...) LSM_PRINTF(2, 3);
 static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
 {
@@ -983,6 +966,17 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     c->physical = physical;
     st->physical = physical;
 
+    /* The source, before anything is opened for writing: a physical source
+     * validates the whole layer here, and both kinds take the stamps their
+     * check compares after the copy. */
+    if (physical)
+        r = lsm_phys_source_create(img, o->direct, &src);
+    else if (!src)
+        r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
+    if (r < 0)
+        goto out;
+    c->src = src;
+
     /* Destination. */
     uint32_t cluster = 0;
     if (o->dst_fmt == LSM_FMT_QCOW2) {
@@ -1102,28 +1096,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     c->d = &d;
 
-    /* Source. */
+    /* Runs. */
     if (physical) {
-        r = lsm_qcow2_for_each_used_run(img, collect_phys, c);
-        if (r < 0)
-            goto out;
-        r = lsm_file_open(img->filename, LSM_FILE_READ, o->direct, &c->phys_file);
-        if (r < 0)
-            goto out;
-        c->phys_skip_before = img->cluster_size;   /* header last */
+        size_t hlen;
+        lsm_phys_source_header(src, &hlen);
+        c->phys_skip_before = hlen;   /* header last */
         c->granule = img->cluster_size;
-        for (size_t i = 0; i < c->nphys; i++) {
-            uint64_t h = c->phys[2 * i], l = c->phys[2 * i + 1];
-            if (h + l > c->phys_skip_before)
-                st->bytes_total += h + l - MAX(h, c->phys_skip_before);
-        }
+        /* Pre-pass: bytes to copy, known up front. */
+        struct lsm_run run;
+        while ((r = phys_next(c, &run)) > 0)
+            st->bytes_total += run.length;
+        if (r < 0)
+            goto out;
+        src->ops->rewind(src);
     } else {
-        if (!src) {
-            r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
-            if (r < 0)
-                goto out;
-        }
-        c->src = src;
         c->granule = d.w ? cluster : MAX(4096u, d.f->offset_align);
         /* Pre-pass: bytes to copy, known up front. */
         lsm_plan_init(&c->plan, src, c->granule, o->backing != NULL);
@@ -1214,12 +1200,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (r < 0)
         goto out;
 
-    /* Durable before success. */
-    if (src) {
-        r = src->ops->check(src);
-        if (r < 0)
-            goto out;
-    }
+    /* Durable before success (and the source unchanged: for a physical
+     * copy this also proves that the header written below is current). */
+    r = src->ops->check(src);
+    if (r < 0)
+        goto out;
     if (!d.w) {   /* (qcow2_writer_finish flushes the data before its header) */
         r = lsm_file_sync(d.f);
         if (r < 0) {
@@ -1232,23 +1217,30 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         goto out;
     }
     if (physical) {
-        /* The header cluster last: until now the file is no qcow2. */
-        int idx;
-        char *buf = lsm_bufpool_get(c->pool, &idx);
-        uint32_t cs = img->cluster_size;
-        ssize_t n = pread(img->fd, buf, cs, 0);
-        if (n != (ssize_t)cs) {
-            r = n < 0 ? lsm_error_errno(-errno, "cannot read %s", o->src_path)
-                      : lsm_error(-EIO, "cannot read %s: short read", o->src_path);
+        /* The header cluster last: until now the file is no qcow2.  It is
+         * the copy the source took when it validated the layer, and the
+         * check above proved it still current. */
+        size_t cs;
+        const void *hdr = lsm_phys_source_header(src, &cs);
+        if (is_aligned(cs, d.f->offset_align)) {   /* an aligned buffer for O_DIRECT */
+            int idx;
+            char *buf = lsm_bufpool_get(c->pool, &idx);
+            memcpy(buf, hdr, cs);
+            ssize_t n = pwrite(d.f->fd, buf, cs, 0);
             lsm_bufpool_put(c->pool, buf);
-            goto out;
-        }
-        n = pwrite(d.f->fd, buf, cs, 0);
-        lsm_bufpool_put(c->pool, buf);
-        if (n != (ssize_t)cs) {
-            r = n < 0 ? lsm_error_errno(-errno, "cannot write to %s at offset 0", o->dst_path)
-                      : lsm_error(-EIO, "cannot write to %s at offset 0: short write", o->dst_path);
-            goto out;
+            if (n != (ssize_t)cs) {
+                r = n < 0 ? lsm_error_errno(-errno, "cannot write to %s at offset 0", o->dst_path)
+                          : lsm_error(-EIO, "cannot write to %s at offset 0: short write", o->dst_path);
+                goto out;
+            }
+        } else {   /* a file smaller than its header cluster */
+            r = dst_write_tail(&d, hdr, cs, 0);
+            if (r < 0)
+                goto out;
+            if (fdatasync(d.tail_fd) < 0) {
+                r = lsm_error_errno(-errno, "cannot flush %s", o->dst_path);
+                goto out;
+            }
         }
         st->bytes_read += cs;
         st->bytes_written += cs;
@@ -1298,9 +1290,6 @@ out:
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);
     free(c->reqs);
-    free(c->phys);
-    if (c->phys_file)
-        lsm_file_close(c->phys_file);
     src_close(src);
     if (d.w)
         qcow2_writer_close(d.w);

@@ -14,6 +14,7 @@
 
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "image.h"
@@ -67,6 +68,20 @@ struct lsm_copy_src {
  * lsm_file per layer.  The source does not own img. */
 int lsm_image_source_create(struct lsm_image *img, bool one_layer,
                             enum lsm_direct_mode direct, struct lsm_copy_src **out);
+
+/* The physical source: one qcow2 layer's image file in host order (offsets
+ * are file offsets, size is the file size).  DATA extents are the runs of
+ * host clusters in use (refcount > 0), read asynchronously through a second
+ * read-only descriptor; the rest is ABSENT.  pread reads the file (zeroes
+ * past its end).  Creating it validates the layer first: the whole map is
+ * walked with the reader (what `map` refuses, this refuses) and every host
+ * cluster the map points at must be in use.  check fails if the file's size,
+ * modification time or header cluster changed since it was created.  The
+ * source does not own img. */
+int lsm_phys_source_create(struct lsm_image *img, enum lsm_direct_mode direct,
+                           struct lsm_copy_src **out);
+/* The header cluster (at most the file size) as read at create. */
+const void *lsm_phys_source_header(struct lsm_copy_src *s, size_t *len);
 
 /* The NBD source (with libnbd): extents from base:allocation, data read
  * with NBD_CMD_READ.  lsm_is_nbd_uri() recognises nbd://, nbds://,

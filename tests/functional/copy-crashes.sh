@@ -1,0 +1,206 @@
+#!/bin/bash
+# `lsm-sync copy` of the qcow2 images that once crashed it (a NULL source
+# in physical mode: empty images, files whose size is not a multiple of 512,
+# internal snapshots, persistent bitmaps) and physical copies of sources
+# that are corrupt or written during the copy.  A copy that is allowed must
+# give an image that qemu-img compare calls identical and qemu-img check
+# calls clean; a refused one exits 1 with one line and leaves no
+# destination; nothing ever dies from a signal; no source is ever changed.
+. "$(dirname "$0")/lib.sh"
+need_cmd qemu-img qemu-io jq sha256sum python3
+
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+
+# run CASE CMD...: run the command; RC and err.log hold what it did.
+# Counts a failure (and returns 1) if it died from a signal.
+run() {
+    local case=$1; shift
+    RC=0
+    timeout -k 5 60 "$@" >out.log 2>err.log || RC=$?
+    if ((RC >= 124)); then
+        fail "$case" "exit $RC (signal or time-out): $(head -n5 err.log)"
+        return 1
+    fi
+    return 0
+}
+
+# copies CASE SRC [COPY OPTIONS...]: the copy succeeds, the destination is
+# the source's guest content and clean, the source unchanged.  OK=1 if so.
+copies() {
+    local case=$1 src=$2; shift 2
+    local before dst="$case.out.qcow2"
+    OK=0
+    before=$(sum "$src")
+    rm -f "$dst"
+    run "$case" "$LSM_SYNC" copy -O qcow2 "$@" "$src" "$dst" || return 0
+    if ((RC != 0)); then
+        fail "$case" "exit $RC: $(head -n3 err.log)"
+    elif ! qemu-img compare -q "$src" "$dst" 2>cmp.log; then
+        fail "$case" "qemu-img compare: not identical $(cat cmp.log)"
+    elif ! qemu-img check -q "$dst" >chk.log 2>&1; then
+        fail "$case" "qemu-img check: $(head -n5 chk.log)"
+    elif [[ $(sum "$src") != "$before" ]]; then
+        fail "$case" "the source changed"
+    else
+        pass "$case"
+        OK=1
+    fi
+}
+
+# refused CASE WANT SRC [COPY OPTIONS...]: exit 1, one line naming WANT, no
+# destination left, the source unchanged.
+refused() {
+    local case=$1 want=$2 src=$3; shift 3
+    local before dst="$case.out.qcow2"
+    before=$(sum "$src")
+    rm -f "$dst"
+    run "$case" "$LSM_SYNC" copy -O qcow2 "$@" "$src" "$dst" || return 0
+    if ((RC != 1)); then
+        fail "$case" "exit $RC, want 1: $(head -n3 err.log)"
+    elif [[ $(wc -l <err.log) != 1 ]]; then
+        fail "$case" "want one line on stderr, got: $(head -n5 err.log)"
+    elif ! grep -qi -- "$want" err.log; then
+        fail "$case" "message lacks '$want': $(cat err.log)"
+    elif [[ -e $dst ]]; then
+        fail "$case" "$dst left behind"
+    elif [[ $(sum "$src") != "$before" ]]; then
+        fail "$case" "the source changed"
+    else
+        pass "$case"
+    fi
+}
+
+# Empty images: no data cluster at all, and (1M) a file of 3 clusters and
+# an 8-byte L1 table, so its size is not a multiple of 512.
+qcow2 empty0.qcow2 0
+qcow2 empty1m.qcow2 1M
+for img in empty0 empty1m; do
+    copies "$img-auto" $img.qcow2
+    copies "$img-physical" $img.qcow2 --physical
+    copies "$img-guest" $img.qcow2 --no-physical
+done
+(( $(stat -c %s empty1m.qcow2) % 512 != 0 )) || die "empty1m.qcow2 is 512-aligned: the case tests nothing"
+
+# A compressed cluster at the end of the file (size not a multiple of 512).
+qcow2 comp.qcow2 4M
+qio comp.qcow2 -- 'write -P 1 0 1M' 'write -c -P 2 2M 64k'
+(( $(stat -c %s comp.qcow2) % 512 != 0 )) || die "comp.qcow2 is 512-aligned: the case tests nothing"
+copies comp-auto comp.qcow2
+copies comp-physical comp.qcow2 --physical
+# ... and a whole image converted with -c.
+qemu-img convert -q -c -O qcow2 comp.qcow2 convc.qcow2
+copies convert-c-auto convc.qcow2
+copies convert-c-physical convc.qcow2 --physical
+# Small and large clusters (a 2M-cluster image whose file ends 8 bytes
+# into its last cluster).
+qcow2 c512.qcow2 8M cluster_size=512
+qio c512.qcow2 -- 'write -P 3 0 1M' 'write -P 4 5M 4k'
+copies c512-physical c512.qcow2 --physical
+qcow2 c2m.qcow2 16M cluster_size=2M
+qio c2m.qcow2 -- 'write -P 5 2M 512'
+copies c2m-physical c2m.qcow2 --physical
+
+# Internal snapshots and persistent bitmaps: --physical copies them too (a
+# physical copy is the file, cluster for cluster); the snapshot must read
+# back the same.
+qcow2 snap.qcow2 4M
+qio snap.qcow2 -- 'write -P 6 0 1M'
+qemu-img snapshot -c s1 snap.qcow2
+qio snap.qcow2 -- 'write -P 7 512k 1M'
+qemu-img snapshot -c s2 snap.qcow2   # the snapshot table last: an unaligned end
+(( $(stat -c %s snap.qcow2) % 512 != 0 )) || die "snap.qcow2 is 512-aligned: the case tests nothing"
+copies snap-physical snap.qcow2 --physical
+if ((OK)); then
+    qemu-img convert -l snapshot.name=s1 -O raw snap.qcow2 s1.want.raw
+    qemu-img convert -l snapshot.name=s1 -O raw snap-physical.out.qcow2 s1.got.raw
+    if cmp -s s1.want.raw s1.got.raw; then pass snap-physical-snapshot
+    else fail snap-physical-snapshot "snapshot s1 reads differently in the copy"; fi
+fi
+copies snap-auto snap.qcow2
+qcow2 bitmap.qcow2 4M
+qio bitmap.qcow2 -- 'write -P 8 0 1M'
+qemu-img bitmap --add bitmap.qcow2 b0
+copies bitmap-physical bitmap.qcow2 --physical
+if ((OK)); then
+    if [[ $(qemu-img info --output=json bitmap-physical.out.qcow2 |
+            jq -r '."format-specific".data.bitmaps[0].name') == b0 ]]; then
+        pass bitmap-physical-kept
+    else
+        fail bitmap-physical-kept "bitmap b0 missing from the copy"
+    fi
+fi
+copies bitmap-auto bitmap.qcow2
+
+# A corrupt source that map refuses: the last L2 table cut off by
+# truncating the file.  Refused before anything is written, in both modes.
+qcow2 trunc.qcow2 2G
+qio trunc.qcow2 -- 'write -P 9 0 1M' 'write -P 10 1G 64k'
+off=$(qemu-img map --output=json trunc.qcow2 | jq '.[] | select(.start == 1073741824) | .offset')
+truncate -s $((off - 65536 + 4096)) trunc.qcow2   # 4 KiB into its L2 table
+run map-trunc "$LSM_SYNC" map trunc.qcow2 &&
+    if ((RC == 1)); then pass map-trunc; else fail map-trunc "map exit $RC, want 1"; fi
+refused trunc-auto "L2 table" trunc.qcow2
+refused trunc-physical "L2 table" trunc.qcow2 --physical
+
+# A data cluster whose refcount is zero (qemu-img check: an error): a
+# physical copy, which copies the clusters in use, would lose it.
+qcow2 leak.qcow2 4M
+qio leak.qcow2 -- 'write -P 11 0 64k' 'write -P 12 1M 64k'
+host=$(qemu-img map --output=json leak.qcow2 | jq '.[] | select(.start == 1048576) | .offset')
+python3 - leak.qcow2 "$host" <<'EOF'
+import struct, sys
+path, host = sys.argv[1], int(sys.argv[2])
+with open(path, 'r+b') as f:
+    h = f.read(104)
+    cluster_bits = struct.unpack('>I', h[20:24])[0]
+    reftable = struct.unpack('>Q', h[48:56])[0]
+    order = struct.unpack('>I', h[96:100])[0]
+    assert order == 4, order   # 16-bit refcounts (the default)
+    f.seek(reftable)
+    block = struct.unpack('>Q', f.read(8))[0]
+    f.seek(block + 2 * (host >> cluster_bits))
+    f.write(b'\0\0')
+EOF
+qemu-img check leak.qcow2 >leak.log 2>&1 && die "qemu-img check accepts leak.qcow2: the case tests nothing"
+refused leak-physical "refcount is zero" leak.qcow2 --physical
+refused leak-auto "refcount is zero" leak.qcow2
+
+# A source written during a physical copy (slowed down with --rate): the
+# copy must see it and fail; the destination it made is removed.  Writes
+# over data clusters already allocated change no metadata, only the data
+# (and the file's modification time); a write past them allocates.
+for how in overwrite allocate; do
+    case=written-$how
+    qcow2 w.qcow2 64M
+    qio w.qcow2 -- 'write -P 13 0 8M'
+    rm -f "$case.out.qcow2"
+    timeout -k 5 60 "$LSM_SYNC" copy --physical --rate=4M -O qcow2 w.qcow2 "$case.out.qcow2" \
+        >out.log 2>err.log &
+    pid=$!
+    sleep 0.5
+    if [[ $how == overwrite ]]; then
+        qio w.qcow2 -- 'write -P 14 1M 64k'
+    else
+        qio w.qcow2 -- 'write -P 14 32M 64k'
+    fi
+    RC=0
+    wait "$pid" || RC=$?
+    if ((RC != 1)); then
+        fail "$case" "exit $RC, want 1: $(head -n3 err.log)"
+    elif ! grep -q "during the copy" err.log || [[ $(wc -l <err.log) != 1 ]]; then
+        fail "$case" "want one line saying the source changed, got: $(head -n3 err.log)"
+    elif [[ -e $case.out.qcow2 ]]; then
+        fail "$case" "$case.out.qcow2 left behind"
+    else
+        pass "$case"
+    fi
+    rm -f w.qcow2
+done
+
+# The same source, unchanged, copies fine at that rate (the failure above
+# is the write, not the rate limit).
+qcow2 w.qcow2 64M
+qio w.qcow2 -- 'write -P 13 0 2M'
+copies rate-physical w.qcow2 --physical --rate=8M
+
+finish
