@@ -63,16 +63,33 @@ fail() {
     return 0
 }
 
-# finish: print the count and exit 1 if any case failed, 77 if none ran.
+# skip_case NAME WHY: a case that cannot run here.  It is not a pass: it is
+# counted and named, with its reason, in the summary that finish prints.
+SKIPPED=0
+SKIPPED_NAMES=()
+skip_case() {
+    SKIPPED=$((SKIPPED + 1))
+    SKIPPED_NAMES+=("$1 ($2)")
+    log "SKIP $1: $2"
+    return 0
+}
+
+# finish: print the counts and exit 1 if any case failed, 77 if none ran
+# (every case skipped, or none was tried).
 finish() {
+    local skipped=""
+    if ((SKIPPED > 0)); then
+        skipped=", $SKIPPED skipped: $(printf '%s; ' "${SKIPPED_NAMES[@]}")"
+        skipped=${skipped%; }
+    fi
     if ((CASES == 0)); then
-        skip "no case could run"
+        skip "no case could run${skipped}"
     fi
     if ((FAILED > 0)); then
-        log "$FAILED of $CASES cases failed: ${FAILED_NAMES[*]}"
+        log "$FAILED of $CASES cases failed: ${FAILED_NAMES[*]}${skipped}"
         exit 1
     fi
-    log "all $CASES cases passed"
+    log "all $CASES cases passed${skipped}"
     exit 0
 }
 
