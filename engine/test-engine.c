@@ -212,10 +212,16 @@ static void test_plan_bad_source(void **state)
 
 /* ---- whole copies of raw files ---- */
 
+/* The recorder keeps every range it is given, so a test can check that the
+ * ranges cover the disk exactly: no byte twice, none left out, nothing
+ * after the final (len == 0) call. */
+#define REC_MAX 4096
 struct rec {
-    uint64_t covered;
+    uint64_t start[REC_MAX], len[REC_MAX];
     unsigned calls;
     bool final;
+    bool after_final;    /* a range recorded after the final call */
+    bool overflow;
     int fail_after;
 };
 
@@ -226,11 +232,56 @@ static int rec_fn(void *opaque, uint64_t start, uint64_t len)
         r->final = true;
         return 0;
     }
-    r->covered += len;
+    if (r->final)
+        r->after_final = true;
+    if (r->calls < REC_MAX) {
+        r->start[r->calls] = start;
+        r->len[r->calls] = len;
+    } else {
+        r->overflow = true;
+    }
     r->calls++;
     if (r->fail_after && (int)r->calls >= r->fail_after)
         return lsm_error(-ECANCELED, "recorder says stop at %llu", (unsigned long long)start);
     return 0;
+}
+
+static int cmp_u64_pair(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* The recorded ranges, sorted, tile [0, size) exactly.  Returns a
+ * description of the first overlap or gap, or NULL. */
+static const char *rec_tiles(const struct rec *r, uint64_t size, char *why, size_t n)
+{
+    if (r->overflow)
+        return snprintf(why, n, "more than %d ranges recorded", REC_MAX), why;
+    uint64_t (*v)[2] = malloc(sizeof(*v) * (r->calls ? r->calls : 1));
+    assert_non_null(v);
+    for (unsigned i = 0; i < r->calls; i++) {
+        v[i][0] = r->start[i];
+        v[i][1] = r->len[i];
+    }
+    qsort(v, r->calls, sizeof(*v), cmp_u64_pair);
+    uint64_t pos = 0;
+    const char *res = NULL;
+    for (unsigned i = 0; i < r->calls && !res; i++) {
+        if (v[i][0] < pos)
+            res = (snprintf(why, n, "overlap: [%llu, +%llu) starts before %llu",
+                            (unsigned long long)v[i][0], (unsigned long long)v[i][1],
+                            (unsigned long long)pos), why);
+        else if (v[i][0] > pos)
+            res = (snprintf(why, n, "gap: [%llu, %llu) not recorded",
+                            (unsigned long long)pos, (unsigned long long)v[i][0]), why);
+        pos = v[i][0] + v[i][1];
+    }
+    if (!res && pos != size)
+        res = (snprintf(why, n, "ranges end at %llu, the disk at %llu",
+                        (unsigned long long)pos, (unsigned long long)size), why);
+    free(v);
+    return res;
 }
 
 static char tmpdir[64];
@@ -264,7 +315,8 @@ static void test_copy_recorder(void **state)
     snprintf(src, sizeof(src), "%s/src.raw", tmpdir);
     snprintf(dst, sizeof(dst), "%s/dst.raw", tmpdir);
     make_src(src, 20 * MiB + 4096);
-    struct rec rec = { 0 };
+    static struct rec rec;   /* large: not on the stack */
+    memset(&rec, 0, sizeof(rec));
     struct lsm_copy_opts o = {
         .src_path = src, .src_fmt = LSM_FMT_RAW, .dst_path = dst, .dst_fmt = LSM_FMT_RAW,
         .io_kind = LSM_IO_PSYNC, .record = rec_fn, .opaque = &rec,
@@ -275,13 +327,20 @@ static void test_copy_recorder(void **state)
         fprintf(stderr, "copy: %s\n", lsm_last_error());
     assert_int_equal(r, 0);
     assert_true(same_content(src, dst));
-    assert_int_equal(rec.covered, 20 * MiB + 4096);   /* every byte reported once */
+    char why[160];
+    const char *bad = rec_tiles(&rec, 20 * MiB + 4096, why, sizeof(why));
+    if (bad)
+        fprintf(stderr, "recorder: %s\n", bad);
+    assert_null(bad);   /* every byte reported exactly once */
     assert_true(rec.final);
+    assert_false(rec.after_final);
     assert_true(st.bytes_skipped + st.bytes_zeroed + st.bytes_done >= 20 * MiB);
 
     /* The recorder can stop the copy.  A destination that existed before
      * is not removed (only what this copy created is)... */
-    struct rec stop = { .fail_after = 3 };
+    static struct rec stop;   /* large: not on the stack */
+    memset(&stop, 0, sizeof(stop));
+    stop.fail_after = 3;
     o.opaque = &stop;
     r = lsm_copy(&o, &st);
     assert_int_equal(r, -ECANCELED);
@@ -291,13 +350,116 @@ static void test_copy_recorder(void **state)
     lsm_error_clear();
     /* ...and the destination this copy created is removed. */
     assert_int_equal(unlink(dst), 0);
-    stop = (struct rec){ .fail_after = 3 };
+    memset(&stop, 0, sizeof(stop));
+    stop.fail_after = 3;
     r = lsm_copy(&o, &st);
     assert_int_equal(r, -ECANCELED);
     assert_true(st.dst_removed);
     assert_int_not_equal(access(dst, F_OK), 0);
     lsm_error_clear();
     unlink(src);
+}
+
+/* Physical copies record host ranges: every cluster in use exactly once
+ * (the header cluster last), nothing else. */
+struct runs {
+    uint64_t v[2 * 64];
+    unsigned n;
+};
+
+static int add_run(void *opaque, uint64_t host, uint64_t len)
+{
+    struct runs *r = opaque;
+    assert_true(r->n < 64);
+    r->v[2 * r->n] = host;
+    r->v[2 * r->n + 1] = len;
+    r->n++;
+    return 0;
+}
+
+static void test_copy_recorder_physical(void **state)
+{
+    (void)state;
+    char src[128], dst[128], cmd[512];
+    snprintf(src, sizeof(src), "%s/psrc.qcow2", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/pdst.qcow2", tmpdir);
+    snprintf(cmd, sizeof(cmd), "qemu-img create -q -f qcow2 '%s' 64M && "
+             "qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 40M 64k' -c 'write -c -P 3 8M 64k' '%s' >/dev/null",
+             src, src);
+    if (system(cmd) != 0)
+        skip();   /* no qemu-img / qemu-io here */
+    static struct rec rec;
+    memset(&rec, 0, sizeof(rec));
+    struct lsm_copy_opts o = {
+        .src_path = src, .src_fmt = LSM_FMT_QCOW2, .dst_path = dst, .dst_fmt = LSM_FMT_QCOW2,
+        .physical = LSM_PHYSICAL_ALWAYS, .io_kind = LSM_IO_PSYNC, .record = rec_fn, .opaque = &rec,
+    };
+    struct lsm_copy_stats st;
+    int r = lsm_copy(&o, &st);
+    if (r < 0)
+        fprintf(stderr, "copy: %s\n", lsm_last_error());
+    assert_int_equal(r, 0);
+    assert_true(st.physical);
+    assert_true(same_content(src, dst));
+    assert_true(rec.final);
+    assert_false(rec.after_final);
+    assert_int_equal(rec.start[rec.calls - 1], 0);   /* the header last */
+
+    struct lsm_image *img = NULL;
+    assert_int_equal(lsm_image_open(src, LSM_FMT_QCOW2, LSM_OPEN_NO_BACKING, &img), 0);
+    struct runs want = { .n = 0 };
+    assert_int_equal(lsm_qcow2_for_each_used_run(img, add_run, &want), 0);
+    lsm_image_close(img);
+
+    /* Sorted and merged where adjacent, the records are the used runs. */
+    uint64_t (*v)[2] = malloc(sizeof(*v) * rec.calls);
+    assert_non_null(v);
+    for (unsigned i = 0; i < rec.calls; i++) {
+        v[i][0] = rec.start[i];
+        v[i][1] = rec.len[i];
+    }
+    qsort(v, rec.calls, sizeof(*v), cmp_u64_pair);
+    unsigned k = 0;
+    for (unsigned i = 0; i < rec.calls; i++) {
+        assert_true(k < want.n);
+        assert_int_equal(v[i][0], want.v[2 * k]);   /* no gap, no overlap */
+        uint64_t end = v[i][0] + v[i][1];
+        while (i + 1 < rec.calls && v[i + 1][0] == end) {
+            i++;
+            end = v[i][0] + v[i][1];
+        }
+        assert_true(i + 1 >= rec.calls || v[i + 1][0] > end);
+        assert_int_equal(end, want.v[2 * k] + want.v[2 * k + 1]);
+        k++;
+    }
+    assert_int_equal(k, want.n);
+    free(v);
+    unlink(src);
+    unlink(dst);
+}
+
+/* The checker itself: an overlap that a gap makes up for in the total is
+ * caught (a byte count alone passed it). */
+static void test_rec_tiles(void **state)
+{
+    (void)state;
+    char why[160];
+    struct rec *r = calloc(1, sizeof(*r));
+    assert_non_null(r);
+    rec_fn(r, 0, 4096);
+    rec_fn(r, 8192, 4096);
+    rec_fn(r, 4096, 4096);
+    assert_null(rec_tiles(r, 12288, why, sizeof(why)));
+    assert_non_null(rec_tiles(r, 16384, why, sizeof(why)));   /* short */
+    memset(r, 0, sizeof(*r));
+    rec_fn(r, 0, 8192);
+    rec_fn(r, 4096, 4096);    /* overlap ... */
+    rec_fn(r, 12288, 4096);   /* ... and a gap at 8192: total still 16384 */
+    assert_non_null(rec_tiles(r, 16384, why, sizeof(why)));
+    memset(r, 0, sizeof(*r));
+    rec_fn(r, 4096, 4096);    /* gap at 0 */
+    assert_non_null(rec_tiles(r, 4096 * 2, why, sizeof(why)));
+    free(r);
 }
 
 static void test_copy_rate(void **state)
@@ -339,7 +501,9 @@ int main(void)
         cmocka_unit_test(test_plan_aligned),
         cmocka_unit_test(test_plan_mixed),
         cmocka_unit_test(test_plan_bad_source),
+        cmocka_unit_test(test_rec_tiles),
         cmocka_unit_test(test_copy_recorder),
+        cmocka_unit_test(test_copy_recorder_physical),
         cmocka_unit_test(test_copy_rate),
     };
     int r = cmocka_run_group_tests(tests, NULL, NULL);
