@@ -31,7 +31,7 @@ if ((${#missing[@]} == 0)); then
 fi
 
 if ((EUID != 0)); then
-    echo "deps: missing packages: ${missing[*]}; run as root (sudo bash $0)" >&2
+    echo "deps: missing packages: ${missing[*]}; run this as root (bash $0), or with sudo (sudo bash $0)" >&2
     exit 1
 fi
 
