@@ -1,10 +1,15 @@
 /* The copy engine: extents in, requests out.
  *
- *   source (struct lsm_copy_src: extents + reads)
- *     -> plan (struct lsm_plan: granule-aligned runs: skip / zero / data)
+ *   source (struct lsm_copy_src: extents + reads + a check after the copy;
+ *           the image source, the physical source, the NBD source)
+ *     -> plan (struct lsm_plan: granule-aligned runs: skip / zero / data /
+ *        mixed; a physical copy takes the physical source's data extents
+ *        as runs directly)
  *     -> pipeline (many requests in flight through io/; reads complete out
  *        of order, writes are issued as each read completes)
- *     -> destination (struct lsm_copy_dst: raw file/device or qcow2 writer)
+ *     -> destination (private to copy.c: a raw file/device, or a qcow2
+ *        writer for guest-order qcow2 output; a physical copy writes the
+ *        file as it is)
  *
  * The engine never prints: failures return -errno with a message recorded
  * by lsm_error(); warnings and progress go to callbacks.

@@ -1,7 +1,8 @@
 /* Disk images and backing chains: the extent source of the engine.
  *
- * An lsm_image is one layer (a raw file or block device, a qcow2 file, later
- * an NBD export) plus a link to its backing layer.  Each format is a table
+ * An lsm_image is one layer (a raw file or block device, or a qcow2 file;
+ * NBD exports are read by the copy engine's NBD source, engine/source-nbd.c)
+ * plus a link to its backing layer.  Each format is a table
  * of operations (struct lsm_image_ops) filled by one file; nothing above
  * formats/ names a format's internals.
  *
@@ -82,7 +83,7 @@ struct lsm_image {
     void *priv;              /* format private state */
 };
 
-/* Flags for lsm_image_open / lsm_chain_open */
+/* Flags for lsm_image_open */
 #define LSM_OPEN_NO_BACKING  0x1u   /* open one layer, do not follow backing files */
 #define LSM_OPEN_FORCE_SHARE 0x2u   /* read what another process writes (qemu-img -U) */
 /* Also open qcow2 layers an interrupted lsm-sync writer left marked
