@@ -293,7 +293,7 @@ if dev=$(losetup -f --show loop.img 2>/dev/null); then
     losetup -d "$dev"
 else
     for img in c1.1-cs65536.qcow2 d3/top.qcow2 holes.raw; do
-        skip_case "blockdev -n $img" "no loop device (losetup -f failed)"
+        skip_case "blockdev -n $img" "no loop device: losetup -f failed"
     done
 fi
 rm -f loop.img
