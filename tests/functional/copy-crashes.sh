@@ -91,6 +91,25 @@ copies comp-physical comp.qcow2 --physical
 qemu-img convert -q -c -O qcow2 comp.qcow2 convc.qcow2
 copies convert-c-auto convc.qcow2
 copies convert-c-physical convc.qcow2 --physical
+# One layer of a chain (-B), its file ending in a compressed cluster: the
+# copy is physical, then its backing name is rewritten after the header.
+qcow2 cbase.qcow2 4M
+qio cbase.qcow2 -- 'write -P 15 0 4M'
+qemu-img create -q -f qcow2 -b cbase.qcow2 -F qcow2 ctop.qcow2
+qio ctop.qcow2 -- 'write -P 16 1M 64k' 'write -c -P 17 3M 64k'
+(( $(stat -c %s ctop.qcow2) % 512 != 0 )) || die "ctop.qcow2 is 512-aligned: the case tests nothing"
+mkdir -p bdir && cp cbase.qcow2 bdir/nbase.qcow2
+before=$(sum ctop.qcow2)
+rm -f bdir/top.qcow2
+run B-physical "$LSM_SYNC" copy --physical -O qcow2 -B nbase.qcow2 -F qcow2 ctop.qcow2 bdir/top.qcow2 &&
+    if ((RC != 0)); then fail B-physical "exit $RC: $(head -n3 err.log)"
+    elif ! qemu-img compare -q ctop.qcow2 bdir/top.qcow2; then fail B-physical "chains differ"
+    elif ! qemu-img check -q bdir/top.qcow2; then fail B-physical "qemu-img check failed"
+    elif [[ $(qemu-img info --output=json bdir/top.qcow2 | jq -r '."backing-filename"') != nbase.qcow2 ]]; then
+        fail B-physical "backing name not rewritten"
+    elif [[ $(sum ctop.qcow2) != "$before" ]]; then fail B-physical "the source changed"
+    else pass B-physical; fi
+
 # Small and large clusters (a 2M-cluster image whose file ends 8 bytes
 # into its last cluster).
 qcow2 c512.qcow2 8M cluster_size=512
