@@ -81,6 +81,9 @@ struct layer_stamp {
 static int layer_stamp_take(const struct lsm_image *l, struct layer_stamp *ls)
 {
     int r = stamp_take(l->fd, l->filename, &ls->image);
+    if (r == 0 && ls->image.valid && ls->image.size != l->file_size)
+        return lsm_error(-EIO, "source %s changed size since it was opened (%" PRIu64 " -> %" PRIu64 " bytes)",
+                         l->filename, l->file_size, ls->image.size);
     if (r == 0 && l->data_fd != l->fd)
         r = stamp_take(l->data_fd, l->data_filename ? l->data_filename : l->filename, &ls->data);
     return r;
