@@ -188,19 +188,38 @@ refused leak-auto "refcount is zero" leak.qcow2
 # copy must see it and fail; the destination it made is removed.  Writes
 # over data clusters already allocated change no metadata, only the data
 # (and the file's modification time); a write past them allocates.
+#
+# Where lsm-sync holds its source with QEMU's image locks, qemu-io is
+# refused; the write is then made the way a tool that ignores the locks
+# would make it (into the file, at the data cluster's host offset, or
+# appended), and the copy must still see it.
+raw_write() {   # raw_write FILE OFFSET|end: 64 KiB of 0x0e, locks ignored
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+off = os.lseek(fd, 0, os.SEEK_END) if sys.argv[2] == 'end' else int(sys.argv[2])
+os.pwrite(fd, b'\x0e' * 65536, off)
+os.close(fd)
+PY
+}
 for how in overwrite allocate; do
     case=written-$how
     qcow2 w.qcow2 64M
     qio w.qcow2 -- 'write -P 13 0 8M'
+    host1m=$(qemu-img map --output=json w.qcow2 | jq '.[0].offset + 1048576')
     rm -f "$case.out.qcow2"
     timeout -k 5 60 "$LSM_SYNC" copy --physical --rate=4M -O qcow2 w.qcow2 "$case.out.qcow2" \
         >out.log 2>err.log &
     pid=$!
     sleep 0.5
     if [[ $how == overwrite ]]; then
-        qio w.qcow2 -- 'write -P 14 1M 64k'
+        wcmd='write -P 14 1M 64k' where=$host1m
     else
-        qio w.qcow2 -- 'write -P 14 32M 64k'
+        wcmd='write -P 14 32M 64k' where=end
+    fi
+    if ! qemu-io -f qcow2 -c "$wcmd" w.qcow2 >qio.log 2>&1; then
+        grep -qi lock qio.log || die "qemu-io $wcmd failed: $(head -n2 qio.log)"
+        raw_write w.qcow2 "$where"
     fi
     RC=0
     wait "$pid" || RC=$?
