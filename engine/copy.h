@@ -80,7 +80,8 @@ int lsm_image_source_create(struct lsm_image *img, bool one_layer,
  * read-only descriptor; the rest is ABSENT.  pread reads the file (zeroes
  * past its end).  Creating it validates the layer first: the whole map is
  * walked with the reader (what `map` refuses, this refuses) and every host
- * cluster the map points at must be in use.  check fails if the file's size,
+ * cluster the map points at, and every metadata table the reader lists
+ * (lsm_qcow2_for_each_metadata), must be in use.  check fails if the file's size,
  * modification time or header cluster changed since it was created.  The
  * source does not own img. */
 int lsm_phys_source_create(struct lsm_image *img, enum lsm_direct_mode direct,

@@ -9,8 +9,8 @@
  * order, as extents of the image *file* (offsets are file offsets).  Before
  * it hands out anything it walks the layer's whole map with the reader (so
  * it refuses what `map` refuses) and checks that every data cluster the map
- * points at has a non-zero refcount (a cluster outside the used runs would
- * not be copied).
+ * points at, and every metadata table the reader lists, has a non-zero
+ * refcount (a cluster outside the used runs would not be copied).
  *
  * Both record each file's size and modification time when they are made
  * and their check op compares them after the copy (the physical source also
@@ -323,8 +323,21 @@ static bool phys_covered(const struct phys_src *ps, uint64_t host, uint64_t len)
     return host + len >= host && host + len <= rend;
 }
 
-/* The layer's map, walked by the reader: refuses what `map` refuses, and
- * every host cluster it points at must be counted in the refcounts. */
+static int phys_check_meta(void *opaque, uint64_t host, uint64_t len)
+{
+    struct phys_src *ps = opaque;
+    if (!phys_covered(ps, host, len))
+        return lsm_error(-EIO, "corrupt image %s: metadata at host offset 0x%" PRIx64 " is in a "
+                         "cluster whose refcount is zero (qemu-img check -r all repairs it; "
+                         "--no-physical copies the guest view)", ps->img->filename, host);
+    return 0;
+}
+
+/* The layer's map, walked by the reader: refuses what `map` refuses.  Then
+ * every host cluster it points at, and every metadata table the reader
+ * found, must be counted in the refcounts (a physical copy copies only
+ * those).  Compressed clusters, for which the map gives no host offset,
+ * and the snapshot and bitmap tables are not checked. */
 static int phys_validate(struct phys_src *ps)
 {
     struct lsm_image *img = ps->img;
@@ -341,9 +354,11 @@ static int phys_validate(struct phys_src *ps)
                              "-r all repairs it; --no-physical copies the guest view)",
                              img->filename, x.start, x.offset);
     }
-    if (r < 0)
+    if (r < 0) {
         lsm_error_prefix("cannot copy %s physically", img->filename);
-    return r;
+        return r;
+    }
+    return lsm_qcow2_for_each_metadata(img, phys_check_meta, ps);
 }
 
 static int phys_rewind(struct lsm_copy_src *s)

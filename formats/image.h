@@ -211,6 +211,12 @@ void lsm_snapshots_free(struct lsm_snapshot_info *s, int n);
  * calls fn for each maximal run.  Used by physical copies. */
 typedef int (*lsm_host_run_fn)(void *opaque, uint64_t host_offset, uint64_t length);
 int lsm_qcow2_for_each_used_run(struct lsm_image *img, lsm_host_run_fn fn, void *opaque);
+/* The host ranges of a qcow2 layer's active metadata, as the reader found
+ * them: the header cluster, the L1 table, every L2 table the L1 table
+ * points at, the refcount table and every refcount block.  (Not listed:
+ * snapshot tables and their L1 tables, bitmap directories and tables.)
+ * Calls fn for each; stops at its first negative return. */
+int lsm_qcow2_for_each_metadata(struct lsm_image *img, lsm_host_run_fn fn, void *opaque);
 
 /* Actual (allocated) size of the image file in bytes (st_blocks * 512). */
 int64_t lsm_image_actual_size(struct lsm_image *img);

@@ -116,3 +116,26 @@ int lsm_qcow2_for_each_used_run(struct lsm_image *img, lsm_host_run_fn fn, void 
     }
     return 0;
 }
+
+int lsm_qcow2_for_each_metadata(struct lsm_image *img, lsm_host_run_fn fn, void *opaque)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "'%s' is not a qcow2 image", img->filename);
+    struct qcow2_state *s = img->priv;
+    int r = fn(opaque, 0, s->cluster_size);
+    if (r == 0 && s->l1_size)
+        r = fn(opaque, s->h.l1_table_offset, (uint64_t)s->l1_size * 8);
+    for (uint32_t i = 0; r == 0 && i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (l2)
+            r = fn(opaque, l2, s->cluster_size);
+    }
+    if (r == 0)
+        r = fn(opaque, s->h.refcount_table_offset, (uint64_t)s->h.refcount_table_clusters << s->cluster_bits);
+    for (uint32_t i = 0; r == 0 && i < s->reftable_entries; i++) {
+        uint64_t rb = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb)
+            r = fn(opaque, rb, s->cluster_size);
+    }
+    return r;
+}

@@ -183,6 +183,27 @@ EOF
 qemu-img check leak.qcow2 >leak.log 2>&1 && die "qemu-img check accepts leak.qcow2: the case tests nothing"
 refused leak-physical "refcount is zero" leak.qcow2 --physical
 refused leak-auto "refcount is zero" leak.qcow2
+# ... and an L2 table whose refcount is zero: the copy would lose it.
+qcow2 leakl2.qcow2 4M
+qio leakl2.qcow2 -- 'write -P 11 0 64k'
+python3 - leakl2.qcow2 <<'EOF2'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    h = f.read(104)
+    cluster_bits = struct.unpack('>I', h[20:24])[0]
+    l1 = struct.unpack('>Q', h[40:48])[0]
+    reftable = struct.unpack('>Q', h[48:56])[0]
+    assert struct.unpack('>I', h[96:100])[0] == 4   # 16-bit refcounts
+    f.seek(l1)
+    l2 = struct.unpack('>Q', f.read(8))[0] & 0x00fffffffffffe00
+    assert l2
+    f.seek(reftable)
+    block = struct.unpack('>Q', f.read(8))[0]
+    f.seek(block + 2 * (l2 >> cluster_bits))
+    f.write(b'\0\0')
+EOF2
+qemu-img check leakl2.qcow2 >leak.log 2>&1 && die "qemu-img check accepts leakl2.qcow2: the case tests nothing"
+refused leak-l2-physical "metadata at host offset" leakl2.qcow2 --physical
 
 # A source written during a physical copy (slowed down with --rate): the
 # copy must see it and fail; the destination it made is removed.  Writes
