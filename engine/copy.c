@@ -365,9 +365,16 @@ static void req_done(struct ctx *c, struct creq *q)
     progress(c);
 }
 
+static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len);
+
 static int emit_zero(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
 {
-    int r = dst_zero(c->d, q->start + pos, len);
+    struct dst *d = c->d;
+    if (!d->w && !d->reads_zero && !is_aligned((q->start + pos) | len, d->f->offset_align))
+        /* Too small or unaligned to zero on an O_DIRECT device (the end of
+         * a physical copy's file, say): the buffer holds the zeroes. */
+        return emit_data(c, q, pos, len);
+    int r = dst_zero(d, q->start + pos, len);
     if (r < 0)
         return set_err(c, r);
     c->st->bytes_zeroed += len;
@@ -1045,7 +1052,26 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     st->direct = d.f->direct;
 
     uint64_t vsize = img ? img->virtual_size : src->size;
-    if (physical) {
+    if (physical && d.f->is_blockdev) {
+        /* A device keeps what it held: zero runs must be written as zeroes
+         * (a skipped one would leave old bytes inside a used cluster), and
+         * an old header must go before the first write, so that an
+         * interrupted copy is no qcow2 (ours comes last). */
+        d.size = img->file_size;
+        d.reads_zero = false;
+        if (d.f->size < img->file_size) {
+            r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
+                          o->dst_path, d.f->size, o->src_path, img->file_size);
+            goto out;
+        }
+        size_t hlen;
+        lsm_phys_source_header(src, &hlen);
+        r = lsm_file_zero(d.f, 0, align_up(hlen, MAX(d.f->offset_align, 512u)), true);
+        if (r < 0) {
+            lsm_error_prefix("cannot zero the header of %s", o->dst_path);
+            goto out;
+        }
+    } else if (physical) {
         d.size = img->file_size;
         d.reads_zero = true;
         r = lsm_file_truncate(d.f, img->file_size);

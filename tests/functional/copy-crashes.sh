@@ -256,6 +256,52 @@ for how in overwrite allocate; do
     rm -f w.qcow2
 done
 
+# Onto a block device (a loop device full of random bytes): a device keeps
+# what it held, so zeroes inside used clusters must be written and the old
+# header must go first.  Allocated zero data, and files ending off 512.
+truncate -s 64M loop.img
+if dev=$(losetup -f --show loop.img 2>losetup.err); then
+    trap 'losetup -d "$dev"; cleanup' EXIT
+    qcow2 zdata.qcow2 4M
+    qio zdata.qcow2 -- 'write -P 18 0 1M' 'write -P 0 256k 256k'
+    for img in zdata empty1m comp c2m snap; do
+        case=blockdev-physical-$img
+        head -c 64M /dev/urandom | dd of="$dev" bs=1M iflag=fullblock oflag=direct status=none
+        before=$(sum $img.qcow2)
+        run "$case" "$LSM_SYNC" copy --physical -O qcow2 $img.qcow2 "$dev" || continue
+        if ((RC != 0)); then fail "$case" "exit $RC: $(head -n3 err.log)"
+        elif ! qemu-img compare -q -f qcow2 -F qcow2 $img.qcow2 "$dev" 2>cmp.log; then
+            fail "$case" "not identical: $(cat cmp.log)"
+        elif ! qemu-img check -q -f qcow2 "$dev" >chk.log 2>&1; then fail "$case" "check: $(head -n3 chk.log)"
+        elif [[ $(sum $img.qcow2) != "$before" ]]; then fail "$case" "the source changed"
+        else pass "$case"; fi
+    done
+    # Killed in the middle (SIGKILL, nothing cleans up): the device held a
+    # valid qcow2, and must not look like one now.
+    qcow2 kill.qcow2 64M
+    qio kill.qcow2 -- 'write -P 19 0 8M'
+    qemu-img convert -O qcow2 comp.qcow2 "$dev"   # a valid qcow2 there before
+    qemu-img info -f qcow2 "$dev" >/dev/null || die "no qcow2 on $dev before the kill: the case tests nothing"
+    "$LSM_SYNC" copy --physical --rate=4M -O qcow2 kill.qcow2 "$dev" >out.log 2>err.log &
+    pid=$!
+    sleep 0.5
+    kill -KILL "$pid"
+    RC=0
+    wait "$pid" || RC=$?
+    if ((RC != 137)); then
+        fail blockdev-physical-killed "the copy ended before the kill (exit $RC): the case tests nothing"
+    elif qemu-img info -U -f qcow2 "$dev" >info.log 2>&1; then
+        fail blockdev-physical-killed "an interrupted copy left a device that opens as qcow2"
+    else
+        pass blockdev-physical-killed
+    fi
+    losetup -d "$dev"
+    trap cleanup EXIT
+else
+    skip_case blockdev-physical "no loop device: $(head -n1 losetup.err)"
+fi
+rm -f loop.img
+
 # The same source, unchanged, copies fine at that rate (the failure above
 # is the write, not the rate limit).
 qcow2 w.qcow2 64M
