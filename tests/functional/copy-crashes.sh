@@ -6,6 +6,7 @@
 # give an image that qemu-img compare calls identical and qemu-img check
 # calls clean; a refused one exits 1 with one line and leaves no
 # destination; nothing ever dies from a signal; no source is ever changed.
+# Physical copies onto a block device, whole and killed, close the list.
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-img qemu-io jq sha256sum python3
 
@@ -240,6 +241,7 @@ for how in overwrite allocate; do
     fi
     if ! qemu-io -f qcow2 -c "$wcmd" w.qcow2 >qio.log 2>&1; then
         grep -qi lock qio.log || die "qemu-io $wcmd failed: $(head -n2 qio.log)"
+        log "$case: qemu-io refused by the lock; writing past it"
         raw_write w.qcow2 "$where"
     fi
     RC=0
