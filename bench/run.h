@@ -24,7 +24,9 @@ struct bench_sample {
 struct bench_dir_stats {
     uint64_t bytes;
     uint64_t ios;
-    struct bench_hist clat;
+    struct bench_hist clat;     /* queued to completed (fio's clat) */
+    struct bench_hist slat;     /* prepared to queued (fio's slat) */
+    struct bench_hist lat;      /* prepared to completed (fio's lat) */
 };
 
 /* What bench_prepare() found or did. */
@@ -70,7 +72,8 @@ struct bench_thread {
 
     /* results */
     struct bench_dir_stats dir[2];
-    uint64_t start_ns, end_ns;  /* first submit, last completion (absolute) */
+    struct bench_dir_stats sync;   /* fsync=N and end_fsync: ios and clat only */
+    uint64_t start_ns, end_ns;  /* measuring start (after ramp_time), last completion (absolute) */
     double usr_sec, sys_sec;    /* CPU time of the thread while measuring */
     int error;                  /* 0 or a negative errno */
     char errmsg[512];
