@@ -163,6 +163,7 @@ int bench_job_copy(struct bench_job *dst, const struct bench_job *src)
             goto nomem;
         for (size_t i = 0; i < src->nopts; i++) {
             dst->nopts++;
+            dst->opts[i].global = src->opts[i].global;
             if (dup_str(&dst->opts[i].key, src->opts[i].key) < 0 ||
                 dup_str(&dst->opts[i].value, src->opts[i].value) < 0)
                 goto nomem;
@@ -211,6 +212,7 @@ static int record_opt(struct bench_job *job, const char *key, const char *value)
         job->nopts++;
     }
     free(job->opts[i].value);
+    job->opts[i].global = false;
     return dup_str(&job->opts[i].value, value);
 }
 
@@ -632,6 +634,8 @@ int bench_jobfile_parse(const char *path, const char *text, struct bench_jobs *o
             job_line = lineno;
             if ((r = bench_job_copy(&job, &global)) < 0)
                 goto out;
+            for (size_t i = 0; i < job.nopts; i++)
+                job.opts[i].global = true;
             free(job.name);
             if (!(job.name = strdup(name))) {
                 r = lsm_error(-ENOMEM, "out of memory");
@@ -742,6 +746,8 @@ int bench_args_parse(int n, char **opts, struct bench_jobs *out)
             bench_job_clear(&job);
             if ((r = bench_job_copy(&job, &global)) < 0)
                 goto out;
+            for (size_t k = 0; k < job.nopts; k++)
+                job.opts[k].global = true;
             if (!(job.origin = strdup("command line"))) {
                 r = lsm_error(-ENOMEM, "out of memory");
                 goto out;

@@ -45,6 +45,7 @@ struct bench_bssplit {
  * "job options", which fio prints as strings). */
 struct bench_opt {
     char *key, *value;      /* value NULL: a bare boolean key */
+    bool global;            /* from [global] (or before the first --name) */
 };
 
 struct bench_job {
