@@ -239,7 +239,7 @@ static struct json_object *json_lat(const struct bench_hist *h, bool pct)
     JADD(c, "mean", json_object_new_double(bench_hist_mean(h)));
     JADD(c, "stddev", json_object_new_double(bench_hist_stddev(h)));
     JADD(c, "N", json_object_new_int64((int64_t)h->count));
-    if (pct) {
+    if (pct && h->count) {     /* fio leaves the percentiles out when there are none */
         struct json_object *p = json_object_new_object();
         for (size_t i = 0; i < ARRAY_SIZE(fio_percentiles); i++) {
             char key[32];
@@ -271,15 +271,24 @@ static struct json_object *json_dir(const struct bench_dir_stats *s, uint64_t ru
     return o;
 }
 
-/* Options as fio prints them: strings, as given; a bare key is "" */
+/* Options as fio prints them: strings, as given; like fio, a bare
+ * boolean key (time_based, stonewall, ...) is not listed */
 static struct json_object *json_opts(const struct bench_job *job, bool global)
 {
     struct json_object *o = json_object_new_object();
     for (size_t i = 0; i < job->nopts; i++)
-        if (job->opts[i].global == global)
-            JADD(o, job->opts[i].key, lsm_json_string(job->opts[i].value ? job->opts[i].value
-                                                                        : ""));
+        if (job->opts[i].global == global && job->opts[i].value)
+            JADD(o, job->opts[i].key, lsm_json_string(job->opts[i].value));
     return o;
+}
+
+/* A monotonic time as milliseconds since the epoch */
+static int64_t wall_ms(uint64_t mono_ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t real = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (real - ((int64_t)lsm_now_ns() - (int64_t)mono_ns)) / 1000000;
 }
 
 static struct json_object *json_job(const struct bench_group *g, const struct bench_agg *a)
@@ -324,8 +333,8 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     JADD(own, "size", json_object_new_int64((int64_t)g->prep.size));
     JADD(own, "bs", json_object_new_int64((int64_t)job->bs));
     JADD(own, "iodepth", json_object_new_int((int)job->iodepth));
-    JADD(own, "numjobs", json_object_new_int((int)a->njobs));
-    JADD(own, "interrupted", json_object_new_boolean(a->interrupted));
+    JADD(own, "start_ms", json_object_new_int64(wall_ms(a->start_ns)));
+    JADD(own, "end_ms", json_object_new_int64(wall_ms(a->end_ns)));
     JADD(o, "lsm-sync", own);
     return o;
 }
