@@ -166,6 +166,8 @@ static void print_job(FILE *f, const struct bench_group *g, const struct bench_a
             bench_fmt_exact(job->bs, bs, sizeof bs), job->iodepth,
             a->engine && *a->engine ? a->engine : bench_engine_name(job->ioengine),
             job->direct, a->interrupted ? " (interrupted)" : "");
+    if (job->description)
+        fprintf(f, "  Description  : [%s]\n", job->description);
     if (a->dir[BENCH_DIR_READ].ios || bench_rw_reads(job->rw))
         print_dir(f, "read", &a->dir[BENCH_DIR_READ], rt);
     if (a->dir[BENCH_DIR_WRITE].ios || bench_rw_writes(job->rw))
