@@ -218,7 +218,16 @@ void bench_report_normal(FILE *f, const struct bench_report *rep)
                 print_job(f, g, &a);
             }
         }
-        fprintf(f, "\nRun status group %u (all jobs):\n", g->id);
+        /* jobs that run together share a group id; the lines below sum
+         * this job's clones only, so they say so when it is not alone */
+        bool alone = true;
+        for (size_t k = 0; k < rep->ngroups; k++)
+            if (k != gi && rep->groups[k].ran && rep->groups[k].id == g->id)
+                alone = false;
+        if (alone)
+            fprintf(f, "\nRun status group %u (all jobs):\n", g->id);
+        else
+            fprintf(f, "\nRun status group %u (job %s):\n", g->id, g->job->name);
         if (sum.dir[BENCH_DIR_READ].ios || bench_rw_reads(g->job->rw))
             print_group_line(f, "READ", g, BENCH_DIR_READ, &sum);
         if (sum.dir[BENCH_DIR_WRITE].ios || bench_rw_writes(g->job->rw))
