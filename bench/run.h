@@ -41,7 +41,9 @@ struct bench_prep {
 /* Find the job's size and make its files exist: a file a job reads is
  * written in full (verify pattern, buffered, then dropped from the page
  * cache); a file only written is preallocated.  Block devices are used
- * as they are.
+ * as they are.  The job works on [offset, offset + size) of its file; with
+ * invalidate (fio's default) its files are then dropped from the page cache
+ * (posix_fadvise DONTNEED), once for all its clones.
  *
  * Before anything is written: a block device the job writes (filename of
  * write, randwrite and randrw; dst of copy) is opened with O_EXCL, as fio
