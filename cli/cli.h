@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "error.h"
+#include "image.h"
 
 #define EXIT_OPERATIONAL 1
 #define EXIT_USAGE 2
@@ -22,6 +23,11 @@ int cli_fail(const char *what);
 /* cli_fail for a lock conflict of a reader (-EAGAIN from lsm_image_open):
  * the message says that -U/--force-share reads the image anyway. */
 int cli_fail_busy(const char *what);
+/* Open an image (and its chain, per flags) for a reading command: on failure
+ * print one line (with the -U hint when another process holds it) and
+ * return false. */
+bool cli_open_image(const char *what, const char *path, enum lsm_format fmt, unsigned flags,
+                    struct lsm_image **out);
 /* Usage error for COMMAND: message plus a hint; returns EXIT_USAGE. */
 int cli_usage_error(const char *command, const char *fmt, ...) LSM_PRINTF(2, 3);
 /* "lsm-sync: warning: ..." */

@@ -88,12 +88,10 @@ int cmd_checksum(int argc, char **argv)
 
     /* Read-only, with the whole backing chain: as copy opens its source. */
     struct lsm_image *img;
-    int r = lsm_image_open(path, fmt, oflags, &img);
-    if (r < 0)
-        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("checksum")
-                                                                 : cli_fail("checksum");
+    if (!cli_open_image("checksum", path, fmt, oflags, &img))
+        return EXIT_OPERATIONAL;
     struct lsm_checksum_result res;
-    r = lsm_checksum_image(img, &o, &res);
+    int r = lsm_checksum_image(img, &o, &res);
     lsm_image_close(img);
     if (r < 0)
         return cli_fail("checksum");

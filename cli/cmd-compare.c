@@ -88,20 +88,10 @@ int cmd_compare(int argc, char **argv)
         return cli_usage_error("compare", argc - optind < 2 ? "need two images" : "too many arguments");
     const char *pa = argv[optind], *pb = argv[optind + 1];
     struct lsm_image *a = NULL, *b = NULL;
-    int r = lsm_image_open(pa, fa, oflags, &a);
-    if (r < 0) {
-        if (r == -EAGAIN && !oflags)
-            cli_fail_busy("compare");
-        else
-            cli_fail("compare");
+    /* exit 2 for errors, as qemu-img compare (1 means "different") */
+    if (!cli_open_image("compare", pa, fa, oflags, &a))
         return EXIT_USAGE;
-    }
-    r = lsm_image_open(pb, fb, oflags, &b);
-    if (r < 0) {
-        if (r == -EAGAIN && !oflags)
-            cli_fail_busy("compare");
-        else
-            cli_fail("compare");
+    if (!cli_open_image("compare", pb, fb, oflags, &b)) {
         lsm_image_close(a);
         return EXIT_USAGE;
     }

@@ -200,9 +200,8 @@ int cmd_info(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    int r = lsm_image_open(path, fmt, oflags | (chain ? 0 : LSM_OPEN_NO_BACKING), &img);
-    if (r < 0)
-        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("info") : cli_fail("info");
+    if (!cli_open_image("info", path, fmt, oflags | (chain ? 0 : LSM_OPEN_NO_BACKING), &img))
+        return EXIT_OPERATIONAL;
 
     json_object *out;
     if (chain) {

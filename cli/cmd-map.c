@@ -100,9 +100,8 @@ int cmd_map(int argc, char **argv)
     const char *path = argv[optind];
 
     struct lsm_image *img;
-    int r = lsm_image_open(path, fmt, oflags, &img);
-    if (r < 0)
-        return r == -EAGAIN && !(oflags & LSM_OPEN_FORCE_SHARE) ? cli_fail_busy("map") : cli_fail("map");
+    if (!cli_open_image("map", path, fmt, oflags, &img))
+        return EXIT_OPERATIONAL;
 
     uint64_t end = img->virtual_size;
     if (start < end && max_len < end - start)
@@ -111,7 +110,7 @@ int cmd_map(int argc, char **argv)
     struct lsm_map_iter it;
     lsm_map_iter_init(&it, img, start, end, 0);
     struct lsm_extent e;
-    int n = 0, rc = 0;
+    int n = 0, rc = 0, r;
     if (output == CLI_OUTPUT_JSON)
         putchar('[');
     else

@@ -61,6 +61,19 @@ int cli_fail_busy(const char *what)
     return EXIT_OPERATIONAL;
 }
 
+bool cli_open_image(const char *what, const char *path, enum lsm_format fmt, unsigned flags,
+                    struct lsm_image **out)
+{
+    int r = lsm_image_open(path, fmt, flags, out);
+    if (r == 0)
+        return true;
+    if (r == -EAGAIN && !(flags & LSM_OPEN_FORCE_SHARE))
+        cli_fail_busy(what);
+    else
+        cli_fail(what);
+    return false;
+}
+
 int cli_usage_error(const char *command, const char *fmt, ...)
 {
     va_list ap;
