@@ -25,9 +25,9 @@ step_deps() {
 step_build() {
     say "build (meson + ninja) into build/"
     if [[ -f $BUILD/build.ninja ]]; then
-        meson setup --reconfigure "$BUILD" >/dev/null
+        meson setup --reconfigure "$BUILD" -Dwerror=true >/dev/null
     else
-        meson setup "$BUILD" >/dev/null
+        meson setup "$BUILD" -Dwerror=true >/dev/null
     fi
     ninja -C "$BUILD" >/dev/null
     run "$LSM_SYNC" --version

@@ -69,7 +69,7 @@ suite() {
 
 stage_deps() {
     say "dependencies"
-    bash "$REPO/scripts/deps.sh" || { fail_step "deps"; return 1; }
+    bash "$REPO/scripts/deps.sh" --tests || { fail_step "deps"; return 1; }
 }
 
 stage_plain() {
