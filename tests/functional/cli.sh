@@ -79,4 +79,18 @@ if [[ -w /dev/full ]]; then
     if ((rc == 1)) && [[ $(wc -l <err) == 1 ]]; then pass "map >/dev/full"; else fail "map >/dev/full" "exit $rc: $(cat err)"; fi
 fi
 
+# The man pages of this build are those of the commands it has (docs/man).
+if [[ -d $BUILD_DIR/docs/man ]]; then
+    want=$("$LSM_SYNC" --help | awk '/^Commands:/{on=1; next} on && /^  [a-z]/{print "lsm-sync-" $1 ".1"}' | sort)
+    have=$(cd "$BUILD_DIR/docs/man" && ls lsm-sync-*.1 2>/dev/null | sort)
+    if [[ -n $want && $want == "$have" ]]; then pass "man pages: one per command"
+    else fail "man pages: one per command" "commands: $(echo $want); pages: $(echo $have)"; fi
+    if "$LSM_SYNC" copy --help | grep -o -- '--[a-z][a-z-]*' | sort -u | while read -r o; do
+           grep -qF -- "${o//-/\\-}" "$BUILD_DIR/docs/man/lsm-sync-copy.1" || { echo "$o"; exit 1; }
+       done >missing; then pass "man page: copy's options"
+    else fail "man page: copy's options" "missing: $(cat missing)"; fi
+else
+    skip_case "man pages" "no docs/man in $BUILD_DIR"
+fi
+
 finish
