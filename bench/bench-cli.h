@@ -3,6 +3,7 @@
 #ifndef LSM_BENCH_CLI_H
 #define LSM_BENCH_CLI_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -15,20 +16,39 @@ struct bench_group {
     unsigned id;
     struct bench_prep prep;
     struct bench_thread *threads;   /* numjobs of them */
+    pthread_t *tids;
     unsigned nthreads;              /* started */
     double proc_usr_sec, proc_sys_sec;  /* whole process while the clones ran */
     bool ran;
+};
+
+/* One disk's /proc/diskstats counters over the run (fio's disk_util). */
+struct bench_disk_util {
+    char name[64];
+    unsigned major, minor;
+    uint64_t read_ios, read_merges, read_ticks, write_ios, write_merges, write_ticks;
+    uint64_t io_ticks, in_queue;     /* ms */
+    double util;                     /* percent of the run the disk was busy */
 };
 
 struct bench_report {
     struct bench_group *groups;
     size_t ngroups;
     uint64_t sample_ns;
+    struct bench_disk_util disks[8];
+    size_t ndisks;
 };
+
+/* disk_util: the disks under the jobs' files, and their counters now
+ * (start) or the difference since start (finish, with the run's length).
+ * Disks /proc/diskstats does not list (tmpfs, overlay) are left out. */
+void bench_disk_util_start(struct bench_report *rep);
+void bench_disk_util_finish(struct bench_report *rep, uint64_t elapsed_ns);
 
 /* Sum of a group's clones (or one clone when first == last). */
 struct bench_agg {
     struct bench_dir_stats dir[2];
+    struct bench_dir_stats sync;
     uint64_t start_ns, end_ns;
     double usr_sec, sys_sec;
     uint64_t verified;

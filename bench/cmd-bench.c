@@ -232,16 +232,13 @@ static void progress_line(struct progress *p, const struct bench_group *g, uint6
 
 /* ---- running ---- */
 
-static int run_group(struct bench_group *g, uint64_t epoch, bool show)
+/* Start the clones of one job; they run until they finish. */
+static int group_start(struct bench_group *g, uint64_t epoch)
 {
     struct bench_job *job = g->job;
     g->threads = calloc(job->numjobs, sizeof *g->threads);
-    if (!g->threads) {
-        cli_error(CMD, "out of memory for %u jobs", job->numjobs);
-        return EXIT_OPERATIONAL;
-    }
-    pthread_t *tids = calloc(job->numjobs, sizeof *tids);
-    if (!tids) {
+    g->tids = calloc(job->numjobs, sizeof *g->tids);
+    if (!g->threads || !g->tids) {
         cli_error(CMD, "out of memory for %u jobs", job->numjobs);
         return EXIT_OPERATIONAL;
     }
@@ -251,10 +248,6 @@ static int run_group(struct bench_group *g, uint64_t epoch, bool show)
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &block, &old);
-    /* CPU of the whole process: also the io-wq and psync worker threads,
-     * which the clones' own (per-thread) figures miss */
-    struct rusage ru0, ru1;
-    getrusage(RUSAGE_SELF, &ru0);
     int rc = 0;
     for (unsigned i = 0; i < job->numjobs; i++) {
         struct bench_thread *t = &g->threads[i];
@@ -264,7 +257,7 @@ static int run_group(struct bench_group *g, uint64_t epoch, bool show)
         t->epoch_ns = epoch;
         t->sample_ns = SAMPLE_NS;
         t->stop = &stop_flag;
-        int e = pthread_create(&tids[i], NULL, bench_thread_main, t);
+        int e = pthread_create(&g->tids[i], NULL, bench_thread_main, t);
         if (e != 0) {
             cli_error(CMD, "%s: cannot start job thread %u: %s", job->name, i, strerror(e));
             __atomic_store_n(&stop_flag, 1, __ATOMIC_RELAXED);
@@ -275,36 +268,55 @@ static int run_group(struct bench_group *g, uint64_t epoch, bool show)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     g->ran = true;
+    return rc;
+}
 
+static bool group_done(const struct bench_group *g)
+{
+    for (unsigned i = 0; i < g->nthreads; i++)
+        if (!__atomic_load_n(&g->threads[i].finished, __ATOMIC_ACQUIRE))
+            return false;
+    return true;
+}
+
+/* Wait for the jobs of one stonewall batch (they run at the same time, as
+ * fio's sections without stonewall do).  The progress line follows the
+ * first job of the batch that is still running. */
+static void batch_wait(struct bench_group *gv, size_t n, bool show)
+{
     uint64_t start = lsm_now_ns(), next = start + PROGRESS_NS;
     struct progress p = { .last_ns = start };
+    size_t shown = n;
     for (;;) {
-        bool all = true;
-        for (unsigned i = 0; i < g->nthreads; i++)
-            all &= __atomic_load_n(&g->threads[i].finished, __ATOMIC_ACQUIRE) != 0;
-        if (all)
+        size_t running = n;
+        for (size_t k = 0; k < n && running == n; k++)
+            if (!group_done(&gv[k]))
+                running = k;
+        if (running == n)
             break;
         struct timespec ts = { 0, 20 * 1000 * 1000 };
         nanosleep(&ts, NULL);
         uint64_t now = lsm_now_ns();
         if (show && now >= next) {
-            progress_line(&p, g, start, now);
+            if (running != shown) {
+                p = (struct progress){ .last_ns = p.last_ns, .shown = p.shown };
+                shown = running;
+            }
+            progress_line(&p, &gv[running], start, now);
             next = now + PROGRESS_NS;
         }
     }
-    for (unsigned i = 0; i < g->nthreads; i++)
-        pthread_join(tids[i], NULL);
-    free(tids);
-    getrusage(RUSAGE_SELF, &ru1);
-    g->proc_usr_sec = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
-                      (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
-    g->proc_sys_sec = (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
-                      (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
+    for (size_t k = 0; k < n; k++) {
+        struct bench_group *g = &gv[k];
+        for (unsigned i = 0; i < g->nthreads; i++)
+            pthread_join(g->tids[i], NULL);
+        free(g->tids);
+        g->tids = NULL;
+    }
     if (p.shown) {
         fputs("\r\033[K", stderr);
         fflush(stderr);
     }
-    return rc;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -353,37 +365,80 @@ int cmd_bench(int argc, char **argv)
     sigaction(SIGINT, &sa, &oint);
     sigaction(SIGTERM, &sa, &oterm);
 
-    /* the time series leaves out the layout steps: each job's samples
-     * continue where the previous job's ended */
+    /* fio's synchronous engine does one request at a time, whatever iodepth */
+    for (size_t i = 0; i < jobs.n; i++)
+        if (jobs.v[i].ioengine == LSM_IO_PSYNC && jobs.v[i].iodepth > 1) {
+            fprintf(stderr, "%s: note: both iodepth >= 1 and synchronous I/O engine are "
+                    "selected, queue depth will be capped at 1\n", jobs.v[i].name);
+            jobs.v[i].iodepth = 1;
+        }
+
+    /* Jobs run in batches: a job with stonewall waits for every job before
+     * it; the jobs between two stonewalls run at the same time (fio's
+     * semantics).  The time series leaves out the layout steps: each
+     * batch's samples continue where the previous batch's ended. */
     uint64_t timeline = 0;
     bool failed = false;
-    for (size_t i = 0; i < jobs.n && !__atomic_load_n(&stop_flag, __ATOMIC_RELAXED); i++) {
-        struct bench_group *g = &rep.groups[i];
-        g->job = &jobs.v[i];
-        g->id = (unsigned)i;
-        lsm_error_clear();
-        if ((e = bench_prepare(g->job, &g->prep)) < 0) {
-            cli_error(CMD, "%s: %s", g->job->name, lsm_last_error());
-            failed = true;
-            break;
-        }
-        if (g->prep.laid_out && !o.json)
-            fprintf(stderr, "%s: laid out %s (%" PRIu64 " bytes)\n", g->job->name,
-                    g->job->rw == BENCH_RW_COPY ? g->job->src : g->job->filename, g->prep.size);
-        uint64_t t0 = lsm_now_ns();
-        if (run_group(g, t0 - timeline, show) != 0)
-            failed = true;
-        timeline += lsm_now_ns() - t0;
-        bench_prep_release(&g->prep);
-        for (unsigned k = 0; k < g->nthreads; k++)
-            if (g->threads[k].error) {
-                cli_error(CMD, "%s: %s", g->job->name, g->threads[k].errmsg);
+    unsigned groupid = 0;
+    for (size_t i = 0; i < jobs.n; i++)
+        rep.groups[i].job = &jobs.v[i];
+    bench_disk_util_start(&rep);
+    uint64_t run_t0 = lsm_now_ns();
+    for (size_t first = 0; first < jobs.n && !failed &&
+                           !__atomic_load_n(&stop_flag, __ATOMIC_RELAXED);) {
+        size_t end = first + 1;
+        while (end < jobs.n && !jobs.v[end].stonewall)
+            end++;
+        size_t prepared = first;
+        for (size_t i = first; i < end; i++) {
+            struct bench_group *g = &rep.groups[i];
+            g->job = &jobs.v[i];
+            /* reporting groups: stonewall and new_group start one, as in fio */
+            if (i > 0 && (g->job->stonewall || g->job->new_group))
+                groupid++;
+            g->id = groupid;
+            lsm_error_clear();
+            if ((e = bench_prepare(g->job, &g->prep)) < 0) {
+                cli_error(CMD, "%s: %s", g->job->name, lsm_last_error());
                 failed = true;
                 break;
             }
-        if (failed)
-            break;
+            prepared = i + 1;
+            if (g->prep.laid_out && !o.json)
+                fprintf(stderr, "%s: laid out %s (%" PRIu64 " bytes)\n", g->job->name,
+                        g->job->rw == BENCH_RW_COPY ? g->job->src : g->job->filename,
+                        g->prep.size);
+        }
+        uint64_t t0 = lsm_now_ns();
+        struct rusage ru0, ru1;
+        getrusage(RUSAGE_SELF, &ru0);
+        for (size_t i = first; i < prepared && !failed; i++)
+            if (group_start(&rep.groups[i], t0 - timeline) != 0)
+                failed = true;
+        batch_wait(&rep.groups[first], prepared - first, show);
+        getrusage(RUSAGE_SELF, &ru1);
+        timeline += lsm_now_ns() - t0;
+        /* CPU of the whole process (also io-wq and psync workers, which the
+         * clones' per-thread figures miss), shared by the batch's jobs */
+        double usr = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
+                     (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
+        double sys = (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
+                     (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
+        for (size_t i = first; i < prepared; i++) {
+            struct bench_group *g = &rep.groups[i];
+            g->proc_usr_sec = usr / (double)(prepared - first);
+            g->proc_sys_sec = sys / (double)(prepared - first);
+            bench_prep_release(&g->prep);
+            for (unsigned k = 0; k < g->nthreads; k++)
+                if (g->threads[k].error) {
+                    cli_error(CMD, "%s: %s", g->job->name, g->threads[k].errmsg);
+                    failed = true;
+                    break;
+                }
+        }
+        first = end;
     }
+    bench_disk_util_finish(&rep, lsm_now_ns() - run_t0);
     bool interrupted = __atomic_load_n(&stop_flag, __ATOMIC_RELAXED) != 0;
     sigaction(SIGINT, &oint, NULL);
     sigaction(SIGTERM, &oterm, NULL);

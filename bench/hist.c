@@ -1,3 +1,4 @@
+#include <math.h>
 #include <string.h>
 
 #include "hist.h"
@@ -49,6 +50,7 @@ void bench_hist_merge(struct bench_hist *into, const struct bench_hist *from)
         into->max = from->max;
     into->count += from->count;
     into->sum += from->sum;
+    into->sumsq += from->sumsq;
     for (unsigned i = 0; i < BENCH_HIST_BUCKETS; i++)
         into->buckets[i] += from->buckets[i];
 }
@@ -56,6 +58,15 @@ void bench_hist_merge(struct bench_hist *into, const struct bench_hist *from)
 double bench_hist_mean(const struct bench_hist *h)
 {
     return h->count ? (double)(h->sum / h->count) : 0.0;
+}
+
+double bench_hist_stddev(const struct bench_hist *h)
+{
+    if (h->count < 2)
+        return 0.0;
+    long double n = (long double)h->count;
+    long double var = (h->sumsq - h->sum * h->sum / n) / (n - 1);
+    return var > 0 ? sqrt((double)var) : 0.0;
 }
 
 uint64_t bench_hist_percentile(const struct bench_hist *h, double pct)

@@ -22,6 +22,7 @@ struct bench_hist {
     uint64_t min;
     uint64_t max;
     long double sum;
+    long double sumsq;      /* for the standard deviation */
     uint64_t buckets[BENCH_HIST_BUCKETS];
 };
 
@@ -42,10 +43,13 @@ static inline void bench_hist_add(struct bench_hist *h, uint64_t v)
         h->max = v;
     h->count++;
     h->sum += v;
+    h->sumsq += (long double)v * v;
 }
 
 void bench_hist_merge(struct bench_hist *into, const struct bench_hist *from);
 double bench_hist_mean(const struct bench_hist *h);
+/* Sample standard deviation (fio's: n - 1 in the divisor); 0 below 2 samples. */
+double bench_hist_stddev(const struct bench_hist *h);
 /* The value below which pct percent of the samples lie (nearest rank),
  * clamped to [min, max]; 0 when empty. */
 uint64_t bench_hist_percentile(const struct bench_hist *h, double pct);

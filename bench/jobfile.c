@@ -12,7 +12,7 @@
 
 #define BENCH_DEFAULT_SEED 0x5eed1e55ULL
 
-enum key_type { K_STR, K_SIZE, K_UINT, K_BOOL, K_TIME, K_RW, K_ENGINE, K_VERIFY, K_MEM };
+enum key_type { K_STR, K_SIZE, K_UINT, K_BOOL, K_TIME, K_RW, K_ENGINE, K_VERIFY, K_MEM, K_BSSPLIT };
 
 struct key_def {
     const char *name;
@@ -53,6 +53,19 @@ static const struct key_def keys[] = {
     { "group_reporting",   K_BOOL,   OFF(group_reporting), 0, 0 },
     { "randseed",          K_UINT,   OFF(randseed),   0, UINT64_MAX },
     { "allow_mounted_write", K_BOOL, OFF(allow_mounted_write), 0, 0 },
+    { "new_group",         K_BOOL,   OFF(new_group),  0, 0 },
+    { "thread",            K_BOOL,   OFF(thread),     0, 0 },
+    { "description",       K_STR,    OFF(description), 0, 0 },
+    { "ramp_time",         K_TIME,   OFF(ramp_time_ns), 0, 0 },
+    { "norandommap",       K_BOOL,   OFF(norandommap), 0, 0 },
+    { "randrepeat",        K_BOOL,   OFF(randrepeat), 0, 0 },
+    { "offset",            K_SIZE,   OFF(offset),     0, UINT64_MAX },
+    { "bssplit",           K_BSSPLIT, OFF(bssplit),   0, 0 },
+    { "rate_iops",         K_UINT,   OFF(rate_iops),  0, 10000000 },
+    { "fsync",             K_UINT,   OFF(fsync),      0, UINT32_MAX },
+    { "end_fsync",         K_BOOL,   OFF(end_fsync),  0, 0 },
+    { "invalidate",        K_BOOL,   OFF(invalidate), 0, 0 },
+    { "create_on_open",    K_BOOL,   OFF(create_on_open), 0, 0 },
 };
 #undef OFF
 
@@ -66,6 +79,8 @@ static const char *fold_key(const char *key, char *buf, size_t len)
         buf[i] = key[i] == '-' ? '_' : key[i];
     return buf;
 }
+
+static int parse_uint(const char *s, uint64_t *out);
 
 static const struct key_def *find_key(const char *key)
 {
@@ -102,6 +117,24 @@ void bench_job_defaults(struct bench_job *job)
     job->rwmixread = 50;
     job->scramble_buffers = true;
     job->randseed = BENCH_DEFAULT_SEED;
+    job->randrepeat = true;
+    job->invalidate = true;
+}
+
+uint64_t bench_job_max_bs(const struct bench_job *job)
+{
+    uint64_t m = job->nbssplit ? 0 : job->bs;
+    for (unsigned i = 0; i < job->nbssplit; i++)
+        m = MAX(m, job->bssplit[i].bs);
+    return m;
+}
+
+uint64_t bench_job_min_bs(const struct bench_job *job)
+{
+    uint64_t m = job->nbssplit ? UINT64_MAX : job->bs;
+    for (unsigned i = 0; i < job->nbssplit; i++)
+        m = MIN(m, job->bssplit[i].bs);
+    return m;
 }
 
 static int dup_str(char **dst, const char *src)
@@ -116,13 +149,30 @@ int bench_job_copy(struct bench_job *dst, const struct bench_job *src)
 {
     *dst = *src;
     dst->name = dst->filename = dst->src = dst->dst = dst->origin = NULL;
+    dst->description = dst->verify_name = NULL;
+    dst->opts = NULL;
+    dst->nopts = 0;
     if (dup_str(&dst->name, src->name) < 0 || dup_str(&dst->filename, src->filename) < 0 ||
         dup_str(&dst->src, src->src) < 0 || dup_str(&dst->dst, src->dst) < 0 ||
-        dup_str(&dst->origin, src->origin) < 0) {
-        bench_job_clear(dst);
-        return -ENOMEM;
+        dup_str(&dst->origin, src->origin) < 0 ||
+        dup_str(&dst->description, src->description) < 0 ||
+        dup_str(&dst->verify_name, src->verify_name) < 0)
+        goto nomem;
+    if (src->nopts) {
+        if (!(dst->opts = calloc(src->nopts, sizeof *dst->opts)))
+            goto nomem;
+        for (size_t i = 0; i < src->nopts; i++) {
+            dst->nopts++;
+            dst->opts[i].global = src->opts[i].global;
+            if (dup_str(&dst->opts[i].key, src->opts[i].key) < 0 ||
+                dup_str(&dst->opts[i].value, src->opts[i].value) < 0)
+                goto nomem;
+        }
     }
     return 0;
+nomem:
+    bench_job_clear(dst);
+    return lsm_error(-ENOMEM, "out of memory");
 }
 
 void bench_job_clear(struct bench_job *job)
@@ -132,7 +182,82 @@ void bench_job_clear(struct bench_job *job)
     free(job->src);
     free(job->dst);
     free(job->origin);
+    free(job->description);
+    free(job->verify_name);
+    for (size_t i = 0; i < job->nopts; i++) {
+        free(job->opts[i].key);
+        free(job->opts[i].value);
+    }
+    free(job->opts);
+    job->opts = NULL;
+    job->nopts = 0;
     job->name = job->filename = job->src = job->dst = job->origin = NULL;
+    job->description = job->verify_name = NULL;
+}
+
+/* Remember key=value as given (a later setting of the same key replaces it). */
+static int record_opt(struct bench_job *job, const char *key, const char *value)
+{
+    size_t i = 0;
+    while (i < job->nopts && strcmp(job->opts[i].key, key))
+        i++;
+    if (i == job->nopts) {
+        struct bench_opt *v = realloc(job->opts, (job->nopts + 1) * sizeof *v);
+        if (!v)
+            return lsm_error(-ENOMEM, "out of memory");
+        job->opts = v;
+        v[i].key = v[i].value = NULL;
+        if (dup_str(&v[i].key, key) < 0)
+            return -ENOMEM;
+        job->nopts++;
+    }
+    free(job->opts[i].value);
+    job->opts[i].global = false;
+    return dup_str(&job->opts[i].value, value);
+}
+
+/* fio's bssplit: bs/percent[:bs/percent...]; a missing percent shares
+ * what the others leave. */
+static int parse_bssplit(struct bench_job *job, const char *key, const char *value)
+{
+    _cleanup_free_ char *buf = strdup(value);
+    if (!buf)
+        return lsm_error(-ENOMEM, "out of memory");
+    struct bench_bssplit v[BENCH_BSSPLIT_MAX];
+    unsigned n = 0, total = 0, unset = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
+        if (n == BENCH_BSSPLIT_MAX)
+            return lsm_error(-EINVAL, "'%s': at most %d block sizes", key, BENCH_BSSPLIT_MAX);
+        char *slash = strchr(tok, '/');
+        if (slash)
+            *slash++ = '\0';
+        uint64_t bs, pct = 0;
+        if (lsm_parse_size(tok, &bs) < 0 || bs == 0 || bs > (1ULL << 30) ||
+            (slash && *slash && (parse_uint(slash, &pct) < 0 || pct > 100)))
+            return lsm_error(-EINVAL, "bad value for '%s': '%s' (like 4k/50:64k/50)", key, value);
+        if (!slash || !*slash)
+            unset++;
+        v[n].bs = bs;
+        v[n].pct = slash && *slash ? (unsigned)pct : UINT32_MAX;
+        total += v[n].pct == UINT32_MAX ? 0 : (unsigned)pct;
+        n++;
+    }
+    if (n == 0 || total > 100 || (unset == 0 && total != 100))
+        return lsm_error(-EINVAL, "bad value for '%s': '%s' (the percentages must add up "
+                         "to 100)", key, value);
+    unsigned left = 100 - total;
+    for (unsigned i = 0; i < n; i++)
+        if (v[i].pct == UINT32_MAX)
+            v[i].pct = left / unset;
+    unsigned sum = 0;   /* the rounding left over goes to the last size */
+    for (unsigned i = 0; i < n; i++)
+        sum += v[i].pct;
+    if (sum < 100)
+        v[n - 1].pct += 100 - sum;
+    memcpy(job->bssplit, v, n * sizeof *v);
+    job->nbssplit = n;
+    return 0;
 }
 
 void bench_jobs_free(struct bench_jobs *jobs)
@@ -255,11 +380,24 @@ const char *bench_engine_name(enum lsm_io_kind k)
     return "?";
 }
 
+static int job_set(struct bench_job *job, const struct key_def *d, const char *key,
+                   const char *value);
+
 int bench_job_set(struct bench_job *job, const char *key, const char *value)
 {
     const struct key_def *d = find_key(key);
     if (!d)
         return lsm_error(-EINVAL, "unknown key '%s'", key);
+    int r = job_set(job, d, key, value);
+    if (r < 0)
+        return r;
+    char buf[64];
+    return record_opt(job, fold_key(key, buf, sizeof buf), value);
+}
+
+static int job_set(struct bench_job *job, const struct key_def *d, const char *key,
+                   const char *value)
+{
     void *field = (char *)job + d->offset;
 
     if (!value) {
@@ -332,13 +470,22 @@ int bench_job_set(struct bench_job *job, const char *key, const char *value)
         return lsm_error(-EINVAL, "bad value for '%s': '%s' (uring, aio, psync or auto)",
                          key, value);
     case K_VERIFY:
-        if (!strcmp(value, "pattern"))
+        /* crc32c and md5 are accepted for fio's job files: the blocks are
+         * checked with the pattern (offset and seed in every block), which
+         * finds the same misplaced or corrupt blocks */
+        if (!strcmp(value, "pattern") || !strcmp(value, "crc32c") || !strcmp(value, "md5") ||
+            !strcmp(value, "crc32c-intel"))
             job->verify = BENCH_VERIFY_PATTERN;
         else if (!strcmp(value, "0") || !strcmp(value, "none"))
             job->verify = BENCH_VERIFY_NONE;
         else
-            return lsm_error(-EINVAL, "bad value for '%s': '%s' (pattern or none)", key, value);
-        return 0;
+            return lsm_error(-EINVAL, "bad value for '%s': '%s' (pattern, crc32c, md5 or none)",
+                             key, value);
+        free(job->verify_name);
+        job->verify_name = NULL;
+        return dup_str(&job->verify_name, value);
+    case K_BSSPLIT:
+        return parse_bssplit(job, key, value);
     case K_MEM:
         /* fio's names; both huge kinds mean transparent huge pages here */
         if (!strcmp(value, "mmaphuge") || !strcmp(value, "shmhuge") || !strcmp(value, "huge"))
@@ -385,6 +532,16 @@ int bench_job_finish(struct bench_job *job)
     if (job->verify == BENCH_VERIFY_PATTERN && job->bs < 64)
         return lsm_error(-EINVAL, "job '%s': verify=pattern needs bs of at least 64 bytes",
                          job->name);
+    if (job->nbssplit && job->verify != BENCH_VERIFY_NONE)
+        return lsm_error(-EINVAL, "job '%s': verify is not supported with bssplit", job->name);
+    if (job->nbssplit)
+        job->bs = bench_job_min_bs(job);
+    if (job->nbssplit && (job->offset % job->bs || job->size % job->bs))
+        return lsm_error(-EINVAL, "job '%s': with bssplit, offset and size must be multiples of "
+                         "the smallest block size (%" PRIu64 ")", job->name, job->bs);
+    if (job->offset % job->bs)
+        return lsm_error(-EINVAL, "job '%s': offset (%" PRIu64 ") is not a multiple of bs "
+                         "(%" PRIu64 ")", job->name, job->offset, job->bs);
     if (job->size && job->size < job->bs)
         return lsm_error(-EINVAL, "job '%s': size (%" PRIu64 ") is smaller than bs (%" PRIu64 ")",
                          job->name, job->size, job->bs);
@@ -477,6 +634,8 @@ int bench_jobfile_parse(const char *path, const char *text, struct bench_jobs *o
             job_line = lineno;
             if ((r = bench_job_copy(&job, &global)) < 0)
                 goto out;
+            for (size_t i = 0; i < job.nopts; i++)
+                job.opts[i].global = true;
             free(job.name);
             if (!(job.name = strdup(name))) {
                 r = lsm_error(-ENOMEM, "out of memory");
@@ -587,6 +746,8 @@ int bench_args_parse(int n, char **opts, struct bench_jobs *out)
             bench_job_clear(&job);
             if ((r = bench_job_copy(&job, &global)) < 0)
                 goto out;
+            for (size_t k = 0; k < job.nopts; k++)
+                job.opts[k].global = true;
             if (!(job.origin = strdup("command line"))) {
                 r = lsm_error(-ENOMEM, "out of memory");
                 goto out;

@@ -34,6 +34,20 @@ enum bench_verify {
     BENCH_VERIFY_PATTERN, /* per-block header (offset, seed) + seeded body */
 };
 
+#define BENCH_BSSPLIT_MAX 16
+
+struct bench_bssplit {
+    uint64_t bs;
+    unsigned pct;
+};
+
+/* An option as the job file or command line gave it (for the JSON's
+ * "job options", which fio prints as strings). */
+struct bench_opt {
+    char *key, *value;      /* value NULL: a bare boolean key */
+    bool global;            /* from [global] (or before the first --name) */
+};
+
 struct bench_job {
     char *name;
     enum bench_rw rw;
@@ -54,8 +68,25 @@ struct bench_job {
     enum bench_mem mem;
     bool scramble_buffers;  /* fio's default: on */
     enum bench_verify verify;
-    bool stonewall;         /* accepted; jobs always run one after another */
+    char *verify_name;      /* verify= as given (pattern, crc32c, md5: all check the pattern) */
+    bool stonewall;         /* wait for the jobs before this one to finish */
+    bool new_group;         /* start a new reporting group */
     bool group_reporting;
+    bool thread;            /* accepted: clones are always threads */
+    char *description;
+    uint64_t ramp_time_ns;  /* run this long before measuring */
+    bool norandommap;       /* accepted: random offsets are always drawn with replacement */
+    bool randrepeat;        /* fio's default 1: the same offsets every run */
+    uint64_t offset;        /* start of the region in the file */
+    struct bench_bssplit bssplit[BENCH_BSSPLIT_MAX];
+    unsigned nbssplit;      /* 0: every request is bs bytes */
+    unsigned rate_iops;     /* per clone; 0: unlimited */
+    unsigned fsync;         /* fdatasync after every N writes; 0: never */
+    bool end_fsync;         /* fsync the file at the end of the job */
+    bool invalidate;        /* drop the file's page cache before the job (default 1) */
+    bool create_on_open;    /* accepted: files are created in the layout step */
+    struct bench_opt *opts; /* as given, global ones first */
+    size_t nopts;
     bool allow_mounted_write; /* write to a block device that is mounted or held */
     uint64_t randseed;
     char *origin;           /* "job.fio:12" or "command line", for messages */
@@ -96,6 +127,11 @@ bool bench_rw_reads(enum bench_rw rw);
 bool bench_rw_writes(enum bench_rw rw);
 bool bench_rw_random(enum bench_rw rw);
 const char *bench_engine_name(enum lsm_io_kind k);
+
+/* Largest request size of the job (bs, or the largest bssplit entry). */
+uint64_t bench_job_max_bs(const struct bench_job *job);
+/* Smallest request size (the unit of offsets with bssplit). */
+uint64_t bench_job_min_bs(const struct bench_job *job);
 
 /* Duration with an optional unit (us, ms, s, m, h, d; default seconds). */
 int bench_parse_time(const char *s, uint64_t *ns);

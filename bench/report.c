@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "bench-cli.h"
 #include "config.h"
@@ -13,6 +15,9 @@
 #include "util.h"
 
 static const double percentiles[] = { 50.0, 90.0, 99.0, 99.9, 99.99 };
+/* fio's default percentile_list, for the JSON */
+static const double fio_percentiles[] = { 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99,
+                                          99.5, 99.9, 99.95, 99.99 };
 
 void bench_agg_add(struct bench_agg *agg, const struct bench_thread *t)
 {
@@ -20,7 +25,11 @@ void bench_agg_add(struct bench_agg *agg, const struct bench_thread *t)
         agg->dir[d].bytes += t->dir[d].bytes;
         agg->dir[d].ios += t->dir[d].ios;
         bench_hist_merge(&agg->dir[d].clat, &t->dir[d].clat);
+        bench_hist_merge(&agg->dir[d].slat, &t->dir[d].slat);
+        bench_hist_merge(&agg->dir[d].lat, &t->dir[d].lat);
     }
+    agg->sync.ios += t->sync.ios;
+    bench_hist_merge(&agg->sync.clat, &t->sync.clat);
     if (agg->njobs == 0 || t->start_ns < agg->start_ns)
         agg->start_ns = t->start_ns;
     if (t->end_ns > agg->end_ns)
@@ -157,6 +166,8 @@ static void print_job(FILE *f, const struct bench_group *g, const struct bench_a
             bench_fmt_exact(job->bs, bs, sizeof bs), job->iodepth,
             a->engine && *a->engine ? a->engine : bench_engine_name(job->ioengine),
             job->direct, a->interrupted ? " (interrupted)" : "");
+    if (job->description)
+        fprintf(f, "  Description  : [%s]\n", job->description);
     if (a->dir[BENCH_DIR_READ].ios || bench_rw_reads(job->rw))
         print_dir(f, "read", &a->dir[BENCH_DIR_READ], rt);
     if (a->dir[BENCH_DIR_WRITE].ios || bench_rw_writes(job->rw))
@@ -207,7 +218,16 @@ void bench_report_normal(FILE *f, const struct bench_report *rep)
                 print_job(f, g, &a);
             }
         }
-        fprintf(f, "\nRun status group %u (all jobs):\n", g->id);
+        /* jobs that run together share a group id; the lines below sum
+         * this job's clones only, so they say so when it is not alone */
+        bool alone = true;
+        for (size_t k = 0; k < rep->ngroups; k++)
+            if (k != gi && rep->groups[k].ran && rep->groups[k].id == g->id)
+                alone = false;
+        if (alone)
+            fprintf(f, "\nRun status group %u (all jobs):\n", g->id);
+        else
+            fprintf(f, "\nRun status group %u (job %s):\n", g->id, g->job->name);
         if (sum.dir[BENCH_DIR_READ].ios || bench_rw_reads(g->job->rw))
             print_group_line(f, "READ", g, BENCH_DIR_READ, &sum);
         if (sum.dir[BENCH_DIR_WRITE].ios || bench_rw_writes(g->job->rw))
@@ -221,6 +241,28 @@ void bench_report_normal(FILE *f, const struct bench_report *rep)
 
 #define JADD(obj, key, val) json_object_object_add((obj), (key), (val))
 
+/* fio's latency object: min, max, mean, stddev, N [, percentile] */
+static struct json_object *json_lat(const struct bench_hist *h, bool pct)
+{
+    struct json_object *c = json_object_new_object();
+    JADD(c, "min", json_object_new_int64((int64_t)h->min));
+    JADD(c, "max", json_object_new_int64((int64_t)h->max));
+    JADD(c, "mean", json_object_new_double(bench_hist_mean(h)));
+    JADD(c, "stddev", json_object_new_double(bench_hist_stddev(h)));
+    JADD(c, "N", json_object_new_int64((int64_t)h->count));
+    if (pct && h->count) {     /* fio leaves the percentiles out when there are none */
+        struct json_object *p = json_object_new_object();
+        for (size_t i = 0; i < ARRAY_SIZE(fio_percentiles); i++) {
+            char key[32];
+            snprintf(key, sizeof key, "%f", fio_percentiles[i]);
+            JADD(p, key, json_object_new_int64(
+                     (int64_t)bench_hist_percentile(h, fio_percentiles[i])));
+        }
+        JADD(c, "percentile", p);
+    }
+    return c;
+}
+
 static struct json_object *json_dir(const struct bench_dir_stats *s, uint64_t runtime_ns)
 {
     struct json_object *o = json_object_new_object();
@@ -232,21 +274,32 @@ static struct json_object *json_dir(const struct bench_dir_stats *s, uint64_t ru
     JADD(o, "iops", json_object_new_double(per_sec(s->ios, runtime_ns)));
     JADD(o, "runtime", json_object_new_int64((int64_t)(runtime_ns / 1000000)));
     JADD(o, "total_ios", json_object_new_int64((int64_t)s->ios));
-    struct json_object *c = json_object_new_object();
-    const struct bench_hist *h = &s->clat;
-    JADD(c, "min", json_object_new_int64((int64_t)h->min));
-    JADD(c, "max", json_object_new_int64((int64_t)h->max));
-    JADD(c, "mean", json_object_new_double(bench_hist_mean(h)));
-    JADD(c, "N", json_object_new_int64((int64_t)h->count));
-    struct json_object *p = json_object_new_object();
-    for (size_t i = 0; i < ARRAY_SIZE(percentiles); i++) {
-        char key[32];
-        snprintf(key, sizeof key, "%f", percentiles[i]);
-        JADD(p, key, json_object_new_int64((int64_t)bench_hist_percentile(h, percentiles[i])));
-    }
-    JADD(c, "percentile", p);
-    JADD(o, "clat_ns", c);
+    JADD(o, "short_ios", json_object_new_int(0));
+    JADD(o, "drop_ios", json_object_new_int(0));
+    JADD(o, "slat_ns", json_lat(&s->slat, false));
+    JADD(o, "clat_ns", json_lat(&s->clat, true));
+    JADD(o, "lat_ns", json_lat(&s->lat, false));
     return o;
+}
+
+/* Options as fio prints them: strings, as given; like fio, a bare
+ * boolean key (time_based, stonewall, ...) is not listed */
+static struct json_object *json_opts(const struct bench_job *job, bool global)
+{
+    struct json_object *o = json_object_new_object();
+    for (size_t i = 0; i < job->nopts; i++)
+        if (job->opts[i].global == global && job->opts[i].value)
+            JADD(o, job->opts[i].key, lsm_json_string(job->opts[i].value));
+    return o;
+}
+
+/* A monotonic time as milliseconds since the epoch */
+static int64_t wall_ms(uint64_t mono_ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t real = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (real - ((int64_t)lsm_now_ns() - (int64_t)mono_ns)) / 1000000;
 }
 
 static struct json_object *json_job(const struct bench_group *g, const struct bench_agg *a)
@@ -262,31 +315,20 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
         JADD(o, "error_message", lsm_json_string(a->errmsg ? a->errmsg : ""));
     JADD(o, "numjobs", json_object_new_int((int)a->njobs));
     JADD(o, "interrupted", json_object_new_boolean(a->interrupted));
-    struct json_object *opts = json_object_new_object();
-    JADD(opts, "rw", json_object_new_string(bench_rw_name(job->rw)));
-    JADD(opts, "bs", json_object_new_int64((int64_t)job->bs));
-    JADD(opts, "iodepth", json_object_new_int((int)job->iodepth));
-    JADD(opts, "direct", json_object_new_int(job->direct));
-    JADD(opts, "size", json_object_new_int64((int64_t)g->prep.size));
-    if (job->rw == BENCH_RW_COPY) {
-        JADD(opts, "src", lsm_json_string(job->src));
-        JADD(opts, "dst", lsm_json_string(job->dst));
-    } else {
-        JADD(opts, "filename", lsm_json_string(job->filename));
-    }
-    if (job->runtime_ns)
-        JADD(opts, "runtime", json_object_new_double((double)job->runtime_ns / 1e9));
-    JADD(opts, "time_based", json_object_new_int(job->time_based));
-    if (job->rw == BENCH_RW_RANDRW)
-        JADD(opts, "rwmixread", json_object_new_int((int)job->rwmixread));
-    JADD(opts, "fixedbufs", json_object_new_int(job->fixedbufs));
-    JADD(opts, "iodepth_batch_submit", json_object_new_int((int)job->iodepth_batch_submit));
-    JADD(opts, "scramble_buffers", json_object_new_int(job->scramble_buffers));
-    JADD(opts, "mem", json_object_new_string(job->mem == BENCH_MEM_PAGES ? "malloc" : "mmaphuge"));
-    JADD(opts, "verify", json_object_new_string(job->verify ? "pattern" : "none"));
+    /* fio's fields first, then lsm-sync's own */
+    JADD(o, "elapsed", json_object_new_int64((int64_t)((a->end_ns > a->start_ns ?
+                                                        a->end_ns - a->start_ns : 0) / 1000000000ULL + 1)));
+    struct json_object *opts = json_opts(job, false);
     JADD(o, "job options", opts);
     JADD(o, "read", json_dir(&a->dir[BENCH_DIR_READ], rt));
     JADD(o, "write", json_dir(&a->dir[BENCH_DIR_WRITE], rt));
+    static const struct bench_dir_stats none;   /* no trims here */
+    JADD(o, "trim", json_dir(&none, rt));
+    struct json_object *sync = json_object_new_object();
+    JADD(sync, "total_ios", json_object_new_int64((int64_t)a->sync.ios));
+    JADD(sync, "lat_ns", json_lat(&a->sync.clat, true));
+    JADD(o, "sync", sync);
+    JADD(o, "job_runtime", json_object_new_int64((int64_t)(rt / 1000000)));
     JADD(o, "usr_cpu", json_object_new_double(secs > 0 ? 100.0 * a->usr_sec / secs / a->njobs : 0));
     JADD(o, "sys_cpu", json_object_new_double(secs > 0 ? 100.0 * a->sys_sec / secs / a->njobs : 0));
     JADD(o, "ioengine", lsm_json_string(a->engine && *a->engine ? a->engine
@@ -294,6 +336,17 @@ static struct json_object *json_job(const struct bench_group *g, const struct be
     JADD(o, "elapsed_ms", json_object_new_int64((int64_t)(rt / 1000000)));
     if (job->verify)
         JADD(o, "verified_blocks", json_object_new_int64((int64_t)a->verified));
+    if (job->description)
+        JADD(o, "desc", lsm_json_string(job->description));
+    struct json_object *own = json_object_new_object();
+    JADD(own, "engine", lsm_json_string(a->engine && *a->engine ? a->engine
+                                        : bench_engine_name(job->ioengine)));
+    JADD(own, "size", json_object_new_int64((int64_t)g->prep.size));
+    JADD(own, "bs", json_object_new_int64((int64_t)job->bs));
+    JADD(own, "iodepth", json_object_new_int((int)job->iodepth));
+    JADD(own, "start_ms", json_object_new_int64(wall_ms(a->start_ns)));
+    JADD(own, "end_ms", json_object_new_int64(wall_ms(a->end_ns)));
+    JADD(o, "lsm-sync", own);
     return o;
 }
 
@@ -304,8 +357,22 @@ int bench_report_json(FILE *f, const struct bench_report *rep)
     struct json_object *jobs = json_object_new_array();
     struct json_object *groups = json_object_new_array();
     time_t now = time(NULL);
+    /* fio-parsing tools look for "fio version"; the value says who wrote it */
+    JADD(root, "fio version", json_object_new_string("lsm-sync-" LSM_VERSION));
     JADD(root, "lsm-sync version", json_object_new_string("lsm-sync-" LSM_VERSION));
     JADD(root, "timestamp", json_object_new_int64((int64_t)now));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    JADD(root, "timestamp_ms", json_object_new_int64((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000));
+    char tbuf[64];
+    struct tm tm;
+    strftime(tbuf, sizeof tbuf, "%a %b %e %H:%M:%S %Y", localtime_r(&now, &tm));
+    JADD(root, "time", json_object_new_string(tbuf));
+    for (size_t gi = 0; gi < rep->ngroups; gi++)
+        if (rep->groups[gi].job) {
+            JADD(root, "global options", json_opts(rep->groups[gi].job, true));
+            break;
+        }
     for (size_t gi = 0; gi < rep->ngroups; gi++) {
         const struct bench_group *g = &rep->groups[gi];
         if (!g->ran || g->nthreads == 0)
@@ -324,9 +391,116 @@ int bench_report_json(FILE *f, const struct bench_report *rep)
     }
     JADD(root, "jobs", jobs);
     JADD(root, "groups", groups);
+    if (rep->ndisks) {
+        struct json_object *du = json_object_new_array();
+        for (size_t i = 0; i < rep->ndisks; i++) {
+            const struct bench_disk_util *d = &rep->disks[i];
+            struct json_object *o = json_object_new_object();
+            JADD(o, "name", lsm_json_string(d->name));
+            JADD(o, "read_ios", json_object_new_int64((int64_t)d->read_ios));
+            JADD(o, "write_ios", json_object_new_int64((int64_t)d->write_ios));
+            JADD(o, "read_merges", json_object_new_int64((int64_t)d->read_merges));
+            JADD(o, "write_merges", json_object_new_int64((int64_t)d->write_merges));
+            JADD(o, "read_ticks", json_object_new_int64((int64_t)d->read_ticks));
+            JADD(o, "write_ticks", json_object_new_int64((int64_t)d->write_ticks));
+            JADD(o, "in_queue", json_object_new_int64((int64_t)d->in_queue));
+            JADD(o, "util", json_object_new_double(d->util));
+            json_object_array_add(du, o);
+        }
+        JADD(root, "disk_util", du);
+    }
     const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
                                                    JSON_C_TO_STRING_NOSLASHESCAPE);
     int r = fprintf(f, "%s\n", s) < 0 ? -EIO : 0;
     json_object_put(root);
     return r;
+}
+
+/* ---- disk_util ---- */
+
+/* Counters of major:minor from /proc/diskstats; false if it is not listed. */
+static bool diskstats_read(unsigned major, unsigned minor, struct bench_disk_util *d)
+{
+    FILE *f = fopen("/proc/diskstats", "re");
+    if (!f)
+        return false;
+    char line[512];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned ma, mi;
+        char name[64];
+        unsigned long long v[11];
+        if (sscanf(line, " %u %u %63s %llu %llu %*u %llu %llu %llu %*u %llu %*u %llu %llu",
+                   &ma, &mi, name, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+                   &v[7]) != 11 || ma != major || mi != minor)
+            continue;
+        snprintf(d->name, sizeof d->name, "%s", name);
+        d->major = ma;
+        d->minor = mi;
+        d->read_ios = v[0];
+        d->read_merges = v[1];
+        d->read_ticks = v[2];
+        d->write_ios = v[3];
+        d->write_merges = v[4];
+        d->write_ticks = v[5];
+        d->io_ticks = v[6];
+        d->in_queue = v[7];
+        found = true;
+    }
+    fclose(f);
+    return found;
+}
+
+static void disk_add_path(struct bench_report *rep, const char *path)
+{
+    struct stat st;
+    if (!path || stat(path, &st) < 0)
+        return;
+    dev_t dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
+    unsigned ma = major(dev), mi = minor(dev);
+    for (size_t i = 0; i < rep->ndisks; i++)
+        if (rep->disks[i].major == ma && rep->disks[i].minor == mi)
+            return;
+    if (rep->ndisks == ARRAY_SIZE(rep->disks))
+        return;
+    struct bench_disk_util d = { 0 };
+    if (diskstats_read(ma, mi, &d))
+        rep->disks[rep->ndisks++] = d;
+}
+
+void bench_disk_util_start(struct bench_report *rep)
+{
+    rep->ndisks = 0;
+    for (size_t i = 0; i < rep->ngroups; i++) {
+        const struct bench_job *job = rep->groups[i].job;
+        if (!job)
+            continue;
+        disk_add_path(rep, job->rw == BENCH_RW_COPY ? job->src : job->filename);
+        if (job->rw == BENCH_RW_COPY)
+            disk_add_path(rep, job->dst);
+    }
+}
+
+void bench_disk_util_finish(struct bench_report *rep, uint64_t elapsed_ns)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rep->ndisks; i++) {
+        struct bench_disk_util *d = &rep->disks[i], now;
+        if (!diskstats_read(d->major, d->minor, &now))
+            continue;
+        now.read_ios -= d->read_ios;
+        now.read_merges -= d->read_merges;
+        now.read_ticks -= d->read_ticks;
+        now.write_ios -= d->write_ios;
+        now.write_merges -= d->write_merges;
+        now.write_ticks -= d->write_ticks;
+        now.io_ticks -= d->io_ticks;
+        now.in_queue -= d->in_queue;
+        double ms = (double)elapsed_ns / 1e6;
+        now.util = ms > 0 ? 100.0 * (double)now.io_ticks / ms : 0;
+        if (now.util > 100)
+            now.util = 100;
+        rep->disks[n++] = now;
+    }
+    rep->ndisks = n;
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -174,22 +175,38 @@ static int prepare_files(const struct bench_job *job, struct bench_prep *prep)
         if ((r = claim_written(job, job->filename, prep)) < 0)
             return r;
     }
+    uint64_t want = job->size ? job->offset + job->size : 0;
     if (job->rw == BENCH_RW_COPY) {
-        if ((r = prepare_file(job, job->src, true, job->size, &size, prep)) < 0)
+        if ((r = prepare_file(job, job->src, true, want, &size, prep)) < 0)
             return r;
         uint64_t dsize;
         if ((r = prepare_file(job, job->dst, false, size, &dsize, prep)) < 0)
             return r;
     } else {
-        if ((r = prepare_file(job, job->filename, bench_rw_reads(job->rw), job->size, &size,
+        if ((r = prepare_file(job, job->filename, bench_rw_reads(job->rw), want, &size,
                               prep)) < 0)
             return r;
     }
+    if (size <= job->offset)
+        return lsm_error(-EINVAL, "job '%s': offset %" PRIu64 " is at or past the end of the "
+                         "file (%" PRIu64 " bytes)", job->name, job->offset, size);
+    size -= job->offset;
     size = size / job->bs * job->bs;
     if (size == 0)
         return lsm_error(-EINVAL, "job '%s': the file is smaller than one block (bs=%" PRIu64 ")",
                          job->name, job->bs);
     prep->size = size;
+    /* invalidate=1 (fio's default): start from a cold page cache */
+    if (job->invalidate) {
+        const char *files[2] = { job->rw == BENCH_RW_COPY ? job->src : job->filename,
+                                 job->rw == BENCH_RW_COPY ? job->dst : NULL };
+        for (int i = 0; i < 2 && files[i]; i++) {
+            _cleanup_close_ int fd = open(files[i], O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                return lsm_error_errno(-errno, "cannot open %s", files[i]);
+            (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        }
+    }
     return 0;
 }
 
@@ -207,6 +224,7 @@ int bench_prepare(const struct bench_job *job, struct bench_prep *prep)
 struct slot {
     struct lsm_io_req req;
     unsigned index;
+    uint64_t prep_ns;              /* when the request was chosen */
 };
 
 enum phase { PHASE_MAIN, PHASE_VERIFY };
@@ -233,6 +251,11 @@ struct run {
     bool no_more;                  /* stop issuing in this phase */
     bool fixed;
     uint64_t deadline_ns;          /* 0: none */
+    uint64_t measure_ns;           /* start of the measured part (after ramp_time) */
+    uint64_t rate_t0, rate_issued; /* rate_iops */
+    uint64_t throttled_until;      /* non-zero: waiting for rate_iops */
+    uint64_t writes_since_sync;    /* fsync=N */
+    uint64_t len_next;             /* bssplit: length of the request being chosen */
     uint64_t next_sample_ns;
     uint64_t sample_t0;
     uint64_t sample_bytes[2], sample_ios[2];
@@ -314,13 +337,48 @@ static bool next_request(struct run *r, uint64_t now, struct slot *s)
             r->no_more = true;
             return false;
         }
-        if (bench_rw_random(job->rw)) {
-            block = bench_prng_below(&r->prng, r->nblocks);
-        } else {
-            if (r->seq_next >= r->nblocks)
-                r->seq_next = 0;        /* time_based: wrap around */
-            block = r->seq_next++;
+        if (job->rate_iops) {
+            uint64_t allowed = (now - r->rate_t0) * job->rate_iops / 1000000000ULL + 1;
+            if (r->rate_issued >= allowed) {
+                r->throttled_until = r->rate_t0 + r->rate_issued * 1000000000ULL / job->rate_iops;
+                return false;
+            }
         }
+        struct lsm_file *target = job->rw == BENCH_RW_COPY ? r->dst : r->file;
+        if (job->fsync && r->writes_since_sync >= job->fsync) {
+            /* fsync=N: a data sync after every N writes, in the queue like fio's */
+            r->writes_since_sync = 0;
+            req->op = LSM_OP_FLUSH;
+            req->file = target;
+            req->offset = req->len = 0;
+            s->prep_ns = now;
+            return true;
+        }
+        r->throttled_until = 0;
+        r->rate_issued++;
+        uint64_t len = job->bs;
+        if (job->nbssplit) {
+            unsigned pick = (unsigned)bench_prng_below(&r->prng, 100), acc = 0;
+            for (unsigned i = 0; i < job->nbssplit; i++) {
+                acc += job->bssplit[i].pct;
+                if (pick < acc) {
+                    len = job->bssplit[i].bs;
+                    break;
+                }
+            }
+        }
+        uint64_t units = len / job->bs;    /* bssplit sizes are multiples of the smallest */
+        if (units == 0 || units > r->nblocks)
+            units = 1, len = job->bs;
+        if (bench_rw_random(job->rw)) {
+            block = bench_prng_below(&r->prng, r->nblocks - units + 1);
+        } else {
+            if (r->seq_next + units > r->nblocks)
+                r->seq_next = 0;        /* time_based: wrap around */
+            block = r->seq_next;
+            r->seq_next += units;
+        }
+        r->len_next = len;
         switch (job->rw) {
         case BENCH_RW_READ: case BENCH_RW_RANDREAD: case BENCH_RW_COPY:
             op = LSM_OP_READ;
@@ -333,15 +391,18 @@ static bool next_request(struct run *r, uint64_t now, struct slot *s)
             break;
         }
         req->file = r->file;
-        r->issued++;
+        r->issued += units;
+        if (job->fsync && (op == LSM_OP_WRITE || job->rw == BENCH_RW_COPY))
+            r->writes_since_sync++;
     }
     req->op = op;
-    req->offset = block * job->bs;
-    req->len = job->bs;
+    req->offset = job->offset + block * job->bs;
+    req->len = r->phase == PHASE_MAIN ? r->len_next : job->bs;
+    s->prep_ns = now;
     if (op == LSM_OP_WRITE && job->verify == BENCH_VERIFY_PATTERN)
-        bench_pattern_fill(req->buf, job->bs, req->offset, job->randseed);
+        bench_pattern_fill(req->buf, req->len, req->offset, job->randseed);
     else if (op == LSM_OP_WRITE && job->scramble_buffers)
-        bench_scramble(req->buf, job->bs, req->offset, ++r->writes_scrambled);
+        bench_scramble(req->buf, req->len, req->offset, ++r->writes_scrambled);
     return true;
 }
 
@@ -353,6 +414,20 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
     struct lsm_io_req *req = &s->req;
     const char *what = req->op == LSM_OP_WRITE ? "write" : "read";
 
+    if (req->op == LSM_OP_FLUSH) {
+        if (req->result < 0) {
+            lsm_error_errno((int)req->result, "cannot sync %s", req->file->path);
+            fail(r, (int)req->result);
+        } else {
+            uint64_t c = req->complete_ns ? req->complete_ns : now;
+            if (c >= r->measure_ns) {
+                bench_hist_add(&t->sync.clat, c > req->submit_ns ? c - req->submit_ns : 0);
+                t->sync.ios++;
+            }
+        }
+        r->free_stack[r->nfree++] = s->index;
+        return;
+    }
     if (req->result < 0) {
         lsm_error_errno((int)req->result, "%s of %" PRIu64 " bytes at offset %" PRIu64 " of %s",
                         what, req->len, req->offset, req->file->path);
@@ -362,12 +437,15 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
                   what, req->offset, req->file->path, req->result, req->len);
         fail(r, -EIO);
     } else {
-        uint64_t block = req->offset / job->bs;
-        if (r->phase == PHASE_MAIN) {
+        uint64_t block = (req->offset - job->offset) / job->bs;
+        uint64_t c = req->complete_ns ? req->complete_ns : now;
+        if (r->phase == PHASE_MAIN && c >= r->measure_ns) {
             int d = req->op == LSM_OP_WRITE ? BENCH_DIR_WRITE : BENCH_DIR_READ;
-            uint64_t c = req->complete_ns ? req->complete_ns : now;
             uint64_t lat = c > req->submit_ns ? c - req->submit_ns : 0;
             bench_hist_add(&t->dir[d].clat, lat);
+            bench_hist_add(&t->dir[d].slat, req->submit_ns > s->prep_ns ?
+                                            req->submit_ns - s->prep_ns : 0);
+            bench_hist_add(&t->dir[d].lat, c > s->prep_ns ? c - s->prep_ns : 0);
             if (t->interval)
                 bench_hist_add(t->interval, lat);
             t->dir[d].bytes += req->len;
@@ -391,6 +469,7 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
             /* the block goes on to the destination */
             req->op = LSM_OP_WRITE;
             req->file = r->dst;
+            s->prep_ns = now;
             r->pending[r->npending++] = s;
             return;
         }
@@ -457,8 +536,19 @@ static int run_phase(struct run *r)
         r->npending -= i;
         if (queued > 0)
             submit(r, &err);
-        if (r->io->in_flight == 0 && r->npending == 0)
+        if (r->io->in_flight == 0 && r->npending == 0) {
+            if (r->throttled_until && !r->no_more && !t->error) {
+                /* rate_iops: nothing to wait for but the next slot */
+                uint64_t now2 = lsm_now_ns();
+                if (r->throttled_until > now2) {
+                    uint64_t d = r->throttled_until - now2;
+                    struct timespec ts = { (time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL) };
+                    nanosleep(&ts, NULL);
+                }
+                continue;
+            }
             break;
+        }
         if (r->io->in_flight == 0) {
             /* pending but nothing in flight: the queue refused with nothing to wait for */
             err = fail(r, lsm_error(-EIO, "the %s backend refused a request with none in flight",
@@ -533,11 +623,12 @@ static int run_clone(struct run *r)
     size_t align = MAX(1u, r->file->mem_align);
     if (r->dst)
         align = MAX(align, r->dst->mem_align);
-    if ((e = lsm_bufpool_create_flags((size_t)job->bs * depth, job->bs, align,
+    uint64_t maxbs = bench_job_max_bs(job);
+    if ((e = lsm_bufpool_create_flags((size_t)maxbs * depth, maxbs, align,
                                       job->mem == BENCH_MEM_PAGES ? LSM_BUFPOOL_SMALL_PAGES : 0,
                                       &r->pool)) < 0)
         return e;
-    bench_fill_random(r->pool->base, (size_t)job->bs * depth, job->randseed + 1000003u * t->index);
+    bench_fill_random(r->pool->base, (size_t)maxbs * depth, job->randseed + 1000003u * t->index);
 
     r->slots = calloc(depth, sizeof *r->slots);
     r->free_stack = calloc(depth, sizeof *r->free_stack);
@@ -569,7 +660,9 @@ static int run_clone(struct run *r)
         s->req.user = s;
         r->free_stack[r->nfree++] = depth - 1 - i;
     }
-    bench_prng_seed(&r->prng, job->randseed ^ (0x100000001b3ULL * (t->index + 1)));
+    /* randrepeat=0: different offsets on every run */
+    bench_prng_seed(&r->prng, (job->randrepeat ? job->randseed : job->randseed ^ lsm_now_ns()) ^
+                              (0x100000001b3ULL * (t->index + 1)));
     if (t->sample_ns && !(t->interval = malloc(sizeof *t->interval)))
         return lsm_error(-ENOMEM, "out of memory");
     if (t->interval)
@@ -579,13 +672,25 @@ static int run_clone(struct run *r)
     struct rusage ru0, ru1;
     getrusage(RUSAGE_THREAD, &ru0);
     uint64_t start = lsm_now_ns();
-    t->start_ns = t->end_ns = start;
+    r->measure_ns = start + job->ramp_time_ns;   /* ramp_time: run, but do not count */
+    t->start_ns = t->end_ns = r->measure_ns;
     r->sample_t0 = start;
+    r->rate_t0 = start;
     r->next_sample_ns = start + t->sample_ns;
     if (job->runtime_ns)
-        r->deadline_ns = start + job->runtime_ns;
+        r->deadline_ns = r->measure_ns + job->runtime_ns;
     r->phase = PHASE_MAIN;
     e = run_phase(r);
+    if (e == 0 && job->end_fsync && bench_rw_writes(job->rw) && !t->interrupted) {
+        struct lsm_file *f = job->rw == BENCH_RW_COPY ? r->dst : r->file;
+        uint64_t s0 = lsm_now_ns();
+        if (fsync(f->fd) < 0)
+            e = lsm_error_errno(-errno, "cannot sync %s", f->path);
+        uint64_t s1 = lsm_now_ns();
+        bench_hist_add(&t->sync.clat, s1 - s0);
+        t->sync.ios++;
+        t->end_ns = s1;
+    }
     uint64_t end = lsm_now_ns();
     getrusage(RUSAGE_THREAD, &ru1);
     if (t->end_ns < start)

@@ -24,7 +24,9 @@ struct bench_sample {
 struct bench_dir_stats {
     uint64_t bytes;
     uint64_t ios;
-    struct bench_hist clat;
+    struct bench_hist clat;     /* queued to completed (fio's clat) */
+    struct bench_hist slat;     /* prepared to queued (fio's slat) */
+    struct bench_hist lat;      /* prepared to completed (fio's lat) */
 };
 
 /* What bench_prepare() found or did. */
@@ -39,7 +41,9 @@ struct bench_prep {
 /* Find the job's size and make its files exist: a file a job reads is
  * written in full (verify pattern, buffered, then dropped from the page
  * cache); a file only written is preallocated.  Block devices are used
- * as they are.
+ * as they are.  The job works on [offset, offset + size) of its file; with
+ * invalidate (fio's default) its files are then dropped from the page cache
+ * (posix_fadvise DONTNEED), once for all its clones.
  *
  * Before anything is written: a block device the job writes (filename of
  * write, randwrite and randrw; dst of copy) is opened with O_EXCL, as fio
@@ -70,7 +74,8 @@ struct bench_thread {
 
     /* results */
     struct bench_dir_stats dir[2];
-    uint64_t start_ns, end_ns;  /* first submit, last completion (absolute) */
+    struct bench_dir_stats sync;   /* fsync=N and end_fsync: ios and clat only */
+    uint64_t start_ns, end_ns;  /* measuring start (after ramp_time), last completion (absolute) */
     double usr_sec, sys_sec;    /* CPU time of the thread while measuring */
     int error;                  /* 0 or a negative errno */
     char errmsg[512];

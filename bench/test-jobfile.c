@@ -237,6 +237,64 @@ static void test_allow_mounted_write(void **state)
     bench_jobs_free(&jobs);
 }
 
+static void test_fio_everyday_keys(void **state)
+{
+    (void)state;
+    const char *text =
+        "[global]\nfilename=/f\nthread\ndescription=dry run\nnorandommap\ngroup_reporting\n"
+        "size=1M\n"
+        "[a]\nrw=randwrite\nramp_time=2s\noffset=64k\nbssplit=4k/25:64k\nrate_iops=100\n"
+        "fsync=8\nend_fsync=1\ninvalidate=0\nrandrepeat=0\ncreate_on_open=1\n"
+        "[b]\nstonewall\nnew_group\nverify=crc32c\nbs=4k\n"
+        "[c]\nwait_for_previous\nverify=md5\n";
+    struct bench_jobs jobs = { 0 };
+    assert_int_equal(bench_jobfile_parse("k.fio", text, &jobs), 0);
+    assert_int_equal(jobs.n, 3);
+    const struct bench_job *a = &jobs.v[0], *b = &jobs.v[1], *c = &jobs.v[2];
+    assert_string_equal(a->description, "dry run");
+    assert_int_equal(a->ramp_time_ns, 2000000000ULL);
+    assert_int_equal(a->offset, 65536);
+    assert_int_equal(a->nbssplit, 2);
+    assert_int_equal(a->bssplit[0].bs, 4096);
+    assert_int_equal(a->bssplit[0].pct, 25);
+    assert_int_equal(a->bssplit[1].bs, 65536);
+    assert_int_equal(a->bssplit[1].pct, 75);      /* what the others leave */
+    assert_int_equal(a->bs, 4096);                /* the smallest: the offset unit */
+    assert_int_equal(bench_job_max_bs(a), 65536);
+    assert_int_equal(a->rate_iops, 100);
+    assert_int_equal(a->fsync, 8);
+    assert_true(a->end_fsync);
+    assert_false(a->invalidate);
+    assert_false(a->randrepeat);
+    assert_false(a->stonewall);
+    assert_true(b->stonewall && b->new_group && b->invalidate && b->randrepeat);
+    assert_int_equal(b->verify, BENCH_VERIFY_PATTERN);
+    assert_string_equal(b->verify_name, "crc32c");
+    assert_true(c->stonewall);
+    assert_int_equal(c->verify, BENCH_VERIFY_PATTERN);
+    /* the options as given, the global ones marked */
+    bool seen_desc = false, seen_fsync = false;
+    for (size_t i = 0; i < a->nopts; i++) {
+        if (!strcmp(a->opts[i].key, "description"))
+            seen_desc = a->opts[i].global && !strcmp(a->opts[i].value, "dry run");
+        if (!strcmp(a->opts[i].key, "fsync"))
+            seen_fsync = !a->opts[i].global && !strcmp(a->opts[i].value, "8");
+    }
+    assert_true(seen_desc && seen_fsync);
+    bench_jobs_free(&jobs);
+
+    lsm_error_clear();
+    assert_int_equal(bench_jobfile_parse("k.fio", "[a]\nfilename=/f\nbssplit=4k/60:8k/60\n",
+                                         &jobs), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "k.fio:3: bad value for 'bssplit'"));
+    bench_jobs_free(&jobs);
+    lsm_error_clear();
+    assert_int_equal(bench_jobfile_parse("k.fio", "[a]\nfilename=/f\nverify=sha1\n", &jobs),
+                     -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "k.fio:3:"));
+    bench_jobs_free(&jobs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_errors_name_line_and_key),
         cmocka_unit_test(test_command_line),
         cmocka_unit_test(test_allow_mounted_write),
+        cmocka_unit_test(test_fio_everyday_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
