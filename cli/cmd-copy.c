@@ -29,11 +29,19 @@ static void usage(FILE *f)
         "  -f FMT               source format (raw, qcow2; default: probe)\n"
         "  -O FMT               destination format (raw, qcow2; default: raw)\n"
         "  -B BACKING           copy only SRC's own layer; DST's backing file is BACKING\n"
-        "  -F FMT               format of BACKING\n"
+        "  -F FMT               format of BACKING (required with -B, as in qemu-img 7.2)\n"
         "  -n                   DST exists: neither create nor truncate it\n"
         "  -U, --force-share    read SRC even if another process (a running VM) writes it\n"
         "  --target-is-zero     with -n: DST already reads as zeroes (zero ranges are skipped)\n"
-        "  -c, --cluster-size=N cluster size of a qcow2 DST (default: the source's)\n"
+        "  -o cluster_size=N    cluster size of a qcow2 DST (default: the source's);\n"
+        "                       also backing_file=B,backing_fmt=F (as -B/-F); -o help lists\n"
+        "  --cluster-size=N     same as -o cluster_size=N\n"
+        "  -c                   compress (qemu-img): not supported yet, fails with exit 1\n"
+        "  -t CACHE, -T CACHE   destination / source cache mode: none, directsync: O_DIRECT;\n"
+        "                       writeback, writethrough, unsafe: buffered\n"
+        "  -W                   accepted: writes are always issued out of order\n"
+        "  -r RATE              same as --rate\n"
+        "  -q                   quiet: no progress output\n"
         "  --physical           copy the qcow2 layer's host clusters in host order\n"
         "  --no-physical        never choose a physical copy automatically\n"
         "  --io=auto|uring|aio|psync   I/O backend (default auto)\n"
@@ -53,12 +61,12 @@ static void usage(FILE *f)
 
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
-    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT,
+    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
 };
 
 static const struct option longopts[] = {
     { "help", no_argument, NULL, 'h' },
-    { "cluster-size", required_argument, NULL, 'c' },
+    { "cluster-size", required_argument, NULL, OPT_CLUSTER_SIZE },
     { "physical", no_argument, NULL, OPT_PHYSICAL },
     { "no-physical", no_argument, NULL, OPT_NO_PHYSICAL },
     { "io", required_argument, NULL, OPT_IO },
@@ -131,6 +139,95 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
             st->offload ? ", offloaded (reflink/copy_file_range)" : "");
 }
 
+static int set_cluster_size(const char *arg, struct lsm_copy_opts *o)
+{
+    uint64_t v;
+    if (!cli_parse_size("copy", "cluster_size", arg, &v))
+        return EXIT_USAGE;
+    if (!is_pow2(v) || v < 512 || v > 2 * MiB)
+        return cli_usage_error("copy", "cluster size must be a power of two from 512 to 2M");
+    o->cluster_size = (uint32_t)v;
+    return 0;
+}
+
+/* qemu-img's cache modes: the ones that bypass the page cache open with
+ * O_DIRECT, the others buffered. */
+static bool parse_cache(const char *arg, const char *opt, enum lsm_direct_mode *out)
+{
+    if (!strcmp(arg, "none") || !strcmp(arg, "directsync"))
+        *out = LSM_DIRECT_ALWAYS;
+    else if (!strcmp(arg, "writeback") || !strcmp(arg, "writethrough") || !strcmp(arg, "unsafe"))
+        *out = LSM_DIRECT_NEVER;
+    else {
+        cli_usage_error("copy", "invalid cache mode for %s: '%s' (none, directsync, "
+                        "writeback, writethrough, unsafe)", opt, arg);
+        return false;
+    }
+    return true;
+}
+
+/* -o NAME=VALUE[,NAME=VALUE...]: the creation options this writer has. */
+static int parse_create_opts(char *arg, struct lsm_copy_opts *o, bool *help)
+{
+    char *save = NULL;
+    for (char *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(kv, "help") || !strcmp(kv, "?")) {
+            *help = true;
+            continue;
+        }
+        char *val = strchr(kv, '=');
+        if (!val)
+            return cli_usage_error("copy", "Invalid parameter '%s'", kv);
+        *val++ = '\0';
+        int r = 0;
+        if (!strcmp(kv, "cluster_size"))
+            r = set_cluster_size(val, o);
+        else if (!strcmp(kv, "backing_file"))
+            o->backing = val;
+        else if (!strcmp(kv, "backing_fmt")) {
+            if (lsm_format_parse(val, &o->backing_fmt) < 0)
+                r = cli_usage_error("copy", "unknown format for backing_fmt: '%s'", val);
+        } else if (!strcmp(kv, "compat")) {
+            if (strcmp(val, "1.1") && strcmp(val, "v3"))
+                r = cli_usage_error("copy", "compat=%s is not supported yet: the qcow2 "
+                                    "writer makes version 3 (compat=1.1) images", val);
+        } else if (!strcmp(kv, "lazy_refcounts")) {
+            if (strcmp(val, "off"))
+                r = cli_usage_error("copy", "lazy_refcounts=%s is not supported", val);
+        } else if (!strcmp(kv, "refcount_bits")) {
+            if (strcmp(val, "16"))
+                r = cli_usage_error("copy", "refcount_bits=%s is not supported yet (16 only)", val);
+        } else if (!strcmp(kv, "extended_l2")) {
+            if (strcmp(val, "off"))
+                r = cli_usage_error("copy", "extended_l2=%s is not supported yet", val);
+        } else if (!strcmp(kv, "compression_type")) {
+            if (strcmp(val, "zlib"))
+                r = cli_usage_error("copy", "compression_type=%s is not supported", val);
+        } else if (!strcmp(kv, "preallocation")) {
+            if (strcmp(val, "off"))
+                r = cli_usage_error("copy", "preallocation=%s is not supported yet", val);
+        } else
+            r = cli_usage_error("copy", "Invalid parameter '%s'", kv);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+static void create_opts_help(void)
+{
+    printf("Supported options:\n"
+           "  backing_file=FILE      (qcow2) as -B\n"
+           "  backing_fmt=FMT        (qcow2) as -F\n"
+           "  cluster_size=SIZE      (qcow2) 512 to 2M, a power of two\n"
+           "  compat=1.1             (qcow2) version 3, the only one written\n"
+           "  compression_type=zlib\n"
+           "  extended_l2=off\n"
+           "  lazy_refcounts=off\n"
+           "  preallocation=off\n"
+           "  refcount_bits=16\n");
+}
+
 static bool parse_fmt(const char *arg, const char *opt, enum lsm_format *out)
 {
     if (lsm_format_parse(arg, out) < 0) {
@@ -149,12 +246,12 @@ int cmd_copy(int argc, char **argv)
     struct lsm_copy_stats st;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
-    bool verbose = false;
+    bool verbose = false, quiet = false, opts_help = false;
     uint64_t v;
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUc:m:s:pv", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:s:pvqWr:t:T:o:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -183,12 +280,35 @@ int cmd_copy(int argc, char **argv)
         case OPT_TARGET_IS_ZERO:
             o.target_is_zero = true;
             break;
+        case OPT_CLUSTER_SIZE: {
+            int r = set_cluster_size(optarg, &o);
+            if (r)
+                return r;
+            break;
+        }
+        case 'o': {
+            int r = parse_create_opts(optarg, &o, &opts_help);
+            if (r)
+                return r;
+            break;
+        }
         case 'c':
-            if (!cli_parse_size("copy", "--cluster-size", optarg, &v))
+            cli_error("copy", "-c (compressed qcow2 output) is not supported yet; "
+                      "for the cluster size use -o cluster_size=SIZE");
+            return EXIT_OPERATIONAL;
+        case 't':
+            if (!parse_cache(optarg, "-t", &o.direct))
                 return EXIT_USAGE;
-            if (!is_pow2(v) || v < 512 || v > 2 * MiB)
-                return cli_usage_error("copy", "cluster size must be a power of two from 512 to 2M");
-            o.cluster_size = (uint32_t)v;
+            break;
+        case 'T':
+            if (!parse_cache(optarg, "-T", &o.src_direct))
+                return EXIT_USAGE;
+            o.src_direct_set = true;
+            break;
+        case 'W':
+            break;
+        case 'q':
+            quiet = true;
             break;
         case 'm':
             if (!cli_parse_size("copy", "-m", optarg, &v))
@@ -211,8 +331,9 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "--buffer-size must be at least 4K");
             o.buffer_size = v;
             break;
+        case 'r':
         case OPT_RATE:
-            if (!cli_parse_size("copy", "--rate", optarg, &v))
+            if (!cli_parse_size("copy", c == 'r' ? "-r" : "--rate", optarg, &v))
                 return EXIT_USAGE;
             o.rate = v;
             break;
@@ -270,12 +391,20 @@ int cmd_copy(int argc, char **argv)
             return cli_usage_error("copy", "invalid option");
         }
     }
+    if (opts_help) {
+        create_opts_help();
+        return 0;
+    }
+    if (quiet)
+        pmode = CLI_PROGRESS_NONE;
     if (argc - optind != 2)
         return cli_usage_error("copy", "expected SRC and DST");
     o.src_path = argv[optind];
     o.dst_path = argv[optind + 1];
     if (o.backing_fmt != LSM_FMT_AUTO && !o.backing)
         return cli_usage_error("copy", "-F needs -B");
+    if (o.backing && o.backing_fmt == LSM_FMT_AUTO)
+        return cli_usage_error("copy", "Use of backing file requires explicit backing format");
     if (o.backing && o.dst_fmt != LSM_FMT_QCOW2)
         return cli_usage_error("copy", "-B needs -O qcow2");
     if (o.target_is_zero && !o.no_create)

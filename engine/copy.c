@@ -1004,9 +1004,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
      * validates the whole layer here, and both kinds take the stamps their
      * check compares after the copy. */
     if (physical)
-        r = lsm_phys_source_create(img, o->direct, &src);
+        r = lsm_phys_source_create(img, o->src_direct_set ? o->src_direct : o->direct, &src);
     else if (!src)
-        r = lsm_image_source_create(img, o->backing != NULL, o->direct, &src);
+        r = lsm_image_source_create(img, o->backing != NULL,
+                                    o->src_direct_set ? o->src_direct : o->direct, &src);
     if (r < 0)
         goto out;
     c->src = src;

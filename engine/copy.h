@@ -185,7 +185,9 @@ struct lsm_copy_opts {
     bool target_is_zero;              /* with -n: DST already reads as zeroes */
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
-    enum lsm_direct_mode direct;
+    enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
+    enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
+    bool src_direct_set;
     bool offload;                     /* --offload=auto */
     unsigned requests;                /* -m (0: 16) */
     uint64_t request_size;            /* -s (0: 1 MiB) */

@@ -49,6 +49,15 @@ i = json.load(sys.stdin)
 print(i.get("backing-filename", ""), i.get("backing-filename-format", ""))'
 }
 
+# backing_fmt_of IMG NAME FMT -> FMT, or the probed format of IMG's backing
+# file NAME when IMG does not record one (-B requires -F, as in qemu-img).
+backing_fmt_of() {
+    [[ -n $3 ]] && { echo "$3"; return; }
+    local p=$2
+    [[ $p == /* ]] || p=$(dirname "$1")/$p
+    qemu-img info -U --output=json "$p" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])'
+}
+
 fmt_of() { [[ ${KIND[$1]} == raw* ]] && echo raw || echo qcow2; }
 
 make_matrix
@@ -116,11 +125,12 @@ for img in "${IMAGES[@]}"; do
         # the source chain; the own layer's present ranges equal the source's.
         if has_tag "$img" chain; then
             read -r bname bfmt < <(backing_of "$img")
+            bfmt=$(backing_fmt_of "$img" "$bname" "$bfmt")
             dir=$(dirname "$img")
             for phys in --no-physical --physical; do
                 out=$dir/b-out.qcow2
                 rm -f "$out"
-                if run "-B $phys $tag" --io="$io" $phys -O qcow2 -B "$bname" ${bfmt:+-F "$bfmt"} "$img" "$out"; then
+                if run "-B $phys $tag" --io="$io" $phys -O qcow2 -B "$bname" -F "$bfmt" "$img" "$out"; then
                     if [[ "$(backing_of "$out")" != "$bname $bfmt" ]]; then
                         fail "-B $phys $tag" "backing of the output is '$(backing_of "$out")', want '$bname $bfmt'"
                     elif ! diff <(present_map "$img" qcow2) <(present_map "$out" qcow2) >map.diff; then
@@ -187,14 +197,15 @@ for img in "${IMAGES[@]}"; do
     for cs in 512 65536 2097152; do
         [[ ${CLUSTER[$img]} == "$cs" ]] && continue
         rm -f o.qcow2
-        if run "-c $cs $img" -c $cs -O qcow2 "$img" o.qcow2; then
+        if run "-c $cs $img" -o cluster_size=$cs -O qcow2 "$img" o.qcow2; then
             same "-c $cs $img" "$img" o.qcow2 && checked "-c $cs $img" o.qcow2 && pass "-c $cs $img"
         fi
         if has_tag "$img" chain; then
             read -r bname bfmt < <(backing_of "$img")
+            bfmt=$(backing_fmt_of "$img" "$bname" "$bfmt")
             out=$(dirname "$img")/c-out.qcow2
             rm -f "$out"
-            if run "-c $cs -B $img" -c $cs -O qcow2 -B "$bname" ${bfmt:+-F "$bfmt"} "$img" "$out"; then
+            if run "-c $cs -B $img" -o cluster_size=$cs -O qcow2 -B "$bname" -F "$bfmt" "$img" "$out"; then
                 same "-c $cs -B $img" "$img" "$out" && checked "-c $cs -B $img" "$out" && pass "-c $cs -B $img"
             fi
             rm -f "$out"
