@@ -1,5 +1,7 @@
 /* File identity: see fileid.h. */
 #include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
 #include <linux/loop.h>
 #include <linux/major.h>
 #include <stdlib.h>
@@ -79,6 +81,41 @@ bool lsm_fileid_same(const struct lsm_fileid *a, const struct lsm_fileid *b)
     if (b->blockdev)
         return b->has_backing && file_is(b->backing_dev, b->backing_ino, a);
     return a->dev == b->dev && a->ino == b->ino;
+}
+
+int lsm_filekey_get(const char *path, struct lsm_filekey *k)
+{
+    memset(k, 0, sizeof *k);
+    int r = lsm_fileid_path(path, &k->id);
+    if (r == 0) {
+        k->exists = true;
+        return 0;
+    }
+    if (r != -ENOENT)
+        return r;
+    _cleanup_free_ char *a = strdup(path), *b = strdup(path);
+    if (!a || !b)
+        return lsm_error(-ENOMEM, "out of memory");
+    _cleanup_free_ char *dir = realpath(dirname(a), NULL);
+    /* no directory: creating it will fail; the spelling is all there is */
+    if (!dir)
+        k->where = strdup(path);
+    else if (asprintf(&k->where, "%s/%s", dir, basename(b)) < 0)
+        k->where = NULL;
+    return k->where ? 0 : lsm_error(-ENOMEM, "out of memory");
+}
+
+bool lsm_filekey_same(const struct lsm_filekey *a, const struct lsm_filekey *b)
+{
+    if (a->exists != b->exists)
+        return false;
+    return a->exists ? lsm_fileid_same(&a->id, &b->id) : !strcmp(a->where, b->where);
+}
+
+void lsm_filekey_free(struct lsm_filekey *k)
+{
+    free(k->where);
+    k->where = NULL;
 }
 
 int lsm_fileid_set_add(struct lsm_fileid_set *s, const struct lsm_fileid *id, const char *name)

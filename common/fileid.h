@@ -34,6 +34,21 @@ int lsm_fileid_path(const char *path, struct lsm_fileid *out);
 /* Same file (or a loop device and its backing file). */
 bool lsm_fileid_same(const struct lsm_fileid *a, const struct lsm_fileid *b);
 
+/* What a path names before anything is written: the identity of the file
+ * when it exists, else the place it would be created at (the directory
+ * resolved by realpath(3), plus the name as written; the spelling as given
+ * when the directory does not resolve).  Two keys are the same file, or the
+ * same file to be. */
+struct lsm_filekey {
+    bool exists;
+    struct lsm_fileid id;
+    char *where;        /* !exists */
+};
+/* Fill *k (free with lsm_filekey_free).  -errno with a message. */
+int lsm_filekey_get(const char *path, struct lsm_filekey *k);
+bool lsm_filekey_same(const struct lsm_filekey *a, const struct lsm_filekey *b);
+void lsm_filekey_free(struct lsm_filekey *k);
+
 /* A small set of named identities (source layers, destinations). */
 struct lsm_fileid_entry {
     struct lsm_fileid id;

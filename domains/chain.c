@@ -330,43 +330,6 @@ static int split_lv_path(const char *path, char **vg, char **lv)
 }
 
 
-/* A destination as it is before anything is written: the identity of the
- * file when it exists, else the resolved path it would be created at. */
-struct dst_key {
-    bool exists;
-    struct lsm_fileid id;
-    char *where;        /* !exists: realpath(directory) + "/" + name */
-};
-
-static int dst_key_get(const char *path, struct dst_key *k)
-{
-    memset(k, 0, sizeof *k);
-    int r = lsm_fileid_path(path, &k->id);
-    if (r == 0) {
-        k->exists = true;
-        return 0;
-    }
-    if (r != -ENOENT)
-        return r;
-    _cleanup_free_ char *a = strdup(path), *b = strdup(path);
-    if (!a || !b)
-        return lsm_error(-ENOMEM, "out of memory");
-    _cleanup_free_ char *dir = realpath(dirname(a), NULL);
-    /* no directory: creating it will fail; the spelling is all there is */
-    if (!dir)
-        k->where = strdup(path);
-    else if (asprintf(&k->where, "%s/%s", dir, basename(b)) < 0)
-        k->where = NULL;
-    return k->where ? 0 : lsm_error(-ENOMEM, "out of memory");
-}
-
-static bool dst_key_same(const struct dst_key *a, const struct dst_key *b)
-{
-    if (a->exists != b->exists)
-        return false;
-    return a->exists ? lsm_fileid_same(&a->id, &b->id) : !strcmp(a->where, b->where);
-}
-
 /* Index of the volume of c that id is, or -1. */
 static int volume_index(const struct lsm_chain_desc *c, const struct lsm_fileid *id)
 {
@@ -422,14 +385,14 @@ int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job
 
 int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job)
 {
-    struct dst_key *keys = calloc(job->n ? job->n : 1, sizeof *keys);
+    struct lsm_filekey *keys = calloc(job->n ? job->n : 1, sizeof *keys);
     if (!keys)
         return lsm_error(-ENOMEM, "out of memory");
     int r = 0;
     unsigned got = 0;
     for (unsigned i = 0; i < job->n && r == 0; i++, got++) {
         const char *path = job->v[i].dst_path;
-        r = dst_key_get(path, &keys[i]);
+        r = lsm_filekey_get(path, &keys[i]);
         if (r < 0)
             break;
         if (keys[i].exists)
@@ -445,12 +408,12 @@ int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct ls
             r = split_lv_path(path, &vg, &lv);
         }
         for (unsigned k = 0; k < i && r == 0; k++)
-            if (dst_key_same(&keys[k], &keys[i]))
+            if (lsm_filekey_same(&keys[k], &keys[i]))
                 r = lsm_error(-EINVAL, "volumes %u and %u have the same destination ('%s' and '%s')",
                               k, i, job->v[k].dst_path, path);
     }
     for (unsigned i = 0; i < got; i++)
-        free(keys[i].where);
+        lsm_filekey_free(&keys[i]);
     free(keys);
     return r;
 }

@@ -876,25 +876,6 @@ static int dst_alias(const struct lsm_fileid_set *ids, const char *dst, int fd)
     return 0;
 }
 
-/* PATH with its directory part resolved by realpath(3) and its last
- * component kept as written; NULL if the directory cannot be resolved. */
-static char *canon_dir_name(const char *path)
-{
-    _cleanup_free_ char *dup = strdup(path);
-    if (!dup)
-        return NULL;
-    char *slash = strrchr(dup, '/');
-    const char *base = slash ? slash + 1 : dup;
-    const char *dir = slash ? (slash == dup ? "/" : dup) : ".";
-    if (slash)
-        *slash = '\0';
-    _cleanup_free_ char *rdir = realpath(dir, NULL);
-    char *out = NULL;
-    if (!rdir || asprintf(&out, "%s/%s", rdir, base) < 0)
-        return NULL;
-    return out;
-}
-
 /* -B: the backing file DST will name (resolved from DST's directory, as
  * QEMU resolves it) must not be DST itself, or the copy would empty the
  * very file it names as its backing. */
@@ -904,17 +885,14 @@ static int dst_is_own_backing(const struct lsm_copy_opts *o)
         return 0;
     int err;
     _cleanup_free_ char *bpath = lsm_resolve_backing(o->dst_path, o->backing, &err);
-    struct lsm_fileid b, d;
-    bool same = bpath && lsm_fileid_path(bpath, &b) == 0 &&
-                lsm_fileid_path(o->dst_path, &d) == 0 && lsm_fileid_same(&b, &d);
-    /* A DST that does not exist yet has no identity: compare the two names
-     * with their directories canonicalised, so that "-B out.qcow2 SRC
-     * out.qcow2" is refused before DST is created naming itself. */
-    if (!same && bpath && access(o->dst_path, F_OK) != 0) {
-        _cleanup_free_ char *cb = canon_dir_name(bpath);
-        _cleanup_free_ char *cd = canon_dir_name(o->dst_path);
-        same = cb && cd && !strcmp(cb, cd);
-    }
+    /* By identity, or, for a DST that does not exist yet, by the place it
+     * will be created at: "-B out.qcow2 SRC out.qcow2" is refused before
+     * DST is created naming itself. */
+    struct lsm_filekey kb = { 0 }, kd = { 0 };
+    bool same = bpath && lsm_filekey_get(bpath, &kb) == 0 &&
+                lsm_filekey_get(o->dst_path, &kd) == 0 && lsm_filekey_same(&kb, &kd);
+    lsm_filekey_free(&kb);
+    lsm_filekey_free(&kd);
     lsm_error_clear();   /* unresolvable or missing names are for the writer to judge */
     if (same)
         return lsm_error(-EINVAL, "refusing to write %s: it is its own backing file (-B %s)",
