@@ -51,7 +51,8 @@ struct dst {
     bool reads_zero;            /* zero ranges need nothing */
     bool created;               /* this copy created the file (O_EXCL): remove on failure */
     bool fresh;                 /* empty at the start (created, or emptied after the checks) */
-    bool touched;               /* checks passed: writing may have begun */
+    bool touched;               /* checks passed: writing may have begun (for an
+                                   opened qcow2, the writer knows: see lsm_copy's end) */
     bool reserved;              /* file extended ahead of the writer */
     int tail_fd;                /* buffered fd for an unaligned tail (raw) */
 };
@@ -1086,6 +1087,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     } else if (o->dst_fmt == LSM_FMT_QCOW2) {
         d.cluster = cluster;
         if (o->no_create) {
+            /* Nothing is written before the writer's first change
+             * (qcow2_writer_changed), so its refusals leave DST as it was. */
+            d.touched = false;
             r = qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
             if (r < 0)
                 goto out;
@@ -1323,8 +1327,11 @@ out:
             free(c->reqs[i].slots);
     free(c->reqs);
     src_close(src);
-    if (d.w)
+    if (d.w) {
+        if (qcow2_writer_changed(d.w))
+            d.touched = true;
         qcow2_writer_close(d.w);
+    }
     if (d.tail_fd >= 0)
         close(d.tail_fd);
     if (r < 0 && d.f) {

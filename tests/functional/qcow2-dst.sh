@@ -116,6 +116,8 @@ refused() {   # CASE DST [copy options]
         fail "$case" "want one line on stderr: $(cat err.log)"
     elif [[ $(sum "$dst") != "$before" ]]; then
         fail "$case" "$dst changed"
+    elif grep -q "is incomplete" err.log; then
+        fail "$case" "an untouched destination is called incomplete: $(cat err.log)"
     else
         pass "$case"
     fi
