@@ -5,6 +5,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -213,12 +214,18 @@ int lsm_file_remove_created(struct lsm_file *f)
 {
     if (!f->created || f->fd < 0)
         return 0;
+    /* Called on failure paths: the caller's message is the one to keep,
+     * whatever the identity look-ups below record. */
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", lsm_last_error());
     struct lsm_fileid mine, there;
-    if (lsm_fileid_fd(f->fd, f->path, &mine) < 0 || lsm_fileid_path(f->path, &there) < 0 ||
-        !lsm_fileid_same(&mine, &there)) {
-        lsm_error_clear();
+    bool same = lsm_fileid_fd(f->fd, f->path, &mine) == 0 &&
+                lsm_fileid_path(f->path, &there) == 0 && lsm_fileid_same(&mine, &there);
+    lsm_error_clear();
+    if (saved[0])
+        lsm_error(-EIO, "%s", saved);
+    if (!same)
         return 0;   /* the name no longer leads to what we created: leave it */
-    }
     if (unlink(f->path) < 0)
         return 0;
     f->created = false;
