@@ -166,9 +166,29 @@ static bool parse_cache(const char *arg, const char *opt, enum lsm_direct_mode *
     return true;
 }
 
+/* Creation options accepted with the one value the writer makes. */
+static const struct fixed_opt {
+    const char *name, *value, *note;
+} fixed_opts[] = {
+    { "lazy_refcounts", "off", "" },
+    { "refcount_bits", "16", " yet (16 only)" },
+    { "extended_l2", "off", " yet" },
+    { "compression_type", "zlib", "" },
+    { "preallocation", "off", " yet" },
+};
+
+static const struct fixed_opt *fixed_opt(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(fixed_opts); i++)
+        if (!strcmp(name, fixed_opts[i].name))
+            return &fixed_opts[i];
+    return NULL;
+}
+
 /* -o NAME=VALUE[,NAME=VALUE...]: the creation options this writer has. */
 static int parse_create_opts(char *arg, struct lsm_copy_opts *o, bool *help)
 {
+    const struct fixed_opt *fixed;
     char *save = NULL;
     for (char *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         if (!strcmp(kv, "help") || !strcmp(kv, "?")) {
@@ -191,21 +211,9 @@ static int parse_create_opts(char *arg, struct lsm_copy_opts *o, bool *help)
             if (strcmp(val, "1.1") && strcmp(val, "v3"))
                 r = cli_usage_error("copy", "compat=%s is not supported yet: the qcow2 "
                                     "writer makes version 3 (compat=1.1) images", val);
-        } else if (!strcmp(kv, "lazy_refcounts")) {
-            if (strcmp(val, "off"))
-                r = cli_usage_error("copy", "lazy_refcounts=%s is not supported", val);
-        } else if (!strcmp(kv, "refcount_bits")) {
-            if (strcmp(val, "16"))
-                r = cli_usage_error("copy", "refcount_bits=%s is not supported yet (16 only)", val);
-        } else if (!strcmp(kv, "extended_l2")) {
-            if (strcmp(val, "off"))
-                r = cli_usage_error("copy", "extended_l2=%s is not supported yet", val);
-        } else if (!strcmp(kv, "compression_type")) {
-            if (strcmp(val, "zlib"))
-                r = cli_usage_error("copy", "compression_type=%s is not supported", val);
-        } else if (!strcmp(kv, "preallocation")) {
-            if (strcmp(val, "off"))
-                r = cli_usage_error("copy", "preallocation=%s is not supported yet", val);
+        } else if ((fixed = fixed_opt(kv))) {
+            if (strcmp(val, fixed->value))
+                r = cli_usage_error("copy", "%s=%s is not supported%s", kv, val, fixed->note);
         } else
             r = cli_usage_error("copy", "Invalid parameter '%s'", kv);
         if (r)
