@@ -85,12 +85,12 @@ int cmd_clone_structure(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    struct lsm_job job = { 0 };
+    struct lsm_jobfile job = { 0 };
     const char *src_top;
     if (jobfile) {
         if (optind != argc && optind != argc - 1)
             return cli_usage_error("clone-structure", "too many arguments");
-        if (lsm_job_load(jobfile, &job) < 0)
+        if (lsm_jobfile_load(jobfile, &job) < 0)
             return cli_fail("clone-structure");
         src_top = optind == argc - 1 ? argv[optind] : job.v[0].src_path;
     } else {
@@ -102,7 +102,7 @@ int cmd_clone_structure(int argc, char **argv)
     int rc = 0;
     struct lsm_chain_desc src = { 0 };
     if (lsm_chain_describe(src_top, fmt, &src) < 0) {
-        lsm_job_free(&job);
+        lsm_jobfile_free(&job);
         return cli_fail("clone-structure");
     }
     if (!jobfile) {
@@ -111,19 +111,19 @@ int cmd_clone_structure(int argc, char **argv)
             rc = cli_fail("clone-structure");
             goto out;
         }
-        int r = lsm_job_for_domain(&src, dom, &job);
+        int r = lsm_jobfile_for_domain(&src, dom, &job);
         lsm_domain_close(dom);
         if (r < 0) {
             rc = cli_fail("clone-structure");
             goto out;
         }
-    } else if (lsm_job_check_sources(&src, &job) < 0) {
+    } else if (lsm_jobfile_check_sources(&src, &job) < 0) {
         rc = cli_fail("clone-structure");
         goto out;
     }
     /* no destination may be a file of the source chain, or another
      * destination, whatever path spells it: checked before any write */
-    if (lsm_job_check_destinations(&src, &job) < 0) {
+    if (lsm_jobfile_check_destinations(&src, &job) < 0) {
         rc = cli_fail("clone-structure");
         goto out;
     }
@@ -160,6 +160,6 @@ int cmd_clone_structure(int argc, char **argv)
     }
 out:
     lsm_chain_desc_free(&src);
-    lsm_job_free(&job);
+    lsm_jobfile_free(&job);
     return rc;
 }

@@ -90,7 +90,7 @@ static int run_volume(struct sync_ctx *ctx, struct sync_vol *v)
     o.opaque = v;
 
     /* Block destinations: make room for the copy first. */
-    int r = lsm_job_ensure_room(v->pair, v->src);
+    int r = lsm_jobfile_ensure_room(v->pair, v->src);
     if (r < 0)
         return r;
     memset(&v->st, 0, sizeof v->st);
@@ -230,10 +230,10 @@ int cmd_sync(int argc, char **argv)
     if (jobfile ? optind != argc : optind != argc - 2)
         return cli_usage_error("sync", jobfile ? "SRC_TOP and DST_TOP go in the job file" : "need SRC_TOP and DST_TOP");
 
-    struct lsm_job job = { 0 };
+    struct lsm_jobfile job = { 0 };
     struct lsm_chain_desc src = { 0 }, dst = { 0 };
     int rc = 0;
-    if (jobfile && lsm_job_load(jobfile, &job) < 0)
+    if (jobfile && lsm_jobfile_load(jobfile, &job) < 0)
         return cli_fail("sync");
     const char *src_top = jobfile ? job.v[0].src_path : argv[optind];
     const char *dst_top = jobfile ? job.v[0].dst_path : argv[optind + 1];
@@ -244,15 +244,15 @@ int cmd_sync(int argc, char **argv)
     /* A job names its source volumes: they must be the source chain, in
      * order.  Its destinations are checked against every file of the
      * source chain before the destination chain is even opened. */
-    if (jobfile && (lsm_job_check_sources(&src, &job) < 0 || lsm_job_check_destinations(&src, &job) < 0)) {
+    if (jobfile && (lsm_jobfile_check_sources(&src, &job) < 0 || lsm_jobfile_check_destinations(&src, &job) < 0)) {
         rc = cli_fail("sync");
         goto out;
     }
     if (!jobfile) {
         /* the top first: if it is a source file, say so, whatever else is wrong below it */
         struct lsm_volume_pair top = { .dst_path = (char *)dst_top };
-        struct lsm_job one = { .n = 1, .v = &top };
-        if (lsm_job_check_destinations(&src, &one) < 0) {
+        struct lsm_jobfile one = { .n = 1, .v = &top };
+        if (lsm_jobfile_check_destinations(&src, &one) < 0) {
             rc = cli_fail("sync");
             goto out;
         }
@@ -266,7 +266,7 @@ int cmd_sync(int argc, char **argv)
     }
     if (jobfile) {
         /* one destination chain: entry i+1's destination backs entry i's */
-        if (lsm_job_check_chain(&job, &dst) < 0) {
+        if (lsm_jobfile_check_chain(&job, &dst) < 0) {
             rc = cli_fail("sync");
             goto out;
         }
@@ -281,7 +281,7 @@ int cmd_sync(int argc, char **argv)
             }
         }
         /* again with the types that are there (a job may omit "type") */
-        if (lsm_job_check_destinations(&src, &job) < 0) {
+        if (lsm_jobfile_check_destinations(&src, &job) < 0) {
             rc = cli_fail("sync");
             goto out;
         }
@@ -310,7 +310,7 @@ int cmd_sync(int argc, char **argv)
         }
         /* no volume of the destination chain (as QEMU resolves its backing
          * names) may be a file of the source chain */
-        if (lsm_job_check_destinations(&src, &job) < 0) {
+        if (lsm_jobfile_check_destinations(&src, &job) < 0) {
             rc = cli_fail("sync");
             goto out;
         }
@@ -426,6 +426,6 @@ int cmd_sync(int argc, char **argv)
 out:
     lsm_chain_desc_free(&src);
     lsm_chain_desc_free(&dst);
-    lsm_job_free(&job);
+    lsm_jobfile_free(&job);
     return rc;
 }
