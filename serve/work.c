@@ -1,0 +1,640 @@
+/* The work of the service's tasks (work.h). */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "chain.h"
+#include "cleanup.h"
+#include "confine.h"
+#include "copy.h"
+#include "error.h"
+#include "generation.h"
+#include "image.h"
+#include "json-util.h"
+#include "limiter.h"
+#include "rpc.h"
+#include "store.h"
+#include "util.h"
+#include "work.h"
+#ifdef HAVE_LIBSODIUM
+#include "checksum.h"
+#endif
+
+enum method { M_COPY, M_CHECKSUM, M_CLONE, M_SYNC };
+
+const char *const serve_task_methods[] = {
+    [M_COPY] = "copyVolume",
+    [M_CHECKSUM] = "checksumVolume",
+    [M_CLONE] = "cloneImageStructure",
+    [M_SYNC] = "syncImageData",
+    NULL,
+};
+
+bool serve_is_task_method(const char *method)
+{
+    for (int i = 0; serve_task_methods[i]; i++)
+        if (!strcmp(method, serve_task_methods[i]))
+            return true;
+    return false;
+}
+
+static const char *const formats[] = { "raw", "qcow2", NULL };
+static const enum lsm_format format_of[] = { LSM_FMT_RAW, LSM_FMT_QCOW2 };
+
+struct serve_work {
+    pthread_mutex_t mu;
+    enum method method;
+    const struct serve_env *env;
+    struct lsm_job *job;
+
+    char *src, *dst, *backing;   /* resolved (backing: as given, written into dst) */
+    enum lsm_format src_fmt, dst_fmt, backing_fmt;
+    bool create, force_share;
+    bool have_gen;
+    uint64_t gen;
+    bool want_checksum;
+    int alg;                     /* enum lsm_blkhash_alg */
+    uint32_t block_size;
+    uint64_t bandwidth;
+    char *dst_dir, *dst_vg;      /* clone */
+    bool reuse;
+
+    bool resumed;
+    bool have_created;           /* the record's createdFile */
+    uint64_t created_dev, created_ino;
+
+    /* Outputs, under mu. */
+    bool created_known, created_taken;
+    uint64_t out_dev, out_ino;
+    json_object *result;
+
+    /* The copy's thread only. */
+    struct lsm_copy_stats *st;
+    uint64_t throttled;          /* bytes already taken from the limiter */
+};
+
+void serve_work_free(void *arg)
+{
+    struct serve_work *w = arg;
+    if (!w)
+        return;
+    free(w->src);
+    free(w->dst);
+    free(w->backing);
+    free(w->dst_dir);
+    free(w->dst_vg);
+    if (w->result)
+        json_object_put(w->result);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+uint64_t serve_work_bandwidth(const struct serve_work *w)
+{
+    return w->bandwidth;
+}
+
+bool serve_work_take_created(struct serve_work *w, uint64_t *dev, uint64_t *ino)
+{
+    pthread_mutex_lock(&w->mu);
+    bool r = w->created_known && !w->created_taken;
+    if (r) {
+        w->created_taken = true;
+        *dev = w->out_dev;
+        *ino = w->out_ino;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+json_object *serve_work_result(struct serve_work *w)
+{
+    pthread_mutex_lock(&w->mu);
+    json_object *r = w->result ? json_object_get(w->result) : NULL;
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+/* ---- Preparing (the loop's thread) ---- */
+
+#define P_OK(expr)          \
+    do {                    \
+        int _r = (expr);    \
+        if (_r < 0)         \
+            return _r;      \
+    } while (0)
+
+static int param_format(json_object *p, const char *name, bool required, enum lsm_format *out,
+                        char *msg)
+{
+    int i;
+    int r = lsm_rpc_param_enum(p, name, required, formats, &i, msg);
+    if (r == 0)
+        *out = format_of[i];
+    return r;
+}
+
+/* Resolve and confine a path parameter; errors become RPC codes. */
+static int param_path(const struct serve_env *env, json_object *p, const char *name,
+                      bool must_exist, char **out, char *msg)
+{
+    const char *s;
+    int r = lsm_rpc_param_string(p, name, true, &s, msg);
+    if (r)
+        return r;
+    if (s[0] != '/') {
+        snprintf(msg, LSM_RPC_MSG_MAX, "parameter \"%s\" must be an absolute path", name);
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    r = lsm_confine_path(&env->confine, s, must_exist, out);
+    if (r < 0) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "%s: %s", name, lsm_last_error());
+        return r == -EACCES ? LSM_RPC_E_ACCESS : LSM_RPC_E_FAILED;
+    }
+    return 0;
+}
+
+static int param_common(struct serve_work *w, json_object *p, char *msg)
+{
+    int r = lsm_rpc_param_uint(p, "bandwidth", false, UINT64_C(1) << 50, &w->bandwidth, msg);
+    return r < 0 ? r : 0;
+}
+
+static int check_generation(struct serve_work *w, json_object *p, const char *volume, char *msg)
+{
+    int r = lsm_rpc_param_uint(p, "generation", false, LSM_GENERATION_MAX, &w->gen, msg);
+    if (r < 0)
+        return r;
+    w->have_gen = r == 0;
+    if (!w->have_gen || w->resumed)
+        return 0;
+    uint64_t cur;
+    r = lsm_generation_get(volume, &cur);
+    if (r < 0) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "%s", lsm_last_error());
+        return LSM_RPC_E_FAILED;
+    }
+    if (cur != w->gen) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "%s has generation %" PRIu64 ", not the expected %" PRIu64,
+                 volume, cur, w->gen);
+        return LSM_RPC_E_GENERATION;
+    }
+    return 0;
+}
+
+static const char *const copy_known[] = {
+    "taskId", "source", "sourceFormat", "destination", "destinationFormat", "backing",
+    "backingFormat", "create", "forceShare", "bandwidth", "generation", "checksum", NULL,
+};
+static const char *const checksum_known[] = {
+    "taskId", "volume", "format", "algorithm", "blockSize", "forceShare", "bandwidth", NULL,
+};
+static const char *const clone_known[] = {
+    "taskId", "source", "format", "destinationDir", "destinationVg", "reuse", "bandwidth", NULL,
+};
+
+static int prepare_copy(struct serve_work *w, json_object *p, char *msg)
+{
+    P_OK(lsm_rpc_param_check_known(p, copy_known, msg));
+    P_OK(param_path(w->env, p, "source", true, &w->src, msg));
+    P_OK(param_format(p, "sourceFormat", true, &w->src_fmt, msg));
+    P_OK(param_path(w->env, p, "destination", false, &w->dst, msg));
+    P_OK(param_format(p, "destinationFormat", true, &w->dst_fmt, msg));
+    const char *b;
+    int r = lsm_rpc_param_string(p, "backing", false, &b, msg);
+    P_OK(r);
+    if (r == 0) {
+        if (!(w->backing = strdup(b)))
+            return LSM_RPC_INTERNAL_ERROR;
+        P_OK(param_format(p, "backingFormat", true, &w->backing_fmt, msg));
+        if (w->dst_fmt != LSM_FMT_QCOW2) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "\"backing\" needs destinationFormat \"qcow2\"");
+            return LSM_RPC_INVALID_PARAMS;
+        }
+    } else if (json_object_object_get_ex(p, "backingFormat", NULL)) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "\"backingFormat\" without \"backing\"");
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    w->create = true;
+    P_OK(lsm_rpc_param_bool(p, "create", false, &w->create, msg));
+    P_OK(lsm_rpc_param_bool(p, "forceShare", false, &w->force_share, msg));
+    json_object *c;
+    if (json_object_object_get_ex(p, "checksum", &c)) {
+#ifdef HAVE_LIBSODIUM
+        static const char *const algs[] = { "sha256", "blake2b", NULL };
+        int i;
+        if (json_object_is_type(c, json_type_boolean)) {
+            w->want_checksum = json_object_get_boolean(c);
+            w->alg = LSM_BLKHASH_SHA256;
+        } else {
+            P_OK(lsm_rpc_param_enum(p, "checksum", true, algs, &i, msg));
+            w->want_checksum = true;
+            enum lsm_blkhash_alg a;
+            lsm_blkhash_alg_parse(algs[i], &a);
+            w->alg = (int)a;
+        }
+#else
+        (void)c;
+        snprintf(msg, LSM_RPC_MSG_MAX, "\"checksum\": this lsm-sync was built without libsodium");
+        return LSM_RPC_INVALID_PARAMS;
+#endif
+    }
+    P_OK(param_common(w, p, msg));
+    P_OK(check_generation(w, p, w->dst, msg));
+    return 0;
+}
+
+static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
+{
+#ifdef HAVE_LIBSODIUM
+    P_OK(lsm_rpc_param_check_known(p, checksum_known, msg));
+    P_OK(param_path(w->env, p, "volume", true, &w->src, msg));
+    P_OK(param_format(p, "format", true, &w->src_fmt, msg));
+    static const char *const algs[] = { "sha256", "blake2b", NULL };
+    int i = 0;
+    P_OK(lsm_rpc_param_enum(p, "algorithm", false, algs, &i, msg));
+    enum lsm_blkhash_alg a;
+    lsm_blkhash_alg_parse(algs[i], &a);
+    w->alg = (int)a;
+    uint64_t bs = 0;
+    int r = lsm_rpc_param_uint(p, "blockSize", false, 1u << 30, &bs, msg);
+    P_OK(r);
+    if (r == 0 && (bs < 4096 || !is_pow2(bs))) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "\"blockSize\" must be a power of two of at least 4096");
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    w->block_size = (uint32_t)bs;
+    P_OK(lsm_rpc_param_bool(p, "forceShare", false, &w->force_share, msg));
+    P_OK(param_common(w, p, msg));
+    return 0;
+#else
+    (void)w;
+    (void)p;
+    (void)checksum_known;
+    snprintf(msg, LSM_RPC_MSG_MAX, "checksumVolume: this lsm-sync was built without libsodium");
+    return LSM_RPC_METHOD_NOT_FOUND;
+#endif
+}
+
+static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
+{
+    P_OK(lsm_rpc_param_check_known(p, clone_known, msg));
+    P_OK(param_path(w->env, p, "source", true, &w->src, msg));
+    P_OK(param_format(p, "format", true, &w->src_fmt, msg));
+    bool dir = json_object_object_get_ex(p, "destinationDir", NULL);
+    bool vg = json_object_object_get_ex(p, "destinationVg", NULL);
+    if (dir == vg) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "give exactly one of \"destinationDir\" and \"destinationVg\"");
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    if (dir) {
+        P_OK(param_path(w->env, p, "destinationDir", true, &w->dst_dir, msg));
+    } else {
+        const char *s;
+        P_OK(lsm_rpc_param_string(p, "destinationVg", true, &s, msg));
+        char *devpath = NULL;
+        if (asprintf(&devpath, "/dev/%s", s) < 0)
+            return LSM_RPC_INTERNAL_ERROR;
+        /* A VG's volumes are /dev/VG/LV: the roots must admit /dev/VG. */
+        bool ok = !strchr(s, '/') && lsm_confine_under(&w->env->confine, devpath);
+        free(devpath);
+        if (!ok) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "destinationVg: /dev/%.64s is outside the domain roots", s);
+            return LSM_RPC_E_ACCESS;
+        }
+        if (!(w->dst_vg = strdup(s)))
+            return LSM_RPC_INTERNAL_ERROR;
+    }
+    P_OK(lsm_rpc_param_bool(p, "reuse", false, &w->reuse, msg));
+    P_OK(param_common(w, p, msg));
+    return 0;
+}
+
+int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record *rec,
+                       bool resumed, struct serve_work **out, char *msg)
+{
+    struct serve_work *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "out of memory");
+        return LSM_RPC_INTERNAL_ERROR;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    w->env = env;
+    w->resumed = resumed;
+    w->have_created = rec->have_created;
+    w->created_dev = rec->created_dev;
+    w->created_ino = rec->created_ino;
+    int r;
+    snprintf(msg, LSM_RPC_MSG_MAX, "out of memory");
+    if (!strcmp(rec->method, "copyVolume")) {
+        w->method = M_COPY;
+        r = prepare_copy(w, rec->params, msg);
+    } else if (!strcmp(rec->method, "checksumVolume")) {
+        w->method = M_CHECKSUM;
+        r = prepare_checksum(w, rec->params, msg);
+    } else if (!strcmp(rec->method, "cloneImageStructure")) {
+        w->method = M_CLONE;
+        r = prepare_clone(w, rec->params, msg);
+    } else {
+        snprintf(msg, LSM_RPC_MSG_MAX, "%s is not available in this build", rec->method);
+        r = LSM_RPC_METHOD_NOT_FOUND;
+    }
+    if (r < 0) {
+        serve_work_free(w);
+        return r;
+    }
+    *out = w;
+    return 0;
+}
+
+/* ---- Running (the job's thread) ---- */
+
+/* Take bytes from the task's limiter (under the service's), sleeping in
+ * slices of at most 50 ms so that a cancel is seen at once. */
+static void throttle(struct lsm_job *job, uint64_t bytes)
+{
+    struct lsm_limiter *l = lsm_job_limiter(job);
+    while (bytes && !lsm_job_cancelled(job)) {
+        uint64_t chunk = MIN(bytes, 1 * MiB);
+        uint64_t wait = lsm_limiter_take(l, chunk, lsm_now_ns());
+        if (wait == 0) {
+            bytes -= chunk;
+            continue;
+        }
+        uint64_t ns = MIN(wait, 50ULL * 1000 * 1000);
+        struct timespec ts = { (time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void copy_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct serve_work *w = opaque;
+    const struct lsm_copy_stats *st = w->st;
+    struct lsm_job_progress p = {
+        .bytes_total = total,
+        .bytes_done = done,
+        .bytes_written = st->bytes_written,
+        .bytes_zeroed = st->bytes_zeroed,
+        .bytes_skipped = st->bytes_skipped,
+    };
+    /* The first progress comes after the destination is open (and, with
+     * create, made by this copy with O_EXCL): remember which file it is, so
+     * that a restart after a crash may replace it and nothing else. */
+    if (w->create && !w->created_known) {
+        struct stat sb;
+        if (stat(w->dst, &sb) == 0) {
+            pthread_mutex_lock(&w->mu);
+            w->out_dev = (uint64_t)sb.st_dev;
+            w->out_ino = (uint64_t)sb.st_ino;
+            w->created_known = true;
+            pthread_mutex_unlock(&w->mu);
+        }
+    }
+    lsm_job_progress(w->job, &p);
+    /* Bandwidth: the bytes moved since the last call (written data; zeroes
+     * and skips cost no bandwidth). */
+    uint64_t moved = st->bytes_written;
+    if (moved > w->throttled) {
+        uint64_t d = moved - w->throttled;
+        w->throttled = moved;
+        throttle(w->job, d);
+    }
+}
+
+static void copy_warn(void *opaque, const char *msg)
+{
+    (void)opaque;
+    (void)msg;      /* O_DIRECT refused and the like: the result says "direct" */
+}
+
+static int set_result(struct serve_work *w, json_object *res)
+{
+    if (!res)
+        return lsm_error(-ENOMEM, "out of memory");
+    pthread_mutex_lock(&w->mu);
+    if (w->result)
+        json_object_put(w->result);
+    w->result = res;
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+#ifdef HAVE_LIBSODIUM
+static int checksum_of(struct serve_work *w, const char *path, enum lsm_format fmt, unsigned flags,
+                       json_object **out)
+{
+    struct lsm_image *img = NULL;
+    int r = lsm_image_open(path, fmt, flags, &img);
+    if (r < 0)
+        return r;
+    struct lsm_checksum_opts co = { .alg = (enum lsm_blkhash_alg)w->alg, .block_size = w->block_size };
+    struct lsm_checksum_result res;
+    r = lsm_checksum_image(img, &co, &res);
+    lsm_image_close(img);
+    if (r < 0)
+        return r;
+    json_object *o = json_object_new_object();
+    if (!o)
+        return lsm_error(-ENOMEM, "out of memory");
+    json_object_object_add(o, "algorithm", json_object_new_string(lsm_blkhash_alg_name(res.alg)));
+    json_object_object_add(o, "block_size", json_object_new_int64(res.block_size));
+    json_object_object_add(o, "checksum", json_object_new_string(res.hex));
+    *out = o;
+    return 0;
+}
+#endif
+
+static int run_copy(struct lsm_job *job, struct serve_work *w)
+{
+    int r;
+    lsm_job_set_phase(job, "checking");
+    if (w->env->confine.n) {
+        r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt);
+        if (r < 0)
+            return r;
+        if (w->backing) {
+            /* The backing name is resolved as QEMU will: relative to dst. */
+            _cleanup_free_ char *bp = NULL;
+            if (w->backing[0] == '/') {
+                bp = strdup(w->backing);
+            } else {
+                const char *slash = strrchr(w->dst, '/');
+                if (asprintf(&bp, "%.*s/%s", (int)(slash - w->dst), w->dst, w->backing) < 0)
+                    bp = NULL;
+            }
+            if (!bp)
+                return lsm_error(-ENOMEM, "out of memory");
+            _cleanup_free_ char *res = NULL;
+            r = lsm_confine_path(&w->env->confine, bp, true, &res);
+            if (r < 0)
+                return r;
+        }
+    }
+    if (w->resumed && w->create) {
+        struct stat sb;
+        if (lstat(w->dst, &sb) == 0) {
+            if (!w->have_created || (uint64_t)sb.st_dev != w->created_dev
+                || (uint64_t)sb.st_ino != w->created_ino)
+                return lsm_error(-EEXIST, "%s exists and is not the file this task created "
+                                 "before the service stopped; nothing was changed", w->dst);
+            /* Ours, partly written by the interrupted run: made again. */
+            if (unlink(w->dst) < 0)
+                return lsm_error_errno(-errno, "cannot remove the partial %s", w->dst);
+        }
+    }
+    struct lsm_copy_stats st = { 0 };
+    struct lsm_copy_opts o = {
+        .src_path = w->src,
+        .src_fmt = w->src_fmt,
+        .dst_path = w->dst,
+        .dst_fmt = w->dst_fmt,
+        .backing = w->backing,
+        .backing_fmt = w->backing_fmt,
+        .no_create = !w->create,
+        .force_share = w->force_share,
+        .buffer_size = w->env->buffer_size,
+        .cancel = lsm_job_cancel_flag(job),
+        .progress = copy_progress,
+        .warn = copy_warn,
+        .opaque = w,
+    };
+    w->st = &st;
+    w->job = job;
+    lsm_job_set_phase(job, "copying");
+    r = lsm_copy(&o, &st);
+    w->st = NULL;
+    if (r < 0)
+        return r;
+    json_object *res = json_object_new_object();
+    if (!res)
+        return lsm_error(-ENOMEM, "out of memory");
+    json_object_object_add(res, "bytes_written", json_object_new_uint64(st.bytes_written));
+    json_object_object_add(res, "bytes_zeroed", json_object_new_uint64(st.bytes_zeroed));
+    json_object_object_add(res, "bytes_skipped", json_object_new_uint64(st.bytes_skipped));
+    json_object_object_add(res, "seconds", json_object_new_double(st.seconds));
+    json_object_object_add(res, "direct", json_object_new_boolean(st.direct));
+#ifdef HAVE_LIBSODIUM
+    if (w->want_checksum) {
+        lsm_job_set_phase(job, "checksum");
+        json_object *c = NULL;
+        r = checksum_of(w, w->dst, w->dst_fmt, 0, &c);
+        if (r < 0) {
+            json_object_put(res);
+            lsm_error_prefix("checksum of %s", w->dst);
+            return r;
+        }
+        json_object_object_add(res, "checksum", c);
+    }
+#endif
+    if (w->have_gen) {
+        r = lsm_generation_bump(w->dst, w->gen);
+        if (r < 0) {
+            json_object_put(res);
+            return r;
+        }
+        json_object_object_add(res, "generation", json_object_new_uint64(w->gen + 1));
+    }
+    struct lsm_job_progress p = {
+        .bytes_total = st.bytes_done, .bytes_done = st.bytes_done,
+        .bytes_written = st.bytes_written, .bytes_zeroed = st.bytes_zeroed,
+        .bytes_skipped = st.bytes_skipped,
+    };
+    lsm_job_progress(job, &p);
+    return set_result(w, res);
+}
+
+#ifdef HAVE_LIBSODIUM
+static int run_checksum(struct lsm_job *job, struct serve_work *w)
+{
+    lsm_job_set_phase(job, "checking");
+    if (w->env->confine.n) {
+        int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt);
+        if (r < 0)
+            return r;
+    }
+    lsm_job_set_phase(job, "checksum");
+    json_object *c = NULL;
+    int r = checksum_of(w, w->src, w->src_fmt, w->force_share ? LSM_OPEN_FORCE_SHARE : 0, &c);
+    if (r < 0)
+        return r;
+    return set_result(w, c);
+}
+#endif
+
+static int run_clone(struct lsm_job *job, struct serve_work *w)
+{
+    lsm_job_set_phase(job, "checking");
+    int r;
+    if (w->env->confine.n && (r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt)) < 0)
+        return r;
+    struct lsm_chain_desc src = { 0 };
+    struct lsm_jobfile jf = { 0 };
+    r = lsm_chain_describe(w->src, w->src_fmt, &src);
+    if (r < 0)
+        return r;
+    struct lsm_domain *dom = NULL;
+    r = lsm_domain_open(w->dst_vg ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE,
+                        w->dst_vg ? w->dst_vg : w->dst_dir, &dom);
+    if (r == 0) {
+        r = lsm_jobfile_for_domain(&src, dom, &jf);
+        lsm_domain_close(dom);
+    }
+    for (unsigned i = 0; r == 0 && i < jf.n; i++) {
+        _cleanup_free_ char *res = NULL;
+        r = lsm_confine_path(&w->env->confine, jf.v[i].dst_path, false, &res);
+    }
+    if (r == 0)
+        r = lsm_jobfile_check_destinations(&src, &jf);
+    if (r == 0) {
+        lsm_job_set_phase(job, "creating");
+        r = lsm_chain_clone(&src, &jf, w->reuse, lsm_job_cancel_flag(job));
+    }
+    json_object *res = NULL;
+    if (r == 0) {
+        res = json_object_new_object();
+        json_object *a = json_object_new_array();
+        json_object_object_add(res, "top", lsm_json_string(jf.v[0].dst_path));
+        for (unsigned i = 0; i < jf.n; i++) {
+            json_object *v = json_object_new_object();
+            json_object_object_add(v, "source", lsm_json_string(jf.v[i].src_path));
+            json_object_object_add(v, "path", lsm_json_string(jf.v[i].dst_path));
+            json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src.v[i].format)));
+            json_object_object_add(v, "type", json_object_new_string(
+                                       jf.v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
+            if (jf.v[i].dst_backing)
+                json_object_object_add(v, "backing", lsm_json_string(jf.v[i].dst_backing));
+            json_object_array_add(a, v);
+        }
+        json_object_object_add(res, "volumes", a);
+    }
+    lsm_chain_desc_free(&src);
+    lsm_jobfile_free(&jf);
+    if (r < 0)
+        return r;
+    return set_result(w, res);
+}
+
+int serve_work_run(struct lsm_job *job, void *arg)
+{
+    struct serve_work *w = arg;
+    w->job = job;
+    switch (w->method) {
+    case M_COPY:
+        return run_copy(job, w);
+#ifdef HAVE_LIBSODIUM
+    case M_CHECKSUM:
+        return run_checksum(job, w);
+#endif
+    case M_CLONE:
+        return run_clone(job, w);
+    default:
+        return lsm_error(-ENOSYS, "%s is not available in this build", serve_task_methods[w->method]);
+    }
+}
