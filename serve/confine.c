@@ -147,12 +147,15 @@ int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_for
                 lsm_error_prefix("external data file of %s", img->filename);
         }
         char *next = NULL;
-        if (r == 0 && img->backing_path) {
-            if (img->backing_fmt == LSM_FMT_AUTO)
+        if (r == 0 && img->backing_name) {
+            /* Resolved the way the chain's open resolves it. */
+            int err = 0;
+            next = lsm_resolve_backing(img->filename, img->backing_name, &err);
+            if (!next)
+                r = err < 0 ? err : -EINVAL;
+            else if (img->backing_fmt == LSM_FMT_AUTO)
                 r = lsm_error(-EINVAL, "%s: the backing file %s has no format in the image "
-                              "(the service does not probe formats)", img->filename, img->backing_path);
-            else if (!(next = strdup(img->backing_path)))
-                r = lsm_error(-ENOMEM, "out of memory");
+                              "(the service does not probe formats)", img->filename, next);
             fmt = img->backing_fmt;
         }
         lsm_image_close(img);

@@ -126,12 +126,20 @@ static int64_t now_s(void)
     return (int64_t)time(NULL);
 }
 
+/* A double with a fixed number of decimals in the JSON text. */
+static json_object *jdouble(double v, int decimals)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.*f", decimals, v);
+    return json_object_new_double_s(v, buf);
+}
+
 static json_object *progress_json(const struct lsm_job_status *st)
 {
     json_object *p = json_object_new_object();
     if (!p)
         return NULL;
-    json_object_object_add(p, "percent", json_object_new_double((double)(int64_t)(st->percent * 100) / 100));
+    json_object_object_add(p, "percent", jdouble(st->percent, 2));
     json_object_object_add(p, "bytes_done", json_object_new_uint64(st->progress.bytes_done));
     json_object_object_add(p, "bytes_total", json_object_new_uint64(st->progress.bytes_total));
     json_object_object_add(p, "bytes_written", json_object_new_uint64(st->progress.bytes_written));
@@ -139,9 +147,9 @@ static json_object *progress_json(const struct lsm_job_status *st)
     json_object_object_add(p, "bytes_skipped", json_object_new_uint64(st->progress.bytes_skipped));
     json_object_object_add(p, "bytes_redone", json_object_new_uint64(st->progress.bytes_redone));
     json_object_object_add(p, "rate", json_object_new_uint64((uint64_t)(st->rate > 0 ? st->rate : 0)));
-    json_object_object_add(p, "elapsed", json_object_new_double((double)(int64_t)(st->elapsed_s * 10) / 10));
+    json_object_object_add(p, "elapsed", jdouble(st->elapsed_s, 1));
     if (st->eta_s >= 0)
-        json_object_object_add(p, "time_left", json_object_new_double((double)(int64_t)(st->eta_s * 10) / 10));
+        json_object_object_add(p, "time_left", jdouble(st->eta_s, 1));
     return p;
 }
 
@@ -562,8 +570,8 @@ static void m_ping(struct server *s, struct client *c, const struct lsm_rpc_req 
 {
     json_object *res = json_object_new_object();
     json_object_object_add(res, "version", json_object_new_string(LSM_VERSION));
-    json_object_object_add(res, "uptime", json_object_new_double(
-                               (double)((lsm_now_ns() - s->start_ns) / 100000000ULL) / 10));
+    json_object_object_add(res, "uptime", jdouble(
+                               (double)(lsm_now_ns() - s->start_ns) / 1e9, 1));
     reply_result(s, c, rq, res);
 }
 

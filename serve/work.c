@@ -140,19 +140,25 @@ static int param_format(json_object *p, const char *name, bool required, enum ls
     return r;
 }
 
-/* Resolve and confine a path parameter; errors become RPC codes. */
-static int param_path(const struct serve_env *env, json_object *p, const char *name,
-                      bool must_exist, char **out, char *msg)
+/* A path parameter: a string holding an absolute path. */
+static int param_abs(json_object *p, const char *name, const char **out, char *msg)
 {
-    const char *s;
-    int r = lsm_rpc_param_string(p, name, true, &s, msg);
+    int r = lsm_rpc_param_string(p, name, true, out, msg);
     if (r)
         return r;
-    if (s[0] != '/') {
+    if ((*out)[0] != '/') {
         snprintf(msg, LSM_RPC_MSG_MAX, "parameter \"%s\" must be an absolute path", name);
         return LSM_RPC_INVALID_PARAMS;
     }
-    r = lsm_confine_path(&env->confine, s, must_exist, out);
+    return 0;
+}
+
+/* Resolve and confine a path parameter (after every type check); errors
+ * become RPC codes. */
+static int confine(const struct serve_env *env, const char *name, const char *path,
+                   bool must_exist, char **out, char *msg)
+{
+    int r = lsm_confine_path(&env->confine, path, must_exist, out);
     if (r < 0) {
         snprintf(msg, LSM_RPC_MSG_MAX, "%s: %s", name, lsm_last_error());
         return r == -EACCES ? LSM_RPC_E_ACCESS : LSM_RPC_E_FAILED;
@@ -166,16 +172,12 @@ static int param_common(struct serve_work *w, json_object *p, char *msg)
     return r < 0 ? r : 0;
 }
 
-static int check_generation(struct serve_work *w, json_object *p, const char *volume, char *msg)
+static int check_generation(struct serve_work *w, const char *volume, char *msg)
 {
-    int r = lsm_rpc_param_uint(p, "generation", false, LSM_GENERATION_MAX, &w->gen, msg);
-    if (r < 0)
-        return r;
-    w->have_gen = r == 0;
     if (!w->have_gen || w->resumed)
         return 0;
     uint64_t cur;
-    r = lsm_generation_get(volume, &cur);
+    int r = lsm_generation_get(volume, &cur);
     if (r < 0) {
         snprintf(msg, LSM_RPC_MSG_MAX, "%s", lsm_last_error());
         return LSM_RPC_E_FAILED;
@@ -201,10 +203,11 @@ static const char *const clone_known[] = {
 
 static int prepare_copy(struct serve_work *w, json_object *p, char *msg)
 {
+    const char *src, *dst;
     P_OK(lsm_rpc_param_check_known(p, copy_known, msg));
-    P_OK(param_path(w->env, p, "source", true, &w->src, msg));
+    P_OK(param_abs(p, "source", &src, msg));
     P_OK(param_format(p, "sourceFormat", true, &w->src_fmt, msg));
-    P_OK(param_path(w->env, p, "destination", false, &w->dst, msg));
+    P_OK(param_abs(p, "destination", &dst, msg));
     P_OK(param_format(p, "destinationFormat", true, &w->dst_fmt, msg));
     const char *b;
     int r = lsm_rpc_param_string(p, "backing", false, &b, msg);
@@ -246,15 +249,22 @@ static int prepare_copy(struct serve_work *w, json_object *p, char *msg)
 #endif
     }
     P_OK(param_common(w, p, msg));
-    P_OK(check_generation(w, p, w->dst, msg));
+    r = lsm_rpc_param_uint(p, "generation", false, LSM_GENERATION_MAX, &w->gen, msg);
+    P_OK(r);
+    w->have_gen = r == 0;
+    /* The types are right: now the file system. */
+    P_OK(confine(w->env, "source", src, true, &w->src, msg));
+    P_OK(confine(w->env, "destination", dst, false, &w->dst, msg));
+    P_OK(check_generation(w, w->dst, msg));
     return 0;
 }
 
 static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
 {
 #ifdef HAVE_LIBSODIUM
+    const char *vol;
     P_OK(lsm_rpc_param_check_known(p, checksum_known, msg));
-    P_OK(param_path(w->env, p, "volume", true, &w->src, msg));
+    P_OK(param_abs(p, "volume", &vol, msg));
     P_OK(param_format(p, "format", true, &w->src_fmt, msg));
     static const char *const algs[] = { "sha256", "blake2b", NULL };
     int i = 0;
@@ -272,6 +282,7 @@ static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
     w->block_size = (uint32_t)bs;
     P_OK(lsm_rpc_param_bool(p, "forceShare", false, &w->force_share, msg));
     P_OK(param_common(w, p, msg));
+    P_OK(confine(w->env, "volume", vol, true, &w->src, msg));
     return 0;
 #else
     (void)w;
@@ -284,35 +295,39 @@ static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
 
 static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
 {
+    const char *src, *dir = NULL, *vg = NULL;
     P_OK(lsm_rpc_param_check_known(p, clone_known, msg));
-    P_OK(param_path(w->env, p, "source", true, &w->src, msg));
+    P_OK(param_abs(p, "source", &src, msg));
     P_OK(param_format(p, "format", true, &w->src_fmt, msg));
-    bool dir = json_object_object_get_ex(p, "destinationDir", NULL);
-    bool vg = json_object_object_get_ex(p, "destinationVg", NULL);
-    if (dir == vg) {
+    bool has_dir = json_object_object_get_ex(p, "destinationDir", NULL);
+    bool has_vg = json_object_object_get_ex(p, "destinationVg", NULL);
+    if (has_dir == has_vg) {
         snprintf(msg, LSM_RPC_MSG_MAX, "give exactly one of \"destinationDir\" and \"destinationVg\"");
         return LSM_RPC_INVALID_PARAMS;
     }
-    if (dir) {
-        P_OK(param_path(w->env, p, "destinationDir", true, &w->dst_dir, msg));
-    } else {
-        const char *s;
-        P_OK(lsm_rpc_param_string(p, "destinationVg", true, &s, msg));
-        char *devpath = NULL;
-        if (asprintf(&devpath, "/dev/%s", s) < 0)
-            return LSM_RPC_INTERNAL_ERROR;
-        /* A VG's volumes are /dev/VG/LV: the roots must admit /dev/VG. */
-        bool ok = !strchr(s, '/') && lsm_confine_under(&w->env->confine, devpath);
-        free(devpath);
-        if (!ok) {
-            snprintf(msg, LSM_RPC_MSG_MAX, "destinationVg: /dev/%.64s is outside the domain roots", s);
-            return LSM_RPC_E_ACCESS;
-        }
-        if (!(w->dst_vg = strdup(s)))
-            return LSM_RPC_INTERNAL_ERROR;
-    }
+    if (has_dir)
+        P_OK(param_abs(p, "destinationDir", &dir, msg));
+    else
+        P_OK(lsm_rpc_param_string(p, "destinationVg", true, &vg, msg));
     P_OK(lsm_rpc_param_bool(p, "reuse", false, &w->reuse, msg));
     P_OK(param_common(w, p, msg));
+    P_OK(confine(w->env, "source", src, true, &w->src, msg));
+    if (dir) {
+        P_OK(confine(w->env, "destinationDir", dir, true, &w->dst_dir, msg));
+    } else {
+        char *devpath = NULL;
+        if (asprintf(&devpath, "/dev/%s", vg) < 0)
+            return LSM_RPC_INTERNAL_ERROR;
+        /* A VG's volumes are /dev/VG/LV: the roots must admit /dev/VG. */
+        bool ok = !strchr(vg, '/') && lsm_confine_under(&w->env->confine, devpath);
+        free(devpath);
+        if (!ok) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "destinationVg: /dev/%.64s is outside the domain roots", vg);
+            return LSM_RPC_E_ACCESS;
+        }
+        if (!(w->dst_vg = strdup(vg)))
+            return LSM_RPC_INTERNAL_ERROR;
+    }
     return 0;
 }
 
@@ -509,16 +524,28 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
     w->job = job;
     lsm_job_set_phase(job, "copying");
     r = lsm_copy(&o, &st);
+    /* Restarted after the service died: the kernel may drop the dead
+     * process's image locks a moment after it is gone (an io_uring holds
+     * its files until the ring is torn down), so a lock conflict is tried
+     * again for a few seconds before it counts. */
+    for (int i = 0; r == -EAGAIN && w->resumed && i < 20 && !lsm_job_cancelled(job); i++) {
+        struct timespec ts = { 0, 250 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        memset(&st, 0, sizeof st);
+        r = lsm_copy(&o, &st);
+    }
     w->st = NULL;
     if (r < 0)
         return r;
     json_object *res = json_object_new_object();
     if (!res)
         return lsm_error(-ENOMEM, "out of memory");
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", st.seconds);
     json_object_object_add(res, "bytes_written", json_object_new_uint64(st.bytes_written));
     json_object_object_add(res, "bytes_zeroed", json_object_new_uint64(st.bytes_zeroed));
     json_object_object_add(res, "bytes_skipped", json_object_new_uint64(st.bytes_skipped));
-    json_object_object_add(res, "seconds", json_object_new_double(st.seconds));
+    json_object_object_add(res, "seconds", json_object_new_double_s(st.seconds, secs));
     json_object_object_add(res, "direct", json_object_new_boolean(st.direct));
 #ifdef HAVE_LIBSODIUM
     if (w->want_checksum) {
