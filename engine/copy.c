@@ -24,12 +24,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "budget.h"
 #include "cleanup.h"
 #include "config.h"
 #include "copy.h"
 #include "module.h"
 #include "error.h"
 #include "fileid.h"
+#include "limiter.h"
 #include "lock.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
@@ -191,8 +193,11 @@ struct ctx {
     struct creq *held;          /* built, waiting for the rate limit */
     struct ioslot *backlog_head, *backlog_tail;
     unsigned in_flight;
-    struct lsm_ratelimit rl;
+    struct lsm_limiter *lim;    /* o->limiter, or own_lim */
+    struct lsm_limiter *own_lim;/* o->rate: private, under o->limiter */
     uint64_t rl_wait_ns;
+    uint64_t budget_reserved;   /* buffer bytes taken from the memory budget */
+    uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
 
     bool offload, offload_clone;
     int err;
@@ -223,10 +228,74 @@ static int record(struct ctx *c, uint64_t start, uint64_t len)
     return 0;
 }
 
+/* Progress by class for a job (lsm_copy_job_progress_fn).  st->bytes_done
+ * counts data requests completed, including the zero clusters found inside
+ * them, which st->bytes_zeroed counts too. */
+static void job_progress(struct ctx *c, bool final)
+{
+    if (!c->o->job_progress)
+        return;
+    const struct lsm_copy_stats *st = c->st;
+    uint64_t in_data_zero = st->bytes_zeroed - MIN(c->run_zeroed, st->bytes_zeroed);
+    struct lsm_job_progress p = {
+        .bytes_total = c->src ? c->src->size : 0,
+        .bytes_written = st->bytes_done - MIN(in_data_zero, st->bytes_done),
+        .bytes_zeroed = st->bytes_zeroed,
+        .bytes_skipped = st->bytes_skipped,
+    };
+    p.bytes_done = p.bytes_written + p.bytes_zeroed + p.bytes_skipped;
+    if (final && p.bytes_done < p.bytes_total) {
+        /* a physical copy does not visit the host ranges nothing uses */
+        p.bytes_skipped += p.bytes_total - p.bytes_done;
+        p.bytes_done = p.bytes_total;
+    }
+    if (p.bytes_total < p.bytes_done)
+        p.bytes_total = p.bytes_done;
+    c->o->job_progress(c->o->opaque, &p);
+}
+
 static void progress(struct ctx *c)
 {
     if (c->o->progress)
         c->o->progress(c->o->opaque, c->st->bytes_done, c->st->bytes_total);
+    job_progress(c, false);
+}
+
+/* The bandwidth limit: o->limiter (shared, its rate may change while we
+ * run) and o->rate (a private limiter under it). */
+static int limiter_setup(struct ctx *c)
+{
+    c->lim = c->o->limiter;
+    if (c->o->rate) {
+        int r = lsm_limiter_create(c->o->rate, c->o->limiter, &c->own_lim);
+        if (r < 0)
+            return lsm_error(r, "cannot create a rate limiter");
+        c->lim = c->own_lim;
+    }
+    return 0;
+}
+
+/* 0: len bytes may go now (taken); else nanoseconds to wait, at most 50 ms
+ * so that a changed limit and a cancel are seen soon. */
+static uint64_t limiter_wait(struct ctx *c, uint64_t len)
+{
+    uint64_t w = lsm_limiter_take(c->lim, len, lsm_now_ns());
+    return MIN(w, 50ULL * 1000 * 1000);
+}
+
+/* The buffer pool's memory, from the process-wide budget: at least one
+ * request, at most want. */
+static int budget_take(struct ctx *c, uint64_t want)
+{
+    c->budget_reserved = lsm_budget_reserve(c->rsize, MAX(want, c->rsize), c->rsize);
+    if (!c->budget_reserved) {
+        uint64_t used, total;
+        lsm_budget_usage(&used, &total);
+        return lsm_error(-ENOMEM, "the memory budget is exhausted: %" PRIu64 " of %" PRIu64
+                         " bytes in use, a copy needs at least %" PRIu64,
+                         used, total, c->rsize);
+    }
+    return 0;
 }
 
 /* Next run of a physical copy: the physical source's data extents (host
@@ -614,7 +683,7 @@ static void fill(struct ctx *c)
 {
     while (!c->err && !cancelled(c)) {
         if (c->held) {
-            uint64_t wait = lsm_ratelimit_take(&c->rl, c->held->len, lsm_now_ns());
+            uint64_t wait = limiter_wait(c, c->held->len);
             if (wait) {
                 c->rl_wait_ns = wait;
                 return;
@@ -634,6 +703,7 @@ static void fill(struct ctx *c)
             c->st->bytes_skipped += r->length;
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         case LSM_RUN_ZERO: {
             int ret = dst_zero(c->d, r->start, r->length);
@@ -643,10 +713,13 @@ static void fill(struct ctx *c)
             }
             if (c->d->reads_zero)
                 c->st->bytes_skipped += r->length;   /* nothing to do */
-            else
+            else {
                 c->st->bytes_zeroed += r->length;
+                c->run_zeroed += r->length;
+            }
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         }
         default:
@@ -654,9 +727,9 @@ static void fill(struct ctx *c)
         }
         if (c->offload && r->kind == LSM_RUN_DATA) {
             uint64_t len = r->length;
-            if (c->rl.rate) {
+            if (c->lim) {
                 len = MIN(len, c->rsize);
-                uint64_t wait = lsm_ratelimit_take(&c->rl, len, lsm_now_ns());
+                uint64_t wait = limiter_wait(c, len);
                 if (wait) {
                     c->rl_wait_ns = wait;
                     return;
@@ -676,7 +749,7 @@ static void fill(struct ctx *c)
             free_req(c, q);
             return;
         }
-        if (c->rl.rate) {
+        if (c->lim) {
             c->held = q;
             continue;
         }
@@ -1184,9 +1257,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     if (budget < c->rsize)
         budget = c->rsize;
-    c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
-    if (!c->max_active)
-        c->max_active = 1;
+    r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
+    if (r < 0)
+        goto out;
+    c->max_active = (unsigned)(c->budget_reserved / c->rsize);
     r = lsm_bufpool_create(c->max_active * c->rsize, c->rsize, 4096, &c->pool);
     if (r < 0)
         goto out;
@@ -1226,8 +1300,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->reqs[i].next = c->free_reqs;
         c->free_reqs = &c->reqs[i];
     }
-    if (o->rate)
-        lsm_ratelimit_init(&c->rl, o->rate, MAX(c->rsize, o->rate / 10), lsm_now_ns());
+    r = limiter_setup(c);
+    if (r < 0)
+        goto out;
     c->offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
     c->offload_clone = c->offload;
 
@@ -1314,6 +1389,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     r = record(c, 0, 0);   /* everything reported so far is durable */
     progress(c);
+    if (r == 0)
+        job_progress(c, true);
 
 out:
     if (r < 0 && !*lsm_last_error())
@@ -1322,6 +1399,8 @@ out:
         lsm_io_destroy(c->io);
     if (c->pool)
         lsm_bufpool_destroy(c->pool);
+    lsm_budget_release(c->budget_reserved);
+    lsm_limiter_free(c->own_lim);
     if (c->reqs)
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);
