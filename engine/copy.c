@@ -28,6 +28,9 @@
 #include "cleanup.h"
 #include "config.h"
 #include "copy.h"
+#ifdef HAVE_LIBSODIUM
+#include "copysum.h"
+#endif
 #include "module.h"
 #include "error.h"
 #include "fileid.h"
@@ -198,6 +201,7 @@ struct ctx {
     uint64_t rl_wait_ns;
     uint64_t budget_reserved;   /* buffer bytes taken from the memory budget */
     uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
+    struct lsm_copysum *sum;    /* opts.checksum */
 
     bool offload, offload_clone;
     int err;
@@ -296,6 +300,73 @@ static int budget_take(struct ctx *c, uint64_t want)
                          used, total, c->rsize);
     }
     return 0;
+}
+
+/* --checksum: the block hash of the guest view, fed with each request's
+ * buffer once its reads are complete and with each zero run. */
+static int checksum_check_opts(const struct lsm_copy_opts *o)
+{
+    if (!o->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    if (o->backing)
+        return lsm_error(-EINVAL, "--checksum needs a copy of the whole guest view: not with -B");
+    if (o->physical == LSM_PHYSICAL_ALWAYS)
+        return lsm_error(-EINVAL, "--checksum needs a guest-order copy: not with --physical");
+    return lsm_blkhash_check_block_size(o->checksum_block_size ? o->checksum_block_size
+                                                               : LSM_BLKHASH_DEFAULT_BLOCK);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
+static int checksum_setup(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->o->checksum)
+        return 0;
+    /* blocks in assembly: at most the two ends of each request in flight */
+    return lsm_copysum_new(c->o->checksum_alg,
+                           c->o->checksum_block_size ? c->o->checksum_block_size
+                                                     : LSM_BLKHASH_DEFAULT_BLOCK,
+                           c->src->size, 2 * c->max_active + 2, &c->sum);
+#else
+    return 0;
+#endif
+}
+
+static void checksum_feed(struct ctx *c, uint64_t start, const void *buf, uint64_t len)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum || c->err)
+        return;
+    int r = buf ? lsm_copysum_data(c->sum, start, buf, len) : lsm_copysum_zero(c->sum, start, len);
+    if (r < 0)
+        set_err(c, r);
+#endif
+}
+
+static int checksum_finish(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum)
+        return 0;
+    uint8_t d[LSM_BLKHASH_DIGEST_LEN];
+    int r = lsm_copysum_final(c->sum, d);
+    if (r < 0)
+        return r;
+    lsm_blkhash_hex(d, c->st->checksum);
+    c->st->checksummed = true;
+#endif
+    return 0;
+}
+
+static void checksum_free(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    lsm_copysum_free(c->sum);
+#endif
+    c->sum = NULL;
 }
 
 /* Next run of a physical copy: the physical source's data extents (host
@@ -495,6 +566,7 @@ static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
  * clusters or nothing. */
 static void start_writes(struct ctx *c, struct creq *q)
 {
+    checksum_feed(c, q->start, q->buf, q->len);
     q->writing = true;
     q->used = 0;
     const uint64_t none = UINT64_MAX;
@@ -717,6 +789,7 @@ static void fill(struct ctx *c)
                 c->st->bytes_zeroed += r->length;
                 c->run_zeroed += r->length;
             }
+            checksum_feed(c, r->start, NULL, r->length);   /* (reads as zero either way) */
             record(c, r->start, r->length);
             c->have_run = false;
             job_progress(c, false);
@@ -1005,6 +1078,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
     if (o->target_is_zero && !o->no_create)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
+    if ((r = checksum_check_opts(o)) < 0)
+        return r;
 
     c->src_name = o->src_path;
     if (lsm_is_nbd_uri(o->src_path)) {
@@ -1042,7 +1117,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
         physical = true;
-    } else if (o->physical == LSM_PHYSICAL_AUTO) {
+    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum) {
         r = physical_applies(o, img, false);
         if (r < 0)
             goto out;
@@ -1303,7 +1378,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = limiter_setup(c);
     if (r < 0)
         goto out;
-    c->offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
+    r = checksum_setup(c);
+    if (r < 0)
+        goto out;
+    c->offload = o->offload && !o->checksum && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
     c->offload_clone = c->offload;
 
     progress(c);
@@ -1314,6 +1392,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* Durable before success (and the source unchanged: for a physical
      * copy this also proves that the header written below is current). */
     r = src->ops->check(src);
+    if (r < 0)
+        goto out;
+    r = checksum_finish(c);
     if (r < 0)
         goto out;
     if (!d.w) {   /* (qcow2_writer_finish flushes the data before its header) */
@@ -1401,6 +1482,7 @@ out:
         lsm_bufpool_destroy(c->pool);
     lsm_budget_release(c->budget_reserved);
     lsm_limiter_free(c->own_lim);
+    checksum_free(c);
     if (c->reqs)
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);

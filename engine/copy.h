@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blkhash.h"
 #include "image.h"
 #include "io.h"
 #include "job.h"
@@ -206,6 +207,15 @@ struct lsm_copy_opts {
                                          may change while the copy runs */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
 
+    /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
+     * computes) of the guest view copied, from the buffers as the copy
+     * reads them.  Needs a copy of the whole guest view in guest order:
+     * refused with backing (-B) and with PHYSICAL_ALWAYS; AUTO then copies
+     * in guest order, and offload is not used.  Needs libsodium. */
+    bool checksum;
+    enum lsm_blkhash_alg checksum_alg;
+    uint32_t checksum_block_size;     /* 0: 4 MiB */
+
     unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
                                          (0: 30 s to connect, 60 s per request) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
@@ -232,6 +242,8 @@ struct lsm_copy_stats {
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
     bool src_busy;           /* on failure: another process holds the source for writing */
+    bool checksummed;        /* opts.checksum: checksum holds the digest (lower-case hex) */
+    char checksum[LSM_BLKHASH_HEX_LEN];
 };
 
 /* Run a copy.  Returns 0 (destination complete and durable) or -errno with
