@@ -24,12 +24,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "budget.h"
 #include "cleanup.h"
 #include "config.h"
 #include "copy.h"
+#ifdef HAVE_LIBSODIUM
+#include "copysum.h"
+#endif
 #include "module.h"
 #include "error.h"
 #include "fileid.h"
+#include "limiter.h"
 #include "lock.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
@@ -191,8 +196,12 @@ struct ctx {
     struct creq *held;          /* built, waiting for the rate limit */
     struct ioslot *backlog_head, *backlog_tail;
     unsigned in_flight;
-    struct lsm_ratelimit rl;
+    struct lsm_limiter *lim;    /* o->limiter, or own_lim */
+    struct lsm_limiter *own_lim;/* o->rate: private, under o->limiter */
     uint64_t rl_wait_ns;
+    uint64_t budget_reserved;   /* buffer bytes taken from the memory budget */
+    uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
+    struct lsm_copysum *sum;    /* opts.checksum */
 
     bool offload, offload_clone;
     int err;
@@ -223,10 +232,141 @@ static int record(struct ctx *c, uint64_t start, uint64_t len)
     return 0;
 }
 
+/* Progress by class for a job (lsm_copy_job_progress_fn).  st->bytes_done
+ * counts data requests completed, including the zero clusters found inside
+ * them, which st->bytes_zeroed counts too. */
+static void job_progress(struct ctx *c, bool final)
+{
+    if (!c->o->job_progress)
+        return;
+    const struct lsm_copy_stats *st = c->st;
+    uint64_t in_data_zero = st->bytes_zeroed - MIN(c->run_zeroed, st->bytes_zeroed);
+    struct lsm_job_progress p = {
+        .bytes_total = c->src ? c->src->size : 0,
+        .bytes_written = st->bytes_done - MIN(in_data_zero, st->bytes_done),
+        .bytes_zeroed = st->bytes_zeroed,
+        .bytes_skipped = st->bytes_skipped,
+    };
+    p.bytes_done = p.bytes_written + p.bytes_zeroed + p.bytes_skipped;
+    if (final && p.bytes_done < p.bytes_total) {
+        /* a physical copy does not visit the host ranges nothing uses */
+        p.bytes_skipped += p.bytes_total - p.bytes_done;
+        p.bytes_done = p.bytes_total;
+    }
+    if (p.bytes_total < p.bytes_done)
+        p.bytes_total = p.bytes_done;
+    c->o->job_progress(c->o->opaque, &p);
+}
+
 static void progress(struct ctx *c)
 {
     if (c->o->progress)
         c->o->progress(c->o->opaque, c->st->bytes_done, c->st->bytes_total);
+    job_progress(c, false);
+}
+
+/* The bandwidth limit: o->limiter (shared, its rate may change while we
+ * run) and o->rate (a private limiter under it). */
+static int limiter_setup(struct ctx *c)
+{
+    c->lim = c->o->limiter;
+    if (c->o->rate) {
+        int r = lsm_limiter_create(c->o->rate, c->o->limiter, &c->own_lim);
+        if (r < 0)
+            return lsm_error(r, "cannot create a rate limiter");
+        c->lim = c->own_lim;
+    }
+    return 0;
+}
+
+/* 0: len bytes may go now (taken); else nanoseconds to wait, at most 50 ms
+ * so that a changed limit and a cancel are seen soon. */
+static uint64_t limiter_wait(struct ctx *c, uint64_t len)
+{
+    uint64_t w = lsm_limiter_take(c->lim, len, lsm_now_ns());
+    return MIN(w, 50ULL * 1000 * 1000);
+}
+
+/* The buffer pool's memory, from the process-wide budget: at least one
+ * request, at most want. */
+static int budget_take(struct ctx *c, uint64_t want)
+{
+    c->budget_reserved = lsm_budget_reserve(c->rsize, MAX(want, c->rsize), c->rsize);
+    if (!c->budget_reserved) {
+        uint64_t used, total;
+        lsm_budget_usage(&used, &total);
+        return lsm_error(-ENOMEM, "the memory budget is exhausted: %" PRIu64 " of %" PRIu64
+                         " bytes in use, a copy needs at least %" PRIu64,
+                         used, total, c->rsize);
+    }
+    return 0;
+}
+
+/* --checksum: the block hash of the guest view, fed with each request's
+ * buffer once its reads are complete and with each zero run. */
+static int checksum_check_opts(const struct lsm_copy_opts *o)
+{
+    if (!o->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    if (o->backing)
+        return lsm_error(-EINVAL, "--checksum needs a copy of the whole guest view: not with -B");
+    if (o->physical == LSM_PHYSICAL_ALWAYS)
+        return lsm_error(-EINVAL, "--checksum needs a guest-order copy: not with --physical");
+    return lsm_blkhash_check_block_size(o->checksum_block_size ? o->checksum_block_size
+                                                               : LSM_BLKHASH_DEFAULT_BLOCK);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
+static int checksum_setup(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->o->checksum)
+        return 0;
+    /* blocks in assembly: at most the two ends of each request in flight */
+    return lsm_copysum_new(c->o->checksum_alg,
+                           c->o->checksum_block_size ? c->o->checksum_block_size
+                                                     : LSM_BLKHASH_DEFAULT_BLOCK,
+                           c->src->size, 2 * c->max_active + 2, &c->sum);
+#else
+    return 0;
+#endif
+}
+
+static void checksum_feed(struct ctx *c, uint64_t start, const void *buf, uint64_t len)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum || c->err)
+        return;
+    int r = buf ? lsm_copysum_data(c->sum, start, buf, len) : lsm_copysum_zero(c->sum, start, len);
+    if (r < 0)
+        set_err(c, r);
+#endif
+}
+
+static int checksum_finish(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum)
+        return 0;
+    uint8_t d[LSM_BLKHASH_DIGEST_LEN];
+    int r = lsm_copysum_final(c->sum, d);
+    if (r < 0)
+        return r;
+    lsm_blkhash_hex(d, c->st->checksum);
+    c->st->checksummed = true;
+#endif
+    return 0;
+}
+
+static void checksum_free(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    lsm_copysum_free(c->sum);
+#endif
+    c->sum = NULL;
 }
 
 /* Next run of a physical copy: the physical source's data extents (host
@@ -426,6 +566,7 @@ static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
  * clusters or nothing. */
 static void start_writes(struct ctx *c, struct creq *q)
 {
+    checksum_feed(c, q->start, q->buf, q->len);
     q->writing = true;
     q->used = 0;
     const uint64_t none = UINT64_MAX;
@@ -614,7 +755,7 @@ static void fill(struct ctx *c)
 {
     while (!c->err && !cancelled(c)) {
         if (c->held) {
-            uint64_t wait = lsm_ratelimit_take(&c->rl, c->held->len, lsm_now_ns());
+            uint64_t wait = limiter_wait(c, c->held->len);
             if (wait) {
                 c->rl_wait_ns = wait;
                 return;
@@ -634,6 +775,7 @@ static void fill(struct ctx *c)
             c->st->bytes_skipped += r->length;
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         case LSM_RUN_ZERO: {
             int ret = dst_zero(c->d, r->start, r->length);
@@ -643,10 +785,14 @@ static void fill(struct ctx *c)
             }
             if (c->d->reads_zero)
                 c->st->bytes_skipped += r->length;   /* nothing to do */
-            else
+            else {
                 c->st->bytes_zeroed += r->length;
+                c->run_zeroed += r->length;
+            }
+            checksum_feed(c, r->start, NULL, r->length);   /* (reads as zero either way) */
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         }
         default:
@@ -654,9 +800,9 @@ static void fill(struct ctx *c)
         }
         if (c->offload && r->kind == LSM_RUN_DATA) {
             uint64_t len = r->length;
-            if (c->rl.rate) {
+            if (c->lim) {
                 len = MIN(len, c->rsize);
-                uint64_t wait = lsm_ratelimit_take(&c->rl, len, lsm_now_ns());
+                uint64_t wait = limiter_wait(c, len);
                 if (wait) {
                     c->rl_wait_ns = wait;
                     return;
@@ -676,7 +822,7 @@ static void fill(struct ctx *c)
             free_req(c, q);
             return;
         }
-        if (c->rl.rate) {
+        if (c->lim) {
             c->held = q;
             continue;
         }
@@ -932,6 +1078,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
     if (o->target_is_zero && !o->no_create)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
+    if ((r = checksum_check_opts(o)) < 0)
+        return r;
 
     c->src_name = o->src_path;
     if (lsm_is_nbd_uri(o->src_path)) {
@@ -969,7 +1117,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
         physical = true;
-    } else if (o->physical == LSM_PHYSICAL_AUTO) {
+    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum) {
         r = physical_applies(o, img, false);
         if (r < 0)
             goto out;
@@ -1184,9 +1332,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     if (budget < c->rsize)
         budget = c->rsize;
-    c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
-    if (!c->max_active)
-        c->max_active = 1;
+    r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
+    if (r < 0)
+        goto out;
+    c->max_active = (unsigned)(c->budget_reserved / c->rsize);
     r = lsm_bufpool_create(c->max_active * c->rsize, c->rsize, 4096, &c->pool);
     if (r < 0)
         goto out;
@@ -1226,9 +1375,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->reqs[i].next = c->free_reqs;
         c->free_reqs = &c->reqs[i];
     }
-    if (o->rate)
-        lsm_ratelimit_init(&c->rl, o->rate, MAX(c->rsize, o->rate / 10), lsm_now_ns());
-    c->offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
+    r = limiter_setup(c);
+    if (r < 0)
+        goto out;
+    r = checksum_setup(c);
+    if (r < 0)
+        goto out;
+    c->offload = o->offload && !o->checksum && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
     c->offload_clone = c->offload;
 
     progress(c);
@@ -1239,6 +1392,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* Durable before success (and the source unchanged: for a physical
      * copy this also proves that the header written below is current). */
     r = src->ops->check(src);
+    if (r < 0)
+        goto out;
+    r = checksum_finish(c);
     if (r < 0)
         goto out;
     if (!d.w) {   /* (qcow2_writer_finish flushes the data before its header) */
@@ -1314,6 +1470,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     r = record(c, 0, 0);   /* everything reported so far is durable */
     progress(c);
+    if (r == 0)
+        job_progress(c, true);
 
 out:
     if (r < 0 && !*lsm_last_error())
@@ -1322,6 +1480,9 @@ out:
         lsm_io_destroy(c->io);
     if (c->pool)
         lsm_bufpool_destroy(c->pool);
+    lsm_budget_release(c->budget_reserved);
+    lsm_limiter_free(c->own_lim);
+    checksum_free(c);
     if (c->reqs)
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);

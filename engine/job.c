@@ -156,6 +156,11 @@ const char *lsm_job_kind(const struct lsm_job *job)
     return job->kind;
 }
 
+void *lsm_job_arg(struct lsm_job *job)
+{
+    return job->arg;
+}
+
 /* With mu held: bytes/s of bytes_done over the last RATE_WINDOW_NS to now. */
 static double rate_of(const struct lsm_job *j, uint64_t now)
 {

@@ -83,6 +83,8 @@ int lsm_job_create(const struct lsm_job_opts *o, lsm_job_fn fn, void *arg,
 int lsm_job_start(struct lsm_job *job);
 void lsm_job_get_status(struct lsm_job *job, struct lsm_job_status *st);
 const char *lsm_job_kind(const struct lsm_job *job);
+/* The arg given to lsm_job_create (for the code that made the job). */
+void *lsm_job_arg(struct lsm_job *job);
 /* Change the job's own limit while it runs (0: unlimited); takes effect on
  * the next request the job issues, within a second. */
 int lsm_job_set_rate_limit(struct lsm_job *job, uint64_t bytes_per_s);
