@@ -117,7 +117,8 @@ static int same_file(int fd, const char *resolved)
     return 0;
 }
 
-int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_format fmt)
+int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_format fmt,
+                      unsigned open_flags)
 {
     _cleanup_free_ char *path = strdup(top);
     if (!path)
@@ -133,7 +134,7 @@ int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_for
             return r;
         }
         struct lsm_image *img = NULL;
-        r = lsm_image_open(resolved, fmt, LSM_OPEN_NO_BACKING | LSM_OPEN_FORCE_SHARE, &img);
+        r = lsm_image_open(resolved, fmt, LSM_OPEN_NO_BACKING | LSM_OPEN_FORCE_SHARE | open_flags, &img);
         if (r < 0)
             return r;
         r = same_file(img->fd, resolved);

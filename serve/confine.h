@@ -39,8 +39,11 @@ int lsm_confine_path(const struct lsm_confine *c, const char *path, bool must_ex
                      char **resolved);
 /* Check every file of the chain under top (format fmt, explicit; each
  * backing layer's format must be written in its image, as the service does
- * not probe), opened read-only with force-share.  0, -EACCES, -EINVAL for
- * a backing file without a format, or the open's error. */
-int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_format fmt);
+ * not probe), opened read-only with force-share and open_flags (e.g.
+ * LSM_OPEN_INCOMPLETE_OK for a destination chain).  0, -EACCES, -EINVAL
+ * for a backing file without a format, or the open's error.  Without
+ * roots only the formats are checked. */
+int lsm_confine_chain(const struct lsm_confine *c, const char *top, enum lsm_format fmt,
+                      unsigned open_flags);
 
 #endif

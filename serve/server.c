@@ -583,8 +583,6 @@ static const char *const rpc_methods[] = {
 
 static bool method_available(const char *m)
 {
-    if (!strcmp(m, "syncImageData"))
-        return false;           /* needs the flows library's sync (docs/serve.md) */
 #ifndef HAVE_LIBSODIUM
     if (!strcmp(m, "checksumVolume"))
         return false;
@@ -604,6 +602,11 @@ static void m_capabilities(struct server *s, struct client *c, const struct lsm_
     json_object_array_add(a, json_object_new_string("raw"));
     json_object_array_add(a, json_object_new_string("qcow2"));
     json_object_object_add(res, "formats", a);
+    a = json_object_new_array();
+    json_object_array_add(a, json_object_new_string("ALL"));
+    json_object_array_add(a, json_object_new_string("INTERNAL"));
+    json_object_array_add(a, json_object_new_string("LEAF"));
+    json_object_object_add(res, "syncTypes", a);
 #ifdef HAVE_LIBSODIUM
     a = json_object_new_array();
     json_object_array_add(a, json_object_new_string("sha256"));

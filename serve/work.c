@@ -1,4 +1,5 @@
 /* The work of the service's tasks (work.h). */
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "limiter.h"
 #include "rpc.h"
 #include "store.h"
+#include "sync.h"
 #include "util.h"
 #include "work.h"
 #ifdef HAVE_LIBSODIUM
@@ -64,6 +66,7 @@ struct serve_work {
     uint64_t bandwidth;
     char *dst_dir, *dst_vg;      /* clone */
     bool reuse;
+    int sync_type;               /* enum lsm_sync_type */
 
     bool resumed;
     bool have_created;           /* the record's createdFile */
@@ -293,6 +296,35 @@ static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
 #endif
 }
 
+static const char *const sync_known[] = {
+    "taskId", "source", "format", "destination", "destinationFormat", "syncType", "bandwidth",
+    "generation", NULL,
+};
+
+static int prepare_sync(struct serve_work *w, json_object *p, char *msg)
+{
+    static const char *const types[] = { "ALL", "INTERNAL", "LEAF", NULL };
+    static const enum lsm_sync_type type_of[] = { LSM_SYNC_ALL, LSM_SYNC_INTERNAL, LSM_SYNC_LEAF };
+    const char *src, *dst;
+    int t;
+    P_OK(lsm_rpc_param_check_known(p, sync_known, msg));
+    P_OK(param_abs(p, "source", &src, msg));
+    P_OK(param_format(p, "format", true, &w->src_fmt, msg));
+    P_OK(param_abs(p, "destination", &dst, msg));
+    w->dst_fmt = w->src_fmt;
+    P_OK(param_format(p, "destinationFormat", false, &w->dst_fmt, msg));
+    P_OK(lsm_rpc_param_enum(p, "syncType", true, types, &t, msg));
+    w->sync_type = (int)type_of[t];
+    P_OK(param_common(w, p, msg));
+    int r = lsm_rpc_param_uint(p, "generation", false, LSM_GENERATION_MAX, &w->gen, msg);
+    P_OK(r);
+    w->have_gen = r == 0;
+    P_OK(confine(w->env, "source", src, true, &w->src, msg));
+    P_OK(confine(w->env, "destination", dst, true, &w->dst, msg));
+    P_OK(check_generation(w, w->dst, msg));
+    return 0;
+}
+
 static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
 {
     const char *src, *dir = NULL, *vg = NULL;
@@ -353,6 +385,9 @@ int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record
     } else if (!strcmp(rec->method, "checksumVolume")) {
         w->method = M_CHECKSUM;
         r = prepare_checksum(w, rec->params, msg);
+    } else if (!strcmp(rec->method, "syncImageData")) {
+        w->method = M_SYNC;
+        r = prepare_sync(w, rec->params, msg);
     } else if (!strcmp(rec->method, "cloneImageStructure")) {
         w->method = M_CLONE;
         r = prepare_clone(w, rec->params, msg);
@@ -370,35 +405,9 @@ int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record
 
 /* ---- Running (the job's thread) ---- */
 
-/* Take bytes from the task's limiter (under the service's), sleeping in
- * slices of at most 50 ms so that a cancel is seen at once. */
-static void throttle(struct lsm_job *job, uint64_t bytes)
-{
-    struct lsm_limiter *l = lsm_job_limiter(job);
-    while (bytes && !lsm_job_cancelled(job)) {
-        uint64_t chunk = MIN(bytes, 1 * MiB);
-        uint64_t wait = lsm_limiter_take(l, chunk, lsm_now_ns());
-        if (wait == 0) {
-            bytes -= chunk;
-            continue;
-        }
-        uint64_t ns = MIN(wait, 50ULL * 1000 * 1000);
-        struct timespec ts = { (time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL) };
-        nanosleep(&ts, NULL);
-    }
-}
-
-static void copy_progress(void *opaque, uint64_t done, uint64_t total)
+static void copy_progress(void *opaque, const struct lsm_job_progress *p)
 {
     struct serve_work *w = opaque;
-    const struct lsm_copy_stats *st = w->st;
-    struct lsm_job_progress p = {
-        .bytes_total = total,
-        .bytes_done = done,
-        .bytes_written = st->bytes_written,
-        .bytes_zeroed = st->bytes_zeroed,
-        .bytes_skipped = st->bytes_skipped,
-    };
     /* The first progress comes after the destination is open (and, with
      * create, made by this copy with O_EXCL): remember which file it is, so
      * that a restart after a crash may replace it and nothing else. */
@@ -412,15 +421,7 @@ static void copy_progress(void *opaque, uint64_t done, uint64_t total)
             pthread_mutex_unlock(&w->mu);
         }
     }
-    lsm_job_progress(w->job, &p);
-    /* Bandwidth: the bytes moved since the last call (written data; zeroes
-     * and skips cost no bandwidth). */
-    uint64_t moved = st->bytes_written;
-    if (moved > w->throttled) {
-        uint64_t d = moved - w->throttled;
-        w->throttled = moved;
-        throttle(w->job, d);
-    }
+    lsm_job_progress(w->job, p);
 }
 
 static void copy_warn(void *opaque, const char *msg)
@@ -471,7 +472,7 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
     int r;
     lsm_job_set_phase(job, "checking");
     if (w->env->confine.n) {
-        r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt);
+        r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
         if (r < 0)
             return r;
         if (w->backing) {
@@ -515,11 +516,20 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         .no_create = !w->create,
         .force_share = w->force_share,
         .buffer_size = w->env->buffer_size,
+        .limiter = lsm_job_limiter(job),
         .cancel = lsm_job_cancel_flag(job),
-        .progress = copy_progress,
+        .job_progress = copy_progress,
         .warn = copy_warn,
         .opaque = w,
     };
+#ifdef HAVE_LIBSODIUM
+    /* The checksum from the copy's own buffers; with a backing (one layer
+     * copied) the guest view is not all read, so it is a second pass. */
+    if (w->want_checksum && !w->backing) {
+        o.checksum = true;
+        o.checksum_alg = (enum lsm_blkhash_alg)w->alg;
+    }
+#endif
     w->st = &st;
     w->job = job;
     lsm_job_set_phase(job, "copying");
@@ -548,7 +558,13 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
     json_object_object_add(res, "seconds", json_object_new_double_s(st.seconds, secs));
     json_object_object_add(res, "direct", json_object_new_boolean(st.direct));
 #ifdef HAVE_LIBSODIUM
-    if (w->want_checksum) {
+    if (w->want_checksum && st.checksummed) {
+        json_object *c = json_object_new_object();
+        json_object_object_add(c, "algorithm", json_object_new_string(lsm_blkhash_alg_name((enum lsm_blkhash_alg)w->alg)));
+        json_object_object_add(c, "block_size", json_object_new_int64(LSM_BLKHASH_DEFAULT_BLOCK));
+        json_object_object_add(c, "checksum", json_object_new_string(st.checksum));
+        json_object_object_add(res, "checksum", c);
+    } else if (w->want_checksum) {
         lsm_job_set_phase(job, "checksum");
         json_object *c = NULL;
         r = checksum_of(w, w->dst, w->dst_fmt, 0, &c);
@@ -568,12 +584,6 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         }
         json_object_object_add(res, "generation", json_object_new_uint64(w->gen + 1));
     }
-    struct lsm_job_progress p = {
-        .bytes_total = st.bytes_done, .bytes_done = st.bytes_done,
-        .bytes_written = st.bytes_written, .bytes_zeroed = st.bytes_zeroed,
-        .bytes_skipped = st.bytes_skipped,
-    };
-    lsm_job_progress(job, &p);
     return set_result(w, res);
 }
 
@@ -582,7 +592,7 @@ static int run_checksum(struct lsm_job *job, struct serve_work *w)
 {
     lsm_job_set_phase(job, "checking");
     if (w->env->confine.n) {
-        int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt);
+        int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
         if (r < 0)
             return r;
     }
@@ -599,7 +609,7 @@ static int run_clone(struct lsm_job *job, struct serve_work *w)
 {
     lsm_job_set_phase(job, "checking");
     int r;
-    if (w->env->confine.n && (r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt)) < 0)
+    if (w->env->confine.n && (r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0)) < 0)
         return r;
     struct lsm_chain_desc src = { 0 };
     struct lsm_jobfile jf = { 0 };
@@ -648,6 +658,87 @@ static int run_clone(struct lsm_job *job, struct serve_work *w)
     return set_result(w, res);
 }
 
+/* The top of a chain is what the caller says it is: the sync opens it with
+ * its own probe, which must agree. */
+static int check_top_format(const char *path, enum lsm_format want)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return lsm_error_errno(-errno, "%s", path);
+    enum lsm_format got = LSM_FMT_AUTO;
+    int r = lsm_probe_format(fd, &got);
+    close(fd);
+    if (r < 0)
+        return r;
+    if (got != want)
+        return lsm_error(-EINVAL, "%s is %s, not %s as the request says", path,
+                         lsm_format_name(got), lsm_format_name(want));
+    return 0;
+}
+
+static int run_sync(struct lsm_job *job, struct serve_work *w)
+{
+    lsm_job_set_phase(job, "checking");
+    /* Every file of both chains under the roots, every backing format
+     * written in its image (nothing probed), the tops as the request says. */
+    int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
+    if (r == 0)
+        r = lsm_confine_chain(&w->env->confine, w->dst, w->dst_fmt, LSM_OPEN_INCOMPLETE_OK);
+    if (r == 0)
+        r = check_top_format(w->src, w->src_fmt);
+    if (r == 0)
+        r = check_top_format(w->dst, w->dst_fmt);
+    if (r < 0)
+        return r;
+    struct lsm_sync_opts so = {
+        .type = (enum lsm_sync_type)w->sync_type,
+        .src_top = w->src,
+        .dst_top = w->dst,
+        .limiter = lsm_job_limiter(job),
+        .cancel = lsm_job_cancel_flag(job),
+        .job = job,
+    };
+    so.copy.buffer_size = w->env->buffer_size;
+    struct lsm_sync_result res;
+    r = lsm_sync(&so, &res);
+    /* Restarted after the service died: locks the dead process's rings
+     * still hold (see run_copy). */
+    for (int i = 0; r == -EAGAIN && !res.started && w->resumed && i < 20 && !lsm_job_cancelled(job); i++) {
+        lsm_sync_result_free(&res);
+        struct timespec ts = { 0, 250 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        r = lsm_sync(&so, &res);
+    }
+    if (r < 0) {
+        lsm_sync_result_free(&res);
+        return r;
+    }
+    json_object *o = json_object_new_object(), *a = json_object_new_array();
+    json_object_object_add(o, "syncType", json_object_new_string(lsm_sync_type_name(res.type)));
+    json_object_object_add(o, "bytes_total", json_object_new_uint64(res.bytes_total));
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", res.seconds);
+    json_object_object_add(o, "seconds", json_object_new_double_s(res.seconds, secs));
+    for (unsigned i = 0; i < res.nvols; i++) {
+        json_object *v = json_object_new_object();
+        json_object_object_add(v, "source", lsm_json_string(res.v[i].src_path));
+        json_object_object_add(v, "destination", lsm_json_string(res.v[i].dst_path));
+        json_object_object_add(v, "bytes_written", json_object_new_uint64(res.v[i].st.bytes_written));
+        json_object_array_add(a, v);
+    }
+    json_object_object_add(o, "volumes", a);
+    lsm_sync_result_free(&res);
+    if (w->have_gen) {
+        r = lsm_generation_bump(w->dst, w->gen);
+        if (r < 0) {
+            json_object_put(o);
+            return r;
+        }
+        json_object_object_add(o, "generation", json_object_new_uint64(w->gen + 1));
+    }
+    return set_result(w, o);
+}
+
 int serve_work_run(struct lsm_job *job, void *arg)
 {
     struct serve_work *w = arg;
@@ -661,7 +752,9 @@ int serve_work_run(struct lsm_job *job, void *arg)
 #endif
     case M_CLONE:
         return run_clone(job, w);
+    case M_SYNC:
+        return run_sync(job, w);
     default:
-        return lsm_error(-ENOSYS, "%s is not available in this build", serve_task_methods[w->method]);
+        return lsm_error(-ENOSYS, "this method is not available in this build");
     }
 }
