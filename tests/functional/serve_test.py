@@ -631,6 +631,53 @@ def scenario_restart(w):
     check(st["state"] == "failed" and st["error"]["name"] == "EEXIST",
           "after a restart, a destination that is not the file the task created is left alone (EEXIST)")
     check(open(os.path.join(w, "race.raw")).read() == "someone else's file\n", "and its content is untouched")
+    # SIGKILL mid-sync: a 3-layer chain, its structure cloned by the service
+    sd, dd = os.path.join(w, "sd"), os.path.join(w, "dd")
+    os.makedirs(sd)
+    os.makedirs(dd)
+    base = os.path.join(sd, "base.raw")
+    run("qemu-img", "create", "-q", "-f", "raw", base, str(512 * MiB))
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x61 0 64M", base)
+    mid = os.path.join(sd, "mid.qcow2")
+    make_qcow2(mid, 512 * MiB, [(0x62, 32 * MiB, 64 * MiB)], backing="base.raw", backing_fmt="raw")
+    top = os.path.join(sd, "top.qcow2")
+    make_qcow2(top, 512 * MiB, [(0x63, 256 * MiB, 64 * MiB)], backing="mid.qcow2", backing_fmt="qcow2")
+    r = c3.call("cloneImageStructure", {"source": top, "format": "qcow2", "destinationDir": dd})
+    check(c3.wait(r["taskId"])["state"] == "finished", "cloneImageStructure of a 3-layer chain")
+    dtop = os.path.join(dd, "top.qcow2")
+    r = c3.call("syncImageData", {"source": top, "destination": dtop, "syncType": "ALL", "format": "qcow2",
+                                  "bandwidth": 32 * MiB, "generation": 0, "taskId": "sync-kill"})
+    time.sleep(1.5)
+    st = c3.status("sync-kill")
+    check(st["state"] == "running" and 0 < st["progress"]["bytes_written"], "mid-sync: %d bytes written" % st["progress"]["bytes_written"])
+    svc.kill()
+    c4 = svc.start()
+    st = c4.status("sync-kill")
+    check(st["state"] == "running" and st["runs"] == 2, "after SIGKILL and restart the sync runs again")
+    c4.call("setTaskBandwidth", {"taskId": "sync-kill", "bandwidth": 0})
+    st = c4.wait("sync-kill", 120)
+    check(st["state"] == "finished" and len(st["result"]["volumes"]) == 3 and st["result"]["generation"] == 1,
+          "the sync finished: 3 volumes, generation 1")
+    same, out = qemu_compare(top, "qcow2", dtop, "qcow2")
+    check(same, "qemu-img compare of the chains' guest views: identical")
+    for name, fmt in (("mid.qcow2", "qcow2"), ("base.raw", "raw")):
+        same, out = qemu_compare(os.path.join(sd, name), fmt, os.path.join(dd, name), fmt)
+        if not same:
+            fail("layer %s: %s" % (name, out))
+    ok("and layer by layer (mid, base)")
+    for name in ("top.qcow2", "mid.qcow2"):
+        chk = subprocess.run(["qemu-img", "check", os.path.join(dd, name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if chk.returncode != 0:
+            fail("qemu-img check %s: %s" % (name, chk.stdout))
+    ok("qemu-img check: the destination layers are clean")
+    e = c4.error("syncImageData", {"source": top, "destination": dtop, "syncType": "ALL", "format": "qcow2", "generation": 0})
+    check(e["code"] == -32002, "syncImageData with a stale generation: -32002")
+    e = c4.error("syncImageData", {"source": top, "destination": dtop, "syncType": "SOME", "format": "qcow2"})
+    check(e["code"] == -32602, "an unknown syncType: -32602")
+    r = c4.call("syncImageData", {"source": top, "destination": dtop, "syncType": "LEAF", "format": "raw"})
+    st = c4.wait(r["taskId"])
+    check(st["state"] == "failed" and "not raw" in st["error"]["message"], "a format the image does not have: the task fails, nothing probed")
+
     # a second service on the same state directory is refused
     p = subprocess.run([LSM, "serve", "--socket", os.path.join(w, "s2.sock"), "--state-dir", svc.state],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=10)
