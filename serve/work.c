@@ -77,9 +77,8 @@ struct serve_work {
     uint64_t out_dev, out_ino;
     json_object *result;
 
-    /* The copy's thread only. */
-    struct lsm_copy_stats *st;
-    uint64_t throttled;          /* bytes already taken from the limiter */
+    /* The job's thread only. */
+    uint64_t throttled;          /* checksum: bytes read already taken from the limiter */
 };
 
 void serve_work_free(void *arg)
@@ -443,6 +442,36 @@ static int set_result(struct serve_work *w, json_object *res)
 }
 
 #ifdef HAVE_LIBSODIUM
+/* Take bytes from the task's limiter (under the service's), sleeping in
+ * slices of at most 50 ms so that a cancel is seen at once. */
+static void throttle(struct lsm_job *job, uint64_t bytes)
+{
+    struct lsm_limiter *l = lsm_job_limiter(job);
+    while (bytes && !lsm_job_cancelled(job)) {
+        uint64_t chunk = MIN(bytes, 1 * MiB);
+        uint64_t wait = lsm_limiter_take(l, chunk, lsm_now_ns());
+        if (wait == 0) {
+            bytes -= chunk;
+            continue;
+        }
+        uint64_t ns = MIN(wait, 50ULL * 1000 * 1000);
+        struct timespec ts = { (time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void checksum_progress(void *opaque, uint64_t done, uint64_t total, uint64_t bytes_read)
+{
+    struct serve_work *w = opaque;
+    struct lsm_job_progress p = { .bytes_total = total, .bytes_done = done, .bytes_skipped = done };
+    lsm_job_progress(w->job, &p);
+    if (bytes_read > w->throttled) {
+        uint64_t d = bytes_read - w->throttled;
+        w->throttled = bytes_read;
+        throttle(w->job, d);
+    }
+}
+
 static int checksum_of(struct serve_work *w, const char *path, enum lsm_format fmt, unsigned flags,
                        json_object **out)
 {
@@ -450,7 +479,14 @@ static int checksum_of(struct serve_work *w, const char *path, enum lsm_format f
     int r = lsm_image_open(path, fmt, flags, &img);
     if (r < 0)
         return r;
-    struct lsm_checksum_opts co = { .alg = (enum lsm_blkhash_alg)w->alg, .block_size = w->block_size };
+    struct lsm_checksum_opts co = {
+        .alg = (enum lsm_blkhash_alg)w->alg,
+        .block_size = w->block_size,
+        .cancel = lsm_job_cancel_flag(w->job),
+        .progress = checksum_progress,
+        .opaque = w,
+    };
+    w->throttled = 0;
     struct lsm_checksum_result res;
     r = lsm_checksum_image(img, &co, &res);
     lsm_image_close(img);
@@ -530,7 +566,6 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         o.checksum_alg = (enum lsm_blkhash_alg)w->alg;
     }
 #endif
-    w->st = &st;
     w->job = job;
     lsm_job_set_phase(job, "copying");
     r = lsm_copy(&o, &st);
@@ -544,7 +579,6 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         memset(&st, 0, sizeof st);
         r = lsm_copy(&o, &st);
     }
-    w->st = NULL;
     if (r < 0)
         return r;
     json_object *res = json_object_new_object();

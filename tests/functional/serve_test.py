@@ -302,6 +302,16 @@ def scenario_tasks(w):
         ref = run(LSM, "checksum", "-f", "qcow2", "--output=json", srcs[0]).stdout
         check(st["state"] == "finished" and st["result"]["checksum"] == json.loads(ref)["checksum"],
               "checksumVolume gives the checksum of `lsm-sync checksum`")
+        r = c.call("checksumVolume", {"volume": big, "format": "qcow2", "bandwidth": 32 * MiB})
+        time.sleep(1.0)
+        st = c.status(r["taskId"])
+        p = st["progress"]
+        check(st["state"] == "running" and 0 < p["bytes_done"] < p["bytes_total"],
+              "a throttled checksumVolume reports progress (%.1f%%)" % p["percent"])
+        t1 = time.time()
+        c.call("stopTask", {"taskId": r["taskId"]})
+        st = c.wait(r["taskId"], 5)
+        check(st["state"] == "aborted" and time.time() - t1 < 1.0, "and stops within a second")
         r = c.call("copyVolume", copy_params(srcs[1], os.path.join(w, "ck.raw"), checksum="sha256"))
         st = c.wait(r["taskId"])
         ref = json.loads(run(LSM, "checksum", "-f", "qcow2", "--output=json", srcs[1]).stdout)["checksum"]
