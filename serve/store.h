@@ -59,8 +59,10 @@ void lsm_store_close(struct lsm_store *s);
 int lsm_store_write(struct lsm_store *s, const struct lsm_task_record *r);
 /* Remove ID's record (and make the removal durable).  Absent: 0. */
 int lsm_store_remove(struct lsm_store *s, const char *id);
-/* Call fn for every record, in no order.  A record that cannot be read or
- * parsed is passed to bad (its name and the message) and left in place. */
+/* Call fn for every record, in no order; fn takes over the record's
+ * members (free them with lsm_task_record_free).  A record that cannot be
+ * read or parsed is passed to bad (its name and the message) and left in
+ * place. */
 int lsm_store_load(struct lsm_store *s,
                    void (*fn)(void *opaque, struct lsm_task_record *r),
                    void (*bad)(void *opaque, const char *name, const char *msg), void *opaque);

@@ -9,6 +9,12 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "confine.h"
 #include "generation.h"
 #include "rpc.h"
 #include "store.h"
@@ -203,6 +209,159 @@ static void test_generation_parse(void **state)
     assert_int_equal(lsm_generation_parse("9007199254740993", 16, &g), -EINVAL);
 }
 
+static char tmpdir[256];
+
+struct loaded { int n, bad; enum lsm_job_state state; int error; };
+
+static void load_cb(void *o, struct lsm_task_record *rec)
+{
+    struct loaded *l = o;
+    l->n++;
+    l->state = rec->state;
+    l->error = rec->error;
+    lsm_task_record_free(rec);
+}
+
+static void bad_cb(void *o, const char *name, const char *msg)
+{
+    struct loaded *l = o;
+    (void)name;
+    assert_non_null(msg);
+    l->bad++;
+}
+
+static int setup_tmp(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test-serve.XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    return 0;
+}
+
+static int teardown_tmp(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void touch(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    assert_true(fd >= 0);
+    close(fd);
+}
+
+static void test_confine(void **state)
+{
+    (void)state;
+    char root[300], out[300], p[400];
+    snprintf(root, sizeof root, "%s/root", tmpdir);
+    snprintf(out, sizeof out, "%s/out", tmpdir);
+    assert_int_equal(mkdir(root, 0755), 0);
+    assert_int_equal(mkdir(out, 0755), 0);
+    struct lsm_confine c = { 0 };
+    assert_true(lsm_confine_under(&c, "/anything"));          /* no roots */
+    assert_int_equal(lsm_confine_add_root(&c, root), 0);
+    snprintf(p, sizeof p, "%s/no-such-dir", tmpdir);
+    assert_int_equal(lsm_confine_add_root(&c, p), -ENOENT);
+    assert_true(lsm_confine_under(&c, c.roots[0]));
+    snprintf(p, sizeof p, "%s/a", c.roots[0]);
+    assert_true(lsm_confine_under(&c, p));
+    snprintf(p, sizeof p, "%sx/a", c.roots[0]);               /* root + suffix is not under it */
+    assert_false(lsm_confine_under(&c, p));
+    assert_false(lsm_confine_under(&c, "/"));
+
+    char *r = NULL;
+    snprintf(p, sizeof p, "%s/new.raw", root);                /* to be created */
+    assert_int_equal(lsm_confine_path(&c, p, false, &r), 0);
+    free(r);
+    assert_int_equal(lsm_confine_path(&c, p, true, &r), -ENOENT);
+    snprintf(p, sizeof p, "%s/../out/x.raw", root);           /* .. out of the root */
+    assert_int_equal(lsm_confine_path(&c, p, false, &r), -EACCES);
+    char f[400], l[400];
+    snprintf(f, sizeof f, "%s/file", out);
+    touch(f);
+    snprintf(l, sizeof l, "%s/link", root);                   /* a symlink to outside */
+    assert_int_equal(symlink(f, l), 0);
+    assert_int_equal(lsm_confine_path(&c, l, true, &r), -EACCES);
+    snprintf(l, sizeof l, "%s/dangling", root);
+    snprintf(f, sizeof f, "%s/not-yet", out);
+    assert_int_equal(symlink(f, l), 0);
+    assert_int_equal(lsm_confine_path(&c, l, false, &r), -EACCES);
+    snprintf(f, sizeof f, "%s/in", root);
+    touch(f);
+    snprintf(l, sizeof l, "%s/link-in", root);
+    assert_int_equal(symlink("in", l), 0);
+    assert_int_equal(lsm_confine_path(&c, l, true, &r), 0);   /* resolves to root/in */
+    assert_non_null(strstr(r, "/root/in"));
+    free(r);
+    lsm_confine_free(&c);
+}
+
+static void test_store(void **state)
+{
+    (void)state;
+    char dir[300], p[400];
+    snprintf(dir, sizeof dir, "%s/state", tmpdir);
+    struct lsm_store *st = NULL;
+    assert_int_equal(lsm_store_open(dir, &st), 0);
+    struct lsm_task_record r = { .state = LSM_JOB_FINISHED, .runs = 1 };
+    strcpy(r.id, "t-1");
+    strcpy(r.method, "ping");
+    r.params = json_object_new_object();
+    assert_int_equal(lsm_store_write(st, &r), 0);
+    r.state = LSM_JOB_FAILED;                                 /* replaced, not added */
+    r.error = -EIO;
+    assert_int_equal(lsm_store_write(st, &r), 0);
+    lsm_store_close(st);
+    /* a leftover temporary file is removed at open; a bad record is left */
+    snprintf(p, sizeof p, "%s/tasks/.t-2.json.tmp", dir);
+    touch(p);
+    snprintf(p, sizeof p, "%s/tasks/bad.json", dir);
+    FILE *fp = fopen(p, "w");
+    fputs("{\"version\":1}", fp);
+    fclose(fp);
+    assert_int_equal(lsm_store_open(dir, &st), 0);
+    snprintf(p, sizeof p, "%s/tasks/.t-2.json.tmp", dir);
+    assert_int_equal(access(p, F_OK), -1);
+    struct loaded got = { 0 };
+    assert_int_equal(lsm_store_load(st, load_cb, bad_cb, &got), 0);
+    assert_int_equal(got.n, 1);
+    assert_int_equal(got.bad, 1);
+    assert_int_equal(got.state, LSM_JOB_FAILED);
+    assert_int_equal(got.error, -EIO);
+    assert_int_equal(lsm_store_remove(st, "t-1"), 0);
+    assert_int_equal(lsm_store_remove(st, "t-1"), 0);          /* absent: fine */
+    snprintf(p, sizeof p, "%s/tasks/t-1.json", dir);
+    assert_int_equal(access(p, F_OK), -1);
+    lsm_store_close(st);
+    lsm_task_record_free(&r);
+}
+
+static void test_generation_file(void **state)
+{
+    (void)state;
+    char v[300], g[320];
+    snprintf(v, sizeof v, "%s/vol.raw", tmpdir);
+    snprintf(g, sizeof g, "%s.generation", v);
+    uint64_t gen = 99;
+    assert_int_equal(lsm_generation_get(v, &gen), 0);          /* no volume, no file: 0 */
+    assert_int_equal(gen, 0);
+    touch(v);
+    assert_int_equal(lsm_generation_bump(v, 1), -ESTALE);
+    assert_int_equal(access(g, F_OK), -1);
+    assert_int_equal(lsm_generation_bump(v, 0), 0);
+    assert_int_equal(lsm_generation_get(v, &gen), 0);
+    assert_int_equal(gen, 1);
+    FILE *fp = fopen(g, "w");
+    fputs("x\n", fp);
+    fclose(fp);
+    assert_int_equal(lsm_generation_get(v, &gen), -EINVAL);
+    assert_int_equal(lsm_generation_get("/dev/null", &gen), -ENOTSUP);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -213,6 +372,9 @@ int main(void)
         cmocka_unit_test(test_task_id),
         cmocka_unit_test(test_record_roundtrip),
         cmocka_unit_test(test_generation_parse),
+        cmocka_unit_test_setup_teardown(test_confine, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_store, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_generation_file, setup_tmp, teardown_tmp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

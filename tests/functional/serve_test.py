@@ -10,6 +10,7 @@ Every check raises on failure (exit 1); "ok N - what" lines say what passed.
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -348,10 +349,49 @@ def scenario_tasks(w):
     check(rc == 0, "SIGTERM stops the service with exit 0")
     check(not os.path.exists(svc.sock), "the service removes its socket")
 
+    # socket activation: the listening socket from LISTEN_FDS (systemd-socket-activate)
+    sa = shutil.which("systemd-socket-activate")
+    if sa:
+        asock = os.path.join(w, "act.sock")
+        p = subprocess.Popen([sa, "-l", asock, LSM, "serve", "--state-dir", os.path.join(w, "state2")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if os.path.exists(asock):
+                    break
+                time.sleep(0.05)
+            k = Client(asock)
+            check(k.call("ping")["version"], "socket activation: the service answers on the socket it was given")
+            caps = k.call("getCapabilities")
+            check(caps["persistent"], "and keeps its records")
+            k.close()
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=20)
+    else:
+        print("# systemd-socket-activate not installed: socket activation not tried")
+    # the units as shipped
+    an = shutil.which("systemd-analyze")
+    unit_dir = os.path.join(os.environ.get("BUILD_DIR", ""), "serve")
+    if an and os.path.exists(os.path.join(unit_dir, "lsm-sync.service")):
+        vd = os.path.join(w, "units")
+        os.makedirs(vd)
+        for u in ("lsm-sync.service", "lsm-sync.socket"):
+            src = os.path.join(unit_dir if u.endswith("service") else os.environ["SOURCE_DIR"] + "/serve", u)
+            text = open(src).read()
+            text = text.replace(text.split("ExecStart=")[1].split()[0], LSM) if "ExecStart=" in text else text
+            open(os.path.join(vd, u), "w").write(text)
+        r = subprocess.run([an, "verify", os.path.join(vd, "lsm-sync.socket"), os.path.join(vd, "lsm-sync.service")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        problems = [l for l in r.stdout.splitlines() if "lsm-sync" in l and "Command 'man " not in l]
+        check(not problems, "systemd-analyze verify: the units are clean (%s)" % "; ".join(problems))
+    else:
+        print("# systemd-analyze not installed: the units not verified")
+
 
 def scenario_robust(w):
     """Malformed, oversized and random requests while tasks run."""
-    svc = Service(w, "--max-request", "65536")
+    svc = Service(w, "--max-request", "65536", "--stall-timeout", "2")
     c = svc.start()
     try:
         srcs, ids = [], []
@@ -462,6 +502,14 @@ def scenario_robust(w):
             if not same:
                 fail("%s: %s" % (d, out))
         ok("both tasks finished, destinations identical (qemu-img compare)")
+        # liveness: a task that makes no progress fails with a reason
+        stall_src = os.path.join(w, "stall.qcow2")
+        make_qcow2(stall_src, 64 * MiB, [(0x70, 0, 16 * MiB)])
+        r = c.call("checksumVolume", {"volume": stall_src, "format": "qcow2", "bandwidth": 1})
+        t1 = time.time()
+        st = c.wait(r["taskId"], 10)
+        check(st["state"] == "failed" and st["error"]["name"] == "ETIMEDOUT" and "no progress" in st["error"]["message"],
+              "a task held at 1 byte/s fails after --stall-timeout 2 with ETIMEDOUT (%.1f s)" % (time.time() - t1))
         # many clients at once
         cs = [Client(svc.sock) for _ in range(50)]
         for k in cs:
