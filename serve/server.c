@@ -67,6 +67,7 @@ struct server {
     struct lsm_store *store;
     struct serve_env env;
     struct lsm_limiter *global;
+    char *journal_dir;
     struct task *tasks;
     struct client *clients;
     unsigned nclients;
@@ -154,10 +155,10 @@ static json_object *progress_json(const struct lsm_job_status *st)
 }
 
 /* Start (or restart) the work of t.  0, or an RPC code with msg. */
-static int start_task(struct server *s, struct task *t, bool resumed, char *msg)
+static int start_task(struct server *s, struct task *t, bool resumed, bool check_gen, char *msg)
 {
     struct serve_work *w = NULL;
-    int code = serve_work_prepare(&s->env, &t->rec, resumed, &w, msg);
+    int code = serve_work_prepare(&s->env, &t->rec, resumed, check_gen, &w, msg);
     if (code < 0)
         return code;
     if (!resumed)
@@ -205,11 +206,10 @@ static void watch_task(struct server *s, struct task *t, uint64_t now)
 {
     if (!t->job)
         return;
-    uint64_t dev, ino;
-    if (serve_work_take_created(t->work, &dev, &ino)) {
+    struct lsm_created_file f;
+    if (serve_work_take_created(t->work, &f)) {
         t->rec.have_created = true;
-        t->rec.created_dev = dev;
-        t->rec.created_ino = ino;
+        t->rec.created_file = f;
         persist(s, t);
     }
     struct lsm_job_status st;
@@ -405,8 +405,28 @@ static void m_new_task(struct server *s, struct client *c, const struct lsm_rpc_
     if (id) {
         struct task *old = find_task(s, id);
         if (old) {
-            /* A retry of the same request gets the same task. */
+            /* A retry of the same request gets the same task; the same
+             * request for a task that failed or was stopped runs it again
+             * (from its journal, when it has one). */
             if (!strcmp(old->rec.method, rq->method) && json_object_equal(old->rec.params, rq->params)) {
+                if (!old->job && (old->rec.state == LSM_JOB_FAILED || old->rec.state == LSM_JOB_ABORTED)) {
+                    if (running_tasks(s) >= s->max_tasks) {
+                        snprintf(msg, sizeof msg, "%u tasks are running (--max-tasks); try again later",
+                                 s->max_tasks);
+                        reply_error(s, c, rq, LSM_RPC_E_BUSY, msg, -EBUSY);
+                        return;
+                    }
+                    enum lsm_job_state was = old->rec.state;
+                    char note[sizeof old->rec.message];
+                    snprintf(note, sizeof note, "submitted again after it %s (run %u)",
+                             was == LSM_JOB_FAILED ? "failed" : "was stopped", old->rec.runs);
+                    code = start_task(s, old, true, true, msg);
+                    if (code < 0) {
+                        reply_error(s, c, rq, code, msg, 0);
+                        return;
+                    }
+                    snprintf(old->rec.message, sizeof old->rec.message, "%s", note);
+                }
                 json_object *res = json_object_new_object();
                 json_object_object_add(res, "taskId", json_object_new_string(old->rec.id));
                 reply_result(s, c, rq, res);
@@ -437,7 +457,7 @@ static void m_new_task(struct server *s, struct client *c, const struct lsm_rpc_
     t->rec.params = json_object_get(rq->params);
     t->rec.state = LSM_JOB_INIT;
     t->rec.created = now_s();
-    code = start_task(s, t, false, msg);
+    code = start_task(s, t, false, true, msg);
     if (code < 0) {
         bool recorded = t->rec.state != LSM_JOB_INIT;
         reply_error(s, c, rq, code, msg, 0);
@@ -526,6 +546,26 @@ static void m_clear(struct server *s, struct client *c, const struct lsm_rpc_req
                  t->rec.id, lsm_task_state_name(t->rec.state));
         reply_error(s, c, rq, LSM_RPC_E_TASK_STATE, msg, -EBUSY);
         return;
+    }
+    /* Nothing of the task is left: its journal, and the destination it
+     * created and did not finish (a stopped copy with a journal keeps it
+     * for a resume), only if it is still that very file. */
+    _cleanup_free_ char *journal = serve_work_journal_path(&s->env, t->rec.id);
+    if (journal && unlink(journal) < 0 && errno != ENOENT) {
+        reply_error(s, c, rq, LSM_RPC_E_FAILED, "cannot remove the task's journal", -errno);
+        return;
+    }
+    json_object *dst;
+    if (t->rec.state != LSM_JOB_FINISHED && t->rec.have_created && !strcmp(t->rec.method, "copyVolume")
+        && json_object_object_get_ex(t->rec.params, "destination", &dst)
+        && json_object_is_type(dst, json_type_string)
+        && lsm_created_file_is(json_object_get_string(dst), &t->rec.created_file)) {
+        if (unlink(json_object_get_string(dst)) < 0 && errno != ENOENT) {
+            reply_error(s, c, rq, LSM_RPC_E_FAILED, "cannot remove the incomplete destination the task created", -errno);
+            return;
+        }
+        slog(s, "task %s cleared: removed the incomplete %s it had created", t->rec.id,
+             json_object_get_string(dst));
     }
     if (s->store && lsm_store_remove(s->store, t->rec.id) < 0) {
         reply_error(s, c, rq, LSM_RPC_E_FAILED, lsm_last_error(), -EIO);
@@ -617,7 +657,8 @@ static void m_capabilities(struct server *s, struct client *c, const struct lsm_
     json_object_object_add(res, "maxBandwidth", json_object_new_uint64(s->o->max_bandwidth));
     json_object_object_add(res, "maxRequestBytes", json_object_new_uint64(s->max_request));
     json_object_object_add(res, "persistent", json_object_new_boolean(s->store != NULL));
-    json_object_object_add(res, "resume", json_object_new_string("restart"));
+    json_object_object_add(res, "resume", json_object_new_string(
+                               serve_work_has_journal() && s->env.journal_dir ? "journal" : "restart"));
     json_object_object_add(res, "generations", json_object_new_boolean(true));
     a = json_object_new_array();
     for (size_t i = 0; i < s->env.confine.n; i++)
@@ -1010,11 +1051,15 @@ static void resume_tasks(struct server *s)
             persist(s, t);
             continue;
         }
-        snprintf(t->rec.message, sizeof t->rec.message,
-                 "the service stopped during run %u; restarted from the beginning (no journal)",
+        _cleanup_free_ char *journal = serve_work_journal_path(&s->env, t->rec.id);
+        struct stat jb;
+        bool from_journal = serve_work_has_journal() && journal && stat(journal, &jb) == 0;
+        snprintf(t->rec.message, sizeof t->rec.message, from_journal
+                 ? "the service stopped during run %u; continued from its journal"
+                 : "the service stopped during run %u; restarted from the beginning (no journal)",
                  t->rec.runs);
         char msg[LSM_RPC_MSG_MAX];
-        int code = start_task(s, t, true, msg);
+        int code = start_task(s, t, true, false, msg);
         if (code < 0 && !final_state(t->rec.state)) {
             t->rec.state = LSM_JOB_FAILED;
             t->rec.error = -EINVAL;
@@ -1079,6 +1124,7 @@ static void cleanup_server(struct server *s)
     lsm_store_close(s->store);
     lsm_confine_free(&s->env.confine);
     lsm_limiter_free(s->global);
+    free(s->journal_dir);
 }
 
 int lsm_serve_run(const struct lsm_serve_opts *o)
@@ -1104,6 +1150,17 @@ int lsm_serve_run(const struct lsm_serve_opts *o)
     if (o->state_dir) {
         if ((r = lsm_store_open(o->state_dir, &s->store)) < 0)
             goto fail;
+        if (serve_work_has_journal()) {
+            if (asprintf(&s->journal_dir, "%s/journals", o->state_dir) < 0) {
+                r = lsm_error(-ENOMEM, "out of memory");
+                goto fail;
+            }
+            if (mkdir(s->journal_dir, 0700) < 0 && errno != EEXIST) {
+                r = lsm_error_errno(-errno, "cannot create %s", s->journal_dir);
+                goto fail;
+            }
+            s->env.journal_dir = s->journal_dir;
+        }
         /* One service per state directory. */
         _cleanup_free_ char *lock = NULL;
         if (asprintf(&lock, "%s/lock", o->state_dir) < 0) {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -20,6 +21,28 @@ static const char *const state_names[] = {
     [LSM_JOB_ABORTING] = "aborting", [LSM_JOB_FINISHED] = "finished",
     [LSM_JOB_ABORTED] = "aborted",   [LSM_JOB_FAILED] = "failed",
 };
+
+int lsm_created_file_get(const char *path, struct lsm_created_file *out)
+{
+    struct statx sx;
+    if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_BTIME, &sx) < 0)
+        return -errno;
+    out->dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    out->ino = sx.stx_ino;
+    out->btime_ns = (sx.stx_mask & STATX_BTIME)
+                        ? (int64_t)sx.stx_btime.tv_sec * 1000000000 + sx.stx_btime.tv_nsec : 0;
+    if (out->btime_ns < 0)
+        out->btime_ns = 0;
+    return 0;
+}
+
+bool lsm_created_file_is(const char *path, const struct lsm_created_file *f)
+{
+    struct lsm_created_file now;
+    if (f->btime_ns == 0 || lsm_created_file_get(path, &now) < 0)
+        return false;
+    return now.dev == f->dev && now.ino == f->ino && now.btime_ns == f->btime_ns;
+}
 
 const char *lsm_task_state_name(enum lsm_job_state s)
 {
@@ -73,8 +96,9 @@ json_object *lsm_task_record_to_json(const struct lsm_task_record *r)
         json_object_object_add(o, "result", json_object_get(r->result));
     if (r->have_created) {
         json_object *c = json_object_new_object();
-        json_object_object_add(c, "dev", json_object_new_uint64(r->created_dev));
-        json_object_object_add(c, "ino", json_object_new_uint64(r->created_ino));
+        json_object_object_add(c, "dev", json_object_new_uint64(r->created_file.dev));
+        json_object_object_add(c, "ino", json_object_new_uint64(r->created_file.ino));
+        json_object_object_add(c, "btime_ns", json_object_new_int64(r->created_file.btime_ns));
         json_object_object_add(o, "createdFile", c);
     }
     return o;
@@ -207,7 +231,8 @@ int lsm_task_record_parse(const char *buf, size_t len, struct lsm_task_record *o
     if ((r = get_typed(o, "createdFile", json_type_object, false, &v)) < 0)
         goto out;
     if (r == 0) {
-        if ((r = get_u64(v, "dev", &out->created_dev)) < 0 || (r = get_u64(v, "ino", &out->created_ino)) < 0)
+        if ((r = get_u64(v, "dev", &out->created_file.dev)) < 0 || (r = get_u64(v, "ino", &out->created_file.ino)) < 0
+            || (r = get_i64(v, "btime_ns", 0, INT64_MAX, &out->created_file.btime_ns)) < 0)
             goto out;
         out->have_created = true;
     }

@@ -23,6 +23,19 @@
 #define LSM_TASK_RECORD_MAX (1u << 20)    /* bytes: larger records are refused */
 #define LSM_TASK_RECORD_VERSION 1
 
+/* A file by identity: device, inode and birth time (statx btime), so that
+ * a file made later with a reused inode number is not taken for it. */
+struct lsm_created_file {
+    uint64_t dev, ino;
+    int64_t btime_ns;          /* 0: the file system keeps no birth time */
+};
+/* The identity of path itself (a symlink is not followed): 0, or -errno
+ * (no message recorded). */
+int lsm_created_file_get(const char *path, struct lsm_created_file *out);
+/* True only if path is that file, birth time included (never when the file
+ * system has no birth time). */
+bool lsm_created_file_is(const char *path, const struct lsm_created_file *f);
+
 /* What a task's record holds. */
 struct lsm_task_record {
     char id[LSM_TASK_ID_MAX + 1];
@@ -37,9 +50,9 @@ struct lsm_task_record {
     json_object *progress;         /* the last progress snapshot (owned, may be NULL) */
     json_object *result;           /* FINISHED: the method's result (owned, may be NULL) */
     /* The destination file this task created, once it exists (so that a
-     * restart may replace it, and only it). */
+     * restart may replace it, and clearTask remove it, and only it). */
     bool have_created;
-    uint64_t created_dev, created_ino;
+    struct lsm_created_file created_file;
 };
 
 void lsm_task_record_free(struct lsm_task_record *r);

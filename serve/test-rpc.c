@@ -157,8 +157,8 @@ static void test_record_roundtrip(void **state)
 {
     (void)state;
     struct lsm_task_record r = { .state = LSM_JOB_RUNNING, .created = 10, .started = 11, .runs = 2,
-                                 .bandwidth = 1u << 20, .have_created = true, .created_dev = 5,
-                                 .created_ino = 1ULL << 40 };
+                                 .bandwidth = 1u << 20, .have_created = true,
+                                 .created_file = { .dev = 5, .ino = 1ULL << 40, .btime_ns = 7 } };
     strcpy(r.id, "abc");
     strcpy(r.method, "copyVolume");
     strcpy(r.message, "note");
@@ -173,7 +173,8 @@ static void test_record_roundtrip(void **state)
     assert_int_equal(b.runs, 2);
     assert_int_equal(b.bandwidth, 1u << 20);
     assert_true(b.have_created);
-    assert_int_equal(b.created_ino, 1ULL << 40);
+    assert_int_equal(b.created_file.ino, 1ULL << 40);
+    assert_int_equal(b.created_file.btime_ns, 7);
     assert_true(json_object_equal(b.params, r.params));
     lsm_task_record_free(&b);
     json_object_put(o);

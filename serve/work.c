@@ -68,13 +68,14 @@ struct serve_work {
     bool reuse;
     int sync_type;               /* enum lsm_sync_type */
 
-    bool resumed;
+    bool resumed, check_gen;
+    char *journal;               /* this task's journal (copies), or NULL */
     bool have_created;           /* the record's createdFile */
-    uint64_t created_dev, created_ino;
+    struct lsm_created_file created;
 
     /* Outputs, under mu. */
     bool created_known, created_taken;
-    uint64_t out_dev, out_ino;
+    struct lsm_created_file out_file;
     json_object *result;
 
     /* The job's thread only. */
@@ -91,6 +92,7 @@ void serve_work_free(void *arg)
     free(w->backing);
     free(w->dst_dir);
     free(w->dst_vg);
+    free(w->journal);
     if (w->result)
         json_object_put(w->result);
     pthread_mutex_destroy(&w->mu);
@@ -102,14 +104,13 @@ uint64_t serve_work_bandwidth(const struct serve_work *w)
     return w->bandwidth;
 }
 
-bool serve_work_take_created(struct serve_work *w, uint64_t *dev, uint64_t *ino)
+bool serve_work_take_created(struct serve_work *w, struct lsm_created_file *f)
 {
     pthread_mutex_lock(&w->mu);
     bool r = w->created_known && !w->created_taken;
     if (r) {
         w->created_taken = true;
-        *dev = w->out_dev;
-        *ino = w->out_ino;
+        *f = w->out_file;
     }
     pthread_mutex_unlock(&w->mu);
     return r;
@@ -176,7 +177,7 @@ static int param_common(struct serve_work *w, json_object *p, char *msg)
 
 static int check_generation(struct serve_work *w, const char *volume, char *msg)
 {
-    if (!w->have_gen || w->resumed)
+    if (!w->have_gen || !w->check_gen)
         return 0;
     uint64_t cur;
     int r = lsm_generation_get(volume, &cur);
@@ -362,8 +363,25 @@ static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
     return 0;
 }
 
+bool serve_work_has_journal(void)
+{
+#ifdef LSM_COPY_HAS_JOURNAL
+    return true;
+#else
+    return false;
+#endif
+}
+
+char *serve_work_journal_path(const struct serve_env *env, const char *id)
+{
+    char *p = NULL;
+    if (!env->journal_dir || asprintf(&p, "%s/%s.journal", env->journal_dir, id) < 0)
+        return NULL;
+    return p;
+}
+
 int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record *rec,
-                       bool resumed, struct serve_work **out, char *msg)
+                       bool resumed, bool check_gen, struct serve_work **out, char *msg)
 {
     struct serve_work *w = calloc(1, sizeof *w);
     if (!w) {
@@ -373,14 +391,17 @@ int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record
     pthread_mutex_init(&w->mu, NULL);
     w->env = env;
     w->resumed = resumed;
+    w->check_gen = check_gen;
     w->have_created = rec->have_created;
-    w->created_dev = rec->created_dev;
-    w->created_ino = rec->created_ino;
+    w->created = rec->created_file;
     int r;
     snprintf(msg, LSM_RPC_MSG_MAX, "out of memory");
     if (!strcmp(rec->method, "copyVolume")) {
         w->method = M_COPY;
         r = prepare_copy(w, rec->params, msg);
+        if (r == 0 && serve_work_has_journal() && env->journal_dir
+            && !(w->journal = serve_work_journal_path(env, rec->id)))
+            r = LSM_RPC_INTERNAL_ERROR;
     } else if (!strcmp(rec->method, "checksumVolume")) {
         w->method = M_CHECKSUM;
         r = prepare_checksum(w, rec->params, msg);
@@ -411,11 +432,10 @@ static void copy_progress(void *opaque, const struct lsm_job_progress *p)
      * create, made by this copy with O_EXCL): remember which file it is, so
      * that a restart after a crash may replace it and nothing else. */
     if (w->create && !w->created_known) {
-        struct stat sb;
-        if (stat(w->dst, &sb) == 0) {
+        struct lsm_created_file f;
+        if (lsm_created_file_get(w->dst, &f) == 0) {
             pthread_mutex_lock(&w->mu);
-            w->out_dev = (uint64_t)sb.st_dev;
-            w->out_ino = (uint64_t)sb.st_ino;
+            w->out_file = f;
             w->created_known = true;
             pthread_mutex_unlock(&w->mu);
         }
@@ -529,11 +549,23 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
                 return r;
         }
     }
-    if (w->resumed && w->create) {
+    /* With a journal: continue what it says is durable (the destination
+     * it names, opened as with create false).  A journal left under this
+     * task's name when the task is new is stale (only this service writes
+     * there) and goes. */
+    bool resume = false;
+    if (w->journal) {
+        struct stat jb;
+        bool have_journal = stat(w->journal, &jb) == 0;
+        if (have_journal && w->resumed)
+            resume = true;
+        else if (have_journal)
+            unlink(w->journal);
+    }
+    if (w->resumed && w->create && !resume) {
         struct stat sb;
         if (lstat(w->dst, &sb) == 0) {
-            if (!w->have_created || (uint64_t)sb.st_dev != w->created_dev
-                || (uint64_t)sb.st_ino != w->created_ino)
+            if (!w->have_created || !lsm_created_file_is(w->dst, &w->created))
                 return lsm_error(-EEXIST, "%s exists and is not the file this task created "
                                  "before the service stopped; nothing was changed", w->dst);
             /* Ours, partly written by the interrupted run: made again. */
@@ -558,10 +590,15 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         .warn = copy_warn,
         .opaque = w,
     };
+#ifdef LSM_COPY_HAS_JOURNAL
+    o.journal = w->journal;
+    o.resume = resume;
+#endif
 #ifdef HAVE_LIBSODIUM
     /* The checksum from the copy's own buffers; with a backing (one layer
-     * copied) the guest view is not all read, so it is a second pass. */
-    if (w->want_checksum && !w->backing) {
+     * copied) or a journal (a resumed run does not read what was done) the
+     * guest view is not all read, so it is a second pass. */
+    if (w->want_checksum && !w->backing && !w->journal) {
         o.checksum = true;
         o.checksum_alg = (enum lsm_blkhash_alg)w->alg;
     }

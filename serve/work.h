@@ -29,7 +29,14 @@ struct serve_work;
 struct serve_env {
     struct lsm_confine confine;
     uint64_t buffer_size;        /* each copy's buffers (bytes) */
+    const char *journal_dir;     /* STATE/journals, or NULL: copies keep no journal */
 };
+
+/* Copies keep a journal (engine/copy.h's journal and resume), so that a
+ * restarted or re-submitted copy continues from what was durable. */
+bool serve_work_has_journal(void);
+/* The journal of task id (malloc'd), or NULL without a journal dir. */
+char *serve_work_journal_path(const struct serve_env *env, const char *id);
 
 /* The methods that make tasks. */
 extern const char *const serve_task_methods[];   /* NULL-terminated */
@@ -37,12 +44,15 @@ bool serve_is_task_method(const char *method);
 
 /* Check params of method (a task method) and make the work.  Returns 0, or
  * an RPC error code (rpc.h) with msg (LSM_RPC_MSG_MAX bytes).  resumed: the
- * task is being restarted after the service stopped (its generation was
- * checked when it was accepted; the work then may replace the destination
- * file this task created, created_dev/ino). */
+ * task ran before (the service stopped during it, or it is re-submitted
+ * after it failed or was stopped): the work continues from its journal when
+ * there is one, else may replace the destination file this task created
+ * (created).  check_gen: check the expected generation now (a new
+ * or re-submitted task; a task restarted after the service stopped was
+ * checked when it was accepted). */
 struct lsm_task_record;
 int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record *rec,
-                       bool resumed, struct serve_work **out, char *msg);
+                       bool resumed, bool check_gen, struct serve_work **out, char *msg);
 void serve_work_free(void *work);
 /* The job function (arg: the work). */
 int serve_work_run(struct lsm_job *job, void *work);
@@ -51,7 +61,8 @@ uint64_t serve_work_bandwidth(const struct serve_work *w);
 
 /* The destination file the work created, once it exists: true once (the
  * loop records it). */
-bool serve_work_take_created(struct serve_work *w, uint64_t *dev, uint64_t *ino);
+struct lsm_created_file;
+bool serve_work_take_created(struct serve_work *w, struct lsm_created_file *f);
 /* The result (a new reference, or NULL) and a note for the record. */
 json_object *serve_work_result(struct serve_work *w);
 

@@ -239,6 +239,27 @@ def scenario_tasks(w):
         check(not os.path.exists(os.path.join(w, "stop.raw")), "the destination the stopped copy created is removed")
         e = c.error("stopTask", {"taskId": tid})
         check(e["code"] == -32005, "stopTask of an ended task: error -32005")
+        # the same request again runs the stopped task again
+        r = c.call("copyVolume", copy_params(big, os.path.join(w, "stop.raw"), bandwidth=32 * MiB))
+        check(r["taskId"] != tid, "a new request without a taskId is a new task")
+        c.call("stopTask", {"taskId": r["taskId"]})
+        c.wait(r["taskId"], 5)
+        c.call("clearTask", {"taskId": r["taskId"]})
+        p = copy_params(big, os.path.join(w, "again.raw"), bandwidth=32 * MiB, taskId="again")
+        c.call("copyVolume", p)
+        time.sleep(0.5)
+        c.call("stopTask", {"taskId": "again"})
+        check(c.wait("again", 5)["state"] == "aborted", "task 'again' stopped")
+        p["bandwidth"] = 32 * MiB
+        r = c.call("copyVolume", p)
+        st = c.status("again")
+        check(r["taskId"] == "again" and st["state"] == "running" and st["runs"] == 2 and "submitted again" in st["note"],
+              "the same request for a stopped task runs it again (runs 2)")
+        c.call("setTaskBandwidth", {"taskId": "again", "bandwidth": 0})
+        st = c.wait("again", 60)
+        same, out = qemu_compare(big, "qcow2", os.path.join(w, "again.raw"), "raw")
+        check(st["state"] == "finished" and same, "and it finishes, identical")
+        c.call("clearTask", {"taskId": "again"})
 
         # setTaskBandwidth within a second
         r = c.call("copyVolume", copy_params(big, os.path.join(w, "bw.raw"), bandwidth=16 * MiB))
