@@ -114,12 +114,14 @@ static unsigned running_tasks(struct server *s)
     return n;
 }
 
-static void persist(struct server *s, struct task *t)
+static int persist(struct server *s, struct task *t)
 {
     if (!s->store)
-        return;
-    if (lsm_store_write(s->store, &t->rec) < 0)
+        return 0;
+    int r = lsm_store_write(s->store, &t->rec);
+    if (r < 0)
         slog(s, "task %s: cannot record its state: %s", t->rec.id, lsm_last_error());
+    return r;
 }
 
 static int64_t now_s(void)
@@ -178,8 +180,15 @@ static int start_task(struct server *s, struct task *t, bool resumed, bool check
     if (!resumed)
         t->rec.message[0] = '\0';
     /* Recorded as running before the work starts: a crash from here on
-     * finds the task and runs it again. */
-    persist(s, t);
+     * finds the task and runs it again.  A new task that cannot be recorded
+     * is refused (a client must not be told of a task a crash would lose). */
+    if (persist(s, t) < 0 && !resumed) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "cannot record the task: %s", lsm_last_error());
+        lsm_job_free(job);          /* and the work (free_arg) */
+        t->rec.state = LSM_JOB_INIT;
+        t->rec.runs--;
+        return LSM_RPC_E_FAILED;
+    }
     t->job = job;
     t->work = w;
     t->last_change_ns = lsm_now_ns();

@@ -523,6 +523,20 @@ def scenario_robust(w):
             if not same:
                 fail("%s: %s" % (d, out))
         ok("both tasks finished, destinations identical (qemu-img compare)")
+        # a task that cannot be recorded is refused, not run unrecorded
+        tasks_dir = os.path.join(svc.state, "tasks")
+        if os.geteuid() == 0 and shutil.which("chattr") and \
+                subprocess.run(["chattr", "+i", tasks_dir], stderr=subprocess.DEVNULL).returncode == 0:
+            try:
+                e = c.error("copyVolume", copy_params(ids[0][1], os.path.join(w, "unrecorded.raw")))
+            finally:
+                subprocess.run(["chattr", "-i", tasks_dir], check=True)
+            check(e["code"] == -32000 and "cannot record" in e["message"]
+                  and not os.path.exists(os.path.join(w, "unrecorded.raw")),
+                  "a state directory that cannot be written: the task is refused, nothing copied")
+            check(len(c.call("getAllTasksStatuses")["tasks"]) == 2, "and not listed")
+        else:
+            print("# chattr +i not possible here: the unwritable state directory is not tried")
         # liveness: a task that makes no progress fails with a reason
         stall_src = os.path.join(w, "stall.qcow2")
         make_qcow2(stall_src, 64 * MiB, [(0x70, 0, 16 * MiB)])
