@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #include "limiter.h"
 #include "rpc.h"
 #include "store.h"
+#include "clone.h"
+#include "fileio.h"
 #include "sync.h"
 #include "util.h"
 #include "work.h"
@@ -67,6 +70,7 @@ struct serve_work {
     char *dst_dir, *dst_vg;      /* clone */
     bool reuse;
     int sync_type;               /* enum lsm_sync_type */
+    json_object *volumes;        /* an explicit layout (docs/chains.md's job file), resolved */
 
     bool resumed, check_gen;
     char *journal;               /* this task's journal (copies), or NULL */
@@ -93,6 +97,8 @@ void serve_work_free(void *arg)
     free(w->dst_dir);
     free(w->dst_vg);
     free(w->journal);
+    if (w->volumes)
+        json_object_put(w->volumes);
     if (w->result)
         json_object_put(w->result);
     pthread_mutex_destroy(&w->mu);
@@ -201,7 +207,7 @@ static const char *const checksum_known[] = {
     "taskId", "volume", "format", "algorithm", "blockSize", "forceShare", "bandwidth", NULL,
 };
 static const char *const clone_known[] = {
-    "taskId", "source", "format", "destinationDir", "destinationVg", "reuse", "bandwidth", NULL,
+    "taskId", "source", "format", "destinationDir", "destinationVg", "reuse", "bandwidth", "volumes", NULL,
 };
 
 static int prepare_copy(struct serve_work *w, json_object *p, char *msg)
@@ -296,9 +302,115 @@ static int prepare_checksum(struct serve_work *w, json_object *p, char *msg)
 #endif
 }
 
+/* "volumes": the layout of a job file (docs/chains.md), top first, every
+ * format explicit and every path absolute and under the roots.  The
+ * resolved copy goes to w->volumes; w->src/dst and their formats are the
+ * first entry's (the tops). */
+#define MAX_VOLUMES 256
+static int param_volumes(struct serve_work *w, json_object *p, bool dst_must_exist, char *msg)
+{
+    json_object *a;
+    if (!json_object_object_get_ex(p, "volumes", &a) || !json_object_is_type(a, json_type_array)) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "parameter \"volumes\" must be an array");
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    size_t n = json_object_array_length(a);
+    if (n < 1 || n > MAX_VOLUMES) {
+        snprintf(msg, LSM_RPC_MSG_MAX, "parameter \"volumes\" must have 1 to %d entries", MAX_VOLUMES);
+        return LSM_RPC_INVALID_PARAMS;
+    }
+    static const char *const entry_known[] = { "source", "destination", NULL };
+    static const char *const src_known[] = { "path", "format", NULL };
+    static const char *const dst_known[] = { "path", "format", "type", NULL };
+    static const char *const dtypes[] = { "file", "block", NULL };
+    /* Types first, for every entry; then the file system. */
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(a, i), *sv, *dv;
+        const char *path;
+        enum lsm_format f;
+        int t;
+        if (!e || !json_object_is_type(e, json_type_object)
+            || !json_object_object_get_ex(e, "source", &sv) || !json_object_is_type(sv, json_type_object)
+            || !json_object_object_get_ex(e, "destination", &dv) || !json_object_is_type(dv, json_type_object)) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "volumes[%zu] must be {\"source\": {...}, \"destination\": {...}}", i);
+            return LSM_RPC_INVALID_PARAMS;
+        }
+        int r = lsm_rpc_param_check_known(e, entry_known, msg);
+        if (r == 0)
+            r = lsm_rpc_param_check_known(sv, src_known, msg);
+        if (r == 0)
+            r = lsm_rpc_param_check_known(dv, dst_known, msg);
+        if (r == 0)
+            r = param_abs(sv, "path", &path, msg);
+        if (r == 0)
+            r = param_format(sv, "format", true, &f, msg);
+        if (r == 0)
+            r = param_abs(dv, "path", &path, msg);
+        if (r == 0)
+            r = param_format(dv, "format", true, &f, msg);
+        if (r == 0)
+            r = lsm_rpc_param_enum(dv, "type", false, dtypes, &t, msg);
+        if (r < 0) {
+            char inner[LSM_RPC_MSG_MAX];
+            snprintf(inner, sizeof inner, "%s", msg);
+            snprintf(msg, LSM_RPC_MSG_MAX, "volumes[%zu]: %.200s", i, inner);
+            return r;
+        }
+    }
+    json_object *out = json_object_new_array();
+    if (!out)
+        return LSM_RPC_INTERNAL_ERROR;
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(a, i), *sv, *dv, *v;
+        json_object_object_get_ex(e, "source", &sv);
+        json_object_object_get_ex(e, "destination", &dv);
+        char *rs = NULL, *rd = NULL;
+        json_object_object_get_ex(sv, "path", &v);
+        int r = confine(w->env, "source", json_object_get_string(v), true, &rs, msg);
+        json_object_object_get_ex(dv, "path", &v);
+        if (r == 0)
+            r = confine(w->env, "destination", json_object_get_string(v), dst_must_exist, &rd, msg);
+        if (r < 0) {
+            free(rs);
+            json_object_put(out);
+            return r;
+        }
+        json_object *ne = json_object_new_object(), *ns = json_object_new_object(), *nd = json_object_new_object();
+        json_object_object_add(ns, "path", json_object_new_string(rs));
+        json_object_object_get_ex(sv, "format", &v);
+        json_object_object_add(ns, "format", json_object_get(v));
+        json_object_object_add(nd, "path", json_object_new_string(rd));
+        json_object_object_get_ex(dv, "format", &v);
+        json_object_object_add(nd, "format", json_object_get(v));
+        if (json_object_object_get_ex(dv, "type", &v))
+            json_object_object_add(nd, "type", json_object_get(v));
+        json_object_object_add(ne, "source", ns);
+        json_object_object_add(ne, "destination", nd);
+        json_object_array_add(out, ne);
+        if (i == 0) {
+            w->src = rs;
+            w->dst = rd;
+            json_object_object_get_ex(sv, "format", &v);
+            lsm_format_parse(json_object_get_string(v), &w->src_fmt);
+            json_object_object_get_ex(dv, "format", &v);
+            lsm_format_parse(json_object_get_string(v), &w->dst_fmt);
+        } else {
+            free(rs);
+            free(rd);
+        }
+    }
+    w->volumes = json_object_new_object();
+    if (!w->volumes) {
+        json_object_put(out);
+        return LSM_RPC_INTERNAL_ERROR;
+    }
+    json_object_object_add(w->volumes, "volumes", out);
+    return 0;
+}
+
 static const char *const sync_known[] = {
     "taskId", "source", "format", "destination", "destinationFormat", "syncType", "bandwidth",
-    "generation", NULL,
+    "generation", "volumes", NULL,
 };
 
 static int prepare_sync(struct serve_work *w, json_object *p, char *msg)
@@ -308,6 +420,22 @@ static int prepare_sync(struct serve_work *w, json_object *p, char *msg)
     const char *src, *dst;
     int t;
     P_OK(lsm_rpc_param_check_known(p, sync_known, msg));
+    if (json_object_object_get_ex(p, "volumes", NULL)) {
+        static const char *const with_volumes[] = { "taskId", "volumes", "syncType", "bandwidth", "generation", NULL };
+        if (lsm_rpc_param_check_known(p, with_volumes, msg)) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "\"volumes\" names the chains: no \"source\", \"destination\" or formats with it");
+            return LSM_RPC_INVALID_PARAMS;
+        }
+        P_OK(lsm_rpc_param_enum(p, "syncType", true, types, &t, msg));
+        w->sync_type = (int)type_of[t];
+        P_OK(param_common(w, p, msg));
+        int r = lsm_rpc_param_uint(p, "generation", false, LSM_GENERATION_MAX, &w->gen, msg);
+        P_OK(r);
+        w->have_gen = r == 0;
+        P_OK(param_volumes(w, p, true, msg));
+        P_OK(check_generation(w, w->dst, msg));
+        return 0;
+    }
     P_OK(param_abs(p, "source", &src, msg));
     P_OK(param_format(p, "format", true, &w->src_fmt, msg));
     P_OK(param_abs(p, "destination", &dst, msg));
@@ -329,6 +457,16 @@ static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
 {
     const char *src, *dir = NULL, *vg = NULL;
     P_OK(lsm_rpc_param_check_known(p, clone_known, msg));
+    if (json_object_object_get_ex(p, "volumes", NULL)) {
+        static const char *const with_volumes[] = { "taskId", "volumes", "reuse", "bandwidth", NULL };
+        if (lsm_rpc_param_check_known(p, with_volumes, msg)) {
+            snprintf(msg, LSM_RPC_MSG_MAX, "\"volumes\" names every volume: no \"source\", \"format\" or destination domain with it");
+            return LSM_RPC_INVALID_PARAMS;
+        }
+        P_OK(lsm_rpc_param_bool(p, "reuse", false, &w->reuse, msg));
+        P_OK(param_common(w, p, msg));
+        return param_volumes(w, p, false, msg);
+    }
     P_OK(param_abs(p, "source", &src, msg));
     P_OK(param_format(p, "format", true, &w->src_fmt, msg));
     bool has_dir = json_object_object_get_ex(p, "destinationDir", NULL);
@@ -676,8 +814,104 @@ static int run_checksum(struct lsm_job *job, struct serve_work *w)
 }
 #endif
 
+/* The layout as a job file the flows read: a memfd, named through
+ * /proc/self/fd (nothing is written to any directory).  Returns the fd
+ * (close it after use) with its name in path. */
+static int volumes_file(const struct serve_work *w, char *path, size_t len)
+{
+    const char *text = json_object_to_json_string_ext(w->volumes, JSON_C_TO_STRING_PLAIN);
+    int fd = memfd_create("lsm-serve-volumes", MFD_CLOEXEC);
+    if (fd < 0)
+        return lsm_error_errno(-errno, "memfd_create");
+    size_t n = strlen(text);
+    ssize_t wr = lsm_pwrite_all(fd, text, n, 0);
+    if (wr < 0 || (size_t)wr != n) {
+        close(fd);
+        return lsm_error(-EIO, "cannot write the volumes' layout");
+    }
+    snprintf(path, len, "/proc/self/fd/%d", fd);
+    return fd;
+}
+
+/* Every volume of the layout: its source chain and its destination. */
+static int confine_volumes(const struct serve_work *w, bool dst_exists)
+{
+    json_object *a;
+    json_object_object_get_ex(w->volumes, "volumes", &a);
+    for (size_t i = 0; i < json_object_array_length(a); i++) {
+        json_object *e = json_object_array_get_idx(a, i), *v, *p, *f;
+        enum lsm_format fmt;
+        json_object_object_get_ex(e, "source", &v);
+        json_object_object_get_ex(v, "path", &p);
+        json_object_object_get_ex(v, "format", &f);
+        lsm_format_parse(json_object_get_string(f), &fmt);
+        int r = lsm_confine_chain(&w->env->confine, json_object_get_string(p), fmt, 0);
+        if (r == 0 && dst_exists) {
+            json_object_object_get_ex(e, "destination", &v);
+            json_object_object_get_ex(v, "path", &p);
+            json_object_object_get_ex(v, "format", &f);
+            lsm_format_parse(json_object_get_string(f), &fmt);
+            r = lsm_confine_chain(&w->env->confine, json_object_get_string(p), fmt, LSM_OPEN_INCOMPLETE_OK);
+        }
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static json_object *clone_result(const struct lsm_chain_desc *src, const struct lsm_jobfile *jf)
+{
+    json_object *res = json_object_new_object();
+    json_object *a = json_object_new_array();
+    json_object_object_add(res, "top", lsm_json_string(jf->v[0].dst_path));
+    for (unsigned i = 0; i < jf->n; i++) {
+        json_object *v = json_object_new_object();
+        json_object_object_add(v, "source", lsm_json_string(jf->v[i].src_path));
+        json_object_object_add(v, "path", lsm_json_string(jf->v[i].dst_path));
+        json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src->v[i].format)));
+        json_object_object_add(v, "type", json_object_new_string(
+                                   jf->v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
+        if (jf->v[i].dst_backing)
+            json_object_object_add(v, "backing", lsm_json_string(jf->v[i].dst_backing));
+        json_object_array_add(a, v);
+    }
+    json_object_object_add(res, "volumes", a);
+    return res;
+}
+
+static int run_clone_volumes(struct lsm_job *job, struct serve_work *w)
+{
+    lsm_job_set_phase(job, "checking");
+    int r = confine_volumes(w, false);
+    if (r < 0)
+        return r;
+    char path[64];
+    int fd = volumes_file(w, path, sizeof path);
+    if (fd < 0)
+        return fd;
+    struct lsm_chain_desc src = { 0 };
+    struct lsm_jobfile jf = { 0 };
+    struct lsm_clone_opts co = {
+        .src_fmt = w->src_fmt,
+        .jobfile = path,
+        .reuse = w->reuse,
+        .cancel = lsm_job_cancel_flag(job),
+    };
+    lsm_job_set_phase(job, "creating");
+    r = lsm_clone_structure(&co, &src, &jf);
+    close(fd);
+    json_object *res = r == 0 ? clone_result(&src, &jf) : NULL;
+    lsm_chain_desc_free(&src);
+    lsm_jobfile_free(&jf);
+    if (r < 0)
+        return r;
+    return set_result(w, res);
+}
+
 static int run_clone(struct lsm_job *job, struct serve_work *w)
 {
+    if (w->volumes)
+        return run_clone_volumes(job, w);
     lsm_job_set_phase(job, "checking");
     int r;
     if (w->env->confine.n && (r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0)) < 0)
@@ -704,24 +938,7 @@ static int run_clone(struct lsm_job *job, struct serve_work *w)
         lsm_job_set_phase(job, "creating");
         r = lsm_chain_clone(&src, &jf, w->reuse, lsm_job_cancel_flag(job));
     }
-    json_object *res = NULL;
-    if (r == 0) {
-        res = json_object_new_object();
-        json_object *a = json_object_new_array();
-        json_object_object_add(res, "top", lsm_json_string(jf.v[0].dst_path));
-        for (unsigned i = 0; i < jf.n; i++) {
-            json_object *v = json_object_new_object();
-            json_object_object_add(v, "source", lsm_json_string(jf.v[i].src_path));
-            json_object_object_add(v, "path", lsm_json_string(jf.v[i].dst_path));
-            json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src.v[i].format)));
-            json_object_object_add(v, "type", json_object_new_string(
-                                       jf.v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
-            if (jf.v[i].dst_backing)
-                json_object_object_add(v, "backing", lsm_json_string(jf.v[i].dst_backing));
-            json_object_array_add(a, v);
-        }
-        json_object_object_add(res, "volumes", a);
-    }
+    json_object *res = r == 0 ? clone_result(&src, &jf) : NULL;
     lsm_chain_desc_free(&src);
     lsm_jobfile_free(&jf);
     if (r < 0)
@@ -752,19 +969,31 @@ static int run_sync(struct lsm_job *job, struct serve_work *w)
     lsm_job_set_phase(job, "checking");
     /* Every file of both chains under the roots, every backing format
      * written in its image (nothing probed), the tops as the request says. */
-    int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
-    if (r == 0)
-        r = lsm_confine_chain(&w->env->confine, w->dst, w->dst_fmt, LSM_OPEN_INCOMPLETE_OK);
-    if (r == 0)
-        r = check_top_format(w->src, w->src_fmt);
-    if (r == 0)
-        r = check_top_format(w->dst, w->dst_fmt);
+    int r;
+    char path[64];
+    int fd = -1;
+    if (w->volumes) {
+        /* The layout's formats are explicit and the flows open each volume
+         * with them. */
+        r = confine_volumes(w, true);
+        if (r == 0 && (fd = volumes_file(w, path, sizeof path)) < 0)
+            r = fd;
+    } else {
+        r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
+        if (r == 0)
+            r = lsm_confine_chain(&w->env->confine, w->dst, w->dst_fmt, LSM_OPEN_INCOMPLETE_OK);
+        if (r == 0)
+            r = check_top_format(w->src, w->src_fmt);
+        if (r == 0)
+            r = check_top_format(w->dst, w->dst_fmt);
+    }
     if (r < 0)
         return r;
     struct lsm_sync_opts so = {
         .type = (enum lsm_sync_type)w->sync_type,
-        .src_top = w->src,
-        .dst_top = w->dst,
+        .src_top = w->volumes ? NULL : w->src,
+        .dst_top = w->volumes ? NULL : w->dst,
+        .jobfile = w->volumes ? path : NULL,
         .limiter = lsm_job_limiter(job),
         .cancel = lsm_job_cancel_flag(job),
         .job = job,
@@ -780,6 +1009,8 @@ static int run_sync(struct lsm_job *job, struct serve_work *w)
         nanosleep(&ts, NULL);
         r = lsm_sync(&so, &res);
     }
+    if (fd >= 0)
+        close(fd);
     if (r < 0) {
         lsm_sync_result_free(&res);
         return r;

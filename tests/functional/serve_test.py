@@ -365,6 +365,29 @@ def scenario_tasks(w):
         check(st["state"] == "finished" and len(st["result"]["volumes"]) == 2, "cloneImageStructure made the chain's 2 volumes")
         info = json.loads(run("qemu-img", "info", "--output=json", os.path.join(w, "dom2", "top.qcow2")).stdout)
         check(info.get("backing-filename") == "base.raw", "the clone's top has the same backing name")
+        # the same with an explicit layout (a job description): other names, another directory
+        d3 = os.path.join(w, "dom3")
+        os.makedirs(d3)
+        layout = [{"source": {"path": top, "format": "qcow2"},
+                   "destination": {"path": os.path.join(d3, "leaf.qcow2"), "format": "qcow2"}},
+                  {"source": {"path": base, "format": "raw"},
+                   "destination": {"path": os.path.join(d3, "root.raw"), "format": "raw"}}]
+        r = c.call("cloneImageStructure", {"volumes": layout})
+        st = c.wait(r["taskId"])
+        check(st["state"] == "finished" and [v["path"] for v in st["result"]["volumes"]] ==
+              [os.path.join(d3, "leaf.qcow2"), os.path.join(d3, "root.raw")],
+              "cloneImageStructure with \"volumes\": the layout's names")
+        r = c.call("syncImageData", {"volumes": layout, "syncType": "ALL", "generation": 0})
+        st = c.wait(r["taskId"])
+        same, out = qemu_compare(top, "qcow2", os.path.join(d3, "leaf.qcow2"), "qcow2")
+        check(st["state"] == "finished" and same and st["result"]["generation"] == 1,
+              "syncImageData with \"volumes\": identical chain, generation of the top 1")
+        bad = [dict(layout[0]), layout[1]]
+        bad[0] = {"source": {"path": top}, "destination": layout[0]["destination"]}
+        e = c.error("syncImageData", {"volumes": bad, "syncType": "ALL"})
+        check(e["code"] == -32602 and "volumes[0]" in e["message"], "a layout without a format: -32602 naming the entry")
+        e = c.error("syncImageData", {"volumes": layout, "syncType": "ALL", "source": top})
+        check(e["code"] == -32602, "\"volumes\" with \"source\": -32602")
     finally:
         rc = svc.stop()
     check(rc == 0, "SIGTERM stops the service with exit 0")
@@ -643,6 +666,9 @@ def scenario_security(w):
         same, o = qemu_compare(top3, "qcow2", os.path.join(dom, "d7.raw"), "raw")
         check(st["state"] == "finished" and same, "a chain inside the roots copies, identical")
 
+        e = c.error("syncImageData", {"syncType": "ALL", "volumes": [
+            {"source": {"path": src_in, "format": "qcow2"}, "destination": {"path": src_out, "format": "qcow2"}}]})
+        check(e["code"] == -32003, "a layout (\"volumes\") with a destination outside the roots: -32003")
         # generations
         gfile = os.path.join(dom, "g.raw.generation")
         r = c.call("copyVolume", copy_params(src_in, os.path.join(dom, "g.raw"), generation=0))
