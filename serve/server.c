@@ -236,7 +236,7 @@ static void watch_task(struct server *s, struct task *t, uint64_t now)
         t->rec.error = st.state == LSM_JOB_FINISHED ? 0 : st.error;
         if (st.state == LSM_JOB_FAILED || st.state == LSM_JOB_ABORTED)
             snprintf(t->rec.message, sizeof t->rec.message, "%s", st.message);
-        if (t->stalled) {
+        if (t->stalled && st.state != LSM_JOB_FINISHED) {
             t->rec.state = LSM_JOB_FAILED;
             t->rec.error = -ETIMEDOUT;
             snprintf(t->rec.message, sizeof t->rec.message,
