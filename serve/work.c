@@ -665,10 +665,12 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
 {
     int r;
     lsm_job_set_phase(job, "checking");
+    /* Every file of the source chain under the roots, and every backing
+     * format written in its image (the service does not probe). */
+    r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
+    if (r < 0)
+        return r;
     if (w->env->confine.n) {
-        r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
-        if (r < 0)
-            return r;
         if (w->backing) {
             /* The backing name is resolved as QEMU will: relative to dst. */
             _cleanup_free_ char *bp = NULL;
@@ -800,11 +802,9 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
 static int run_checksum(struct lsm_job *job, struct serve_work *w)
 {
     lsm_job_set_phase(job, "checking");
-    if (w->env->confine.n) {
-        int r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
-        if (r < 0)
-            return r;
-    }
+    int cr = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0);
+    if (cr < 0)
+        return cr;
     lsm_job_set_phase(job, "checksum");
     json_object *c = NULL;
     int r = checksum_of(w, w->src, w->src_fmt, w->force_share ? LSM_OPEN_FORCE_SHARE : 0, &c);
@@ -914,7 +914,7 @@ static int run_clone(struct lsm_job *job, struct serve_work *w)
         return run_clone_volumes(job, w);
     lsm_job_set_phase(job, "checking");
     int r;
-    if (w->env->confine.n && (r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0)) < 0)
+    if ((r = lsm_confine_chain(&w->env->confine, w->src, w->src_fmt, 0)) < 0)
         return r;
     struct lsm_chain_desc src = { 0 };
     struct lsm_jobfile jf = { 0 };

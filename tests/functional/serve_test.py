@@ -560,6 +560,23 @@ def scenario_robust(w):
             check(len(c.call("getAllTasksStatuses")["tasks"]) == 2, "and not listed")
         else:
             print("# chattr +i not possible here: the unwritable state directory is not tried")
+        # a backing file without a format in its image is not probed
+        nb = os.path.join(w, "nofmt-base.raw")
+        run("qemu-img", "create", "-q", "-f", "raw", nb, str(4 * MiB))
+        nt = os.path.join(w, "nofmt-top.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", nb, "-F", "raw", nt, str(4 * MiB))
+        d = bytearray(open(nt, "rb").read())
+        i = d.index(b"\xe2\x79\x2a\xca", 72, 65536)     # the backing format extension
+        d[i:i + 4] = bytes(4)                               # -> the end of the extensions
+        open(nt, "wb").write(d)
+        for method, params in (("copyVolume", copy_params(nt, os.path.join(w, "nofmt.raw"))),
+                               ("checksumVolume", {"volume": nt, "format": "qcow2"})):
+            r = c.call(method, params)
+            st = c.wait(r["taskId"])
+            if not (st["state"] == "failed" and st["error"]["name"] == "EINVAL" and "no format" in st["error"]["message"]):
+                fail("%s of a chain whose backing has no format: %r" % (method, st))
+        check(not os.path.exists(os.path.join(w, "nofmt.raw")),
+              "a backing file without a format in the image: copy and checksum fail with EINVAL, nothing created")
         # liveness: a task that makes no progress fails with a reason
         stall_src = os.path.join(w, "stall.qcow2")
         make_qcow2(stall_src, 64 * MiB, [(0x70, 0, 16 * MiB)])
