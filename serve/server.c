@@ -722,6 +722,12 @@ static void dispatch(struct server *s, struct client *c, const char *line, size_
 
 static void client_close(struct server *s, struct client *c)
 {
+    /* Read what the peer sent and we did not (a bounded amount): a Unix
+     * socket closed with unread data resets the peer, which may then lose
+     * the last reply we sent it (the refusal of a uid, say). */
+    char sink[4096];
+    for (int i = 0; i < 256 && recv(c->fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
+        ;
     for (struct client **pp = &s->clients; *pp; pp = &(*pp)->next) {
         if (*pp == c) {
             *pp = c->next;
@@ -827,20 +833,10 @@ static void accept_clients(struct server *s)
             close(fd);
             continue;
         }
-        if (!uid_allowed(s, cr.uid)) {
+        bool refused = !uid_allowed(s, cr.uid);
+        if (refused)
             slog(s, "client pid %ld uid %ld refused (not the service's uid nor an --allow-uid)",
                  (long)cr.pid, (long)cr.uid);
-            char *e = lsm_rpc_error(NULL, LSM_RPC_E_ACCESS, "permission denied: uid not allowed", NULL);
-            if (e) {
-                size_t n = strlen(e);
-                e[n] = '\0';
-                if (send(fd, e, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
-                    (void)send(fd, "\n", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-                free(e);
-            }
-            close(fd);
-            continue;
-        }
         if (s->nclients >= LSM_SERVE_MAX_CLIENTS) {
             slog(s, "more than %u clients: one refused", LSM_SERVE_MAX_CLIENTS);
             close(fd);
@@ -862,6 +858,16 @@ static void accept_clients(struct server *s)
         c->next = s->clients;
         s->clients = c;
         s->nclients++;
+        if (refused) {
+            /* One error, then the connection is closed: nothing it sends
+             * is read as a request. */
+            client_send(s, c, lsm_rpc_error(NULL, LSM_RPC_E_ACCESS, "permission denied: uid not allowed", NULL));
+            c->closing = true;
+            if (c->wlen == c->woff)
+                client_close(s, c);
+            else
+                client_update_events(s, c);
+        }
     }
 }
 
