@@ -56,6 +56,8 @@ struct client {
     bool want_out;
     bool closing;                 /* close once wbuf is sent */
     bool read_off;                /* EPOLLIN removed (closing) */
+    bool refused;                 /* uid not allowed: input is dropped */
+    uint64_t refused_ns;
 };
 
 struct server {
@@ -859,20 +861,33 @@ static void accept_clients(struct server *s)
         s->clients = c;
         s->nclients++;
         if (refused) {
-            /* One error, then the connection is closed: nothing it sends
-             * is read as a request. */
+            /* One error and the end of our side; what it sends is read and
+             * dropped (never taken as a request) until it closes, or for a
+             * second at most (on_tick): closing at once with its request
+             * unread would reset the connection and could lose the error. */
+            c->refused = true;
+            c->refused_ns = lsm_now_ns();
             client_send(s, c, lsm_rpc_error(NULL, LSM_RPC_E_ACCESS, "permission denied: uid not allowed", NULL));
-            c->closing = true;
-            if (c->wlen == c->woff)
-                client_close(s, c);
-            else
-                client_update_events(s, c);
+            shutdown(c->fd, SHUT_WR);
         }
     }
 }
 
 static void client_read(struct server *s, struct client *c)
 {
+    if (c->refused) {
+        char sink[4096];
+        for (int i = 0; i < 64; i++) {
+            ssize_t n = recv(c->fd, sink, sizeof sink, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+                c->closing = true;
+                return;
+            }
+            if (n < 0 && errno == EAGAIN)
+                return;
+        }
+        return;
+    }
     for (int rounds = 0; rounds < 16 && !c->closing; rounds++) {
         if (c->rcap - c->rlen < 65536) {
             size_t cap = c->rcap ? c->rcap * 2 : 65536;
@@ -1093,6 +1108,11 @@ static void on_tick(struct server *s)
     uint64_t now = lsm_now_ns();
     for (struct task *t = s->tasks; t; t = t->next)
         watch_task(s, t, now);
+    for (struct client *c = s->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->refused && now - c->refused_ns > 1000000000ULL)
+            client_close(s, c);
+    }
 }
 
 static void shutdown_tasks(struct server *s)

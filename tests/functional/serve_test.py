@@ -618,11 +618,14 @@ def scenario_security(w):
             "d=b''\n"
             "try:\n"
             "  s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\\n')\n"
+            "except (ConnectionResetError, BrokenPipeError):\n"
+            "  pass\n"
+            "try:\n"
             "  while True:\n"
             "    x=s.recv(4096)\n"
             "    if not x: break\n"
             "    d+=x\n"
-            "except (ConnectionResetError, BrokenPipeError):\n"
+            "except ConnectionResetError:\n"
             "  pass\n"
             "print(d.decode().strip() or 'CLOSED')\n")
         as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "python3", "-c", nobody_client, svc.sock]
@@ -700,9 +703,13 @@ def scenario_security(w):
         e = c.error("copyVolume", copy_params(src_in, os.path.join(dom, "g.raw"), create=False, generation=7))
         check(e["code"] == -32002, "generation 7 on a volume at 2: refused")
         # two tasks racing on one generation: one wins
-        r1 = c.call("copyVolume", copy_params(src_in, os.path.join(dom, "g.raw"), create=False, generation=2, bandwidth=8 * MiB))
+        slow_src = os.path.join(dom, "slow.qcow2")
+        make_qcow2(slow_src, 64 * MiB, [(0x16, 0, 12 * MiB)])
+        r1 = c.call("copyVolume", copy_params(slow_src, os.path.join(dom, "g.raw"), create=False, generation=2,
+                                              bandwidth=4 * MiB))
         r2 = c.call("copyVolume", copy_params(src_in, os.path.join(dom, "g2.raw"), generation=0))
         c.wait(r2["taskId"])
+        check(c.status(r1["taskId"])["state"] == "running", "(the first copy is still running)")
         os.replace(os.path.join(dom, "g2.raw.generation"), gfile)   # another writer bumped g.raw to 1
         st = c.wait(r1["taskId"])
         check(st["state"] == "failed" and st["error"]["name"] == "ESTALE",
