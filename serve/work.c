@@ -733,6 +733,8 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
 #ifdef LSM_COPY_HAS_JOURNAL
     o.journal = w->journal;
     o.resume = resume;
+    if (resume)
+        o.no_create = true;     /* the destination the journal names, as it is */
 #endif
 #ifdef HAVE_LIBSODIUM
     /* The checksum from the copy's own buffers; with a backing (one layer
