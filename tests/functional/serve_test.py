@@ -125,6 +125,13 @@ class Client:
         self.s.close()
 
 
+def die_with_parent():
+    """The service gets SIGKILL when this script dies (a test killed by its
+    time-out must not leave services running)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
 class Service:
     def __init__(self, work, *extra):
         self.work = work
@@ -136,7 +143,8 @@ class Service:
 
     def start(self):
         self.proc = subprocess.Popen([LSM, "serve", "--socket", self.sock, "--state-dir", self.state]
-                                     + self.extra, stdout=self.log, stderr=self.log)
+                                     + self.extra, stdout=self.log, stderr=self.log,
+                                     preexec_fn=die_with_parent)
         end = time.time() + 10
         while time.time() < end:
             if self.proc.poll() is not None:
@@ -398,7 +406,7 @@ def scenario_tasks(w):
     if sa:
         asock = os.path.join(w, "act.sock")
         p = subprocess.Popen([sa, "-l", asock, LSM, "serve", "--state-dir", os.path.join(w, "state2")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         try:
             for _ in range(100):
                 if os.path.exists(asock):
@@ -625,10 +633,11 @@ def scenario_security(w):
             "    x=s.recv(4096)\n"
             "    if not x: break\n"
             "    d+=x\n"
+            "    if b'\\n' in d: break\n"
             "except ConnectionResetError:\n"
             "  pass\n"
             "print(d.decode().strip() or 'CLOSED')\n")
-        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "python3", "-c", nobody_client, svc.sock]
+        as_nobody = ["timeout", "20", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "python3", "-c", nobody_client, svc.sock]
         r = run(*as_nobody)
         check(r.stdout.strip() == "EACCES", "uid nobody cannot connect to the 0600 socket")
         os.chmod(svc.sock, 0o666)       # let it connect: the service's own check must refuse it
@@ -638,6 +647,21 @@ def scenario_security(w):
               "uid nobody on a 0666 socket: refused by the peer credential check with -32003 (%s)" % rep[:80])
         check("uid 65534 refused" in svc.logtext(), "the service logs the refused uid")
         os.chmod(svc.sock, 0o600)
+        # --group: 0660 and that group; --allow-uid: nobody may then talk to it
+        w2 = os.path.join(w, "second")
+        os.makedirs(w2)
+        os.chmod(w2, 0o755)
+        svc2 = Service(w2, "--group", "nogroup", "--allow-uid", "nobody")
+        svc2.start().close()
+        try:
+            st = os.stat(svc2.sock)
+            import grp
+            check(st.st_mode & 0o777 == 0o660 and st.st_gid == grp.getgrnam("nogroup").gr_gid,
+                  "--group nogroup: the socket is 0660, group nogroup")
+            r = run(*(as_nobody[:-1] + [svc2.sock]))
+            check('"result"' in r.stdout and '"version"' in r.stdout, "--allow-uid nobody: uid nobody in group nogroup is answered")
+        finally:
+            svc2.stop()
 
         # domain roots
         src_in = os.path.join(dom, "src.qcow2")
