@@ -266,8 +266,8 @@ static void journal_record(struct ctx *c, uint64_t start, uint64_t len)
         lsm_journal_mark(c->j, start, len);
 }
 
-/* Work done again after a resume: the part of [start, start+len) that the
- * interrupted run may have done past its last checkpoint. */
+/* Data copied again after a resume: the part of [start, start+len) that
+ * the interrupted run had started past its last checkpoint. */
 static void journal_count_redone(struct ctx *c, uint64_t start, uint64_t len)
 {
     uint64_t lo = MAX(start, c->redo_lo), hi = MIN(start + len, c->redo_hi);
@@ -806,7 +806,6 @@ static void fill(struct ctx *c)
         case LSM_RUN_ZERO: {
             if (journal_note(c, r->start + r->length) < 0)
                 return;
-            journal_count_redone(c, r->start, r->length);
             int ret = dst_zero(c->d, r->start, r->length);
             if (ret < 0) {
                 set_err(c, ret);
@@ -1357,6 +1356,19 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             r = lsm_journal_load(o->journal, &jl);
             if (r < 0)
                 return r;
+            /* what can be compared before DST is opened */
+            json_object *early = journal_options(o, 0, 0, 0, false);
+            json_object_object_del(early, "granule");
+            json_object_object_del(early, "size");
+            json_object_object_del(early, "cluster_size");
+            json_object_object_del(early, "reads_zero");
+            r = journal_check_options(early, jl->options);
+            json_object_put(early);
+            if (r < 0) {
+                lsm_journal_free(jl);
+                lsm_error_prefix("cannot resume from %s", o->journal);
+                return r;
+            }
         }
     }
 

@@ -226,7 +226,7 @@ struct lsm_copy_stats {
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
     uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
-    uint64_t bytes_redone;   /* resume: work the interrupted run had started past its last
+    uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
                                 checkpoint (between the journal's frontier and reached mark) */
     unsigned checkpoints;
     double checkpoint_seconds;/* time spent in checkpoints (drain excluded) */
