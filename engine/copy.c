@@ -11,6 +11,9 @@
  * once (for a qcow2 destination at host clusters from qcow2_writer_alloc).
  * Zero runs become nothing (destination already reads zeroes), holes or
  * zero clusters.  At the end: flush, then the qcow2 writer's finish.
+ * With a journal (docs/resume.md): checkpoints in between (drain, flush,
+ * writer checkpoint, journal saved), and on resume runs the journal has
+ * done are skipped; the journal_* functions are the whole of it.
  */
 #include <assert.h>
 #include <fcntl.h>

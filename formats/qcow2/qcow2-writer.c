@@ -5,6 +5,8 @@
  *   clusters 1..n        L1 table (sized for the virtual size, written at finish)
  *   then, in call order  L2 tables (allocated on demand) and data runs
  *   at finish            refcount table, then refcount blocks, at the end
+ *                        (or, when it still covers the image, in the area
+ *                        the last checkpoint placed at the end then)
  *
  * Refcounts: the writer never frees, so every cluster below the end of the
  * image has refcount 1, except a "free set": in an image we opened, the

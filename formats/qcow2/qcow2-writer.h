@@ -16,7 +16,8 @@
  *
  * Layout: header cluster, L1 table, then L2 tables (allocated on demand)
  * and data runs in call order, and at finish the refcount table and blocks
- * at the end.  Refcounts are rebuilt at finish: every cluster below the end
+ * at the end (or in the area of the last checkpoint, when it still covers
+ * the image: see qcow2_writer_checkpoint).  Refcounts are rebuilt at finish: every cluster below the end
  * has refcount 1 except, in an opened image, clusters that were free, leaked
  * clusters and the old refcount structures (refcount 0, not leaks); in an
  * opened incomplete image, every cluster nothing references.  Memory stays
