@@ -263,10 +263,12 @@ static void progress(struct ctx *c)
 
 static void take_run(struct ctx *c, uint64_t n);
 
+static int set_err(struct ctx *c, int err);
+
 static void journal_record(struct ctx *c, uint64_t start, uint64_t len)
 {
-    if (c->j)
-        lsm_journal_mark(c->j, start, len);
+    if (c->j && lsm_journal_mark(c->j, start, len) < 0)
+        set_err(c, -ENOMEM);
 }
 
 /* Data copied again after a resume: the part of [start, start+len) that
@@ -342,7 +344,7 @@ static int journal_dst_ident(struct ctx *c, struct lsm_journal_file *f)
     f->dev = S_ISBLK(sb.st_mode) ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
     f->ino = S_ISBLK(sb.st_mode) ? 0 : (uint64_t)sb.st_ino;
     f->mtime_ns = -1;       /* written after every checkpoint */
-    f->has_hash = false;
+    f->has_hash = f->has_hash_next = false;
     /* A qcow2 grows past its checkpoint: its header and L1 say what the
      * checkpoint left (qcow2-ident.h); a raw file keeps its size. */
     f->size = c->d->w ? 0 : (S_ISBLK(sb.st_mode) ? c->d->f->size : (uint64_t)sb.st_size);
@@ -367,6 +369,22 @@ static int journal_checkpoint(struct ctx *c)
     }
     if (d->tail_fd >= 0 && fdatasync(d->tail_fd) < 0)
         return set_err(c, lsm_error_errno(-errno, "cannot flush %s", d->path));
+    struct lsm_journal_file *df = &c->files[c->nfiles - 1];
+    if (d->w && c->j->saved) {
+        /* A kill while the writer writes its metadata leaves the image at
+         * this checkpoint or the last one: the journal (still with the
+         * last one's done ranges) accepts both. */
+        r = qcow2_writer_checkpoint_hash(d->w, &df->hash_next);
+        df->has_hash_next = r == 0;
+        if (r == 0)
+            r = lsm_journal_set_files(c->j, c->files, c->nfiles);
+        if (r == 0)
+            r = lsm_journal_save(c->j);
+        if (r < 0) {
+            lsm_error_prefix("cannot checkpoint %s", d->path);
+            return set_err(c, r);
+        }
+    }
     if (d->w) {
         r = qcow2_writer_checkpoint(d->w);
         if (r < 0) {
@@ -374,7 +392,8 @@ static int journal_checkpoint(struct ctx *c)
             return set_err(c, r);
         }
     }
-    r = journal_dst_ident(c, &c->files[c->nfiles - 1]);
+    lsm_journal_commit(c->j);       /* what was recorded is durable now */
+    r = journal_dst_ident(c, df);
     if (r == 0)
         r = lsm_journal_set_files(c->j, c->files, c->nfiles);
     if (r < 0)

@@ -125,6 +125,7 @@ void lsm_journal_free(struct lsm_journal *j)
         close(j->append_fd);
     free_files(j->files, j->nfiles);
     json_object_put(j->options);
+    free(j->pending);
     free(j->bits);
     free(j->path);
     free(j);
@@ -168,7 +169,9 @@ int lsm_journal_check_files(const struct lsm_journal *j, const struct lsm_journa
             what = "changed size";
         else if (a->mtime_ns >= 0 && b->mtime_ns >= 0 && a->mtime_ns != b->mtime_ns)
             what = "was modified";
-        else if (a->has_hash != b->has_hash || (a->has_hash && a->hash != b->hash))
+        else if (a->has_hash != b->has_hash ||
+                 (a->has_hash && a->hash != b->hash &&
+                  !(a->has_hash_next && a->hash_next == b->hash)))
             what = "has other metadata";
         if (what)
             return lsm_error(-ESTALE, "%s %s %s since the journal was written", b->role,
@@ -177,15 +180,56 @@ int lsm_journal_check_files(const struct lsm_journal *j, const struct lsm_journa
     return 0;
 }
 
-void lsm_journal_mark(struct lsm_journal *j, uint64_t start, uint64_t len)
+static void mark_bits(struct lsm_journal *j, uint64_t start, uint64_t end)
 {
-    if (len == 0 || start >= j->size)
-        return;
-    uint64_t end = len > j->size - start ? j->size : start + len;
     uint64_t first = div_round_up(start, j->granule);
     uint64_t last = end == j->size ? j->nbits : end / j->granule;
     for (uint64_t i = first; i < last; i++)
         bit_set(j, i);
+}
+
+int lsm_journal_mark(struct lsm_journal *j, uint64_t start, uint64_t len)
+{
+    if (len == 0 || start >= j->size)
+        return 0;
+    uint64_t end = len > j->size - start ? j->size : start + len;
+    if (j->npending && j->pending[j->npending - 1][1] == start) {
+        j->pending[j->npending - 1][1] = end;
+        return 0;
+    }
+    if (j->npending == j->pending_cap) {
+        size_t cap = j->pending_cap ? 2 * j->pending_cap : 256;
+        void *n = realloc(j->pending, cap * sizeof *j->pending);
+        if (!n)
+            return lsm_error(-ENOMEM, "cannot allocate the journal's pending ranges");
+        j->pending = n;
+        j->pending_cap = cap;
+    }
+    j->pending[j->npending][0] = start;
+    j->pending[j->npending][1] = end;
+    j->npending++;
+    return 0;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+void lsm_journal_commit(struct lsm_journal *j)
+{
+    /* Adjacent pending ranges may split a granule between them: sort and
+     * merge first, so that a granule recorded in two pieces counts. */
+    qsort(j->pending, j->npending, sizeof *j->pending, range_cmp);
+    size_t i = 0;
+    while (i < j->npending) {
+        uint64_t s = j->pending[i][0], e = j->pending[i][1];
+        for (i++; i < j->npending && j->pending[i][0] <= e; i++)
+            e = MAX(e, j->pending[i][1]);
+        mark_bits(j, s, e);
+    }
+    j->npending = 0;
 }
 
 bool lsm_journal_done_at(const struct lsm_journal *j, uint64_t off, uint64_t *run_end)
@@ -308,6 +352,12 @@ static int parse_files(struct lsm_journal *j, json_object *arr)
         if (r < 0)
             return r;
         f->has_hash = r == 0;
+        r = get_hex(e, "hash_next", false, &f->hash_next);
+        if (r < 0)
+            return r;
+        f->has_hash_next = r == 0;
+        if (f->has_hash_next && !f->has_hash)
+            return lsm_error(-EINVAL, "invalid journal: file %zu has hash_next without hash", i);
     }
     return 0;
 }
@@ -501,6 +551,8 @@ static json_object *build_doc(const struct lsm_journal *j)
             json_object_object_add(e, "mtime_ns", json_object_new_int64(f->mtime_ns));
         if (f->has_hash)
             json_object_object_add(e, "hash", hex_string(f->hash));
+        if (f->has_hash && f->has_hash_next)
+            json_object_object_add(e, "hash_next", hex_string(f->hash_next));
         json_object_array_add(files, e);
     }
     json_object_object_add(doc, "files", files);
@@ -577,9 +629,13 @@ int lsm_journal_save(struct lsm_journal *j)
     j->saved = true;
     j->saved_dev = st.st_dev;
     j->saved_ino = st.st_ino;
+    uint64_t keep = j->noted;
     j->noted = j->frontier;
     if (r == 0 && lseek(fd, 0, SEEK_END) < 0)
         r = lsm_error_errno(-errno, "cannot seek in %s", j->path);
+    /* how far the job had gone stays known across saves */
+    if (r == 0 && keep > j->frontier)
+        r = lsm_journal_note_reached(j, keep);
     return r;
 }
 

@@ -6,6 +6,8 @@
  * options (an opaque JSON object the caller compares on resume), the
  * identity of every source and destination file (struct lsm_journal_file),
  * and the frontier: the guest offset the job had reached at the checkpoint.
+ * Ranges the job records are pending until it commits them (after its
+ * flush); only committed ranges are saved.
  *
  * On disk: one JSON document (docs/resume.md), written atomically by
  * lsm_journal_save (a temporary file in the same directory, fsync, rename,
@@ -41,6 +43,10 @@ struct lsm_journal_file {
     int64_t mtime_ns;       /* modification time; -1: not compared */
     bool has_hash;
     uint64_t hash;          /* qcow2: header cluster and L1 table (qcow2_ident_hash) */
+    /* During a checkpoint: the hash the file will have once the checkpoint
+     * has written its metadata (a kill in between leaves either). */
+    bool has_hash_next;
+    uint64_t hash_next;
 };
 
 struct lsm_journal {
@@ -48,7 +54,9 @@ struct lsm_journal {
     uint64_t size;          /* guest size */
     uint64_t granule;       /* power of two */
     uint64_t nbits;
-    uint64_t *bits;         /* done granules */
+    uint64_t *bits;         /* done granules (durable: what save writes) */
+    uint64_t (*pending)[2]; /* marked since the last commit: [start, end) */
+    size_t npending, pending_cap;
     json_object *options;   /* owned */
     struct lsm_journal_file *files;
     size_t nfiles;
@@ -82,17 +90,22 @@ int lsm_journal_check_files(const struct lsm_journal *j, const struct lsm_journa
                             size_t n);
 void lsm_journal_file_clear(struct lsm_journal_file *f);
 
-/* Record [start, start+len) as done: the granules it covers entirely (and
- * the last, short granule when it reaches the size). */
-void lsm_journal_mark(struct lsm_journal *j, uint64_t start, uint64_t len);
+/* Record [start, start+len) as written: pending until lsm_journal_commit
+ * (after the flush that makes it durable), then done: the granules it
+ * covers entirely (and the last, short granule when it reaches the size).
+ * -ENOMEM with a message. */
+int lsm_journal_mark(struct lsm_journal *j, uint64_t start, uint64_t len);
+/* The pending ranges are durable now: into the done bitmap. */
+void lsm_journal_commit(struct lsm_journal *j);
 /* Whether the granule at off is done, and the end (guest offset, at most
  * size) of the run of granules from off with that state. */
 bool lsm_journal_done_at(const struct lsm_journal *j, uint64_t off, uint64_t *run_end);
 /* Bytes marked done. */
 uint64_t lsm_journal_done_bytes(const struct lsm_journal *j);
 
-/* Write the journal atomically at its path (see above); afterwards "reached"
- * lines go to the new file. */
+/* Write the journal atomically at its path (see above): the committed done
+ * ranges only.  Afterwards "reached" lines go to the new file, starting
+ * with the last one noted if it is past the frontier. */
 int lsm_journal_save(struct lsm_journal *j);
 /* Append "the job has started work up to off" (not synced: it survives a
  * kill of the process, not always a power loss).  Only increasing offsets

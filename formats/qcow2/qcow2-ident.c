@@ -27,6 +27,16 @@ static uint64_t hash_bytes(uint64_t h, const uint8_t *p, size_t n)
     return h;
 }
 
+#define HASH_INIT 0xcbf29ce484222325ULL
+
+static uint64_t hash_final(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
 /* Read [off, off+len) through aligned buffers, hashing it. */
 static int hash_region(int fd, uint64_t off, uint64_t len, uint64_t *h)
 {
@@ -75,15 +85,20 @@ int qcow2_ident_hash(int fd, uint64_t *out)
         return lsm_error(-EINVAL, "invalid qcow2 cluster_bits %u", cbits);
     if (l1_size > QCOW2_MAX_L1_BYTES / 8 || l1_off > (1ULL << 56) || l1_off % (1u << cbits))
         return lsm_error(-EINVAL, "invalid qcow2 L1 table (0x%" PRIx64 ", %u entries)", l1_off, l1_size);
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = HASH_INIT;
     int r = hash_region(fd, 0, 1u << cbits, &h);
     if (r == 0 && l1_size)
         r = hash_region(fd, l1_off, (uint64_t)l1_size * 8, &h);
     if (r < 0)
         return r;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    *out = h;
+    *out = hash_final(h);
     return 1;
+}
+
+uint64_t qcow2_ident_hash_buffers(const void *hdr, size_t hdr_len, const void *l1, size_t l1_len)
+{
+    uint64_t h = hash_bytes(HASH_INIT, hdr, hdr_len);
+    if (l1_len)
+        h = hash_bytes(h, l1, l1_len);
+    return hash_final(h);
 }

@@ -45,6 +45,7 @@
 #include "fileio.h"
 #include "image-internal.h"
 #include "qcow2.h"
+#include "qcow2-ident.h"
 #include "qcow2-writer.h"
 #include "util.h"
 
@@ -123,6 +124,7 @@ struct qcow2_writer {
      * table (rc_nrt clusters) then the blocks (rc_nrb), rewritten in place by
      * later checkpoints and by finish while they cover the image. */
     uint64_t rc_start, rc_nrt, rc_nrb;
+    bool hdr_dirty;             /* hdr names an area the header on disk does not */
 
     int failed;                 /* first write error: the writer is unusable */
     bool finished;
@@ -1539,60 +1541,80 @@ static int write_tables(struct qcow2_writer *w)
     return 0;
 }
 
+/* The refcount area the next checkpoint writes: the current one while it
+ * covers the image, else a new one at the end (the header in memory names
+ * it; hdr_dirty until the header is on disk). */
+static int prepare_area(struct qcow2_writer *w)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t e = w->next_free >> w->cluster_bits;
+    if (w->rc_nrt && area_capacity(w) >= e)
+        return 0;
+    /* Sized for twice the image as it is now: areas move O(log(size))
+     * times, and the old ones (free space) add up to less than the last. */
+    uint64_t nrt, nrb;
+    refcount_layout(w, 2 * e, &nrt, &nrb);
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        refcount_layout(w, e, &nrt, &nrb);
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table "
+                         "over QEMU's limit of %u: use larger clusters or fewer refcount "
+                         "bits", e, QCOW2_MAX_REFTABLE_BYTES);
+    int r = check_room(w, (nrt + nrb) * cs, "checkpoint refcount structures");
+    if (r < 0)
+        return r;
+    r = drop_area(w);
+    if (r < 0)
+        return r;
+    w->rc_start = e;
+    w->rc_nrt = nrt;
+    w->rc_nrb = nrb;
+    w->next_free += (nrt + nrb) * cs;
+    be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), w->rc_start * cs);
+    be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), (uint32_t)w->rc_nrt);
+    w->hdr_dirty = true;
+    return 0;
+}
+
+int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash)
+{
+    int r = check_usable(w);
+    if (r == 0)
+        r = mark_incomplete(w);
+    if (r == 0)
+        r = prepare_area(w);
+    if (r < 0)
+        return r;
+    *hash = qcow2_ident_hash_buffers(w->hdr, w->cluster_size, w->l1, (size_t)w->l1_size * 8);
+    return 0;
+}
+
 int qcow2_writer_checkpoint(struct qcow2_writer *w)
 {
     int r = check_usable(w);
+    if (r == 0)
+        r = mark_incomplete(w);
+    if (r == 0)
+        r = write_tables(w);
+    if (r == 0)
+        r = prepare_area(w);
     if (r < 0)
         return r;
-    r = mark_incomplete(w);
-    if (r < 0)
-        return r;
-    r = write_tables(w);
-    if (r < 0)
-        return r;
-    uint64_t cs = w->cluster_size;
-    uint64_t e = w->next_free >> w->cluster_bits;
-    bool moved = false;
-    if (!w->rc_nrt || area_capacity(w) < e) {
-        /* A new area at the end, counting twice the image as it is then:
-         * areas move O(log(size)) times, and the old ones (free space)
-         * add up to less than the last. */
-        uint64_t nrt, nrb;
-        refcount_layout(w, 2 * e, &nrt, &nrb);
-        if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
-            refcount_layout(w, e, &nrt, &nrb);
-        if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
-            return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table "
-                             "over QEMU's limit of %u: use larger clusters or fewer refcount "
-                             "bits", e, QCOW2_MAX_REFTABLE_BYTES);
-        r = check_room(w, (nrt + nrb) * cs, "checkpoint refcount structures");
-        if (r < 0)
-            return r;
-        r = drop_area(w);
-        if (r < 0)
-            return r;
-        w->rc_start = e;
-        w->rc_nrt = nrt;
-        w->rc_nrb = nrb;
-        w->next_free += (nrt + nrb) * cs;
-        moved = true;
-    }
     r = write_refcount_area(w, w->rc_start, w->rc_nrt, w->rc_nrb, w->next_free >> w->cluster_bits);
     if (r < 0)
         return r;
     if (fdatasync(w->fd) < 0)
         return writer_failed(w, lsm_error_errno(-errno, "cannot sync qcow2 metadata"));
-    if (!moved)
+    if (!w->hdr_dirty)
         return 0;
     /* The header names the new area last: until it is on disk, the old
      * area (free now, but never overwritten) still describes the image. */
-    be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), w->rc_start * cs);
-    be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), (uint32_t)w->rc_nrt);
     r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
     if (r < 0)
         return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
     if (fdatasync(w->fd) < 0)
         return writer_failed(w, lsm_error_errno(-errno, "cannot sync the qcow2 header"));
+    w->hdr_dirty = false;
     return 0;
 }
 

@@ -131,6 +131,12 @@ int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
  * (the old one becomes free space); finish reuses it.  Between checkpoints
  * the header and the L1 table on disk do not change. */
 int qcow2_writer_checkpoint(struct qcow2_writer *w);
+/* Before a checkpoint: the hash (qcow2-ident.h) the image's header and L1
+ * table will have once qcow2_writer_checkpoint has written them, for a
+ * journal that must accept either state after a kill in between.  Places
+ * the refcount area the checkpoint will write (in memory); no data write
+ * or alloc may come between the two calls. */
+int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash);
 /* Write every piece of metadata, fdatasync, then the header with the
  * incomplete bit cleared (its last write), fdatasync.  After this returns 0
  * the image is complete. */
