@@ -17,6 +17,7 @@
  */
 #include <assert.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -214,6 +215,7 @@ struct ctx {
     bool ck_pending;            /* draining for a checkpoint */
     uint64_t ck_bytes, ck_ns;   /* bytes_done and time at the last checkpoint */
     uint64_t ck_every_bytes, ck_every_ns;
+    bool ck_bytes_valid;        /* past the first checkpoint (the one before any write) */
     uint64_t redo_lo, redo_hi;  /* resume: [frontier, reached) of the interrupted run */
 };
 
@@ -357,6 +359,21 @@ static int journal_dst_ident(struct ctx *c, struct lsm_journal_file *f)
     return 0;
 }
 
+/* Test hook: LSM_TEST_CHECKPOINT_KILL=N:WHERE kills the process with
+ * SIGKILL at the N-th checkpoint (1 = the first after the one before any
+ * write), WHERE "writer" right after the qcow2 writer's checkpoint (the
+ * journal not yet updated) or "save" right after the journal is saved
+ * (tests/functional/resume.sh). */
+static void journal_test_kill(struct ctx *c, const char *where)
+{
+    const char *e = getenv("LSM_TEST_CHECKPOINT_KILL");
+    char *colon;
+    if (!e || !(colon = strchr(e, ':')) || strcmp(colon + 1, where))
+        return;
+    if (strtoul(e, NULL, 10) == c->st->checkpoints + 1 && c->j->saved && c->ck_bytes_valid)
+        raise(SIGKILL);
+}
+
 /* The pipeline is drained: make everything recorded durable, then say so. */
 static int journal_checkpoint(struct ctx *c)
 {
@@ -391,6 +408,7 @@ static int journal_checkpoint(struct ctx *c)
             lsm_error_prefix("cannot checkpoint %s", d->path);
             return set_err(c, r);
         }
+        journal_test_kill(c, "writer");
     }
     lsm_journal_commit(c->j);       /* what was recorded is durable now */
     r = journal_dst_ident(c, df);
@@ -402,6 +420,7 @@ static int journal_checkpoint(struct ctx *c)
     r = lsm_journal_save(c->j);
     if (r < 0)
         return set_err(c, r);
+    journal_test_kill(c, "save");
     c->st->checkpoints++;
     c->ck_pending = false;
     c->ck_bytes = c->st->bytes_done;
@@ -1330,6 +1349,7 @@ static int journal_first_checkpoint(struct ctx *c)
             return set_err(c, r);
     }
     c->st->checkpoints = 0;
+    c->ck_bytes_valid = true;
     return 0;
 }
 
