@@ -6,7 +6,8 @@
 # checkpoint interval (plus the requests in flight).  Chains of several
 # kills before one resume too.  A source or destination changed between
 # kill and resume is refused with one line, exit 1, and the destination
-# stays incomplete.  And the refusals of the options themselves.
+# stays incomplete.  SIGTERM/SIGINT end with a last checkpoint: nothing
+# is redone.  And the refusals of the options themselves.
 #
 # The source (320 MiB) has data, zero clusters, unallocated ranges, zeroes
 # written as data and 4 KiB pieces; copies are slowed with --rate so that a
@@ -190,6 +191,30 @@ for where in writer save; do
     done
 done
 rm -f wide.qcow2
+
+# SIGTERM (and SIGINT): the copy drains, makes a last checkpoint and says
+# how to continue; the resume redoes nothing.
+for sig in TERM INT; do
+    for fmt in raw qcow2; do
+        case="sig$sig-$fmt"
+        rm -f "d.$fmt" j
+        "${COPY[@]}" --journal=j -O "$fmt" src.qcow2 "d.$fmt" >/dev/null 2>sig.err &
+        pid=$!
+        sleep 0.5
+        kill -"$sig" "$pid"
+        RC=0
+        wait "$pid" || RC=$?
+        if ((RC != 1)) || ! grep -q -- "--resume" sig.err || [[ ! -e j ]]; then
+            fail "$case" "exit $RC, $(cat sig.err)"
+            continue
+        fi
+        resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        check_result "$case" "$fmt" "d.$fmt" res.json
+        redone=$(jq -r .bytes_redone res.json 2>/dev/null || echo none)
+        [[ $redone == 0 ]] && pass "$case-nothing-redone" ||
+            fail "$case-nothing-redone" "bytes_redone $redone after a SIG$sig"
+    done
+done
 
 # A kill that leaves a journal, for the refusals below.
 killed_once() {  # killed_once FMT
