@@ -21,7 +21,7 @@ static void serve_usage(FILE *f)
         "Usage: lsm-sync serve --socket PATH [--state-dir DIR] [--group NAME]\n"
         "                      [--allow-uid UID]... [--domain-root DIR]... [--max-tasks N]\n"
         "                      [--max-bandwidth RATE] [--memory MiB] [--stall-timeout SECONDS]\n"
-        "                      [--max-request BYTES]\n\n"
+        "                      [--max-request BYTES] [--checkpoint-interval SIZE[,SECONDS]]\n\n"
         "Run the storage pool manager's worker: a JSON-RPC 2.0 service on a Unix stream\n"
         "socket, one request per line (docs/serve.md).  Image work (copyVolume,\n"
         "checksumVolume, cloneImageStructure) runs as tasks in the background; clients\n"
@@ -43,6 +43,10 @@ static void serve_usage(FILE *f)
         "  --stall-timeout S      fail a task that makes no progress for S seconds\n"
         "                         (default %u; 0: never)\n"
         "  --max-request BYTES    longest request line accepted (default %u)\n"
+        "  --checkpoint-interval SIZE[,SECONDS]\n"
+        "                         a copy's journal checkpoint after SIZE of data or\n"
+        "                         SECONDS, whichever comes first (default 1G,5); a task\n"
+        "                         restarted after a crash redoes at most that\n"
         "  -h, --help             show this help\n",
         LSM_SERVE_MAX_TASKS, LSM_SERVE_STALL_TIMEOUT, LSM_SERVE_MAX_REQUEST);
 }
@@ -87,7 +91,7 @@ static int listen_fd_from_env(void)
 int cmd_serve(int argc, char **argv)
 {
     enum { OPT_SOCKET = 256, OPT_STATE, OPT_GROUP, OPT_ALLOW, OPT_ROOT, OPT_TASKS, OPT_BW,
-           OPT_MEM, OPT_STALL, OPT_REQ };
+           OPT_MEM, OPT_STALL, OPT_REQ, OPT_CKPT };
     static const struct option opts[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
         { "state-dir", required_argument, NULL, OPT_STATE },
@@ -99,6 +103,7 @@ int cmd_serve(int argc, char **argv)
         { "memory", required_argument, NULL, OPT_MEM },
         { "stall-timeout", required_argument, NULL, OPT_STALL },
         { "max-request", required_argument, NULL, OPT_REQ },
+        { "checkpoint-interval", required_argument, NULL, OPT_CKPT },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -166,6 +171,26 @@ int cmd_serve(int argc, char **argv)
                 return cli_usage_error("serve", "--max-request must be 1024 to 67108864, not '%s'", optarg);
             o.max_request = (size_t)v;
             break;
+        case OPT_CKPT: {
+            char *comma = strchr(optarg, ',');
+            if (comma)
+                *comma = '\0';
+            if (!cli_parse_size("serve", "--checkpoint-interval", optarg, &v))
+                return EXIT_USAGE;
+            if (v < MiB)
+                return cli_usage_error("serve", "--checkpoint-interval: SIZE must be at least 1M");
+            o.checkpoint_bytes = v;
+            if (comma) {
+                char *end;
+                errno = 0;
+                double sec = strtod(comma + 1, &end);
+                if (errno || end == comma + 1 || *end || !(sec >= 0.01 && sec <= 86400))
+                    return cli_usage_error("serve", "--checkpoint-interval: SECONDS must be a "
+                                           "number from 0.01 to 86400, not '%s'", comma + 1);
+                o.checkpoint_ms = (unsigned)(sec * 1000 + 0.5);
+            }
+            break;
+        }
         case 'h':
             serve_usage(stdout);
             return 0;

@@ -1172,6 +1172,8 @@ int lsm_serve_run(const struct lsm_serve_opts *o)
     s->stall_timeout = o->stall_timeout ? o->stall_timeout : LSM_SERVE_STALL_TIMEOUT;
     s->max_request = o->max_request ? o->max_request : LSM_SERVE_MAX_REQUEST;
     s->env.buffer_size = o->memory ? o->memory / s->max_tasks : 0;
+    s->env.checkpoint_bytes = o->checkpoint_bytes;
+    s->env.checkpoint_ms = o->checkpoint_ms;
     if (s->env.buffer_size > 32 * MiB)
         s->env.buffer_size = 32 * MiB;
     if (o->memory)

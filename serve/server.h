@@ -42,6 +42,8 @@ struct lsm_serve_opts {
     uint64_t memory;             /* bytes for all copy buffers (0: 32 MiB per task) */
     unsigned stall_timeout;      /* seconds (0: LSM_SERVE_STALL_TIMEOUT; UINT32_MAX: never) */
     size_t max_request;          /* bytes (0: LSM_SERVE_MAX_REQUEST) */
+    uint64_t checkpoint_bytes;   /* copies' journal checkpoints (0: the engine's 1 GiB) */
+    unsigned checkpoint_ms;      /* (0: the engine's 5 s) */
     void (*log)(void *opaque, const char *msg);
     void *log_opaque;
 };

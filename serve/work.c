@@ -503,11 +503,7 @@ static int prepare_clone(struct serve_work *w, json_object *p, char *msg)
 
 bool serve_work_has_journal(void)
 {
-#ifdef LSM_COPY_HAS_JOURNAL
     return true;
-#else
-    return false;
-#endif
 }
 
 char *serve_work_journal_path(const struct serve_env *env, const char *id)
@@ -702,6 +698,9 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         else if (have_journal)
             unlink(w->journal);
     }
+    if (resume && w->create && w->have_created && !lsm_created_file_is(w->dst, &w->created))
+        return lsm_error(-EEXIST, "%s is not the file this task created; nothing was changed "
+                         "(its journal is kept)", w->dst);
     if (w->resumed && w->create && !resume) {
         struct stat sb;
         if (lstat(w->dst, &sb) == 0) {
@@ -730,12 +729,12 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         .warn = copy_warn,
         .opaque = w,
     };
-#ifdef LSM_COPY_HAS_JOURNAL
     o.journal = w->journal;
     o.resume = resume;
+    o.checkpoint_bytes = w->env->checkpoint_bytes;
+    o.checkpoint_ms = w->env->checkpoint_ms;
     if (resume)
         o.no_create = true;     /* the destination the journal names, as it is */
-#endif
 #ifdef HAVE_LIBSODIUM
     /* The checksum from the copy's own buffers; with a backing (one layer
      * copied) or a journal (a resumed run does not read what was done) the

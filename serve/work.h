@@ -30,6 +30,8 @@ struct serve_env {
     struct lsm_confine confine;
     uint64_t buffer_size;        /* each copy's buffers (bytes) */
     const char *journal_dir;     /* STATE/journals, or NULL: copies keep no journal */
+    uint64_t checkpoint_bytes;   /* journal checkpoints (0: the engine's defaults) */
+    unsigned checkpoint_ms;
 };
 
 /* Copies keep a journal (engine/copy.h's journal and resume), so that a
