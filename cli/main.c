@@ -24,6 +24,9 @@ static const struct lsm_command commands[] = {
 #ifdef LSM_HAVE_CMD_REPLICATE
     { "replicate", "mirror an active volume (libvirt or device-mapper) and pivot", cmd_replicate },
 #endif
+#ifdef LSM_HAVE_CMD_MONITOR
+    { "monitor", "extend a running VM's thin volumes ahead of its writes (watermark extender)", cmd_monitor },
+#endif
 #ifdef LSM_HAVE_CMD_BENCH
     { "bench", "measure the I/O path with fio-style jobs", cmd_bench },
 #endif
