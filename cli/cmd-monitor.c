@@ -39,13 +39,14 @@ static void usage(FILE *f)
         "                           on a block device\n"
         "  -o, --output=FMT         human (default) or json (one JSON object per line)\n"
         "  --chunk=SIZE             extension step (default 1G)\n"
-        "  --chunk-replicating=SIZE extension step while a mirror runs (default 2G)\n"
+        "  --chunk-replicating=SIZE extension step while a mirror runs (default 3G)\n"
         "  --watermark=SIZE         minimum free space before extending (default 512M)\n"
+        "  --watermark-replicating=SIZE  the same while a mirror runs (default 3G)\n"
         "  --safety=F               headroom = max(watermark, write rate x extension\n"
         "                           latency x F) (default 2)\n"
         "  --extent=SIZE            sizes are multiples of this (default 128M)\n"
         "  --max-ratio=F            never beyond F x the virtual size (default 1.1)\n"
-        "  --poll-interval=MS       allocation check without events (default 2000)\n"
+        "  --poll-interval=MS       allocation and write-rate check (default 500)\n"
         "  --retries=N              retries of a transient failure (default 5)\n"
         "  --extend-cmd=CMD         extend block volumes by running CMD VOLUME NEWSIZE\n"
         "                           (bytes); exit 0 done, 28 no space, other: retried\n"
@@ -56,7 +57,7 @@ static void usage(FILE *f)
 }
 
 enum {
-    OPT_CHUNK = 256, OPT_CHUNK_REPL, OPT_WATERMARK, OPT_SAFETY, OPT_EXTENT, OPT_MAX_RATIO,
+    OPT_CHUNK = 256, OPT_CHUNK_REPL, OPT_WATERMARK, OPT_WATERMARK_REPL, OPT_SAFETY, OPT_EXTENT, OPT_MAX_RATIO,
     OPT_POLL, OPT_RETRIES, OPT_CMD, OPT_CMD_TIMEOUT, OPT_REPLICATING, OPT_NO_RESUME,
     OPT_STATUS_INTERVAL,
 };
@@ -69,6 +70,7 @@ static const struct option longopts[] = {
     { "chunk", required_argument, NULL, OPT_CHUNK },
     { "chunk-replicating", required_argument, NULL, OPT_CHUNK_REPL },
     { "watermark", required_argument, NULL, OPT_WATERMARK },
+    { "watermark-replicating", required_argument, NULL, OPT_WATERMARK_REPL },
     { "safety", required_argument, NULL, OPT_SAFETY },
     { "extent", required_argument, NULL, OPT_EXTENT },
     { "max-ratio", required_argument, NULL, OPT_MAX_RATIO },
@@ -265,6 +267,7 @@ static void print_status(struct lsm_extender *x, const char *domain)
                 json_object_object_add(so, "headroom", json_object_new_uint64(s->headroom));
                 json_object_object_add(so, "max_size", json_object_new_uint64(s->max_size));
                 json_object_object_add(so, "write_rate", json_object_new_double(s->rate_bps));
+                json_object_object_add(so, "planned_rate", json_object_new_double(s->planned_rate_bps));
                 json_object_object_add(so, "extensions", json_object_new_int((int)s->extensions));
                 json_object_object_add(so, "merged_events", json_object_new_int((int)s->merged));
                 json_object_object_add(so, "retries", json_object_new_int((int)s->retries));
@@ -383,6 +386,11 @@ int cmd_monitor(int argc, char **argv)
             break;
         case OPT_WATERMARK:
             if (!cli_parse_size(CMD, "--watermark", optarg, &o.policy.watermark))
+                return EXIT_USAGE;
+            break;
+        case OPT_WATERMARK_REPL:
+            if (!cli_parse_size(CMD, "--watermark-replicating", optarg,
+                                &o.policy.watermark_replicating))
                 return EXIT_USAGE;
             break;
         case OPT_SAFETY:

@@ -13,14 +13,16 @@ void lsm_extend_policy_default(struct lsm_extend_policy *p)
     p->chunk = 1 * GiB;
     p->chunk_replicating = 2 * GiB;
     p->watermark = 512 * MiB;
+    p->watermark_replicating = 3 * GiB;
     p->safety = 2.0;
     p->extent = 128 * MiB;
     p->max_ratio = 1.1;
     p->max_retries = 5;
     p->retry_base_ns = 500000000ULL;
     p->retry_max_ns = 8000000000ULL;
-    p->rate_window_ns = 10000000000ULL;
-    p->default_latency_ns = 2000000000ULL;
+    p->rate_window_ns = 2000000000ULL;
+    p->rate_hold_ns = 60000000000ULL;
+    p->default_latency_ns = 6000000000ULL;
 }
 
 int lsm_extend_policy_check(const struct lsm_extend_policy *p)
@@ -59,12 +61,12 @@ static uint64_t to_bytes(double v)
 }
 
 uint64_t lsm_extend_headroom(const struct lsm_extend_policy *p, double rate_bps,
-                             uint64_t latency_ns)
+                             uint64_t latency_ns, bool replicating)
 {
     if (!latency_ns)
         latency_ns = p->default_latency_ns;
     double adaptive = rate_bps * ((double)latency_ns / 1e9) * p->safety;
-    return MAX(p->watermark, to_bytes(adaptive));
+    return MAX(replicating ? p->watermark_replicating : p->watermark, to_bytes(adaptive));
 }
 
 static uint64_t round_up_sat(uint64_t v, uint64_t a)
@@ -194,13 +196,24 @@ void lsm_extend_trigger_done(struct lsm_extend_trigger *t)
 
 /* ---- recent write rate ---- */
 
-void lsm_extend_rate_add(struct lsm_extend_rate *r, uint64_t now_ns, uint64_t allocation)
+void lsm_extend_rate_add(struct lsm_extend_rate *r, const struct lsm_extend_policy *p,
+                         uint64_t now_ns, uint64_t allocation)
 {
     r->t[r->head] = now_ns;
     r->alloc[r->head] = allocation;
     r->head = (r->head + 1) % LSM_EXTEND_RATE_SAMPLES;
     if (r->n < LSM_EXTEND_RATE_SAMPLES)
         r->n++;
+    double cur = lsm_extend_rate_bps(r, p->rate_window_ns);
+    if (cur >= r->peak_bps || now_ns - r->peak_t > p->rate_hold_ns) {
+        r->peak_bps = cur;
+        r->peak_t = now_ns;
+    }
+}
+
+double lsm_extend_rate_recent(const struct lsm_extend_rate *r)
+{
+    return r->peak_bps;
 }
 
 double lsm_extend_rate_bps(const struct lsm_extend_rate *r, uint64_t window_ns)
@@ -236,6 +249,10 @@ void lsm_extend_latency_add(struct lsm_extend_latency *l, uint64_t ns)
 uint64_t lsm_extend_latency_recent(const struct lsm_extend_latency *l)
 {
     uint64_t m = 0;
+    /* Too few to know how much it varies: 0, so the caller plans with the
+     * default (at least as large as any seen, see lsm_extend_headroom). */
+    if (l->n < LSM_EXTEND_LAT_MIN)
+        return 0;
     for (unsigned i = 0; i < l->n; i++)
         m = MAX(m, l->ns[i]);
     return m;
@@ -258,6 +275,10 @@ bool lsm_extend_may_resume(const struct lsm_extend_resume_drive *d, unsigned n,
         if (!d[i].paused_enospc)
             continue;
         any = true;
+        if (d[i].failed) {
+            *why = "extending a drive that ran out of space failed";
+            return false;
+        }
         if (!d[i].managed) {
             *why = "a drive the extender does not manage ran out of space";
             return false;

@@ -36,6 +36,9 @@ struct lsm_extend_policy {
     uint64_t chunk;             /* bytes added per extension (1 GiB) */
     uint64_t chunk_replicating; /* the same while a mirror runs (2 GiB) */
     uint64_t watermark;         /* minimum headroom (512 MiB) */
+    uint64_t watermark_replicating; /* the same while a mirror runs (3 GiB):
+                                 * a burst that comes after an idle spell
+                                 * finds no measured rate to plan with */
     double safety;              /* factor on rate x latency (2.0) */
     uint64_t extent;            /* sizes are multiples of this (LVM: 128 MiB
                                  * in oVirt's VGs; 4 MiB is LVM's default);
@@ -44,8 +47,12 @@ struct lsm_extend_policy {
     unsigned max_retries;       /* transient failures retried this often (5) */
     uint64_t retry_base_ns;     /* first retry after this (0.5 s) ... */
     uint64_t retry_max_ns;      /* ... doubling up to this (8 s) */
-    uint64_t rate_window_ns;    /* write rate measured over this window (10 s) */
-    uint64_t default_latency_ns;/* latency assumed before one is measured (2 s) */
+    uint64_t rate_window_ns;    /* write rate measured over this window (2 s) */
+    uint64_t rate_hold_ns;      /* ... and its peak remembered this long (60 s),
+                                 * so that a burst after a pause in the writes
+                                 * finds the headroom the last one needed */
+    uint64_t default_latency_ns;/* latency assumed before one is measured (6 s:
+                                 * the slow end of what vdsm measured) */
 };
 
 /* The defaults above. */
@@ -60,7 +67,7 @@ uint64_t lsm_extend_chunk(const struct lsm_extend_policy *p, bool replicating);
 /* Headroom for a side writing rate_bps bytes/s with extensions taking
  * latency_ns (0: default_latency_ns). */
 uint64_t lsm_extend_headroom(const struct lsm_extend_policy *p, double rate_bps,
-                             uint64_t latency_ns);
+                             uint64_t latency_ns, bool replicating);
 
 /* Largest size a volume of this capacity may reach: measured (a full
  * image's size from `qemu-img measure`, 0 if unknown) or max_ratio x
@@ -128,16 +135,25 @@ struct lsm_extend_rate {
     uint64_t t[LSM_EXTEND_RATE_SAMPLES];
     uint64_t alloc[LSM_EXTEND_RATE_SAMPLES];
     unsigned n, head;
+    double peak_bps;            /* lsm_extend_rate_add's peak hold */
+    uint64_t peak_t;
 };
 
-void lsm_extend_rate_add(struct lsm_extend_rate *r, uint64_t now_ns, uint64_t allocation);
+/* Add a sample, and update the held peak: the largest rate over
+ * p->rate_window_ns seen in the last p->rate_hold_ns. */
+void lsm_extend_rate_add(struct lsm_extend_rate *r, const struct lsm_extend_policy *p,
+                         uint64_t now_ns, uint64_t allocation);
+/* The rate the headroom is planned for: the held peak. */
+double lsm_extend_rate_recent(const struct lsm_extend_rate *r);
 /* Bytes/s over the samples within window_ns of the newest (0 with fewer
  * than two samples or no growth). */
 double lsm_extend_rate_bps(const struct lsm_extend_rate *r, uint64_t window_ns);
 
 /* Recent extension latency: the largest of the last few (a slow LVM is the
- * one to plan for), 0 when none was measured. */
+ * one to plan for), 0 (plan with the default) until LSM_EXTEND_LAT_MIN have
+ * been measured: one fast extension says little about the next. */
 #define LSM_EXTEND_LAT_SAMPLES 8
+#define LSM_EXTEND_LAT_MIN 3
 struct lsm_extend_latency {
     uint64_t ns[LSM_EXTEND_LAT_SAMPLES];
     unsigned n, head;
@@ -155,6 +171,7 @@ struct lsm_extend_resume_drive {
     uint64_t free_bytes;    /* physical - allocation now (the tightest side) */
     uint64_t headroom;      /* the headroom the policy asks for */
     bool at_max;            /* the volume is at its maximum size */
+    bool failed;            /* extending it failed for good */
 };
 
 /* May the VM be resumed?  Only if it paused for ENOSPC, each drive that

@@ -68,7 +68,9 @@ struct side {
     unsigned extensions, arm_failures;
     uint64_t headroom, max_size;
     char error[512];
-    bool enospc, other_error, extended_since_pause;
+    bool enospc, other_error;
+    unsigned pause_mark;        /* extensions when the ENOSPC came (0 if
+                                 * it came before we started) */
 };
 
 struct drive {
@@ -358,9 +360,10 @@ static bool replicating_locked(struct lsm_extender *x)
 
 static void side_policy_locked(struct lsm_extender *x, struct side *s, uint64_t now)
 {
-    double rate = lsm_extend_rate_bps(&s->rate, x->policy.rate_window_ns);
+    double rate = lsm_extend_rate_recent(&s->rate);
     (void)now;
-    s->headroom = lsm_extend_headroom(&x->policy, rate, lsm_extend_latency_recent(&x->lat));
+    s->headroom = lsm_extend_headroom(&x->policy, rate, lsm_extend_latency_recent(&x->lat),
+                                      replicating_locked(x));
     /* The chunk must cover the headroom, or every extension would leave
      * the side below it again: the policy's next size handles that. */
     s->max_size = lsm_extend_max_size(&x->policy, s->cap, 0);
@@ -496,7 +499,7 @@ static int measure(struct drive *d)
             continue;
         s->phys = phys[i];
         if (s->have_stats)
-            lsm_extend_rate_add(&s->rate, now, s->alloc);
+            lsm_extend_rate_add(&s->rate, &x->policy, now, s->alloc);
         side_policy_locked(x, s, now);
     }
     pthread_mutex_unlock(&x->lock);
@@ -637,8 +640,6 @@ static void extend_sides(struct drive *d, const bool need[2])
             s->retries = 0;
             s->exceeded = false;
             s->event_ns = 0;
-            if (s->enospc)
-                s->extended_since_pause = true;
             s->state = s->phys >= s->max_size ? LSM_SIDE_AT_MAX : LSM_SIDE_WATCHING;
             ev->type = LSM_MON_EXTENDED;
             ev->new_size = s->phys;
@@ -767,9 +768,11 @@ static void maybe_resume(struct lsm_extender *x)
             if (!enospc)
                 continue;
             r->paused_enospc = true;
-            if (!s->vol_ok || s->vol.kind == LSM_EXTEND_FILE || s->state == LSM_SIDE_FAILED)
+            if (s->state == LSM_SIDE_FAILED)
+                r->failed = true;
+            if (!s->vol_ok || s->vol.kind == LSM_EXTEND_FILE)
                 r->managed = false;
-            if (!s->extended_since_pause)
+            if (s->extensions <= s->pause_mark)
                 r->extended = false;
             uint64_t fr = s->phys > s->alloc ? s->phys - s->alloc : 0;
             r->free_bytes = MIN(r->free_bytes, fr);
@@ -997,6 +1000,8 @@ static void on_io_error(virConnectPtr conn, virDomainPtr dom, const char *src_pa
             ev.disk = d->disk;
             ev.side = side_names[i];
             if (enospc) {
+                if (!s->enospc)
+                    s->pause_mark = s->extensions;
                 s->enospc = true;
                 s->exceeded = true;
                 if (lsm_extend_trigger_event(&s->trig))
@@ -1059,7 +1064,7 @@ static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int de
         for (unsigned k = 0; k < x->ndrives; k++)
             for (int i = 0; i < 2; i++) {
                 struct side *s = &x->drives[k].side[i];
-                s->enospc = s->other_error = s->extended_since_pause = false;
+                s->enospc = s->other_error = false;
             }
     } else if (event == VIR_DOMAIN_EVENT_STOPPED || event == VIR_DOMAIN_EVENT_CRASHED) {
         stopped = !x->domain_stopped;
@@ -1202,6 +1207,7 @@ static void ext_status(struct lsm_extender *x, struct lsm_extender_status *st)
             os->headroom = s->headroom;
             os->max_size = s->max_size;
             os->rate_bps = lsm_extend_rate_bps(&s->rate, x->policy.rate_window_ns);
+            os->planned_rate_bps = lsm_extend_rate_recent(&s->rate);
             os->extensions = s->extensions;
             os->merged = s->trig.merged;
             os->retries = s->retries;
@@ -1289,7 +1295,7 @@ static int ext_start(const struct lsm_extender_opts *o, struct lsm_extender **ou
     x->timer = -1;
     x->t0 = lsm_now_ns();
     x->policy = o->policy;
-    x->poll_ms = o->poll_ms > 0 ? o->poll_ms : 2000;
+    x->poll_ms = o->poll_ms > 0 ? o->poll_ms : 500;
     x->cmd_timeout_ms = o->extend_cmd_timeout_ms > 0 ? o->extend_cmd_timeout_ms : 60000;
     x->no_resume = o->no_resume;
     x->forced_replicating = o->replicating;

@@ -111,7 +111,7 @@ struct lsm_extender_opts {
     struct lsm_extend_policy policy;
     const char *extend_cmd;     /* every block volume through this program */
     int extend_cmd_timeout_ms;  /* its time-out (<= 0: 60 s) */
-    int poll_ms;                /* periodic allocation check (<= 0: 2000) */
+    int poll_ms;                /* periodic allocation check (<= 0: 500) */
     bool no_resume;             /* never resume a paused VM */
     bool replicating;           /* the replicating chunk even with no mirror seen */
     lsm_monitor_cb cb;          /* first subscriber (may be NULL) */
@@ -136,7 +136,8 @@ struct lsm_extender_side_status {
     const char *kind;           /* "loop", "lvm", "cmd", "file" (static) */
     bool armed;
     uint64_t allocation, physical, capacity, threshold, headroom, max_size;
-    double rate_bps;
+    double rate_bps;            /* over the rate window */
+    double planned_rate_bps;    /* the held peak the headroom is planned for */
     unsigned extensions, merged, retries, arm_failures;
     char error[512];            /* FAILED: why */
 };

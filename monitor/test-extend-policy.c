@@ -46,15 +46,18 @@ static void test_headroom(void **state)
     (void)state;
     struct lsm_extend_policy p = pol();
     /* Idle: the watermark. */
-    assert_int_equal(lsm_extend_headroom(&p, 0, 3 * SEC), 512 * MiB);
+    assert_int_equal(lsm_extend_headroom(&p, 0, 3 * SEC, false), 512 * MiB);
     /* 50 MiB/s x 2 s x 2 = 200 MiB < 512 MiB. */
-    assert_int_equal(lsm_extend_headroom(&p, 50.0 * MiB, 2 * SEC), 512 * MiB);
+    assert_int_equal(lsm_extend_headroom(&p, 50.0 * MiB, 2 * SEC, false), 512 * MiB);
     /* 200 MiB/s x 3 s x 2 = 1200 MiB. */
-    assert_int_equal(lsm_extend_headroom(&p, 200.0 * MiB, 3 * SEC), 1200 * MiB);
-    /* No latency measured yet: the default (2 s). */
-    assert_int_equal(lsm_extend_headroom(&p, 200.0 * MiB, 0), 800 * MiB);
+    assert_int_equal(lsm_extend_headroom(&p, 200.0 * MiB, 3 * SEC, false), 1200 * MiB);
+    /* No latency measured yet: the default (6 s). */
+    assert_int_equal(lsm_extend_headroom(&p, 200.0 * MiB, 0, false), 2400 * MiB);
+    /* Replicating: the larger floor. */
+    assert_int_equal(lsm_extend_headroom(&p, 0, 3 * SEC, true), 3 * GiB);
+    assert_int_equal(lsm_extend_headroom(&p, 200.0 * MiB, 10 * SEC, true), 4000 * MiB);
     /* Absurd rates saturate instead of wrapping. */
-    assert_int_equal(lsm_extend_headroom(&p, 1e30, 10 * SEC), UINT64_MAX);
+    assert_int_equal(lsm_extend_headroom(&p, 1e30, 10 * SEC, false), UINT64_MAX);
 }
 
 static void test_max_size(void **state)
@@ -169,30 +172,48 @@ static void test_trigger_merges(void **state)
 static void test_rate(void **state)
 {
     (void)state;
+    struct lsm_extend_policy p = pol();
     struct lsm_extend_rate r = { 0 };
     assert_true(lsm_extend_rate_bps(&r, 10 * SEC) == 0);
-    lsm_extend_rate_add(&r, 0, 0);
+    lsm_extend_rate_add(&r, &p, 0, 0);
     assert_true(lsm_extend_rate_bps(&r, 10 * SEC) == 0);
     /* 100 MiB/s for 5 s, sampled every second. */
     for (uint64_t s = 1; s <= 5; s++)
-        lsm_extend_rate_add(&r, s * SEC, s * 100 * MiB);
+        lsm_extend_rate_add(&r, &p, s * SEC, s * 100 * MiB);
     double bps = lsm_extend_rate_bps(&r, 10 * SEC);
     assert_true(bps > 99.0 * MiB && bps < 101.0 * MiB);
     /* Then 300 MiB/s: a 2 s window sees only the new rate. */
     for (uint64_t s = 6; s <= 40; s++)
-        lsm_extend_rate_add(&r, s * SEC, 500 * MiB + (s - 5) * 300 * MiB);
+        lsm_extend_rate_add(&r, &p, s * SEC, 500 * MiB + (s - 5) * 300 * MiB);
     bps = lsm_extend_rate_bps(&r, 2 * SEC);
     assert_true(bps > 299.0 * MiB && bps < 301.0 * MiB);
     /* Two samples further apart than the window still give a rate. */
     struct lsm_extend_rate r2 = { 0 };
-    lsm_extend_rate_add(&r2, 0, 0);
-    lsm_extend_rate_add(&r2, 20 * SEC, 2000 * MiB);
+    lsm_extend_rate_add(&r2, &p, 0, 0);
+    lsm_extend_rate_add(&r2, &p, 20 * SEC, 2000 * MiB);
     bps = lsm_extend_rate_bps(&r2, 10 * SEC);
     assert_true(bps > 99.0 * MiB && bps < 101.0 * MiB);
     /* Shrinking allocation (a new, smaller top after a pivot): 0, not
      * a huge unsigned difference. */
-    lsm_extend_rate_add(&r2, 21 * SEC, 10 * MiB);
+    lsm_extend_rate_add(&r2, &p, 21 * SEC, 10 * MiB);
     assert_true(lsm_extend_rate_bps(&r2, 10 * SEC) == 0);
+
+    /* The peak is held: a burst of 400 MiB/s, then 30 s idle, still
+     * plans for 400; after the hold (60 s) it is forgotten. */
+    struct lsm_extend_rate r3 = { 0 };
+    uint64_t a = 0;
+    for (uint64_t s = 0; s <= 10; s++) {
+        lsm_extend_rate_add(&r3, &p, s * SEC, a);
+        a += 400 * MiB;
+    }
+    a -= 400 * MiB;
+    for (uint64_t s = 11; s <= 40; s++)
+        lsm_extend_rate_add(&r3, &p, s * SEC, a);
+    bps = lsm_extend_rate_recent(&r3);
+    assert_true(bps > 399.0 * MiB && bps < 401.0 * MiB);
+    for (uint64_t s = 41; s <= 80; s++)
+        lsm_extend_rate_add(&r3, &p, s * SEC, a);
+    assert_true(lsm_extend_rate_recent(&r3) == 0);
 }
 
 static void test_latency(void **state)
@@ -201,6 +222,9 @@ static void test_latency(void **state)
     struct lsm_extend_latency l = { 0 };
     assert_int_equal(lsm_extend_latency_recent(&l), 0);
     lsm_extend_latency_add(&l, 3 * SEC);
+    lsm_extend_latency_add(&l, 1 * SEC);
+    /* Two are not enough to plan with. */
+    assert_int_equal(lsm_extend_latency_recent(&l), 0);
     lsm_extend_latency_add(&l, 1 * SEC);
     assert_int_equal(lsm_extend_latency_recent(&l), 3 * SEC);
     /* The slow one ages out after LSM_EXTEND_LAT_SAMPLES newer ones. */
@@ -246,6 +270,11 @@ static void test_resume(void **state)
     d[1].free_bytes = 100 * MiB;
     assert_false(lsm_extend_may_resume(d, 2, &why));
     assert_non_null(strstr(why, "headroom"));
+    /* Its extension failed. */
+    d[1] = ok;
+    d[1].failed = true;
+    assert_false(lsm_extend_may_resume(d, 2, &why));
+    assert_non_null(strstr(why, "failed"));
     /* At its maximum. */
     d[1] = ok;
     d[1].at_max = true;
