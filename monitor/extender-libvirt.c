@@ -709,7 +709,12 @@ static int arm(struct drive *d, int i, uint64_t threshold)
         s->armed_at = threshold;
     else
         s->arm_failures++;
+    /* A set that keeps failing is retried at every check: reported the
+     * first time and then at each power of two, not twice a second. */
+    unsigned nf = s->arm_failures;
     pthread_mutex_unlock(&x->lock);
+    if (r < 0 && (nf & (nf - 1)) != 0)
+        return r;
     struct lsm_monitor_event ev = {
         .type = r == 0 ? LSM_MON_ARMED : LSM_MON_ARM_FAILED, .disk = d->disk,
         .side = side_names[i], .target = target, .threshold = threshold,
