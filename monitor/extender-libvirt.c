@@ -6,10 +6,11 @@
  *   - allocation, capacity: virDomainListGetStats with the backing chain
  *     (block.N.name / backingIndex / allocation / capacity), matched by
  *     the side's index.  For a qcow2 on a block device libvirt's allocation
- *     is QEMU's write high-water mark.  libvirt 9.0 gives no stats for a
- *     block copy's destination: its allocation is then what its own
- *     threshold event said (threshold + excess), and the source's
- *     allocation is never used in its place.
+ *     is QEMU's write high-water mark.  libvirt 9.0 reports the block
+ *     copy's destination there too, under its own index (seen); should a
+ *     libvirt not, its allocation is what its own threshold event said
+ *     (threshold + excess): the source's allocation is never used in its
+ *     place.
  *   - physical: the volume's own size (BLKGETSIZE64), the one the backend
  *     changes, read again after every extension.
  *   - indexes: the live domain XML (<source index=...> of the top and of
@@ -1385,9 +1386,12 @@ static int ext_start(const struct lsm_extender_opts *o, struct lsm_extender **ou
             return r;
         }
     }
-    bool any = false;
+    /* Named disks on files are kept: a mirror onto a block device (file to
+     * block) may start later.  Found ones are block-backed anyway. */
+    bool any = o->ndisks > 0;
     for (unsigned k = 0; k < x->ndrives; k++)
-        if (x->drives[k].side[SRC].state != LSM_SIDE_UNMANAGED)
+        if (x->drives[k].side[SRC].state != LSM_SIDE_UNMANAGED ||
+            x->drives[k].side[DST].path)
             any = true;
     if (!any) {
         ext_stop(x);

@@ -12,6 +12,9 @@
 #   3. --extend-cmd and resume: the guest pauses for ENOSPC before monitor
 #      runs; monitor extends through a script (called with the volume and
 #      the new size) and resumes the VM, which then finishes.
+#   4. a block copy (virsh blockcopy) onto a second thin loop device while
+#      the guest writes: both the source and the mirror's destination are
+#      extended (each on its own threshold, together), no pause.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -46,9 +49,9 @@ new_loop() {
 }
 
 start_writer() {
-    local name=$1 dev=$2 mib=$3 err
+    local name=$1 dev=$2 mib=$3 hold=${4:-0} err
     lvenv_at_exit "virsh -q -c $LVENV_URI destroy $name"
-    wg_domain_xml "$name" "$dev" "$mib" "$T/$name.console" >"$name.xml"
+    wg_domain_xml "$name" "$dev" "$mib" "$T/$name.console" "$hold" >"$name.xml"
     : >"$T/$name.console"
     err=$(lvenv_virsh create "$name.xml" 2>&1) || die "cannot start $name: $err"
 }
@@ -96,7 +99,7 @@ MON_OPTS=(--chunk 256M --extent 4M --watermark 128M --poll-interval 500 --output
 D1=$PREFIX-1
 new_loop "$T/d1.img" 64M
 dev1=$LOOP
-start_writer "$D1" "$dev1" 640
+start_writer "$D1" "$dev1" 640 1
 "$LSM_SYNC" monitor "${MON_OPTS[@]}" --disk vda "$D1" >mon1.json 2>mon1.err &
 MONPIDS+=($!)
 mon1=$!
@@ -113,7 +116,8 @@ done
 check writer-done wait_console "$D1" "WRITER-DONE rc=0 blocks=640" 300
 check never-paused test "$paused" = 0
 check no-suspend-event test "$(python3 -c 'import json, sys; print(sum(str(json.loads(l).get("reason", "")).startswith("suspended") for l in open(sys.argv[1])))' mon1.json)" = 0
-wait_gone "$D1" 30 || lvenv_virsh destroy "$D1" >/dev/null 2>&1
+# The guest idles (hold): SIGINT stops the monitor.
+check monitor-still-running kill -0 "$mon1"
 kill -INT "$mon1"
 t0=$(date +%s%N)
 wait "$mon1"
@@ -121,6 +125,7 @@ rc=$?
 t1=$(date +%s%N)
 check monitor-exit-0 test "$rc" = 0
 check monitor-stops-within-1s test $(((t1 - t0) / 1000000)) -lt 1000
+lvenv_virsh destroy "$D1" >/dev/null 2>&1
 n_ext=$(count_events mon1.json extended)
 log "$n_ext extensions; final size $(size_of "$dev1")"
 check extensions-reported test "$n_ext" -ge 2
@@ -220,12 +225,55 @@ check writer3-done wait_console "$D3" "WRITER-DONE rc=0 blocks=200" 300
 check resumed-event test "$(count_events mon3.json resumed)" -ge 1
 check extend-cmd-called test -s extend.log
 check extend-cmd-args grep -qE "^$dev3 [0-9]+\$" extend.log
-wait_gone "$D3" 30 || lvenv_virsh destroy "$D3" >/dev/null 2>&1
-kill -TERM "$mon3"
+# The guest powers off: the monitor sees the domain stop and exits 0.
+check domain3-gone wait_gone "$D3" 60
 rc=0
 wait "$mon3" || rc=$?
 check monitor3-exit-0 test "$rc" = 0
+check monitor3-says-stopped grep -q "domain '$D3' stopped" mon3.err
 check extend-cmd-final-size test "$(tail -n 1 extend.log | cut -d' ' -f2)" = "$(size_of "$dev3")"
 if out=$(qemu-img check -f qcow2 "$dev3" 2>&1); then pass image3-checks; else fail image3-checks "$out"; fi
+
+# ---- 4. a running block copy onto a thin destination: both sides ----
+D4=$PREFIX-4
+new_loop "$T/s4.img" 64M
+src4=$LOOP
+new_loop "$T/d4.img" 64M
+dst4=$LOOP
+start_writer "$D4" "$src4" 640
+err=$(lvenv_virsh blockcopy "$D4" vda --dest "$dst4" --format qcow2 --reuse-external \
+      --transient-job --shallow --blockdev 2>&1) || die "blockcopy: $err"
+"$LSM_SYNC" monitor "${MON_OPTS[@]}" --chunk-replicating 256M --watermark-replicating 128M \
+    --disk vda "$D4" >mon4.json 2>mon4.err &
+MONPIDS+=($!)
+mon4=$!
+check writer4-done wait_console "$D4" "WRITER-DONE rc=0 blocks=640" 300
+check domain4-gone wait_gone "$D4" 60
+rc=0
+wait "$mon4" || rc=$?
+check monitor4-exit-0 test "$rc" = 0
+if out=$(python3 - mon4.json "$src4" "$dst4" <<'EOF4'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+ext = [e for e in ev if e["event"] == "extended"]
+src = [e for e in ext if e["side"] == "source"]
+dst = [e for e in ext if e["side"] == "mirror"]
+assert src and dst, "extensions: %d source, %d mirror" % (len(src), len(dst))
+assert all(e["path"] == sys.argv[2] for e in src), src
+assert all(e["path"] == sys.argv[3] for e in dst), dst
+# The mirror's own threshold (its own index) fired at least once.
+th = [e for e in ev if e["event"] == "threshold" and e.get("side") == "mirror"]
+assert th, "no threshold event on the mirror"
+# Extended together: one extension with both phases.
+both = [e for e in ext if e["phases"]["extend_destination"] > 0 and e["phases"]["extend_source"] > 0]
+assert both, "never extended both at once"
+assert not [e for e in ev if str(e.get("reason", "")).startswith("suspended")], "paused"
+st = [e for e in ev if e["event"] == "status"][-1]
+assert st["replicating"], st
+print("%d source and %d mirror extensions, %d together" % (len(src), len(dst), len(both)))
+EOF4
+); then pass mirror-both-sides; log "$out"; else fail mirror-both-sides "$out"; fi
+check mirror-dst-size test "$(size_of "$dst4")" -gt $((64 << 20))
+if out=$(qemu-img check -f qcow2 "$dst4" 2>&1); then pass mirror-dst-checks; else fail mirror-dst-checks "$out"; fi
 
 finish

@@ -3,13 +3,13 @@
 #
 #     . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
 #     wg_initrd                         # builds (cached) $WG_INITRD and $WG_KERNEL, or skips
-#     wg_domain_xml NAME DISK MIB CONSOLE >dom.xml
+#     wg_domain_xml NAME DISK MIB CONSOLE [HOLD] >dom.xml
 #
 # The guest is the distribution kernel with a busybox initramfs (as
 # ../shared/ENVIRONMENT.md describes): init loads the virtio block modules,
 # prints WRITER-START, writes MIB MiB of 1 MiB blocks (zeros) to /dev/vda
 # with O_DIRECT in one dd, prints
-# "WRITER-DONE rc=N" and powers off.  The domain is of type qemu (TCG),
+# "WRITER-DONE rc=N" and powers off (or, with HOLD=1, idles).  The domain is of type qemu (TCG),
 # its disk a qcow2 on a block device with error_policy='stop', so a
 # write that finds no space pauses the VM (paused, I/O error) instead of
 # failing in the guest.
@@ -84,9 +84,9 @@ mkdir -p /tmp
 for m in $(cat /modules.order); do
     insmod "/modules/$m" || echo "WRITER-ENV-FAIL: insmod $m"
 done
-mib=64
+mib=64 hold=0
 for w in $(cat /proc/cmdline); do
-    case $w in lsmw.mib=*) mib=${w#*=} ;; esac
+    case $w in lsmw.mib=*) mib=${w#*=} ;; lsmw.hold=1) hold=1 ;; esac
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
@@ -97,14 +97,17 @@ rc=0
 dd if=/dev/zero of=/dev/vda bs=1M count=$mib oflag=direct 2>/tmp/dd.err || rc=1
 n=$(sed -n 's/^\([0-9]*\)+[0-9]* records out.*/\1/p' /tmp/dd.err)
 echo "WRITER-DONE rc=$rc blocks=$n"
+# lsmw.hold=1: stay up (idle) until the test destroys the domain.
+while [ "$hold" = 1 ]; do sleep 1000; done
 poweroff -f
 sleep 10
 INIT
 }
 
-# wg_domain_xml NAME DISK MIB CONSOLE_FILE
+# wg_domain_xml NAME DISK MIB CONSOLE_FILE [HOLD]: HOLD=1 keeps the guest
+# running (idle) after it wrote, instead of powering off.
 wg_domain_xml() {
-    local name=$1 disk=$2 mib=$3 console=$4
+    local name=$1 disk=$2 mib=$3 console=$4 hold=${5:-0}
     cat <<EOF
 <domain type='qemu'>
   <name>$name</name>
@@ -114,7 +117,7 @@ wg_domain_xml() {
     <type arch='x86_64'>hvm</type>
     <kernel>$WG_KERNEL</kernel>
     <initrd>$WG_INITRD</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet lsmw.mib=$mib</cmdline>
+    <cmdline>console=ttyS0 panic=-1 quiet lsmw.mib=$mib lsmw.hold=$hold</cmdline>
   </os>
   <features><acpi/></features>
   <cpu mode='custom'><model>qemu64</model></cpu>
