@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include "cleanup.h"
-#include "domain.h"
 #include "error.h"
 #include "extend-backend.h"
 #include "util.h"
@@ -29,8 +28,6 @@ extern char **environ;
 
 #define LOOP_MAJOR_NR 7
 #define OUTPUT_KEEP 4096
-
-LSM_DEFINE_CLEANUP(struct lsm_domain *, lsm_domain_close)
 
 const char *lsm_extend_kind_name(enum lsm_extend_kind k)
 {
@@ -400,42 +397,108 @@ static int grow_loop(const struct lsm_extend_volume *v, uint64_t size,
     return 0;
 }
 
-static int grow_lvm(const struct lsm_extend_volume *v, uint64_t size,
-                    struct lsm_extend_timing *t)
+/* Run "lvm CMD [--config $LSM_LVM_CONFIG] ARGS..." (LSM_LVM names another
+ * binary, as in domains/domain-lvm.c). */
+static int lvm_run(const char *const *args, int *status, char **out)
 {
-    uint64_t t0 = lsm_now_ns();
-    _cleanup_(lsm_domain_closep) struct lsm_domain *d = NULL;
-    int r = lsm_domain_open(LSM_DOMAIN_BLOCK, v->vg, &d);
-    if (r < 0)
-        return r;
-    r = d->ops->extend_volume(d, v->lv, size);
-    if (r < 0)
-        return r;
-    uint64_t t1 = lsm_now_ns();
-    char full[512];
-    snprintf(full, sizeof full, "%s/%s", v->vg, v->lv);
     const char *bin = getenv("LSM_LVM");
     const char *cfg = getenv("LSM_LVM_CONFIG");
-    const char *argv[8];
+    const char *argv[16];
     size_t n = 0;
     argv[n++] = bin && *bin ? bin : "lvm";
-    argv[n++] = "lvchange";
+    argv[n++] = args[0];
     if (cfg && *cfg) {
         argv[n++] = "--config";
         argv[n++] = cfg;
     }
-    argv[n++] = "--refresh";
-    argv[n++] = full;
+    for (size_t i = 1; args[i] && n < ARRAY_SIZE(argv) - 1; i++)
+        argv[n++] = args[i];
     argv[n] = NULL;
+    return lsm_run_program(argv, 120000, status, out);
+}
+
+/* The VG's extent size and free bytes (vgs). */
+static int vg_space(const char *vg, uint64_t *extent, uint64_t *free_bytes)
+{
+    const char *args[] = { "vgs", "--noheadings", "--units", "b", "--nosuffix",
+                           "-o", "vg_extent_size,vg_free", vg, NULL };
     int status = 0;
     _cleanup_free_ char *out = NULL;
-    r = lsm_run_program(argv, 60000, &status, &out);
+    int r = lvm_run(args, &status, &out);
+    if (r < 0)
+        return r;
+    if (status)
+        return lsm_error(-EIO, "cannot query volume group %s: vgs: %s", vg, out);
+    /* The output is one line; the last two words are the numbers (a
+     * warning, if any, comes before them). */
+    char *last = strrchr(out, ' ');
+    char *end1, *end2;
+    if (!last)
+        return lsm_error(-EIO, "cannot query volume group %s: vgs printed \"%.80s\"", vg, out);
+    *last = '\0';
+    char *prev = strrchr(out, ' ');
+    prev = prev ? prev + 1 : out;
+    errno = 0;
+    unsigned long long e = strtoull(prev, &end1, 10), f = strtoull(last + 1, &end2, 10);
+    if (errno || *end1 || *end2 || end1 == prev || end2 == last + 1 || !e || !is_pow2(e))
+        return lsm_error(-EIO, "cannot query volume group %s: vgs printed \"%.80s %s\"", vg,
+                         out, last + 1);
+    *extent = e;
+    *free_bytes = f;
+    return 0;
+}
+
+static int grow_lvm(const struct lsm_extend_volume *v, uint64_t size,
+                    struct lsm_extend_timing *t)
+{
+    char sz[32], fr[32], nd[32], full[512], lsize[32];
+    lsm_format_size(size, sz, sizeof sz);
+    snprintf(full, sizeof full, "%s/%s", v->vg, v->lv);
+    uint64_t t0 = lsm_now_ns();
+    uint64_t cur, extent, free_bytes;
+    int r = lsm_extend_volume_size(v, &cur);
+    if (r < 0)
+        return r;
+    r = vg_space(v->vg, &extent, &free_bytes);
+    if (r < 0)
+        return r;
+    uint64_t bytes = align_up(size, extent);
+    /* The VG's room first: the usual "full" gets a precise message
+     * without a failed lvextend. */
+    if (free_bytes < bytes - cur)
+        return lsm_error(-ENOSPC, "cannot extend %s to %s: volume group %s has %s free, %s "
+                         "more needed", full, sz, v->vg, lsm_format_size(free_bytes, fr, sizeof fr),
+                         lsm_format_size(bytes - cur, nd, sizeof nd));
+    snprintf(lsize, sizeof lsize, "%" PRIu64 "b", bytes);
+    const char *ext_args[] = { "lvextend", "-L", lsize, full, NULL };
+    int status = 0;
+    _cleanup_free_ char *out = NULL;
+    r = lvm_run(ext_args, &status, &out);
+    if (r < 0) {
+        lsm_error_prefix("cannot extend %s to %s", full, sz);
+        return r;
+    }
+    if (status) {
+        /* Ask again rather than parse the message: someone else may have
+         * extended it, or taken the room meanwhile. */
+        uint64_t now_size = 0;
+        if (lsm_extend_volume_size(v, &now_size) == 0 && now_size >= size)
+            return 0;
+        int err = -EIO;
+        if (vg_space(v->vg, &extent, &free_bytes) == 0 && free_bytes < bytes - cur)
+            err = -ENOSPC;
+        return lsm_error(err, "cannot extend %s to %s: lvextend: %s", full, sz, out);
+    }
+    uint64_t t1 = lsm_now_ns();
+    const char *ref_args[] = { "lvchange", "--refresh", full, NULL };
+    _cleanup_free_ char *out2 = NULL;
+    r = lvm_run(ref_args, &status, &out2);
     if (r < 0) {
         lsm_error_prefix("cannot refresh %s", full);
         return r;
     }
     if (status)
-        return lsm_error(-EIO, "cannot refresh %s: lvchange --refresh: %s", full, out);
+        return lsm_error(-EIO, "cannot refresh %s: lvchange --refresh: %s", full, out2);
     if (t) {
         t->extend_ns = t1 - t0;
         t->refresh_ns = lsm_now_ns() - t1;

@@ -7,10 +7,12 @@
  *         in the guest), then LOOP_SET_CAPACITY.  Loop devices with a size
  *         limit are refused.
  *   lvm   a device-mapper device that is an LVM logical volume (its dm uuid
- *         starts with "LVM-"): lvextend through domains/ (which checks the
- *         VG's free space first: -ENOSPC with the VG named), then
+ *         starts with "LVM-"): the VG's free space is checked first (-ENOSPC
+ *         with the VG named), then `lvm lvextend -L BYTESb VG/LV` and
  *         `lvm lvchange --refresh` (what another host that has the LV active
- *         needs; here it checks the table).
+ *         needs; here it checks the table).  LSM_LVM and LSM_LVM_CONFIG are
+ *         honoured as domains/domain-lvm.c does (the monitor layer does not
+ *         include domains/).
  *   cmd   --extend-cmd: CMD VOLUME NEWSIZE (bytes) is run without a shell,
  *         stdin on /dev/null, in its own process group, killed after the
  *         time-out (-ETIMEDOUT).  Exit 0: done (the size is then checked);

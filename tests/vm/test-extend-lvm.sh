@@ -19,10 +19,9 @@ if [ "${1:-}" != --inner ]; then
     tmp=$(mktemp -d /tmp/lsm-extend-lvm.XXXXXX) || exit 1
     trap 'rm -rf "$tmp"' EXIT
     srcs=("$here/extend-lvm-driver.c" "$repo/monitor/extend-policy.c" "$repo/monitor/extend-backend.c"
-          "$repo/domains/domain.c" "$repo/domains/domain-lvm.c" "$repo/domains/domain-file.c"
           "$repo/common/error.c" "$repo/common/util.c")
     flags=(-std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -Wall -Wextra -Werror
-           -Wno-unused-parameter -I"$repo/common" -I"$repo/domains" -I"$repo/monitor")
+           -Wno-unused-parameter -I"$repo/common" -I"$repo/monitor")
     if ! "$cc" "${flags[@]}" "${srcs[@]}" -lm -o "$tmp/driver" 2>"$tmp/cc.err"; then
         echo "FAIL: cannot build the driver: $(cat "$tmp/cc.err")" >&2
         exit 1
