@@ -112,6 +112,7 @@ struct lsm_extender {
     atomic_bool stop;
     int cb_ids[4];
     int timer;
+    bool close_cb;
     uint64_t t0;
 
     bool replicating;           /* a mirror is seen on some drive */
@@ -1103,6 +1104,25 @@ static void on_block_job(virConnectPtr conn, virDomainPtr dom, const char *disk,
     deliver(x, &ev);
 }
 
+/* libvirtd went away (or the connection broke): nothing can be watched
+ * or extended any more, which the caller must know. */
+static void on_close(virConnectPtr conn, int reason, void *opaque)
+{
+    struct lsm_extender *x = opaque;
+    (void)conn;
+    static const char *const why[] = { "an error", "end of file", "keepalive time-out",
+                                       "a client request" };
+    pthread_mutex_lock(&x->lock);
+    if (!x->error) {
+        x->error = -ENOTCONN;
+        snprintf(x->errmsg, sizeof x->errmsg, "lost the connection to libvirt (%s): "
+                 "domain '%s' is no longer watched", reason >= 0 && reason < 4 ? why[reason]
+                                                                              : "unknown", x->domain);
+    }
+    pthread_cond_broadcast(&x->cond);
+    pthread_mutex_unlock(&x->lock);
+}
+
 static void on_tick(int timer, void *opaque)
 {
     (void)timer;
@@ -1140,6 +1160,8 @@ static void ext_stop(struct lsm_extender *x)
             virConnectDomainEventDeregisterAny(x->conn, x->cb_ids[i]);
     if (x->timer >= 0)
         virEventRemoveTimeout(x->timer);
+    if (x->close_cb)
+        virConnectUnregisterCloseCallback(x->conn, on_close);
     for (unsigned k = 0; k < x->ndrives; k++) {
         for (int i = 0; i < 2; i++)
             side_reset(&x->drives[k].side[i]);
@@ -1420,6 +1442,10 @@ static int ext_start(const struct lsm_extender_opts *o, struct lsm_extender **ou
     x->cb_ids[3] = virConnectDomainEventRegisterAny(
         x->conn, x->dom, VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
         VIR_DOMAIN_EVENT_CALLBACK(on_block_job), x, NULL);
+    /* Not fatal if refused: the checks' RPCs fail then, and stop tells. */
+    x->close_cb = virConnectRegisterCloseCallback(x->conn, on_close, x, NULL) == 0;
+    /* Keepalive, so a dead daemon is noticed (5 s x 3). */
+    virConnectSetKeepAlive(x->conn, 5, 3);
     /* Bounds each run of the loop, so stop is seen within a tick. */
     x->timer = virEventAddTimeout(LOOP_TICK_MS, on_tick, NULL, NULL);
     if (x->timer < 0) {
