@@ -2,6 +2,7 @@
  * libvirt module, loaded on first use (common/module.h). */
 #include <stddef.h>
 
+#include "config.h"
 #include "error.h"
 #include "extender-ops.h"
 #include "module.h"
