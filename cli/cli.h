@@ -51,5 +51,6 @@ int cmd_replicate(int argc, char **argv);
 int cmd_checksum(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_task(int argc, char **argv);
+int cmd_monitor(int argc, char **argv);
 
 #endif
