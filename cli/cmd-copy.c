@@ -138,6 +138,8 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(paths, "command", json_object_new_int64((int64_t)st->bytes_offload_cmd));
         json_object_object_add(paths, "software", json_object_new_int64((int64_t)st->bytes_written));
         json_object_object_add(j, "offload_paths", paths);
+        if (*st->offload_fallback)
+            json_object_object_add(j, "offload_fallback", lsm_json_string(st->offload_fallback));
         json_object_object_add(j, "seconds", cli_json_fixed(st->seconds, "%.3f"));
         json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
         cli_json_print_line(stdout, j);
@@ -168,6 +170,8 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
                 lsm_format_size(st->bytes_offload_cmd, r4, sizeof(r4)),
                 lsm_format_size(st->bytes_written, r5, sizeof(r5)));
     }
+    if (*st->offload_fallback)
+        fprintf(stderr, "lsm-sync: offload fell back to the software copy: %s\n", st->offload_fallback);
 }
 
 static int set_cluster_size(const char *arg, struct lsm_copy_opts *o)

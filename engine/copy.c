@@ -1320,6 +1320,7 @@ out:
         st->bytes_plugin = oc.plugin;
         st->bytes_offload_cmd = oc.command;
         snprintf(st->offload_plugin, sizeof st->offload_plugin, "%s", oc.plugin_name);
+        snprintf(st->offload_fallback, sizeof st->offload_fallback, "%.255s", oc.first_fallback);
         lsm_offload_free(c->ol);
         c->ol = NULL;
     }

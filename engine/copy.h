@@ -227,6 +227,7 @@ struct lsm_copy_stats {
     uint64_t bytes_plugin;             /* by the plugin offload_plugin */
     uint64_t bytes_offload_cmd;
     char offload_plugin[32];
+    char offload_fallback[256];        /* why the first data range offered was not offloaded */
     double seconds;
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */

@@ -681,5 +681,7 @@ int64_t lsm_offload_range(struct lsm_offload *ol, struct lsm_file *src, uint64_t
         note(ol, "no offload applies to %s -> %s", src->path, dst->path);
     else if (done == len)
         ol->reason[0] = '\0';
+    if (done < len && !ol->counts.first_fallback[0])
+        snprintf(ol->counts.first_fallback, sizeof ol->counts.first_fallback, "%.255s", ol->reason);
     return (int64_t)done;
 }

@@ -55,6 +55,7 @@ struct lsm_offload_opts {
 struct lsm_offload_counts {
     uint64_t reflink, copy_range, plugin, command;
     char plugin_name[32];           /* the plugin that moved bytes ("" if none) */
+    char first_fallback[256];       /* why the first range not (all) offloaded was not ("" if none) */
 };
 
 /* Parse --offload=auto|never|NAME.  0 or -EINVAL. */

@@ -100,18 +100,32 @@ static int sg_cmd(int fd, const uint8_t *cdb, unsigned cdb_len, int dir, void *b
     io.timeout = timeout_ms;
     if (have_sense)
         *have_sense = false;
-    int r;
-    do
-        r = ioctl(fd, SG_IO, &io);
-    while (r < 0 && errno == EINTR);
-    if (r < 0) {
-        int e = errno;
-        msgf(msg, msglen, "SG_IO: %s", strerror(e));
-        return -e;
+    struct scsi_sense local;
+    if (!sense)
+        sense = &local;
+    /* A unit attention (LUNs changed, a reset, mode parameters changed)
+     * is reported once to whoever sends the next command: SG_IO hands it
+     * to us, and the command was not executed.  Send it again. */
+    for (int attempt = 0;; attempt++) {
+        int r;
+        do
+            r = ioctl(fd, SG_IO, &io);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            int e = errno;
+            msgf(msg, msglen, "SG_IO: %s", strerror(e));
+            return -e;
+        }
+        if (attempt < 4 && io.status == 0x02 && io.sb_len_wr > 0 &&
+            scsi_parse_sense(sb, io.sb_len_wr, sense) == 0 && sense->key == SCSI_SK_UNIT_ATTENTION) {
+            memset(sb, 0, sizeof sb);
+            continue;
+        }
+        break;
     }
     if (io.status == 0 && io.host_status == 0 && (io.driver_status & 0x0f) == 0)
         return 0;
-    if (io.sb_len_wr > 0 && sense && scsi_parse_sense(sb, io.sb_len_wr, sense) == 0) {
+    if (io.sb_len_wr > 0 && scsi_parse_sense(sb, io.sb_len_wr, sense) == 0) {
         if (have_sense)
             *have_sense = true;
         char s[160];
@@ -119,7 +133,7 @@ static int sg_cmd(int fd, const uint8_t *cdb, unsigned cdb_len, int dir, void *b
         msgf(msg, msglen, "%s", s);
         return -EREMOTEIO;
     }
-    if (io.host_status == 0x03 || (io.info & SG_INFO_CHECK && io.duration >= timeout_ms)) {
+    if (io.host_status == 0x03 || ((io.info & SG_INFO_CHECK) && io.duration >= timeout_ms)) {
         msgf(msg, msglen, "command timed out after %u ms", timeout_ms);
         return -ETIMEDOUT;
     }
