@@ -454,7 +454,7 @@ int cmd_copy(int argc, char **argv)
     }
     if (quiet)
         pmode = CLI_PROGRESS_NONE;
-    if (o.offload_cmd && o.offload_mode == LSM_OFFLOAD_NEVER)
+    if (o.offload_cmd && !o.offload)
         return cli_usage_error("copy", "--offload-cmd cannot be used with --offload=never");
     if (o.offload_cmd && o.offload_mode == LSM_OFFLOAD_ONLY && strcmp(o.offload_name, "command"))
         return cli_usage_error("copy", "--offload-cmd needs --offload=auto or --offload=command");

@@ -57,6 +57,9 @@ struct lsm_offload_endpoint {
     uint32_t kind;                  /* enum lsm_offload_kind */
     uint32_t logical_block_size;    /* block devices: the logical block size; files: 1 */
     uint64_t size;                  /* bytes */
+    uint32_t direct_align;          /* fd is open with O_DIRECT: buffers, offsets and lengths
+                                       of I/O through it aligned to this; 0 when buffered */
+    uint32_t reserved;
 };
 
 /* What a backend can do for a pair, filled by probe.  lsm-sync only asks

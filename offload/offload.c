@@ -296,6 +296,8 @@ static void endpoint(const struct lsm_file *f, struct lsm_offload_endpoint *e)
     e->size = f->size;
     e->kind = f->is_blockdev ? LSM_OFFLOAD_KIND_BLOCK : LSM_OFFLOAD_KIND_FILE;
     e->logical_block_size = 1;
+    if (f->direct)
+        e->direct_align = MAX(f->mem_align, f->offset_align);
     int bs;
     if (f->is_blockdev && ioctl(f->fd, BLKSSZGET, &bs) == 0 && bs > 0)
         e->logical_block_size = (uint32_t)bs;

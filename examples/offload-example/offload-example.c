@@ -28,8 +28,11 @@
 
 #include <lsm-offload.h>
 
+#define BUF_SIZE 65536
+
 struct example {
     int sfd, dfd;
+    char *buf;                 /* aligned: the descriptors may be O_DIRECT */
     uint64_t fail_at;          /* UINT64_MAX: never */
     volatile sig_atomic_t cancel;
 };
@@ -57,9 +60,20 @@ static int ex_probe(const struct lsm_offload_endpoint *src, const struct lsm_off
         return -ENOMEM;
     x->sfd = src->fd;
     x->dfd = dst->fd;
+    size_t align = 4096;
+    if (src->direct_align > align)
+        align = src->direct_align;
+    if (dst->direct_align > align)
+        align = dst->direct_align;
+    if (posix_memalign((void **)&x->buf, align, BUF_SIZE)) {
+        free(x);
+        return -ENOMEM;
+    }
     x->fail_at = env_u64("LSM_OFFLOAD_EXAMPLE_FAIL_AT", UINT64_MAX);
     limits->max_bytes = env_u64("LSM_OFFLOAD_EXAMPLE_MAX", 0);
-    limits->alignment = 512;
+    /* O_DIRECT descriptors need aligned offsets and lengths too */
+    uint32_t a = src->direct_align > dst->direct_align ? src->direct_align : dst->direct_align;
+    limits->alignment = a > 512 ? a : 512;
     limits->timeout_ms = 10000;
     *handle = x;
     return 1;
@@ -69,7 +83,7 @@ static int64_t ex_copy(void *h, uint64_t src_off, uint64_t dst_off, uint64_t len
                        size_t msglen)
 {
     struct example *x = h;
-    char buf[65536];
+    char *buf = x->buf;
     uint64_t done = 0;
     while (done < len) {
         if (x->cancel) {
@@ -78,15 +92,15 @@ static int64_t ex_copy(void *h, uint64_t src_off, uint64_t dst_off, uint64_t len
         }
         if (dst_off + done >= x->fail_at) {
             /* Leave garbage after what we report, as a failing array may. */
-            memset(buf, 0xee, sizeof buf);
-            size_t g = len - done < sizeof buf ? (size_t)(len - done) : sizeof buf;
+            memset(buf, 0xee, BUF_SIZE);
+            size_t g = len - done < BUF_SIZE ? (size_t)(len - done) : BUF_SIZE;
             if (pwrite(x->dfd, buf, g, (off_t)(dst_off + done)) < 0)
                 (void)0;
             snprintf(msg, msglen, "the example plugin was told to fail at offset %llu",
                      (unsigned long long)x->fail_at);
             return (int64_t)done;
         }
-        size_t want = len - done < sizeof buf ? (size_t)(len - done) : sizeof buf;
+        size_t want = len - done < BUF_SIZE ? (size_t)(len - done) : BUF_SIZE;
         if (x->fail_at != UINT64_MAX && dst_off + done < x->fail_at &&
             x->fail_at - (dst_off + done) < want)
             want = (size_t)(x->fail_at - (dst_off + done));
@@ -116,7 +130,9 @@ static void ex_cancel(void *h)
 
 static void ex_close(void *h)
 {
-    free(h);
+    struct example *x = h;
+    free(x->buf);
+    free(x);
 }
 
 static struct lsm_offload_ops example_ops = {
