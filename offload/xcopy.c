@@ -284,6 +284,17 @@ static int xc_probe(const struct lsm_offload_endpoint *src, const struct lsm_off
     int r = identify(dst, true, &x->did, msg, msglen);
     if (r == 1)
         r = identify(src, false, &x->sid, msg, msglen);
+    if (r == 1 && x->sid.len == x->did.len && !memcmp(x->sid.id, x->did.id, x->sid.len)) {
+        /* The copy manager finds the source by its designator: if the two
+         * are equal it would read the destination.  (Designators are unique
+         * by definition; a target that repeats one is misconfigured.) */
+        struct stat a, b;
+        if (fstat(x->sfd, &a) < 0 || fstat(x->dfd, &b) < 0 || a.st_rdev != b.st_rdev) {
+            msgf(msg, msglen, "%s and %s report the same logical unit designator", src->path,
+                 dst->path);
+            r = 0;
+        }
+    }
     if (r == 1)
         r = limits(x, dst, msg, msglen);
     if (r != 1) {
