@@ -26,7 +26,7 @@ extern char **environ;
 
 /* One call of a plugin or the command is asked for at most this much, so
  * that a cancel is seen between calls. */
-#define CHUNK_MAX ((uint64_t)256 << 20)
+#define CHUNK_MAX ((uint64_t)64 << 20)
 #define CMD_OUTPUT_MAX 65536
 #define FAILS_MAX 2
 
