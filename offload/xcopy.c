@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "lsm-offload.h"
@@ -247,6 +248,34 @@ static int limits(struct xcopy *x, const struct lsm_offload_endpoint *dst, char 
     return 1;
 }
 
+/* 1 if fd is a whole SCSI disk; 0 (msg says why) otherwise.  SG_IO
+ * addresses the logical unit, not the block device: on a partition or on a
+ * device-mapper device that maps part of a LUN (an LV), root's SG_IO
+ * reaches the whole LUN, and the LBAs of the copy would be the LV's
+ * offsets applied to the LUN.  Only the disk itself qualifies. */
+static int whole_scsi_disk(int fd, const char *path, char *msg, size_t msglen)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode)) {
+        msgf(msg, msglen, "%s is not a block device", path);
+        return 0;
+    }
+    char p[128];
+    snprintf(p, sizeof p, "/sys/dev/block/%u:%u/partition", major(st.st_rdev), minor(st.st_rdev));
+    if (access(p, F_OK) == 0) {
+        msgf(msg, msglen, "%s is a partition (EXTENDED COPY addresses the whole LUN)", path);
+        return 0;
+    }
+    snprintf(p, sizeof p, "/sys/dev/block/%u:%u/device/scsi_disk", major(st.st_rdev),
+             minor(st.st_rdev));
+    if (access(p, F_OK) != 0) {
+        msgf(msg, msglen, "%s is not a SCSI disk itself (a partition, LV or multipath device "
+             "maps part of or more than one LUN)", path);
+        return 0;
+    }
+    return 1;
+}
+
 static void xc_close(void *h)
 {
     struct xcopy *x = h;
@@ -269,6 +298,9 @@ static int xc_probe(const struct lsm_offload_endpoint *src, const struct lsm_off
              dst->path, src->logical_block_size, dst->logical_block_size);
         return 0;
     }
+    if (!whole_scsi_disk(src->fd, src->path, msg, msglen) ||
+        !whole_scsi_disk(dst->fd, dst->path, msg, msglen))
+        return 0;
     struct xcopy *x = calloc(1, sizeof *x);
     if (!x)
         return -ENOMEM;

@@ -33,6 +33,7 @@ cleanup() {
     for l in $T/core/*_*/d*; do [ -d "$l" ] && rmdir "$l"; done
     for l in $T/core/fileio_* $T/core/iblock_*; do [ -d "$l" ] && rmdir "$l"; done
     dmsetup remove lsm-xcopy-fail >/dev/null 2>&1
+    dmsetup remove lsm-xcopy-part >/dev/null 2>&1
     [ -n "${failloop:-}" ] && losetup -d "$failloop"
 } 2>/dev/null
 trap cleanup EXIT
@@ -241,6 +242,24 @@ if [ -n "$failloop" ] &&
     fi
 else
     fail "cannot make the failing device-mapper device"
+fi
+
+# 7. Part of a LUN (a device-mapper linear table at an offset, as an LV
+#    is): SG_IO would reach the whole LUN, so no EXTENDED COPY; identical.
+if dmsetup create lsm-xcopy-part --table "0 16384 linear $src 2048" 2>/dev/null; then
+    part=/dev/$(dmsetup info -c --noheadings -o blkdevname lsm-xcopy-part)
+    dd if=/dev/zero of="$dst" bs=1M count=16 oflag=direct status=none
+    copy part -f raw "$part" "$dst"
+    if [ "$rc" != 0 ] || ! cmp -s -n $((8 << 20)) "$part" "$dst" ||
+        [ "$(json_field "$S/part.json" '.offload_paths.plugin')" != 0 ] ||
+        ! grep -q "not a SCSI disk itself" "$S/part.json"; then
+        fail "part of a LUN: exit $rc, $(cat "$S/part.json" "$S/part.err")"
+    else
+        ok "part of a LUN (dm linear at an offset): not offloaded, identical"
+    fi
+    dmsetup remove lsm-xcopy-part
+else
+    fail "cannot make a dm linear device over $src"
 fi
 
 [ "$fails" = 0 ] || { echo "$fails check(s) failed" >&2; exit 1; }
