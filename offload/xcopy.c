@@ -60,6 +60,7 @@ struct xcopy {
     char *spath, *dpath;
     struct scsi_designator sid, did;
     uint32_t block_size;
+    uint32_t page_blocks;       /* blocks per page */
     struct scsi_tpc_limits lim;
     unsigned timeout_ms;
     uint8_t list_id;
@@ -345,6 +346,7 @@ static int xc_probe(const struct lsm_offload_endpoint *src, const struct lsm_off
     uint32_t align = x->block_size;
     if (page > 0 && (uint32_t)page > align)
         align = (uint32_t)page;
+    x->page_blocks = align / x->block_size;
     lim->alignment = align;
     lim->min_bytes = align;
     lim->max_bytes = 0;
@@ -375,6 +377,16 @@ static int64_t xc_copy(void *h, uint64_t src_off, uint64_t dst_off, uint64_t len
         if (n <= 0) {
             msgf(msg, msglen, "copy manager limits allow no segment");
             return done ? (int64_t)done : -EOPNOTSUPP;
+        }
+        /* A command that leaves blocks for the next one ends on a page
+         * boundary: what a failure leaves to the caller starts there. */
+        uint64_t g = x->page_blocks;
+        if (g > 1 && covered < (len - done) / bs && covered > g && covered % g) {
+            uint64_t trim = covered % g;
+            if (segs[n - 1].blocks > trim) {
+                segs[n - 1].blocks = (uint16_t)(segs[n - 1].blocks - trim);
+                covered -= trim;
+            }
         }
         bool nolist = x->lim.snlid;
         uint8_t id = ++x->list_id;
