@@ -21,7 +21,7 @@ out=$(modprobe -a configfs target_core_mod target_core_file target_core_iblock t
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config ||
     skip "cannot mount configfs"
 [ -d $T/core ] || skip "no $T/core after loading target_core_mod"
-mount -t tmpfs -o size=600m tmpfs "$S" || skip "cannot mount a tmpfs on $S"
+mount -t tmpfs -o size=700m tmpfs "$S" || skip "cannot mount a tmpfs on $S"
 
 cleanup() {
     # LUN links, then targets, then backstores (configfs refuses otherwise).
@@ -130,6 +130,21 @@ else
     else
         ok "raw LUN to raw LUN: $plugin bytes by EXTENDED COPY (of $total data bytes), identical"
     fi
+fi
+
+# 1b. More than one EXTENDED COPY command (LIO: one segment of at most
+#     65535 blocks per command): 40 MiB is two commands.
+fileio 8 40M a || skip "cannot configure LIO LUN 8"
+big=$dev
+fileio 9 40M a || skip "cannot configure LIO LUN 9"
+bigdst=$dev
+dd if=/dev/urandom of="$big" bs=1M count=40 oflag=direct status=none
+copy big -f raw "$big" "$bigdst"
+if [ "$rc" != 0 ] || ! cmp -s "$big" "$bigdst" ||
+    [ "$(json_field "$S/big.json" '.offload_paths.plugin')" != $((40 << 20)) ]; then
+    fail "40 MiB: exit $rc: $(cat "$S/big.json" "$S/big.err")"
+else
+    ok "40 MiB in two EXTENDED COPY commands: all offloaded, identical"
 fi
 
 # 2. -C on the same pair: the same, and nothing through the host.
