@@ -7,8 +7,11 @@
 . "$TESTS_DIR/copy-lib.sh"
 need_cmd qemu-img qemu-io jq dd
 
-[[ -e $(dirname "$LSM_SYNC")/lsm-offload-example.so ]] ||
-    skip "lsm-offload-example.so is not beside $LSM_SYNC"
+# The example plugin is built (not installed) in build/examples/; the other
+# modules are still found beside the program.
+export LSM_MODULE_DIR=$BUILD_DIR/examples
+[[ -e $LSM_MODULE_DIR/lsm-offload-example.so ]] ||
+    skip "$LSM_MODULE_DIR/lsm-offload-example.so was not built"
 
 # A raw source with three data runs, and a qcow2 leaf over a raw base.
 truncate -s 16M src.raw
