@@ -99,6 +99,7 @@ static int load_plugin(struct lsm_offload *ol, const char *name)
                          LSM_OFFLOAD_ABI_VERSION, sizeof(struct lsm_offload_ops));
     ol->ops = ops;
     snprintf(ol->plugin_name, sizeof ol->plugin_name, "%s", name);
+    lsm_error_clear();   /* the module search records "not found" as it goes */
     return 0;
 }
 
