@@ -2,6 +2,7 @@
  * protocol, run against real shell scripts. */
 #include <errno.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "io.h"
 #include "offload.h"
 #include "util.h"
 
@@ -137,6 +139,107 @@ static void test_cmd_timeout_and_cancel(void **state)
     assert_true(lsm_now_ns() - t0 < 5000000000ull);
 }
 
+/* Two regular files in dir: src with 1 MiB of a pattern, dst empty. */
+static void make_pair(struct lsm_file **src, struct lsm_file **dst)
+{
+    char sp[128], dp[128];
+    snprintf(sp, sizeof sp, "%s/src", dir);
+    snprintf(dp, sizeof dp, "%s/dst", dir);
+    unlink(dp);
+    FILE *f = fopen(sp, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 1 << 20; i++)
+        fputc(i * 7 % 251, f);
+    fclose(f);
+    assert_int_equal(lsm_file_open(sp, LSM_FILE_READ, LSM_DIRECT_NEVER, src), 0);
+    assert_int_equal(lsm_file_open(dp, LSM_FILE_READ | LSM_FILE_WRITE | LSM_FILE_CREATE,
+                                   LSM_DIRECT_NEVER, dst), 0);
+}
+
+static bool same_files(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s/src' '%s/dst'", dir, dir);
+    return system(cmd) == 0;
+}
+
+static void test_ladder_copy_range(void **state)
+{
+    (void)state;
+    struct lsm_file *src, *dst;
+    make_pair(&src, &dst);
+    struct lsm_offload_opts o = { .mode = LSM_OFFLOAD_ONLY, .name = "copy_file_range" };
+    struct lsm_offload *ol;
+    assert_int_equal(lsm_offload_create(&o, &ol), 0);
+    assert_int_equal(lsm_offload_range(ol, src, 0, dst, 0, 1 << 19), 1 << 19);
+    assert_int_equal(lsm_offload_range(ol, src, 1 << 19, dst, 1 << 19, 1 << 19), 1 << 19);
+    assert_string_equal(lsm_offload_reason(ol), "");
+    struct lsm_offload_counts c;
+    lsm_offload_get_counts(ol, &c);
+    assert_int_equal(c.copy_range, 1 << 20);
+    assert_int_equal(c.reflink + c.plugin + c.command, 0);
+    assert_true(same_files());
+    lsm_offload_free(ol);
+    lsm_file_close(src);
+    lsm_file_close(dst);
+}
+
+/* A command that fails is asked once per range, and not at all after two
+ * failures in a row; the caller gets 0 (software) with the reason. */
+static void test_ladder_drops_failing_command(void **state)
+{
+    (void)state;
+    struct lsm_file *src, *dst;
+    make_pair(&src, &dst);
+    char log[128], body[256];
+    snprintf(log, sizeof log, "%s/calls", dir);
+    unlink(log);
+    snprintf(body, sizeof body, "echo call >> '%s'; echo 'array offline' >&2; exit 1", log);
+    const char *s = script("failing.sh", body);
+    struct lsm_offload_opts o = { .mode = LSM_OFFLOAD_ONLY, .name = "command", .command = s,
+                                  .command_timeout_s = 10 };
+    struct lsm_offload *ol;
+    assert_int_equal(lsm_offload_create(&o, &ol), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(lsm_offload_range(ol, src, (uint64_t)i << 18, dst, (uint64_t)i << 18, 1 << 18), 0);
+    assert_string_not_equal(lsm_offload_reason(ol), "");
+    struct lsm_offload_counts c;
+    lsm_offload_get_counts(ol, &c);
+    assert_int_equal(c.command, 0);
+    assert_non_null(strstr(c.first_fallback, "exit status 1: array offline"));
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    int calls = 0;
+    char line[32];
+    while (fgets(line, sizeof line, f))
+        calls++;
+    fclose(f);
+    assert_int_equal(calls, 2);
+    lsm_offload_free(ol);
+    lsm_file_close(src);
+    lsm_file_close(dst);
+}
+
+/* A command that copies half of each range: the ladder reports the half,
+ * and a range left over goes to the caller, not to the command again. */
+static void test_ladder_short_command(void **state)
+{
+    (void)state;
+    struct lsm_file *src, *dst;
+    make_pair(&src, &dst);
+    const char *s = script("half.sh",
+        "n=$(($6 / 2)); dd if=\"$2\" of=\"$4\" bs=4096 iflag=skip_bytes,count_bytes "
+        "oflag=seek_bytes conv=notrunc skip=$3 seek=$5 count=$n status=none && echo \"copied $n\"");
+    struct lsm_offload_opts o = { .mode = LSM_OFFLOAD_ONLY, .name = "command", .command = s };
+    struct lsm_offload *ol;
+    assert_int_equal(lsm_offload_create(&o, &ol), 0);
+    assert_int_equal(lsm_offload_range(ol, src, 0, dst, 0, 1 << 20), 1 << 19);
+    assert_non_null(strstr(lsm_offload_reason(ol), "copied 524288 of 1048576"));
+    lsm_offload_free(ol);
+    lsm_file_close(src);
+    lsm_file_close(dst);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -144,6 +247,9 @@ int main(void)
         cmocka_unit_test(test_cmd_ok),
         cmocka_unit_test(test_cmd_partial_and_bad),
         cmocka_unit_test(test_cmd_timeout_and_cancel),
+        cmocka_unit_test(test_ladder_copy_range),
+        cmocka_unit_test(test_ladder_drops_failing_command),
+        cmocka_unit_test(test_ladder_short_command),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
