@@ -9,4 +9,4 @@ for c in qemu-img qemu-io jq; do
     command -v "$c" >/dev/null || { echo "SKIP: $c not installed"; exit 77; }
 done
 export LSM_SYNC
-exec "$here/vm-run.sh" --timeout "${LSM_VM_TIMEOUT:-300}" --mem 1536 "$here/xcopy-inner.sh"
+exec "$here/vm-run.sh" --timeout "${LSM_VM_TIMEOUT:-480}" --mem 1536 "$here/xcopy-inner.sh"
