@@ -212,7 +212,9 @@ struct ctx {
     uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
     struct lsm_copysum *sum;    /* opts.checksum */
 
-    bool offload, offload_clone;
+    bool offload;               /* data runs are offered to the ladder ol */
+    struct lsm_offload *ol;
+    uint64_t offload_skip_end;  /* runs below this guest offset: pipeline only */
     int err;
 
     /* journal (NULL: none): see the journal_* hooks */
@@ -887,80 +889,45 @@ static void start_request(struct ctx *c, struct creq *q)
         queue_slot(c, &q->slots[i]);
 }
 
-/* copy_file_range is worth it only where it is a real offload: a server-side
- * copy on a network file system.  On a local file system without reflink
- * the kernel copies through the page cache in one thread: measured on ext4
- * here, 5-19 s for 512 MiB against 0.9-1.9 s through the O_DIRECT pipeline.
- * (Reflink-capable local file systems take the clone path first.) */
-static bool copy_range_offloads(int fd)
-{
-    struct statfs sf;
-    if (fstatfs(fd, &sf) < 0)
-        return false;
-    switch ((unsigned long)sf.f_type) {
-    case 0x6969UL:        /* NFS */
-    case 0xFE534D42UL:    /* SMB2 */
-    case 0xFF534D42UL:    /* CIFS */
-    case 0x00C36400UL:    /* Ceph */
-    case 0x47504653UL:    /* GPFS */
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* Offload up to len bytes of the current raw data run (clone, then
- * copy_file_range); returns 1 if bytes were copied, 0 if offload does not
- * apply (it is then disabled), <0 on error. */
+/* Offload up to len bytes of the current data run through the ladder
+ * (offload/offload.c); returns 1 if bytes were copied, 0 if the run (or
+ * what is left of it) goes through the pipeline, <0 on error.  Whatever
+ * the ladder leaves of the range is copied by the pipeline without asking
+ * the ladder again (offload_skip_end), over anything a failed rung wrote. */
 static int try_offload(struct ctx *c, uint64_t len)
 {
     struct lsm_run *r = &c->run;
-    uint64_t done = 0;
-    if (!r->file)
+    if (!r->file || r->start < c->offload_skip_end)
         return 0;
-    if (c->offload_clone) {
-        int ret = lsm_file_clone_range(r->file, r->host, c->d->f, r->start, len);
-        if (ret == 0) {
-            done = len;
-        } else if (ret == -EXDEV || ret == -EOPNOTSUPP || ret == -EINVAL || ret == -ENOTTY ||
-                   ret == -ENOSYS) {
-            lsm_error_clear();
-            c->offload_clone = false;
-            if (!copy_range_offloads(c->d->f->fd)) {
-                c->offload = false;
-                return 0;
-            }
-        } else {
-            return set_err(c, ret);
-        }
-    }
-    while (done < len) {
-        int64_t n = lsm_file_copy_range(r->file, r->host + done, c->d->f, r->start + done,
-                                        len - done);
-        if (n == -EXDEV || n == -EOPNOTSUPP || n == -EINVAL || n == -ENOSYS) {
-            lsm_error_clear();
-            c->offload = false;
-            break;
-        }
-        if (n < 0)
-            return set_err(c, (int)n);
-        if (n == 0)
-            return set_err(c, lsm_error(-EIO, "cannot copy %s to %s at offset %" PRIu64 ": short copy",
-                                        c->src_name, c->d->path, r->start + done));
-        done += (uint64_t)n;
-        if (cancelled(c))
-            break;
-    }
-    if (!done)
+    int64_t n = lsm_offload_range(c->ol, r->file, r->host, c->d->f, r->start, len);
+    if (n < 0)
+        return set_err(c, (int)n);
+    if ((uint64_t)n < len)
+        c->offload_skip_end = r->start + len;
+    if (!n)
         return 0;
-    uint64_t start = r->start;
+    uint64_t start = r->start, done = (uint64_t)n;
     c->st->offload = true;
     c->st->bytes_offloaded += done;
     c->st->bytes_done += done;
     take_run(c, done);
     record(c, start, done);
     progress(c);
+    job_progress(c, false);
     return 1;
+}
+
+/* -C: the run at c->run is about to go through the pipeline. */
+static int offload_refused(struct ctx *c)
+{
+    struct lsm_run *r = &c->run;
+    const char *why = c->ol && *lsm_offload_reason(c->ol) ? lsm_offload_reason(c->ol)
+                      : r->kind == LSM_RUN_MIXED || !r->file
+                          ? "the data is not contiguous in one source file"
+                          : "no offload applies";
+    return set_err(c, lsm_error(-EOPNOTSUPP, "cannot offload %s to %s at offset %" PRIu64
+                                " (-C: offload required): %s",
+                                c->src_name, c->d->path, r->start, why));
 }
 
 /* Start what can be started. */
@@ -1028,6 +995,10 @@ static void fill(struct ctx *c)
                 return;
             if (ret > 0)
                 continue;
+        }
+        if (c->o->offload_required) {
+            offload_refused(c);
+            return;
         }
         struct creq *q = NULL;
         int ret = build_request(c, &q);
@@ -1885,8 +1856,37 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = checksum_setup(c);
     if (r < 0)
         goto out;
-    c->offload = o->offload && !o->checksum && !c->j && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
-    c->offload_clone = c->offload;
+    {
+        /* Any source whose data runs sit contiguously in a layer file
+         * (raw, qcow2 without compression, a chain) to a raw destination;
+         * not with a checksum (it hashes what the pipeline reads) or a
+         * journal (it records what the pipeline wrote). */
+        struct lsm_offload_opts oo = {
+            .mode = o->offload_mode ? o->offload_mode
+                                    : o->offload ? LSM_OFFLOAD_AUTO : LSM_OFFLOAD_NEVER,
+            .name = o->offload_name,
+            .command = o->offload_cmd,
+            .command_timeout_s = o->offload_timeout_s,
+            .cancel = o->cancel,
+        };
+        bool can = !physical && !d.w && !o->checksum && !c->j;
+        if (o->offload_required && (!can || oo.mode == LSM_OFFLOAD_NEVER)) {
+            r = lsm_error(-EOPNOTSUPP, "cannot offload %s to %s (-C: offload required): %s",
+                          c->src_name, o->dst_path,
+                          oo.mode == LSM_OFFLOAD_NEVER ? "--offload=never"
+                          : physical ? "a physical copy is not offloaded"
+                          : d.w      ? "only raw destinations are offloaded"
+                          : o->checksum ? "--checksum reads every byte"
+                                        : "--journal is not combined with offload");
+            goto out;
+        }
+        if (oo.mode != LSM_OFFLOAD_NEVER && can) {
+            r = lsm_offload_create(&oo, &c->ol);
+            if (r < 0)
+                goto out;
+            c->offload = c->ol != NULL;
+        }
+    }
 
     if (c->j) {
         /* Before the first write: the journal names what it will write
@@ -1989,6 +1989,18 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 out:
     if (r < 0 && !*lsm_last_error())
         lsm_error_errno(r, "copy failed");
+    if (c->ol) {
+        struct lsm_offload_counts oc;
+        lsm_offload_get_counts(c->ol, &oc);
+        st->bytes_reflinked = oc.reflink;
+        st->bytes_copy_range = oc.copy_range;
+        st->bytes_plugin = oc.plugin;
+        st->bytes_offload_cmd = oc.command;
+        snprintf(st->offload_plugin, sizeof st->offload_plugin, "%s", oc.plugin_name);
+        snprintf(st->offload_fallback, sizeof st->offload_fallback, "%.255s", oc.first_fallback);
+        lsm_offload_free(c->ol);
+        c->ol = NULL;
+    }
     if (c->io)
         lsm_io_destroy(c->io);
     if (c->pool)
