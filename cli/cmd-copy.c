@@ -53,7 +53,8 @@ static void usage(FILE *f)
         "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
         "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
         "                       after SECONDS (default: 30 to connect, 60 per request)\n"
-        "  -p                   progress bar\n"
+        "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
+        "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
         "  --progress=json      one JSON object per line on stdout\n"
         "  -v                   print a summary\n"
         "  --output=json        print the summary as JSON on stdout\n");
