@@ -31,6 +31,7 @@
 #include "error.h"
 #include "fileid.h"
 #include "lock.h"
+#include "qcow2/qcow2-format.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
 
@@ -821,6 +822,12 @@ static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
 
 /* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
  * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
+static_assert(LSM_COMPRESSION_ZLIB == QCOW2_COMPRESSION_ZLIB &&
+              LSM_COMPRESSION_ZSTD == QCOW2_COMPRESSION_ZSTD, "compression type values");
+static_assert((int)LSM_PREALLOC_METADATA == (int)QCOW2_PREALLOC_METADATA &&
+              (int)LSM_PREALLOC_FALLOC == (int)QCOW2_PREALLOC_FALLOC &&
+              (int)LSM_PREALLOC_FULL == (int)QCOW2_PREALLOC_FULL, "preallocation modes");
+
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
 {
     if (img->format != LSM_FMT_QCOW2)
@@ -833,6 +840,11 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
+    const struct lsm_create_opts *co = &o->create;
+    if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
+        co->compression_type || co->prealloc || o->sparse_size)
+        return explain ? lsm_error(-EINVAL, "--physical keeps the source's layout: creation "
+                                   "options (-o) and -S do not apply") : 0;
     struct lsm_qcow2_info qi;
     int r = lsm_qcow2_get_info(img, &qi);
     if (r < 0)
@@ -957,6 +969,19 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0) {
             st->src_busy = r == -EAGAIN;
             return r;
+        }
+    }
+
+    /* --bitmaps: nothing to copy is the one case handled yet. */
+    if (o->bitmaps && img && img->format == LSM_FMT_QCOW2) {
+        struct lsm_qcow2_info bqi;
+        r = lsm_qcow2_get_info(img, &bqi);
+        if (r < 0)
+            goto out;
+        if (bqi.nb_bitmaps) {
+            r = lsm_error(-ENOTSUP, "%s has %u persistent dirty bitmap(s): copying bitmaps "
+                          "(--bitmaps) is not supported yet", img->filename, (unsigned)bqi.nb_bitmaps);
+            goto out;
         }
     }
 
@@ -1106,10 +1131,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 .cluster_bits = (unsigned)__builtin_ctz(cluster),
                 .backing_name = o->backing,
                 .backing_fmt = o->backing_fmt,
+                .version = o->create.qcow2_version,
+                .refcount_bits = o->create.refcount_bits,
+                .lazy_refcounts = o->create.lazy_refcounts,
+                .extended_l2 = o->create.extended_l2,
+                .compression_type = o->create.compression_type,
             };
             r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = qcow2_writer_preallocate(d.w, (enum qcow2_prealloc)o->create.prealloc);
+                if (r < 0)
+                    goto out;
+            }
             d.reads_zero = !o->backing;
         }
         d.size = vsize;
@@ -1127,6 +1162,14 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             r = lsm_file_truncate(d.f, vsize);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc == LSM_PREALLOC_FALLOC || o->create.prealloc == LSM_PREALLOC_FULL) {
+                r = lsm_file_preallocate(d.f, 0, vsize, o->create.prealloc == LSM_PREALLOC_FULL);
+                if (r < 0)
+                    goto out;
+            } else if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = lsm_error(-EINVAL, "unsupported preallocation mode for a raw destination: metadata");
+                goto out;
+            }
             d.reads_zero = true;
         }
     }
@@ -1182,6 +1225,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->zchunk = MAX(4096u, d.f->offset_align);
         c->min_hole = MAX(c->zchunk, RAW_MIN_HOLE);
     }
+    if (o->sparse_size)             /* -S */
+        c->min_hole = MAX(c->zchunk, align_up(o->sparse_size, c->zchunk));
     if (budget < c->rsize)
         budget = c->rsize;
     c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);

@@ -173,6 +173,20 @@ typedef void (*lsm_copy_progress_fn)(void *opaque, uint64_t done, uint64_t total
 /* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
 typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
 
+/* Creation options of a new destination (qemu-img's -o): zero values are
+ * the defaults.  Ignored with -n (the destination exists). */
+/* The qcow2 header's compression type values (QCOW2_COMPRESSION_*). */
+enum { LSM_COMPRESSION_ZLIB = 0, LSM_COMPRESSION_ZSTD = 1 };
+enum lsm_prealloc { LSM_PREALLOC_OFF = 0, LSM_PREALLOC_METADATA, LSM_PREALLOC_FALLOC, LSM_PREALLOC_FULL };
+struct lsm_create_opts {
+    unsigned qcow2_version;           /* 0 or 3 (compat=1.1), 2 (compat=0.10) */
+    unsigned refcount_bits;           /* 0: 16 */
+    bool lazy_refcounts;
+    bool extended_l2;
+    unsigned compression_type;        /* LSM_COMPRESSION_* (0: zlib) */
+    enum lsm_prealloc prealloc;       /* qcow2: all four; raw: off, falloc, full */
+};
+
 struct lsm_copy_opts {
     const char *src_path;
     enum lsm_format src_fmt;          /* AUTO probes */
@@ -194,6 +208,14 @@ struct lsm_copy_opts {
     uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
     uint64_t rate;                    /* bytes/s (0: unlimited) */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+    struct lsm_create_opts create;    /* -o: the other creation options */
+    bool bitmaps;                     /* --bitmaps: SRC's persistent dirty bitmaps are not
+                                         copied yet: a SRC that has any is refused */
+    uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
+                                         up to the zero-detection unit) are left
+                                         unallocated (0: the default, 64K for raw and one
+                                         cluster for qcow2).  The command line makes -S 0
+                                         (allocate everything) create.prealloc FULL. */
 
     unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
                                          (0: 30 s to connect, 60 s per request) */

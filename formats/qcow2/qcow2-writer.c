@@ -118,6 +118,11 @@ struct qcow2_writer {
 
     int failed;                 /* first write error: the writer is unusable */
     bool finished;
+
+    /* Created images (the create path's options). */
+    bool has_backing;
+    uint8_t *hdr_v2;            /* version 2: the header finish writes instead of hdr */
+    size_t hdr_v2_len;          /* its bytes in use, rounded up to align */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -522,6 +527,8 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
     return fill_entries(w, guest, rlen, *host);
 }
 
+static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
     int r = check_usable(w);
@@ -530,6 +537,8 @@ int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
     r = check_guest_range(w, guest, len, "zero");
     if (r < 0)
         return r;
+    if (w->hdr_v2)
+        return zero_as_data(w, guest, len);
     r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
     if (r < 0)
         return r;
@@ -761,11 +770,137 @@ static int check_align(uint32_t align, uint32_t cluster_size)
     return 0;
 }
 
+/* What a version 2 image cannot have: refused as qemu-img refuses it. */
+static int validate_version(const struct qcow2_create_opts *o)
+{
+    if (o->version != 0 && o->version != 2 && o->version != 3)
+        return lsm_error(-EINVAL, "invalid qcow2 version %u: must be 2 or 3", o->version);
+    if (o->version != 2)
+        return 0;
+    if (o->refcount_bits && o->refcount_bits != 16)
+        return lsm_error(-EINVAL, "refcount widths other than 16 bits need compat=1.1 (qcow2 version 3)");
+    if (o->extended_l2)
+        return lsm_error(-EINVAL, "extended L2 entries need compat=1.1 (qcow2 version 3)");
+    if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
+        return lsm_error(-EINVAL, "compression types other than zlib need compat=1.1 (qcow2 version 3)");
+    if (o->lazy_refcounts)
+        return lsm_error(-EINVAL, "lazy refcounts need compat=1.1 (qcow2 version 3)");
+    return 0;
+}
+
+/* The version 2 header of a created image, laid out now (it only differs
+ * from the version 3 one in the fields finish sets): the first 72 bytes of
+ * h with version 2, the backing format extension, the backing name.  No
+ * feature name table: version 2 has no feature bits. */
+static int layout_v2_header(struct qcow2_writer *w, const struct qcow2_header *h3,
+                            const struct qcow2_create_opts *o)
+{
+    struct qcow2_header h = *h3;
+    be32_put(&h.version, 2);
+    struct hdr_ext exts[1];
+    size_t n = 0;
+    const char *bf = o->backing_name ? fmt_name(o->backing_fmt) : NULL;
+    if (bf)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_BACKING_FORMAT, (uint32_t)strlen(bf), bf };
+    if (!(w->hdr_v2 = aligned_alloc_zero(w->cluster_size)))
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    long used = layout_header(w->hdr_v2, w->cluster_size, (const uint8_t *)&h,
+                              QCOW2_V2_HEADER_LENGTH, exts, n, o->backing_name);
+    if (used < 0)
+        return lsm_error(-EINVAL, "backing file name of %zu bytes does not fit in a %u-byte "
+                         "header cluster", strlen(o->backing_name), w->cluster_size);
+    w->hdr_v2_len = align_up((uint64_t)used, w->align);
+    return 0;
+}
+
+/* At finish: the version 2 header takes the refcount table fields and
+ * replaces the version 3 one, rewriting at least as far as that reached. */
+static void use_v2_header(struct qcow2_writer *w)
+{
+    static_assert(offsetof(struct qcow2_header, refcount_table_clusters) ==
+                  offsetof(struct qcow2_header, refcount_table_offset) + 8, "refcount fields");
+    size_t off = offsetof(struct qcow2_header, refcount_table_offset);
+    memcpy(w->hdr_v2 + off, w->hdr + off, 12);
+    uint8_t *t = w->hdr;
+    w->hdr = w->hdr_v2;
+    w->hdr_v2 = t;
+    w->hdr_write_len = MAX(w->hdr_write_len, w->hdr_v2_len);
+}
+
+/* Version 2 has no zero flag: the range becomes data clusters holding
+ * zeroes, written here. */
+static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    size_t blen = MAX(w->cluster_size, STREAM_BYTES);
+    _cleanup_free_ uint8_t *zero = aligned_alloc_zero(blen);
+    if (!zero)
+        return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
+    while (len) {
+        uint64_t host, mapped;
+        int r = qcow2_writer_alloc(w, guest, len, &host, &mapped);
+        if (r < 0)
+            return r;
+        for (uint64_t done = 0; done < mapped;) {
+            size_t n = (size_t)MIN((uint64_t)blen, mapped - done);
+            r = pwrite_full(w->fd, zero, n, host + done);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write zeroes at 0x%" PRIx64,
+                                                        host + done));
+            done += n;
+        }
+        guest += mapped;
+        len -= mapped;
+    }
+    return 0;
+}
+
+int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode)
+{
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    if (mode != QCOW2_PREALLOC_METADATA && mode != QCOW2_PREALLOC_FALLOC && mode != QCOW2_PREALLOC_FULL)
+        return lsm_error(-EINVAL, "invalid preallocation mode %d", (int)mode);
+    if (w->has_backing)
+        return lsm_error(-EINVAL, "preallocation with a backing file is not supported (the "
+                         "preallocated clusters would hide the backing file's data)");
+    for (uint64_t i = 0; i < w->l1_size; i++)
+        if (l1_get(w, i))
+            return lsm_error(-EINVAL, "preallocation must come before the first allocation");
+    size_t blen = STREAM_BYTES;
+    _cleanup_free_ uint8_t *zero = mode == QCOW2_PREALLOC_FULL ? aligned_alloc_zero(blen) : NULL;
+    if (mode == QCOW2_PREALLOC_FULL && !zero)
+        return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
+    for (uint64_t guest = 0; guest < w->guest_end;) {
+        uint64_t host, mapped;
+        r = qcow2_writer_alloc(w, guest, w->guest_end - guest, &host, &mapped);
+        if (r < 0)
+            return r;
+        if (mode == QCOW2_PREALLOC_FALLOC &&
+            fallocate(w->fd, 0, (off_t)host, (off_t)mapped) < 0)
+            return writer_failed(w, lsm_error_errno(-errno, "cannot preallocate (falloc) %" PRIu64
+                                                    " bytes at 0x%" PRIx64, mapped, host));
+        for (uint64_t done = 0; zero && done < mapped;) {
+            size_t n = (size_t)MIN((uint64_t)blen, mapped - done);
+            r = pwrite_full(w->fd, zero, n, host + done);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write zeroes at 0x%" PRIx64,
+                                                        host + done));
+            done += n;
+        }
+        guest += mapped;
+    }
+    return 0;
+}
+
 int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
                         struct qcow2_writer **out)
 {
     unsigned cbits = 0, rorder = 0;
     int r = validate_opts(o, &cbits, &rorder);
+    if (r < 0)
+        return r;
+    r = validate_version(o);
     if (r < 0)
         return r;
     r = check_align(align, 1u << cbits);
@@ -778,6 +913,7 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     w->refcount_order = rorder;
     w->extended_l2 = o->extended_l2;
     w->size = o->size;
+    w->has_backing = o->backing_name != NULL;
 
     uint64_t l2_entries = w->cluster_size / (o->extended_l2 ? 16 : 8);
     uint64_t l1_size = div_round_up(div_round_up(o->size, w->cluster_size), l2_entries);
@@ -815,6 +951,7 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
         incompat |= QCOW2_INCOMPAT_COMPRESSION;
     be64_put(&h.incompatible_features, incompat);
+    be64_put(&h.compatible_features, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
     be32_put(&h.refcount_order, rorder);
     be32_put(&h.header_length, sizeof h);
     h.compression_type = (uint8_t)o->compression_type;
@@ -837,6 +974,11 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
         goto fail;
     }
     w->hdr_write_len = align_up((uint64_t)used, align);
+    if (o->version == 2) {
+        r = layout_v2_header(w, &h, o);
+        if (r < 0)
+            goto fail;
+    }
 
     /* The whole first cluster, marked incomplete: whatever was there
      * before (an old image on a reused device) no longer opens. */
@@ -1479,8 +1621,12 @@ int qcow2_writer_finish(struct qcow2_writer *w)
     be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), rt_off);
     be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), rt_clusters);
     /* The last header write: the image is complete once it is on disk. */
-    uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
-    be64_put(f, be64_get(f) & ~QCOW2_INCOMPAT_LSM_INCOMPLETE);
+    if (w->hdr_v2) {
+        use_v2_header(w);
+    } else {
+        uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
+        be64_put(f, be64_get(f) & ~QCOW2_INCOMPAT_LSM_INCOMPLETE);
+    }
     r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
     if (r < 0)
         return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
@@ -1501,6 +1647,7 @@ void qcow2_writer_close(struct qcow2_writer *w)
     free(w->l1);
     free(w->fresh);
     free(w->hdr);
+    free(w->hdr_v2);
     free(w->free);
     free(w);
 }
