@@ -12,6 +12,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "json-out.h"
 #include "json-util.h"
 #include "copy.h"
 #include "progress.h"
@@ -395,20 +396,29 @@ int cmd_sync(int argc, char **argv)
         json_object *o = json_object_new_object(), *a = json_object_new_array();
         static const char *tn[] = { "ALL", "INTERNAL", "LEAF" };
         json_object_object_add(o, "type", json_object_new_string(tn[type]));
-        json_object_object_add(o, "bytes-total", json_object_new_int64((int64_t)ctx.total));
-        json_object_object_add(o, "bytes-done", json_object_new_int64((int64_t)done));
-        json_object_object_add(o, "seconds", json_object_new_double(secs));
+        /* The field names of copy --output=json (and of the progress lines). */
+        json_object_object_add(o, "bytes_total", json_object_new_int64((int64_t)ctx.total));
+        json_object_object_add(o, "bytes_done", json_object_new_int64((int64_t)done));
+        json_object_object_add(o, "seconds", cli_json_fixed(secs, "%.3f"));
         for (unsigned k = 0; k < ctx.nvols; k++) {
             struct sync_vol *v = &ctx.vols[k];
             json_object *e = json_object_new_object();
             json_object_object_add(e, "source", lsm_json_string(v->src->path));
             json_object_object_add(e, "destination", lsm_json_string(v->pair->dst_path));
-            json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->total));
+            json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)v->total));
             json_object_object_add(e, "status", json_object_new_string(
                 v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));
+            if (v->result < 0)
+                json_object_object_add(e, "error", lsm_json_string(v->error[0] ? v->error : "failed"));
             if (v->result == 0) {
                 json_object_object_add(e, "io", json_object_new_string(v->st.io_name));
+                json_object_object_add(e, "direct", json_object_new_boolean(v->st.direct));
                 json_object_object_add(e, "physical", json_object_new_boolean(v->st.physical));
+                json_object_object_add(e, "bytes_read", json_object_new_int64((int64_t)v->st.bytes_read));
+                json_object_object_add(e, "bytes_written", json_object_new_int64((int64_t)v->st.bytes_written));
+                json_object_object_add(e, "bytes_zeroed", json_object_new_int64((int64_t)v->st.bytes_zeroed));
+                json_object_object_add(e, "bytes_skipped", json_object_new_int64((int64_t)v->st.bytes_skipped));
+                json_object_object_add(e, "seconds", cli_json_fixed(v->st.seconds, "%.3f"));
             }
             json_object_array_add(a, e);
         }
