@@ -42,7 +42,9 @@ static void usage(FILE *f)
         "                       -S 0 allocates everything (new DST only)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
         "  -c                   compress (qemu-img): not supported yet, fails with exit 1\n"
-        "  -C, -l SNAPSHOT, --salvage   not supported yet: fail with exit 1\n"
+        "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
+        "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
+        "  -C, --salvage        not supported yet: fail with exit 1\n"
         "  --bitmaps            accepted for a SRC without persistent bitmaps (copying\n"
         "                       bitmaps is not supported yet: such a SRC fails, exit 1)\n"
         "  --skip-broken-bitmaps  with --bitmaps\n"
@@ -405,8 +407,24 @@ int cmd_copy(int argc, char **argv)
                       "supported yet; --offload=auto offloads raw to raw where it can");
             return EXIT_OPERATIONAL;
         case 'l':
-            cli_error("copy", "-l (copy an internal snapshot) is not supported yet");
-            return EXIT_OPERATIONAL;
+            /* qemu-img's forms: snapshot.id=ID, snapshot.name=NAME, or
+             * ID_OR_NAME (by id first, then by name). */
+            if (!strncmp(optarg, "snapshot.id=", 12)) {
+                o.snapshot = optarg + 12;
+                o.snapshot_key = LSM_SNAPSHOT_ID;
+            } else if (!strncmp(optarg, "snapshot.name=", 14)) {
+                o.snapshot = optarg + 14;
+                o.snapshot_key = LSM_SNAPSHOT_NAME;
+            } else if (strchr(optarg, '=') || strchr(optarg, ',')) {
+                return cli_usage_error("copy", "-l takes snapshot.id=ID, snapshot.name=NAME "
+                                       "or ID_OR_NAME, not '%s'", optarg);
+            } else {
+                o.snapshot = optarg;
+                o.snapshot_key = LSM_SNAPSHOT_ID_OR_NAME;
+            }
+            if (!*o.snapshot)
+                return cli_usage_error("copy", "-l: empty snapshot id or name");
+            break;
         case OPT_SALVAGE:
             cli_error("copy", "--salvage is not supported yet: a read error fails the copy");
             return EXIT_OPERATIONAL;

@@ -840,6 +840,9 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
+    if (o->snapshot)
+        return explain ? lsm_error(-EINVAL, "--physical copies the active layer's clusters: "
+                                   "not with -l") : 0;
     const struct lsm_create_opts *co = &o->create;
     if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
         co->compression_type || co->prealloc || o->sparse_size)
@@ -951,6 +954,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "-B needs an image source: %s has no layers", o->src_path);
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
+        if (o->snapshot)
+            return lsm_error(-EINVAL, "-l needs a qcow2 source, not %s", o->src_path);
 #ifdef HAVE_LIBNBD
         /* libnbd lives in a module: loaded only for NBD sources */
         typeof(&lsm_nbd_source_create) nbd_create =
@@ -970,6 +975,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             st->src_busy = r == -EAGAIN;
             return r;
         }
+    }
+
+    /* -l: the snapshot's view replaces the active one before anything is read. */
+    if (o->snapshot && img) {
+        r = lsm_qcow2_load_snapshot(img, o->snapshot, o->snapshot_key);
+        if (r < 0)
+            goto out;
     }
 
     /* --bitmaps: nothing to copy is the one case handled yet. */

@@ -209,6 +209,8 @@ struct lsm_copy_opts {
     uint64_t rate;                    /* bytes/s (0: unlimited) */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
     struct lsm_create_opts create;    /* -o: the other creation options */
+    const char *snapshot;             /* -l: copy this internal snapshot's view of SRC */
+    enum lsm_snapshot_key snapshot_key;   /* how -l names it (id, name, either) */
     bool bitmaps;                     /* --bitmaps: SRC's persistent dirty bitmaps are not
                                          copied yet: a SRC that has any is refused */
     uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded

@@ -192,6 +192,8 @@ static int read_snapshots(struct lsm_image *img, struct qcow2_state *s)
         sn->vm_state_size = be32_get(hb + 32);
         sn->disk_size = s->h.size;
         sn->icount = UINT64_MAX;
+        sn->l1_offset = l1_off;
+        sn->l1_size = l1_size;
         if (extra >= 16)
             sn->vm_state_size = be64_get(rest + 0);
         if (extra >= 16)
@@ -523,6 +525,53 @@ int lsm_qcow2_get_snapshots(struct lsm_image *img, struct lsm_snapshot_info **ou
     }
     *out = a;
     return s->nb_snaps;
+}
+
+static int find_snapshot(const struct qcow2_state *s, const char *key, bool by_id)
+{
+    for (int i = 0; i < s->nb_snaps; i++)
+        if (!strcmp(by_id ? s->snaps[i].id : s->snaps[i].name, key))
+            return i;
+    return -1;
+}
+
+int lsm_qcow2_load_snapshot(struct lsm_image *img, const char *key, enum lsm_snapshot_key how)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "%s is not a qcow2 image: it has no internal snapshots",
+                         img->filename);
+    struct qcow2_state *s = img->priv;
+    int i = -1;
+    if (how != LSM_SNAPSHOT_NAME)
+        i = find_snapshot(s, key, true);
+    if (i < 0 && how != LSM_SNAPSHOT_ID)
+        i = find_snapshot(s, key, false);
+    if (i < 0)
+        return lsm_error(-ENOENT, "%s has no internal snapshot with %s '%s'", img->filename,
+                         how == LSM_SNAPSHOT_ID ? "id" : how == LSM_SNAPSHOT_NAME ? "name"
+                                                 : "id or name", key);
+    const struct lsm_snapshot_info *sn = &s->snaps[i];
+    /* Its L1 table was bounds-checked by read_snapshots.  As in qemu-img
+     * convert -l, the view keeps the image's current virtual size: entries
+     * past a smaller snapshot's L1 table read as unallocated. */
+    uint64_t *l1 = NULL;
+    if (sn->l1_size) {
+        l1 = malloc((size_t)sn->l1_size * 8);
+        if (!l1)
+            return lsm_error(-ENOMEM, "out of memory");
+        int r = lsm_pread_zerofill(img->fd, l1, (size_t)sn->l1_size * 8, sn->l1_offset);
+        if (r < 0) {
+            free(l1);
+            return lsm_error_errno(r, "cannot read the L1 table of snapshot '%s'", sn->name);
+        }
+        for (uint32_t k = 0; k < sn->l1_size; k++)
+            l1[k] = be64toh(l1[k]);
+    }
+    /* The L2 cache is keyed by host offset: entries stay valid. */
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = sn->l1_size;
+    return 0;
 }
 
 void lsm_snapshots_free(struct lsm_snapshot_info *sn, int n)

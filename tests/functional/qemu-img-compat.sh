@@ -226,6 +226,20 @@ pair sparse-0-qcow2 - -S 0 -f qcow2 src.qcow2 -O qcow2
 pair sparse-4k-raw - -S 4k -f qcow2 src.qcow2 -O raw
 pair sparse-64k-qcow2 - -S 64k -f qcow2 src.qcow2 -O qcow2
 
+# -l: an internal snapshot's view (s1 before a resize and more writes, s2
+# after), by id or name as qemu-img looks them up.
+qcow2 sn.qcow2 32M
+qio sn.qcow2 -- 'write -P 0x51 0 2M' 'write -P 0x52 10M 1M'
+qemu-img snapshot -c s1 sn.qcow2
+qio sn.qcow2 -- 'write -P 0x53 1M 2M' 'write -z 10M 64k'
+qemu-img resize -q sn.qcow2 48M
+qemu-img snapshot -c s2 sn.qcow2
+qio sn.qcow2 -- 'write -P 0x54 40M 1M' 'write -P 0x55 0 64k'
+pair snapshot-l-name - "${V[@]}" -l s1 -f qcow2 sn.qcow2 -O qcow2 -o compat=1.1
+pair snapshot-l-id - "${V[@]}" -l 2 -f qcow2 sn.qcow2 -O raw
+pair snapshot-l-name-form - -l snapshot.name=s1 -f qcow2 sn.qcow2 -O raw
+pair snapshot-l-id-form - -l snapshot.id=2 -f qcow2 sn.qcow2 -O qcow2
+
 # ---- the -n form: existing volumes -----------------------------------------
 mk_raw() { truncate -s 64M "$1"; }
 mk_qcow2() { qemu-img create -q -f qcow2 -o compat=1.1 "$1" 64M; }
@@ -264,8 +278,6 @@ cp src.qcow2 bm.qcow2
 qemu-img bitmap --add bm.qcow2 b0
 refused bitmaps-present - "${V[@]}" -f qcow2 bm.qcow2 -O qcow2 -o compat=1.1 --bitmaps --skip-broken-bitmaps
 refused offload-C - -C -f raw src.raw -O raw
-qemu-img snapshot -c snap1 bm.qcow2
-refused snapshot-l - -l snap1 -f qcow2 bm.qcow2 -O qcow2
 refused salvage - --salvage -f qcow2 src.qcow2 -O raw
 mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
 refused n-qcow2-v2 mk_qcow2_v2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
@@ -299,5 +311,8 @@ both_refuse prealloc-bogus -f qcow2 src.qcow2 -O qcow2 -o preallocation=bogus
 both_refuse sparse-odd -S 1000 -f qcow2 src.qcow2 -O raw
 both_refuse n-with-o -n -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
 both_refuse compat-bogus -f qcow2 src.qcow2 -O qcow2 -o compat=2.0
+both_refuse snapshot-missing -l nosuch -f qcow2 sn.qcow2 -O raw
+both_refuse snapshot-id-is-no-name -l snapshot.id=s1 -f qcow2 sn.qcow2 -O raw
+both_refuse snapshot-raw-source -l s1 -f raw src.raw -O raw
 
 finish
