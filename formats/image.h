@@ -208,6 +208,22 @@ struct lsm_snapshot_info {
  * lsm_snapshots_free). */
 int lsm_qcow2_get_snapshots(struct lsm_image *img, struct lsm_snapshot_info **out);
 void lsm_snapshots_free(struct lsm_snapshot_info *s, int n);
+/* Persistent dirty bitmaps of a qcow2 layer, as the bitmap directory
+ * describes them (what qemu-img info lists).  Returns the number and a
+ * malloc'd array in *out (free with lsm_bitmaps_free); 0 for other formats,
+ * images without the bitmaps extension, or whose autoclear bit says a
+ * program without bitmap support changed them (QEMU ignores those too).
+ * A corrupt directory is -EINVAL with a message. */
+struct lsm_bitmap_info {
+    char *name;
+    uint64_t granularity;         /* bytes */
+    bool in_use, autoload;        /* the in-use and auto flags */
+    uint64_t table_offset;
+    uint32_t table_size;          /* entries */
+};
+int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out);
+void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n);
+
 /* Read an internal snapshot's view instead of the active one (qemu-img
  * convert -l): the snapshot's L1 table replaces the active one; the
  * virtual size and the backing chain stay the image's (as in qemu-img, a

@@ -122,6 +122,8 @@ static int read_extensions(struct lsm_image *img, struct qcow2_state *s,
                 if (nb > QCOW2_MAX_BITMAPS)
                     return lsm_error(-EINVAL, "too many persistent bitmaps (%u)", nb);
                 s->nb_bitmaps = nb;
+                s->bitmap_dir_size = be64_get((const uint8_t *)data + 8);
+                s->bitmap_dir_offset = be64_get((const uint8_t *)data + 16);
             }
             break;
         case QCOW2_EXT_CRYPTO:
@@ -525,6 +527,100 @@ int lsm_qcow2_get_snapshots(struct lsm_image *img, struct lsm_snapshot_info **ou
     }
     *out = a;
     return s->nb_snaps;
+}
+
+/* Bitmap directory entries (docs/interop/qcow2.txt, "Bitmaps"). */
+#define BME_FLAG_IN_USE    (1u << 0)
+#define BME_FLAG_AUTO      (1u << 1)
+#define BME_FLAG_EXTRA_OK  (1u << 2)
+#define BME_TYPE_DIRTY_TRACKING 1
+#define BME_MIN_GRANULARITY_BITS 9
+#define BME_MAX_GRANULARITY_BITS 31
+#define BME_MAX_NAME_SIZE 1023
+#define BME_MAX_TABLE_SIZE 0x8000000u
+#define BITMAP_DIR_MAX_BYTES (64u * 1024 * 1024)
+
+int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out)
+{
+    *out = NULL;
+    if (img->format != LSM_FMT_QCOW2)
+        return 0;
+    struct qcow2_state *s = img->priv;
+    if (!s->nb_bitmaps)
+        return 0;
+    uint64_t dsize = s->bitmap_dir_size;
+    if (dsize < 24 || dsize > BITMAP_DIR_MAX_BYTES)
+        return lsm_error(-EINVAL, "corrupt image: bitmap directory size %" PRIu64 " is invalid", dsize);
+    int r = check_table(img, s, "bitmap directory", s->bitmap_dir_offset, dsize, 1);
+    if (r < 0)
+        return r;
+    _cleanup_free_ uint8_t *dir = malloc(dsize);
+    if (!dir)
+        return lsm_error(-ENOMEM, "out of memory");
+    size_t got;
+    r = lsm_pread_full(img->fd, dir, dsize, s->bitmap_dir_offset, &got);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the bitmap directory");
+    if (got < dsize)
+        return lsm_error(-EINVAL, "corrupt image: bitmap directory extends beyond the end of the file");
+    struct lsm_bitmap_info *a = calloc(s->nb_bitmaps, sizeof *a);
+    if (!a)
+        return lsm_error(-ENOMEM, "out of memory");
+    uint64_t off = 0;
+    unsigned n = 0;
+    for (; n < s->nb_bitmaps; n++) {
+        if (dsize - off < 24) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap directory is too short for %u bitmaps",
+                          s->nb_bitmaps);
+            break;
+        }
+        const uint8_t *e = dir + off;
+        uint64_t toff = be64_get(e);
+        uint32_t tsize = be32_get(e + 8), flags = be32_get(e + 12), extra = be32_get(e + 20);
+        uint8_t type = e[16], gbits = e[17];
+        uint16_t nlen = be16_get(e + 18);
+        uint64_t elen = align_up(24 + (uint64_t)extra + nlen, 8);
+        if (elen > dsize - off) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap %u overflows the bitmap directory", n);
+            break;
+        }
+        if (type != BME_TYPE_DIRTY_TRACKING || gbits < BME_MIN_GRANULARITY_BITS ||
+            gbits > BME_MAX_GRANULARITY_BITS || nlen == 0 || nlen > BME_MAX_NAME_SIZE ||
+            tsize > BME_MAX_TABLE_SIZE || (flags & ~(BME_FLAG_IN_USE | BME_FLAG_AUTO | BME_FLAG_EXTRA_OK)) ||
+            (extra && !(flags & BME_FLAG_EXTRA_OK))) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap %u has an invalid directory entry", n);
+            break;
+        }
+        r = check_table(img, s, "bitmap table", toff, tsize, 8);
+        if (r < 0)
+            break;
+        a[n].name = strndup((const char *)e + 24 + extra, nlen);
+        if (!a[n].name) {
+            r = lsm_error(-ENOMEM, "out of memory");
+            break;
+        }
+        a[n].granularity = 1ULL << gbits;
+        a[n].in_use = flags & BME_FLAG_IN_USE;
+        a[n].autoload = flags & BME_FLAG_AUTO;
+        a[n].table_offset = toff;
+        a[n].table_size = tsize;
+        off += elen;
+    }
+    if (r < 0) {
+        lsm_bitmaps_free(a, (int)n + 1);
+        return r;
+    }
+    *out = a;
+    return (int)n;
+}
+
+void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n)
+{
+    if (!b)
+        return;
+    for (int i = 0; i < n; i++)
+        free(b[i].name);
+    free(b);
 }
 
 static int find_snapshot(const struct qcow2_state *s, const char *key, bool by_id)

@@ -240,6 +240,47 @@ pair snapshot-l-id - "${V[@]}" -l 2 -f qcow2 sn.qcow2 -O raw
 pair snapshot-l-name-form - -l snapshot.name=s1 -f qcow2 sn.qcow2 -O raw
 pair snapshot-l-id-form - -l snapshot.id=2 -f qcow2 sn.qcow2 -O qcow2
 
+# info lists persistent bitmaps as qemu-img info does (human output byte
+# for byte, JSON equal as data): flags in-use/auto, name, granularity.
+qcow2 bmi.qcow2 64M
+qemu-img bitmap --add bmi.qcow2 b0
+qemu-img bitmap --add -g 128k --disable bmi.qcow2 second-one
+if diff <(qemu-img info bmi.qcow2) <("$L" info bmi.qcow2) >info.diff &&
+    python3 - bmi.qcow2 "$L" <<'EOF'
+import json, subprocess, sys
+q = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", sys.argv[1]]))
+l = json.loads(subprocess.check_output([sys.argv[2], "info", "--output=json", sys.argv[1]]))
+assert q == l, (q, l)
+assert len(l["format-specific"]["data"]["bitmaps"]) == 2
+EOF
+then pass info-bitmaps; else fail info-bitmaps "$(head -c 400 info.diff)"; fi
+# A directory entry of an unknown type: qemu-img refuses the image, info
+# refuses it with one line.
+cp bmi.qcow2 bmbad.qcow2
+python3 - bmbad.qcow2 <<'EOF'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(65536)
+pos = struct.unpack(">I", h[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", h[pos:pos + 8])
+    assert t != 0, "no bitmaps extension"
+    if t == 0x23852875:
+        doff = struct.unpack(">Q", h[pos + 24:pos + 32])[0]
+        break
+    pos += 8 + (l + 7) // 8 * 8
+f.seek(doff + 16)
+f.write(b"\x07")
+EOF
+set +e
+qemu-img info bmbad.qcow2 >/dev/null 2>&1
+rcq=$?
+"$L" info bmbad.qcow2 >/dev/null 2>bmbad.err
+rcl=$?
+set -e
+if ((rcq == 0)); then fail info-bitmaps-corrupt "qemu-img accepted the corrupt directory: the case is wrong"
+else one_line_failure info-bitmaps-corrupt "$rcl" bmbad.err ""; fi
+
 # ---- the -n form: existing volumes -----------------------------------------
 mk_raw() { truncate -s 64M "$1"; }
 mk_qcow2() { qemu-img create -q -f qcow2 -o compat=1.1 "$1" 64M; }

@@ -1,6 +1,6 @@
 /* libFuzzer target: open an arbitrary file as an image (format probed, chain
  * followed), walk its whole map in chain mode and in one-layer mode, read a
- * few ranges and the format information, then each internal snapshot's view
+ * few ranges and the format information (snapshots, bitmap directory), then each internal snapshot's view
  * (lsm_qcow2_load_snapshot, copy -l) the same way, close.
  *
  * The input is written to a file in a private directory, so relative backing
@@ -138,6 +138,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             int ns = lsm_qcow2_get_snapshots(layer, &snaps);
             if (ns >= 0)
                 lsm_snapshots_free(snaps, ns);
+            struct lsm_bitmap_info *bm = NULL;
+            lsm_error_clear();
+            int nb = lsm_qcow2_get_bitmaps(layer, &bm);
+            if (nb >= 0)
+                lsm_bitmaps_free(bm, nb);
+            else if (!*lsm_last_error())
+                abort();
         }
         (void)lsm_image_actual_size(layer);
     }
