@@ -45,9 +45,9 @@ static void usage(FILE *f)
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
         "  -C, --salvage        not supported yet: fail with exit 1\n"
-        "  --bitmaps            accepted for a SRC without persistent bitmaps (copying\n"
-        "                       bitmaps is not supported yet: such a SRC fails, exit 1)\n"
-        "  --skip-broken-bitmaps  with --bitmaps\n"
+        "  --bitmaps            copy SRC's persistent dirty bitmaps (qcow2 DST)\n"
+        "  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps\n"
+        "                       instead of failing\n"
         "  -t CACHE, -T CACHE   destination / source cache mode: none, directsync: O_DIRECT;\n"
         "                       writeback, writethrough, unsafe: buffered\n"
         "  -W                   accepted: writes are always issued out of order\n"
@@ -556,6 +556,7 @@ int cmd_copy(int argc, char **argv)
         return rc;
     if (skip_broken && !o.bitmaps)
         return cli_usage_error("copy", "--skip-broken-bitmaps needs --bitmaps");
+    o.skip_broken_bitmaps = skip_broken;
     if (o.bitmaps && o.dst_fmt != LSM_FMT_QCOW2)
         return cli_usage_error("copy", "--bitmaps needs -O qcow2 (raw has no bitmaps)");
     if (sparse_set && o.sparse_size == 0) {

@@ -828,6 +828,64 @@ static_assert((int)LSM_PREALLOC_METADATA == (int)QCOW2_PREALLOC_METADATA &&
               (int)LSM_PREALLOC_FALLOC == (int)QCOW2_PREALLOC_FALLOC &&
               (int)LSM_PREALLOC_FULL == (int)QCOW2_PREALLOC_FULL, "preallocation modes");
 
+/* --bitmaps: the persistent bitmaps of SRC's top layer go to the qcow2
+ * destination, as qemu-img convert --bitmaps copies them; an inconsistent
+ * one (in use: a VM had it open) is refused, or skipped with
+ * --skip-broken-bitmaps. */
+#define MAX_BITMAP_BYTES (256ULL << 20)
+static int check_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img)
+{
+    if (o->dst_fmt != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "--bitmaps needs a qcow2 destination");
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    if (n > 0 && o->create.qcow2_version == 2 && !o->no_create)
+        r = lsm_error(-EINVAL, "--bitmaps: a compat=0.10 destination cannot hold bitmaps");
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use && !o->skip_broken_bitmaps)
+            r = lsm_error(-EINVAL, "Cannot copy inconsistent bitmap '%s' of %s (it is in use); "
+                          "--skip-broken-bitmaps skips it", bm[i].name, img->filename);
+        else if (lsm_bitmap_bytes(img->virtual_size, bm[i].granularity) > MAX_BITMAP_BYTES)
+            r = lsm_error(-EFBIG, "bitmap '%s' of %s is over %llu MiB", bm[i].name,
+                          img->filename, MAX_BITMAP_BYTES >> 20);
+    }
+    lsm_bitmaps_free(bm, n);
+    return r;
+}
+
+static int copy_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img, struct qcow2_writer *w)
+{
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use) {
+            warn(o, "skipping the inconsistent bitmap '%s' of %s", bm[i].name, img->filename);
+            continue;
+        }
+        /* The destination may be larger (-n): granules past SRC stay clear. */
+        uint64_t slen = lsm_bitmap_bytes(img->virtual_size, bm[i].granularity);
+        uint64_t dlen = lsm_bitmap_bytes(qcow2_writer_virtual_size(w), bm[i].granularity);
+        uint8_t *buf = calloc(1, MAX(dlen, slen) ? MAX(dlen, slen) : 1);
+        if (!buf) {
+            r = lsm_error(-ENOMEM, "out of memory for bitmap '%s'", bm[i].name);
+            break;
+        }
+        r = lsm_qcow2_read_bitmap(img, &bm[i], buf, (size_t)slen);
+        if (r == 0)
+            r = qcow2_writer_add_bitmap(w, bm[i].name, (unsigned)__builtin_ctzll(bm[i].granularity),
+                                        bm[i].autoload, buf, dlen);
+        free(buf);
+    }
+    lsm_bitmaps_free(bm, n);
+    return r;
+}
+
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
 {
     if (img->format != LSM_FMT_QCOW2)
@@ -984,17 +1042,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     }
 
-    /* --bitmaps: nothing to copy is the one case handled yet. */
-    if (o->bitmaps && img && img->format == LSM_FMT_QCOW2) {
-        struct lsm_qcow2_info bqi;
-        r = lsm_qcow2_get_info(img, &bqi);
+    /* --bitmaps: refused up front what would fail at the end. */
+    if (o->bitmaps && img) {
+        r = check_bitmaps(o, img);
         if (r < 0)
             goto out;
-        if (bqi.nb_bitmaps) {
-            r = lsm_error(-ENOTSUP, "%s has %u persistent dirty bitmap(s): copying bitmaps "
-                          "(--bitmaps) is not supported yet", img->filename, (unsigned)bqi.nb_bitmaps);
-            goto out;
-        }
     }
 
     /* Physical copy? */
@@ -1355,6 +1407,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 goto out;
         }
         record(c, 0, cs);
+    }
+    if (d.w && o->bitmaps && img) {
+        r = copy_bitmaps(o, img, d.w);
+        if (r < 0) {
+            lsm_error_prefix("cannot copy the bitmaps of %s", o->src_path);
+            goto out;
+        }
     }
     if (d.w) {
         r = qcow2_writer_finish(d.w);

@@ -211,8 +211,9 @@ struct lsm_copy_opts {
     struct lsm_create_opts create;    /* -o: the other creation options */
     const char *snapshot;             /* -l: copy this internal snapshot's view of SRC */
     enum lsm_snapshot_key snapshot_key;   /* how -l names it (id, name, either) */
-    bool bitmaps;                     /* --bitmaps: SRC's persistent dirty bitmaps are not
-                                         copied yet: a SRC that has any is refused */
+    bool bitmaps;                     /* --bitmaps: copy SRC's persistent dirty bitmaps
+                                         (its top layer's) into the qcow2 destination */
+    bool skip_broken_bitmaps;         /* skip in-use (inconsistent) ones instead of failing */
     uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
                                          up to the zero-detection unit) are left
                                          unallocated (0: the default, 64K for raw and one

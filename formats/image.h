@@ -223,6 +223,14 @@ struct lsm_bitmap_info {
 };
 int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out);
 void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n);
+/* Bytes of a bitmap's data: one bit per granule of the virtual size. */
+uint64_t lsm_bitmap_bytes(uint64_t virtual_size, uint64_t granularity);
+/* Read bitmap b's data (bit i: granule i, bit 0 of a byte first) into buf,
+ * len = lsm_bitmap_bytes(img->virtual_size, b->granularity).  Table entries
+ * are checked (reserved bits, alignment, inside the file); unallocated
+ * clusters read as zeroes or, with bit 0, as ones. */
+int lsm_qcow2_read_bitmap(struct lsm_image *img, const struct lsm_bitmap_info *b, uint8_t *buf,
+                          size_t len);
 
 /* Read an internal snapshot's view instead of the active one (qemu-img
  * convert -l): the snapshot's L1 table replaces the active one; the

@@ -123,6 +123,17 @@ struct qcow2_writer {
     bool has_backing;
     uint8_t *hdr_v2;            /* version 2: the header finish writes instead of hdr */
     size_t hdr_v2_len;          /* its bytes in use, rounded up to align */
+
+    /* Persistent bitmaps added (qcow2_writer_add_bitmap), written into the
+     * directory and the header extension at finish. */
+    struct wbitmap {
+        char *name;
+        unsigned gbits;
+        bool autoload;
+        uint64_t table_offset;
+        uint32_t table_size;
+    } *bitmaps;
+    unsigned nbitmaps;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -1522,6 +1533,155 @@ uint64_t qcow2_writer_final_size(const struct qcow2_writer *w)
     return w->next_free + ((nrt + nrb) << w->cluster_bits);
 }
 
+/* ---- persistent bitmaps ---------------------------------------------- */
+
+/* Write len bytes of buf (a multiple of the cluster size, aligned) at the
+ * end of the image; *off is where. */
+static int append_clusters(struct qcow2_writer *w, const uint8_t *buf, uint64_t len, uint64_t *off,
+                           const char *what)
+{
+    int r = check_room(w, len, what);
+    if (r < 0)
+        return r;
+    r = mark_incomplete(w);
+    if (r < 0)
+        return r;
+    *off = w->next_free;
+    r = pwrite_full(w->fd, buf, len, w->next_free);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write the %s at 0x%" PRIx64, what, *off));
+    w->next_free += len;
+    return 0;
+}
+
+int qcow2_writer_add_bitmap(struct qcow2_writer *w, const char *name, unsigned granularity_bits,
+                            bool autoload, const uint8_t *data, uint64_t len)
+{
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    if (w->hdr_v2)
+        return lsm_error(-ENOTSUP, "version 2 (compat=0.10) images cannot have persistent bitmaps");
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen > 1023)
+        return lsm_error(-EINVAL, "invalid bitmap name length %zu", nlen);
+    if (granularity_bits < 9 || granularity_bits > 31)
+        return lsm_error(-EINVAL, "invalid bitmap granularity 2^%u", granularity_bits);
+    uint64_t want = div_round_up(div_round_up(w->size, 1ULL << granularity_bits), 8);
+    if (len != want)
+        return lsm_error(-EINVAL, "bitmap '%s' has %" PRIu64 " bytes, the image needs %" PRIu64,
+                         name, len, want);
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        if (!strcmp(w->bitmaps[i].name, name))
+            return lsm_error(-EEXIST, "bitmap '%s' is there already", name);
+    if (w->nbitmaps >= 65535)
+        return lsm_error(-ENOSPC, "too many bitmaps");
+    uint64_t cs = w->cluster_size, n = div_round_up(len, cs);
+    if (n > 0x8000000u)
+        return lsm_error(-EFBIG, "bitmap '%s' needs too large a table", name);
+    uint64_t tbytes = align_up(n * 8, cs);
+    _cleanup_free_ uint8_t *table = aligned_alloc_zero(tbytes ? tbytes : cs);
+    _cleanup_free_ uint8_t *cl = aligned_alloc_zero(cs);
+    struct wbitmap *nb = realloc(w->bitmaps, (w->nbitmaps + 1) * sizeof *nb);
+    if (!table || !cl || !nb)
+        return lsm_error(-ENOMEM, "cannot allocate bitmap buffers");
+    w->bitmaps = nb;
+    /* Data clusters: all zeroes or all ones need none (table bit 0). */
+    for (uint64_t i = 0; i < n; i++) {
+        size_t m = (size_t)MIN(cs, len - i * cs);
+        const uint8_t *p = data + i * cs;
+        bool zero = true, ones = m == cs;
+        for (size_t k = 0; k < m && (zero || ones); k++) {
+            zero &= p[k] == 0;
+            ones &= p[k] == 0xff;
+        }
+        if (zero || ones) {
+            be64_put(table + i * 8, ones ? 1 : 0);
+            continue;
+        }
+        memset(cl, 0, cs);
+        memcpy(cl, p, m);
+        uint64_t off;
+        r = append_clusters(w, cl, cs, &off, "bitmap data");
+        if (r < 0)
+            return r;
+        be64_put(table + i * 8, off);
+    }
+    uint64_t toff = 0;
+    if (n) {
+        r = append_clusters(w, table, tbytes, &toff, "bitmap table");
+        if (r < 0)
+            return r;
+    }
+    char *nm = strdup(name);
+    if (!nm)
+        return lsm_error(-ENOMEM, "out of memory");
+    w->bitmaps[w->nbitmaps++] = (struct wbitmap){ nm, granularity_bits, autoload, toff, (uint32_t)n };
+    return 0;
+}
+
+/* At finish, before the refcounts: the bitmap directory at the end, and
+ * the bitmaps extension with the autoclear bit in the header. */
+static int write_bitmap_directory(struct qcow2_writer *w)
+{
+    uint64_t dsize = 0;
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        dsize += align_up(24 + strlen(w->bitmaps[i].name), 8);
+    uint64_t cs = w->cluster_size, dbytes = align_up(dsize, cs);
+    _cleanup_free_ uint8_t *dir = aligned_alloc_zero(dbytes);
+    if (!dir)
+        return lsm_error(-ENOMEM, "cannot allocate the bitmap directory");
+    uint8_t *e = dir;
+    for (unsigned i = 0; i < w->nbitmaps; i++) {
+        const struct wbitmap *b = &w->bitmaps[i];
+        size_t nlen = strlen(b->name);
+        be64_put(e, b->table_offset);
+        be32_put(e + 8, b->table_size);
+        be32_put(e + 12, b->autoload ? 2u : 0u);        /* auto; never in use */
+        e[16] = 1;                                      /* dirty tracking */
+        e[17] = (uint8_t)b->gbits;
+        be16_put(e + 18, (uint16_t)nlen);
+        be32_put(e + 20, 0);                            /* no extra data */
+        memcpy(e + 24, b->name, nlen);
+        e += align_up(24 + nlen, 8);
+    }
+    uint64_t doff;
+    int r = append_clusters(w, dir, dbytes, &doff, "bitmap directory");
+    if (r < 0)
+        return r;
+
+    /* The header: every extension it has, plus the bitmaps one. */
+    uint32_t hlen = be32_get(w->hdr + offsetof(struct qcow2_header, header_length));
+    struct hdr_ext exts[MAX_HDR_EXTS];
+    size_t n = 0, end = 0;
+    r = collect_exts(w->hdr, w->cluster_size, hlen, QCOW2_EXT_BITMAPS, exts, &n, &end);
+    if (r < 0)
+        return r;
+    uint8_t bext[24];
+    be32_put(bext, w->nbitmaps);
+    be32_put(bext + 4, 0);
+    be64_put(bext + 8, dsize);
+    be64_put(bext + 16, doff);
+    exts[n++] = (struct hdr_ext){ QCOW2_EXT_BITMAPS, sizeof bext, bext };
+    uint64_t boff = be64_get(w->hdr + offsetof(struct qcow2_header, backing_file_offset));
+    uint32_t bsize = be32_get(w->hdr + offsetof(struct qcow2_header, backing_file_size));
+    char backing[QCOW2_MAX_BACKING_NAME + 1] = "";
+    if (boff && bsize <= QCOW2_MAX_BACKING_NAME && boff + bsize <= w->cluster_size)
+        memcpy(backing, w->hdr + boff, bsize);
+    _cleanup_free_ uint8_t *neu = aligned_alloc_zero(w->cluster_size);
+    if (!neu)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    long used = layout_header(neu, w->cluster_size, w->hdr, hlen, exts, n, boff ? backing : NULL);
+    if (used < 0)
+        return writer_failed(w, lsm_error(-ENOSPC, "the bitmaps extension does not fit in the "
+                                          "header cluster (%u bytes)", w->cluster_size));
+    uint8_t *ac = neu + offsetof(struct qcow2_header, autoclear_features);
+    be64_put(ac, be64_get(ac) | QCOW2_AUTOCLEAR_BITMAPS);
+    memcpy(w->hdr, neu, w->cluster_size);
+    w->hdr_write_len = MAX(w->hdr_write_len, align_up((uint64_t)used, w->align));
+    return 0;
+}
+
 static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
 {
     uint64_t cs = w->cluster_size;
@@ -1610,6 +1770,11 @@ int qcow2_writer_finish(struct qcow2_writer *w)
             return writer_failed(w, lsm_error_errno(r, "cannot write L1 table at 0x%" PRIx64,
                                                     w->l1_offset));
     }
+    if (w->nbitmaps) {
+        r = write_bitmap_directory(w);
+        if (r < 0)
+            return r;
+    }
     uint64_t rt_off = 0;
     uint32_t rt_clusters = 0;
     r = write_refcounts(w, &rt_off, &rt_clusters);
@@ -1648,6 +1813,9 @@ void qcow2_writer_close(struct qcow2_writer *w)
     free(w->fresh);
     free(w->hdr);
     free(w->hdr_v2);
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        free(w->bitmaps[i].name);
+    free(w->bitmaps);
     free(w->free);
     free(w);
 }

@@ -126,6 +126,14 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
  * present=false).  In a version 2 image: data clusters holding zeroes
  * (allocated like qcow2_writer_alloc, the zeroes written by the writer). */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+/* Add a persistent dirty bitmap (a created or opened version 3 image):
+ * data is its content (bit i: granule i), len bytes for the virtual size at
+ * 2^granularity_bits bytes per bit.  Its data clusters (none for clusters
+ * of all zeroes or all ones) and table are written at the end of the image
+ * now; finish writes the bitmap directory and the header's bitmaps
+ * extension with the autoclear bit.  Version 2 images: -ENOTSUP. */
+int qcow2_writer_add_bitmap(struct qcow2_writer *w, const char *name, unsigned granularity_bits,
+                            bool autoload, const uint8_t *data, uint64_t len);
 /* Write every piece of metadata, fdatasync, then the header with the
  * incomplete bit cleared (its last write), fdatasync.  After this returns 0
  * the image is complete. */

@@ -614,6 +614,51 @@ int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out)
     return (int)n;
 }
 
+uint64_t lsm_bitmap_bytes(uint64_t virtual_size, uint64_t granularity)
+{
+    return div_round_up(div_round_up(virtual_size, granularity), 8);
+}
+
+int lsm_qcow2_read_bitmap(struct lsm_image *img, const struct lsm_bitmap_info *b, uint8_t *buf,
+                          size_t len)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "%s is not a qcow2 image", img->filename);
+    struct qcow2_state *s = img->priv;
+    uint64_t cs = s->cluster_size;
+    uint64_t need = div_round_up(len, cs);
+    if (len != lsm_bitmap_bytes(img->virtual_size, b->granularity) || need > b->table_size)
+        return lsm_error(-EINVAL, "corrupt image: the table of bitmap '%s' has %u entries, its "
+                         "size needs %" PRIu64, b->name, b->table_size, need);
+    /* the table was bounds-checked by lsm_qcow2_get_bitmaps */
+    _cleanup_free_ uint64_t *t = malloc(need ? need * 8 : 8);
+    if (!t)
+        return lsm_error(-ENOMEM, "out of memory");
+    int r = lsm_pread_zerofill(img->fd, t, need * 8, b->table_offset);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the table of bitmap '%s'", b->name);
+    for (uint64_t i = 0; i < need; i++) {
+        uint64_t e = be64toh(t[i]);
+        uint64_t off = e & 0x00fffffffffffe00ULL;
+        size_t n = (size_t)MIN(cs, len - i * cs);
+        uint8_t *p = buf + i * cs;
+        if ((e & 0xff000000000001feULL) || (off && (e & 1)) || (off & (cs - 1)))
+            return lsm_error(-EINVAL, "corrupt image: bitmap '%s' has an invalid table entry %"
+                             PRIu64 " (0x%" PRIx64 ")", b->name, i, e);
+        if (!off) {
+            memset(p, (e & 1) ? 0xff : 0, n);
+            continue;
+        }
+        if (off >= align_up(img->file_size, cs) || off < cs)
+            return lsm_error(-EINVAL, "corrupt image: bitmap '%s' points outside the file "
+                             "(0x%" PRIx64 ")", b->name, off);
+        r = lsm_pread_zerofill(img->fd, p, n, off);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read bitmap '%s' at 0x%" PRIx64, b->name, off);
+    }
+    return 0;
+}
+
 void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n)
 {
     if (!b)

@@ -315,9 +315,6 @@ refused() {
     one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
 }
 refused compress - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
-cp src.qcow2 bm.qcow2
-qemu-img bitmap --add bm.qcow2 b0
-refused bitmaps-present - "${V[@]}" -f qcow2 bm.qcow2 -O qcow2 -o compat=1.1 --bitmaps --skip-broken-bitmaps
 refused offload-C - -C -f raw src.raw -O raw
 refused salvage - --salvage -f qcow2 src.qcow2 -O raw
 mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
@@ -355,5 +352,68 @@ both_refuse compat-bogus -f qcow2 src.qcow2 -O qcow2 -o compat=2.0
 both_refuse snapshot-missing -l nosuch -f qcow2 sn.qcow2 -O raw
 both_refuse snapshot-id-is-no-name -l snapshot.id=s1 -f qcow2 sn.qcow2 -O raw
 both_refuse snapshot-raw-source -l s1 -f raw src.raw -O raw
+
+# ---- bitmaps ----------------------------------------------------------------
+# --bitmaps: SRC's persistent bitmaps (an enabled one that guest writes
+# dirtied, a disabled one with another granularity) copied: the same list in
+# qemu-img info, and the same dirty ranges, read through qemu-nbd -B and
+# nbdinfo --map=qemu:dirty-bitmap:NAME, as in qemu-img's copy.
+qcow2 bsrc.qcow2 64M
+qemu-img bitmap --add bsrc.qcow2 b0
+qemu-img bitmap --add -g 128k bsrc.qcow2 b1
+qio bsrc.qcow2 -- 'write -P 0x61 0 1M' 'write -P 0x62 10M 64k'
+qemu-img bitmap --disable bsrc.qcow2 b1
+qio bsrc.qcow2 -- 'write -P 0x63 30M 200k'
+bitmaps_of() {
+    qemu-img info --output=json "$1" | python3 -c '
+import json, sys
+print(json.dumps(json.load(sys.stdin)["format-specific"]["data"].get("bitmaps")))'
+}
+# bitmap_map IMG NAME: the bitmap's dirty ranges as qemu-nbd exports them.
+bitmap_map() {
+    local sock=$T/bm.sock pid
+    rm -f "$sock"
+    qemu-nbd -r -f qcow2 -B "$2" -k "$sock" --pid-file="$T/bm.pid" "$1" &
+    pid=$!
+    for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.1; done
+    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$sock" || echo "nbdinfo failed"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+bitmaps_same() {
+    local name=$1 q=$2 l=$3 b why=""
+    [[ $(bitmaps_of "$q") == "$(bitmaps_of "$l")" ]] || why+="bitmaps $(bitmaps_of "$l"), qemu-img: $(bitmaps_of "$q"); "
+    for b in $(bitmaps_of "$q" | python3 -c 'import json,sys; [print(b["name"]) for b in json.load(sys.stdin) or []]'); do
+        [[ $(bitmap_map "$q" "$b") == "$(bitmap_map "$l" "$b")" ]] || why+="bitmap $b differs: $(bitmap_map "$l" "$b" | tr '\n' ' '); "
+    done
+    if [[ -n $why ]]; then fail "$name" "$why"; else pass "$name"; fi
+}
+if command -v qemu-nbd >/dev/null && command -v nbdinfo >/dev/null; then
+    [[ $(bitmap_map bsrc.qcow2 b0) == *dirty* ]] || fail bitmaps-source "the source bitmap b0 has nothing dirty: the case is wrong"
+    pair bitmaps - "${V[@]}" -f qcow2 bsrc.qcow2 -O qcow2 -o compat=1.1 --bitmaps --skip-broken-bitmaps
+    ((PAIR_OK)) && bitmaps_same bitmaps-content q-bitmaps l-bitmaps
+    pair bitmaps-4k - --bitmaps -f qcow2 bsrc.qcow2 -O qcow2 -o cluster_size=4k
+    ((PAIR_OK)) && bitmaps_same bitmaps-4k-content q-bitmaps-4k l-bitmaps-4k
+    pair n-bitmaps mk_qcow2 "${V[@]}" -f qcow2 bsrc.qcow2 -O qcow2 -n --bitmaps
+    ((PAIR_OK)) && bitmaps_same n-bitmaps-content q-n-bitmaps l-n-bitmaps
+    # An in-use bitmap (its holder killed): both refuse without
+    # --skip-broken-bitmaps, both skip it with.
+    cp bsrc.qcow2 binuse.qcow2
+    qemu-io -f qcow2 -c 'sleep 20000' binuse.qcow2 &
+    holder=$!
+    sleep 1
+    kill -9 "$holder"
+    wait "$holder" 2>/dev/null || true
+    if qemu-img info binuse.qcow2 | grep -q in-use; then
+        both_refuse bitmaps-in-use --bitmaps -f qcow2 binuse.qcow2 -O qcow2
+        pair bitmaps-in-use-skipped - --bitmaps --skip-broken-bitmaps -f qcow2 binuse.qcow2 -O qcow2
+        ((PAIR_OK)) && bitmaps_same bitmaps-in-use-skipped-content q-bitmaps-in-use-skipped l-bitmaps-in-use-skipped
+    else
+        skip_case bitmaps-in-use "qemu-io killed with SIGKILL left no in-use bitmap"
+    fi
+else
+    skip_case bitmaps "qemu-nbd or nbdinfo missing"
+fi
+both_refuse bitmaps-raw --bitmaps -f qcow2 bsrc.qcow2 -O raw
 
 finish

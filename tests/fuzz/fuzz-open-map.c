@@ -1,6 +1,6 @@
 /* libFuzzer target: open an arbitrary file as an image (format probed, chain
  * followed), walk its whole map in chain mode and in one-layer mode, read a
- * few ranges and the format information (snapshots, bitmap directory), then each internal snapshot's view
+ * few ranges and the format information (snapshots, bitmap directory and content), then each internal snapshot's view
  * (lsm_qcow2_load_snapshot, copy -l) the same way, close.
  *
  * The input is written to a file in a private directory, so relative backing
@@ -141,10 +141,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct lsm_bitmap_info *bm = NULL;
             lsm_error_clear();
             int nb = lsm_qcow2_get_bitmaps(layer, &bm);
-            if (nb >= 0)
-                lsm_bitmaps_free(bm, nb);
-            else if (!*lsm_last_error())
+            if (nb < 0 && !*lsm_last_error())
                 abort();
+            /* their content (copy --bitmaps), when small */
+            for (int i = 0; i < nb; i++) {
+                uint64_t blen = lsm_bitmap_bytes(layer->virtual_size, bm[i].granularity);
+                if (blen > (1u << 20))
+                    continue;
+                uint8_t *bb = malloc(blen ? blen : 1);
+                if (!bb)
+                    abort();
+                lsm_error_clear();
+                if (lsm_qcow2_read_bitmap(layer, &bm[i], bb, (size_t)blen) < 0 && !*lsm_last_error())
+                    abort();
+                free(bb);
+            }
+            if (nb > 0)
+                lsm_bitmaps_free(bm, nb);
         }
         (void)lsm_image_actual_size(layer);
     }
