@@ -820,8 +820,6 @@ static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
     o->warn(o->opaque, msg);
 }
 
-/* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
- * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
 static_assert(LSM_COMPRESSION_ZLIB == QCOW2_COMPRESSION_ZLIB &&
               LSM_COMPRESSION_ZSTD == QCOW2_COMPRESSION_ZSTD, "compression type values");
 static_assert((int)LSM_PREALLOC_METADATA == (int)QCOW2_PREALLOC_METADATA &&
@@ -886,6 +884,8 @@ static int copy_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img, st
     return r;
 }
 
+/* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
+ * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
 {
     if (img->format != LSM_FMT_QCOW2)
@@ -898,9 +898,9 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
-    if (o->snapshot)
-        return explain ? lsm_error(-EINVAL, "--physical copies the active layer's clusters: "
-                                   "not with -l") : 0;
+    if (o->snapshot || o->bitmaps)
+        return explain ? lsm_error(-EINVAL, "--physical copies the layer's clusters as they are: "
+                                   "not with %s", o->snapshot ? "-l" : "--bitmaps") : 0;
     const struct lsm_create_opts *co = &o->create;
     if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
         co->compression_type || co->prealloc || o->sparse_size)
@@ -1014,6 +1014,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
         if (o->snapshot)
             return lsm_error(-EINVAL, "-l needs a qcow2 source, not %s", o->src_path);
+        if (o->bitmaps)
+            return lsm_error(-EINVAL, "--bitmaps needs an image source: %s has no bitmaps",
+                             o->src_path);
 #ifdef HAVE_LIBNBD
         /* libnbd lives in a module: loaded only for NBD sources */
         typeof(&lsm_nbd_source_create) nbd_create =
