@@ -62,8 +62,18 @@ static void usage(FILE *f)
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
         "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
+        "  --checksum[=ALGO]    also compute the block checksum of the guest view copied\n"
+        "                       (sha256, the default, or blake2b; 4 MiB blocks): the value\n"
+        "                       `lsm-sync checksum` gives for SRC and DST; printed as\n"
+        "                       CHECKSUM  DST on stdout (in the JSON summary with --output=json)\n"
         "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
         "                       after SECONDS (default: 30 to connect, 60 per request)\n"
+        "  --journal=FILE       keep the job's durable progress in FILE (refused if FILE\n"
+        "                       exists, unless --resume); removed when the copy completes\n"
+        "  --resume             continue the copy FILE describes after a kill: only what\n"
+        "                       was not durable is copied; refused if SRC or DST changed\n"
+        "  --checkpoint-interval=SIZE[,SECONDS]  with --journal: flush DST and save the\n"
+        "                       journal after SIZE of data or SECONDS (default 1G,5)\n"
         "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
         "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
         "  --progress=json      one JSON object per line on stdout\n"
@@ -74,6 +84,8 @@ static void usage(FILE *f)
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
+    OPT_CHECKSUM,
+    OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
     OPT_BITMAPS, OPT_SKIP_BROKEN_BITMAPS, OPT_SALVAGE,
 };
 
@@ -91,6 +103,10 @@ static const struct option longopts[] = {
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "checksum", optional_argument, NULL, OPT_CHECKSUM },
+    { "journal", required_argument, NULL, OPT_JOURNAL },
+    { "resume", no_argument, NULL, OPT_RESUME },
+    { "checkpoint-interval", required_argument, NULL, OPT_CHECKPOINT },
     { "verbose", no_argument, NULL, 'v' },
     { "force-share", no_argument, NULL, 'U' },
     { "bitmaps", no_argument, NULL, OPT_BITMAPS },
@@ -116,6 +132,28 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     cli_progress_update(&cc->prog, done, total);
 }
 
+/* --checksum[=ALGO] */
+static bool parse_checksum(const char *arg, struct lsm_copy_opts *o)
+{
+    o->checksum = true;
+    o->checksum_alg = LSM_BLKHASH_SHA256;
+    if (!arg)
+        return true;
+    if (!strcmp(arg, "sha256"))
+        return true;
+    if (!strcmp(arg, "blake2b")) {
+        o->checksum_alg = LSM_BLKHASH_BLAKE2B;
+        return true;
+    }
+    cli_usage_error("copy", "--checksum takes sha256 or blake2b, not '%s'", arg);
+    return false;
+}
+
+static const char *checksum_alg_name(enum lsm_blkhash_alg alg)
+{
+    return alg == LSM_BLKHASH_BLAKE2B ? "blake2b" : "sha256";
+}
+
 static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_stats *st,
                           enum cli_output output, bool verbose)
 {
@@ -134,12 +172,29 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "bytes_zeroed", json_object_new_int64((int64_t)st->bytes_zeroed));
         json_object_object_add(j, "bytes_skipped", json_object_new_int64((int64_t)st->bytes_skipped));
         json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
+        if (o->journal) {
+            json_object_object_add(j, "bytes_already_done", json_object_new_int64((int64_t)st->bytes_already_done));
+            json_object_object_add(j, "bytes_redone", json_object_new_int64((int64_t)st->bytes_redone));
+            json_object_object_add(j, "checkpoints", json_object_new_int64(st->checkpoints));
+            json_object_object_add(j, "checkpoint_seconds", cli_json_fixed(st->checkpoint_seconds, "%.3f"));
+        }
         json_object_object_add(j, "seconds", cli_json_fixed(st->seconds, "%.3f"));
         json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
+        if (st->checksummed) {
+            /* the fields of `lsm-sync checksum --output=json` */
+            json_object *c = json_object_new_object();
+            json_object_object_add(c, "algorithm", json_object_new_string(checksum_alg_name(o->checksum_alg)));
+            json_object_object_add(c, "block_size", json_object_new_int64(
+                o->checksum_block_size ? o->checksum_block_size : LSM_BLKHASH_DEFAULT_BLOCK));
+            json_object_object_add(c, "checksum", json_object_new_string(st->checksum));
+            json_object_object_add(j, "checksum", c);
+        }
         cli_json_print_line(stdout, j);
         json_object_put(j);
         return;
     }
+    if (st->checksummed)
+        printf("%s  %s\n", st->checksum, o->dst_path);   /* as `lsm-sync checksum` prints it */
     if (!verbose)
         return;
     char b1[32], b2[32], b3[32], b4[32], b5[32];
@@ -479,6 +534,38 @@ int cmd_copy(int argc, char **argv)
                 return EXIT_USAGE;
             o.rate = v;
             break;
+        case OPT_CHECKSUM:
+            if (!parse_checksum(optarg, &o))
+                return EXIT_USAGE;
+            break;
+        case OPT_JOURNAL:
+            if (!*optarg)
+                return cli_usage_error("copy", "--journal needs a file name");
+            o.journal = optarg;
+            break;
+        case OPT_RESUME:
+            o.resume = true;
+            break;
+        case OPT_CHECKPOINT: {
+            char *comma = strchr(optarg, ',');
+            if (comma)
+                *comma = '\0';
+            if (!cli_parse_size("copy", "--checkpoint-interval", optarg, &v))
+                return EXIT_USAGE;
+            if (v < MiB)
+                return cli_usage_error("copy", "--checkpoint-interval: SIZE must be at least 1M");
+            o.checkpoint_bytes = v;
+            if (comma) {
+                char *end;
+                errno = 0;
+                double sec = strtod(comma + 1, &end);
+                if (errno || end == comma + 1 || *end || !(sec >= 0.01 && sec <= 86400))
+                    return cli_usage_error("copy", "--checkpoint-interval: SECONDS must be a "
+                                           "number from 0.01 to 86400, not '%s'", comma + 1);
+                o.checkpoint_ms = (unsigned)(sec * 1000 + 0.5);
+            }
+            break;
+        }
         case OPT_TIMEOUT: {
             char *end;
             errno = 0;
@@ -568,6 +655,16 @@ int cmd_copy(int argc, char **argv)
             return cli_usage_error("copy", "-S 0 with a backing file (-B) is not supported");
         o.create.prealloc = LSM_PREALLOC_FULL;
     }
+    if (o.resume && !o.journal)
+        return cli_usage_error("copy", "--resume needs --journal");
+    if ((o.checkpoint_bytes || o.checkpoint_ms) && !o.journal)
+        return cli_usage_error("copy", "--checkpoint-interval needs --journal");
+    if (o.journal && o.physical == LSM_PHYSICAL_ALWAYS)
+        return cli_usage_error("copy", "--journal copies in guest order: not with --physical");
+    /* A resumed writer finishes a version 3 image: the version 2 header
+     * is made by the writer that created the image. */
+    if (o.journal && o.create.qcow2_version == 2)
+        return cli_usage_error("copy", "--journal is not supported with compat=0.10 yet");
     /* --progress=json with --output=json: both on stdout, one object per
      * line, the summary last. */
 
@@ -595,7 +692,10 @@ int cmd_copy(int argc, char **argv)
         const char *msg = lsm_last_error();
         if (stop_requested)
             msg = stop_requested == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)";
-        if (st.dst_incomplete)
+        if (st.journal_kept)
+            cli_error("copy", "%s; %s is incomplete: continue with --journal=%s --resume",
+                      *msg ? msg : "failed", o.dst_path, o.journal);
+        else if (st.dst_incomplete)
             cli_error("copy", "%s; %s is incomplete", *msg ? msg : "failed", o.dst_path);
         else if (st.dst_removed)
             cli_error("copy", "%s; %s removed", *msg ? msg : "failed", o.dst_path);

@@ -11,9 +11,13 @@
  * once (for a qcow2 destination at host clusters from qcow2_writer_alloc).
  * Zero runs become nothing (destination already reads zeroes), holes or
  * zero clusters.  At the end: flush, then the qcow2 writer's finish.
+ * With a journal (docs/resume.md): checkpoints in between (drain, flush,
+ * writer checkpoint, journal saved), and on resume runs the journal has
+ * done are skipped; the journal_* functions are the whole of it.
  */
 #include <assert.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -24,14 +28,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "budget.h"
 #include "cleanup.h"
 #include "config.h"
 #include "copy.h"
+#ifdef HAVE_LIBSODIUM
+#include "copysum.h"
+#endif
 #include "module.h"
 #include "error.h"
 #include "fileid.h"
+#include "limiter.h"
+#include "journal.h"
+#include "json-util.h"
 #include "lock.h"
 #include "qcow2/qcow2-format.h"
+#include "qcow2/qcow2-ident.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
 
@@ -40,6 +52,8 @@
 #define DEFAULT_BUFFER_SIZE (32 * MiB)
 #define RAW_MIN_HOLE (64 * KiB)
 #define REAP_BATCH 64
+#define DEFAULT_CHECKPOINT_BYTES (1 * GiB)
+#define DEFAULT_CHECKPOINT_MS 5000
 
 /* ---- Destination ---- */
 
@@ -192,11 +206,27 @@ struct ctx {
     struct creq *held;          /* built, waiting for the rate limit */
     struct ioslot *backlog_head, *backlog_tail;
     unsigned in_flight;
-    struct lsm_ratelimit rl;
+    struct lsm_limiter *lim;    /* o->limiter, or own_lim */
+    struct lsm_limiter *own_lim;/* o->rate: private, under o->limiter */
     uint64_t rl_wait_ns;
+    uint64_t budget_reserved;   /* buffer bytes taken from the memory budget */
+    uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
+    struct lsm_copysum *sum;    /* opts.checksum */
 
     bool offload, offload_clone;
     int err;
+
+    /* journal (NULL: none): see the journal_* hooks */
+    struct lsm_journal *j;
+    struct lsm_journal_file *files;   /* identities: sources, then the destination */
+    size_t nfiles;
+    bool have_rest;
+    struct lsm_run rest;        /* the rest of a run cut where the done state changes */
+    bool ck_pending;            /* draining for a checkpoint */
+    uint64_t ck_bytes, ck_ns;   /* bytes_done and time at the last checkpoint */
+    uint64_t ck_every_bytes, ck_every_ns;
+    bool ck_bytes_valid;        /* past the first checkpoint (the one before any write) */
+    uint64_t redo_lo, redo_hi;  /* resume: [frontier, reached) of the interrupted run */
 };
 
 static bool cancelled(struct ctx *c)
@@ -211,8 +241,11 @@ static int set_err(struct ctx *c, int err)
     return err;
 }
 
+static void journal_record(struct ctx *c, uint64_t start, uint64_t len);
+
 static int record(struct ctx *c, uint64_t start, uint64_t len)
 {
+    journal_record(c, start, len);
     if (!c->o->record)
         return 0;
     int r = c->o->record(c->o->opaque, start, len);
@@ -224,10 +257,321 @@ static int record(struct ctx *c, uint64_t start, uint64_t len)
     return 0;
 }
 
+/* Progress by class for a job (lsm_copy_job_progress_fn).  st->bytes_done
+ * counts data requests completed, including the zero clusters found inside
+ * them, which st->bytes_zeroed counts too. */
+static void job_progress(struct ctx *c, bool final)
+{
+    if (!c->o->job_progress)
+        return;
+    const struct lsm_copy_stats *st = c->st;
+    uint64_t in_data_zero = st->bytes_zeroed - MIN(c->run_zeroed, st->bytes_zeroed);
+    struct lsm_job_progress p = {
+        .bytes_total = c->src ? c->src->size : 0,
+        .bytes_written = st->bytes_done - MIN(in_data_zero, st->bytes_done),
+        .bytes_zeroed = st->bytes_zeroed,
+        .bytes_skipped = st->bytes_skipped,
+    };
+    p.bytes_done = p.bytes_written + p.bytes_zeroed + p.bytes_skipped;
+    if (final && p.bytes_done < p.bytes_total) {
+        /* a physical copy does not visit the host ranges nothing uses */
+        p.bytes_skipped += p.bytes_total - p.bytes_done;
+        p.bytes_done = p.bytes_total;
+    }
+    if (p.bytes_total < p.bytes_done)
+        p.bytes_total = p.bytes_done;
+    c->o->job_progress(c->o->opaque, &p);
+}
+
 static void progress(struct ctx *c)
 {
     if (c->o->progress)
         c->o->progress(c->o->opaque, c->st->bytes_done, c->st->bytes_total);
+    job_progress(c, false);
+}
+
+/* The bandwidth limit: o->limiter (shared, its rate may change while we
+ * run) and o->rate (a private limiter under it). */
+static int limiter_setup(struct ctx *c)
+{
+    c->lim = c->o->limiter;
+    if (c->o->rate) {
+        int r = lsm_limiter_create(c->o->rate, c->o->limiter, &c->own_lim);
+        if (r < 0)
+            return lsm_error(r, "cannot create a rate limiter");
+        c->lim = c->own_lim;
+    }
+    return 0;
+}
+
+/* 0: len bytes may go now (taken); else nanoseconds to wait, at most 50 ms
+ * so that a changed limit and a cancel are seen soon. */
+static uint64_t limiter_wait(struct ctx *c, uint64_t len)
+{
+    uint64_t w = lsm_limiter_take(c->lim, len, lsm_now_ns());
+    return MIN(w, 50ULL * 1000 * 1000);
+}
+
+/* The buffer pool's memory, from the process-wide budget: at least one
+ * request, at most want. */
+static int budget_take(struct ctx *c, uint64_t want)
+{
+    c->budget_reserved = lsm_budget_reserve(c->rsize, MAX(want, c->rsize), c->rsize);
+    if (!c->budget_reserved) {
+        uint64_t used, total;
+        lsm_budget_usage(&used, &total);
+        return lsm_error(-ENOMEM, "the memory budget is exhausted: %" PRIu64 " of %" PRIu64
+                         " bytes in use, a copy needs at least %" PRIu64,
+                         used, total, c->rsize);
+    }
+    return 0;
+}
+
+/* --checksum: the block hash of the guest view, fed with each request's
+ * buffer once its reads are complete and with each zero run. */
+static int checksum_check_opts(const struct lsm_copy_opts *o)
+{
+    if (!o->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    if (o->backing)
+        return lsm_error(-EINVAL, "--checksum needs a copy of the whole guest view: not with -B");
+    if (o->physical == LSM_PHYSICAL_ALWAYS)
+        return lsm_error(-EINVAL, "--checksum needs a guest-order copy: not with --physical");
+    if (o->journal)
+        /* a resume skips what the journal has done: those bytes are never
+         * read, so the digest could not cover them */
+        return lsm_error(-EINVAL, "--checksum covers one uninterrupted copy: not with --journal");
+    return lsm_blkhash_check_block_size(o->checksum_block_size ? o->checksum_block_size
+                                                               : LSM_BLKHASH_DEFAULT_BLOCK);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
+static int checksum_setup(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->o->checksum)
+        return 0;
+    /* blocks in assembly: at most the two ends of each request in flight */
+    return lsm_copysum_new(c->o->checksum_alg,
+                           c->o->checksum_block_size ? c->o->checksum_block_size
+                                                     : LSM_BLKHASH_DEFAULT_BLOCK,
+                           c->src->size, 2 * c->max_active + 2, &c->sum);
+#else
+    return 0;
+#endif
+}
+
+static void checksum_feed(struct ctx *c, uint64_t start, const void *buf, uint64_t len)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum || c->err)
+        return;
+    int r = buf ? lsm_copysum_data(c->sum, start, buf, len) : lsm_copysum_zero(c->sum, start, len);
+    if (r < 0)
+        set_err(c, r);
+#endif
+}
+
+static int checksum_finish(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum)
+        return 0;
+    uint8_t d[LSM_BLKHASH_DIGEST_LEN];
+    int r = lsm_copysum_final(c->sum, d);
+    if (r < 0)
+        return r;
+    lsm_blkhash_hex(d, c->st->checksum);
+    c->st->checksummed = true;
+#endif
+    return 0;
+}
+
+static void checksum_free(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    lsm_copysum_free(c->sum);
+#endif
+    c->sum = NULL;
+}
+
+/* ---- Journal hooks (durable progress and resume) ----
+ *
+ * Small on purpose: the pipeline calls each at one place.
+ *   journal_record      a completed range (from record())
+ *   journal_skip_done   a run from the plan: cut away what the journal has done
+ *   journal_note        work is about to start up to an offset
+ *   journal_tick        time for a checkpoint? (then fill() starts nothing new)
+ *   journal_checkpoint  drained: flush, writer checkpoint, save the journal
+ */
+
+static void take_run(struct ctx *c, uint64_t n);
+
+static int set_err(struct ctx *c, int err);
+
+static void journal_record(struct ctx *c, uint64_t start, uint64_t len)
+{
+    if (c->j && lsm_journal_mark(c->j, start, len) < 0)
+        set_err(c, -ENOMEM);
+}
+
+/* Data copied again after a resume: the part of [start, start+len) that
+ * the interrupted run had started past its last checkpoint. */
+static void journal_count_redone(struct ctx *c, uint64_t start, uint64_t len)
+{
+    uint64_t lo = MAX(start, c->redo_lo), hi = MIN(start + len, c->redo_hi);
+    if (lo < hi)
+        c->st->bytes_redone += hi - lo;
+}
+
+/* Called with a fresh run in c->run: skip its done prefix (counted as
+ * skipped, not recorded again) and cut it where the done state changes, the
+ * rest kept in c->rest.  Returns true if nothing of the run is left. */
+static bool journal_skip_done(struct ctx *c)
+{
+    while (c->have_run) {
+        uint64_t end;
+        bool done = lsm_journal_done_at(c->j, c->run.start, &end);
+        uint64_t n = MIN(end - c->run.start, c->run.length);
+        if (!done) {
+            if (n < c->run.length) {
+                c->rest = c->run;
+                c->rest.start += n;
+                c->rest.length -= n;
+                if (c->rest.kind == LSM_RUN_DATA)
+                    c->rest.host += n;
+                c->have_rest = true;
+                c->run.length = n;
+            }
+            return false;
+        }
+        c->st->bytes_skipped += n;
+        c->st->bytes_already_done += n;
+        take_run(c, n);
+    }
+    return true;
+}
+
+static int journal_note(struct ctx *c, uint64_t end)
+{
+    if (!c->j)
+        return 0;
+    int r = lsm_journal_note_reached(c->j, end);
+    return r < 0 ? set_err(c, r) : 0;
+}
+
+static void journal_tick(struct ctx *c)
+{
+    if (!c->j || c->ck_pending)
+        return;
+    if (c->st->bytes_done - c->ck_bytes >= c->ck_every_bytes ||
+        lsm_now_ns() - c->ck_ns >= c->ck_every_ns)
+        c->ck_pending = true;
+}
+
+/* Where the plan stands: everything below is done or recorded. */
+static uint64_t journal_frontier(struct ctx *c)
+{
+    if (c->have_run)
+        return c->run.start;
+    if (c->have_rest)
+        return c->rest.start;
+    return c->runs_done ? c->d->size : c->plan.pos;
+}
+
+/* The destination's identity as this checkpoint leaves it. */
+static int journal_dst_ident(struct ctx *c, struct lsm_journal_file *f)
+{
+    struct stat sb;
+    if (fstat(c->d->f->fd, &sb) < 0)
+        return lsm_error_errno(-errno, "cannot stat %s", c->d->path);
+    f->dev = S_ISBLK(sb.st_mode) ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
+    f->ino = S_ISBLK(sb.st_mode) ? 0 : (uint64_t)sb.st_ino;
+    f->mtime_ns = -1;       /* written after every checkpoint */
+    f->has_hash = f->has_hash_next = false;
+    /* A qcow2 grows past its checkpoint: its header and L1 say what the
+     * checkpoint left (qcow2-ident.h); a raw file keeps its size. */
+    f->size = c->d->w ? 0 : (S_ISBLK(sb.st_mode) ? c->d->f->size : (uint64_t)sb.st_size);
+    if (c->d->w) {
+        int r = qcow2_ident_hash(c->d->f->fd, &f->hash);
+        if (r < 0)
+            return r;
+        f->has_hash = r > 0;
+    }
+    return 0;
+}
+
+/* Test hook: LSM_TEST_CHECKPOINT_KILL=N:WHERE kills the process with
+ * SIGKILL at the N-th checkpoint (1 = the first after the one before any
+ * write), WHERE "writer" right after the qcow2 writer's checkpoint (the
+ * journal not yet updated) or "save" right after the journal is saved
+ * (tests/functional/resume.sh). */
+static void journal_test_kill(struct ctx *c, const char *where)
+{
+    const char *e = getenv("LSM_TEST_CHECKPOINT_KILL");
+    char *colon;
+    if (!e || !(colon = strchr(e, ':')) || strcmp(colon + 1, where))
+        return;
+    if (strtoul(e, NULL, 10) == c->st->checkpoints + 1 && c->j->saved && c->ck_bytes_valid)
+        raise(SIGKILL);
+}
+
+/* The pipeline is drained: make everything recorded durable, then say so. */
+static int journal_checkpoint(struct ctx *c)
+{
+    uint64_t t0 = lsm_now_ns();
+    struct dst *d = c->d;
+    int r = lsm_file_sync(d->f);
+    if (r < 0) {
+        lsm_error_prefix("cannot flush %s", d->path);
+        return set_err(c, r);
+    }
+    if (d->tail_fd >= 0 && fdatasync(d->tail_fd) < 0)
+        return set_err(c, lsm_error_errno(-errno, "cannot flush %s", d->path));
+    struct lsm_journal_file *df = &c->files[c->nfiles - 1];
+    if (d->w && c->j->saved) {
+        /* A kill while the writer writes its metadata leaves the image at
+         * this checkpoint or the last one: the journal (still with the
+         * last one's done ranges) accepts both. */
+        r = qcow2_writer_checkpoint_hash(d->w, &df->hash_next);
+        df->has_hash_next = r == 0;
+        if (r == 0)
+            r = lsm_journal_set_files(c->j, c->files, c->nfiles);
+        if (r == 0)
+            r = lsm_journal_save(c->j);
+        if (r < 0) {
+            lsm_error_prefix("cannot checkpoint %s", d->path);
+            return set_err(c, r);
+        }
+    }
+    if (d->w) {
+        r = qcow2_writer_checkpoint(d->w);
+        if (r < 0) {
+            lsm_error_prefix("cannot checkpoint %s", d->path);
+            return set_err(c, r);
+        }
+        journal_test_kill(c, "writer");
+    }
+    lsm_journal_commit(c->j);       /* what was recorded is durable now */
+    r = journal_dst_ident(c, df);
+    if (r == 0)
+        r = lsm_journal_set_files(c->j, c->files, c->nfiles);
+    if (r < 0)
+        return set_err(c, r);
+    c->j->frontier = journal_frontier(c);
+    r = lsm_journal_save(c->j);
+    if (r < 0)
+        return set_err(c, r);
+    journal_test_kill(c, "save");
+    c->st->checkpoints++;
+    c->ck_pending = false;
+    c->ck_bytes = c->st->bytes_done;
+    c->ck_ns = lsm_now_ns();
+    c->st->checkpoint_seconds += (double)(c->ck_ns - t0) / 1e9;
+    return 0;
 }
 
 /* Next run of a physical copy: the physical source's data extents (host
@@ -259,19 +603,27 @@ static int phys_next(struct ctx *c, struct lsm_run *r)
 
 static int peek_run(struct ctx *c)
 {
-    if (c->have_run)
-        return 1;
-    if (c->runs_done)
-        return 0;
-    int r = c->physical ? phys_next(c, &c->run) : lsm_plan_next(&c->plan, &c->run);
-    if (r < 0)
-        return set_err(c, r);
-    if (r == 0) {
-        c->runs_done = true;
-        return 0;
+    for (;;) {
+        if (c->have_run)
+            return 1;
+        if (c->have_rest) {
+            c->run = c->rest;
+            c->have_rest = false;
+        } else {
+            if (c->runs_done)
+                return 0;
+            int r = c->physical ? phys_next(c, &c->run) : lsm_plan_next(&c->plan, &c->run);
+            if (r < 0)
+                return set_err(c, r);
+            if (r == 0) {
+                c->runs_done = true;
+                return 0;
+            }
+        }
+        c->have_run = true;
+        if (!c->j || !journal_skip_done(c))
+            return 1;
     }
-    c->have_run = true;
-    return 1;
 }
 
 static void take_run(struct ctx *c, uint64_t n)
@@ -362,6 +714,7 @@ static void free_req(struct ctx *c, struct creq *q)
 static void req_done(struct ctx *c, struct creq *q)
 {
     c->st->bytes_done += q->len;
+    journal_count_redone(c, q->start, q->len);
     record(c, q->start, q->len);
     free_req(c, q);
     progress(c);
@@ -427,6 +780,7 @@ static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
  * clusters or nothing. */
 static void start_writes(struct ctx *c, struct creq *q)
 {
+    checksum_feed(c, q->start, q->buf, q->len);
     q->writing = true;
     q->used = 0;
     const uint64_t none = UINT64_MAX;
@@ -615,7 +969,7 @@ static void fill(struct ctx *c)
 {
     while (!c->err && !cancelled(c)) {
         if (c->held) {
-            uint64_t wait = lsm_ratelimit_take(&c->rl, c->held->len, lsm_now_ns());
+            uint64_t wait = limiter_wait(c, c->held->len);
             if (wait) {
                 c->rl_wait_ns = wait;
                 return;
@@ -625,7 +979,7 @@ static void fill(struct ctx *c)
             start_request(c, q);
             continue;
         }
-        if (c->active >= c->max_active)
+        if (c->ck_pending || c->active >= c->max_active)
             return;
         if (peek_run(c) != 1)
             return;
@@ -635,8 +989,11 @@ static void fill(struct ctx *c)
             c->st->bytes_skipped += r->length;
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         case LSM_RUN_ZERO: {
+            if (journal_note(c, r->start + r->length) < 0)
+                return;
             int ret = dst_zero(c->d, r->start, r->length);
             if (ret < 0) {
                 set_err(c, ret);
@@ -644,10 +1001,14 @@ static void fill(struct ctx *c)
             }
             if (c->d->reads_zero)
                 c->st->bytes_skipped += r->length;   /* nothing to do */
-            else
+            else {
                 c->st->bytes_zeroed += r->length;
+                c->run_zeroed += r->length;
+            }
+            checksum_feed(c, r->start, NULL, r->length);   /* (reads as zero either way) */
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         }
         default:
@@ -655,9 +1016,9 @@ static void fill(struct ctx *c)
         }
         if (c->offload && r->kind == LSM_RUN_DATA) {
             uint64_t len = r->length;
-            if (c->rl.rate) {
+            if (c->lim) {
                 len = MIN(len, c->rsize);
-                uint64_t wait = lsm_ratelimit_take(&c->rl, len, lsm_now_ns());
+                uint64_t wait = limiter_wait(c, len);
                 if (wait) {
                     c->rl_wait_ns = wait;
                     return;
@@ -673,11 +1034,13 @@ static void fill(struct ctx *c)
         int ret = build_request(c, &q);
         if (ret <= 0)
             return;
+        if (!c->err)
+            journal_note(c, q->start + q->len);
         if (c->err) {
             free_req(c, q);
             return;
         }
-        if (c->rl.rate) {
+        if (c->lim) {
             c->held = q;
             continue;
         }
@@ -760,6 +1123,7 @@ static int run_pipeline(struct ctx *c)
     struct lsm_io_req *done[REAP_BATCH];
     for (;;) {
         c->rl_wait_ns = 0;
+        journal_tick(c);
         fill(c);
         flush_backlog(c);
         if (c->in_flight) {
@@ -772,6 +1136,11 @@ static int run_pipeline(struct ctx *c)
         if (!c->in_flight && !c->backlog_head) {
             if (c->err || cancelled(c))
                 break;
+            if (c->ck_pending && !c->active && !c->held) {
+                if (journal_checkpoint(c) < 0)
+                    break;
+                continue;
+            }
             if (!c->held && c->runs_done && !c->have_run && !c->active)
                 break;
             if (c->rl_wait_ns) {
@@ -798,10 +1167,16 @@ static int run_pipeline(struct ctx *c)
         for (int i = 0; i < n; i++)
             complete(c, done[i]);
     }
-    if (!c->err && cancelled(c))
-        set_err(c, lsm_error(-EINTR, "interrupted"));
     if (c->held)
         free_req(c, c->held), c->held = NULL;
+    if (!c->err && cancelled(c)) {
+        /* Drained: what completed is made durable, so that a resume redoes
+         * nothing (a failed checkpoint is the error then). */
+        if (c->j && c->j->saved && !c->active)
+            journal_checkpoint(c);
+        if (!c->err)
+            set_err(c, lsm_error(-EINTR, "interrupted"));
+    }
     return c->err;
 }
 
@@ -974,10 +1349,237 @@ static int dst_is_own_backing(const struct lsm_copy_opts *o)
     return 0;
 }
 
+/* ---- Journal set-up ---- */
+
+/* What a resume must find unchanged besides the files: the job's shape. */
+static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t granule,
+                                    uint64_t size, uint32_t cluster, bool reads_zero)
+{
+    json_object *j = json_object_new_object();
+    json_object_object_add(j, "format", json_object_new_string(o->dst_fmt == LSM_FMT_QCOW2 ?
+                                                               "qcow2" : "raw"));
+    json_object_object_add(j, "size", json_object_new_int64((int64_t)size));
+    json_object_object_add(j, "granule", json_object_new_int64((int64_t)granule));
+    json_object_object_add(j, "cluster_size", json_object_new_int64(cluster));
+    json_object_object_add(j, "one_layer", json_object_new_boolean(o->backing != NULL));
+    json_object_object_add(j, "backing", o->backing ? lsm_json_string(o->backing) : NULL);
+    json_object_object_add(j, "backing_format", o->backing_fmt == LSM_FMT_AUTO ? NULL :
+                           json_object_new_string(lsm_format_name(o->backing_fmt)));
+    json_object_object_add(j, "reads_zero", json_object_new_boolean(reads_zero));
+    return j;
+}
+
+/* -ESTALE naming the first option that differs. */
+static int journal_check_options(json_object *want, json_object *have)
+{
+    json_object_object_foreach(want, key, val) {
+        json_object *h = NULL;
+        if (!json_object_object_get_ex(have, key, &h) || !json_object_equal(val, h))
+            return lsm_error(-ESTALE, "the journal was written for another copy (its %s is %s, "
+                             "this one's %s)", key, h ? json_object_to_json_string(h) : "missing",
+                             json_object_to_json_string(val));
+    }
+    return 0;
+}
+
+/* Identities of every file of the source chain, plus a last slot for the
+ * destination (filled at each checkpoint). */
+static int journal_src_idents(struct lsm_image *img, struct lsm_journal_file **out, size_t *nout)
+{
+    unsigned n = lsm_chain_length(img);
+    struct lsm_journal_file *v = calloc(2 * (size_t)n + 1, sizeof *v);
+    if (!v)
+        return lsm_error(-ENOMEM, "out of memory");
+    size_t k = 0;
+    int r = 0;
+    for (unsigned i = 0; i < n && r == 0; i++) {
+        struct lsm_image *l = lsm_chain_layer(img, i);
+        for (int data = 0; data < 2 && r == 0; data++) {
+            int fd = data ? l->data_fd : l->fd;
+            if (data && (fd < 0 || fd == l->fd))
+                continue;
+            struct lsm_journal_file *f = &v[k++];
+            struct stat sb;
+            if (asprintf(&f->role, "%s%s%.0u", data ? "data file of " : "",
+                         i ? "backing " : "source", i) < 0) {
+                f->role = NULL;
+                r = lsm_error(-ENOMEM, "out of memory");
+                break;
+            }
+            f->path = strdup(data && l->data_filename ? l->data_filename : l->filename);
+            if (!f->path) {
+                r = lsm_error(-ENOMEM, "out of memory");
+                break;
+            }
+            if (fstat(fd, &sb) < 0) {
+                r = lsm_error_errno(-errno, "cannot stat %s", f->path);
+                break;
+            }
+            bool blk = S_ISBLK(sb.st_mode);
+            f->dev = blk ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
+            f->ino = blk ? 0 : (uint64_t)sb.st_ino;
+            f->size = data || blk ? (uint64_t)sb.st_size : l->file_size;
+            if (blk)
+                f->size = l->file_size;
+            f->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+            if (!data && l->format == LSM_FMT_QCOW2) {
+                r = qcow2_ident_hash(fd, &f->hash);
+                f->has_hash = r > 0;
+                if (r > 0)
+                    r = 0;
+            }
+        }
+    }
+    /* the destination's slot */
+    if (r == 0 && (!(v[k].role = strdup("destination")) || !(v[k].path = strdup(""))))
+        r = lsm_error(-ENOMEM, "out of memory");
+    if (r < 0) {
+        for (size_t i = 0; i <= k; i++)
+            lsm_journal_file_clear(&v[i]);
+        free(v);
+        return r;
+    }
+    *out = v;
+    *nout = k + 1;
+    return 0;
+}
+
+/* The journal is neither a source file nor the destination, by identity
+ * or by the place it will be created at. */
+static int journal_alias(const struct lsm_copy_opts *o, const struct lsm_fileid_set *srcids)
+{
+    struct lsm_fileid id;
+    int r = lsm_fileid_path(o->journal, &id);
+    if (r == 0) {
+        const struct lsm_fileid_entry *e = lsm_fileid_set_find(srcids, &id);
+        if (e)
+            return lsm_error(-EINVAL, "refusing journal %s: it is %s, which this copy reads",
+                             o->journal, e->name);
+    } else if (r != -ENOENT) {
+        return r;
+    }
+    struct lsm_filekey kj = { 0 }, kd = { 0 };
+    r = lsm_filekey_get(o->journal, &kj);
+    if (r == 0)
+        r = lsm_filekey_get(o->dst_path, &kd);
+    bool same = r == 0 && lsm_filekey_same(&kj, &kd);
+    lsm_filekey_free(&kj);
+    lsm_filekey_free(&kd);
+    if (r < 0)
+        return r;
+    if (same)
+        return lsm_error(-EINVAL, "refusing journal %s: it is the destination", o->journal);
+    return 0;
+}
+
+/* Data bytes of [start, start+len) the journal has done. */
+static uint64_t journal_done_in(const struct lsm_journal *j, uint64_t start, uint64_t len)
+{
+    uint64_t n = 0, end = start + len;
+    while (start < end) {
+        uint64_t e;
+        bool done = lsm_journal_done_at(j, start, &e);
+        e = MIN(MAX(e, start + 1), end);
+        if (done)
+            n += e - start;
+        start = e;
+    }
+    return n;
+}
+
 static void src_close(struct lsm_copy_src *s)
 {
     if (s)
         s->ops->close(s);
+}
+
+/* The destination is open, the plan set: a new journal, or the loaded one
+ * checked against this job (options, then every file).  Takes jl. */
+static int journal_setup(struct ctx *c, struct lsm_image *img, struct lsm_journal *jl,
+                         uint32_t cluster)
+{
+    const struct lsm_copy_opts *o = c->o;
+    struct dst *d = c->d;
+    if (jl && jl->options) {
+        /* A resumed destination reads as zero where the first run found it so. */
+        json_object *rz;
+        if (json_object_object_get_ex(jl->options, "reads_zero", &rz) &&
+            json_object_is_type(rz, json_type_boolean))
+            d->reads_zero = json_object_get_boolean(rz);
+    }
+    json_object *opts = journal_options(o, c->granule, d->size, cluster, d->reads_zero);
+    if (!opts) {
+        lsm_journal_free(jl);
+        return lsm_error(-ENOMEM, "out of memory");
+    }
+    int r = journal_src_idents(img, &c->files, &c->nfiles);
+    if (r == 0)
+        r = journal_dst_ident(c, &c->files[c->nfiles - 1]);
+    if (r == 0) {
+        free(c->files[c->nfiles - 1].path);
+        c->files[c->nfiles - 1].path = strdup(d->path);
+    }
+    if (r < 0) {
+        json_object_put(opts);
+        lsm_journal_free(jl);
+        return r;
+    }
+    if (!jl) {
+        r = lsm_journal_new(o->journal, d->size, c->granule, opts, &c->j);
+        return r;
+    }
+    c->j = jl;
+    r = journal_check_options(opts, jl->options);
+    json_object_put(opts);
+    if (r == 0)
+        r = lsm_journal_check_files(jl, c->files, c->nfiles);
+    if (r < 0) {
+        lsm_error_prefix("cannot resume from %s", o->journal);
+        return r;
+    }
+    c->redo_lo = jl->frontier;
+    c->redo_hi = jl->reached;
+    /* bytes_total: what is left to copy */
+    struct lsm_plan p;
+    struct lsm_run run;
+    uint64_t left = 0;
+    lsm_plan_init(&p, c->src, c->granule, o->backing != NULL);
+    while ((r = lsm_plan_next(&p, &run)) > 0)
+        if (run.kind == LSM_RUN_DATA || run.kind == LSM_RUN_MIXED)
+            left += run.length - journal_done_in(jl, run.start, run.length);
+    if (r < 0)
+        return r;
+    c->st->bytes_total = left;
+    c->src->ops->rewind(c->src);
+    lsm_plan_init(&c->plan, c->src, c->granule, o->backing != NULL);
+    /* finish trims what the interrupted run left past the image's end */
+    if (d->w && !d->f->is_blockdev)
+        d->reserved = true;
+    return 0;
+}
+
+static int journal_first_checkpoint(struct ctx *c)
+{
+    const struct lsm_copy_opts *o = c->o;
+    c->ck_every_bytes = o->checkpoint_bytes ? o->checkpoint_bytes : DEFAULT_CHECKPOINT_BYTES;
+    c->ck_every_ns = (o->checkpoint_ms ? o->checkpoint_ms : DEFAULT_CHECKPOINT_MS) * 1000000ULL;
+    uint64_t frontier = c->j->frontier, reached = c->j->reached;
+    int r = journal_checkpoint(c);
+    if (r < 0)
+        return r;
+    if (o->resume && (frontier || reached)) {
+        /* Keep the interrupted run's window: its work past the frontier is
+         * what this run redoes. */
+        c->j->frontier = frontier;
+        r = lsm_journal_save(c->j);
+        if (r == 0)
+            r = lsm_journal_note_reached(c->j, reached);
+        if (r < 0)
+            return set_err(c, r);
+    }
+    c->st->checkpoints = 0;
+    c->ck_bytes_valid = true;
+    return 0;
 }
 
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
@@ -1005,6 +1607,43 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
     if (o->target_is_zero && !o->no_create)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
+    if ((r = checksum_check_opts(o)) < 0)
+        return r;
+    /* A resume writes into the destination the journal names: never
+     * created, never emptied. */
+    bool no_create = o->no_create || o->resume;
+    struct lsm_journal *jl = NULL;
+    if (o->resume && !o->journal)
+        return lsm_error(-EINVAL, "--resume needs --journal");
+    if (o->journal) {
+        if (lsm_is_nbd_uri(o->src_path))
+            return lsm_error(-EINVAL, "--journal needs an image source: %s cannot be identified "
+                             "on resume", o->src_path);
+        if (o->physical == LSM_PHYSICAL_ALWAYS)
+            return lsm_error(-EINVAL, "--journal copies in guest order: not with --physical");
+        struct stat sb;
+        if (!o->resume && lstat(o->journal, &sb) == 0)
+            return lsm_error(-EEXIST, "journal %s exists: add --resume to continue its copy, or "
+                             "remove it", o->journal);
+        if (o->resume) {
+            r = lsm_journal_load(o->journal, &jl);
+            if (r < 0)
+                return r;
+            /* what can be compared before DST is opened */
+            json_object *early = journal_options(o, 0, 0, 0, false);
+            json_object_object_del(early, "granule");
+            json_object_object_del(early, "size");
+            json_object_object_del(early, "cluster_size");
+            json_object_object_del(early, "reads_zero");
+            r = journal_check_options(early, jl->options);
+            json_object_put(early);
+            if (r < 0) {
+                lsm_journal_free(jl);
+                lsm_error_prefix("cannot resume from %s", o->journal);
+                return r;
+            }
+        }
+    }
 
     c->src_name = o->src_path;
     if (lsm_is_nbd_uri(o->src_path)) {
@@ -1034,6 +1673,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                            o->force_share ? LSM_OPEN_FORCE_SHARE : 0, &img);
         if (r < 0) {
             st->src_busy = r == -EAGAIN;
+            lsm_journal_free(jl);
             return r;
         }
     }
@@ -1061,7 +1701,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
         physical = true;
-    } else if (o->physical == LSM_PHYSICAL_AUTO) {
+    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum && !o->journal) {
         r = physical_applies(o, img, false);
         if (r < 0)
             goto out;
@@ -1107,12 +1747,17 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = dst_is_own_backing(o);
     if (r < 0)
         goto out;
+    if (o->journal) {
+        r = journal_alias(o, &srcids);
+        if (r < 0)
+            goto out;
+    }
     /* Created only with O_EXCL, never opened with O_TRUNC: only a file this
      * copy created is removed on failure.  An existing file is opened as it
      * is, checked (a regular file or block device, not a source file, not
      * locked by anyone), and only then emptied. */
     unsigned fflags = LSM_FILE_READ | LSM_FILE_WRITE |
-                      (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_MAY_EXIST);
+                      (no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_MAY_EXIST);
     r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
     if (r < 0)
         goto out;
@@ -1129,12 +1774,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         goto out;
     }
     d.touched = true;
-    if (!o->no_create && !d.created && !d.f->is_blockdev) {
+    if (!no_create && !d.created && !d.f->is_blockdev) {
         r = lsm_file_truncate(d.f, 0);
         if (r < 0)
             goto out;
     }
-    d.fresh = !o->no_create && !d.f->is_blockdev;
+    d.fresh = !no_create && !d.f->is_blockdev;
     if (cluster && d.f->offset_align > cluster) {
         /* Cluster smaller than the O_DIRECT alignment: buffered I/O. */
         if (o->direct == LSM_DIRECT_ALWAYS) {
@@ -1178,11 +1823,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     } else if (o->dst_fmt == LSM_FMT_QCOW2) {
         d.cluster = cluster;
-        if (o->no_create) {
+        if (no_create) {
             /* Nothing is written before the writer's first change
              * (qcow2_writer_changed), so its refusals leave DST as it was. */
             d.touched = false;
-            r = qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
+            r = o->resume ? qcow2_writer_resume(d.f->fd, d.f->offset_align, &d.w)
+                          : qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
             if (r < 0)
                 goto out;
             if (qcow2_writer_virtual_size(d.w) < vsize) {
@@ -1217,7 +1863,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         d.size = vsize;
     } else {
         d.size = vsize;
-        if (o->no_create || d.f->is_blockdev) {
+        if (no_create || d.f->is_blockdev) {
             if (d.f->size < vsize) {
                 r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
                               o->dst_path, d.f->size, o->src_path, vsize);
@@ -1268,6 +1914,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         src->ops->rewind(src);
         lsm_plan_init(&c->plan, src, c->granule, o->backing != NULL);
     }
+    if (o->journal) {
+        r = journal_setup(c, img, jl, cluster);
+        jl = NULL;
+        if (r < 0)
+            goto out;
+    }
 
     /* A new qcow2 grows at its end: reserve the room first, because ext4
      * runs O_DIRECT writes that extend a file one at a time (measured: a
@@ -1296,9 +1948,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->min_hole = MAX(c->zchunk, align_up(o->sparse_size, c->zchunk));
     if (budget < c->rsize)
         budget = c->rsize;
-    c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
-    if (!c->max_active)
-        c->max_active = 1;
+    r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
+    if (r < 0)
+        goto out;
+    c->max_active = (unsigned)(c->budget_reserved / c->rsize);
     r = lsm_bufpool_create(c->max_active * c->rsize, c->rsize, 4096, &c->pool);
     if (r < 0)
         goto out;
@@ -1338,11 +1991,22 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->reqs[i].next = c->free_reqs;
         c->free_reqs = &c->reqs[i];
     }
-    if (o->rate)
-        lsm_ratelimit_init(&c->rl, o->rate, MAX(c->rsize, o->rate / 10), lsm_now_ns());
-    c->offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
+    r = limiter_setup(c);
+    if (r < 0)
+        goto out;
+    r = checksum_setup(c);
+    if (r < 0)
+        goto out;
+    c->offload = o->offload && !o->checksum && !c->j && !physical && !d.w && img && img->format == LSM_FMT_RAW && !img->backing;
     c->offload_clone = c->offload;
 
+    if (c->j) {
+        /* Before the first write: the journal names what it will write
+         * (a qcow2 destination gets consistent metadata at once). */
+        r = journal_first_checkpoint(c);
+        if (r < 0)
+            goto out;
+    }
     progress(c);
     r = run_pipeline(c);
     if (r < 0)
@@ -1351,6 +2015,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* Durable before success (and the source unchanged: for a physical
      * copy this also proves that the header written below is current). */
     r = src->ops->check(src);
+    if (r < 0)
+        goto out;
+    r = checksum_finish(c);
     if (r < 0)
         goto out;
     if (!d.w) {   /* (qcow2_writer_finish flushes the data before its header) */
@@ -1433,6 +2100,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     r = record(c, 0, 0);   /* everything reported so far is durable */
     progress(c);
+    if (r == 0)
+        job_progress(c, true);
+    if (r == 0 && c->j)
+        lsm_journal_remove(c->j);   /* the job is complete: only the file we saved */
 
 out:
     if (r < 0 && !*lsm_last_error())
@@ -1441,6 +2112,9 @@ out:
         lsm_io_destroy(c->io);
     if (c->pool)
         lsm_bufpool_destroy(c->pool);
+    lsm_budget_release(c->budget_reserved);
+    lsm_limiter_free(c->own_lim);
+    checksum_free(c);
     if (c->reqs)
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);
@@ -1453,6 +2127,11 @@ out:
     }
     if (d.tail_fd >= 0)
         close(d.tail_fd);
+    if (r < 0 && c->j && c->j->saved) {
+        /* The journal names the destination: both stay for --resume. */
+        d.created = false;
+        st->journal_kept = true;
+    }
     if (r < 0 && d.f) {
         /* Removed only if this copy created it and the name still leads
          * to it; anything else was there before and is left in place. */
@@ -1466,6 +2145,12 @@ out:
         lsm_file_close(d.f);
     }
     lsm_fileid_set_free(&srcids);
+    lsm_journal_free(c->j);
+    lsm_journal_free(jl);
+    if (c->files)
+        for (size_t i = 0; i < c->nfiles; i++)
+            lsm_journal_file_clear(&c->files[i]);
+    free(c->files);
     if (img)
         lsm_image_close(img);
     st->seconds = (double)(lsm_now_ns() - t0) / 1e9;

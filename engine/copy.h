@@ -22,8 +22,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blkhash.h"
 #include "image.h"
 #include "io.h"
+#include "job.h"
+
+struct lsm_limiter;
 
 /* ---- Extent source ----
  *
@@ -170,6 +174,11 @@ enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICA
 typedef int (*lsm_copy_record_fn)(void *opaque, uint64_t start, uint64_t len);
 /* Progress: bytes done of bytes total. */
 typedef void (*lsm_copy_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+/* Progress by class (a job's view): total is the source's size (guest
+ * bytes; host bytes of the file for a physical copy), done is written +
+ * zeroed + skipped, and reaches total when the copy succeeds.  Called as
+ * requests complete and ranges are skipped or zeroed; cheap callers only. */
+typedef void (*lsm_copy_job_progress_fn)(void *opaque, const struct lsm_job_progress *p);
 /* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
 typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
 
@@ -206,7 +215,10 @@ struct lsm_copy_opts {
     unsigned requests;                /* -m (0: 16) */
     uint64_t request_size;            /* -s (0: 1 MiB) */
     uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
-    uint64_t rate;                    /* bytes/s (0: unlimited) */
+    uint64_t rate;                    /* bytes/s (0: unlimited): a private limiter,
+                                         under `limiter` when both are set */
+    struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
+                                         may change while the copy runs */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
     struct lsm_create_opts create;    /* -o: the other creation options */
     const char *snapshot;             /* -l: copy this internal snapshot's view of SRC */
@@ -220,11 +232,29 @@ struct lsm_copy_opts {
                                          cluster for qcow2).  The command line makes -S 0
                                          (allocate everything) create.prealloc FULL. */
 
+    /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
+     * computes) of the guest view copied, from the buffers as the copy
+     * reads them.  Needs a copy of the whole guest view in guest order:
+     * refused with backing (-B) and with PHYSICAL_ALWAYS; AUTO then copies
+     * in guest order, and offload is not used.  Needs libsodium. */
+    bool checksum;
+    enum lsm_blkhash_alg checksum_alg;
+    uint32_t checksum_block_size;     /* 0: 4 MiB */
+    /* Durable progress (docs/resume.md): with journal, the done ranges go to
+     * that file at checkpoints, every checkpoint_bytes of data or
+     * checkpoint_ms, whichever comes first; resume continues the job the
+     * journal describes (DST must be the one it names, nothing changed). */
+    const char *journal;
+    bool resume;
+    uint64_t checkpoint_bytes;        /* 0: 1 GiB */
+    unsigned checkpoint_ms;           /* 0: 5000 */
+
     unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
                                          (0: 30 s to connect, 60 s per request) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;
     lsm_copy_progress_fn progress;
+    lsm_copy_job_progress_fn job_progress;
     lsm_copy_warn_fn warn;
     void *opaque;
 };
@@ -241,10 +271,18 @@ struct lsm_copy_stats {
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
+    uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
+    uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
+                                checkpoint (between the journal's frontier and reached mark) */
+    unsigned checkpoints;
+    double checkpoint_seconds;/* time spent in checkpoints (drain excluded) */
     double seconds;
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
+    bool journal_kept;       /* on failure: the journal is kept for a resume */
     bool src_busy;           /* on failure: another process holds the source for writing */
+    bool checksummed;        /* opts.checksum: checksum holds the digest (lower-case hex) */
+    char checksum[LSM_BLKHASH_HEX_LEN];
 };
 
 /* Run a copy.  Returns 0 (destination complete and durable) or -errno with
@@ -253,7 +291,10 @@ struct lsm_copy_stats {
  * another process holds it (QEMU's image locks, common/lock.h); the copy
  * holds the write lock until it returns.  On failure a destination this
  * copy created (O_EXCL) is removed; anything that existed before is never
- * removed (dst_incomplete says whether it may have been written). */
+ * removed (dst_incomplete says whether it may have been written).
+ * The buffers (at most buffer_size) are reserved from the process-wide
+ * memory budget (budget.h) for the copy's duration; -ENOMEM when not even
+ * one request's worth is free. */
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
 
 #endif
