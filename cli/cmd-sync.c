@@ -11,6 +11,7 @@
 #include <json-c/json.h>
 
 #include "cli.h"
+#include "json-out.h"
 #include "json-util.h"
 #include "copy.h"
 #include "progress.h"
@@ -43,7 +44,8 @@ static void sync_usage(FILE *f)
         "  --type=TYPE          ALL, INTERNAL or LEAF (required)\n"
         "  --job FILE           explicit source/destination volumes (docs/chains.md)\n"
         "  --parallel N         copy up to N volumes at once (default 4)\n"
-        "  -p                   progress bar\n"
+        "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
+        "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
         "  --progress=json      one JSON progress object per line on stdout\n"
         "  --output=FMT         human (default) or json summary\n"
         "  --io=KIND            auto, uring, aio or psync\n"
@@ -191,20 +193,29 @@ int cmd_sync(int argc, char **argv)
     if (output == CLI_OUTPUT_JSON) {
         json_object *o = json_object_new_object(), *a = json_object_new_array();
         json_object_object_add(o, "type", json_object_new_string(lsm_sync_type_name(res.type)));
-        json_object_object_add(o, "bytes-total", json_object_new_int64((int64_t)res.bytes_total));
-        json_object_object_add(o, "bytes-done", json_object_new_int64((int64_t)res.bytes_done));
-        json_object_object_add(o, "seconds", json_object_new_double(res.seconds));
+        /* The field names of copy --output=json (and of the progress lines). */
+        json_object_object_add(o, "bytes_total", json_object_new_int64((int64_t)res.bytes_total));
+        json_object_object_add(o, "bytes_done", json_object_new_int64((int64_t)res.bytes_done));
+        json_object_object_add(o, "seconds", cli_json_fixed(res.seconds, "%.3f"));
         for (unsigned k = 0; k < res.nvols; k++) {
             struct lsm_sync_volume *v = &res.v[k];
             json_object *e = json_object_new_object();
             json_object_object_add(e, "source", lsm_json_string(v->src_path));
             json_object_object_add(e, "destination", lsm_json_string(v->dst_path));
-            json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->bytes));
+            json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)v->bytes));
             json_object_object_add(e, "status", json_object_new_string(
                 v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));
+            if (v->result < 0)
+                json_object_object_add(e, "error", lsm_json_string(v->error[0] ? v->error : "failed"));
             if (v->result == 0) {
                 json_object_object_add(e, "io", json_object_new_string(v->st.io_name));
+                json_object_object_add(e, "direct", json_object_new_boolean(v->st.direct));
                 json_object_object_add(e, "physical", json_object_new_boolean(v->st.physical));
+                json_object_object_add(e, "bytes_read", json_object_new_int64((int64_t)v->st.bytes_read));
+                json_object_object_add(e, "bytes_written", json_object_new_int64((int64_t)v->st.bytes_written));
+                json_object_object_add(e, "bytes_zeroed", json_object_new_int64((int64_t)v->st.bytes_zeroed));
+                json_object_object_add(e, "bytes_skipped", json_object_new_int64((int64_t)v->st.bytes_skipped));
+                json_object_object_add(e, "seconds", cli_json_fixed(v->st.seconds, "%.3f"));
             }
             json_object_array_add(a, e);
         }

@@ -42,6 +42,7 @@
 #include "journal.h"
 #include "json-util.h"
 #include "lock.h"
+#include "qcow2/qcow2-format.h"
 #include "qcow2/qcow2-ident.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
@@ -1165,6 +1166,70 @@ static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
     o->warn(o->opaque, msg);
 }
 
+static_assert(LSM_COMPRESSION_ZLIB == QCOW2_COMPRESSION_ZLIB &&
+              LSM_COMPRESSION_ZSTD == QCOW2_COMPRESSION_ZSTD, "compression type values");
+static_assert((int)LSM_PREALLOC_METADATA == (int)QCOW2_PREALLOC_METADATA &&
+              (int)LSM_PREALLOC_FALLOC == (int)QCOW2_PREALLOC_FALLOC &&
+              (int)LSM_PREALLOC_FULL == (int)QCOW2_PREALLOC_FULL, "preallocation modes");
+
+/* --bitmaps: the persistent bitmaps of SRC's top layer go to the qcow2
+ * destination, as qemu-img convert --bitmaps copies them; an inconsistent
+ * one (in use: a VM had it open) is refused, or skipped with
+ * --skip-broken-bitmaps. */
+#define MAX_BITMAP_BYTES (256ULL << 20)
+static int check_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img)
+{
+    if (o->dst_fmt != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "--bitmaps needs a qcow2 destination");
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    if (n > 0 && o->create.qcow2_version == 2 && !o->no_create)
+        r = lsm_error(-EINVAL, "--bitmaps: a compat=0.10 destination cannot hold bitmaps");
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use && !o->skip_broken_bitmaps)
+            r = lsm_error(-EINVAL, "Cannot copy inconsistent bitmap '%s' of %s (it is in use); "
+                          "--skip-broken-bitmaps skips it", bm[i].name, img->filename);
+        else if (lsm_bitmap_bytes(img->virtual_size, bm[i].granularity) > MAX_BITMAP_BYTES)
+            r = lsm_error(-EFBIG, "bitmap '%s' of %s is over %llu MiB", bm[i].name,
+                          img->filename, MAX_BITMAP_BYTES >> 20);
+    }
+    lsm_bitmaps_free(bm, n);
+    return r;
+}
+
+static int copy_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img, struct qcow2_writer *w)
+{
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use) {
+            warn(o, "skipping the inconsistent bitmap '%s' of %s", bm[i].name, img->filename);
+            continue;
+        }
+        /* The destination may be larger (-n): granules past SRC stay clear. */
+        uint64_t slen = lsm_bitmap_bytes(img->virtual_size, bm[i].granularity);
+        uint64_t dlen = lsm_bitmap_bytes(qcow2_writer_virtual_size(w), bm[i].granularity);
+        uint8_t *buf = calloc(1, MAX(dlen, slen) ? MAX(dlen, slen) : 1);
+        if (!buf) {
+            r = lsm_error(-ENOMEM, "out of memory for bitmap '%s'", bm[i].name);
+            break;
+        }
+        r = lsm_qcow2_read_bitmap(img, &bm[i], buf, (size_t)slen);
+        if (r == 0)
+            r = qcow2_writer_add_bitmap(w, bm[i].name, (unsigned)__builtin_ctzll(bm[i].granularity),
+                                        bm[i].autoload, buf, dlen);
+        free(buf);
+    }
+    lsm_bitmaps_free(bm, n);
+    return r;
+}
+
 /* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
  * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
@@ -1179,6 +1244,14 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
+    if (o->snapshot || o->bitmaps)
+        return explain ? lsm_error(-EINVAL, "--physical copies the layer's clusters as they are: "
+                                   "not with %s", o->snapshot ? "-l" : "--bitmaps") : 0;
+    const struct lsm_create_opts *co = &o->create;
+    if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
+        co->compression_type || co->prealloc || o->sparse_size)
+        return explain ? lsm_error(-EINVAL, "--physical keeps the source's layout: creation "
+                                   "options (-o) and -S do not apply") : 0;
     struct lsm_qcow2_info qi;
     int r = lsm_qcow2_get_info(img, &qi);
     if (r < 0)
@@ -1549,6 +1622,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "-B needs an image source: %s has no layers", o->src_path);
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
+        if (o->snapshot)
+            return lsm_error(-EINVAL, "-l needs a qcow2 source, not %s", o->src_path);
+        if (o->bitmaps)
+            return lsm_error(-EINVAL, "--bitmaps needs an image source: %s has no bitmaps",
+                             o->src_path);
 #ifdef HAVE_LIBNBD
         /* libnbd lives in a module: loaded only for NBD sources */
         typeof(&lsm_nbd_source_create) nbd_create =
@@ -1569,6 +1647,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             lsm_journal_free(jl);
             return r;
         }
+    }
+
+    /* -l: the snapshot's view replaces the active one before anything is read. */
+    if (o->snapshot && img) {
+        r = lsm_qcow2_load_snapshot(img, o->snapshot, o->snapshot_key);
+        if (r < 0)
+            goto out;
+    }
+
+    /* --bitmaps: refused up front what would fail at the end. */
+    if (o->bitmaps && img) {
+        r = check_bitmaps(o, img);
+        if (r < 0)
+            goto out;
     }
 
     /* Physical copy? */
@@ -1723,10 +1815,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 .cluster_bits = (unsigned)__builtin_ctz(cluster),
                 .backing_name = o->backing,
                 .backing_fmt = o->backing_fmt,
+                .version = o->create.qcow2_version,
+                .refcount_bits = o->create.refcount_bits,
+                .lazy_refcounts = o->create.lazy_refcounts,
+                .extended_l2 = o->create.extended_l2,
+                .compression_type = o->create.compression_type,
             };
             r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = qcow2_writer_preallocate(d.w, (enum qcow2_prealloc)o->create.prealloc);
+                if (r < 0)
+                    goto out;
+            }
             d.reads_zero = !o->backing;
         }
         d.size = vsize;
@@ -1744,6 +1846,14 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             r = lsm_file_truncate(d.f, vsize);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc == LSM_PREALLOC_FALLOC || o->create.prealloc == LSM_PREALLOC_FULL) {
+                r = lsm_file_preallocate(d.f, 0, vsize, o->create.prealloc == LSM_PREALLOC_FULL);
+                if (r < 0)
+                    goto out;
+            } else if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = lsm_error(-EINVAL, "unsupported preallocation mode for a raw destination: metadata");
+                goto out;
+            }
             d.reads_zero = true;
         }
     }
@@ -1805,6 +1915,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         c->zchunk = MAX(4096u, d.f->offset_align);
         c->min_hole = MAX(c->zchunk, RAW_MIN_HOLE);
     }
+    if (o->sparse_size)             /* -S */
+        c->min_hole = MAX(c->zchunk, align_up(o->sparse_size, c->zchunk));
     if (budget < c->rsize)
         budget = c->rsize;
     r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
@@ -1965,6 +2077,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 goto out;
         }
         record(c, 0, cs);
+    }
+    if (d.w && o->bitmaps && img) {
+        r = copy_bitmaps(o, img, d.w);
+        if (r < 0) {
+            lsm_error_prefix("cannot copy the bitmaps of %s", o->src_path);
+            goto out;
+        }
     }
     if (d.w) {
         r = qcow2_writer_finish(d.w);
