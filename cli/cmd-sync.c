@@ -2,6 +2,7 @@
  * layer by layer (each destination volume receives only its source
  * volume's own layer), into a destination chain of the same structure.
  * The work is flows/sync.c; this file parses options and prints. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include "json-out.h"
 #include "json-util.h"
 #include "copy.h"
+#include "offload.h"
 #include "progress.h"
 #include "sync.h"
 #include "util.h"
@@ -53,12 +55,18 @@ static void sync_usage(FILE *f)
         "  -m N                 requests in flight per volume (default 16)\n"
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers, shared by all volumes (default 32M)\n"
-        "  --rate=BYTES         bandwidth limit per volume copy, bytes per second\n");
+        "  --rate=BYTES         bandwidth limit per volume copy, bytes per second\n"
+        "  --offload=auto|never|NAME   offload each volume's data extents to raw\n"
+        "                       destinations, as copy does (default auto; docs/offload.md)\n"
+        "  --offload-cmd=CMD    offload through a vendor's tool, as copy does\n"
+        "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
+        "  -C                   offload required: a volume whose data cannot be offloaded fails\n");
 }
 
 int cmd_sync(int argc, char **argv)
 {
-    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE };
+    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE,
+           OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT };
     static const struct option opts[] = {
         { "type", required_argument, NULL, OPT_TYPE },
         { "job", required_argument, NULL, OPT_JOB },
@@ -69,6 +77,9 @@ int cmd_sync(int argc, char **argv)
         { "direct", required_argument, NULL, OPT_DIRECT },
         { "buffer-size", required_argument, NULL, OPT_BUF },
         { "rate", required_argument, NULL, OPT_RATE },
+        { "offload", required_argument, NULL, OPT_OFFLOAD },
+        { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
+        { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -77,12 +88,12 @@ int cmd_sync(int argc, char **argv)
     unsigned parallel = LSM_SYNC_DEFAULT_PARALLEL;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
-    struct lsm_copy_opts base = { 0 };
+    struct lsm_copy_opts base = { .offload = true };
     uint64_t v64;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "pm:s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "pm:s:Ch", opts, NULL)) != -1) {
         switch (c) {
         case OPT_TYPE:
         {
@@ -132,6 +143,28 @@ int cmd_sync(int argc, char **argv)
         case OPT_RATE:
             if (!cli_parse_size("sync", "--rate", optarg, &base.rate))
                 return EXIT_USAGE;
+            break;
+        case OPT_OFFLOAD:
+            if (lsm_offload_mode_parse(optarg, &base.offload_mode, &base.offload_name) < 0)
+                return cli_usage_error("sync", "--offload must be auto, never or a name, not '%s'", optarg);
+            base.offload = base.offload_mode != LSM_OFFLOAD_NEVER;
+            break;
+        case OPT_OFFLOAD_CMD:
+            if (!*optarg)
+                return cli_usage_error("sync", "--offload-cmd needs a command");
+            base.offload_cmd = optarg;
+            break;
+        case OPT_OFFLOAD_TIMEOUT: {
+            char *end;
+            errno = 0;
+            unsigned long t = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || t < 1 || t > 86400 || *optarg == '-')
+                return cli_usage_error("sync", "--offload-timeout must be 1 to 86400 seconds, not '%s'", optarg);
+            base.offload_timeout_s = (unsigned)t;
+            break;
+        }
+        case 'C':
+            base.offload_required = true;
             break;
         case 'h':
             sync_usage(stdout);
@@ -215,6 +248,15 @@ int cmd_sync(int argc, char **argv)
                 json_object_object_add(e, "bytes_written", json_object_new_int64((int64_t)v->st.bytes_written));
                 json_object_object_add(e, "bytes_zeroed", json_object_new_int64((int64_t)v->st.bytes_zeroed));
                 json_object_object_add(e, "bytes_skipped", json_object_new_int64((int64_t)v->st.bytes_skipped));
+                json_object_object_add(e, "bytes_offloaded", json_object_new_int64((int64_t)v->st.bytes_offloaded));
+                if (v->st.bytes_offloaded) {   /* copy's names (docs/copy.md) */
+                    json_object *paths = json_object_new_object();
+                    json_object_object_add(paths, "reflink", json_object_new_int64((int64_t)v->st.bytes_reflinked));
+                    json_object_object_add(paths, "copy_file_range", json_object_new_int64((int64_t)v->st.bytes_copy_range));
+                    json_object_object_add(paths, "plugin", json_object_new_int64((int64_t)v->st.bytes_plugin));
+                    json_object_object_add(paths, "command", json_object_new_int64((int64_t)v->st.bytes_offload_cmd));
+                    json_object_object_add(e, "offload_paths", paths);
+                }
                 json_object_object_add(e, "seconds", cli_json_fixed(v->st.seconds, "%.3f"));
             }
             json_object_array_add(a, e);
