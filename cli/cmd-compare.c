@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "image.h"
 #include "util.h"
 

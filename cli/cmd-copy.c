@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "json-out.h"
 #include "progress.h"
 #include "util.h"

@@ -13,7 +13,7 @@
 #include "chain.h"
 #include "cli.h"
 #include "json-util.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "progress.h"
 #include "util.h"
 

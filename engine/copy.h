@@ -1,18 +1,19 @@
-/* The copy engine: extents in, requests out.
+/* The copy engine: extents in, requests out, between two endpoints.
  *
- *   source (struct lsm_copy_src: extents + reads + a check after the copy;
- *           the image source, the physical source, the NBD source)
- *     -> plan (struct lsm_plan: granule-aligned runs: skip / zero / data /
- *        mixed; a physical copy takes the physical source's data extents
- *        as runs directly)
- *     -> pipeline (many requests in flight through io/; reads complete out
- *        of order, writes are issued as each read completes)
- *     -> destination (private to copy.c: a raw file/device, or a qcow2
- *        writer for guest-order qcow2 output; a physical copy writes the
- *        file as it is)
+ *   source endpoint (endpoint/endpoint.h: extents, asynchronous reads,
+ *                    a check after the copy)
+ *     -> plan (struct lsm_plan: destination-granule-aligned runs: skip /
+ *        zero / data / mixed; a source in host order (a physical copy)
+ *        gives its data extents as runs directly)
+ *     -> pipeline (many requests in flight on one loop; reads complete out
+ *        of order, writes are issued as each request's reads complete)
+ *     -> destination endpoint (writes, zeroes, flush, finish; optionally
+ *        copy_range for offload)
  *
- * The engine never prints: failures return -errno with a message recorded
- * by lsm_error(); warnings and progress go to callbacks.
+ * The engine names no backend: what is a file, a qcow2 image or an NBD
+ * export is decided in flows/ (flows/copy.h has lsm_copy(), the copy from
+ * paths).  It never prints: failures return -errno with a message recorded
+ * by lsm_error(); progress and records go to callbacks.
  */
 #ifndef LSM_COPY_H
 #define LSM_COPY_H
@@ -22,121 +23,46 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "image.h"
-#include "io.h"
-
-/* ---- Extent source ----
- *
- * A source hands out guest-ordered extents and reads guest ranges.  The
- * image source (engine/source.c) wraps the reader's lsm_map_iter; an NBD
- * source fills the same table with NBD block status and pread. */
-enum lsm_src_kind {
-    LSM_SRC_ABSENT = 0,   /* not present in the copied layer(s): leave to backing */
-    LSM_SRC_ZERO,         /* reads as zeroes */
-    LSM_SRC_DATA,         /* data */
-};
-
-struct lsm_src_extent {
-    uint64_t start, length;
-    enum lsm_src_kind kind;
-    /* DATA only: where an asynchronous read finds the bytes.  file NULL (or
-     * compressed data) means: read it with ops->pread. */
-    struct lsm_file *file;
-    uint64_t host;
-};
-
-struct lsm_copy_src;
-struct lsm_src_ops {
-    const char *name;
-    /* Restart iteration at guest offset 0. */
-    int (*rewind)(struct lsm_copy_src *s);
-    /* Next extent: 1 with *e filled (extents are contiguous and cover the
-     * whole size in order), 0 at the end, or -errno. */
-    int (*next)(struct lsm_copy_src *s, struct lsm_src_extent *e);
-    /* Synchronous guest-visible read of [off, off+len) (any alignment; past
-     * the end reads zeroes). */
-    int (*pread)(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t off);
-    /* Called after the copy: -errno if the source changed under us. */
-    int (*check)(struct lsm_copy_src *s);
-    void (*close)(struct lsm_copy_src *s);
-};
-
-struct lsm_copy_src {
-    const struct lsm_src_ops *ops;
-    uint64_t size;          /* guest-visible size */
-    void *priv;
-};
-
-/* The image source: extents of the chain below img (or of img's own layer
- * with one_layer, absent where img does not decide the content).  Data
- * extents are read through a second, read-only O_DIRECT (per `direct`)
- * lsm_file per layer.  The source does not own img. */
-int lsm_image_source_create(struct lsm_image *img, bool one_layer,
-                            enum lsm_direct_mode direct, struct lsm_copy_src **out);
-
-/* The physical source: one qcow2 layer's image file in host order (offsets
- * are file offsets, size is the file size).  DATA extents are the runs of
- * host clusters in use (refcount > 0), read asynchronously through a second
- * read-only descriptor; the rest is ABSENT.  pread reads the file (zeroes
- * past its end).  Creating it validates the layer first: the whole map is
- * walked with the reader (what `map` refuses, this refuses) and every host
- * cluster the map points at, and every metadata table the reader lists
- * (lsm_qcow2_for_each_metadata), must be in use.  check fails if the file's size,
- * modification time or header cluster changed since it was created.  The
- * source does not own img. */
-int lsm_phys_source_create(struct lsm_image *img, enum lsm_direct_mode direct,
-                           struct lsm_copy_src **out);
-/* The header cluster (at most the file size) as read at create. */
-const void *lsm_phys_source_header(struct lsm_copy_src *s, size_t *len);
-
-/* The NBD source (with libnbd): extents from base:allocation, data read
- * with NBD_CMD_READ.  lsm_is_nbd_uri() recognises nbd://, nbds://,
- * nbd+unix://, nbds+unix://, nbd+vsock:// and nbds+vsock:// names.
- *
- * No wait on the server is unbounded: connecting (socket, handshake,
- * negotiation; a host name's look-up is left to the resolver's time-outs)
- * fails with -ETIMEDOUT after connect_ms, and each command
- * after request_ms (0 for either: the defaults below); the message names
- * the server and the offset.  *cancel (may be NULL) is looked at at least
- * every 50 ms while waiting, and a set flag ends the wait with -EINTR.
- * After a time-out or a cancel the source sends nothing more and its close
- * does not wait for the server. */
-#define LSM_NBD_CONNECT_TIMEOUT_MS 30000
-#define LSM_NBD_REQUEST_TIMEOUT_MS 60000
-bool lsm_is_nbd_uri(const char *s);
-int lsm_nbd_source_create(const char *uri, volatile sig_atomic_t *cancel, unsigned connect_ms,
-                          unsigned request_ms, struct lsm_copy_src **out);
+#include "endpoint.h"
 
 /* ---- Plan: granule-aligned runs ----
  *
  * The destination has a granularity (its cluster size, or a block size for
- * raw).  The plan merges the source extents into runs whose ends are
+ * raw).  The plan merges the source's extents into runs whose ends are
  * granule-aligned (except at the end of the disk):
  *   SKIP   nothing to do (absent in the copied layer)
  *   ZERO   reads as zeroes
- *   DATA   one extent's data, contiguous at src extent `file`/`host`
- *   MIXED  granules mixing kinds or discontiguous hosts: read with ops->pread
+ *   DATA   one extent's data, contiguous at the extent's cookie loc/loc_off
+ *          (loc may be NULL: the endpoint finds the bytes itself)
+ *   MIXED  granules mixing kinds or discontiguous cookies: read without a
+ *          cookie (the endpoint reads the guest range as it can)
  */
 enum lsm_run_kind { LSM_RUN_SKIP, LSM_RUN_ZERO, LSM_RUN_DATA, LSM_RUN_MIXED };
 
 struct lsm_run {
     uint64_t start, length;
     enum lsm_run_kind kind;
-    struct lsm_file *file;   /* DATA: file and host offset (file may be NULL) */
-    uint64_t host;
+    const void *loc;          /* DATA: the extent's cookie (may be NULL) and offset */
+    uint64_t loc_off;
 };
+
+#define LSM_PLAN_EXTENTS 64
 
 struct lsm_plan {
-    struct lsm_copy_src *src;
+    struct lsm_ep *src;
+    uint64_t size;
     uint64_t granule;
-    uint64_t pos;             /* next guest offset to plan */
+    uint64_t pos;             /* next offset to plan */
     bool one_layer_zero_mixed;/* ZERO+ABSENT in one granule must be read (backing under dst) */
     bool have_cur;
-    struct lsm_src_extent cur; /* current source extent, cut at pos */
-    bool eof;
+    struct lsm_ep_extent cur; /* current source extent, cut at pos */
+    struct lsm_ep_extent buf[LSM_PLAN_EXTENTS];
+    unsigned nbuf, next;      /* extents fetched, next to use */
+    uint64_t fetched;         /* where the fetched extents end */
 };
 
-void lsm_plan_init(struct lsm_plan *p, struct lsm_copy_src *src, uint64_t granule,
+/* Plan [0, size) of src (size <= src->caps.size). */
+void lsm_plan_init(struct lsm_plan *p, struct lsm_ep *src, uint64_t size, uint64_t granule,
                    bool absent_zero_mixed_is_data);
 /* 1 with *r filled, 0 at the end, -errno. */
 int lsm_plan_next(struct lsm_plan *p, struct lsm_run *r);
@@ -159,56 +85,33 @@ void lsm_ratelimit_init(struct lsm_ratelimit *rl, uint64_t rate, uint64_t burst,
  * burst is allowed once the bucket is full. */
 uint64_t lsm_ratelimit_take(struct lsm_ratelimit *rl, uint64_t bytes, uint64_t now_ns);
 
-/* ---- The copy ---- */
+/* ---- The pipeline ---- */
 
-enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICAL_NEVER };
-
-/* Completed-extent recorder: [start, start+len) of the guest (or, for a
- * physical copy, of the host file) is written to the destination (not yet
- * flushed: a resumer must treat ranges as durable only after the copy's
- * final flush, signalled by a call with len == 0).  Return <0 to abort. */
+/* Completed-extent recorder: [start, start+len) of the source's address
+ * space (guest offsets, or file offsets for a source in host order) is
+ * written to the destination (not yet flushed: a resumer must treat ranges
+ * as durable only after the copy's final flush, signalled by a call with
+ * len == 0).  Return <0 to abort. */
 typedef int (*lsm_copy_record_fn)(void *opaque, uint64_t start, uint64_t len);
 /* Progress: bytes done of bytes total. */
 typedef void (*lsm_copy_progress_fn)(void *opaque, uint64_t done, uint64_t total);
-/* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
-typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
 
-struct lsm_copy_opts {
-    const char *src_path;
-    enum lsm_format src_fmt;          /* AUTO probes */
-    const char *dst_path;
-    enum lsm_format dst_fmt;          /* RAW (default) or QCOW2 */
-    const char *backing;              /* -B: copy only SRC's own layer */
-    enum lsm_format backing_fmt;      /* -F */
-    bool no_create;                   /* -n */
-    bool force_share;                 /* -U: read a source another process writes */
-    bool target_is_zero;              /* with -n: DST already reads as zeroes */
-    enum lsm_physical_mode physical;
-    enum lsm_io_kind io_kind;
-    enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
-    enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
-    bool src_direct_set;
-    bool offload;                     /* --offload=auto */
-    unsigned requests;                /* -m (0: 16) */
-    uint64_t request_size;            /* -s (0: 1 MiB) */
-    uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
+struct lsm_engine_params {
+    uint64_t size;                    /* bytes to copy from offset 0 (0: the source's size) */
+    unsigned requests;                /* requests in flight (0: 16) */
+    uint64_t request_size;            /* bytes per request, a power of two >= 4096 (0: 1 MiB) */
+    uint64_t buffer_size;             /* memory for buffers (0: 32 MiB) */
     uint64_t rate;                    /* bytes/s (0: unlimited) */
-    uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
-
-    unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
-                                         (0: 30 s to connect, 60 s per request) */
+    bool offload;                     /* ask the destination's copy_range for data runs */
+    bool absent_zero_mixed_is_data;   /* one layer over a backing file: a granule mixing
+                                         absent and zero ranges is read and written */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;
     lsm_copy_progress_fn progress;
-    lsm_copy_warn_fn warn;
     void *opaque;
 };
 
-struct lsm_copy_stats {
-    char io_name[16];
-    bool direct;             /* destination written with O_DIRECT */
-    bool physical;           /* physical (host-order) copy */
-    bool offload;            /* some bytes went through clone/copy_file_range */
+struct lsm_engine_stats {
     uint64_t bytes_total;    /* bytes planned to copy (data) */
     uint64_t bytes_done;
     uint64_t bytes_read;
@@ -216,19 +119,15 @@ struct lsm_copy_stats {
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
-    double seconds;
-    bool dst_incomplete;     /* on failure: an existing destination may be partly written */
-    bool dst_removed;        /* on failure: destination created by us removed */
-    bool src_busy;           /* on failure: another process holds the source for writing */
+    bool offload;            /* some bytes went through the destination's copy_range */
 };
 
-/* Run a copy.  Returns 0 (destination complete and durable) or -errno with
- * a message.  The destination is refused (-EINVAL, nothing written) when it
- * is any file of the source chain under whatever name, and (-EAGAIN) when
- * another process holds it (QEMU's image locks, common/lock.h); the copy
- * holds the write lock until it returns.  On failure a destination this
- * copy created (O_EXCL) is removed; anything that existed before is never
- * removed (dst_incomplete says whether it may have been written). */
-int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
+/* Copy src to dst (both on one loop): plan, pipeline, then the source's
+ * check, a flush of the destination, the source's deferred range (written
+ * and flushed last), and the destination's finish.  Returns 0 (destination
+ * complete and durable) or -errno with a message.  The engine opens,
+ * creates, locks and removes nothing: that is the flow's. */
+int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_engine_params *p,
+                    struct lsm_engine_stats *st);
 
 #endif

@@ -1,8 +1,11 @@
-/* The NBD source: an NBD export (nbd://, nbd+unix://, nbds://...) as an
- * lsm_copy_src through libnbd.  Extents come from the base:allocation
+/* The NBD endpoint: an NBD export (nbd://, nbd+unix://, nbds://...) as a
+ * read-only source through libnbd.  Extents come from the base:allocation
  * metadata context when the server offers it (otherwise the whole export is
- * data).  The pipeline reads NBD data synchronously, one request at a time,
- * and overlaps only the destination writes.
+ * data).  Reads are synchronous: a read command waits for the server inside
+ * the submitting call (one request at a time) and is delivered by the
+ * loop, so the pipeline overlaps only the destination writes.  (The
+ * table's poll_fd/notify are there for an asynchronous NBD endpoint; this
+ * one does not use them yet.)
  *
  * Every wait on the server is bounded.  The handle is driven with libnbd's
  * asynchronous calls (nbd_aio_connect_uri, nbd_aio_pread,
@@ -32,7 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "copy.h"
+#include "backends.h"
+#include "endpoint.h"
 #include "error.h"
 #include "util.h"
 
@@ -43,11 +47,11 @@
 
 struct nbd_ext {
     uint64_t start, length;
-    enum lsm_src_kind kind;
+    enum lsm_ep_kind kind;
 };
 
 struct nbd_src {
-    struct lsm_copy_src s;
+    struct lsm_ep ep;
     struct nbd_handle *h;
     char *uri;
     volatile sig_atomic_t *cancel;
@@ -144,15 +148,7 @@ static int wait_cmd(struct nbd_src *ns, int64_t cookie, const char *what, uint64
     }
 }
 
-static int src_rewind(struct lsm_copy_src *s)
-{
-    struct nbd_src *ns = s->priv;
-    ns->pos = 0;
-    ns->n = ns->next = 0;
-    return 0;
-}
-
-static int add_ext(struct nbd_src *ns, uint64_t start, uint64_t length, enum lsm_src_kind kind)
+static int add_ext(struct nbd_src *ns, uint64_t start, uint64_t length, enum lsm_ep_kind kind)
 {
     if (ns->n && ns->ext[ns->n - 1].kind == kind &&
         ns->ext[ns->n - 1].start + ns->ext[ns->n - 1].length == start) {
@@ -181,15 +177,15 @@ static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
     for (size_t i = 0; i + 1 < nr_entries; i += 2) {
         uint64_t len = entries[i];
         uint32_t flags = entries[i + 1];
-        if (pos >= ns->s.size)
+        if (pos >= ns->ep.caps.size)
             break;
-        if (len > ns->s.size - pos)
-            len = ns->s.size - pos;
+        if (len > ns->ep.caps.size - pos)
+            len = ns->ep.caps.size - pos;
         if (!len)
             break;
         /* A hole without the zero flag reads as whatever the server says:
          * copy it as data to be safe. */
-        enum lsm_src_kind kind = (flags & LIBNBD_STATE_ZERO) ? LSM_SRC_ZERO : LSM_SRC_DATA;
+        enum lsm_ep_kind kind = (flags & LIBNBD_STATE_ZERO) ? LSM_EP_ZERO : LSM_EP_DATA;
         if (add_ext(ns, pos, len, kind) < 0) {
             ns->cb_err = -ENOMEM;
             *error = ENOMEM;
@@ -214,36 +210,47 @@ static int block_status(struct nbd_src *ns, uint64_t count)
     return r;
 }
 
-static int src_next(struct lsm_copy_src *s, struct lsm_src_extent *e)
+/* Extents from the cache of the last block status window, asking the
+ * server for the next window when off is outside it. */
+static int nbd_extents(struct lsm_ep *ep, uint64_t off, uint64_t len, struct lsm_ep_extent *out,
+                       unsigned max)
 {
-    struct nbd_src *ns = s->priv;
-    if (ns->next == ns->n) {
-        if (ns->pos >= s->size)
-            return 0;
+    struct nbd_src *ns = ep->priv;
+    uint64_t size = ep->caps.size;
+    if (off >= size || len > size - off)
+        return lsm_error(-EINVAL, "internal: extents of %s asked past its end", ns->uri);
+    /* the cached extent holding off */
+    while (ns->next < ns->n && ns->ext[ns->next].start + ns->ext[ns->next].length <= off)
+        ns->next++;
+    if (ns->next == ns->n || ns->ext[ns->next].start > off) {
         if (ns->broken)
             return lsm_error(-EIO, "the connection to NBD server %s was abandoned", ns->uri);
         ns->n = ns->next = 0;
-        uint64_t count = MIN(s->size - ns->pos, NBD_STATUS_WINDOW);
+        ns->pos = off;
+        uint64_t count = MIN(len, NBD_STATUS_WINDOW);
         if (!ns->have_status) {
-            if (add_ext(ns, ns->pos, count, LSM_SRC_DATA) < 0)
+            if (add_ext(ns, off, count, LSM_EP_DATA) < 0)
                 return lsm_error(-ENOMEM, "out of memory for the extents of %s", ns->uri);
         } else {
             int r = block_status(ns, count);
             if (r < 0)
                 return r;
-            if (!ns->n)
+            if (!ns->n || ns->ext[0].start != off)
                 return lsm_error(-EIO, "NBD server %s returned no extents at offset %" PRIu64,
-                                 ns->uri, ns->pos);
+                                 ns->uri, off);
         }
-        ns->pos = ns->ext[ns->n - 1].start + ns->ext[ns->n - 1].length;
     }
-    struct nbd_ext *x = &ns->ext[ns->next++];
-    e->start = x->start;
-    e->length = x->length;
-    e->kind = x->kind;
-    e->file = NULL;      /* read with pread */
-    e->host = 0;
-    return 1;
+    unsigned k = 0;
+    uint64_t cur = off, end = off + len;
+    while (k < max && ns->next < ns->n && cur < end) {
+        const struct nbd_ext *x = &ns->ext[ns->next];
+        uint64_t xend = MIN(x->start + x->length, end);
+        out[k++] = (struct lsm_ep_extent){ .start = cur, .length = xend - cur, .kind = x->kind };
+        cur = xend;
+        if (cur == x->start + x->length)
+            ns->next++;
+    }
+    return (int)k;
 }
 
 static int read_chunk(struct nbd_src *ns, void *buf, uint64_t n, uint64_t off)
@@ -254,21 +261,23 @@ static int read_chunk(struct nbd_src *ns, void *buf, uint64_t n, uint64_t off)
     return wait_cmd(ns, cookie, NULL, off);
 }
 
-static int src_pread(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t off)
+static int src_pread(struct nbd_src *ns, void *buf, uint64_t len, uint64_t off)
 {
-    struct nbd_src *ns = s->priv;
+    uint64_t size = ns->ep.caps.size;
     char *p = buf;
     while (len) {
-        if (off >= s->size) {
+        if (off >= size) {
             memset(p, 0, len);
             return 0;
         }
         if (ns->broken)
             return lsm_error(-EIO, "the connection to NBD server %s was abandoned", ns->uri);
-        uint64_t n = MIN(MIN(len, s->size - off), NBD_MAX_READ);
+        uint64_t n = MIN(MIN(len, size - off), NBD_MAX_READ);
         int r = read_chunk(ns, p, n, off);
-        if (r < 0)
+        if (r < 0) {
+            lsm_error_prefix("cannot read %s at offset %" PRIu64, ns->uri, off);
             return r;
+        }
         p += n;
         off += n;
         len -= n;
@@ -276,13 +285,20 @@ static int src_pread(struct lsm_copy_src *s, void *buf, uint64_t len, uint64_t o
     return 0;
 }
 
-static int src_check(struct lsm_copy_src *s)
+static int nbd_read(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
 {
-    struct nbd_src *ns = s->priv;
+    lsm_loop_cmd_begin(ep->loop, ep, cmd);
+    lsm_loop_cmd_put(ep->loop, cmd, src_pread(ep->priv, cmd->buf, cmd->len, cmd->offset));
+    return 0;
+}
+
+static int src_check(struct lsm_ep *ep)
+{
+    struct nbd_src *ns = ep->priv;
     int64_t size = nbd_get_size(ns->h);    /* from the handshake: no round trip */
     if (size < 0)
         return nbd_fail(ns, "cannot get the size of");
-    if ((uint64_t)size != s->size)
+    if ((uint64_t)size != ep->caps.size)
         return lsm_error(-EIO, "source %s changed size during the copy", ns->uri);
     return 0;
 }
@@ -304,9 +320,9 @@ static void disconnect(struct nbd_src *ns)
     }
 }
 
-static void src_close(struct lsm_copy_src *s)
+static void src_close(struct lsm_ep *ep)
 {
-    struct nbd_src *ns = s->priv;
+    struct nbd_src *ns = ep->priv;
     if (ns->h) {
         disconnect(ns);
         nbd_close(ns->h);      /* closes the socket; never waits for the server */
@@ -316,11 +332,10 @@ static void src_close(struct lsm_copy_src *s)
     free(ns);
 }
 
-static const struct lsm_src_ops nbd_src_ops = {
+static const struct lsm_ep_ops nbd_ops = {
     .name = "nbd",
-    .rewind = src_rewind,
-    .next = src_next,
-    .pread = src_pread,
+    .extents = nbd_extents,
+    .read = nbd_read,
     .check = src_check,
     .close = src_close,
 };
@@ -354,16 +369,28 @@ static int wait_connected(struct nbd_src *ns)
     }
 }
 
-int lsm_nbd_source_create(const char *uri, volatile sig_atomic_t *cancel, unsigned connect_ms,
-                          unsigned request_ms, struct lsm_copy_src **out)
+int lsm_ep_nbd_create(struct lsm_loop *loop, const char *uri, volatile sig_atomic_t *cancel,
+                      unsigned connect_ms, unsigned request_ms, struct lsm_ep **out)
 {
     struct nbd_src *ns = calloc(1, sizeof(*ns));
     if (!ns || !(ns->uri = strdup(uri))) {
         free(ns);
         return lsm_error(-ENOMEM, "out of memory");
     }
-    ns->s.ops = &nbd_src_ops;
-    ns->s.priv = ns;
+    ns->ep = (struct lsm_ep){
+        .ops = &nbd_ops,
+        .name = ns->uri,
+        .loop = loop,
+        .priv = ns,
+        .caps = {
+            .read_only = true,
+            .block_min = 1,
+            .block_pref = 64 * 1024,
+            .mem_align = 1,
+            .zero_align = 1,
+            .granule = 4096,
+        },
+    };
     ns->cancel = cancel;
     ns->connect_ms = connect_ms ? connect_ms : LSM_NBD_CONNECT_TIMEOUT_MS;
     ns->request_ms = request_ms ? request_ms : LSM_NBD_REQUEST_TIMEOUT_MS;
@@ -385,11 +412,13 @@ int lsm_nbd_source_create(const char *uri, volatile sig_atomic_t *cancel, unsign
         r = nbd_fail(ns, "cannot get the size of");
         goto fail;
     }
-    ns->s.size = (uint64_t)size;
+    ns->ep.caps.size = (uint64_t)size;
     ns->have_status = nbd_can_meta_context(ns->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
-    *out = &ns->s;
+    ns->ep.caps.can_extents = ns->have_status;
+    ns->ep.caps.multi_conn = nbd_can_multi_conn(ns->h) == 1;
+    *out = &ns->ep;
     return 0;
 fail:
-    src_close(&ns->s);
+    src_close(&ns->ep);
     return r;
 }

@@ -1,0 +1,91 @@
+/* The copy from paths: `lsm-sync copy`, and each volume of `sync`.
+ *
+ * lsm_copy() does everything around the engine (engine/copy.h): it opens
+ * and probes SRC (an image chain, or an NBD URI), decides whether a
+ * physical copy applies, checks that DST is no file of the source under
+ * any name, takes QEMU's locks, creates DST with O_EXCL (or opens it as it
+ * is, checks it, and only then empties it), makes the endpoints
+ * (endpoint/backends.h), runs lsm_engine_copy() on one loop, and on failure
+ * removes DST only if this copy created it.
+ *
+ * Library layer: never prints; failures return -errno with a message
+ * recorded by lsm_error(); warnings and progress go to callbacks.
+ */
+#ifndef LSM_FLOW_COPY_H
+#define LSM_FLOW_COPY_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "copy.h"
+#include "image.h"
+#include "io.h"
+
+enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICAL_NEVER };
+
+/* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
+typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
+
+struct lsm_copy_opts {
+    const char *src_path;
+    enum lsm_format src_fmt;          /* AUTO probes */
+    const char *dst_path;
+    enum lsm_format dst_fmt;          /* RAW (default) or QCOW2 */
+    const char *backing;              /* -B: copy only SRC's own layer */
+    enum lsm_format backing_fmt;      /* -F */
+    bool no_create;                   /* -n */
+    bool force_share;                 /* -U: read a source another process writes */
+    bool target_is_zero;              /* with -n: DST already reads as zeroes */
+    enum lsm_physical_mode physical;
+    enum lsm_io_kind io_kind;
+    enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
+    enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
+    bool src_direct_set;
+    bool offload;                     /* --offload=auto */
+    unsigned requests;                /* -m (0: 16) */
+    uint64_t request_size;            /* -s (0: 1 MiB) */
+    uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
+    uint64_t rate;                    /* bytes/s (0: unlimited) */
+    uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+
+    unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
+                                         (0: 30 s to connect, 60 s per request) */
+    volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
+    lsm_copy_record_fn record;        /* guest ranges (host ranges for a physical copy) */
+    lsm_copy_progress_fn progress;
+    lsm_copy_warn_fn warn;
+    void *opaque;
+};
+
+struct lsm_copy_stats {
+    char io_name[16];
+    bool direct;             /* destination written with O_DIRECT */
+    bool physical;           /* physical (host-order) copy */
+    bool offload;            /* some bytes went through clone/copy_file_range */
+    uint64_t bytes_total;    /* bytes planned to copy (data) */
+    uint64_t bytes_done;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
+    uint64_t bytes_skipped;  /* absent / unallocated ranges */
+    uint64_t bytes_offloaded;
+    double seconds;
+    bool dst_incomplete;     /* on failure: an existing destination may be partly written */
+    bool dst_removed;        /* on failure: destination created by us removed */
+    bool src_busy;           /* on failure: another process holds the source for writing */
+};
+
+/* Run a copy.  Returns 0 (destination complete and durable) or -errno with
+ * a message.  The destination is refused (-EINVAL, nothing written) when it
+ * is any file of the source chain under whatever name, and (-EAGAIN) when
+ * another process holds it (QEMU's image locks, common/lock.h); the copy
+ * holds the write lock until it returns.  On failure a destination this
+ * copy created (O_EXCL) is removed; anything that existed before is never
+ * removed (dst_incomplete says whether it may have been written). */
+int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
+
+/* nbd://, nbds://, nbd+unix://, nbds+unix://, nbd+vsock://, nbds+vsock:// */
+bool lsm_is_nbd_uri(const char *s);
+
+#endif
