@@ -240,7 +240,9 @@ struct lsm_loop_config {
 };
 
 int lsm_loop_create(const struct lsm_loop_config *cfg, struct lsm_loop **out);
-/* Waits for local I/O still in flight; commands not delivered are dropped. */
+/* Waits for local I/O still in flight; commands not delivered are dropped.
+ * Endpoints may be closed before or after; foreign ones still added are
+ * detached (their loop pointer becomes NULL). */
 void lsm_loop_destroy(struct lsm_loop *loop);
 const char *lsm_loop_io_name(const struct lsm_loop *loop);
 /* Buffers and files for fixed I/O (see lsm_io_register_*). */

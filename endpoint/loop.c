@@ -68,6 +68,8 @@ void lsm_loop_destroy(struct lsm_loop *l)
     if (!l)
         return;
     lsm_io_destroy(l->io);   /* waits for what is in flight */
+    for (unsigned i = 0; i < l->nfds; i++)
+        l->fds[i]->loop = NULL;   /* detached: their close must not come back here */
     for (unsigned i = 0; i < l->nchunks; i++)
         free(l->chunks[i]);
     free(l->chunks);
@@ -369,7 +371,7 @@ int lsm_loop_run(struct lsm_loop *l)
                     return r;
             }
         }
-        if (polled)
+        if (polled || l->ready_head)   /* (poll_fd may fail commands: a time-out) */
             continue;
         if (!l->queued && !l->backlog_head)
             return lsm_error(-EIO, "internal: %u commands outstanding and nothing in flight",

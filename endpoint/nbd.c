@@ -1,11 +1,11 @@
 /* The NBD endpoint: an NBD export (nbd://, nbd+unix://, nbds://...) as a
  * read-only source through libnbd.  Extents come from the base:allocation
  * metadata context when the server offers it (otherwise the whole export is
- * data).  Reads are synchronous: a read command waits for the server inside
- * the submitting call (one request at a time) and is delivered by the
- * loop, so the pipeline overlaps only the destination writes.  (The
- * table's poll_fd/notify are there for an asynchronous NBD endpoint; this
- * one does not use them yet.)
+ * data).  Reads are asynchronous: each read command sends NBD reads
+ * (nbd_aio_pread, at most NBD_MAX_READ bytes each) and the loop polls the
+ * handle's socket through poll_fd / notify, so the pipeline keeps as many
+ * reads in flight as it has requests.  Block status and connecting wait
+ * for the server inside the call (the extents op is synchronous).
  *
  * Every wait on the server is bounded.  The handle is driven with libnbd's
  * asynchronous calls (nbd_aio_connect_uri, nbd_aio_pread,
@@ -19,7 +19,9 @@
  *     Unix sockets need no look-up;
  *   - each command (one read of at most NBD_MAX_READ bytes, one block status
  *     window) ends after request_ms with -ETIMEDOUT, naming the server and
- *     the offset;
+ *     the offset: a read's deadline is looked at every time the loop asks
+ *     poll_fd what to wait for (at most 50 ms apart), a block status's in
+ *     its own wait; a read that times out gives up every read in flight;
  *   - the copy's cancel flag (SIGINT/SIGTERM) is looked at every slice and
  *     ends any wait with -EINTR.
  * After a time-out or a cancel the connection is in an unknown state: the
@@ -50,8 +52,21 @@ struct nbd_ext {
     enum lsm_ep_kind kind;
 };
 
+/* One NBD read in flight: a chunk of a read command.  Parts live until
+ * close (libnbd may call a completion after we gave up on it). */
+struct nbd_part {
+    struct nbd_src *ns;
+    struct lsm_ep_cmd *cmd;
+    uint64_t off, deadline_ns;
+    bool live;                   /* in flight, not given up */
+    struct nbd_part *next;       /* free list or in-flight list */
+    struct nbd_part *all;        /* every part, for close */
+};
+
 struct nbd_src {
     struct lsm_ep ep;
+    struct nbd_part *free_parts, *inflight_head, *inflight_tail, *all_parts;
+    unsigned inflight;
     struct nbd_handle *h;
     char *uri;
     volatile sig_atomic_t *cancel;
@@ -105,9 +120,11 @@ static int poll_once(struct nbd_src *ns, int slice_ms)
     return 0;
 }
 
-/* Wait for the command with this cookie.  what/off name it in messages;
- * what NULL: a read, whose caller (the copy engine) names the source and
- * the offset already.  0 when it succeeded, or -errno with a message. */
+static void abandon_all(struct nbd_src *ns, int err);
+
+/* Wait for the command with this cookie (a block status request; reads go
+ * through the loop).  what/off name it in messages.  0 when it succeeded,
+ * or -errno with a message. */
 static int wait_cmd(struct nbd_src *ns, int64_t cookie, const char *what, uint64_t off)
 {
     uint64_t deadline = lsm_now_ns() + (uint64_t)ns->request_ms * 1000000u;
@@ -118,31 +135,26 @@ static int wait_cmd(struct nbd_src *ns, int64_t cookie, const char *what, uint64
         if (c == -1) {
             int err = nbd_get_errno();
             err = err > 0 ? -err : -EIO;
-            if (!what)
-                return lsm_error(err, "%s", nbd_get_error());
             return lsm_error(err, "NBD server %s failed %s at offset %" PRIu64 ": %s",
                              ns->uri, what, off, nbd_get_error());
         }
         if (cancelled(ns)) {
-            ns->broken = true;
-            if (!what)
-                return lsm_error(-EINTR, "interrupted");
-            return lsm_error(-EINTR, "interrupted while waiting for NBD server %s", ns->uri);
+            int e = lsm_error(-EINTR, "interrupted while waiting for NBD server %s", ns->uri);
+            abandon_all(ns, e);
+            return e;
         }
         uint64_t now = lsm_now_ns();
         if (now >= deadline) {
-            ns->broken = true;
-            if (!what)
-                return lsm_error(-ETIMEDOUT, "no answer from the NBD server within %u.%03u s",
-                                 ns->request_ms / 1000, ns->request_ms % 1000);
-            return lsm_error(-ETIMEDOUT, "NBD server %s did not answer %s at offset %" PRIu64
-                             " within %u.%03u s", ns->uri, what, off,
-                             ns->request_ms / 1000, ns->request_ms % 1000);
+            int e = lsm_error(-ETIMEDOUT, "NBD server %s did not answer %s at offset %" PRIu64
+                              " within %u.%03u s", ns->uri, what, off,
+                              ns->request_ms / 1000, ns->request_ms % 1000);
+            abandon_all(ns, e);
+            return e;
         }
         uint64_t left_ms = (deadline - now + 999999) / 1000000;
         int r = poll_once(ns, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS));
         if (r < 0) {
-            ns->broken = true;
+            abandon_all(ns, r);
             return r;
         }
     }
@@ -253,42 +265,169 @@ static int nbd_extents(struct lsm_ep *ep, uint64_t off, uint64_t len, struct lsm
     return (int)k;
 }
 
-static int read_chunk(struct nbd_src *ns, void *buf, uint64_t n, uint64_t off)
+/* ---- Reads: asynchronous, driven by the loop (poll_fd / notify) ---- */
+
+static void unlink_part(struct nbd_src *ns, struct nbd_part *p)
 {
-    int64_t cookie = nbd_aio_pread(ns->h, buf, n, off, NBD_NULL_COMPLETION, 0);
-    if (cookie == -1)
-        return nbd_fail(ns, "cannot send a read to");
-    return wait_cmd(ns, cookie, NULL, off);
+    struct nbd_part **pp = &ns->inflight_head, *prev = NULL;
+    while (*pp && *pp != p) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = p->next;
+    if (ns->inflight_tail == p)
+        ns->inflight_tail = prev;
+    ns->inflight--;
+    p->next = ns->free_parts;
+    ns->free_parts = p;
 }
 
-static int src_pread(struct nbd_src *ns, void *buf, uint64_t len, uint64_t off)
+/* libnbd's completion of one read (from inside notify, or from a wait of
+ * a block status request on the same handle). */
+static int read_done(void *user, int *error)
 {
-    uint64_t size = ns->ep.caps.size;
-    char *p = buf;
-    while (len) {
-        if (off >= size) {
-            memset(p, 0, len);
-            return 0;
-        }
-        if (ns->broken)
-            return lsm_error(-EIO, "the connection to NBD server %s was abandoned", ns->uri);
-        uint64_t n = MIN(MIN(len, size - off), NBD_MAX_READ);
-        int r = read_chunk(ns, p, n, off);
-        if (r < 0) {
-            lsm_error_prefix("cannot read %s at offset %" PRIu64, ns->uri, off);
-            return r;
-        }
-        p += n;
-        off += n;
-        len -= n;
+    struct nbd_part *p = user;
+    if (!p->live)
+        return 1;    /* given up on (time-out, cancel, lost connection) */
+    struct nbd_src *ns = p->ns;
+    struct lsm_ep_cmd *cmd = p->cmd;
+    p->live = false;
+    int err = 0;
+    if (*error)
+        err = lsm_error(-*error, "cannot read %s at offset %" PRIu64 ": NBD server: %s",
+                        ns->uri, p->off, strerror(*error));
+    unlink_part(ns, p);
+    lsm_loop_cmd_put(ns->ep.loop, cmd, err);
+    return 1;    /* retire the command */
+}
+
+/* Give up on every read in flight with err (message recorded): the
+ * connection is in an unknown state, nothing more is sent on it. */
+static void abandon_all(struct nbd_src *ns, int err)
+{
+    ns->broken = true;
+    while (ns->inflight_head) {
+        struct nbd_part *p = ns->inflight_head;
+        p->live = false;
+        unlink_part(ns, p);
+        lsm_loop_cmd_put(ns->ep.loop, p->cmd, err);
     }
-    return 0;
+}
+
+static struct nbd_part *get_part(struct nbd_src *ns)
+{
+    struct nbd_part *p = ns->free_parts;
+    if (p) {
+        ns->free_parts = p->next;
+        return p;
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->ns = ns;
+    p->all = ns->all_parts;
+    ns->all_parts = p;
+    return p;
 }
 
 static int nbd_read(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
 {
+    struct nbd_src *ns = ep->priv;
+    uint64_t size = ep->caps.size;
     lsm_loop_cmd_begin(ep->loop, ep, cmd);
-    lsm_loop_cmd_put(ep->loop, cmd, src_pread(ep->priv, cmd->buf, cmd->len, cmd->offset));
+    char *buf = cmd->buf;
+    uint64_t off = cmd->offset, len = cmd->len;
+    int r = 0;
+    while (len && r == 0) {
+        if (off >= size) {
+            memset(buf, 0, len);
+            break;
+        }
+        if (ns->broken) {
+            r = lsm_error(-EIO, "cannot read %s at offset %" PRIu64 ": the connection was abandoned",
+                          ns->uri, off);
+            break;
+        }
+        uint64_t n = MIN(MIN(len, size - off), NBD_MAX_READ);
+        struct nbd_part *p = get_part(ns);
+        if (!p) {
+            r = lsm_error(-ENOMEM, "out of memory");
+            break;
+        }
+        p->cmd = cmd;
+        p->off = off;
+        p->deadline_ns = lsm_now_ns() + (uint64_t)ns->request_ms * 1000000u;
+        p->live = true;
+        p->next = NULL;
+        /* in flight before the call: libnbd may complete it inside */
+        if (ns->inflight_tail)
+            ns->inflight_tail->next = p;
+        else
+            ns->inflight_head = p;
+        ns->inflight_tail = p;
+        ns->inflight++;
+        cmd->parts++;
+        nbd_completion_callback cb = { .callback = read_done, .user_data = p };
+        if (nbd_aio_pread(ns->h, buf, n, off, cb, 0) == -1) {
+            r = nbd_fail(ns, "cannot send a read to");
+            lsm_error_prefix("cannot read %s at offset %" PRIu64, ns->uri, off);
+            if (p->live) {
+                p->live = false;
+                unlink_part(ns, p);
+                cmd->parts--;
+            }
+            break;
+        }
+        buf += n;
+        off += n;
+        len -= n;
+    }
+    lsm_loop_cmd_put(ep->loop, cmd, r);
+    return 0;
+}
+
+/* The loop asks what to wait for: first the time-outs and the cancel flag
+ * (looked at every loop slice, at most 50 ms apart while reads wait). */
+static int nbd_poll_fd(struct lsm_ep *ep, short *events)
+{
+    struct nbd_src *ns = ep->priv;
+    if (!ns->inflight || ns->broken)
+        return -1;
+    if (cancelled(ns)) {
+        abandon_all(ns, lsm_error(-EINTR, "interrupted while waiting for NBD server %s", ns->uri));
+        return -1;
+    }
+    const struct nbd_part *oldest = ns->inflight_head;
+    if (lsm_now_ns() >= oldest->deadline_ns) {
+        abandon_all(ns, lsm_error(-ETIMEDOUT, "cannot read %s at offset %" PRIu64 ": no answer "
+                                  "from the NBD server within %u.%03u s", ns->uri, oldest->off,
+                                  ns->request_ms / 1000, ns->request_ms % 1000));
+        return -1;
+    }
+    unsigned dir = nbd_aio_get_direction(ns->h);
+    *events = 0;
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+        *events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+        *events |= POLLOUT;
+    return nbd_aio_get_fd(ns->h);
+}
+
+static int nbd_notify(struct lsm_ep *ep, short revents)
+{
+    struct nbd_src *ns = ep->priv;
+    int r = 0;
+    /* An error or hang-up is seen by reading. */
+    if (revents & (POLLIN | POLLHUP | POLLERR))
+        r = nbd_aio_notify_read(ns->h);
+    else if (revents & POLLOUT)
+        r = nbd_aio_notify_write(ns->h);
+    if (r == -1) {
+        int e = nbd_fail(ns, "lost the connection to");
+        abandon_all(ns, e);
+    }
     return 0;
 }
 
@@ -323,9 +462,21 @@ static void disconnect(struct nbd_src *ns)
 static void src_close(struct lsm_ep *ep)
 {
     struct nbd_src *ns = ep->priv;
+    if (ns->ep.loop)
+        lsm_loop_remove_fd(ns->ep.loop, &ns->ep);
+    if (ns->inflight) {   /* never delivered now: do not wait for them */
+        ns->broken = true;
+        for (struct nbd_part *p = ns->inflight_head; p; p = p->next)
+            p->live = false;
+    }
     if (ns->h) {
         disconnect(ns);
         nbd_close(ns->h);      /* closes the socket; never waits for the server */
+    }
+    while (ns->all_parts) {    /* after nbd_close: no completion can come any more */
+        struct nbd_part *p = ns->all_parts;
+        ns->all_parts = p->all;
+        free(p);
     }
     free(ns->ext);
     free(ns->uri);
@@ -337,6 +488,8 @@ static const struct lsm_ep_ops nbd_ops = {
     .extents = nbd_extents,
     .read = nbd_read,
     .check = src_check,
+    .poll_fd = nbd_poll_fd,
+    .notify = nbd_notify,
     .close = src_close,
 };
 
@@ -416,6 +569,8 @@ int lsm_ep_nbd_create(struct lsm_loop *loop, const char *uri, volatile sig_atomi
     ns->have_status = nbd_can_meta_context(ns->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
     ns->ep.caps.can_extents = ns->have_status;
     ns->ep.caps.multi_conn = nbd_can_multi_conn(ns->h) == 1;
+    if ((r = lsm_loop_add_fd(loop, &ns->ep)) < 0)
+        goto fail;
     *out = &ns->ep;
     return 0;
 fail:
