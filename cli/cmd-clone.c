@@ -1,5 +1,6 @@
 /* lsm-sync clone-structure: re-create a chain's structure, empty, in
- * another storage domain (cloneImageStructure). */
+ * another storage domain (cloneImageStructure).  The work is
+ * flows/clone.c; this file parses options and prints. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 
 #include "chain.h"
 #include "cli.h"
+#include "clone.h"
 #include "json-util.h"
 
 static volatile sig_atomic_t clone_cancel;
@@ -85,54 +87,28 @@ int cmd_clone_structure(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    struct lsm_job job = { 0 };
-    const char *src_top;
+    struct lsm_clone_opts co = {
+        .src_fmt = fmt,
+        .jobfile = jobfile,
+        .dst_kind = vg ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE,
+        .dst_domain = vg ? vg : dir,
+        .reuse = reuse,
+        .cancel = &clone_cancel,
+    };
     if (jobfile) {
         if (optind != argc && optind != argc - 1)
             return cli_usage_error("clone-structure", "too many arguments");
-        if (lsm_job_load(jobfile, &job) < 0)
-            return cli_fail("clone-structure");
-        src_top = optind == argc - 1 ? argv[optind] : job.v[0].src_path;
+        co.src_top = optind == argc - 1 ? argv[optind] : NULL;
     } else {
         if (optind != argc - 1)
             return cli_usage_error("clone-structure", optind >= argc ? "missing SRC_TOP" : "too many arguments");
-        src_top = argv[optind];
+        co.src_top = argv[optind];
     }
 
     int rc = 0;
     struct lsm_chain_desc src = { 0 };
-    if (lsm_chain_describe(src_top, fmt, &src) < 0) {
-        lsm_job_free(&job);
-        return cli_fail("clone-structure");
-    }
-    if (!jobfile) {
-        struct lsm_domain *dom;
-        if (lsm_domain_open(vg ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE, vg ? vg : dir, &dom) < 0) {
-            rc = cli_fail("clone-structure");
-            goto out;
-        }
-        int r = lsm_job_for_domain(&src, dom, &job);
-        lsm_domain_close(dom);
-        if (r < 0) {
-            rc = cli_fail("clone-structure");
-            goto out;
-        }
-    } else if (lsm_job_check_sources(&src, &job) < 0) {
-        rc = cli_fail("clone-structure");
-        goto out;
-    }
-    /* no destination may be a file of the source chain, or another
-     * destination, whatever path spells it: checked before any write */
-    if (lsm_job_check_destinations(&src, &job) < 0) {
-        rc = cli_fail("clone-structure");
-        goto out;
-    }
-    if (clone_cancel) {
-        cli_error("clone-structure", "interrupted by a signal; nothing was created");
-        rc = EXIT_OPERATIONAL;
-        goto out;
-    }
-    if (lsm_chain_clone(&src, &job, reuse, &clone_cancel) < 0) {
+    struct lsm_jobfile job = { 0 };
+    if (lsm_clone_structure(&co, &src, &job) < 0) {
         rc = cli_fail("clone-structure");
         goto out;
     }
@@ -160,6 +136,6 @@ int cmd_clone_structure(int argc, char **argv)
     }
 out:
     lsm_chain_desc_free(&src);
-    lsm_job_free(&job);
+    lsm_jobfile_free(&job);
     return rc;
 }

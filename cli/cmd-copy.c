@@ -51,6 +51,10 @@ static void usage(FILE *f)
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
         "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
+        "  --checksum[=ALGO]    also compute the block checksum of the guest view copied\n"
+        "                       (sha256, the default, or blake2b; 4 MiB blocks): the value\n"
+        "                       `lsm-sync checksum` gives for SRC and DST; printed as\n"
+        "                       CHECKSUM  DST on stdout (in the JSON summary with --output=json)\n"
         "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
         "                       after SECONDS (default: 30 to connect, 60 per request)\n"
         "  -p                   progress bar\n"
@@ -62,6 +66,7 @@ static void usage(FILE *f)
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
+    OPT_CHECKSUM,
 };
 
 static const struct option longopts[] = {
@@ -78,6 +83,7 @@ static const struct option longopts[] = {
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "checksum", optional_argument, NULL, OPT_CHECKSUM },
     { "verbose", no_argument, NULL, 'v' },
     { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
@@ -100,6 +106,28 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     cli_progress_update(&cc->prog, done, total);
 }
 
+/* --checksum[=ALGO] */
+static bool parse_checksum(const char *arg, struct lsm_copy_opts *o)
+{
+    o->checksum = true;
+    o->checksum_alg = LSM_BLKHASH_SHA256;
+    if (!arg)
+        return true;
+    if (!strcmp(arg, "sha256"))
+        return true;
+    if (!strcmp(arg, "blake2b")) {
+        o->checksum_alg = LSM_BLKHASH_BLAKE2B;
+        return true;
+    }
+    cli_usage_error("copy", "--checksum takes sha256 or blake2b, not '%s'", arg);
+    return false;
+}
+
+static const char *checksum_alg_name(enum lsm_blkhash_alg alg)
+{
+    return alg == LSM_BLKHASH_BLAKE2B ? "blake2b" : "sha256";
+}
+
 static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_stats *st,
                           enum cli_output output, bool verbose)
 {
@@ -120,10 +148,21 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
         json_object_object_add(j, "seconds", cli_json_fixed(st->seconds, "%.3f"));
         json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
+        if (st->checksummed) {
+            /* the fields of `lsm-sync checksum --output=json` */
+            json_object *c = json_object_new_object();
+            json_object_object_add(c, "algorithm", json_object_new_string(checksum_alg_name(o->checksum_alg)));
+            json_object_object_add(c, "block_size", json_object_new_int64(
+                o->checksum_block_size ? o->checksum_block_size : LSM_BLKHASH_DEFAULT_BLOCK));
+            json_object_object_add(c, "checksum", json_object_new_string(st->checksum));
+            json_object_object_add(j, "checksum", c);
+        }
         cli_json_print_line(stdout, j);
         json_object_put(j);
         return;
     }
+    if (st->checksummed)
+        printf("%s  %s\n", st->checksum, o->dst_path);   /* as `lsm-sync checksum` prints it */
     if (!verbose)
         return;
     char b1[32], b2[32], b3[32], b4[32], b5[32];
@@ -344,6 +383,10 @@ int cmd_copy(int argc, char **argv)
             if (!cli_parse_size("copy", c == 'r' ? "-r" : "--rate", optarg, &v))
                 return EXIT_USAGE;
             o.rate = v;
+            break;
+        case OPT_CHECKSUM:
+            if (!parse_checksum(optarg, &o))
+                return EXIT_USAGE;
             break;
         case OPT_TIMEOUT: {
             char *end;

@@ -1,23 +1,21 @@
 /* lsm-sync sync: syncImageData.  Copy the data of the volumes of a chain,
  * layer by layer (each destination volume receives only its source
- * volume's own layer), into a destination chain of the same structure. */
+ * volume's own layer), into a destination chain of the same structure.
+ * The work is flows/sync.c; this file parses options and prints. */
 #include <getopt.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <json-c/json.h>
 
-#include "chain.h"
 #include "cli.h"
 #include "json-util.h"
 #include "flow-copy.h"
 #include "progress.h"
+#include "sync.h"
 #include "util.h"
-
-enum sync_type { SYNC_ALL, SYNC_INTERNAL, SYNC_LEAF };
 
 static volatile sig_atomic_t sync_cancel;
 
@@ -27,98 +25,11 @@ static void on_signal(int sig)
     sync_cancel = 1;
 }
 
-struct sync_vol {
-    unsigned index;              /* in the chain, 0 = leaf */
-    struct lsm_volume_desc *src;
-    struct lsm_volume_pair *pair;
-    uint64_t total;              /* bytes planned (from the map) */
-    uint64_t done;
-    int result;                  /* 0 ok, <0 failed, 1 not run */
-    char error[1024];
-    struct lsm_copy_stats st;
-};
-
-struct sync_ctx {
-    struct sync_vol *vols;
-    unsigned nvols;
-    unsigned next;               /* next volume to start */
-    pthread_mutex_t lock;
-    struct cli_progress progress;
-    uint64_t total;
-    bool failed;
-    struct lsm_copy_opts base;   /* shared options */
-};
-
-static struct sync_ctx *g_ctx;
-
-static void sync_progress_all(void *opaque, uint64_t done, uint64_t total)
-{
-    struct sync_vol *v = opaque;
-    (void)total;
-    pthread_mutex_lock(&g_ctx->lock);
-    v->done = MIN(done, v->total);
-    uint64_t sum = 0;
-    for (unsigned i = 0; i < g_ctx->nvols; i++)
-        sum += g_ctx->vols[i].done;
-    cli_progress_update(&g_ctx->progress, sum, g_ctx->total);
-    pthread_mutex_unlock(&g_ctx->lock);
-}
-
+/* Called by the sync with its lock held, from the volumes' threads. */
 static void sync_warn(void *opaque, const char *msg)
 {
-    (void)opaque;
-    pthread_mutex_lock(&g_ctx->lock);
-    cli_progress_break(&g_ctx->progress);
+    cli_progress_break(opaque);
     cli_warn("%s", msg);
-    pthread_mutex_unlock(&g_ctx->lock);
-}
-
-static int run_volume(struct sync_ctx *ctx, struct sync_vol *v)
-{
-    struct lsm_copy_opts o = ctx->base;
-    o.src_path = v->src->path;
-    o.src_fmt = v->src->format;
-    o.dst_path = v->pair->dst_path;
-    o.dst_fmt = v->src->format;
-    o.no_create = true;
-    /* Only this volume's own layer: the destination's backing is already
-     * the destination chain below it. */
-    o.backing = v->pair->dst_backing;
-    o.backing_fmt = v->src->backing_fmt;
-    o.cluster_size = v->src->cluster_size;
-    o.progress = sync_progress_all;
-    o.opaque = v;
-
-    /* Block destinations: make room for the copy first. */
-    int r = lsm_job_ensure_room(v->pair, v->src);
-    if (r < 0)
-        return r;
-    memset(&v->st, 0, sizeof v->st);
-    return lsm_copy(&o, &v->st);
-}
-
-static void *worker(void *arg)
-{
-    struct sync_ctx *ctx = arg;
-    for (;;) {
-        pthread_mutex_lock(&ctx->lock);
-        if (ctx->next >= ctx->nvols || ctx->failed || sync_cancel) {
-            pthread_mutex_unlock(&ctx->lock);
-            return NULL;
-        }
-        struct sync_vol *v = &ctx->vols[ctx->next++];
-        pthread_mutex_unlock(&ctx->lock);
-        int r = run_volume(ctx, v);
-        pthread_mutex_lock(&ctx->lock);
-        v->result = r;
-        if (r < 0) {
-            snprintf(v->error, sizeof v->error, "%s", lsm_last_error());
-            ctx->failed = true;
-        } else {
-            v->done = v->total;
-        }
-        pthread_mutex_unlock(&ctx->lock);
-    }
 }
 
 static void sync_usage(FILE *f)
@@ -131,7 +42,7 @@ static void sync_usage(FILE *f)
         "every volume but the leaf (which is being mirrored); LEAF: only the leaf.\n\n"
         "  --type=TYPE          ALL, INTERNAL or LEAF (required)\n"
         "  --job FILE           explicit source/destination volumes (docs/chains.md)\n"
-        "  --parallel N         copy up to N volumes at once (default 1)\n"
+        "  --parallel N         copy up to N volumes at once (default 4)\n"
         "  -p                   progress bar\n"
         "  --progress=json      one JSON progress object per line on stdout\n"
         "  --output=FMT         human (default) or json summary\n"
@@ -161,7 +72,7 @@ int cmd_sync(int argc, char **argv)
     };
     int type = -1;
     const char *jobfile = NULL;
-    unsigned parallel = 1;
+    unsigned parallel = LSM_SYNC_DEFAULT_PARALLEL;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
     struct lsm_copy_opts base = { 0 };
@@ -172,14 +83,16 @@ int cmd_sync(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "pm:s:h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_TYPE:
-            if (!strcasecmp(optarg, "ALL")) type = SYNC_ALL;
-            else if (!strcasecmp(optarg, "INTERNAL")) type = SYNC_INTERNAL;
-            else if (!strcasecmp(optarg, "LEAF")) type = SYNC_LEAF;
-            else return cli_usage_error("sync", "--type must be ALL, INTERNAL or LEAF, not '%s'", optarg);
+        {
+            enum lsm_sync_type t;
+            if (lsm_sync_type_parse(optarg, &t) < 0)
+                return cli_usage_error("sync", "--type must be ALL, INTERNAL or LEAF, not '%s'", optarg);
+            type = (int)t;
             break;
+        }
         case OPT_JOB: jobfile = optarg; break;
         case OPT_PAR:
-            if (lsm_parse_size(optarg, &v64) < 0 || v64 < 1 || v64 > 64)
+            if (lsm_parse_size(optarg, &v64) < 0 || v64 < 1 || v64 > LSM_SYNC_MAX_PARALLEL)
                 return cli_usage_error("sync", "--parallel must be 1 to 64");
             parallel = (unsigned)v64;
             break;
@@ -230,179 +143,63 @@ int cmd_sync(int argc, char **argv)
     if (jobfile ? optind != argc : optind != argc - 2)
         return cli_usage_error("sync", jobfile ? "SRC_TOP and DST_TOP go in the job file" : "need SRC_TOP and DST_TOP");
 
-    struct lsm_job job = { 0 };
-    struct lsm_chain_desc src = { 0 }, dst = { 0 };
-    int rc = 0;
-    if (jobfile && lsm_job_load(jobfile, &job) < 0)
-        return cli_fail("sync");
-    const char *src_top = jobfile ? job.v[0].src_path : argv[optind];
-    const char *dst_top = jobfile ? job.v[0].dst_path : argv[optind + 1];
-    if (lsm_chain_describe(src_top, jobfile ? job.v[0].src_fmt : LSM_FMT_AUTO, &src) < 0) {
-        rc = cli_fail("sync");
-        goto out;
-    }
-    /* A job names its source volumes: they must be the source chain, in
-     * order.  Its destinations are checked against every file of the
-     * source chain before the destination chain is even opened. */
-    if (jobfile && (lsm_job_check_sources(&src, &job) < 0 || lsm_job_check_destinations(&src, &job) < 0)) {
-        rc = cli_fail("sync");
-        goto out;
-    }
-    if (!jobfile) {
-        /* the top first: if it is a source file, say so, whatever else is wrong below it */
-        struct lsm_volume_pair top = { .dst_path = (char *)dst_top };
-        struct lsm_job one = { .n = 1, .v = &top };
-        if (lsm_job_check_destinations(&src, &one) < 0) {
-            rc = cli_fail("sync");
-            goto out;
-        }
-    }
-    /* A destination volume an interrupted sync left incomplete is what
-     * this sync finishes. */
-    if (lsm_chain_describe_flags(dst_top, jobfile ? job.v[0].dst_fmt : LSM_FMT_AUTO,
-                                 LSM_OPEN_INCOMPLETE_OK, &dst) < 0) {
-        rc = cli_fail("sync");
-        goto out;
-    }
-    if (jobfile) {
-        /* one destination chain: entry i+1's destination backs entry i's */
-        if (lsm_job_check_chain(&job, &dst) < 0) {
-            rc = cli_fail("sync");
-            goto out;
-        }
-        for (unsigned i = 0; i < job.n; i++) {
-            job.v[i].dst_type = dst.v[i].type;
-            free(job.v[i].dst_backing);
-            job.v[i].dst_backing = NULL;
-            if (dst.v[i].backing_name && !(job.v[i].dst_backing = strdup(dst.v[i].backing_name))) {
-                cli_error("sync", "out of memory");
-                rc = EXIT_OPERATIONAL;
-                goto out;
-            }
-        }
-        /* again with the types that are there (a job may omit "type") */
-        if (lsm_job_check_destinations(&src, &job) < 0) {
-            rc = cli_fail("sync");
-            goto out;
-        }
-    } else {
-        /* destination pairs from the destination chain as it is */
-        job.v = calloc(dst.n, sizeof *job.v);
-        if (!job.v) {
-            cli_error("sync", "out of memory");
-            rc = EXIT_OPERATIONAL;
-            goto out;
-        }
-        job.n = dst.n;
-        for (unsigned i = 0; i < dst.n; i++) {
-            struct lsm_volume_pair *p = &job.v[i];
-            p->src_path = strdup(i < src.n ? src.v[i].path : "");
-            p->dst_path = strdup(dst.v[i].path);
-            p->dst_backing = dst.v[i].backing_name ? strdup(dst.v[i].backing_name) : NULL;
-            p->dst_type = dst.v[i].type;
-            p->src_fmt = i < src.n ? src.v[i].format : LSM_FMT_AUTO;
-            p->dst_fmt = dst.v[i].format;
-            if (!p->src_path || !p->dst_path || (dst.v[i].backing_name && !p->dst_backing)) {
-                cli_error("sync", "out of memory");
-                rc = EXIT_OPERATIONAL;
-                goto out;
-            }
-        }
-        /* no volume of the destination chain (as QEMU resolves its backing
-         * names) may be a file of the source chain */
-        if (lsm_job_check_destinations(&src, &job) < 0) {
-            rc = cli_fail("sync");
-            goto out;
-        }
-    }
-    if (lsm_chain_same_structure(&src, &dst) < 0) {
-        rc = cli_fail("sync");
-        goto out;
-    }
-
-    /* volumes to copy, base first */
-    unsigned first = type == SYNC_INTERNAL ? 1 : 0;
-    unsigned last = type == SYNC_LEAF ? 0 : src.n - 1;
-    struct sync_ctx ctx = { 0 };
-    pthread_mutex_init(&ctx.lock, NULL);
-    ctx.nvols = first <= last ? last - first + 1 : 0;
-    ctx.vols = calloc(ctx.nvols ? ctx.nvols : 1, sizeof *ctx.vols);
-    if (!ctx.vols) {
-        cli_error("sync", "out of memory");
-        rc = EXIT_OPERATIONAL;
-        goto out;
-    }
-    for (unsigned k = 0; k < ctx.nvols; k++) {
-        unsigned i = last - k;
-        struct sync_vol *v = &ctx.vols[k];
-        v->index = i;
-        v->src = &src.v[i];
-        v->pair = &job.v[i];
-        v->total = src.v[i].data_bytes;
-        v->result = 1;
-        ctx.total += v->total;
-    }
-    if (parallel > ctx.nvols)
-        parallel = ctx.nvols ? ctx.nvols : 1;
-    base.cancel = &sync_cancel;
-    base.warn = sync_warn;
-    if (base.buffer_size)
-        base.buffer_size /= parallel;
-    else if (parallel > 1)
-        base.buffer_size = (32ULL << 20) / parallel;
-    ctx.base = base;
-    g_ctx = &ctx;
-    cli_progress_init(&ctx.progress, pmode);
-
+    struct cli_progress progress;
+    cli_progress_init(&progress, pmode);
+    struct lsm_sync_opts so = {
+        .type = (enum lsm_sync_type)type,
+        .src_top = jobfile ? NULL : argv[optind],
+        .dst_top = jobfile ? NULL : argv[optind + 1],
+        .jobfile = jobfile,
+        .parallel = parallel,
+        .copy = base,
+        .cancel = &sync_cancel,
+        .progress = cli_progress_update,
+        .warn = sync_warn,
+        .opaque = &progress,
+    };
     struct sigaction sa = { .sa_handler = on_signal };
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    uint64_t t0 = lsm_now_ns();
-    pthread_t tids[64];
-    unsigned started = 0;
-    for (unsigned t = 1; t < parallel; t++)
-        if (pthread_create(&tids[started], NULL, worker, &ctx) == 0)
-            started++;
-    worker(&ctx);
-    for (unsigned t = 0; t < started; t++)
-        pthread_join(tids[t], NULL);
-    double secs = (double)(lsm_now_ns() - t0) / 1e9;
-
-    uint64_t done = 0;
-    for (unsigned k = 0; k < ctx.nvols; k++)
-        done += ctx.vols[k].result == 0 ? ctx.vols[k].total : 0;
-    if (!ctx.failed && !sync_cancel)
-        cli_progress_finish(&ctx.progress, ctx.total, ctx.total);
+    struct lsm_sync_result res;
+    int r = lsm_sync(&so, &res);
+    if (r < 0 && !res.started) {
+        /* a check failed: nothing was written */
+        int rc = cli_fail("sync");
+        lsm_sync_result_free(&res);
+        return rc;
+    }
+    int rc = 0;
+    if (r == 0)
+        cli_progress_finish(&progress, res.bytes_total, res.bytes_total);
     else
-        cli_progress_break(&ctx.progress);
+        cli_progress_break(&progress);
 
-    for (unsigned k = 0; k < ctx.nvols; k++) {
-        struct sync_vol *v = &ctx.vols[k];
+    for (unsigned k = 0; k < res.nvols; k++) {
+        struct lsm_sync_volume *v = &res.v[k];
         if (v->result < 0) {
             cli_error("sync", "%s -> %s: %s; the destination volume is incomplete",
-                      v->src->path, v->pair->dst_path, v->error);
+                      v->src_path, v->dst_path, v->error);
             rc = EXIT_OPERATIONAL;
         }
     }
-    if (!rc && sync_cancel) {
+    if (!rc && r < 0) {
         cli_error("sync", "interrupted; the destination chain is incomplete");
         rc = EXIT_OPERATIONAL;
     }
     if (output == CLI_OUTPUT_JSON) {
         json_object *o = json_object_new_object(), *a = json_object_new_array();
-        static const char *tn[] = { "ALL", "INTERNAL", "LEAF" };
-        json_object_object_add(o, "type", json_object_new_string(tn[type]));
-        json_object_object_add(o, "bytes-total", json_object_new_int64((int64_t)ctx.total));
-        json_object_object_add(o, "bytes-done", json_object_new_int64((int64_t)done));
-        json_object_object_add(o, "seconds", json_object_new_double(secs));
-        for (unsigned k = 0; k < ctx.nvols; k++) {
-            struct sync_vol *v = &ctx.vols[k];
+        json_object_object_add(o, "type", json_object_new_string(lsm_sync_type_name(res.type)));
+        json_object_object_add(o, "bytes-total", json_object_new_int64((int64_t)res.bytes_total));
+        json_object_object_add(o, "bytes-done", json_object_new_int64((int64_t)res.bytes_done));
+        json_object_object_add(o, "seconds", json_object_new_double(res.seconds));
+        for (unsigned k = 0; k < res.nvols; k++) {
+            struct lsm_sync_volume *v = &res.v[k];
             json_object *e = json_object_new_object();
-            json_object_object_add(e, "source", lsm_json_string(v->src->path));
-            json_object_object_add(e, "destination", lsm_json_string(v->pair->dst_path));
-            json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->total));
+            json_object_object_add(e, "source", lsm_json_string(v->src_path));
+            json_object_object_add(e, "destination", lsm_json_string(v->dst_path));
+            json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->bytes));
             json_object_object_add(e, "status", json_object_new_string(
                 v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));
             if (v->result == 0) {
@@ -418,14 +215,9 @@ int cmd_sync(int argc, char **argv)
         json_object_put(o);
     } else if (!rc && pmode != CLI_PROGRESS_JSON) {
         char b[32];
-        printf("synced %u volume%s (%s) in %.2f s\n", ctx.nvols, ctx.nvols == 1 ? "" : "s",
-               lsm_format_size(ctx.total, b, sizeof b), secs);
+        printf("synced %u volume%s (%s) in %.2f s\n", res.nvols, res.nvols == 1 ? "" : "s",
+               lsm_format_size(res.bytes_total, b, sizeof b), res.seconds);
     }
-    free(ctx.vols);
-    pthread_mutex_destroy(&ctx.lock);
-out:
-    lsm_chain_desc_free(&src);
-    lsm_chain_desc_free(&dst);
-    lsm_job_free(&job);
+    lsm_sync_result_free(&res);
     return rc;
 }

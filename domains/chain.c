@@ -162,7 +162,7 @@ static void pair_free(struct lsm_volume_pair *p)
     free(p->dst_backing);
 }
 
-void lsm_job_free(struct lsm_job *j)
+void lsm_jobfile_free(struct lsm_jobfile *j)
 {
     for (unsigned i = 0; j->v && i < j->n; i++)
         pair_free(&j->v[i]);
@@ -193,7 +193,7 @@ static char *backing_ref(const char *from, const char *to, enum lsm_domain_kind 
     return p;
 }
 
-static int fill_backing_names(struct lsm_job *j)
+static int fill_backing_names(struct lsm_jobfile *j)
 {
     for (unsigned i = 0; i + 1 < j->n; i++) {
         j->v[i].dst_backing = backing_ref(j->v[i].dst_path, j->v[i + 1].dst_path, j->v[i + 1].dst_type);
@@ -203,7 +203,7 @@ static int fill_backing_names(struct lsm_job *j)
     return 0;
 }
 
-int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom, struct lsm_job *out)
+int lsm_jobfile_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom, struct lsm_jobfile *out)
 {
     memset(out, 0, sizeof *out);
     out->v = calloc(src->n, sizeof *out->v);
@@ -213,7 +213,7 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
     for (unsigned i = 0; i < src->n; i++) {
         for (unsigned k = 0; k < i; k++)
             if (!strcmp(src->v[k].name, src->v[i].name)) {
-                lsm_job_free(out);
+                lsm_jobfile_free(out);
                 return lsm_error(-EINVAL, "two volumes of the chain are named '%s' ('%s' and '%s'); use --job to name them",
                                  src->v[i].name, src->v[k].path, src->v[i].path);
             }
@@ -224,13 +224,13 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
         p->dst_fmt = src->v[i].format;
         p->dst_type = dom->kind;
         if (!p->src_path || !p->dst_path) {
-            lsm_job_free(out);
+            lsm_jobfile_free(out);
             return lsm_error(-ENOMEM, "out of memory");
         }
     }
     int r = fill_backing_names(out);
     if (r < 0)
-        lsm_job_free(out);
+        lsm_jobfile_free(out);
     return r;
 }
 
@@ -266,7 +266,7 @@ static int parse_endpoint(json_object *o, const char *what, unsigned i, char **p
     return *path ? 0 : lsm_error(-ENOMEM, "out of memory");
 }
 
-int lsm_job_load(const char *file, struct lsm_job *out)
+int lsm_jobfile_load(const char *file, struct lsm_jobfile *out)
 {
     memset(out, 0, sizeof *out);
     json_object *root = json_object_from_file(file);
@@ -308,7 +308,7 @@ int lsm_job_load(const char *file, struct lsm_job *out)
 out:
     json_object_put(root);
     if (r < 0)
-        lsm_job_free(out);
+        lsm_jobfile_free(out);
     return r;
 }
 
@@ -354,7 +354,7 @@ static int check_not_source(const struct lsm_chain_desc *src, const struct lsm_f
                      "refusing to write into it", i, path, e->name);
 }
 
-int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job *job)
+int lsm_jobfile_check_sources(const struct lsm_chain_desc *src, const struct lsm_jobfile *job)
 {
     if (job->n != src->n)
         return lsm_error(-EINVAL, "the job lists %u volume%s but the chain of '%s' has %u",
@@ -383,7 +383,7 @@ int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job
     return 0;
 }
 
-int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job)
+int lsm_jobfile_check_destinations(const struct lsm_chain_desc *src, const struct lsm_jobfile *job)
 {
     struct lsm_filekey *keys = calloc(job->n ? job->n : 1, sizeof *keys);
     if (!keys)
@@ -418,7 +418,7 @@ int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct ls
     return r;
 }
 
-int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *dst)
+int lsm_jobfile_check_chain(const struct lsm_jobfile *job, const struct lsm_chain_desc *dst)
 {
     for (unsigned i = 0; i < job->n; i++) {
         const struct lsm_volume_pair *p = &job->v[i];
@@ -477,7 +477,7 @@ static int dst_domain(const struct lsm_volume_pair *p, struct lsm_domain **dom, 
     return lsm_domain_open(p->dst_type, where, dom);
 }
 
-int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v)
+int lsm_jobfile_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v)
 {
     if (p->dst_type != LSM_DOMAIN_BLOCK)
         return 0;
@@ -494,7 +494,7 @@ int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume
 /* Write an empty image of v's structure into the destination of p.  The
  * descriptor is checked before the first write: a regular file (file
  * domain) or a block device (block domain), and not a file of src (the
- * path may have changed since lsm_job_check_destinations). */
+ * path may have changed since lsm_jobfile_check_destinations). */
 static int write_empty_image(const struct lsm_chain_desc *src, unsigned i, const struct lsm_volume_pair *p,
                              bool reused)
 {
@@ -551,7 +551,7 @@ static bool cancelled(const volatile sig_atomic_t *cancel)
 
 /* Remove the volumes of job that created[] marks; returns how many could
  * not be removed (the first one's path in *failed). */
-static unsigned remove_created(const struct lsm_job *job, const bool *created, const char **failed)
+static unsigned remove_created(const struct lsm_jobfile *job, const bool *created, const char **failed)
 {
     unsigned left = 0;
     for (unsigned k = 0; k < job->n; k++) {
@@ -570,7 +570,7 @@ static unsigned remove_created(const struct lsm_job *job, const bool *created, c
     return left;
 }
 
-int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse,
+int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *job, bool reuse,
                     const volatile sig_atomic_t *cancel)
 {
     if (src->n != job->n)

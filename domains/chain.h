@@ -67,19 +67,19 @@ struct lsm_volume_pair {
     char *dst_backing;          /* backing name written into dst (NULL for the base) */
 };
 
-struct lsm_job {
+struct lsm_jobfile {
     unsigned n;
     struct lsm_volume_pair *v;  /* top first */
 };
 
 /* Parse a JSON job file (docs/chains.md).  Only the syntax: what the
- * entries name is checked by lsm_job_check_sources/_destinations/_chain. */
-int lsm_job_load(const char *file, struct lsm_job *out);
-void lsm_job_free(struct lsm_job *j);
+ * entries name is checked by lsm_jobfile_check_sources/_destinations/_chain. */
+int lsm_jobfile_load(const char *file, struct lsm_jobfile *out);
+void lsm_jobfile_free(struct lsm_jobfile *j);
 /* Lay the chain out in a domain: same volume names, backing names relative
  * (file) or /dev/VG/NAME (block). */
-int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
-                       struct lsm_job *out);
+int lsm_jobfile_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
+                       struct lsm_jobfile *out);
 
 /* The identity checks, run before anything is opened for writing.  Each
  * returns 0, or -EINVAL with one message naming the offending entry.
@@ -98,9 +98,9 @@ int lsm_job_for_domain(const struct lsm_chain_desc *src, struct lsm_domain *dom,
  * the file opened as dst->v[i], i.e. the backing file of entry i-1's
  * destination as QEMU resolves it; the chain has exactly job->n volumes;
  * a format or type the job gives is what is there. */
-int lsm_job_check_sources(const struct lsm_chain_desc *src, const struct lsm_job *job);
-int lsm_job_check_destinations(const struct lsm_chain_desc *src, const struct lsm_job *job);
-int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *dst);
+int lsm_jobfile_check_sources(const struct lsm_chain_desc *src, const struct lsm_jobfile *job);
+int lsm_jobfile_check_destinations(const struct lsm_chain_desc *src, const struct lsm_jobfile *job);
+int lsm_jobfile_check_chain(const struct lsm_jobfile *job, const struct lsm_chain_desc *dst);
 
 /* Create the destination volumes of job, empty, base first, with the
  * structure of src.  Existing volumes are refused unless reuse (then they
@@ -109,13 +109,13 @@ int lsm_job_check_chain(const struct lsm_job *job, const struct lsm_chain_desc *
  * (a signal handler; cancel may be NULL), it stops at the next step with
  * -EINTR.  On any failure, the volumes this call created (and only those:
  * created with O_EXCL, or LVs it made) are removed. */
-int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_job *job, bool reuse,
+int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *job, bool reuse,
                     const volatile sig_atomic_t *cancel);
 
 /* Make sure the destination volume of pair p can hold a copy of v: on a
  * block domain, extend the LV to lsm_volume_needed_size(v); on a file
  * domain, nothing to do. */
-int lsm_job_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v);
+int lsm_jobfile_ensure_room(const struct lsm_volume_pair *p, const struct lsm_volume_desc *v);
 
 /* Size a block volume needs for a copy of volume v (qcow2: its allocation
  * plus one extension chunk; raw: the virtual size). */

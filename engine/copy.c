@@ -24,8 +24,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "budget.h"
+#include "config.h"
 #include "copy.h"
+#ifdef HAVE_LIBSODIUM
+#include "copysum.h"
+#endif
 #include "error.h"
+#include "limiter.h"
 #include "util.h"
 
 #define DEFAULT_REQUESTS 16
@@ -78,8 +84,12 @@ struct ctx {
     unsigned max_active, active;
     struct creq *reqs, *free_reqs;
     struct creq *held;          /* built, waiting for the rate limit */
-    struct lsm_ratelimit rl;
+    struct lsm_limiter *lim;    /* p->limiter, or own_lim */
+    struct lsm_limiter *own_lim;/* p->rate: private, under p->limiter */
     uint64_t rl_wait_ns;
+    uint64_t budget_reserved;   /* buffer bytes taken from the memory budget */
+    uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
+    struct lsm_copysum *sum;    /* p->checksum */
 
     bool offload;
     int err;
@@ -126,10 +136,125 @@ static int record(struct ctx *c, uint64_t start, uint64_t len)
     return 0;
 }
 
+/* Progress by class for a job (lsm_copy_job_progress_fn).  st->bytes_done
+ * counts data requests completed, including the zero clusters found inside
+ * them, which st->bytes_zeroed counts too. */
+static void job_progress(struct ctx *c, bool final)
+{
+    if (!c->p->job_progress)
+        return;
+    const struct lsm_engine_stats *st = c->st;
+    uint64_t in_data_zero = st->bytes_zeroed - MIN(c->run_zeroed, st->bytes_zeroed);
+    struct lsm_job_progress jp = {
+        .bytes_total = c->size,
+        .bytes_written = st->bytes_done - MIN(in_data_zero, st->bytes_done),
+        .bytes_zeroed = st->bytes_zeroed,
+        .bytes_skipped = st->bytes_skipped,
+    };
+    jp.bytes_done = jp.bytes_written + jp.bytes_zeroed + jp.bytes_skipped;
+    if (final && jp.bytes_done < jp.bytes_total) {
+        /* a copy in host order does not visit the ranges nothing uses */
+        jp.bytes_skipped += jp.bytes_total - jp.bytes_done;
+        jp.bytes_done = jp.bytes_total;
+    }
+    if (jp.bytes_total < jp.bytes_done)
+        jp.bytes_total = jp.bytes_done;
+    c->p->job_progress(c->p->opaque, &jp);
+}
+
 static void progress(struct ctx *c)
 {
     if (c->p->progress)
         c->p->progress(c->p->opaque, c->st->bytes_done, c->st->bytes_total);
+    job_progress(c, false);
+}
+
+/* The bandwidth limit: p->limiter (shared, its rate may change while we
+ * run) and p->rate (a private limiter under it). */
+static int limiter_setup(struct ctx *c)
+{
+    c->lim = c->p->limiter;
+    if (c->p->rate) {
+        int r = lsm_limiter_create(c->p->rate, c->p->limiter, &c->own_lim);
+        if (r < 0)
+            return lsm_error(r, "cannot create a rate limiter");
+        c->lim = c->own_lim;
+    }
+    return 0;
+}
+
+/* 0: len bytes may go now (taken); else nanoseconds to wait, at most 50 ms
+ * so that a changed limit and a cancel are seen soon. */
+static uint64_t limiter_wait(struct ctx *c, uint64_t len)
+{
+    uint64_t w = lsm_limiter_take(c->lim, len, lsm_now_ns());
+    return MIN(w, 50ULL * 1000 * 1000);
+}
+
+/* The buffer pool's memory, from the process-wide budget: at least one
+ * request, at most want. */
+static int budget_take(struct ctx *c, uint64_t want)
+{
+    c->budget_reserved = lsm_budget_reserve(c->rsize, MAX(want, c->rsize), c->rsize);
+    if (!c->budget_reserved) {
+        uint64_t used, total;
+        lsm_budget_usage(&used, &total);
+        return lsm_error(-ENOMEM, "the memory budget is exhausted: %" PRIu64 " of %" PRIu64
+                         " bytes in use, a copy needs at least %" PRIu64,
+                         used, total, c->rsize);
+    }
+    return 0;
+}
+
+/* The checksum: the block hash of what is read, fed with each request's
+ * buffer once its reads are complete and with each zero run. */
+static int checksum_setup(struct ctx *c)
+{
+    if (!c->p->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    /* blocks in assembly: at most the two ends of each request in flight */
+    return lsm_copysum_new(c->p->checksum_alg,
+                           c->p->checksum_block_size ? c->p->checksum_block_size
+                                                     : LSM_BLKHASH_DEFAULT_BLOCK,
+                           c->size, 2 * c->max_active + 2, &c->sum);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
+static void checksum_feed(struct ctx *c, uint64_t start, const void *buf, uint64_t len)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum || c->err)
+        return;
+    int r = buf ? lsm_copysum_data(c->sum, start, buf, len) : lsm_copysum_zero(c->sum, start, len);
+    if (r < 0)
+        set_err(c, r);
+#endif
+}
+
+static int checksum_finish(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    if (!c->sum)
+        return 0;
+    uint8_t d[LSM_BLKHASH_DIGEST_LEN];
+    int r = lsm_copysum_final(c->sum, d);
+    if (r < 0)
+        return r;
+    lsm_blkhash_hex(d, c->st->checksum);
+    c->st->checksummed = true;
+#endif
+    return 0;
+}
+
+static void checksum_free(struct ctx *c)
+{
+#ifdef HAVE_LIBSODIUM
+    lsm_copysum_free(c->sum);
+#endif
+    c->sum = NULL;
 }
 
 /* Next run of a source in host order: its data extents from `deferred` on
@@ -299,6 +424,7 @@ static int emit_zero(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
  * (holes, zero clusters) or nothing. */
 static void start_writes(struct ctx *c, struct creq *q)
 {
+    checksum_feed(c, q->start, q->buf, q->len);
     q->writing = true;
     q->used = 0;
     q->pending++;   /* held while issuing */
@@ -434,6 +560,8 @@ static void start_zero_run(struct ctx *c)
     struct slot *s = new_slot(q, LSM_EP_OP_ZERO, 0, q->start, q->len);
     s->cmd.flags = LSM_EP_MAY_TRIM;
     c->st->bytes_zeroed += q->len;
+    c->run_zeroed += q->len;
+    checksum_feed(c, q->start, NULL, q->len);
     submit_slot(c, c->dst, s);
     if (!q->pending)
         free_req(c, q);
@@ -469,7 +597,7 @@ static void fill(struct ctx *c)
 {
     while (!c->err && !cancelled(c)) {
         if (c->held) {
-            uint64_t wait = lsm_ratelimit_take(&c->rl, c->held->len, lsm_now_ns());
+            uint64_t wait = limiter_wait(c, c->held->len);
             if (wait) {
                 c->rl_wait_ns = wait;
                 return;
@@ -489,12 +617,15 @@ static void fill(struct ctx *c)
             c->st->bytes_skipped += r->length;
             record(c, r->start, r->length);
             c->have_run = false;
+            job_progress(c, false);
             continue;
         case LSM_RUN_ZERO:
             if (c->dst->caps.reads_zero) {   /* nothing to do */
                 c->st->bytes_skipped += r->length;
+                checksum_feed(c, r->start, NULL, r->length);
                 record(c, r->start, r->length);
                 c->have_run = false;
+                job_progress(c, false);
                 continue;
             }
             start_zero_run(c);
@@ -504,9 +635,9 @@ static void fill(struct ctx *c)
         }
         if (c->offload && r->kind == LSM_RUN_DATA) {
             uint64_t len = r->length;
-            if (c->rl.rate) {
+            if (c->lim) {
                 len = MIN(len, c->rsize);
-                uint64_t wait = lsm_ratelimit_take(&c->rl, len, lsm_now_ns());
+                uint64_t wait = limiter_wait(c, len);
                 if (wait) {
                     c->rl_wait_ns = wait;
                     return;
@@ -525,7 +656,7 @@ static void fill(struct ctx *c)
             free_req(c, q);
             return;
         }
-        if (c->rl.rate) {
+        if (c->lim) {
             c->held = q;
             continue;
         }
@@ -657,9 +788,10 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
     c->min_hole = MAX(dst->caps.hole_min, c->zchunk);
     if (budget < c->rsize)
         budget = c->rsize;
-    c->max_active = (unsigned)MIN((uint64_t)m, budget / c->rsize);
-    if (!c->max_active)
-        c->max_active = 1;
+    r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
+    if (r < 0)
+        goto out;
+    c->max_active = (unsigned)(c->budget_reserved / c->rsize);
     size_t align = MAX(4096u, MAX(src->caps.mem_align, dst->caps.mem_align));
     r = lsm_bufpool_create(c->max_active * c->rsize, c->rsize, align, &c->pool);
     if (r < 0)
@@ -690,9 +822,14 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         c->reqs[i].next = c->free_reqs;
         c->free_reqs = &c->reqs[i];
     }
-    if (p->rate)
-        lsm_ratelimit_init(&c->rl, p->rate, MAX(c->rsize, p->rate / 10), lsm_now_ns());
-    c->offload = p->offload && dst->ops->copy_range;
+    r = limiter_setup(c);
+    if (r < 0)
+        goto out;
+    r = checksum_setup(c);
+    if (r < 0)
+        goto out;
+    /* offload copies bytes the checksum would not see */
+    c->offload = p->offload && !p->checksum && dst->ops->copy_range;
 
     progress(c);
     r = run_pipeline(c);
@@ -702,6 +839,9 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
     /* Durable before success, and the source unchanged (for a deferred
      * range this also proves that what is written below is current). */
     r = lsm_ep_check(src);
+    if (r < 0)
+        goto out;
+    r = checksum_finish(c);
     if (r < 0)
         goto out;
     if (c->deferred) {
@@ -716,6 +856,8 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         goto out;
     r = record(c, 0, 0);   /* everything reported so far is durable */
     progress(c);
+    if (r == 0)
+        job_progress(c, true);
 
 out:
     if (r < 0 && c->err && c->errmsg[0])
@@ -727,8 +869,12 @@ out:
         ;
     if (c->held)
         free_req(c, c->held);
-    if (c->pool && !lsm_loop_outstanding(c->loop))
+    if (c->pool && !lsm_loop_outstanding(c->loop)) {
         lsm_bufpool_destroy(c->pool);
+        lsm_budget_release(c->budget_reserved);
+    }
+    lsm_limiter_free(c->own_lim);
+    checksum_free(c);
     if (c->reqs)
         for (unsigned i = 0; i < c->max_active; i++)
             free(c->reqs[i].slots);

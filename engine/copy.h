@@ -23,7 +23,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blkhash.h"
 #include "endpoint.h"
+#include "job.h"
+
+struct lsm_limiter;
 
 /* ---- Plan: granule-aligned runs ----
  *
@@ -95,19 +99,36 @@ uint64_t lsm_ratelimit_take(struct lsm_ratelimit *rl, uint64_t bytes, uint64_t n
 typedef int (*lsm_copy_record_fn)(void *opaque, uint64_t start, uint64_t len);
 /* Progress: bytes done of bytes total. */
 typedef void (*lsm_copy_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+/* Progress by class (a job's view): total is the source's size (guest
+ * bytes; host bytes of the file for a physical copy), done is written +
+ * zeroed + skipped, and reaches total when the copy succeeds.  Called as
+ * requests complete and ranges are skipped or zeroed; cheap callers only. */
+typedef void (*lsm_copy_job_progress_fn)(void *opaque, const struct lsm_job_progress *p);
 
 struct lsm_engine_params {
     uint64_t size;                    /* bytes to copy from offset 0 (0: the source's size) */
     unsigned requests;                /* requests in flight (0: 16) */
     uint64_t request_size;            /* bytes per request, a power of two >= 4096 (0: 1 MiB) */
-    uint64_t buffer_size;             /* memory for buffers (0: 32 MiB) */
-    uint64_t rate;                    /* bytes/s (0: unlimited) */
+    uint64_t buffer_size;             /* memory for buffers (0: 32 MiB), reserved from the
+                                         process-wide budget (budget.h) */
+    uint64_t rate;                    /* bytes/s (0: unlimited): a private limiter,
+                                         under `limiter` when both are set */
+    struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
+                                         may change while the copy runs */
     bool offload;                     /* ask the destination's copy_range for data runs */
     bool absent_zero_mixed_is_data;   /* one layer over a backing file: a granule mixing
                                          absent and zero ranges is read and written */
+    /* The block hash (blkhash.h) of what is read, from the request
+     * buffers as their reads complete and from the zero runs: meaningful
+     * for a guest-order copy of the whole view (the flow refuses the rest).
+     * Needs libsodium (-ENOTSUP without). */
+    bool checksum;
+    enum lsm_blkhash_alg checksum_alg;
+    uint32_t checksum_block_size;     /* 0: 4 MiB */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;
     lsm_copy_progress_fn progress;
+    lsm_copy_job_progress_fn job_progress;
     void *opaque;
 };
 
@@ -120,12 +141,15 @@ struct lsm_engine_stats {
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
     bool offload;            /* some bytes went through the destination's copy_range */
+    bool checksummed;        /* params.checksum: checksum holds the digest (lower-case hex) */
+    char checksum[LSM_BLKHASH_HEX_LEN];
 };
 
 /* Copy src to dst (both on one loop): plan, pipeline, then the source's
  * check, a flush of the destination, the source's deferred range (written
  * and flushed last), and the destination's finish.  Returns 0 (destination
- * complete and durable) or -errno with a message.  The engine opens,
+ * complete and durable) or -errno with a message; -ENOMEM when the memory
+ * budget has not even one request's worth free.  The engine opens,
  * creates, locks and removes nothing: that is the flow's. */
 int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_engine_params *p,
                     struct lsm_engine_stats *st);

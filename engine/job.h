@@ -78,21 +78,26 @@ struct lsm_job_opts {
 
 int lsm_job_create(const struct lsm_job_opts *o, lsm_job_fn fn, void *arg,
                    void (*free_arg)(void *), struct lsm_job **out);
-/* Start the thread.  -EBUSY if already started. */
+/* Start the thread.  -EBUSY if already started, -ECANCELED if cancelled
+ * before it started (then the job is ABORTED and never runs). */
 int lsm_job_start(struct lsm_job *job);
 void lsm_job_get_status(struct lsm_job *job, struct lsm_job_status *st);
 const char *lsm_job_kind(const struct lsm_job *job);
+/* The arg given to lsm_job_create (for the code that made the job). */
+void *lsm_job_arg(struct lsm_job *job);
 /* Change the job's own limit while it runs (0: unlimited); takes effect on
  * the next request the job issues, within a second. */
 int lsm_job_set_rate_limit(struct lsm_job *job, uint64_t bytes_per_s);
 /* Ask the job to stop.  Returns at once; the job reaches ABORTED within a
- * second (lsm_job_wait to know). */
+ * second (lsm_job_wait to know), or FINISHED if the function completed
+ * anyway.  A job not started yet becomes ABORTED at once (result
+ * -ECANCELED). */
 void lsm_job_cancel(struct lsm_job *job);
 /* Wait up to timeout_ms (< 0: forever) for the function to return: 0 once
- * it has (then the state is final), -ETIMEDOUT otherwise.  Records no
- * message. */
+ * it has (then the state is final), -ETIMEDOUT otherwise, -EINVAL for a job
+ * never started (it would never return).  Records no message. */
 int lsm_job_wait(struct lsm_job *job, int timeout_ms);
-/* The function's result once it returned (0 or -errno). */
+/* The function's result once it returned (0 or -errno); -EBUSY before. */
 int lsm_job_result(struct lsm_job *job);
 /* Cancel, wait, free. */
 void lsm_job_free(struct lsm_job *job);

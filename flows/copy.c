@@ -125,6 +125,23 @@ static int dst_is_own_backing(const struct lsm_copy_opts *o)
     return 0;
 }
 
+/* --checksum: the whole guest view, in guest order. */
+static int checksum_check_opts(const struct lsm_copy_opts *o)
+{
+    if (!o->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    if (o->backing)
+        return lsm_error(-EINVAL, "--checksum needs a copy of the whole guest view: not with -B");
+    if (o->physical == LSM_PHYSICAL_ALWAYS)
+        return lsm_error(-EINVAL, "--checksum needs a guest-order copy: not with --physical");
+    return lsm_blkhash_check_block_size(o->checksum_block_size ? o->checksum_block_size
+                                                               : LSM_BLKHASH_DEFAULT_BLOCK);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
 /* The NBD source endpoint, from its module (libnbd is loaded only for
  * NBD sources). */
 static int open_nbd(const struct lsm_copy_opts *o, struct lsm_loop *loop, struct lsm_ep **out)
@@ -175,6 +192,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "a backing file (-B) needs a qcow2 destination (-O qcow2)");
     if (o->target_is_zero && !o->no_create)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
+    if ((r = checksum_check_opts(o)) < 0)
+        return r;
 
     /* One loop for both ends: one io_uring ring for the source reads and
      * the destination writes. */
@@ -215,7 +234,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
         physical = true;
-    } else if (o->physical == LSM_PHYSICAL_AUTO) {
+    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum) {
         r = physical_applies(o, img, false);
         if (r < 0)
             goto out;
@@ -373,8 +392,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 
     /* Offload (reflink, copy_file_range) applies to raw data copied as it
      * is: a raw source without a backing file, a raw destination. */
-    bool offload = o->offload && !physical && !d.w && img && img->format == LSM_FMT_RAW &&
-                   !img->backing;
+    bool offload = o->offload && !o->checksum && !physical && !d.w && img &&
+                   img->format == LSM_FMT_RAW && !img->backing;
     if (d.w)
         r = lsm_ep_qcow2_create(loop, d.w, d.f, d.reads_zero, d.fresh, &dep);
     else
@@ -390,11 +409,16 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .request_size = o->request_size,
         .buffer_size = o->buffer_size,
         .rate = o->rate,
+        .limiter = o->limiter,
         .offload = offload,
+        .checksum = o->checksum,
+        .checksum_alg = o->checksum_alg,
+        .checksum_block_size = o->checksum_block_size,
         .absent_zero_mixed_is_data = o->backing != NULL,
         .cancel = o->cancel,
         .record = o->record,
         .progress = o->progress,
+        .job_progress = o->job_progress,
         .opaque = o->opaque,
     };
     r = lsm_engine_copy(src, dep, &ep, &es);
@@ -430,6 +454,8 @@ out:
     st->bytes_zeroed = es.bytes_zeroed;
     st->bytes_skipped = es.bytes_skipped;
     st->bytes_offloaded = es.bytes_offloaded;
+    st->checksummed = es.checksummed;
+    memcpy(st->checksum, es.checksum, sizeof(st->checksum));
     lsm_loop_destroy(loop);   /* waits for anything still in flight */
     lsm_ep_close(dep);
     lsm_ep_close(src);

@@ -46,14 +46,27 @@ struct lsm_copy_opts {
     unsigned requests;                /* -m (0: 16) */
     uint64_t request_size;            /* -s (0: 1 MiB) */
     uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
-    uint64_t rate;                    /* bytes/s (0: unlimited) */
+    uint64_t rate;                    /* bytes/s (0: unlimited): a private limiter,
+                                         under `limiter` when both are set */
+    struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
+                                         may change while the copy runs */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+
+    /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
+     * computes) of the guest view copied, from the buffers as the copy
+     * reads them.  Needs a copy of the whole guest view in guest order:
+     * refused with backing (-B) and with PHYSICAL_ALWAYS; AUTO then copies
+     * in guest order, and offload is not used.  Needs libsodium. */
+    bool checksum;
+    enum lsm_blkhash_alg checksum_alg;
+    uint32_t checksum_block_size;     /* 0: 4 MiB */
 
     unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
                                          (0: 30 s to connect, 60 s per request) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;        /* guest ranges (host ranges for a physical copy) */
     lsm_copy_progress_fn progress;
+    lsm_copy_job_progress_fn job_progress;
     lsm_copy_warn_fn warn;
     void *opaque;
 };
@@ -74,6 +87,8 @@ struct lsm_copy_stats {
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
     bool src_busy;           /* on failure: another process holds the source for writing */
+    bool checksummed;        /* opts.checksum: checksum holds the digest (lower-case hex) */
+    char checksum[LSM_BLKHASH_HEX_LEN];
 };
 
 /* Run a copy.  Returns 0 (destination complete and durable) or -errno with
@@ -82,7 +97,10 @@ struct lsm_copy_stats {
  * another process holds it (QEMU's image locks, common/lock.h); the copy
  * holds the write lock until it returns.  On failure a destination this
  * copy created (O_EXCL) is removed; anything that existed before is never
- * removed (dst_incomplete says whether it may have been written). */
+ * removed (dst_incomplete says whether it may have been written).
+ * The buffers (at most buffer_size) are reserved from the process-wide
+ * memory budget (budget.h) for the copy's duration; -ENOMEM when not even
+ * one request's worth is free. */
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
 
 /* nbd://, nbds://, nbd+unix://, nbds+unix://, nbd+vsock://, nbds+vsock:// */

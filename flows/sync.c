@@ -1,0 +1,507 @@
+/* sync as a library: the checks of the two chains, then the volumes copied
+ * as jobs, up to `parallel` at once, from a loop on the caller's thread
+ * that starts them, forwards a cancel and sums their progress. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "chain.h"
+#include "error.h"
+#include "limiter.h"
+#include "sync.h"
+#include "util.h"
+
+#define POLL_MS 20
+
+static const char *const type_names[] = { "ALL", "INTERNAL", "LEAF" };
+
+const char *lsm_sync_type_name(enum lsm_sync_type t)
+{
+    return (unsigned)t < ARRAY_SIZE(type_names) ? type_names[t] : "?";
+}
+
+int lsm_sync_type_parse(const char *s, enum lsm_sync_type *out)
+{
+    for (unsigned i = 0; i < ARRAY_SIZE(type_names); i++)
+        if (!strcasecmp(s, type_names[i])) {
+            *out = (enum lsm_sync_type)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* ---- Checks: the two chains and the volume pairs ---- */
+
+struct sync_plan {
+    struct lsm_jobfile job;
+    struct lsm_chain_desc src, dst;
+};
+
+static void plan_free(struct sync_plan *p)
+{
+    lsm_chain_desc_free(&p->src);
+    lsm_chain_desc_free(&p->dst);
+    lsm_jobfile_free(&p->job);
+}
+
+static int oom(void)
+{
+    return lsm_error(-ENOMEM, "out of memory");
+}
+
+/* Everything before the first write: describe both chains, and check that
+ * no destination is a file of the source chain, that the destinations form
+ * one chain of the source's structure, and (job file) that its entries are
+ * those chains. */
+static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
+{
+    struct lsm_jobfile *job = &p->job;
+    const char *jobfile = o->jobfile;
+    int r;
+    if (jobfile && (r = lsm_jobfile_load(jobfile, job)) < 0)
+        return r;
+    if (!jobfile && (!o->src_top || !o->dst_top))
+        return lsm_error(-EINVAL, "need SRC_TOP and DST_TOP");
+    const char *src_top = jobfile ? job->v[0].src_path : o->src_top;
+    const char *dst_top = jobfile ? job->v[0].dst_path : o->dst_top;
+    if ((r = lsm_chain_describe(src_top, jobfile ? job->v[0].src_fmt : LSM_FMT_AUTO, &p->src)) < 0)
+        return r;
+    /* A job names its source volumes: they must be the source chain, in
+     * order.  Its destinations are checked against every file of the
+     * source chain before the destination chain is even opened. */
+    if (jobfile && ((r = lsm_jobfile_check_sources(&p->src, job)) < 0 ||
+                    (r = lsm_jobfile_check_destinations(&p->src, job)) < 0))
+        return r;
+    if (!jobfile) {
+        /* the top first: if it is a source file, say so, whatever else is wrong below it */
+        struct lsm_volume_pair top = { .dst_path = (char *)dst_top };
+        struct lsm_jobfile one = { .n = 1, .v = &top };
+        if ((r = lsm_jobfile_check_destinations(&p->src, &one)) < 0)
+            return r;
+    }
+    /* A destination volume an interrupted sync left incomplete is what
+     * this sync finishes. */
+    if ((r = lsm_chain_describe_flags(dst_top, jobfile ? job->v[0].dst_fmt : LSM_FMT_AUTO,
+                                      LSM_OPEN_INCOMPLETE_OK, &p->dst)) < 0)
+        return r;
+    if (jobfile) {
+        /* one destination chain: entry i+1's destination backs entry i's */
+        if ((r = lsm_jobfile_check_chain(job, &p->dst)) < 0)
+            return r;
+        for (unsigned i = 0; i < job->n; i++) {
+            job->v[i].dst_type = p->dst.v[i].type;
+            free(job->v[i].dst_backing);
+            job->v[i].dst_backing = NULL;
+            if (p->dst.v[i].backing_name &&
+                !(job->v[i].dst_backing = strdup(p->dst.v[i].backing_name)))
+                return oom();
+        }
+        /* again with the types that are there (a job may omit "type") */
+        if ((r = lsm_jobfile_check_destinations(&p->src, job)) < 0)
+            return r;
+    } else {
+        /* destination pairs from the destination chain as it is */
+        job->v = calloc(p->dst.n, sizeof *job->v);
+        if (!job->v)
+            return oom();
+        job->n = p->dst.n;
+        for (unsigned i = 0; i < p->dst.n; i++) {
+            struct lsm_volume_pair *v = &job->v[i];
+            const struct lsm_volume_desc *d = &p->dst.v[i];
+            v->src_path = strdup(i < p->src.n ? p->src.v[i].path : "");
+            v->dst_path = strdup(d->path);
+            v->dst_backing = d->backing_name ? strdup(d->backing_name) : NULL;
+            v->dst_type = d->type;
+            v->src_fmt = i < p->src.n ? p->src.v[i].format : LSM_FMT_AUTO;
+            v->dst_fmt = d->format;
+            if (!v->src_path || !v->dst_path || (d->backing_name && !v->dst_backing))
+                return oom();
+        }
+        /* no volume of the destination chain (as QEMU resolves its backing
+         * names) may be a file of the source chain */
+        if ((r = lsm_jobfile_check_destinations(&p->src, job)) < 0)
+            return r;
+    }
+    return lsm_chain_same_structure(&p->src, &p->dst);
+}
+
+/* ---- The volumes, as jobs ---- */
+
+struct sync_ctx;
+
+struct vol {
+    struct sync_ctx *ctx;
+    struct lsm_sync_volume *out;
+    const struct lsm_volume_desc *src;
+    const struct lsm_volume_pair *pair;
+    uint64_t done;                  /* data bytes (the old progress callback's) */
+    struct lsm_job_progress jp;     /* by class */
+    struct lsm_job *job;            /* while running */
+};
+
+struct sync_ctx {
+    const struct lsm_sync_opts *o;
+    pthread_mutex_t lock;
+    struct vol *vols;
+    unsigned nvols;
+    uint64_t total;
+    struct lsm_copy_opts base;      /* per-volume options */
+    struct lsm_limiter *limiter;    /* the sync's: every volume under it */
+};
+
+/* With ctx->lock held. */
+static void publish(struct sync_ctx *ctx)
+{
+    const struct lsm_sync_opts *o = ctx->o;
+    if (o->progress) {
+        uint64_t sum = 0;
+        for (unsigned i = 0; i < ctx->nvols; i++)
+            sum += ctx->vols[i].done;
+        o->progress(o->opaque, sum, ctx->total);
+    }
+    if (o->job) {
+        struct lsm_job_progress s = { 0 };
+        for (unsigned i = 0; i < ctx->nvols; i++) {
+            const struct lsm_job_progress *p = &ctx->vols[i].jp;
+            s.bytes_total += p->bytes_total;
+            s.bytes_done += p->bytes_done;
+            s.bytes_written += p->bytes_written;
+            s.bytes_zeroed += p->bytes_zeroed;
+            s.bytes_skipped += p->bytes_skipped;
+            s.bytes_redone += p->bytes_redone;
+        }
+        lsm_job_progress(o->job, &s);
+    }
+}
+
+static void vol_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct vol *v = opaque;
+    (void)total;
+    pthread_mutex_lock(&v->ctx->lock);
+    v->done = MIN(done, v->out->bytes);
+    publish(v->ctx);
+    pthread_mutex_unlock(&v->ctx->lock);
+}
+
+static void vol_job_progress(void *opaque, const struct lsm_job_progress *p)
+{
+    struct vol *v = opaque;
+    pthread_mutex_lock(&v->ctx->lock);
+    uint64_t planned = v->jp.bytes_total;
+    v->jp = *p;
+    v->jp.bytes_total = MAX(p->bytes_total, planned);
+    lsm_job_progress(v->job, p);
+    if (v->ctx->o->job)
+        publish(v->ctx);
+    pthread_mutex_unlock(&v->ctx->lock);
+}
+
+static void vol_warn(void *opaque, const char *msg)
+{
+    struct vol *v = opaque;
+    if (!v->ctx->o->warn)
+        return;
+    pthread_mutex_lock(&v->ctx->lock);
+    v->ctx->o->warn(v->ctx->o->opaque, msg);
+    pthread_mutex_unlock(&v->ctx->lock);
+}
+
+static int vol_run(struct lsm_job *job, void *arg)
+{
+    struct vol *v = arg;
+    struct lsm_copy_opts o = v->ctx->base;
+    o.src_path = v->src->path;
+    o.src_fmt = v->src->format;
+    o.dst_path = v->pair->dst_path;
+    o.dst_fmt = v->src->format;
+    o.no_create = true;
+    /* Only this volume's own layer: the destination's backing is already
+     * the destination chain below it. */
+    o.backing = v->pair->dst_backing;
+    o.backing_fmt = v->src->backing_fmt;
+    o.cluster_size = v->src->cluster_size;
+    o.cancel = lsm_job_cancel_flag(job);
+    o.limiter = lsm_job_limiter(job);
+    o.progress = vol_progress;
+    o.job_progress = vol_job_progress;
+    o.warn = vol_warn;
+    o.opaque = v;
+    lsm_job_set_phase(job, "extending");
+    /* Block destinations: make room for the copy first. */
+    int r = lsm_jobfile_ensure_room(v->pair, v->src);
+    if (r < 0)
+        return r;
+    if (lsm_job_cancelled(job))
+        return lsm_error(-EINTR, "interrupted");
+    lsm_job_set_phase(job, "copying");
+    memset(&v->out->st, 0, sizeof v->out->st);
+    return lsm_copy(&o, &v->out->st);
+}
+
+static bool cancelled(const struct lsm_sync_opts *o)
+{
+    return o->cancel && *o->cancel;
+}
+
+static int vol_start(struct sync_ctx *ctx, struct vol *v)
+{
+    struct lsm_job_opts jo = { .kind = "copy", .parent = ctx->limiter };
+    int r = lsm_job_create(&jo, vol_run, v, NULL, &v->job);
+    if (r < 0)
+        return r;
+    if ((r = lsm_job_start(v->job)) < 0) {
+        lsm_job_free(v->job);
+        v->job = NULL;
+    }
+    return r;
+}
+
+/* The job of v has returned: its result into v->out. */
+static void vol_reap(struct sync_ctx *ctx, struct vol *v)
+{
+    struct lsm_job_status st;
+    lsm_job_get_status(v->job, &st);
+    pthread_mutex_lock(&ctx->lock);
+    v->out->result = st.error;
+    if (st.error < 0)
+        snprintf(v->out->error, sizeof v->out->error, "%s", st.message);
+    else
+        v->done = v->out->bytes;
+    pthread_mutex_unlock(&ctx->lock);
+    lsm_job_free(v->job);
+    v->job = NULL;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { 0, (long)ms * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static int run_volumes(struct sync_ctx *ctx, unsigned parallel, struct lsm_sync_result *res)
+{
+    const struct lsm_sync_opts *o = ctx->o;
+    unsigned next = 0, running = 0;
+    bool failed = false, forwarded = false;
+    int first_err = 0;
+    char first_msg[LSM_JOB_MESSAGE_MAX] = "";
+    for (;;) {
+        while (running < parallel && next < ctx->nvols && !failed && !cancelled(o)) {
+            struct vol *v = &ctx->vols[next++];
+            int r = vol_start(ctx, v);
+            if (r < 0) {
+                v->out->result = r;
+                snprintf(v->out->error, sizeof v->out->error, "%s", lsm_last_error());
+                failed = true;
+                break;
+            }
+            running++;
+        }
+        if (!running)
+            break;
+        if (cancelled(o) && !forwarded) {
+            for (unsigned i = 0; i < ctx->nvols; i++)
+                if (ctx->vols[i].job)
+                    lsm_job_cancel(ctx->vols[i].job);
+            forwarded = true;
+        }
+        bool reaped = false;
+        for (unsigned i = 0; i < ctx->nvols; i++) {
+            struct vol *v = &ctx->vols[i];
+            if (!v->job || lsm_job_wait(v->job, 0) < 0)
+                continue;
+            vol_reap(ctx, v);
+            running--;
+            reaped = true;
+            if (v->out->result < 0)
+                failed = true;
+        }
+        if (!reaped)
+            sleep_ms(POLL_MS);
+    }
+    for (unsigned i = 0; i < ctx->nvols; i++) {
+        const struct lsm_sync_volume *v = ctx->vols[i].out;
+        if (v->result == 0)
+            res->bytes_done += v->bytes;
+        else if (v->result < 0 && !first_err) {
+            first_err = v->result;
+            snprintf(first_msg, sizeof first_msg, "%s", v->error);
+        }
+    }
+    res->cancelled = cancelled(o);
+    if (first_err) {
+        /* the first volume's message; res->v has them all */
+        const struct lsm_sync_volume *v = NULL;
+        for (unsigned i = 0; i < ctx->nvols && !v; i++)
+            if (ctx->vols[i].out->result < 0)
+                v = ctx->vols[i].out;
+        return lsm_error(first_err, "%s -> %s: %s; the destination volume is incomplete",
+                         v->src_path, v->dst_path, first_msg);
+    }
+    if (res->cancelled)
+        return lsm_error(-EINTR, "interrupted; the destination chain is incomplete");
+    return 0;
+}
+
+void lsm_sync_result_free(struct lsm_sync_result *res)
+{
+    for (unsigned i = 0; i < res->nvols; i++) {
+        free(res->v[i].src_path);
+        free(res->v[i].dst_path);
+    }
+    free(res->v);
+    memset(res, 0, sizeof *res);
+}
+
+int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->type = o->type;
+    struct sync_plan plan = { 0 };
+    struct sync_ctx ctx = { .o = o };
+    int r = plan_prepare(o, &plan);
+    if (r < 0)
+        goto out_plan;
+    if (o->job)
+        lsm_job_set_phase(o->job, "copying");
+
+    /* volumes to copy, base first */
+    struct lsm_chain_desc *src = &plan.src;
+    unsigned first = o->type == LSM_SYNC_INTERNAL ? 1 : 0;
+    unsigned last = o->type == LSM_SYNC_LEAF ? 0 : src->n - 1;
+    unsigned n = first <= last ? last - first + 1 : 0;
+    res->v = calloc(n ? n : 1, sizeof *res->v);
+    ctx.vols = calloc(n ? n : 1, sizeof *ctx.vols);
+    if (!res->v || !ctx.vols) {
+        r = oom();
+        goto out_plan;
+    }
+    for (unsigned k = 0; k < n; k++) {
+        unsigned i = last - k;
+        struct lsm_sync_volume *out = &res->v[k];
+        out->src_path = strdup(src->v[i].path);
+        out->dst_path = strdup(plan.job.v[i].dst_path);
+        res->nvols = k + 1;
+        if (!out->src_path || !out->dst_path) {
+            r = oom();
+            goto out_plan;
+        }
+        out->bytes = src->v[i].data_bytes;
+        out->result = 1;
+        struct vol *v = &ctx.vols[k];
+        v->ctx = &ctx;
+        v->out = out;
+        v->src = &src->v[i];
+        v->pair = &plan.job.v[i];
+        v->jp.bytes_total = src->v[i].virtual_size;
+        res->bytes_total += out->bytes;
+    }
+    ctx.nvols = n;
+    ctx.total = res->bytes_total;
+
+    unsigned parallel = o->parallel ? o->parallel : LSM_SYNC_DEFAULT_PARALLEL;
+    parallel = MIN(parallel, (unsigned)LSM_SYNC_MAX_PARALLEL);
+    if (parallel > n)
+        parallel = n ? n : 1;
+    ctx.base = o->copy;
+    uint64_t buffer = o->copy.buffer_size ? o->copy.buffer_size : LSM_SYNC_DEFAULT_BUFFER;
+    if (o->copy.buffer_size || parallel > 1)
+        ctx.base.buffer_size = buffer / parallel;
+    if ((r = lsm_limiter_create(0, o->limiter, &ctx.limiter)) < 0) {
+        r = lsm_error(r, "cannot create a rate limiter");
+        goto out_plan;
+    }
+    pthread_mutex_init(&ctx.lock, NULL);
+    pthread_mutex_lock(&ctx.lock);
+    publish(&ctx);
+    pthread_mutex_unlock(&ctx.lock);
+
+    res->started = true;
+    uint64_t t0 = lsm_now_ns();
+    r = run_volumes(&ctx, parallel, res);
+    res->seconds = (double)(lsm_now_ns() - t0) / 1e9;
+    if (r == 0 && o->job)
+        lsm_job_set_phase(o->job, "done");
+    pthread_mutex_destroy(&ctx.lock);
+    lsm_limiter_free(ctx.limiter);
+out_plan:
+    free(ctx.vols);
+    plan_free(&plan);
+    return r;
+}
+
+/* ---- The sync as a job ---- */
+
+struct sync_job {
+    struct lsm_sync_opts o;
+    char *src_top, *dst_top, *jobfile;
+    struct lsm_sync_result res;
+};
+
+static void sync_job_free(void *p)
+{
+    struct sync_job *sj = p;
+    if (!sj)
+        return;
+    lsm_sync_result_free(&sj->res);
+    free(sj->src_top);
+    free(sj->dst_top);
+    free(sj->jobfile);
+    free(sj);
+}
+
+static int sync_job_run(struct lsm_job *job, void *arg)
+{
+    struct sync_job *sj = arg;
+    sj->o.job = job;
+    sj->o.cancel = lsm_job_cancel_flag(job);
+    sj->o.limiter = lsm_job_limiter(job);
+    lsm_job_set_phase(job, "checking");
+    return lsm_sync(&sj->o, &sj->res);
+}
+
+static int dup_str(const char *s, char **out)
+{
+    *out = NULL;
+    return s && !(*out = strdup(s)) ? -ENOMEM : 0;
+}
+
+int lsm_sync_job_create(const struct lsm_sync_opts *o, const struct lsm_job_opts *jo,
+                        struct lsm_job **out)
+{
+    struct sync_job *sj = calloc(1, sizeof *sj);
+    if (!sj)
+        return oom();
+    sj->o = *o;
+    if (dup_str(o->src_top, &sj->src_top) < 0 || dup_str(o->dst_top, &sj->dst_top) < 0 ||
+        dup_str(o->jobfile, &sj->jobfile) < 0) {
+        sync_job_free(sj);
+        return oom();
+    }
+    sj->o.src_top = sj->src_top;
+    sj->o.dst_top = sj->dst_top;
+    sj->o.jobfile = sj->jobfile;
+    sj->o.cancel = NULL;
+    sj->o.limiter = NULL;
+    sj->o.job = NULL;
+    struct lsm_job_opts jopts = jo ? *jo : (struct lsm_job_opts){ 0 };
+    if (!jopts.kind)
+        jopts.kind = "sync";
+    int r = lsm_job_create(&jopts, sync_job_run, sj, sync_job_free, out);
+    if (r < 0)
+        sync_job_free(sj);
+    return r;
+}
+
+const struct lsm_sync_result *lsm_sync_job_result(struct lsm_job *job)
+{
+    if (lsm_job_wait(job, 0) < 0)
+        return NULL;
+    return &((struct sync_job *)lsm_job_arg(job))->res;
+}
