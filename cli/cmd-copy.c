@@ -57,6 +57,12 @@ static void usage(FILE *f)
         "                       CHECKSUM  DST on stdout (in the JSON summary with --output=json)\n"
         "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
         "                       after SECONDS (default: 30 to connect, 60 per request)\n"
+        "  --journal=FILE       keep the job's durable progress in FILE (refused if FILE\n"
+        "                       exists, unless --resume); removed when the copy completes\n"
+        "  --resume             continue the copy FILE describes after a kill: only what\n"
+        "                       was not durable is copied; refused if SRC or DST changed\n"
+        "  --checkpoint-interval=SIZE[,SECONDS]  with --journal: flush DST and save the\n"
+        "                       journal after SIZE of data or SECONDS (default 1G,5)\n"
         "  -p                   progress bar\n"
         "  --progress=json      one JSON object per line on stdout\n"
         "  -v                   print a summary\n"
@@ -67,6 +73,7 @@ enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
     OPT_CHECKSUM,
+    OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
 };
 
 static const struct option longopts[] = {
@@ -84,6 +91,9 @@ static const struct option longopts[] = {
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "checksum", optional_argument, NULL, OPT_CHECKSUM },
+    { "journal", required_argument, NULL, OPT_JOURNAL },
+    { "resume", no_argument, NULL, OPT_RESUME },
+    { "checkpoint-interval", required_argument, NULL, OPT_CHECKPOINT },
     { "verbose", no_argument, NULL, 'v' },
     { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
@@ -146,6 +156,12 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "bytes_zeroed", json_object_new_int64((int64_t)st->bytes_zeroed));
         json_object_object_add(j, "bytes_skipped", json_object_new_int64((int64_t)st->bytes_skipped));
         json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
+        if (o->journal) {
+            json_object_object_add(j, "bytes_already_done", json_object_new_int64((int64_t)st->bytes_already_done));
+            json_object_object_add(j, "bytes_redone", json_object_new_int64((int64_t)st->bytes_redone));
+            json_object_object_add(j, "checkpoints", json_object_new_int64(st->checkpoints));
+            json_object_object_add(j, "checkpoint_seconds", cli_json_fixed(st->checkpoint_seconds, "%.3f"));
+        }
         json_object_object_add(j, "seconds", cli_json_fixed(st->seconds, "%.3f"));
         json_object_object_add(j, "rate", json_object_new_int64((int64_t)rate));
         if (st->checksummed) {
@@ -388,6 +404,34 @@ int cmd_copy(int argc, char **argv)
             if (!parse_checksum(optarg, &o))
                 return EXIT_USAGE;
             break;
+        case OPT_JOURNAL:
+            if (!*optarg)
+                return cli_usage_error("copy", "--journal needs a file name");
+            o.journal = optarg;
+            break;
+        case OPT_RESUME:
+            o.resume = true;
+            break;
+        case OPT_CHECKPOINT: {
+            char *comma = strchr(optarg, ',');
+            if (comma)
+                *comma = '\0';
+            if (!cli_parse_size("copy", "--checkpoint-interval", optarg, &v))
+                return EXIT_USAGE;
+            if (v < MiB)
+                return cli_usage_error("copy", "--checkpoint-interval: SIZE must be at least 1M");
+            o.checkpoint_bytes = v;
+            if (comma) {
+                char *end;
+                errno = 0;
+                double sec = strtod(comma + 1, &end);
+                if (errno || end == comma + 1 || *end || !(sec >= 0.01 && sec <= 86400))
+                    return cli_usage_error("copy", "--checkpoint-interval: SECONDS must be a "
+                                           "number from 0.01 to 86400, not '%s'", comma + 1);
+                o.checkpoint_ms = (unsigned)(sec * 1000 + 0.5);
+            }
+            break;
+        }
         case OPT_TIMEOUT: {
             char *end;
             errno = 0;
@@ -460,6 +504,12 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "-B needs -O qcow2");
     if (o.target_is_zero && !o.no_create)
         return cli_usage_error("copy", "--target-is-zero needs -n");
+    if (o.resume && !o.journal)
+        return cli_usage_error("copy", "--resume needs --journal");
+    if ((o.checkpoint_bytes || o.checkpoint_ms) && !o.journal)
+        return cli_usage_error("copy", "--checkpoint-interval needs --journal");
+    if (o.journal && o.physical == LSM_PHYSICAL_ALWAYS)
+        return cli_usage_error("copy", "--journal copies in guest order: not with --physical");
     /* --progress=json with --output=json: both on stdout, one object per
      * line, the summary last. */
 
@@ -487,7 +537,10 @@ int cmd_copy(int argc, char **argv)
         const char *msg = lsm_last_error();
         if (stop_requested)
             msg = stop_requested == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)";
-        if (st.dst_incomplete)
+        if (st.journal_kept)
+            cli_error("copy", "%s; %s is incomplete: continue with --journal=%s --resume",
+                      *msg ? msg : "failed", o.dst_path, o.journal);
+        else if (st.dst_incomplete)
             cli_error("copy", "%s; %s is incomplete", *msg ? msg : "failed", o.dst_path);
         else if (st.dst_removed)
             cli_error("copy", "%s; %s removed", *msg ? msg : "failed", o.dst_path);

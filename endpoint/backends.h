@@ -55,11 +55,17 @@ int lsm_ep_phys_create(struct lsm_loop *loop, struct lsm_image *img, enum lsm_di
  * host clusters qcow2_writer_alloc hands out, zero ranges become zero
  * clusters, finish is the writer's finish.  reads_zero: zero ranges need
  * nothing (a new image without a backing file, or --target-is-zero).
- * reserve: the image is new, so expect() may extend the file ahead of the
- * writer (ext4 serialises O_DIRECT writes that extend a file); finish
- * trims what was not used. */
+ * LSM_EP_QCOW2_RESERVE: the image is new, so expect() may extend the file
+ * ahead of the writer (ext4 serialises O_DIRECT writes that extend a
+ * file); finish trims what was not used.  LSM_EP_QCOW2_TRIM: finish
+ * truncates the file to the image's final size (a resumed image, past
+ * whose end the interrupted run may have left clusters).  checkpoint:
+ * flush, then the writer's checkpoint (its tables consistent on disk, the
+ * image still marked incomplete). */
+#define LSM_EP_QCOW2_RESERVE 0x1u
+#define LSM_EP_QCOW2_TRIM    0x2u
 int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct lsm_file *f,
-                        bool reads_zero, bool reserve, struct lsm_ep **out);
+                        bool reads_zero, unsigned flags, struct lsm_ep **out);
 
 /* nbd.c (module lsm-endpoint-nbd, symbol "lsm_ep_nbd_create"): an NBD
  * export as a read-only source.  Extents from base:allocation, data with

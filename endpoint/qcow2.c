@@ -27,7 +27,7 @@ struct qcow2_ep {
     struct lsm_file *f;
     uint32_t cluster;
     bool reserve;             /* new image: expect() may extend the file */
-    bool reserved;
+    bool reserved;            /* finish truncates to the final size */
 };
 
 static int q_write(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
@@ -110,13 +110,18 @@ static int q_finish(struct lsm_ep *ep)
     return 0;
 }
 
-/* The writer has no checkpoint mode yet (its tables are consistent on disk
- * only after finish): refuse rather than let a journal call a flush a
- * checkpoint. */
+/* Flush the data, then the writer's checkpoint: its tables and refcounts
+ * consistent on disk, the image still marked incomplete. */
 static int q_checkpoint(struct lsm_ep *ep)
 {
-    return lsm_error(-ENOTSUP, "cannot checkpoint %s: the qcow2 writer has no checkpoint mode yet",
-                     ep->name);
+    struct qcow2_ep *qe = ep->priv;
+    int r = q_flush(ep);
+    if (r < 0)
+        return r;
+    r = qcow2_writer_checkpoint(qe->w);
+    if (r < 0)
+        lsm_error_prefix("cannot checkpoint %s", ep->name);
+    return r;
 }
 
 static void q_close(struct lsm_ep *ep)
@@ -136,7 +141,7 @@ static const struct lsm_ep_ops qcow2_ops = {
 };
 
 int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct lsm_file *f,
-                        bool reads_zero, bool reserve, struct lsm_ep **out)
+                        bool reads_zero, unsigned flags, struct lsm_ep **out)
 {
     struct qcow2_ep *qe = calloc(1, sizeof(*qe));
     if (!qe)
@@ -144,7 +149,8 @@ int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct ls
     qe->w = w;
     qe->f = f;
     qe->cluster = qcow2_writer_cluster_size(w);
-    qe->reserve = reserve;
+    qe->reserve = (flags & LSM_EP_QCOW2_RESERVE) != 0;
+    qe->reserved = (flags & LSM_EP_QCOW2_TRIM) != 0;
     qe->ep = (struct lsm_ep){
         .ops = &qcow2_ops,
         .name = f->path,

@@ -31,12 +31,15 @@
 #include "copysum.h"
 #endif
 #include "error.h"
+#include "journal.h"
 #include "limiter.h"
 #include "util.h"
 
 #define DEFAULT_REQUESTS 16
 #define DEFAULT_REQUEST_SIZE (1 * MiB)
 #define DEFAULT_BUFFER_SIZE (32 * MiB)
+#define DEFAULT_CHECKPOINT_BYTES (1 * GiB)
+#define DEFAULT_CHECKPOINT_MS 5000
 
 struct ctx;
 struct creq;
@@ -94,6 +97,14 @@ struct ctx {
     bool offload;
     int err;
     char errmsg[1024];          /* the first failure's message */
+
+    /* journal (NULL: none): see the journal_* hooks */
+    struct lsm_journal *j;
+    bool have_rest;
+    struct lsm_run rest;        /* the rest of a run cut where the done state changes */
+    bool ck_pending;            /* draining for a checkpoint */
+    uint64_t ck_bytes, ck_ns;   /* bytes_done and time at the last checkpoint */
+    uint64_t ck_every_bytes, ck_every_ns;
 };
 
 static bool cancelled(struct ctx *c)
@@ -123,8 +134,11 @@ static void set_cmd_err(struct ctx *c, int err)
     set_err(c, err);
 }
 
+static void journal_record(struct ctx *c, uint64_t start, uint64_t len);
+
 static int record(struct ctx *c, uint64_t start, uint64_t len)
 {
+    journal_record(c, start, len);
     if (!c->p->record)
         return 0;
     int r = c->p->record(c->p->opaque, start, len);
@@ -257,6 +271,123 @@ static void checksum_free(struct ctx *c)
     c->sum = NULL;
 }
 
+/* ---- Journal hooks (durable progress and resume) ----
+ *
+ * Small on purpose: the pipeline calls each at one place.
+ *   journal_record      a completed range (from record())
+ *   journal_skip_done   a run from the plan: cut away what the journal has done
+ *   journal_note        work is about to start up to an offset
+ *   journal_tick        time for a checkpoint? (then fill() starts nothing new)
+ *   journal_checkpoint  drained: the flow's checkpoint (destination, journal)
+ */
+
+static void take_run(struct ctx *c, uint64_t n);
+
+static void journal_record(struct ctx *c, uint64_t start, uint64_t len)
+{
+    if (c->j && len && lsm_journal_mark(c->j, start, len) < 0)
+        set_err(c, -ENOMEM);
+}
+
+/* Data copied again after a resume: the part of [start, start+len) that
+ * the interrupted run had started past its last checkpoint. */
+static void journal_count_redone(struct ctx *c, uint64_t start, uint64_t len)
+{
+    uint64_t lo = MAX(start, c->p->redo_lo), hi = MIN(start + len, c->p->redo_hi);
+    if (lo < hi)
+        c->st->bytes_redone += hi - lo;
+}
+
+/* Called with a fresh run in c->run: skip its done prefix (counted as
+ * skipped, not recorded again) and cut it where the done state changes, the
+ * rest kept in c->rest.  Returns true if nothing of the run is left. */
+static bool journal_skip_done(struct ctx *c)
+{
+    while (c->have_run) {
+        uint64_t end;
+        bool done = lsm_journal_done_at(c->j, c->run.start, &end);
+        uint64_t n = MIN(end - c->run.start, c->run.length);
+        if (!done) {
+            if (n < c->run.length) {
+                c->rest = c->run;
+                c->rest.start += n;
+                c->rest.length -= n;
+                if (c->rest.kind == LSM_RUN_DATA)
+                    c->rest.loc_off += n;
+                c->have_rest = true;
+                c->run.length = n;
+            }
+            return false;
+        }
+        c->st->bytes_skipped += n;
+        c->st->bytes_already_done += n;
+        take_run(c, n);
+    }
+    return true;
+}
+
+static int journal_note(struct ctx *c, uint64_t end)
+{
+    if (!c->j)
+        return 0;
+    int r = lsm_journal_note_reached(c->j, end);
+    return r < 0 ? set_err(c, r) : 0;
+}
+
+static void journal_tick(struct ctx *c)
+{
+    if (!c->j || c->ck_pending)
+        return;
+    if (c->st->bytes_done - c->ck_bytes >= c->ck_every_bytes ||
+        lsm_now_ns() - c->ck_ns >= c->ck_every_ns)
+        c->ck_pending = true;
+}
+
+/* Where the plan stands: everything below is done or recorded. */
+static uint64_t journal_frontier(struct ctx *c)
+{
+    if (c->have_run)
+        return c->run.start;
+    if (c->have_rest)
+        return c->rest.start;
+    return c->runs_done ? c->size : c->plan.pos;
+}
+
+/* The pipeline is drained: the flow makes everything recorded durable and
+ * says so in the journal. */
+static int journal_checkpoint(struct ctx *c)
+{
+    uint64_t t0 = lsm_now_ns();
+    int r = c->p->checkpoint ? c->p->checkpoint(c->p->checkpoint_opaque, journal_frontier(c))
+                             : lsm_ep_checkpoint(c->dst);
+    if (r < 0) {
+        if (!*lsm_last_error())
+            lsm_error(r, "cannot checkpoint %s", c->dst->name);
+        return set_err(c, r);
+    }
+    c->st->checkpoints++;
+    c->ck_pending = false;
+    c->ck_bytes = c->st->bytes_done;
+    c->ck_ns = lsm_now_ns();
+    c->st->checkpoint_seconds += (double)(c->ck_ns - t0) / 1e9;
+    return 0;
+}
+
+/* Data bytes of [start, start+len) the journal has done. */
+static uint64_t journal_done_in(const struct lsm_journal *j, uint64_t start, uint64_t len)
+{
+    uint64_t n = 0, end = start + len;
+    while (start < end) {
+        uint64_t e;
+        bool done = lsm_journal_done_at(j, start, &e);
+        e = MIN(MAX(e, start + 1), end);
+        if (done)
+            n += e - start;
+        start = e;
+    }
+    return n;
+}
+
 /* Next run of a source in host order: its data extents from `deferred` on
  * (what is below is written last).  Runs keep the source's extent
  * boundaries: every one starts on a cluster, and only the last one (at the
@@ -294,19 +425,27 @@ static int direct_next(struct ctx *c, struct lsm_run *r)
 
 static int peek_run(struct ctx *c)
 {
-    if (c->have_run)
-        return 1;
-    if (c->runs_done)
-        return 0;
-    int r = c->host_order ? direct_next(c, &c->run) : lsm_plan_next(&c->plan, &c->run);
-    if (r < 0)
-        return set_err(c, r);
-    if (r == 0) {
-        c->runs_done = true;
-        return 0;
+    for (;;) {
+        if (c->have_run)
+            return 1;
+        if (c->have_rest) {
+            c->run = c->rest;
+            c->have_rest = false;
+        } else {
+            if (c->runs_done)
+                return 0;
+            int r = c->host_order ? direct_next(c, &c->run) : lsm_plan_next(&c->plan, &c->run);
+            if (r < 0)
+                return set_err(c, r);
+            if (r == 0) {
+                c->runs_done = true;
+                return 0;
+            }
+        }
+        c->have_run = true;
+        if (!c->j || !journal_skip_done(c))
+            return 1;
     }
-    c->have_run = true;
-    return 1;
 }
 
 static void take_run(struct ctx *c, uint64_t n)
@@ -365,8 +504,10 @@ static void free_req(struct ctx *c, struct creq *q)
 
 static void req_done(struct ctx *c, struct creq *q)
 {
-    if (!q->zero_run)
+    if (!q->zero_run) {
         c->st->bytes_done += q->len;
+        journal_count_redone(c, q->start, q->len);
+    }
     record(c, q->start, q->len);
     free_req(c, q);
     progress(c);
@@ -551,6 +692,8 @@ static void start_request(struct ctx *c, struct creq *q)
  * command of its own (no buffer). */
 static void start_zero_run(struct ctx *c)
 {
+    if (journal_note(c, c->run.start + c->run.length) < 0)
+        return;
     struct creq *q = get_req(c);
     q->zero_run = true;
     q->writing = true;
@@ -607,7 +750,7 @@ static void fill(struct ctx *c)
             start_request(c, q);
             continue;
         }
-        if (c->active >= c->max_active)
+        if (c->ck_pending || c->active >= c->max_active)
             return;
         if (peek_run(c) != 1)
             return;
@@ -652,6 +795,8 @@ static void fill(struct ctx *c)
         struct creq *q = NULL;
         if (build_request(c, &q) <= 0)
             return;
+        if (!c->err)
+            journal_note(c, q->start + q->len);
         if (c->err) {
             free_req(c, q);
             return;
@@ -668,10 +813,16 @@ static int run_pipeline(struct ctx *c)
 {
     for (;;) {
         c->rl_wait_ns = 0;
+        journal_tick(c);
         fill(c);
         if (!lsm_loop_outstanding(c->loop)) {
             if (c->err || cancelled(c))
                 break;
+            if (c->ck_pending && !c->active && !c->held) {
+                if (journal_checkpoint(c) < 0)
+                    break;
+                continue;
+            }
             if (!c->held && c->runs_done && !c->have_run && !c->active)
                 break;
             if (c->rl_wait_ns) {
@@ -751,6 +902,10 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         return lsm_error(-EINVAL, "internal: copy of %" PRIu64 " bytes from a source of %" PRIu64,
                          c->size, src->caps.size);
     c->host_order = src->caps.host_order;
+    c->j = p->journal;
+    if (c->j && c->host_order)
+        return lsm_error(-EINVAL, "a journal needs a copy in guest order: not from %s's %s endpoint",
+                         src->name, src->ops->name);
     c->deferred = MIN(src->caps.deferred, c->size);
     c->granule = c->host_order ? src->caps.granule : dst->caps.granule;
     if (!is_pow2(c->granule) || !is_pow2(dst->caps.granule))
@@ -767,7 +922,8 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         lsm_plan_init(&c->plan, src, c->size, c->granule, p->absent_zero_mixed_is_data);
         while ((r = lsm_plan_next(&c->plan, &run)) > 0)
             if (run.kind == LSM_RUN_DATA || run.kind == LSM_RUN_MIXED)
-                st->bytes_total += run.length;
+                st->bytes_total += run.length -
+                                   (p->journal ? journal_done_in(p->journal, run.start, run.length) : 0);
         lsm_plan_init(&c->plan, src, c->size, c->granule, p->absent_zero_mixed_is_data);
     }
     if (r < 0)
@@ -831,6 +987,16 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
     /* offload copies bytes the checksum would not see */
     c->offload = p->offload && !p->checksum && dst->ops->copy_range;
 
+    if (c->j) {
+        /* Before the first write: the journal names what will be written
+         * (and a qcow2 destination gets consistent metadata at once). */
+        c->ck_every_bytes = p->checkpoint_bytes ? p->checkpoint_bytes : DEFAULT_CHECKPOINT_BYTES;
+        c->ck_every_ns = (p->checkpoint_ms ? p->checkpoint_ms : DEFAULT_CHECKPOINT_MS) * 1000000ULL;
+        r = journal_checkpoint(c);
+        if (r < 0)
+            goto out;
+        st->checkpoints = 0;
+    }
     progress(c);
     r = run_pipeline(c);
     if (r < 0)

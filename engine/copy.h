@@ -27,6 +27,7 @@
 #include "endpoint.h"
 #include "job.h"
 
+struct lsm_journal;
 struct lsm_limiter;
 
 /* ---- Plan: granule-aligned runs ----
@@ -125,6 +126,25 @@ struct lsm_engine_params {
     bool checksum;
     enum lsm_blkhash_alg checksum_alg;
     uint32_t checksum_block_size;     /* 0: 4 MiB */
+    /* Durable progress (journal.h, docs/resume.md), guest order only: every
+     * range recorded is marked in the journal, and runs it has done are
+     * skipped (counted as skipped and as already done).  Every
+     * checkpoint_bytes of data (0: 1 GiB) or checkpoint_ms (0: 5000), and
+     * once before the first write, the pipeline stops issuing, drains (every
+     * completed write delivered) and calls checkpoint(opaque, frontier):
+     * the flow makes the destination durable and consistent
+     * (lsm_ep_checkpoint) and saves the journal; frontier is the offset
+     * below which everything is done or recorded.  Before each request or
+     * zero run the journal notes how far work has started
+     * (lsm_journal_note_reached).  Data copied inside [redo_lo, redo_hi)
+     * (the interrupted run's work past its last checkpoint) counts as
+     * redone. */
+    struct lsm_journal *journal;
+    uint64_t checkpoint_bytes;
+    unsigned checkpoint_ms;
+    uint64_t redo_lo, redo_hi;
+    int (*checkpoint)(void *checkpoint_opaque, uint64_t frontier);
+    void *checkpoint_opaque;
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;
     lsm_copy_progress_fn progress;
@@ -140,6 +160,10 @@ struct lsm_engine_stats {
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
+    uint64_t bytes_already_done;/* journal: done before (also in bytes_skipped) */
+    uint64_t bytes_redone;   /* journal: data in [redo_lo, redo_hi) copied again */
+    unsigned checkpoints;    /* journal: checkpoints after the first */
+    double checkpoint_seconds;/* time spent in checkpoints (drain excluded) */
     bool offload;            /* some bytes went through the destination's copy_range */
     bool checksummed;        /* params.checksum: checksum holds the digest (lower-case hex) */
     char checksum[LSM_BLKHASH_HEX_LEN];

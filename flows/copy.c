@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backends.h"
@@ -23,8 +24,11 @@
 #include "error.h"
 #include "fileid.h"
 #include "flow-copy.h"
+#include "journal.h"
+#include "json-util.h"
 #include "lock.h"
 #include "module.h"
+#include "qcow2/qcow2-ident.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
 
@@ -161,8 +165,11 @@ static int open_nbd(const struct lsm_copy_opts *o, struct lsm_loop *loop, struct
 
 /* The destination as this copy sees it. */
 struct dst {
+    const char *path;
     struct lsm_file *f;
     struct qcow2_writer *w;     /* qcow2 destination in guest order, else NULL */
+    struct lsm_ep *ep;
+    uint64_t size;              /* guest size */
     bool created;               /* this copy created the file (O_EXCL): remove on failure */
     bool fresh;                 /* empty at the start (created, or emptied after the checks) */
     bool touched;               /* checks passed: writing may have begun (for an
@@ -170,11 +177,272 @@ struct dst {
     bool reads_zero;
 };
 
+/* ---- The journal (docs/resume.md): identities, options, checkpoints ----
+ *
+ * The engine marks ranges, skips what is done and drains at checkpoints;
+ * what a checkpoint writes and what a resume compares is here. */
+
+struct flow_journal {
+    const struct lsm_copy_opts *o;
+    struct dst *d;
+    struct lsm_journal *j;
+    struct lsm_journal_file *files;   /* identities: sources, then the destination */
+    size_t nfiles;
+    bool first;                       /* the checkpoint before the first write */
+    uint64_t frontier0, reached0;     /* resume: the interrupted run's window */
+};
+
+static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t granule,
+                                    uint64_t size, uint32_t cluster, bool reads_zero)
+{
+    json_object *j = json_object_new_object();
+    json_object_object_add(j, "format", json_object_new_string(o->dst_fmt == LSM_FMT_QCOW2 ?
+                                                               "qcow2" : "raw"));
+    json_object_object_add(j, "size", json_object_new_int64((int64_t)size));
+    json_object_object_add(j, "granule", json_object_new_int64((int64_t)granule));
+    json_object_object_add(j, "cluster_size", json_object_new_int64(cluster));
+    json_object_object_add(j, "one_layer", json_object_new_boolean(o->backing != NULL));
+    json_object_object_add(j, "backing", o->backing ? lsm_json_string(o->backing) : NULL);
+    json_object_object_add(j, "backing_format", o->backing_fmt == LSM_FMT_AUTO ? NULL :
+                           json_object_new_string(lsm_format_name(o->backing_fmt)));
+    json_object_object_add(j, "reads_zero", json_object_new_boolean(reads_zero));
+    return j;
+}
+
+/* -ESTALE naming the first option that differs. */
+static int journal_check_options(json_object *want, json_object *have)
+{
+    json_object_object_foreach(want, key, val) {
+        json_object *h = NULL;
+        if (!json_object_object_get_ex(have, key, &h) || !json_object_equal(val, h))
+            return lsm_error(-ESTALE, "the journal was written for another copy (its %s is %s, "
+                             "this one's %s)", key, h ? json_object_to_json_string(h) : "missing",
+                             json_object_to_json_string(val));
+    }
+    return 0;
+}
+
+/* Identities of every file of the source chain, plus a last slot for the
+ * destination (filled at each checkpoint). */
+static int journal_src_idents(struct lsm_image *img, struct lsm_journal_file **out, size_t *nout)
+{
+    unsigned n = lsm_chain_length(img);
+    struct lsm_journal_file *v = calloc(2 * (size_t)n + 1, sizeof *v);
+    if (!v)
+        return lsm_error(-ENOMEM, "out of memory");
+    size_t k = 0;
+    int r = 0;
+    for (unsigned i = 0; i < n && r == 0; i++) {
+        struct lsm_image *l = lsm_chain_layer(img, i);
+        for (int data = 0; data < 2 && r == 0; data++) {
+            int fd = data ? l->data_fd : l->fd;
+            if (data && (fd < 0 || fd == l->fd))
+                continue;
+            struct lsm_journal_file *f = &v[k++];
+            struct stat sb;
+            if (asprintf(&f->role, "%s%s%.0u", data ? "data file of " : "",
+                         i ? "backing " : "source", i) < 0) {
+                f->role = NULL;
+                r = lsm_error(-ENOMEM, "out of memory");
+                break;
+            }
+            f->path = strdup(data && l->data_filename ? l->data_filename : l->filename);
+            if (!f->path) {
+                r = lsm_error(-ENOMEM, "out of memory");
+                break;
+            }
+            if (fstat(fd, &sb) < 0) {
+                r = lsm_error_errno(-errno, "cannot stat %s", f->path);
+                break;
+            }
+            bool blk = S_ISBLK(sb.st_mode);
+            f->dev = blk ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
+            f->ino = blk ? 0 : (uint64_t)sb.st_ino;
+            f->size = data || blk ? (uint64_t)sb.st_size : l->file_size;
+            if (blk)
+                f->size = l->file_size;
+            f->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+            if (!data && l->format == LSM_FMT_QCOW2) {
+                r = qcow2_ident_hash(fd, &f->hash);
+                f->has_hash = r > 0;
+                if (r > 0)
+                    r = 0;
+            }
+        }
+    }
+    /* the destination's slot */
+    if (r == 0 && (!(v[k].role = strdup("destination")) || !(v[k].path = strdup(""))))
+        r = lsm_error(-ENOMEM, "out of memory");
+    if (r < 0) {
+        for (size_t i = 0; i <= k; i++)
+            lsm_journal_file_clear(&v[i]);
+        free(v);
+        return r;
+    }
+    *out = v;
+    *nout = k + 1;
+    return 0;
+}
+
+/* The journal is neither a source file nor the destination, by identity
+ * or by the place it will be created at. */
+static int journal_alias(const struct lsm_copy_opts *o, const struct lsm_fileid_set *srcids)
+{
+    struct lsm_fileid id;
+    int r = lsm_fileid_path(o->journal, &id);
+    if (r == 0) {
+        const struct lsm_fileid_entry *e = lsm_fileid_set_find(srcids, &id);
+        if (e)
+            return lsm_error(-EINVAL, "refusing journal %s: it is %s, which this copy reads",
+                             o->journal, e->name);
+    } else if (r != -ENOENT) {
+        return r;
+    }
+    struct lsm_filekey kj = { 0 }, kd = { 0 };
+    r = lsm_filekey_get(o->journal, &kj);
+    if (r == 0)
+        r = lsm_filekey_get(o->dst_path, &kd);
+    bool same = r == 0 && lsm_filekey_same(&kj, &kd);
+    lsm_filekey_free(&kj);
+    lsm_filekey_free(&kd);
+    if (r < 0)
+        return r;
+    if (same)
+        return lsm_error(-EINVAL, "refusing journal %s: it is the destination", o->journal);
+    return 0;
+}
+
+/* The destination's identity as this checkpoint leaves it. */
+static int journal_dst_ident(struct dst *d, struct lsm_journal_file *f)
+{
+    struct stat sb;
+    if (fstat(d->f->fd, &sb) < 0)
+        return lsm_error_errno(-errno, "cannot stat %s", d->path);
+    f->dev = S_ISBLK(sb.st_mode) ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
+    f->ino = S_ISBLK(sb.st_mode) ? 0 : (uint64_t)sb.st_ino;
+    f->mtime_ns = -1;       /* written after every checkpoint */
+    f->has_hash = f->has_hash_next = false;
+    /* A qcow2 grows past its checkpoint: its header and L1 say what the
+     * checkpoint left (qcow2-ident.h); a raw file keeps its size. */
+    f->size = d->w ? 0 : (S_ISBLK(sb.st_mode) ? d->f->size : (uint64_t)sb.st_size);
+    if (d->w) {
+        int r = qcow2_ident_hash(d->f->fd, &f->hash);
+        if (r < 0)
+            return r;
+        f->has_hash = r > 0;
+    }
+    return 0;
+}
+
+/* The engine's checkpoint: it has drained; make everything recorded
+ * durable (the destination's checkpoint), then say so in the journal. */
+static int journal_checkpoint(void *opaque, uint64_t frontier)
+{
+    struct flow_journal *fj = opaque;
+    struct dst *d = fj->d;
+    int r = lsm_ep_flush(d->ep);
+    if (r < 0)
+        return r;
+    struct lsm_journal_file *df = &fj->files[fj->nfiles - 1];
+    if (d->w && fj->j->saved) {
+        /* A kill while the writer writes its metadata leaves the image at
+         * this checkpoint or the last one: the journal (still with the
+         * last one's done ranges) accepts both. */
+        r = qcow2_writer_checkpoint_hash(d->w, &df->hash_next);
+        df->has_hash_next = r == 0;
+        if (r == 0)
+            r = lsm_journal_set_files(fj->j, fj->files, fj->nfiles);
+        if (r == 0)
+            r = lsm_journal_save(fj->j);
+        if (r < 0) {
+            lsm_error_prefix("cannot checkpoint %s", d->path);
+            return r;
+        }
+    }
+    r = lsm_ep_checkpoint(d->ep);   /* qcow2: the writer's checkpoint */
+    if (r < 0)
+        return r;
+    lsm_journal_commit(fj->j);       /* what was recorded is durable now */
+    r = journal_dst_ident(d, df);
+    if (r == 0)
+        r = lsm_journal_set_files(fj->j, fj->files, fj->nfiles);
+    if (r < 0)
+        return r;
+    fj->j->frontier = frontier;
+    r = lsm_journal_save(fj->j);
+    if (r < 0)
+        return r;
+    if (fj->first) {
+        fj->first = false;
+        if (fj->o->resume && (fj->frontier0 || fj->reached0)) {
+            /* Keep the interrupted run's window: its work past the frontier
+             * is what this run redoes. */
+            fj->j->frontier = fj->frontier0;
+            r = lsm_journal_save(fj->j);
+            if (r == 0)
+                r = lsm_journal_note_reached(fj->j, fj->reached0);
+        }
+    }
+    return r;
+}
+
+/* The destination is open: a new journal, or the loaded one checked
+ * against this job (options, then every file).  Takes jl. */
+static int journal_setup(struct flow_journal *fj, struct lsm_image *img, struct lsm_journal *jl,
+                         uint64_t granule, uint32_t cluster)
+{
+    const struct lsm_copy_opts *o = fj->o;
+    struct dst *d = fj->d;
+    json_object *opts = journal_options(o, granule, d->size, cluster, d->reads_zero);
+    if (!opts) {
+        lsm_journal_free(jl);
+        return lsm_error(-ENOMEM, "out of memory");
+    }
+    int r = journal_src_idents(img, &fj->files, &fj->nfiles);
+    if (r == 0)
+        r = journal_dst_ident(d, &fj->files[fj->nfiles - 1]);
+    if (r == 0) {
+        free(fj->files[fj->nfiles - 1].path);
+        fj->files[fj->nfiles - 1].path = strdup(d->path);
+    }
+    if (r < 0) {
+        json_object_put(opts);
+        lsm_journal_free(jl);
+        return r;
+    }
+    fj->first = true;
+    if (!jl)
+        return lsm_journal_new(o->journal, d->size, granule, opts, &fj->j);
+    fj->j = jl;
+    r = journal_check_options(opts, jl->options);
+    json_object_put(opts);
+    if (r == 0)
+        r = lsm_journal_check_files(jl, fj->files, fj->nfiles);
+    if (r < 0) {
+        lsm_error_prefix("cannot resume from %s", o->journal);
+        return r;
+    }
+    fj->frontier0 = jl->frontier;
+    fj->reached0 = jl->reached;
+    return 0;
+}
+
+static void journal_free(struct flow_journal *fj)
+{
+    lsm_journal_free(fj->j);
+    if (fj->files)
+        for (size_t i = 0; i < fj->nfiles; i++)
+            lsm_journal_file_clear(&fj->files[i]);
+    free(fj->files);
+}
+
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 {
     memset(st, 0, sizeof(*st));
     uint64_t t0 = lsm_now_ns();
-    struct dst d = { 0 };
+    struct dst d = { .path = o->dst_path };
+    struct flow_journal fj = { .o = o, .d = &d };
+    struct lsm_journal *jl = NULL;
     struct lsm_image *img = NULL;
     struct lsm_loop *loop = NULL;
     struct lsm_ep *src = NULL, *dep = NULL;
@@ -194,6 +462,40 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         return lsm_error(-EINVAL, "--target-is-zero needs -n");
     if ((r = checksum_check_opts(o)) < 0)
         return r;
+    /* A resume writes into the destination the journal names: never
+     * created, never emptied. */
+    bool no_create = o->no_create || o->resume;
+    if (o->resume && !o->journal)
+        return lsm_error(-EINVAL, "--resume needs --journal");
+    if (o->journal) {
+        if (lsm_is_nbd_uri(o->src_path))
+            return lsm_error(-EINVAL, "--journal needs an image source: %s cannot be identified "
+                             "on resume", o->src_path);
+        if (o->physical == LSM_PHYSICAL_ALWAYS)
+            return lsm_error(-EINVAL, "--journal copies in guest order: not with --physical");
+        struct stat sb;
+        if (!o->resume && lstat(o->journal, &sb) == 0)
+            return lsm_error(-EEXIST, "journal %s exists: add --resume to continue its copy, or "
+                             "remove it", o->journal);
+        if (o->resume) {
+            r = lsm_journal_load(o->journal, &jl);
+            if (r < 0)
+                return r;
+            /* what can be compared before DST is opened */
+            json_object *early = journal_options(o, 0, 0, 0, false);
+            json_object_object_del(early, "granule");
+            json_object_object_del(early, "size");
+            json_object_object_del(early, "cluster_size");
+            json_object_object_del(early, "reads_zero");
+            r = journal_check_options(early, jl->options);
+            json_object_put(early);
+            if (r < 0) {
+                lsm_journal_free(jl);
+                lsm_error_prefix("cannot resume from %s", o->journal);
+                return r;
+            }
+        }
+    }
 
     /* One loop for both ends: one io_uring ring for the source reads and
      * the destination writes. */
@@ -208,7 +510,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
         r = lsm_loop_create(&lc, &loop);
         if (r < 0)
-            return r;
+            goto out;
         r = open_nbd(o, loop, &src);
         if (r < 0)
             goto out;
@@ -217,7 +519,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                            o->force_share ? LSM_OPEN_FORCE_SHARE : 0, &img);
         if (r < 0) {
             st->src_busy = r == -EAGAIN;
-            return r;
+            goto out;
         }
         r = lsm_loop_create(&lc, &loop);
         if (r < 0)
@@ -234,7 +536,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
         physical = true;
-    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum) {
+    } else if (o->physical == LSM_PHYSICAL_AUTO && !o->checksum && !o->journal) {
         r = physical_applies(o, img, false);
         if (r < 0)
             goto out;
@@ -278,12 +580,17 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = dst_is_own_backing(o);
     if (r < 0)
         goto out;
+    if (o->journal) {
+        r = journal_alias(o, &srcids);
+        if (r < 0)
+            goto out;
+    }
     /* Created only with O_EXCL, never opened with O_TRUNC: only a file this
      * copy created is removed on failure.  An existing file is opened as it
      * is, checked (a regular file or block device, not a source file, not
      * locked by anyone), and only then emptied. */
     unsigned fflags = LSM_FILE_READ | LSM_FILE_WRITE |
-                      (o->no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_MAY_EXIST);
+                      (no_create ? 0 : LSM_FILE_CREATE | LSM_FILE_MAY_EXIST);
     r = lsm_file_open(o->dst_path, fflags, o->direct, &d.f);
     if (r < 0)
         goto out;
@@ -300,12 +607,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         goto out;
     }
     d.touched = true;
-    if (!o->no_create && !d.created && !d.f->is_blockdev) {
+    if (!no_create && !d.created && !d.f->is_blockdev) {
         r = lsm_file_truncate(d.f, 0);
         if (r < 0)
             goto out;
     }
-    d.fresh = !o->no_create && !d.f->is_blockdev;
+    d.fresh = !no_create && !d.f->is_blockdev;
     if (cluster && d.f->offset_align > cluster) {
         /* Cluster smaller than the O_DIRECT alignment: buffered I/O. */
         if (o->direct == LSM_DIRECT_ALWAYS) {
@@ -348,11 +655,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         if (r < 0)
             goto out;
     } else if (o->dst_fmt == LSM_FMT_QCOW2) {
-        if (o->no_create) {
+        if (no_create) {
             /* Nothing is written before the writer's first change
              * (qcow2_writer_changed), so its refusals leave DST as it was. */
             d.touched = false;
-            r = qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
+            r = o->resume ? qcow2_writer_resume(d.f->fd, d.f->offset_align, &d.w)
+                          : qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
             if (r < 0)
                 goto out;
             if (qcow2_writer_virtual_size(d.w) < vsize) {
@@ -374,7 +682,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             d.reads_zero = !o->backing;
         }
     } else {
-        if (o->no_create || d.f->is_blockdev) {
+        if (no_create || d.f->is_blockdev) {
             if (d.f->size < vsize) {
                 r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
                               o->dst_path, d.f->size, o->src_path, vsize);
@@ -390,18 +698,37 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         }
     }
 
+    d.size = vsize;
+    if (jl && jl->options) {
+        /* A resumed destination reads as zero where the first run found it so. */
+        json_object *rz;
+        if (json_object_object_get_ex(jl->options, "reads_zero", &rz) &&
+            json_object_is_type(rz, json_type_boolean))
+            d.reads_zero = json_object_get_boolean(rz);
+    }
+
     /* Offload (reflink, copy_file_range) applies to raw data copied as it
      * is: a raw source without a backing file, a raw destination. */
-    bool offload = o->offload && !o->checksum && !physical && !d.w && img &&
+    bool offload = o->offload && !o->checksum && !o->journal && !physical && !d.w && img &&
                    img->format == LSM_FMT_RAW && !img->backing;
     if (d.w)
-        r = lsm_ep_qcow2_create(loop, d.w, d.f, d.reads_zero, d.fresh, &dep);
+        r = lsm_ep_qcow2_create(loop, d.w, d.f, d.reads_zero,
+                                (d.fresh ? LSM_EP_QCOW2_RESERVE : 0) |
+                                /* finish trims what an interrupted run left past the end */
+                                (o->resume && !d.f->is_blockdev ? LSM_EP_QCOW2_TRIM : 0), &dep);
     else
         r = lsm_ep_file_create(loop, d.f, dsize,
                                (d.reads_zero ? LSM_EP_FILE_READS_ZERO : 0) |
                                (offload ? LSM_EP_FILE_OFFLOAD : 0), &dep);
     if (r < 0)
         goto out;
+    d.ep = dep;
+    if (o->journal) {
+        r = journal_setup(&fj, img, jl, dep->caps.granule, cluster);
+        jl = NULL;
+        if (r < 0)
+            goto out;
+    }
 
     struct lsm_engine_params ep = {
         .size = physical ? img->file_size : vsize,
@@ -415,6 +742,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .checksum_alg = o->checksum_alg,
         .checksum_block_size = o->checksum_block_size,
         .absent_zero_mixed_is_data = o->backing != NULL,
+        .journal = fj.j,
+        .checkpoint_bytes = o->checkpoint_bytes,
+        .checkpoint_ms = o->checkpoint_ms,
+        .redo_lo = fj.frontier0,
+        .redo_hi = fj.reached0,
+        .checkpoint = fj.j ? journal_checkpoint : NULL,
+        .checkpoint_opaque = &fj,
         .cancel = o->cancel,
         .record = o->record,
         .progress = o->progress,
@@ -424,6 +758,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = lsm_engine_copy(src, dep, &ep, &es);
     if (r < 0)
         goto out;
+    if (fj.j)
+        lsm_journal_remove(fj.j);   /* the job is complete: only the file we saved */
 
     if (physical) {
         /* The engine wrote the header cluster last (the copy the source
@@ -454,6 +790,10 @@ out:
     st->bytes_zeroed = es.bytes_zeroed;
     st->bytes_skipped = es.bytes_skipped;
     st->bytes_offloaded = es.bytes_offloaded;
+    st->bytes_already_done = es.bytes_already_done;
+    st->bytes_redone = es.bytes_redone;
+    st->checkpoints = es.checkpoints;
+    st->checkpoint_seconds = es.checkpoint_seconds;
     st->checksummed = es.checksummed;
     memcpy(st->checksum, es.checksum, sizeof(st->checksum));
     lsm_loop_destroy(loop);   /* waits for anything still in flight */
@@ -463,6 +803,11 @@ out:
         if (qcow2_writer_changed(d.w))
             d.touched = true;
         qcow2_writer_close(d.w);
+    }
+    if (r < 0 && fj.j && fj.j->saved) {
+        /* The journal names the destination: both stay for --resume. */
+        d.created = false;
+        st->journal_kept = true;
     }
     if (r < 0 && d.f) {
         /* Removed only if this copy created it and the name still leads
@@ -477,6 +822,8 @@ out:
         lsm_file_close(d.f);
     }
     lsm_fileid_set_free(&srcids);
+    journal_free(&fj);
+    lsm_journal_free(jl);
     if (img)
         lsm_image_close(img);
     st->seconds = (double)(lsm_now_ns() - t0) / 1e9;

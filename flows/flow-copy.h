@@ -61,6 +61,15 @@ struct lsm_copy_opts {
     enum lsm_blkhash_alg checksum_alg;
     uint32_t checksum_block_size;     /* 0: 4 MiB */
 
+    /* Durable progress (docs/resume.md): with journal, the done ranges go to
+     * that file at checkpoints, every checkpoint_bytes of data or
+     * checkpoint_ms, whichever comes first; resume continues the job the
+     * journal describes (DST must be the one it names, nothing changed). */
+    const char *journal;
+    bool resume;
+    uint64_t checkpoint_bytes;        /* 0: 1 GiB */
+    unsigned checkpoint_ms;           /* 0: 5000 */
+
     unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
                                          (0: 30 s to connect, 60 s per request) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
@@ -83,9 +92,15 @@ struct lsm_copy_stats {
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
     uint64_t bytes_offloaded;
+    uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
+    uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
+                                checkpoint (between the journal's frontier and reached mark) */
+    unsigned checkpoints;
+    double checkpoint_seconds;/* time spent in checkpoints (drain excluded) */
     double seconds;
     bool dst_incomplete;     /* on failure: an existing destination may be partly written */
     bool dst_removed;        /* on failure: destination created by us removed */
+    bool journal_kept;       /* on failure: the journal is kept for a resume */
     bool src_busy;           /* on failure: another process holds the source for writing */
     bool checksummed;        /* opts.checksum: checksum holds the digest (lower-case hex) */
     char checksum[LSM_BLKHASH_HEX_LEN];

@@ -5,6 +5,8 @@
  *   clusters 1..n        L1 table (sized for the virtual size, written at finish)
  *   then, in call order  L2 tables (allocated on demand) and data runs
  *   at finish            refcount table, then refcount blocks, at the end
+ *                        (or, when it still covers the image, in the area
+ *                        the last checkpoint placed at the end then)
  *
  * Refcounts: the writer never frees, so every cluster below the end of the
  * image has refcount 1, except a "free set": in an image we opened, the
@@ -43,6 +45,7 @@
 #include "fileio.h"
 #include "image-internal.h"
 #include "qcow2.h"
+#include "qcow2-ident.h"
 #include "qcow2-writer.h"
 #include "util.h"
 
@@ -115,12 +118,22 @@ struct qcow2_writer {
     bool marked;                /* the incomplete bit is on disk (and in hdr) */
     uint64_t open_limit;        /* opening: clusters in use must end below this (bytes) */
     bool rebuild;               /* opened incomplete: refcounts are rebuilt from the references */
+    bool resume;                /* opened by qcow2_writer_resume: garbage past the references is reused */
+
+    /* Refcount area of the last checkpoint (clusters; rc_nrt 0: none): the
+     * table (rc_nrt clusters) then the blocks (rc_nrb), rewritten in place by
+     * later checkpoints and by finish while they cover the image. */
+    uint64_t rc_start, rc_nrt, rc_nrb;
+    bool hdr_dirty;             /* hdr names an area the header on disk does not */
 
     int failed;                 /* first write error: the writer is unusable */
     bool finished;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
+
+static uint64_t area_capacity(const struct qcow2_writer *w);
+
 
 static void *aligned_alloc_zero(size_t len)
 {
@@ -1133,7 +1146,7 @@ static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow
     return 0;
 }
 
-int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
+static int writer_open(int fd, uint32_t align, bool resume, struct qcow2_writer **out)
 {
     if (!is_pow2(align) || align > (1u << QCOW2_MAX_CLUSTER_BITS))
         return lsm_error(-EINVAL, "invalid I/O alignment %u", align);
@@ -1173,6 +1186,11 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
      * on disk already, and the refcounts on disk may miss clusters that
      * writer allocated; rebuild them from the references. */
     w->rebuild = w->marked = h->incompatible_features & QCOW2_INCOMPAT_LSM_INCOMPLETE;
+    w->resume = resume;
+    if (resume && !w->rebuild) {
+        r = lsm_error(-EINVAL, "image is not marked incomplete by lsm-sync: nothing to resume");
+        goto fail;
+    }
     uint8_t *hdr = aligned_alloc_zero(w->cluster_size);
     if (!hdr) {
         r = lsm_error(-ENOMEM, "cannot allocate a header buffer");
@@ -1219,7 +1237,10 @@ int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
     /* The end of the image: past the last used cluster and, for a regular
      * file, past its end (never overwrite anything that is there). */
     end = used_end;
-    if (!w->is_blockdev)
+    /* A resumed image of ours: what lies past its refcounts and references
+     * is what the interrupted writer wrote after its last checkpoint and
+     * never referenced, garbage that new clusters reuse. */
+    if (!w->is_blockdev && !w->resume)
         end = MAX(end, div_round_up(fsize, w->cluster_size));
     if (end == 0 || end > (QCOW2_MAX_HOST_OFFSET >> cbits)) {
         r = lsm_error(-EINVAL, "corrupt image: invalid end of image");
@@ -1279,6 +1300,16 @@ fail:
     free(m.bits);
     qcow2_writer_close(w);
     return r;
+}
+
+int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
+{
+    return writer_open(fd, align, false, out);
+}
+
+int qcow2_writer_resume(int fd, uint32_t align, struct qcow2_writer **out)
+{
+    return writer_open(fd, align, true, out);
 }
 
 /* ---- finish ------------------------------------------------------------- */
@@ -1373,30 +1404,22 @@ uint64_t qcow2_writer_end(const struct qcow2_writer *w)
 
 uint64_t qcow2_writer_final_size(const struct qcow2_writer *w)
 {
-    if (w->finished)
+    if (w->finished || (w->rc_nrt && area_capacity(w) >= w->next_free >> w->cluster_bits))
         return w->next_free;
     uint64_t nrt, nrb;
     refcount_layout(w, w->next_free >> w->cluster_bits, &nrt, &nrb);
     return w->next_free + ((nrt + nrb) << w->cluster_bits);
 }
 
-static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
+/* Write a refcount table of nrt clusters at cluster rt_c, its nrb blocks
+ * right after it, counting clusters [0, total): refcount 1 except the free
+ * set.  The area must lie below total and outside the free set. */
+static int write_refcount_area(struct qcow2_writer *w, uint64_t rt_c, uint64_t nrt, uint64_t nrb,
+                               uint64_t total)
 {
     uint64_t cs = w->cluster_size;
     uint64_t rb_entries = cs * 8 >> w->refcount_order;
-    uint64_t e = w->next_free >> w->cluster_bits;
-    uint64_t nrb, nrt;
-    refcount_layout(w, e, &nrt, &nrb);
-    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
-        return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table of %"
-                         PRIu64 " bytes, over QEMU's limit of %u: use larger clusters or "
-                         "fewer refcount bits", e, nrt * cs, QCOW2_MAX_REFTABLE_BYTES);
-    int r = check_room(w, (nrt + nrb) * cs, "refcount structures");
-    if (r < 0)
-        return writer_failed(w, r);
-
-    uint64_t total = e + nrt + nrb;
-    uint64_t rt_off = e * cs, rb_off = (e + nrt) * cs;
+    uint64_t rt_off = rt_c * cs, rb_off = (rt_c + nrt) * cs;
     size_t chunk = MAX(cs, STREAM_BYTES);
     _cleanup_free_ uint8_t *buf = aligned_alloc_zero(chunk);
     if (!buf)
@@ -1410,12 +1433,12 @@ static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_
         for (uint64_t b = b0; b < b0 + n && b < nrb; b++)
             be64_put(buf + (b - b0) * 8, rb_off + b * cs);
         uint64_t off = rt_off + b0 * 8;
-        r = pwrite_full(w->fd, buf, n * 8, off);
+        int r = pwrite_full(w->fd, buf, n * 8, off);
         if (r < 0)
             return writer_failed(w, lsm_error_errno(r, "cannot write refcount table at 0x%" PRIx64, off));
     }
 
-    /* Refcount blocks: 1 below the end, except the free set. */
+    /* Refcount blocks: 1 below total, except the free set. */
     size_t fi = 0;
     uint64_t blocks_per_chunk = chunk / cs;
     for (uint64_t b0 = 0; b0 < nrb; b0 += blocks_per_chunk) {
@@ -1440,13 +1463,158 @@ static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_
             }
         }
         uint64_t off = rb_off + b0 * cs;
-        r = pwrite_full(w->fd, buf, nb * cs, off);
+        int r = pwrite_full(w->fd, buf, nb * cs, off);
         if (r < 0)
             return writer_failed(w, lsm_error_errno(r, "cannot write refcount block at 0x%" PRIx64, off));
     }
+    return 0;
+}
+
+/* Clusters the checkpoint area counts. */
+static uint64_t area_capacity(const struct qcow2_writer *w)
+{
+    return w->rc_nrb * ((uint64_t)w->cluster_size * 8 >> w->refcount_order);
+}
+
+/* The checkpoint area no longer counts the image: it becomes free space
+ * (refcount 0; never reused, like all free clusters). */
+static int drop_area(struct qcow2_writer *w)
+{
+    if (!w->rc_nrt)
+        return 0;
+    int r = free_add(w, w->rc_start, w->rc_start + w->rc_nrt + w->rc_nrb);
+    if (r < 0)
+        return r;
+    free_normalize(w, w->next_free >> w->cluster_bits);
+    w->rc_nrt = w->rc_nrb = 0;
+    return 0;
+}
+
+static int write_refcounts(struct qcow2_writer *w, uint64_t *rt_off_out, uint32_t *rt_clusters_out)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t e = w->next_free >> w->cluster_bits;
+    if (w->rc_nrt && area_capacity(w) >= e) {
+        /* The last checkpoint's area still covers the image: in place. */
+        int r = write_refcount_area(w, w->rc_start, w->rc_nrt, w->rc_nrb, e);
+        if (r < 0)
+            return r;
+        *rt_off_out = w->rc_start * cs;
+        *rt_clusters_out = (uint32_t)w->rc_nrt;
+        return 0;
+    }
+    int r = drop_area(w);
+    if (r < 0)
+        return r;
+    uint64_t nrb, nrt;
+    refcount_layout(w, e, &nrt, &nrb);
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table of %"
+                         PRIu64 " bytes, over QEMU's limit of %u: use larger clusters or "
+                         "fewer refcount bits", e, nrt * cs, QCOW2_MAX_REFTABLE_BYTES);
+    r = check_room(w, (nrt + nrb) * cs, "refcount structures");
+    if (r < 0)
+        return writer_failed(w, r);
+    uint64_t total = e + nrt + nrb;
+    r = write_refcount_area(w, e, nrt, nrb, total);
+    if (r < 0)
+        return r;
     w->next_free = total * cs;
-    *rt_off_out = rt_off;
+    *rt_off_out = e * cs;
     *rt_clusters_out = (uint32_t)nrt;
+    return 0;
+}
+
+/* Write the cached L2 tables and the L1 table. */
+static int write_tables(struct qcow2_writer *w)
+{
+    int r = flush_l2(w);
+    if (r < 0)
+        return r;
+    if (w->l1_size) {
+        size_t len = align_up((uint64_t)w->l1_size * 8, w->align);
+        r = pwrite_full(w->fd, w->l1, len, w->l1_offset);
+        if (r < 0)
+            return writer_failed(w, lsm_error_errno(r, "cannot write L1 table at 0x%" PRIx64,
+                                                    w->l1_offset));
+    }
+    return 0;
+}
+
+/* The refcount area the next checkpoint writes: the current one while it
+ * covers the image, else a new one at the end (the header in memory names
+ * it; hdr_dirty until the header is on disk). */
+static int prepare_area(struct qcow2_writer *w)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t e = w->next_free >> w->cluster_bits;
+    if (w->rc_nrt && area_capacity(w) >= e)
+        return 0;
+    /* Sized for twice the image as it is now: areas move O(log(size))
+     * times, and the old ones (free space) add up to less than the last. */
+    uint64_t nrt, nrb;
+    refcount_layout(w, 2 * e, &nrt, &nrb);
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        refcount_layout(w, e, &nrt, &nrb);
+    if (nrt * cs > QCOW2_MAX_REFTABLE_BYTES)
+        return lsm_error(-EFBIG, "image of %" PRIu64 " clusters needs a refcount table "
+                         "over QEMU's limit of %u: use larger clusters or fewer refcount "
+                         "bits", e, QCOW2_MAX_REFTABLE_BYTES);
+    int r = check_room(w, (nrt + nrb) * cs, "checkpoint refcount structures");
+    if (r < 0)
+        return r;
+    r = drop_area(w);
+    if (r < 0)
+        return r;
+    w->rc_start = e;
+    w->rc_nrt = nrt;
+    w->rc_nrb = nrb;
+    w->next_free += (nrt + nrb) * cs;
+    be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), w->rc_start * cs);
+    be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), (uint32_t)w->rc_nrt);
+    w->hdr_dirty = true;
+    return 0;
+}
+
+int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash)
+{
+    int r = check_usable(w);
+    if (r == 0)
+        r = mark_incomplete(w);
+    if (r == 0)
+        r = prepare_area(w);
+    if (r < 0)
+        return r;
+    *hash = qcow2_ident_hash_buffers(w->hdr, w->cluster_size, w->l1, (size_t)w->l1_size * 8);
+    return 0;
+}
+
+int qcow2_writer_checkpoint(struct qcow2_writer *w)
+{
+    int r = check_usable(w);
+    if (r == 0)
+        r = mark_incomplete(w);
+    if (r == 0)
+        r = write_tables(w);
+    if (r == 0)
+        r = prepare_area(w);
+    if (r < 0)
+        return r;
+    r = write_refcount_area(w, w->rc_start, w->rc_nrt, w->rc_nrb, w->next_free >> w->cluster_bits);
+    if (r < 0)
+        return r;
+    if (fdatasync(w->fd) < 0)
+        return writer_failed(w, lsm_error_errno(-errno, "cannot sync qcow2 metadata"));
+    if (!w->hdr_dirty)
+        return 0;
+    /* The header names the new area last: until it is on disk, the old
+     * area (free now, but never overwritten) still describes the image. */
+    r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
+    if (fdatasync(w->fd) < 0)
+        return writer_failed(w, lsm_error_errno(-errno, "cannot sync the qcow2 header"));
+    w->hdr_dirty = false;
     return 0;
 }
 
@@ -1458,16 +1626,9 @@ int qcow2_writer_finish(struct qcow2_writer *w)
     r = mark_incomplete(w);
     if (r < 0)
         return r;
-    r = flush_l2(w);
+    r = write_tables(w);
     if (r < 0)
         return r;
-    if (w->l1_size) {
-        size_t len = align_up((uint64_t)w->l1_size * 8, w->align);
-        r = pwrite_full(w->fd, w->l1, len, w->l1_offset);
-        if (r < 0)
-            return writer_failed(w, lsm_error_errno(r, "cannot write L1 table at 0x%" PRIx64,
-                                                    w->l1_offset));
-    }
     uint64_t rt_off = 0;
     uint32_t rt_clusters = 0;
     r = write_refcounts(w, &rt_off, &rt_clusters);

@@ -16,7 +16,8 @@
  *
  * Layout: header cluster, L1 table, then L2 tables (allocated on demand)
  * and data runs in call order, and at finish the refcount table and blocks
- * at the end.  Refcounts are rebuilt at finish: every cluster below the end
+ * at the end (or in the area of the last checkpoint, when it still covers
+ * the image: see qcow2_writer_checkpoint).  Refcounts are rebuilt at finish: every cluster below the end
  * has refcount 1 except, in an opened image, clusters that were free, leaked
  * clusters and the old refcount structures (refcount 0, not leaks); in an
  * opened incomplete image, every cluster nothing references.  Memory stays
@@ -70,6 +71,18 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
  * referenced cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
 
+/* Open an image this writer left marked incomplete (an interrupted copy
+ * that checkpointed: see qcow2_writer_checkpoint) to continue it.  Like
+ * qcow2_writer_open (refcounts are rebuilt from the references), except
+ * that it refuses an image without the incomplete mark (-EINVAL), and that
+ * clusters past the last one the refcounts or the references use are
+ * reused: there lies only what the interrupted writer wrote after its last
+ * checkpoint and never referenced (a regular file is not truncated; finish's
+ * size is where the image ends).  Mappings that reached disk after the last
+ * checkpoint are kept: the caller rewrites every range it has not recorded
+ * as done, and alloc rewrites such clusters in place. */
+int qcow2_writer_resume(int fd, uint32_t align, struct qcow2_writer **out);
+
 /* True once the image carries the incomplete mark on disk (a created
  * image from the start; an opened one from its first change, or when it
  * was opened incomplete).  A failure before that left the file as it was. */
@@ -107,6 +120,23 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
  * unallocated clusters already read as zeroes (qemu-img map then says
  * present=false). */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+/* Checkpoint: after the caller's data writes have completed and been
+ * flushed, write the cached L2 tables, the L1 table and refcounts that count
+ * every cluster below the end, fdatasync, and (when the refcounts moved)
+ * the header naming them, fdatasync.  The file is then a consistent qcow2
+ * (what `qemu-img check` would pass) but for the incomplete mark, which
+ * stays until finish; qcow2_writer_resume continues it after a kill.  The
+ * refcounts live in an area sized for twice the image at the time, rewritten
+ * in place while it covers the image, else replaced by a new one at the end
+ * (the old one becomes free space); finish reuses it.  Between checkpoints
+ * the header and the L1 table on disk do not change. */
+int qcow2_writer_checkpoint(struct qcow2_writer *w);
+/* Before a checkpoint: the hash (qcow2-ident.h) the image's header and L1
+ * table will have once qcow2_writer_checkpoint has written them, for a
+ * journal that must accept either state after a kill in between.  Places
+ * the refcount area the checkpoint will write (in memory); no data write
+ * or alloc may come between the two calls. */
+int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash);
 /* Write every piece of metadata, fdatasync, then the header with the
  * incomplete bit cleared (its last write), fdatasync.  After this returns 0
  * the image is complete. */

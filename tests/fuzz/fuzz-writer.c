@@ -4,8 +4,10 @@
  * qcow2_writer_open; on success a few qcow2_writer_alloc / qcow2_writer_zero
  * calls at places derived from the input (first, middle and last clusters,
  * with host-contiguous runs checked against the contract), sometimes a
- * close without finish and a second open of the image left marked
- * incomplete, then finish, close.
+ * checkpoint followed by one more allocation, sometimes a close without
+ * finish and a second open (or, after a checkpoint, qcow2_writer_resume)
+ * of the image left marked incomplete, then finish, close.  Inputs marked
+ * incomplete (bit 63) exercise the resume path on metadata from the input.
  * A second pass runs qcow2_set_backing on a fresh copy of the input with a
  * name and a format taken from its last bytes.  The writer must refuse bad
  * images with a message, never crash, read out of bounds or allocate
@@ -107,13 +109,26 @@ static void writer_pass(const uint8_t *data, size_t size)
         }
         refused_with_message(r);
     }
+    if (r == 0 && (sel & 0x40)) {
+        /* a checkpoint, then more changes after it */
+        lsm_error_clear();
+        r = qcow2_writer_checkpoint(w);
+        refused_with_message(r);
+        if (r == 0 && nc) {
+            uint64_t host = 0, mapped = 0;
+            lsm_error_clear();
+            r = qcow2_writer_alloc(w, (nc - 1) * cs, cs, &host, &mapped);
+            refused_with_message(r);
+        }
+    }
     if (r == 0 && (sel & 0x80) && qcow2_writer_changed(w)) {
         /* interrupted: a second writer must reopen the marked image
-         * (rebuilding its refcounts) or refuse it with a message */
+         * (rebuilding its refcounts; with 0x40, resuming after the
+         * checkpoint) or refuse it with a message */
         qcow2_writer_close(w);
         w = NULL;
         lsm_error_clear();
-        r = qcow2_writer_open(fd, 512, &w);
+        r = (sel & 0x40) ? qcow2_writer_resume(fd, 512, &w) : qcow2_writer_open(fd, 512, &w);
         refused_with_message(r);
     }
     if (r == 0) {

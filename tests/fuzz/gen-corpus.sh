@@ -74,6 +74,17 @@ printf '\x80' | dd of=writer-incomplete.qcow2 bs=1 seek=72 conv=notrunc status=n
 img writer-bad-backing.qcow2 64k cluster_size=512 "write -P 1 0 1k"
 # backing_file_offset 0x1f0, backing_file_size 1000
 printf '\0\0\0\0\0\0\x01\xf0\0\0\x03\xe8' | dd of=writer-bad-backing.qcow2 bs=1 seek=8 conv=notrunc status=none
+# Journal seeds (fuzz-journal): a copy journal as lsm-sync writes it, with
+# "reached" lines and a torn last line, and one whose done ranges overlap.
+j='{"lsm-sync-journal":1,"size":1048576,"granule":65536,"frontier":262144,'
+j+='"options":{"format":"qcow2","size":1048576,"granule":65536,"cluster_size":65536,'
+j+='"one_layer":false,"backing":null,"backing_format":null,"reads_zero":true},'
+j+='"files":[{"role":"source","path":"src.qcow2","dev":"fe00","ino":"a7236f","size":196608,'
+j+='"mtime_ns":1796172781021212772,"hash":"e7e1a335ceac54f9"},{"role":"destination",'
+j+='"path":"d.qcow2","dev":"fe00","ino":"a72375","size":0,"hash":"43924d091a30045b"}],'
+j+='"done":[[0,4],[6,2]]}'
+printf '%s\nreached 0000000000050000 96e25839\nreached 00000000000' "$j" >journal-valid.json
+printf '%s\n' "${j/\[6,2\]/[3,2]}" >journal-overlap.json
 # Raw inputs.
 head -c 4096 /dev/urandom >raw-random.img
 printf 'QFI\xfb\0\0\0\3' >qfi-header-only.img

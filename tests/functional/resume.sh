@@ -1,0 +1,260 @@
+#!/bin/bash
+# copy --journal/--resume: SIGKILL at random points (time- and byte-based)
+# during copies to raw and to qcow2, then --resume; the result must be what
+# qemu-img compare calls identical and (qcow2) what qemu-img check calls
+# clean, the journal gone, and the JSON result's bytes_redone within one
+# checkpoint interval (plus the requests in flight).  Chains of several
+# kills before one resume too.  A source or destination changed between
+# kill and resume is refused with one line, exit 1, and the destination
+# stays incomplete.  And the refusals of the options themselves.
+#
+# The source (320 MiB) has data, zero clusters, unallocated ranges, zeroes
+# written as data and 4 KiB pieces; copies are slowed with --rate so that a
+# kill lands between checkpoints (--checkpoint-interval=8M,0.25).
+# KILLS (default 12) pairs per format, plus 2 chains of 3 kills: 30 kills.
+. "$(dirname "$0")/lib.sh"
+need_cmd qemu-img qemu-io jq
+
+KILLS=${KILLS:-12}
+RATE=160M
+INTERVAL=8M
+IV_BYTES=$((8 * 1024 * 1024))
+REQS=4
+# Redone data is bounded by one interval plus what was in flight when the
+# checkpoint started draining (REQS requests of 1 MiB) and the request that
+# crossed the interval.
+BOUND=$((IV_BYTES + (REQS + 1) * 1024 * 1024))
+COPY=("$LSM_SYNC" copy -m "$REQS" --rate="$RATE" --checkpoint-interval="$INTERVAL",0.25)
+
+qcow2 src.qcow2 320M
+qio src.qcow2 -- "write -P 0x11 0 40M" "write -z 40M 24M" "write -P 0x22 64M 3M" \
+    "write -P 0x00 67M 5M" "write -P 0x33 90M 60M" "write -P 0x44 160M 4k" \
+    "write -P 0x45 160M 4k" "write -P 0x46 170M 64k" "write -P 0x55 200M 50M" \
+    "write -z 260M 4M" "write -P 0x66 300M 19M"
+for i in $(seq 0 31); do qio src.qcow2 -- "write -P $((i + 1)) $((180 + i / 2))M 4k"; done
+SRC_SUM=$(sha256sum src.qcow2 | cut -d' ' -f1)
+
+# killed_run LOG CMD...: run CMD in the background and SIGKILL it at a
+# random point: after a random time, or (every other call) once its JSON
+# progress says a random number of bytes is done.  KILLED=1 if it was
+# killed before it finished.
+KIND=0
+killed_run() {
+    local log=$1; shift
+    "$@" --progress=json >"$log" 2>"$log.err" &
+    local pid=$! t0 target
+    KIND=$((KIND + 1))
+    if ((KIND % 2)); then
+        sleep "0.$((RANDOM % 9 + 1))"
+    else
+        target=$(( (RANDOM % 120 + 4) * 1024 * 1024 ))
+        t0=$SECONDS
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < 20)); do
+            local done
+            done=$(tail -n1 "$log" 2>/dev/null | jq -r '.bytes_done // 0' 2>/dev/null || echo 0)
+            [[ $done =~ ^[0-9]+$ ]] && ((done >= target)) && break
+            sleep 0.02
+        done
+    fi
+    KILLED=0
+    kill -KILL "$pid" 2>/dev/null && KILLED=1
+    wait "$pid" 2>/dev/null || true
+}
+
+# resume OUT CMD...: run CMD (a --resume) to completion, retrying while the
+# destination's lock is still held by the killed run's io_uring (released
+# within about a second of the kill: docs/copy.md).  RC, and OUT holds the
+# JSON result.
+resume() {
+    local out=$1; shift
+    local n
+    for n in 1 2 3 4 5 6 7 8 9 10; do
+        RC=0
+        timeout -k 5 120 "$@" --output=json >"$out" 2>"$out.err" || RC=$?
+        ((RC == 1)) && grep -q 'lock' "$out.err" && { sleep 0.3; continue; }
+        return 0
+    done
+}
+
+# check_result CASE FMT DST OUT: complete, identical, clean, journal gone,
+# redone within the bound.  Adds the redone bytes to REDONE_LIST.
+REDONE_LIST=()
+check_result() {
+    local case=$1 fmt=$2 dst=$3 out=$4 redone
+    if ((RC != 0)); then
+        fail "$case" "resume exit $RC: $(head -n3 "$out.err")"
+        return
+    fi
+    if ! qemu-img compare -q -f qcow2 -F "$fmt" src.qcow2 "$dst" 2>cmp.log; then
+        fail "$case" "not identical: $(cat cmp.log)"
+        return
+    fi
+    if [[ $fmt == qcow2 ]] && ! qemu-img check -q "$dst" >chk.log 2>&1; then
+        fail "$case" "qemu-img check: $(head -n5 chk.log)"
+        return
+    fi
+    if [[ -e j ]]; then
+        fail "$case" "the journal is still there after success"
+        return
+    fi
+    redone=$(jq -r .bytes_redone "$out")
+    if ! [[ $redone =~ ^[0-9]+$ ]] || ((redone > BOUND)); then
+        fail "$case" "bytes_redone $redone over the bound $BOUND"
+        return
+    fi
+    REDONE_LIST+=("$redone")
+    pass "$case"
+}
+
+kills=0
+for fmt in raw qcow2; do
+    for i in $(seq 1 "$KILLS"); do
+        case="kill-$fmt-$i"
+        rm -f "d.$fmt" j
+        killed_run run.log "${COPY[@]}" --journal=j -O "$fmt" src.qcow2 "d.$fmt"
+        if ((KILLED == 0)); then
+            # finished before the kill: complete, journal removed
+            if [[ -e j ]] || ! qemu-img compare -q -f qcow2 -F "$fmt" src.qcow2 "d.$fmt"; then
+                fail "$case" "finished run left a journal or a wrong copy"
+            else
+                pass "$case-unkilled"
+            fi
+            continue
+        fi
+        kills=$((kills + 1))
+        if [[ ! -e j ]]; then
+            # killed before the first journal was saved: nothing to resume
+            # (the destination is then not marked resumable either)
+            pass "$case-before-journal"
+            continue
+        fi
+        resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        check_result "$case" "$fmt" "d.$fmt" res.json
+    done
+    # a chain: killed three times, resumed each time, then completed
+    case="chain-$fmt"
+    rm -f "d.$fmt" j
+    killed_run run.log "${COPY[@]}" --journal=j -O "$fmt" src.qcow2 "d.$fmt"
+    kills=$((kills + KILLED))
+    for k in 1 2; do
+        [[ -e j ]] || break
+        sleep 1
+        killed_run run.log "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        kills=$((kills + KILLED))
+    done
+    if [[ -e j ]]; then
+        resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        check_result "$case" "$fmt" "d.$fmt" res.json
+    else
+        qemu-img compare -q -f qcow2 -F "$fmt" src.qcow2 "d.$fmt" && pass "$case-done" ||
+            fail "$case" "no journal and not identical"
+    fi
+done
+log "kills: $kills; bytes_redone after each resume: ${REDONE_LIST[*]:-none}"
+((kills >= 20)) && pass kill-count || fail kill-count "only $kills kills landed"
+
+# A kill that leaves a journal, for the refusals below.
+killed_once() {  # killed_once FMT
+    local n
+    for n in 1 2 3 4 5; do
+        rm -f "d.$1" j
+        "${COPY[@]}" --journal=j -O "$1" src.qcow2 "d.$1" >/dev/null 2>&1 &
+        local pid=$!
+        sleep 0.5
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        [[ -e j && -e d.$1 ]] && { sleep 1; return 0; }
+    done
+    return 1
+}
+
+# refused CASE EXPECT CMD...: exit 1, one line mentioning EXPECT.
+refused() {
+    local case=$1 expect=$2; shift 2
+    RC=0
+    "$@" >out.log 2>err.log || RC=$?
+    if ((RC != 1)); then
+        fail "$case" "exit $RC, expected 1: $(head -n3 err.log)"
+    elif (($(wc -l <err.log) != 1)) || ! grep -q -- "$expect" err.log; then
+        fail "$case" "expected one line with '$expect': $(cat err.log)"
+    else
+        pass "$case"
+    fi
+}
+
+# still_incomplete CASE FMT: the destination was not made complete.
+still_incomplete() {
+    if [[ $2 == qcow2 ]]; then
+        if qemu-img info d.qcow2 >/dev/null 2>&1; then
+            fail "$1-incomplete" "qemu-img opens the destination: it was made complete"
+        else
+            pass "$1-incomplete"
+        fi
+    elif [[ -e j ]]; then
+        pass "$1-incomplete"
+    else
+        fail "$1-incomplete" "the journal went away"
+    fi
+}
+
+for fmt in raw qcow2; do
+    # the destination replaced by another file (a copy of it)
+    if killed_once "$fmt"; then
+        cp "d.$fmt" d.copy
+        mv d.copy "d.$fmt"
+        refused "dst-replaced-$fmt" "destination d.$fmt is another file" \
+            "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        still_incomplete "dst-replaced-$fmt" "$fmt"
+    else
+        fail "dst-replaced-$fmt" "no kill left a journal"
+    fi
+    # the source changed (data written into it; restored afterwards)
+    if killed_once "$fmt"; then
+        cp src.qcow2 src.save
+        qio src.qcow2 -- "write -P 0x77 100M 64k"
+        refused "src-changed-$fmt" "source src.qcow2" \
+            "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        still_incomplete "src-changed-$fmt" "$fmt"
+        mv src.save src.qcow2
+    else
+        fail "src-changed-$fmt" "no kill left a journal"
+    fi
+done
+# the destination's content changed: raw by size, qcow2 by its metadata
+if killed_once raw; then
+    truncate -s +64k d.raw
+    refused dst-grown-raw "changed size" "${COPY[@]}" --journal=j --resume src.qcow2 d.raw
+fi
+if killed_once qcow2; then
+    # a byte of the header cluster no field uses: still a valid image, but
+    # not the one the checkpoint left
+    printf '\x01' | dd of=d.qcow2 bs=1 seek=4000 conv=notrunc status=none
+    refused dst-metadata-qcow2 "metadata" "${COPY[@]}" --journal=j --resume -O qcow2 src.qcow2 d.qcow2
+    still_incomplete dst-metadata-qcow2 qcow2
+    # other options than the journal's
+    refused options-other "another copy" "${COPY[@]}" --journal=j --resume -O raw src.qcow2 d.qcow2
+fi
+
+# Refusals before anything is written.
+rm -f j d.raw
+echo '{}' >j
+refused journal-exists "exists" "$LSM_SYNC" copy --journal=j src.qcow2 d.raw
+[[ ! -e d.raw ]] && pass journal-exists-no-dst || fail journal-exists-no-dst "a destination was made"
+refused journal-invalid "invalid journal" "$LSM_SYNC" copy --journal=j --resume src.qcow2 d.raw
+rm -f j
+refused journal-missing "cannot open journal" "$LSM_SYNC" copy --journal=j --resume src.qcow2 d.raw
+refused journal-is-dst "is the destination" "$LSM_SYNC" copy --journal=d.raw src.qcow2 d.raw
+refused journal-is-src "exists" "$LSM_SYNC" copy --journal=src.qcow2 src.qcow2 d.raw
+refused journal-is-src-resume "invalid journal" "$LSM_SYNC" copy --journal=src.qcow2 --resume src.qcow2 d.raw
+[[ -e src.qcow2 && ! -e d.raw ]] && pass journal-alias-nothing-written ||
+    fail journal-alias-nothing-written "a file was made or removed"
+RC=0; "$LSM_SYNC" copy --resume src.qcow2 d.raw 2>err.log || RC=$?
+((RC == 2)) && pass resume-needs-journal || fail resume-needs-journal "exit $RC"
+RC=0; "$LSM_SYNC" copy --checkpoint-interval=1x src.qcow2 d.raw 2>err.log || RC=$?
+((RC == 2)) && pass interval-bad || fail interval-bad "exit $RC"
+RC=0; "$LSM_SYNC" copy --journal=j --checkpoint-interval=8M,0 src.qcow2 d.raw 2>err.log || RC=$?
+((RC == 2)) && pass interval-seconds-bad || fail interval-seconds-bad "exit $RC"
+
+[[ $(sha256sum src.qcow2 | cut -d' ' -f1) == "$SRC_SUM" ]] && pass source-unchanged ||
+    fail source-unchanged "the source's bytes changed"
+finish
