@@ -1035,10 +1035,11 @@ out:
         ;
     if (c->held)
         free_req(c, c->held);
-    if (c->pool && !lsm_loop_outstanding(c->loop)) {
-        lsm_bufpool_destroy(c->pool);
+    if (!lsm_loop_outstanding(c->loop)) {
+        if (c->pool)
+            lsm_bufpool_destroy(c->pool);
         lsm_budget_release(c->budget_reserved);
-    }
+    }   /* (else the pool is leaked: the kernel may still write into it) */
     lsm_limiter_free(c->own_lim);
     checksum_free(c);
     if (c->reqs)
