@@ -171,9 +171,9 @@ struct lsm_engine_stats {
 
 /* Copy src to dst (both on one loop): plan, pipeline, then the source's
  * check, a flush of the destination, the source's deferred range (written
- * and flushed last), and the destination's finish.  Returns 0 (destination
- * complete and durable) or -errno with a message; -ENOMEM when the memory
- * budget has not even one request's worth free.  The engine opens,
+ * last), and the destination's finish (which makes it durable).  Returns 0
+ * (destination complete and durable) or -errno with a message; -ENOMEM
+ * when the memory budget has not even one request's worth free.  The engine opens,
  * creates, locks and removes nothing: that is the flow's. */
 int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_engine_params *p,
                     struct lsm_engine_stats *st);
