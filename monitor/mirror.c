@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cleanup.h"
+#include "config.h"
 #include "error.h"
 #include "mirror.h"
 #include "module.h"
