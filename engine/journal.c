@@ -221,7 +221,8 @@ void lsm_journal_commit(struct lsm_journal *j)
 {
     /* Adjacent pending ranges may split a granule between them: sort and
      * merge first, so that a granule recorded in two pieces counts. */
-    qsort(j->pending, j->npending, sizeof *j->pending, range_cmp);
+    if (j->npending)   /* (qsort of a NULL array is undefined, even empty: UBSan) */
+        qsort(j->pending, j->npending, sizeof *j->pending, range_cmp);
     size_t i = 0;
     while (i < j->npending) {
         uint64_t s = j->pending[i][0], e = j->pending[i][1];
