@@ -844,10 +844,16 @@ static int run_pipeline(struct ctx *c)
             return c->err;
         }
     }
-    if (!c->err && cancelled(c))
-        set_err(c, lsm_error(-EINTR, "interrupted"));
     if (c->held)
         free_req(c, c->held), c->held = NULL;
+    if (!c->err && cancelled(c)) {
+        /* Drained: what completed is made durable, so that a resume redoes
+         * nothing (a failed checkpoint is the error then). */
+        if (c->j && c->j->saved && !c->active)
+            journal_checkpoint(c);
+        if (!c->err)
+            set_err(c, lsm_error(-EINTR, "interrupted"));
+    }
     return c->err;
 }
 

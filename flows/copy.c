@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,8 +190,24 @@ struct flow_journal {
     struct lsm_journal_file *files;   /* identities: sources, then the destination */
     size_t nfiles;
     bool first;                       /* the checkpoint before the first write */
+    unsigned count;                   /* checkpoints after that one */
     uint64_t frontier0, reached0;     /* resume: the interrupted run's window */
 };
+
+/* Test hook: LSM_TEST_CHECKPOINT_KILL=N:WHERE kills the process with
+ * SIGKILL at the N-th checkpoint (1 = the first after the one before any
+ * write), WHERE "writer" right after the qcow2 writer's checkpoint (the
+ * journal not yet updated) or "save" right after the journal is saved
+ * (tests/functional/resume.sh). */
+static void journal_test_kill(struct flow_journal *fj, const char *where)
+{
+    const char *e = getenv("LSM_TEST_CHECKPOINT_KILL");
+    char *colon;
+    if (!e || !(colon = strchr(e, ':')) || strcmp(colon + 1, where))
+        return;
+    if (strtoul(e, NULL, 10) == fj->count + 1 && fj->j->saved && !fj->first)
+        raise(SIGKILL);
+}
 
 static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t granule,
                                     uint64_t size, uint32_t cluster, bool reads_zero)
@@ -362,6 +379,8 @@ static int journal_checkpoint(void *opaque, uint64_t frontier)
     r = lsm_ep_checkpoint(d->ep);   /* qcow2: the writer's checkpoint */
     if (r < 0)
         return r;
+    if (d->w)
+        journal_test_kill(fj, "writer");
     lsm_journal_commit(fj->j);       /* what was recorded is durable now */
     r = journal_dst_ident(d, df);
     if (r == 0)
@@ -372,6 +391,9 @@ static int journal_checkpoint(void *opaque, uint64_t frontier)
     r = lsm_journal_save(fj->j);
     if (r < 0)
         return r;
+    journal_test_kill(fj, "save");
+    if (!fj->first)
+        fj->count++;
     if (fj->first) {
         fj->first = false;
         if (fj->o->resume && (fj->frontier0 || fj->reached0)) {

@@ -943,6 +943,79 @@ static void test_interrupted(void **state)
     expect_compare(img, ref);
 }
 
+/* Checkpoints: the image on disk is a clean qcow2 but for the incomplete
+ * bit (a copy with the bit cleared passes qemu-img check and holds what was
+ * written before it); a writer killed after a checkpoint is continued by
+ * qcow2_writer_resume, which reuses the clusters allocated after the
+ * checkpoint and never referenced; the finished image is clean. */
+static void test_checkpoint_resume(void **state)
+{
+    (void)state;
+    NEED_QEMU_IMG();
+    const char *img = path("ck.qcow2"), *ref = path("ck.raw"), *cp = path("ck-copy.qcow2");
+    assert_int_equal(run(NULL, "rm -f %s; truncate -s 64M %s", ref, ref), 0);
+    int rfd = open(ref, O_RDWR);
+    assert_true(rfd >= 0);
+    int fd;
+    struct qcow2_writer *w = create_simple("ck.qcow2", 64 * MiB, 16, &fd);
+    uint8_t *buf = abuf(16 * 65536);
+    uint64_t host, ck_end, g8 = 8 * MiB, host8;
+    fill(buf, 16 * 65536, 0, 1);
+    assert_int_equal(alloc_all(w, 0, 16 * 65536, &host), 0);
+    xpwrite(fd, buf, 16 * 65536, host);
+    xpwrite(rfd, buf, 16 * 65536, 0);
+    assert_int_equal(qcow2_writer_zero(w, 2 * MiB, 4 * 65536), 0);
+    assert_int_equal(fdatasync(fd), 0);
+    assert_int_equal(qcow2_writer_checkpoint(w), 0);
+    ck_end = qcow2_writer_end(w);
+    /* a second checkpoint rewrites the area in place: the end stays */
+    assert_int_equal(qcow2_writer_checkpoint(w), 0);
+    assert_int_equal(qcow2_writer_end(w), ck_end);
+    /* the checkpointed image, bit 63 cleared in a copy: clean, its data */
+    assert_int_equal(run(NULL, "cp %s %s && printf '\\000' | dd of=%s bs=1 seek=72 conv=notrunc "
+                         "status=none", img, cp, cp), 0);
+    expect_check_clean(cp);
+    expect_compare(cp, ref);
+    expect_incomplete(img, true);
+    /* after the checkpoint: new clusters, then a kill (no finish) */
+    fill(buf, 4 * 65536, g8, 2);
+    assert_int_equal(alloc_all(w, g8, 4 * 65536, &host8), 0);
+    assert_true(host8 >= ck_end);
+    xpwrite(fd, buf, 4 * 65536, host8);
+    qcow2_writer_close(w);
+    close(fd);
+    expect_incomplete(img, true);
+
+    /* resume: the garbage past the checkpoint is reused */
+    fd = open(img, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(qcow2_writer_resume(fd, 512, &w), 0);
+    assert_int_equal(qcow2_writer_end(w), ck_end);
+    assert_int_equal(alloc_all(w, g8, 4 * 65536, &host), 0);
+    assert_int_equal(host, host8);
+    xpwrite(fd, buf, 4 * 65536, host);
+    xpwrite(rfd, buf, 4 * 65536, g8);
+    /* what the checkpoint made durable is mapped in place */
+    assert_int_equal(alloc_all(w, 0, 65536, &host), 0);
+    fill(buf, 65536, 0, 1);
+    xpwrite(fd, buf, 65536, host);
+    assert_int_equal(qcow2_writer_checkpoint(w), 0);
+    assert_int_equal(qcow2_writer_finish(w), 0);
+    qcow2_writer_close(w);
+    close(fd);
+    expect_check_clean(img);
+    expect_compare(img, ref);
+
+    /* a complete image is not resumed */
+    fd = open(img, O_RDWR);
+    lsm_error_clear();
+    assert_int_equal(qcow2_writer_resume(fd, 512, &w), -EINVAL);
+    assert_non_null(strstr(lsm_last_error(), "not marked incomplete"));
+    close(fd);
+    close(rfd);
+    free(buf);
+}
+
 /* An image whose L2 tables were written back by an interrupted writer
  * (more L2 tables than the cache holds) references clusters its old
  * refcounts do not count: a second writer rebuilds them and finishes. */
@@ -1466,6 +1539,7 @@ int main(void)
         cmocka_unit_test(test_bad_ranges),
         cmocka_unit_test(test_interrupted),
         cmocka_unit_test(test_interrupted_evicted),
+        cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_overwrite),
         cmocka_unit_test(test_zstd),
         cmocka_unit_test(test_backing),

@@ -6,7 +6,8 @@
 # checkpoint interval (plus the requests in flight).  Chains of several
 # kills before one resume too.  A source or destination changed between
 # kill and resume is refused with one line, exit 1, and the destination
-# stays incomplete.  And the refusals of the options themselves.
+# stays incomplete.  SIGTERM/SIGINT end with a last checkpoint: nothing
+# is redone.  And the refusals of the options themselves.
 #
 # The source (320 MiB) has data, zero clusters, unallocated ranges, zeroes
 # written as data and 4 KiB pieces; copies are slowed with --rate so that a
@@ -85,7 +86,7 @@ check_result() {
         fail "$case" "resume exit $RC: $(head -n3 "$out.err")"
         return
     fi
-    if ! qemu-img compare -q -f qcow2 -F "$fmt" src.qcow2 "$dst" 2>cmp.log; then
+    if ! qemu-img compare -q -f qcow2 -F "$fmt" "${SRC_FOR_CHECK:-src.qcow2}" "$dst" 2>cmp.log; then
         fail "$case" "not identical: $(cat cmp.log)"
         return
     fi
@@ -152,6 +153,68 @@ for fmt in raw qcow2; do
 done
 log "kills: $kills; bytes_redone after each resume: ${REDONE_LIST[*]:-none}"
 ((kills >= 20)) && pass kill-count || fail kill-count "only $kills kills landed"
+
+# Kills at fixed points of a checkpoint (LSM_TEST_CHECKPOINT_KILL, a test
+# hook of engine/copy.c): right after the qcow2 writer's checkpoint, before
+# the journal says so (the journal must accept the image's new metadata),
+# and right after a journal save.  The source spreads its data over four
+# L1 entries (512 MiB each with 64 KiB clusters), so that the third
+# checkpoint changes the destination's L1 table.
+qcow2 wide.qcow2 2G
+qio wide.qcow2 -- "write -P 0x71 0 10M" "write -P 0x72 600M 10M" "write -P 0x73 1200M 10M" \
+    "write -P 0x74 1800M 10M"
+for where in writer save; do
+    for fmt in qcow2 raw; do
+        [[ $where == writer && $fmt == raw ]] && continue
+        case="ckpt-kill-$where-$fmt"
+        rm -f "d.$fmt" j
+        RC=0
+        LSM_TEST_CHECKPOINT_KILL="3:$where" "${COPY[@]}" --journal=j -O "$fmt" wide.qcow2 "d.$fmt" \
+            >/dev/null 2>err.log || RC=$?
+        if ((RC != 137)) || [[ ! -e j ]]; then
+            fail "$case" "expected a SIGKILL (137) leaving a journal, got $RC"
+            continue
+        fi
+        if [[ $where == writer ]]; then
+            # the journal names the metadata the writer was about to leave,
+            # and it differs from the last checkpoint's
+            h=$(head -n1 j | jq -r '.files[-1] | "\(.hash) \(.hash_next)"')
+            read -r h0 h1 <<<"$h"
+            if [[ $h1 == null || $h0 == "$h1" ]]; then
+                fail "$case" "the journal has no distinct hash_next: $h"
+                continue
+            fi
+        fi
+        sleep 1
+        resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" wide.qcow2 "d.$fmt"
+        SRC_FOR_CHECK=wide.qcow2 check_result "$case" "$fmt" "d.$fmt" res.json
+    done
+done
+rm -f wide.qcow2
+
+# SIGTERM (and SIGINT): the copy drains, makes a last checkpoint and says
+# how to continue; the resume redoes nothing.
+for sig in TERM INT; do
+    for fmt in raw qcow2; do
+        case="sig$sig-$fmt"
+        rm -f "d.$fmt" j
+        "${COPY[@]}" --journal=j -O "$fmt" src.qcow2 "d.$fmt" >/dev/null 2>sig.err &
+        pid=$!
+        sleep 0.5
+        kill -"$sig" "$pid"
+        RC=0
+        wait "$pid" || RC=$?
+        if ((RC != 1)) || ! grep -q -- "--resume" sig.err || [[ ! -e j ]]; then
+            fail "$case" "exit $RC, $(cat sig.err)"
+            continue
+        fi
+        resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
+        check_result "$case" "$fmt" "d.$fmt" res.json
+        redone=$(jq -r .bytes_redone res.json 2>/dev/null || echo none)
+        [[ $redone == 0 ]] && pass "$case-nothing-redone" ||
+            fail "$case-nothing-redone" "bytes_redone $redone after a SIG$sig"
+    done
+done
 
 # A kill that leaves a journal, for the refusals below.
 killed_once() {  # killed_once FMT
