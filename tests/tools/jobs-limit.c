@@ -33,28 +33,9 @@
 #include "job.h"
 #include "limiter.h"
 #include "util.h"
+#include "tool-check.h"
 
 #define NJOBS 4
-
-static int failures;
-
-static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(bool ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf(" %s\n", ok ? "ok" : "FAILED");
-    fflush(stdout);
-    if (!ok)
-        failures++;
-}
-
-static double now_s(void)
-{
-    return (double)lsm_now_ns() / 1e9;
-}
 
 static void sleep_until(double t)
 {
