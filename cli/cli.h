@@ -49,5 +49,8 @@ int cmd_clone_structure(int argc, char **argv);
 int cmd_sync(int argc, char **argv);
 int cmd_replicate(int argc, char **argv);
 int cmd_checksum(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_task(int argc, char **argv);
+int cmd_monitor(int argc, char **argv);
 
 #endif

@@ -46,7 +46,16 @@ static void usage(FILE *f)
         "  --no-physical        never choose a physical copy automatically\n"
         "  --io=auto|uring|aio|psync   I/O backend (default auto)\n"
         "  --direct=auto|always|never  O_DIRECT (default auto: buffered where refused)\n"
-        "  --offload=auto|never        reflink / copy_file_range for raw to raw\n"
+        "  --offload=auto|never|NAME   offload data extents to raw destinations: reflink,\n"
+        "                       copy_file_range (network file systems), SCSI EXTENDED COPY\n"
+        "                       (xcopy: two LUNs of one target), --offload-cmd; falling back\n"
+        "                       per extent; NAME uses only reflink, copy_file_range, command\n"
+        "                       or the plugin lsm-offload-NAME.so (default auto)\n"
+        "  --offload-cmd=CMD    offload through a vendor's tool: CMD copy SRC SRC_OFFSET DST\n"
+        "                       DST_OFFSET LENGTH must print \"copied N\" and exit 0\n"
+        "                       (exit 3: cannot copy this pair); see docs/offload.md\n"
+        "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
+        "  -C                   offload required: fail where data cannot be offloaded\n"
         "  -m REQUESTS          requests in flight (default 16)\n"
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
@@ -72,6 +81,7 @@ static void usage(FILE *f)
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
+    OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT,
     OPT_CHECKSUM,
     OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
 };
@@ -84,6 +94,8 @@ static const struct option longopts[] = {
     { "io", required_argument, NULL, OPT_IO },
     { "direct", required_argument, NULL, OPT_DIRECT },
     { "offload", required_argument, NULL, OPT_OFFLOAD },
+    { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
+    { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
     { "buffer-size", required_argument, NULL, OPT_BUFSIZE },
     { "rate", required_argument, NULL, OPT_RATE },
     { "progress", optional_argument, NULL, OPT_PROGRESS },
@@ -156,6 +168,16 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "bytes_zeroed", json_object_new_int64((int64_t)st->bytes_zeroed));
         json_object_object_add(j, "bytes_skipped", json_object_new_int64((int64_t)st->bytes_skipped));
         json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
+        json_object *paths = json_object_new_object();
+        json_object_object_add(paths, "reflink", json_object_new_int64((int64_t)st->bytes_reflinked));
+        json_object_object_add(paths, "copy_file_range", json_object_new_int64((int64_t)st->bytes_copy_range));
+        json_object_object_add(paths, "plugin", json_object_new_int64((int64_t)st->bytes_plugin));
+        json_object_object_add(paths, "plugin_name", lsm_json_string(st->offload_plugin));
+        json_object_object_add(paths, "command", json_object_new_int64((int64_t)st->bytes_offload_cmd));
+        json_object_object_add(paths, "software", json_object_new_int64((int64_t)st->bytes_written));
+        json_object_object_add(j, "offload_paths", paths);
+        if (*st->offload_fallback)
+            json_object_object_add(j, "offload_fallback", lsm_json_string(st->offload_fallback));
         if (o->journal) {
             json_object_object_add(j, "bytes_already_done", json_object_new_int64((int64_t)st->bytes_already_done));
             json_object_object_add(j, "bytes_redone", json_object_new_int64((int64_t)st->bytes_redone));
@@ -191,7 +213,20 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
             lsm_format_size((uint64_t)rate, b5, sizeof(b5)));
     fprintf(stderr, "lsm-sync: io: %s, %s%s%s\n", st->io_name, st->direct ? "O_DIRECT" : "buffered",
             st->physical ? ", physical (host order)" : "",
-            st->offload ? ", offloaded (reflink/copy_file_range)" : "");
+            st->offload ? ", offloaded" : "");
+    if (st->offload) {
+        char r1[32], r2[32], r3[32], r4[32], r5[32];
+        fprintf(stderr, "lsm-sync: offload: %s reflink, %s copy_file_range, %s plugin%s%s%s, "
+                "%s command, %s software\n",
+                lsm_format_size(st->bytes_reflinked, r1, sizeof(r1)),
+                lsm_format_size(st->bytes_copy_range, r2, sizeof(r2)),
+                lsm_format_size(st->bytes_plugin, r3, sizeof(r3)),
+                *st->offload_plugin ? " (" : "", st->offload_plugin, *st->offload_plugin ? ")" : "",
+                lsm_format_size(st->bytes_offload_cmd, r4, sizeof(r4)),
+                lsm_format_size(st->bytes_written, r5, sizeof(r5)));
+    }
+    if (*st->offload_fallback)
+        fprintf(stderr, "lsm-sync: offload fell back to the software copy: %s\n", st->offload_fallback);
 }
 
 static int set_cluster_size(const char *arg, struct lsm_copy_opts *o)
@@ -314,7 +349,7 @@ int cmd_copy(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:s:pvqWr:t:T:o:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcCm:s:pvqWr:t:T:o:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -475,12 +510,26 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "--direct must be auto, always or never, not '%s'", optarg);
             break;
         case OPT_OFFLOAD:
-            if (!strcmp(optarg, "auto"))
-                o.offload = true;
-            else if (!strcmp(optarg, "never"))
-                o.offload = false;
-            else
-                return cli_usage_error("copy", "--offload must be auto or never, not '%s'", optarg);
+            if (lsm_offload_mode_parse(optarg, &o.offload_mode, &o.offload_name) < 0)
+                return cli_usage_error("copy", "--offload must be auto, never or a name, not '%s'", optarg);
+            o.offload = o.offload_mode != LSM_OFFLOAD_NEVER;
+            break;
+        case OPT_OFFLOAD_CMD:
+            if (!*optarg)
+                return cli_usage_error("copy", "--offload-cmd needs a command");
+            o.offload_cmd = optarg;
+            break;
+        case OPT_OFFLOAD_TIMEOUT: {
+            char *end;
+            errno = 0;
+            unsigned long t = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || t < 1 || t > 86400 || *optarg == '-')
+                return cli_usage_error("copy", "--offload-timeout must be 1 to 86400 seconds, not '%s'", optarg);
+            o.offload_timeout_s = (unsigned)t;
+            break;
+        }
+        case 'C':
+            o.offload_required = true;
             break;
         default:
             return cli_usage_error("copy", "invalid option");
@@ -492,6 +541,10 @@ int cmd_copy(int argc, char **argv)
     }
     if (quiet)
         pmode = CLI_PROGRESS_NONE;
+    if (o.offload_cmd && !o.offload)
+        return cli_usage_error("copy", "--offload-cmd cannot be used with --offload=never");
+    if (o.offload_cmd && o.offload_mode == LSM_OFFLOAD_ONLY && strcmp(o.offload_name, "command"))
+        return cli_usage_error("copy", "--offload-cmd needs --offload=auto or --offload=command");
     if (argc - optind != 2)
         return cli_usage_error("copy", "expected SRC and DST");
     o.src_path = argv[optind];

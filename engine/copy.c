@@ -94,7 +94,9 @@ struct ctx {
     uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
     struct lsm_copysum *sum;    /* p->checksum */
 
-    bool offload;
+    bool offload;               /* data runs are offered to the destination's copy_range */
+    uint64_t offload_skip_end;  /* runs below this offset: pipeline only (the rest of a
+                                   range the destination did not offload) */
     int err;
     char errmsg[1024];          /* the first failure's message */
 
@@ -711,20 +713,24 @@ static void start_zero_run(struct ctx *c)
 }
 
 /* Offload up to len bytes of the current data run through the
- * destination's copy_range; 1 if bytes were copied, 0 if offload does not
- * apply (it is then off for the rest of the copy), <0 on error. */
+ * destination's copy_range (the file endpoint's offload ladder,
+ * offload/offload.h); 1 if bytes were copied, 0 if the run (or what is left
+ * of it) goes through the pipeline, <0 on error.  What the destination
+ * leaves of the range is copied by the pipeline without asking again
+ * (offload_skip_end), over anything a failed rung wrote: offload falls back
+ * per range, never for the whole copy. */
 static int try_offload(struct ctx *c, uint64_t len)
 {
     struct lsm_run *r = &c->run;
-    if (!r->loc)
+    if (!r->loc || r->start < c->offload_skip_end)
         return 0;
     int64_t n = c->dst->ops->copy_range(c->dst, c->src, r->start, r->loc, r->loc_off, r->start, len);
     if (n < 0)
         return set_err(c, (int)n);
-    if (n == 0) {
-        c->offload = false;
+    if ((uint64_t)n < len)
+        c->offload_skip_end = r->start + len;
+    if (n == 0)
         return 0;
-    }
     uint64_t start = r->start;
     c->st->offload = true;
     c->st->bytes_offloaded += (uint64_t)n;
@@ -732,7 +738,21 @@ static int try_offload(struct ctx *c, uint64_t len)
     take_run(c, (uint64_t)n);
     record(c, start, (uint64_t)n);
     progress(c);
+    job_progress(c, false);
     return 1;
+}
+
+/* -C: the run at c->run is about to go through the pipeline.  (The flow
+ * that made the destination adds why its offload declined, if it knows.) */
+static int offload_refused(struct ctx *c)
+{
+    struct lsm_run *r = &c->run;
+    const char *why = r->kind == LSM_RUN_MIXED || !r->loc
+                          ? "the data is not contiguous in one source file"
+                          : "the destination did not offload it";
+    return set_err(c, lsm_error(-EOPNOTSUPP, "cannot offload %s to %s at offset %" PRIu64
+                                " (-C: offload required): %s",
+                                c->src->name, c->dst->name, r->start, why));
 }
 
 /* Start what can be started. */
@@ -791,6 +811,10 @@ static void fill(struct ctx *c)
                 return;
             if (ret > 0)
                 continue;
+        }
+        if (c->p->offload_required) {
+            offload_refused(c);
+            return;
         }
         struct creq *q = NULL;
         if (build_request(c, &q) <= 0)

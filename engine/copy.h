@@ -117,6 +117,8 @@ struct lsm_engine_params {
     struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
                                          may change while the copy runs */
     bool offload;                     /* ask the destination's copy_range for data runs */
+    bool offload_required;            /* -C: a data run the destination does not offload
+                                         fails the copy (-EOPNOTSUPP) */
     bool absent_zero_mixed_is_data;   /* one layer over a backing file: a granule mixing
                                          absent and zero ranges is read and written */
     /* The block hash (blkhash.h) of what is read, from the request

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "copy.h"
+#include "offload.h"
 #include "image.h"
 #include "io.h"
 
@@ -42,7 +43,12 @@ struct lsm_copy_opts {
     enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
     enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
     bool src_direct_set;
-    bool offload;                     /* --offload=auto */
+    bool offload;                     /* --offload=auto (when offload_mode is NEVER) */
+    enum lsm_offload_mode offload_mode; /* --offload=NAME: LSM_OFFLOAD_ONLY (offload/offload.h) */
+    const char *offload_name;         /* with LSM_OFFLOAD_ONLY */
+    const char *offload_cmd;          /* --offload-cmd */
+    unsigned offload_timeout_s;       /* --offload-timeout (0: LSM_OFFLOAD_CMD_TIMEOUT_S) */
+    bool offload_required;            /* -C: fail where data cannot be offloaded */
     unsigned requests;                /* -m (0: 16) */
     uint64_t request_size;            /* -s (0: 1 MiB) */
     uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
@@ -84,14 +90,20 @@ struct lsm_copy_stats {
     char io_name[16];
     bool direct;             /* destination written with O_DIRECT */
     bool physical;           /* physical (host-order) copy */
-    bool offload;            /* some bytes went through clone/copy_file_range */
+    bool offload;            /* some bytes were offloaded (any rung of the ladder) */
     uint64_t bytes_total;    /* bytes planned to copy (data) */
     uint64_t bytes_done;
     uint64_t bytes_read;
     uint64_t bytes_written;
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
-    uint64_t bytes_offloaded;
+    uint64_t bytes_offloaded;          /* the sum of the four offload rungs below */
+    uint64_t bytes_reflinked;          /* offload rungs (offload/offload.h) */
+    uint64_t bytes_copy_range;
+    uint64_t bytes_plugin;             /* by the plugin offload_plugin */
+    uint64_t bytes_offload_cmd;
+    char offload_plugin[32];
+    char offload_fallback[256];        /* why the first data range offered was not offloaded */
     uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
     uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
                                 checkpoint (between the journal's frontier and reached mark) */

@@ -112,6 +112,8 @@ stage_fuzz() {
         name=${t##*/}
         found=1
         local seeds=tests/fuzz/corpus scratch=build-fuzz/fuzz-corpus/$name
+        # a target with its own seeds (fuzz-scsi: corpus-scsi/)
+        [[ -d tests/fuzz/corpus-${name#fuzz-} ]] && seeds=tests/fuzz/corpus-${name#fuzz-}
         rm -rf "$scratch"; mkdir -p "$scratch"
         echo "$name: ${FUZZ_SECONDS}s over $seeds"
         if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \

@@ -129,8 +129,24 @@ for fmt in raw qcow2; do
             pass "$case-before-journal"
             continue
         fi
+        # what a kill during a save leaves: removed by the resume when its
+        # process is gone, kept while it lives (this shell: a save elsewhere)
+        temps=0
+        if [[ $fmt == raw && -z ${TEMPS_DONE:-} ]]; then
+            TEMPS_DONE=1 temps=1
+            (exit 0) & deadpid=$!; wait "$deadpid"
+            : >"j.tmp.$deadpid.1"; : >"j.tmp.$$.1"
+        fi
         resume res.json "${COPY[@]}" --journal=j --resume -O "$fmt" src.qcow2 "d.$fmt"
         check_result "$case" "$fmt" "d.$fmt" res.json
+        if ((temps)); then
+            if [[ -e j.tmp.$deadpid.1 || ! -e j.tmp.$$.1 ]]; then
+                fail "$case-temps" "a dead save's temporary file kept, or a live one's removed"
+            else
+                pass "$case-temps"
+            fi
+            rm -f "j.tmp.$$.1"
+        fi
     done
     # a chain: killed three times, resumed each time, then completed
     case="chain-$fmt"
@@ -151,6 +167,7 @@ for fmt in raw qcow2; do
             fail "$case" "no journal and not identical"
     fi
 done
+[[ -n ${TEMPS_DONE:-} ]] || fail temps "no resume of a raw copy ran"
 log "kills: $kills; bytes_redone after each resume: ${REDONE_LIST[*]:-none}"
 ((kills >= 20)) && pass kill-count || fail kill-count "only $kills kills landed"
 
