@@ -424,6 +424,35 @@ static bool parse_fmt(const char *arg, const char *opt, enum lsm_format *out)
     return true;
 }
 
+/* --offload, --offload-cmd and --offload-timeout of copy and sync. */
+bool cli_parse_offload(const char *command, enum cli_offload_opt which, const char *arg,
+                       struct lsm_copy_opts *o)
+{
+    switch (which) {
+    case CLI_OFFLOAD_MODE:
+        if (lsm_offload_mode_parse(arg, &o->offload_mode, &o->offload_name) < 0)
+            return cli_usage_error(command, "--offload must be auto, never or a name, not '%s'", arg), false;
+        o->offload = o->offload_mode != LSM_OFFLOAD_NEVER;
+        return true;
+    case CLI_OFFLOAD_CMD:
+        if (!*arg)
+            return cli_usage_error(command, "--offload-cmd needs a command"), false;
+        o->offload_cmd = arg;
+        return true;
+    case CLI_OFFLOAD_TIMEOUT: {
+        char *end;
+        errno = 0;
+        unsigned long t = strtoul(arg, &end, 10);
+        if (errno || end == arg || *end || t < 1 || t > 86400 || *arg == '-')
+            return cli_usage_error(command, "--offload-timeout must be 1 to 86400 seconds, not '%s'",
+                                   arg), false;
+        o->offload_timeout_s = (unsigned)t;
+        return true;
+    }
+    }
+    return false;
+}
+
 int cmd_copy(int argc, char **argv)
 {
     struct lsm_copy_opts o = {
@@ -640,24 +669,13 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "--direct must be auto, always or never, not '%s'", optarg);
             break;
         case OPT_OFFLOAD:
-            if (lsm_offload_mode_parse(optarg, &o.offload_mode, &o.offload_name) < 0)
-                return cli_usage_error("copy", "--offload must be auto, never or a name, not '%s'", optarg);
-            o.offload = o.offload_mode != LSM_OFFLOAD_NEVER;
-            break;
         case OPT_OFFLOAD_CMD:
-            if (!*optarg)
-                return cli_usage_error("copy", "--offload-cmd needs a command");
-            o.offload_cmd = optarg;
+        case OPT_OFFLOAD_TIMEOUT:
+            if (!cli_parse_offload("copy", c == OPT_OFFLOAD ? CLI_OFFLOAD_MODE
+                                   : c == OPT_OFFLOAD_CMD ? CLI_OFFLOAD_CMD : CLI_OFFLOAD_TIMEOUT,
+                                   optarg, &o))
+                return EXIT_USAGE;
             break;
-        case OPT_OFFLOAD_TIMEOUT: {
-            char *end;
-            errno = 0;
-            unsigned long t = strtoul(optarg, &end, 10);
-            if (errno || end == optarg || *end || t < 1 || t > 86400 || *optarg == '-')
-                return cli_usage_error("copy", "--offload-timeout must be 1 to 86400 seconds, not '%s'", optarg);
-            o.offload_timeout_s = (unsigned)t;
-            break;
-        }
         case 'C':
             o.offload_required = true;
             break;

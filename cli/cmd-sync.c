@@ -15,7 +15,6 @@
 #include "json-out.h"
 #include "json-util.h"
 #include "copy.h"
-#include "offload.h"
 #include "progress.h"
 #include "sync.h"
 #include "util.h"
@@ -145,24 +144,13 @@ int cmd_sync(int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case OPT_OFFLOAD:
-            if (lsm_offload_mode_parse(optarg, &base.offload_mode, &base.offload_name) < 0)
-                return cli_usage_error("sync", "--offload must be auto, never or a name, not '%s'", optarg);
-            base.offload = base.offload_mode != LSM_OFFLOAD_NEVER;
-            break;
         case OPT_OFFLOAD_CMD:
-            if (!*optarg)
-                return cli_usage_error("sync", "--offload-cmd needs a command");
-            base.offload_cmd = optarg;
+        case OPT_OFFLOAD_TIMEOUT:
+            if (!cli_parse_offload("sync", c == OPT_OFFLOAD ? CLI_OFFLOAD_MODE
+                                   : c == OPT_OFFLOAD_CMD ? CLI_OFFLOAD_CMD : CLI_OFFLOAD_TIMEOUT,
+                                   optarg, &base))
+                return EXIT_USAGE;
             break;
-        case OPT_OFFLOAD_TIMEOUT: {
-            char *end;
-            errno = 0;
-            unsigned long t = strtoul(optarg, &end, 10);
-            if (errno || end == optarg || *end || t < 1 || t > 86400 || *optarg == '-')
-                return cli_usage_error("sync", "--offload-timeout must be 1 to 86400 seconds, not '%s'", optarg);
-            base.offload_timeout_s = (unsigned)t;
-            break;
-        }
         case 'C':
             base.offload_required = true;
             break;
