@@ -971,6 +971,8 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
      * hole_min inside data are written. */
     c->zchunk = dst->caps.granule;
     c->min_hole = MAX(dst->caps.hole_min, c->zchunk);
+    if (p->sparse_size)             /* -S */
+        c->min_hole = MAX(c->zchunk, align_up(p->sparse_size, c->zchunk));
     if (budget < c->rsize)
         budget = c->rsize;
     r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
@@ -1043,6 +1045,11 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         r = lsm_ep_flush(dst);
         if (r == 0)
             r = copy_deferred(c);
+        if (r < 0)
+            goto out;
+    }
+    if (p->before_finish) {
+        r = p->before_finish(p->before_finish_opaque);
         if (r < 0)
             goto out;
     }

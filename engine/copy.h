@@ -119,6 +119,14 @@ struct lsm_engine_params {
     bool offload;                     /* ask the destination's copy_range for data runs */
     bool offload_required;            /* -C: a data run the destination does not offload
                                          fails the copy (-EOPNOTSUPP) */
+    uint64_t sparse_size;             /* -S: zero runs inside data shorter than this (rounded
+                                         up to the destination's granule) are written;
+                                         0: the destination's hole_min */
+    /* Called once the data is in and flushed, right before the
+     * destination's finish (e.g. metadata the flow adds to a qcow2
+     * destination: its bitmaps); NULL: none.  <0 fails the copy. */
+    int (*before_finish)(void *opaque);
+    void *before_finish_opaque;
     bool absent_zero_mixed_is_data;   /* one layer over a backing file: a granule mixing
                                          absent and zero ranges is read and written */
     /* The block hash (blkhash.h) of what is read, from the request

@@ -28,6 +28,20 @@ enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICA
 /* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
 typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
 
+/* Creation options of a new destination (qemu-img's -o): zero values are
+ * the defaults.  Ignored with -n (the destination exists). */
+/* The qcow2 header's compression type values (QCOW2_COMPRESSION_*). */
+enum { LSM_COMPRESSION_ZLIB = 0, LSM_COMPRESSION_ZSTD = 1 };
+enum lsm_prealloc { LSM_PREALLOC_OFF = 0, LSM_PREALLOC_METADATA, LSM_PREALLOC_FALLOC, LSM_PREALLOC_FULL };
+struct lsm_create_opts {
+    unsigned qcow2_version;           /* 0 or 3 (compat=1.1), 2 (compat=0.10) */
+    unsigned refcount_bits;           /* 0: 16 */
+    bool lazy_refcounts;
+    bool extended_l2;
+    unsigned compression_type;        /* LSM_COMPRESSION_* (0: zlib) */
+    enum lsm_prealloc prealloc;       /* qcow2: all four; raw: off, falloc, full */
+};
+
 struct lsm_copy_opts {
     const char *src_path;
     enum lsm_format src_fmt;          /* AUTO probes */
@@ -57,6 +71,17 @@ struct lsm_copy_opts {
     struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
                                          may change while the copy runs */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+    struct lsm_create_opts create;    /* -o: the other creation options */
+    const char *snapshot;             /* -l: copy this internal snapshot's view of SRC */
+    enum lsm_snapshot_key snapshot_key;   /* how -l names it (id, name, either) */
+    bool bitmaps;                     /* --bitmaps: copy SRC's persistent dirty bitmaps
+                                         (its top layer's) into the qcow2 destination */
+    bool skip_broken_bitmaps;         /* skip in-use (inconsistent) ones instead of failing */
+    uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
+                                         up to the zero-detection unit) are left
+                                         unallocated (0: the default, 64K for raw and one
+                                         cluster for qcow2).  The command line makes -S 0
+                                         (allocate everything) create.prealloc FULL. */
 
     /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
      * computes) of the guest view copied, from the buffers as the copy

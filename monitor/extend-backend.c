@@ -107,20 +107,8 @@ int lsm_run_program(const char *const *argv, int timeout_ms, int *status, char *
         e = posix_spawn_file_actions_adddup2(&fa, wfd, 1);
     if (!e)
         e = posix_spawn_file_actions_adddup2(&fa, wfd, 2);
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
     if (!e)
-        e = posix_spawnattr_setsigdefault(&attr, &all);
-    if (!e)
-        e = posix_spawnattr_setsigmask(&attr, &none);
-    if (!e)
-        e = posix_spawnattr_setpgroup(&attr, 0);
-    if (!e)
-        e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
-                                            POSIX_SPAWN_SETPGROUP);
+        e = lsm_spawnattr_own_group(&attr);
     pid_t pid = -1;
     if (!e)
         e = posix_spawnp(&pid, argv[0], &fa, &attr, (char *const *)argv, environ);

@@ -466,21 +466,8 @@ int64_t lsm_offload_run_command(const char *cmd, const char *src, uint64_t src_o
         e = posix_spawnattr_init(&attr);
         attr_init = !e;
     }
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
     if (!e)
-        e = posix_spawnattr_setsigdefault(&attr, &all);
-    if (!e)
-        e = posix_spawnattr_setsigmask(&attr, &none);
-    /* Its own process group: a time-out kills the tool and its children. */
-    if (!e)
-        e = posix_spawnattr_setpgroup(&attr, 0);
-    if (!e)
-        e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
-                                            POSIX_SPAWN_SETPGROUP);
+        e = lsm_spawnattr_own_group(&attr);
     if (!e)
         e = posix_spawn(&pid, "/bin/sh", &fa, &attr, (char *const *)argv, environ);
     if (e) {

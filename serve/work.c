@@ -1003,8 +1003,11 @@ static int run_sync(struct lsm_job *job, struct serve_work *w)
     struct lsm_sync_result res;
     r = lsm_sync(&so, &res);
     /* Restarted after the service died: locks the dead process's rings
-     * still hold (see run_copy). */
-    for (int i = 0; r == -EAGAIN && !res.started && w->resumed && i < 20 && !lsm_job_cancelled(job); i++) {
+     * still hold (see run_copy).  They may be met before the sync starts
+     * or by a volume's copy after it started; a sync run again completes
+     * the chain either way (each volume is copied whole into its
+     * destination), so the whole sync is tried again. */
+    for (int i = 0; r == -EAGAIN && w->resumed && i < 20 && !lsm_job_cancelled(job); i++) {
         lsm_sync_result_free(&res);
         struct timespec ts = { 0, 250 * 1000 * 1000 };
         nanosleep(&ts, NULL);

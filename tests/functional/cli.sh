@@ -93,4 +93,14 @@ else
     skip_case "man pages" "no docs/man in $BUILD_DIR"
 fi
 
+# replicate --bandwidth is in MiB/s as in virsh blockcopy: a suffix is
+# refused, not guessed; --bytes takes bytes/s (with suffixes) and needs it.
+if "$LSM_SYNC" --help | grep -q '^  replicate '; then
+    expect "replicate --bandwidth 4M" 2 -- replicate start --bandwidth 4M dom vda x.qcow2
+    expect "replicate --bandwidth -1" 2 -- replicate start --bandwidth -1 dom vda x.qcow2
+    expect "replicate --bytes alone" 2 -- replicate start --bytes dom vda x.qcow2
+    expect "replicate --bandwidth x --bytes" 2 -- replicate start --bandwidth x --bytes dom vda x.qcow2
+    expect "replicate status --bandwidth" 2 -- replicate status --bandwidth 4 dom vda
+fi
+
 finish

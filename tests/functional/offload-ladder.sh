@@ -162,4 +162,21 @@ one_line never-C 1 -C --offload=never -f raw src.raw dst.raw && pass never-C
 one_line qcow2-dst-C 1 -C -O qcow2 -f raw src.raw dst.qcow2 && grep -q "raw destinations" err.log &&
     pass qcow2-dst-C || fail qcow2-dst-C "$(cat err.log)"
 
+# 8. sync offloads each volume as copy does: a raw base under a qcow2 top,
+# the base's data through the vendor tool, the qcow2 top through the host.
+rm -rf sync-src sync-dst; mkdir sync-src sync-dst
+cp src.raw sync-src/base.raw
+qemu-img create -q -f qcow2 -b base.raw -F raw sync-src/top.qcow2
+qemu-io -f qcow2 -c "write -P 9 1M 1M" sync-src/top.qcow2 >/dev/null
+"$LSM_SYNC" clone-structure sync-src/top.qcow2 --dst-dir sync-dst >/dev/null
+if "$LSM_SYNC" sync --type=ALL --output=json --offload-cmd="$T/tool.sh" sync-src/top.qcow2 \
+        sync-dst/top.qcow2 >sync.json 2>err.log &&
+   qemu-img compare -q sync-src/top.qcow2 sync-dst/top.qcow2; then
+    base=$(jq -r '.volumes[] | select(.destination|endswith("base.raw")) | .offload_paths.command' sync.json)
+    top=$(jq -r '.volumes[] | select(.destination|endswith("top.qcow2")) | .bytes_offloaded' sync.json)
+    [[ $base == "$raw_data" && $top == 0 ]] && pass sync-cmd || fail sync-cmd "$(cat sync.json)"
+else
+    fail sync-cmd "sync failed or differs: $(head -n3 err.log)"
+fi
+
 finish

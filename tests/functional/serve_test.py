@@ -858,11 +858,12 @@ def scenario_restart(w):
     svc.kill()
     c4 = svc.start()
     st = c4.status("sync-kill")
-    check(st["state"] == "running" and st["runs"] == 2, "after SIGKILL and restart the sync runs again")
+    check(st["state"] == "running" and st["runs"] == 2,
+          "after SIGKILL and restart the sync runs again (%s, runs %s)" % (st["state"], st.get("runs")))
     c4.call("setTaskBandwidth", {"taskId": "sync-kill", "bandwidth": 0})
     st = c4.wait("sync-kill", 120)
     check(st["state"] == "finished" and len(st["result"]["volumes"]) == 3 and st["result"]["generation"] == 1,
-          "the sync finished: 3 volumes, generation 1")
+          "the sync finished: 3 volumes, generation 1 (%s: %s)" % (st["state"], st.get("error", st.get("result"))))
     same, out = qemu_compare(top, "qcow2", dtop, "qcow2")
     check(same, "qemu-img compare of the chains' guest views: identical")
     for name, fmt in (("mid.qcow2", "qcow2"), ("base.raw", "raw")):
