@@ -47,6 +47,8 @@ struct creq;
 struct slot {
     struct lsm_ep_cmd cmd;
     struct creq *owner;
+    int err;                    /* salvage: the read's failure */
+    struct slot *next_salvage;
 };
 
 struct creq {
@@ -56,6 +58,7 @@ struct creq {
     int buf_index;
     unsigned nslots, used;
     unsigned pending;
+    unsigned salvaging;         /* reads waiting in ctx.salvage_q */
     bool writing;
     bool zero_run;              /* one zero command for a ZERO run */
     struct slot *slots;
@@ -99,6 +102,7 @@ struct ctx {
                                    range the destination did not offload) */
     int err;
     char errmsg[1024];          /* the first failure's message */
+    struct slot *salvage_q;     /* failed reads to read again piece by piece (p->salvage) */
 
     /* journal (NULL: none): see the journal_* hooks */
     struct lsm_journal *j;
@@ -526,6 +530,7 @@ static struct creq *get_req(struct ctx *c)
     q->len = 0;
     q->used = 0;
     q->pending = 0;
+    q->salvaging = 0;
     q->writing = false;
     q->zero_run = false;
     return q;
@@ -610,19 +615,36 @@ static void start_writes(struct ctx *c, struct creq *q)
         req_done(c, q);
 }
 
+/* --salvage applies to this failure of a read? */
+static bool salvageable(const struct ctx *c, int err)
+{
+    return c->p->salvage && err != -ECANCELED && err != -EINTR && err != -ENOTCONN &&
+           err != -ESHUTDOWN && err != -ECONNRESET && err != -EPIPE && err != -ETIMEDOUT &&
+           err != -ENOMEM;
+}
+
 static void slot_done(struct lsm_ep_cmd *cmd)
 {
     struct slot *s = cmd->user;
     struct creq *q = s->owner;
     struct ctx *c = q->c;
     q->pending--;
+    if (cmd->result < 0 && cmd->op == LSM_EP_OP_READ && !c->err && salvageable(c, cmd->result)) {
+        /* read again by the pipeline's loop, outside this callback */
+        lsm_error_clear();
+        s->err = cmd->result;
+        s->next_salvage = c->salvage_q;
+        c->salvage_q = s;
+        q->salvaging++;
+        return;
+    }
     if (cmd->result < 0)
         set_cmd_err(c, cmd->result);
     else if (cmd->op == LSM_EP_OP_READ)
         c->st->bytes_read += cmd->len;
     else if (cmd->op == LSM_EP_OP_WRITE)
         c->st->bytes_written += cmd->len;
-    if (q->pending)
+    if (q->pending || q->salvaging)
         return;
     if (c->err) {
         free_req(c, q);
@@ -632,6 +654,76 @@ static void slot_done(struct lsm_ep_cmd *cmd)
         start_writes(c, q);
     else
         req_done(c, q);
+}
+
+/* One failed read of the salvage queue, again in pieces: what still fails
+ * reads as zeroes, one warning per unreadable range. */
+static void salvage_slot(struct ctx *c, struct slot *s)
+{
+    struct creq *q = s->owner;
+    const struct lsm_ep_cmd *f = &s->cmd;
+    uint64_t unit = MAX((uint64_t)LSM_SALVAGE_UNIT, MAX((uint64_t)c->src->caps.block_min,
+                                                        (uint64_t)c->src->caps.mem_align));
+    char *base = q->buf + (f->offset - q->start);
+    uint64_t bad_start = 0, bad_len = 0;
+    int bad_err = s->err;
+    for (uint64_t d = 0; d < f->len && !c->err; ) {
+        uint64_t n = MIN(unit - (f->offset + d) % unit, f->len - d);
+        struct lsm_ep_cmd rd = { .op = LSM_EP_OP_READ, .buf = base + d, .buf_index = -1,
+                                 .offset = f->offset + d, .len = n, .loc = f->loc,
+                                 .loc_off = f->loc_off + d };
+        int r = lsm_ep_run(c->src, &rd);
+        if (r < 0 && !salvageable(c, r)) {
+            set_err(c, r);
+            break;
+        }
+        if (r < 0) {
+            lsm_error_clear();
+            memset(base + d, 0, n);
+            if (bad_len && bad_start + bad_len == f->offset + d) {
+                bad_len += n;
+            } else {
+                bad_start = f->offset + d;
+                bad_len = n;
+            }
+            bad_err = r;
+            c->st->bytes_salvaged += n;
+        } else {
+            c->st->bytes_read += n;
+        }
+        bool last = d + n == f->len;
+        if (bad_len && (r == 0 || last)) {
+            c->st->salvaged_ranges++;
+            if (c->p->warn) {
+                char msg[256];
+                snprintf(msg, sizeof msg, "cannot read %s at offset %" PRIu64 " (%" PRIu64
+                         " bytes): %s; copied as zeroes (--salvage)", c->src->name, bad_start,
+                         bad_len, strerror(-bad_err));
+                c->p->warn(c->p->opaque, msg);
+            }
+            bad_len = 0;
+        }
+        d += n;
+    }
+    q->salvaging--;
+    if (q->pending || q->salvaging)
+        return;
+    if (c->err)
+        free_req(c, q);
+    else
+        start_writes(c, q);
+}
+
+/* Read again what failed (p->salvage), one failed read at a time; a read
+ * of lsm_ep_run delivers other completions meanwhile, which may queue
+ * more. */
+static void salvage(struct ctx *c)
+{
+    while (c->salvage_q) {
+        struct slot *s = c->salvage_q;
+        c->salvage_q = s->next_salvage;
+        salvage_slot(c, s);
+    }
 }
 
 /* Build one data request from runs.  Returns 1 with *out, 0 if no buffer
@@ -837,6 +929,7 @@ static int run_pipeline(struct ctx *c)
 {
     for (;;) {
         c->rl_wait_ns = 0;
+        salvage(c);
         journal_tick(c);
         fill(c);
         if (!lsm_loop_outstanding(c->loop)) {

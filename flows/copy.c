@@ -139,9 +139,10 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
-    if (o->snapshot || o->bitmaps)
+    if (o->snapshot || o->bitmaps || o->salvage)
         return explain ? lsm_error(-EINVAL, "--physical copies the layer's clusters as they are: "
-                                   "not with %s", o->snapshot ? "-l" : "--bitmaps") : 0;
+                                   "not with %s", o->snapshot ? "-l" : o->bitmaps ? "--bitmaps"
+                                   : "--salvage (zeroes in place of metadata)") : 0;
     const struct lsm_create_opts *co = &o->create;
     if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
         co->compression_type || co->prealloc || o->sparse_size)
@@ -917,6 +918,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .limiter = o->limiter,
         .offload = ol != NULL,
         .offload_required = o->offload_required,
+        .salvage = o->salvage,
+        .warn = o->warn,
         .sparse_size = o->sparse_size,
         .before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL,
         .before_finish_opaque = &bitmap_copy,
@@ -970,6 +973,8 @@ out:
     if (r < 0 && !*lsm_last_error())
         lsm_error_errno(r, "copy failed");
     st->offload = es.offload;
+    st->bytes_salvaged = es.bytes_salvaged;
+    st->salvaged_ranges = es.salvaged_ranges;
     if (ol) {
         struct lsm_offload_counts oc;
         lsm_offload_get_counts(ol, &oc);

@@ -77,6 +77,8 @@ struct lsm_copy_opts {
     bool bitmaps;                     /* --bitmaps: copy SRC's persistent dirty bitmaps
                                          (its top layer's) into the qcow2 destination */
     bool skip_broken_bitmaps;         /* skip in-use (inconsistent) ones instead of failing */
+    bool salvage;                     /* --salvage: unreadable source ranges copied as zeroes,
+                                         each reported through warn (engine/copy.h) */
     uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
                                          up to the zero-detection unit) are left
                                          unallocated (0: the default, 64K for raw and one
@@ -129,6 +131,8 @@ struct lsm_copy_stats {
     uint64_t bytes_offload_cmd;
     char offload_plugin[32];
     char offload_fallback[256];        /* why the first data range offered was not offloaded */
+    uint64_t bytes_salvaged;           /* --salvage: unreadable bytes copied as zeroes */
+    unsigned salvaged_ranges;
     uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
     uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
                                 checkpoint (between the journal's frontier and reached mark) */
