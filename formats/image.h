@@ -1,7 +1,7 @@
 /* Disk images and backing chains: the extent source of the engine.
  *
  * An lsm_image is one layer (a raw file or block device, or a qcow2 file;
- * NBD exports are read by the copy engine's NBD source, engine/source-nbd.c)
+ * NBD exports are read by the NBD endpoint, endpoint/nbd.c)
  * plus a link to its backing layer.  Each format is a table
  * of operations (struct lsm_image_ops) filled by one file; nothing above
  * formats/ names a format's internals.
