@@ -1,5 +1,6 @@
 #include <dlfcn.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,14 +23,45 @@ static void *try_open(const char *dir, const char *name)
     return h;
 }
 
+/* The directory of the object that holds this code: the program, or the
+ * shared library liblsm-sync when a program of its own links that.  The
+ * library, when that is what holds this code, is made global first: a
+ * module resolves the project's functions (the LSM_SYNC_PRIVATE names of
+ * lib/liblsm-sync.map) from the global scope, and a program may have
+ * loaded the library with dlopen(RTLD_LOCAL). */
+static bool self_dir(char *dir, size_t len)
+{
+    Dl_info info;
+    if (!dladdr((void *)lsm_module_symbol, &info) || !info.dli_fname || !strchr(info.dli_fname, '/'))
+        return false;
+    if (snprintf(dir, len, "%s", info.dli_fname) >= (int)len)
+        return false;
+    /* A library already loaded: made global (no second copy is loaded).
+     * For the program this finds nothing, which is fine: it is global. */
+    void *self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+    (void)self;    /* kept: the modules loaded below keep needing it */
+    *strrchr(dir, '/') = '\0';
+    return true;
+}
+
 void *lsm_module_symbol(const char *name, const char *symbol)
 {
-    lsm_error(-ENOENT, "module lsm-%s.so not found (looked in $LSM_MODULE_DIR, beside the program and in %s)",
-              name, LSM_MODULE_DIR);
+    lsm_error(-ENOENT, "module lsm-%s.so not found (looked in $LSM_MODULE_DIR, beside the program "
+              "or library, in its lsm-sync/ folder and in %s)", name, LSM_MODULE_DIR);
     void *h = NULL;
     const char *env = getenv("LSM_MODULE_DIR");
     if (env && *env)
         h = try_open(env, name);
+    if (!h) {
+        char dir[PATH_MAX], sub[PATH_MAX];
+        if (self_dir(dir, sizeof dir)) {
+            h = try_open(dir, name);
+            /* the library installed in LIBDIR, the modules in LIBDIR/lsm-sync
+             * (also under a meson install --destdir) */
+            if (!h && snprintf(sub, sizeof sub, "%s/lsm-sync", dir) < (int)sizeof sub)
+                h = try_open(sub, name);
+        }
+    }
     if (!h) {
         char exe[PATH_MAX];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
