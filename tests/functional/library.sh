@@ -14,6 +14,13 @@
 #     an unknown format fail with one message and exit 1, the source intact;
 #   - a copy cancelled by SIGINT (a slow one: -r) stops within a few
 #     seconds, exits 1 and removes the destination it created;
+#   - tests/tools/libapi-check drives the interface itself: bad arguments
+#     (-EINVAL with a message), a copy under the context's bandwidth (still
+#     running after a second, the memory limit refused meanwhile, the
+#     status filled as far as its size says), the context freed before its
+#     transfer, a sync from a job file's JSON text (the destination chain
+#     then equal to the source by qemu-img compare), a job text that is not
+#     JSON failing with its message;
 #   - the library exports exactly the names of lib/liblsm-sync.map (nm -D
 #     --defined-only), the public ones being those include/lsm-sync.h
 #     declares, and every lsm_* name the modules a copy may load need is
@@ -111,6 +118,36 @@ if ((rc == 1)) && ((ms < 3000)) && [[ ! -e cancelled.raw ]] && grep -q '^cancell
     log "cancel: stopped $ms ms after SIGINT"
 else
     fail cancel "exit $rc after $ms ms, destination $( [[ -e cancelled.raw ]] && echo left || echo removed): $(tail -1 cancel.out) $(cat cancel.err)"
+fi
+
+# The interface itself (tests/tools/libapi-check).
+qemu-img create -q -f raw api-src.raw 32M
+qio api-src.raw raw -- 'write -P 0x44 0 24M'
+qcow2 chain-base.qcow2 16M
+qio chain-base.qcow2 -- 'write -P 0x55 0 2M'
+qemu-img create -q -f qcow2 -b chain-base.qcow2 -F qcow2 chain-top.qcow2 16M
+qio chain-top.qcow2 -- 'write -P 0x56 1M 2M' 'write -z 8M 64k'
+mkdir chain-dst
+"$LSM_SYNC" clone-structure --output=json chain-top.qcow2 --dst-dir chain-dst >job.json 2>clone.err ||
+    die "clone-structure: $(cat clone.err)"
+set +e
+"$BUILD_DIR/tests/tools/libapi-check" api-src.raw api-dst.raw job.json >api.out 2>api.err
+rc=$?
+set -e
+while read -r word name rest; do
+    case $word in
+    ok) pass "api-$name" ;;
+    FAIL) fail "api-${name%:}" "$rest" ;;
+    esac
+done <api.out
+((rc == 0)) || fail api-exit "libapi-check exit $rc: $(tail -3 api.err)"
+grep -q '^ok copy-finished' api.out && qemu-img compare -q -f raw -F raw api-src.raw api-dst.raw &&
+    pass api-copy-equal || fail api-copy-equal "the limited copy differs from its source (or did not finish)"
+if grep -q '^ok sync-finished' api.out && qemu-img compare -q chain-top.qcow2 chain-dst/chain-top.qcow2 &&
+   qemu-img compare -q chain-base.qcow2 chain-dst/chain-base.qcow2 && qemu-img check -q chain-dst/chain-top.qcow2; then
+    pass api-sync-equal
+else
+    fail api-sync-equal "the synced chain differs from its source (or the sync did not finish)"
 fi
 
 # Exports: exactly the map's names; the public ones exactly the header's.
