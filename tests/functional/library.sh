@@ -9,7 +9,8 @@
 #     (lsm_checksum) is the one `lsm-sync checksum` prints;
 #   - an NBD source (qemu-nbd): the library, not the program, loads
 #     lsm-source-nbd.so (found beside the library: LSM_MODULE_DIR unset),
-#     and the module resolves the functions it needs from the library;
+#     and the module resolves the functions it needs from the library, also
+#     when the library was loaded with dlopen(RTLD_LOCAL) (Python ctypes);
 #   - bad input: the destination the source itself (under another name) and
 #     an unknown format fail with one message and exit 1, the source intact;
 #   - a copy cancelled by SIGINT (a slow one: -r) stops within a few
@@ -73,8 +74,6 @@ qemu-nbd -r -t -f qcow2 -k "$T/nbd.sock" src.qcow2 &
 nbd_pid=$!
 for _ in $(seq 50); do [[ -S $T/nbd.sock ]] && break; sleep 0.1; done
 run_ex nbd "nbd+unix:///?socket=$T/nbd.sock" nbd.raw
-kill "$nbd_pid"
-wait "$nbd_pid" 2>/dev/null || true   # killed: its status is not the test's
 if ((rc != 0)); then
     fail nbd-source "exit $rc: $(cat nbd.err)"
 elif ! qemu-img compare -q -f qcow2 -F raw src.qcow2 nbd.raw; then
@@ -82,6 +81,35 @@ elif ! qemu-img compare -q -f qcow2 -F raw src.qcow2 nbd.raw; then
 else
     pass nbd-source
 fi
+# The same from a program that loaded the library with dlopen(RTLD_LOCAL)
+# (Python's ctypes does): the module still finds the library's functions.
+cat >local.py <<'PY'
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_LOCAL)
+lib.lsm_last_error.restype = ctypes.c_char_p
+lib.lsm_transfer_error.restype = ctypes.c_char_p
+ctx, t = ctypes.c_void_p(), ctypes.c_void_p()
+if lib.lsm_ctx_new(ctypes.byref(ctx)) != 0 or \
+   lib.lsm_copy_start(ctx, sys.argv[2].encode(), None, sys.argv[3].encode(), b"raw", None,
+                      ctypes.byref(t)) != 0:
+    sys.exit("start: " + lib.lsm_last_error().decode())
+lib.lsm_transfer_wait(t, -1)
+r = lib.lsm_transfer_result(t)
+if r != 0:
+    sys.exit("copy: %d %s" % (r, lib.lsm_transfer_error(t).decode()))
+lib.lsm_transfer_free(t)
+lib.lsm_ctx_free(ctx)
+PY
+if ldd "$LIB" | grep -q 'libasan'; then
+    skip_case nbd-dlopen-local "a sanitizer build: python3 cannot load it (the ASan runtime must come first)"
+elif python3 local.py "$LIB" "nbd+unix:///?socket=$T/nbd.sock" local.raw >local.out 2>&1 &&
+     qemu-img compare -q -f qcow2 -F raw src.qcow2 local.raw; then
+    pass nbd-dlopen-local
+else
+    fail nbd-dlopen-local "$(tail -3 local.out)"
+fi
+kill "$nbd_pid"
+wait "$nbd_pid" 2>/dev/null || true   # killed: its status is not the test's
 
 # Bad input: one message, exit 1, nothing harmed.
 ln -s src.qcow2 alias.qcow2
