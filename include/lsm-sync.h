@@ -184,7 +184,8 @@ void lsm_transfer_free(struct lsm_transfer *t);
  * and its backing chain, with algorithm ALG (NULL: "sha256"), into hex
  * (at least LSM_CHECKSUM_HEX_SIZE bytes).  Runs on the calling thread;
  * reads only (the image is opened read-only and locked as QEMU locks: an
- * image another process holds for writing is refused with -EAGAIN). */
+ * image another process holds for writing is refused with -EAGAIN).
+ * -ENOTSUP from a library built without libsodium. */
 int lsm_checksum(struct lsm_ctx *ctx, const char *path, const char *fmt, const char *alg,
                  char *hex, size_t hex_size);
 

@@ -556,6 +556,11 @@ int lsm_checksum(struct lsm_ctx *ctx, const char *path, const char *fmt, const c
         return lsm_error(-EINVAL, "lsm_checksum: %zu bytes are too few for the checksum (%d)",
                          hex_size, LSM_BLKHASH_HEX_LEN);
     hex[0] = '\0';
+#ifndef LSM_HAVE_CMD_CHECKSUM
+    (void)fmt;
+    (void)alg;
+    return lsm_error(-ENOTSUP, "checksum: liblsm-sync was built without libsodium");
+#else
     struct lsm_checksum_opts co = { .alg = LSM_BLKHASH_SHA256 };
     enum lsm_format f;
     int r;
@@ -573,4 +578,5 @@ int lsm_checksum(struct lsm_ctx *ctx, const char *path, const char *fmt, const c
         return r;
     snprintf(hex, hex_size, "%s", res.hex);
     return 0;
+#endif
 }

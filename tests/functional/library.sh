@@ -39,7 +39,13 @@ qcow2 base.qcow2 64M
 qio base.qcow2 -- 'write -P 0x11 0 8M' 'write -P 0x12 40M 4M'
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src.qcow2 64M
 qio src.qcow2 -- 'write -P 0x21 4M 2M' 'write -z 40M 1M' 'write -P 0x22 60M 3M' 'discard 0 64k'
-src_sum=$("$LSM_SYNC" checksum src.qcow2 | cut -d' ' -f1)
+# Without libsodium there is no checksum: the example says so and the
+# checksum is not compared.
+if "$LSM_SYNC" --help | grep -q '^  checksum '; then
+    src_sum=$("$LSM_SYNC" checksum src.qcow2 | cut -d' ' -f1)
+else
+    src_sum=none
+fi
 
 # run_ex NAME ARGS...: the example, its output in NAME.out/.err, exit in rc.
 run_ex() {
@@ -54,6 +60,7 @@ run_ex() {
 for fmt in qcow2 raw; do
     run_ex to-$fmt -O $fmt src.qcow2 dst.$fmt
     sum=$(sed -n 's/^checksum sha256 //p' to-$fmt.out)
+    [[ $src_sum == none ]] && grep -q '^checksum not available: .*libsodium' to-$fmt.out && sum=none
     if ((rc != 0)); then
         fail copy-to-$fmt "exit $rc: $(cat to-$fmt.err)"
     elif ! qemu-img compare -q -f qcow2 -F $fmt src.qcow2 dst.$fmt; then
