@@ -39,6 +39,27 @@ static int try_open(const char *dir, const char *name, bool ours, void **h)
     return 1;
 }
 
+/* The directory of the object that holds this code: the program, or the
+ * shared library liblsm-sync when a program of its own links that.  The
+ * library, when that is what holds this code, is made global first: a
+ * module resolves the project's functions (the LSM_SYNC_PRIVATE names of
+ * lib/liblsm-sync.map) from the global scope, and a program may have
+ * loaded the library with dlopen(RTLD_LOCAL). */
+static bool self_dir(char *dir, size_t len)
+{
+    Dl_info info;
+    if (!dladdr((void *)lsm_module_symbol, &info) || !info.dli_fname || !strchr(info.dli_fname, '/'))
+        return false;
+    if (snprintf(dir, len, "%s", info.dli_fname) >= (int)len)
+        return false;
+    /* A library already loaded: made global (no second copy is loaded).
+     * For the program this finds nothing, which is fine: it is global. */
+    void *self = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+    (void)self;    /* kept: the modules loaded below keep needing it */
+    *strrchr(dir, '/') = '\0';
+    return true;
+}
+
 static void *find_symbol(const char *name, const char *symbol, bool ours)
 {
     void *h = NULL;
@@ -46,6 +67,16 @@ static void *find_symbol(const char *name, const char *symbol, bool ours)
     const char *env = getenv("LSM_MODULE_DIR");
     if (env && *env)
         r = try_open(env, name, ours, &h);
+    if (r == 0) {
+        char dir[PATH_MAX], sub[PATH_MAX];
+        if (self_dir(dir, sizeof dir)) {
+            r = try_open(dir, name, ours, &h);
+            /* the library installed in LIBDIR, the modules in LIBDIR/lsm-sync
+             * (also under a meson install --destdir) */
+            if (r == 0 && snprintf(sub, sizeof sub, "%s/lsm-sync", dir) < (int)sizeof sub)
+                r = try_open(sub, name, ours, &h);
+        }
+    }
     if (r == 0) {
         char exe[PATH_MAX];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -62,7 +93,7 @@ static void *find_symbol(const char *name, const char *symbol, bool ours)
         r = try_open(LSM_MODULE_DIR, name, ours, &h);
     if (r == 0)
         lsm_error(-ENOENT, "module lsm-%s.so not found (looked in $LSM_MODULE_DIR, beside the "
-                  "program and in %s)", name, LSM_MODULE_DIR);
+                  "program or library, in its lsm-sync/ folder and in %s)", name, LSM_MODULE_DIR);
     if (r <= 0)
         return NULL;
     void *sym = dlsym(h, symbol);
