@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "backends.h"
+#include "budget.h"
 #include "cleanup.h"
 #include "config.h"
 #include "error.h"
@@ -123,6 +124,23 @@ static int copy_bitmaps(void *opaque)
     if (r < 0)
         lsm_error_prefix("cannot copy the bitmaps of %s", o->src_path);
     return r;
+}
+
+/* The metadata caches of a reader or a writer, from the process budget
+ * (engine/budget.h) beside the engine's buffers: all of it or -ENOMEM. */
+static int reserve_meta(uint64_t bytes, const char *what, uint64_t *reserved)
+{
+    if (!bytes)
+        return 0;
+    if (!lsm_budget_reserve(bytes, bytes, 0)) {
+        uint64_t used, total;
+        lsm_budget_usage(&used, &total);
+        return lsm_error(-ENOMEM, "memory budget: the metadata of %s needs %" PRIu64 " KiB, "
+                         "%" PRIu64 " of %" PRIu64 " KiB are in use", what, bytes >> 10,
+                         used >> 10, total >> 10);
+    }
+    *reserved += bytes;
+    return 0;
 }
 
 /* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
@@ -562,6 +580,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     struct lsm_engine_stats es = { 0 };
     struct lsm_offload *ol = NULL;
     struct bitmap_copy bitmap_copy = { .o = o };
+    uint64_t meta_reserved = 0;     /* from the process budget */
     int r;
 
     if (o->request_size && (!is_pow2(o->request_size) || o->request_size < 4096))
@@ -649,6 +668,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* -l: the snapshot's view replaces the active one before anything is read. */
     if (o->snapshot && img) {
         r = lsm_qcow2_load_snapshot(img, o->snapshot, o->snapshot_key);
+        if (r < 0)
+            goto out;
+    }
+
+    if (img) {
+        r = reserve_meta(lsm_image_meta_bytes(img), o->src_path, &meta_reserved);
         if (r < 0)
             goto out;
     }
@@ -907,6 +932,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     }
 
+    if (d.w) {
+        r = reserve_meta(qcow2_writer_meta_bytes(d.w), o->dst_path, &meta_reserved);
+        if (r < 0)
+            goto out;
+    }
     bitmap_copy.img = img;
     bitmap_copy.w = d.w;
     struct lsm_engine_params ep = {
@@ -1029,6 +1059,7 @@ out:
     lsm_journal_free(jl);
     if (img)
         lsm_image_close(img);
+    lsm_budget_release(meta_reserved);   /* the caches are freed */
     st->seconds = (double)(lsm_now_ns() - t0) / 1e9;
     return r < 0 ? r : 0;
 }

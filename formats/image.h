@@ -191,6 +191,12 @@ struct lsm_qcow2_info {
     unsigned nb_bitmaps;
     uint64_t header_length;
 };
+/* The memory the readers of img's chain hold for metadata (each qcow2
+ * layer's L1 and refcount tables and its L2 and refcount-block caches, all
+ * allocated when it is opened, so this is also their most): what a copy
+ * reserves from the process budget for its source. */
+uint64_t lsm_image_meta_bytes(const struct lsm_image *img);
+
 /* Fills *out for a qcow2 layer; -EINVAL for other formats. */
 int lsm_qcow2_get_info(struct lsm_image *img, struct lsm_qcow2_info *out);
 

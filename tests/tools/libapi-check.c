@@ -167,6 +167,36 @@ int main(int argc, char **argv)
     } else {
         CHECK("sync-bad-json", r == -EINVAL && strstr(lsm_last_error(), "job file"), "'%s'", lsm_last_error());
     }
+    /* The writer's metadata caches (about 4 MiB for 64K clusters) come
+     * from the memory limit too: refused under 4 MiB, copied under 16. */
+    char qdst[4096];
+    snprintf(qdst, sizeof qdst, "%s.qcow2", dst);
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t limit = pass ? 16 * MiB : 4 * MiB;
+        struct lsm_copy_options *qo = NULL;
+        r = lsm_ctx_set_memory_limit(ctx, limit);
+        if (r == 0)
+            r = lsm_copy_options_new(&qo);
+        if (r == 0)
+            r = lsm_copy_options_set_buffer_size(qo, 1 * MiB);
+        if (r == 0)
+            r = lsm_copy_options_set_request_size(qo, 1 * MiB);
+        if (r == 0)
+            r = lsm_copy_start(ctx, src, "raw", qdst, "qcow2", qo, &t);
+        if (r == 0)
+            r = lsm_transfer_wait(t, 60000);
+        int qres = r == 0 ? lsm_transfer_result(t) : r;
+        if (pass == 0)
+            CHECK("memory-limit-metadata", qres == -ENOMEM && t &&
+                  strstr(lsm_transfer_error(t), "metadata"), "result %d '%s'", qres,
+                  t ? lsm_transfer_error(t) : lsm_last_error());
+        else
+            CHECK("memory-limit-metadata-fits", qres == 0, "result %d '%s'", qres,
+                  t ? lsm_transfer_error(t) : lsm_last_error());
+        lsm_copy_options_free(qo);
+        lsm_transfer_free(t);
+        t = NULL;
+    }
     CHECK("memory-limit-idle", lsm_ctx_set_memory_limit(ctx, 0) == 0, "'%s'", lsm_last_error());
     lsm_ctx_free(ctx);
     return failed;
