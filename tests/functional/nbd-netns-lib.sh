@@ -65,7 +65,8 @@ netns_rate() {
         if [[ $ns == near ]]; then dev=$NEAR_DEV; else dev=$FAR_DEV; fi
         local n=$NEAR
         [[ $ns == far ]] && n=$FAR
-        ip netns exec "$n" tc qdisc del dev "$dev" root 2>/dev/null
+        # (fails when there is none yet: not an error)
+        ip netns exec "$n" tc qdisc del dev "$dev" root 2>/dev/null || :
         if [[ $rate != none ]]; then
             ip netns exec "$n" tc qdisc add dev "$dev" root tbf rate "$rate" burst 1mb latency 50ms ||
                 return 1
