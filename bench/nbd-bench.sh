@@ -14,14 +14,15 @@
 #         veth    qemu-nbd in a network namespace of its own, over a veth
 #                 pair (tests/functional/nbd-netns-lib.sh): real TCP
 #         tbf     the same link limited to 1 Gbit/s each way (tc tbf)
-#         delay   veth, with nbdkit's delay filter (2 ms per request,
+#         delay   veth, with nbdkit's delay filter ($DELAY, default 2ms, per request,
 #                 reads and writes) in front of the far qemu-nbd
 #   DIRECTION  pull   the far chain (read-only export) to a local raw file
 #              push   the local sparse raw file into a new qcow2 the far
 #                     qemu-nbd serves (made again before every run, untimed)
 # Every tool with its defaults (lsm-sync's NBD defaults: docs/nbd.md).
 # --sweep: lsm-sync alone over veth, request size x requests in flight x
-# connections (how the defaults were chosen).  Needs root (namespaces),
+# connections (how the defaults were chosen; SWEEP_LINK, SWEEP_DIRS,
+# SWEEP_SIZES, SWEEP_M and SWEEP_C in the environment narrow it).  Needs root (namespaces),
 # qemu-img, qemu-io, qemu-nbd, nbdkit, nbdcopy, ip, tc.
 set -euo pipefail
 export LC_ALL=C
@@ -32,6 +33,7 @@ RUNS=5
 SIZE=2G
 ROWS="unix-pull unix-push veth-pull veth-push tbf-pull tbf-push delay-pull delay-push"
 SWEEP=0
+DELAY=${DELAY:-2ms}   # per request, the delay rows (nbdkit delay filter)
 while (($#)); do
     case $1 in
     --lsm-sync) LSM=$2; shift 2 ;;
@@ -57,7 +59,7 @@ stop_far() {
         [[ -s $p ]] || continue
         kill "$(cat "$p")" 2>/dev/null
         for _ in $(seq 200); do
-            kill -0 "$(cat "$p")" 2>/dev/null || break
+            alive "$(cat "$p")" || break
             sleep 0.05
         done
         rm -f "$p"
@@ -93,14 +95,24 @@ serve() {
         qemu-nbd "${args[@]}" -k "$T/q.sock" --pid-file="$T/q.pid" --fork
         URI="nbd+unix:///?socket=$T/q.sock" ;;
     veth|tbf)
-        on_far qemu-nbd "${args[@]}" -b "$FAR_IP" -p 10809 --pid-file="$T/q.pid" --fork
+        # (the last server's port may take a moment to be free again)
+        for _ in $(seq 50); do
+            on_far qemu-nbd "${args[@]}" -b "$FAR_IP" -p 10809 --pid-file="$T/q.pid" \
+                --fork 2>"$T/serve.err" && break
+            sleep 0.1
+        done
+        [[ -s q.pid ]] || { cat "$T/serve.err" >&2; exit 1; }
         URI="nbd://$FAR_IP:10809/" ;;
     delay)
         rm -f q.sock
         on_far qemu-nbd "${args[@]}" -k "$T/q.sock" --pid-file="$T/q.pid" --fork
-        on_far nbdkit -i "$FAR_IP" -p 10809 -P "$T/k.pid" --filter=delay nbd \
-            socket="$T/q.sock" rdelay=2ms wdelay=2ms
+        for _ in $(seq 50); do
+            on_far nbdkit -i "$FAR_IP" -p 10809 -P "$T/k.pid" --filter=delay nbd \
+                socket="$T/q.sock" rdelay=$DELAY wdelay=$DELAY 2>"$T/serve.err" && break
+            sleep 0.1
+        done
         for _ in $(seq 100); do [[ -s k.pid ]] && break; sleep 0.05; done
+        [[ -s k.pid ]] || { cat "$T/serve.err" >&2; exit 1; }
         URI="nbd://$FAR_IP:10809/" ;;
     esac
 }
@@ -136,17 +148,17 @@ echo "# source: $VSIZE bytes virtual, $DATA bytes of data; $RUNS rounds, medians
 
 if ((SWEEP)); then
     printf '%-6s %-6s %5s %4s %5s %8s\n' row dir size m conn seconds
-    for dir in pull push; do
-        for s in 256K 1M; do
-            for m in 16 64; do
-                for c in 1 2 4; do
+    for dir in ${SWEEP_DIRS:-pull push}; do
+        for s in ${SWEEP_SIZES:-256K 1M}; do
+            for m in ${SWEEP_M:-16 64}; do
+                for c in ${SWEEP_C:-1 2 4}; do
                     samples=()
                     for _ in $(seq "$RUNS"); do
-                        serve veth $dir
+                        serve "${SWEEP_LINK:-veth}" $dir
                         samples+=("$(run lsm $dir -s $s -m $m --connections=$c)")
                         stop_far
                     done
-                    printf '%-6s %-6s %5s %4s %5s %8s\n' veth $dir $s $m $c \
+                    printf '%-6s %-6s %5s %4s %5s %8s\n' "${SWEEP_LINK:-veth}" $dir $s $m $c \
                         "$(printf '%s\n' "${samples[@]}" | median)"
                 done
             done

@@ -313,7 +313,10 @@ static int status_wait(struct nbd_ep *ne, struct nbd_status *s)
 {
     int64_t cookie = s->cookie;
     s->cookie = 0;
-    int r = wait_cmd(&ne->conns[0], cookie, s->deadline_ns, "a block status request", s->start);
+    /* Asked ahead, it may have waited unread while nothing polled the
+     * connection: the time-out counts from now at the earliest. */
+    uint64_t deadline = MAX(s->deadline_ns, deadline_after(ne->request_ms));
+    int r = wait_cmd(&ne->conns[0], cookie, deadline, "a block status request", s->start);
     if (s->cb_err)
         return lsm_error(s->cb_err, "out of memory for the extents of %s", ne->uri);
     if (r < 0)
@@ -674,6 +677,15 @@ static int conn_poll_fd(struct lsm_ep *shell, short *events)
     }
     if (ne->nretry && c == &ne->conns[0])
         send_retries(ne);
+    if (c->inflight && lsm_now_ns() >= c->head->deadline_ns) {
+        /* The answer may be waiting unread (the loop was busy elsewhere):
+         * read what is there before giving up. */
+        int e = poll_once(c, 0);
+        if (e < 0) {
+            abandon_all(ne, e);
+            return -1;
+        }
+    }
     if (c->inflight && lsm_now_ns() >= c->head->deadline_ns) {
         const struct nbd_part *p = c->head;
         abandon_all(ne, lsm_error(-ETIMEDOUT, "cannot %s %s at offset %" PRIu64 ": no answer "

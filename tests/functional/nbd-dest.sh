@@ -13,6 +13,7 @@
 # nbdcopy reads back.
 . "$(dirname "$0")/lib.sh"
 need_cmd nbdkit qemu-nbd qemu-img qemu-io nbdcopy sha256sum
+. "$TESTS_DIR/nbd-netns-lib.sh"   # alive
 
 rc=0
 "$LSM_SYNC" copy probe.raw "nbd+unix:///?socket=$T/none.sock" 2>probe.log || rc=$?
@@ -29,7 +30,7 @@ stop_servers() {
     # gone (and their image locks with them) before the next step
     for p in "${PIDS[@]}"; do
         for _ in $(seq 100); do
-            kill -0 "$p" 2>/dev/null || break
+            alive "$p" || break
             sleep 0.05
         done
     done

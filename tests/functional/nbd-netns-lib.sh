@@ -74,3 +74,11 @@ netns_rate() {
     done
     return 0
 }
+
+# alive PID: running, and not a zombie (a daemon that forked away from us,
+# such as qemu-nbd --fork, is reaped by whoever inherited it, maybe late).
+alive() {
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st && $st != Z ]]
+}

@@ -25,7 +25,7 @@ stop_far() {
         [[ -s $p ]] || continue
         kill "$(cat "$p")" 2>/dev/null
         for _ in $(seq 100); do
-            kill -0 "$(cat "$p")" 2>/dev/null || break
+            alive "$(cat "$p")" || break
             sleep 0.05
         done
         rm -f "$p"
@@ -37,7 +37,13 @@ netns_up || skip "$NETNS_WHY"
 # far_serve NAME ARGS...: qemu-nbd on the far side, port 10809.
 far_serve() {
     local name=$1; shift
-    on_far qemu-nbd -t -e 8 -b "$FAR_IP" -p 10809 --pid-file="$T/$name.pid" --fork "$@"
+    # (the last server's port may take a moment to be free again)
+    for _ in $(seq 50); do
+        on_far qemu-nbd -t -e 8 -b "$FAR_IP" -p 10809 --pid-file="$T/$name.pid" --fork "$@" \
+            2>"$T/serve.err" && return 0
+        sleep 0.1
+    done
+    die "qemu-nbd did not start on the far side: $(cat "$T/serve.err")"
 }
 URI="nbd://$FAR_IP:10809/"
 
