@@ -836,15 +836,32 @@ static const struct lsm_ep_ops nbd_dst_ops = {
     .close = nbd_close_ep,
 };
 
-/* Drive the handshake started by nbd_aio_connect_uri to the ready state. */
-static int wait_connected(struct nbd_ep *ne, struct nbd_conn *c)
+/* Drive the handshakes started by nbd_aio_connect_uri on conns[0..n) to
+ * the ready state, together (one poll of every socket still connecting),
+ * so that n connections cost the round trips of one. */
+static int wait_connected(struct nbd_ep *ne, struct nbd_conn *conns, unsigned n)
 {
     uint64_t deadline = deadline_after(ne->connect_ms);
     for (;;) {
-        if (nbd_aio_is_ready(c->h))
+        struct pollfd pf[LSM_NBD_MAX_CONNECTIONS];
+        struct nbd_conn *pc[LSM_NBD_MAX_CONNECTIONS];
+        unsigned k = 0;
+        for (unsigned i = 0; i < n; i++) {
+            struct nbd_conn *c = &conns[i];
+            if (nbd_aio_is_ready(c->h))
+                continue;
+            if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
+                return conn_fail(ne, c, "cannot connect to");
+            unsigned dir = nbd_aio_get_direction(c->h);
+            pf[k] = (struct pollfd){ .fd = nbd_aio_get_fd(c->h), .events = 0 };
+            if (dir & LIBNBD_AIO_DIRECTION_READ)
+                pf[k].events |= POLLIN;
+            if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+                pf[k].events |= POLLOUT;
+            pc[k++] = c;
+        }
+        if (!k)
             return 0;
-        if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
-            return conn_fail(ne, c, "cannot connect to");
         if (cancelled(ne)) {
             ne->broken = true;
             return lsm_error(-EINTR, "interrupted while connecting to NBD server %s", ne->uri);
@@ -856,16 +873,27 @@ static int wait_connected(struct nbd_ep *ne, struct nbd_conn *c)
                              "%u.%03u s", ne->uri, ne->connect_ms / 1000, ne->connect_ms % 1000);
         }
         uint64_t left_ms = (deadline - now + 999999) / 1000000;
-        int r = poll_once(c, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS));
-        if (r < 0) {
+        int r = poll(pf, k, (int)MIN(left_ms, (uint64_t)CANCEL_POLL_MS));
+        if (r < 0 && errno != EINTR) {
             ne->broken = true;
-            lsm_error_prefix("cannot connect to NBD server %s", ne->uri);
-            return r;
+            return lsm_error_errno(-errno, "cannot connect to NBD server %s: poll", ne->uri);
+        }
+        for (unsigned i = 0; i < k && r > 0; i++) {
+            int e = 0;
+            /* An error or hang-up is seen by reading. */
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR))
+                e = nbd_aio_notify_read(pc[i]->h);
+            else if (pf[i].revents & POLLOUT)
+                e = nbd_aio_notify_write(pc[i]->h);
+            if (e == -1) {
+                ne->broken = true;
+                return conn_fail(ne, pc[i], "cannot connect to");
+            }
         }
     }
 }
 
-static int connect_one(struct nbd_ep *ne, struct nbd_conn *c)
+static int start_connect(struct nbd_ep *ne, struct nbd_conn *c)
 {
     c->ne = ne;
     c->h = nbd_create();
@@ -874,7 +902,7 @@ static int connect_one(struct nbd_ep *ne, struct nbd_conn *c)
     if (nbd_add_meta_context(c->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
         nbd_aio_connect_uri(c->h, ne->uri) == -1)
         return conn_fail(ne, c, "cannot connect to");
-    return wait_connected(ne, c);
+    return 0;
 }
 
 /* A destination that reads as zeroes (every extent zero, by the server's
@@ -938,7 +966,7 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
         goto fail;
     }
     ne->nconns = 1;
-    if ((r = connect_one(ne, &ne->conns[0])) < 0)
+    if ((r = start_connect(ne, &ne->conns[0])) < 0 || (r = wait_connected(ne, ne->conns, 1)) < 0)
         goto fail;
     struct nbd_handle *h = ne->conns[0].h;
     int64_t size = nbd_get_size(h);
@@ -976,8 +1004,12 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
     unsigned n = ne->ep.caps.multi_conn ? want : 1;
     for (unsigned i = 1; i < n; i++) {
         ne->nconns = i + 1;
-        if ((r = connect_one(ne, &ne->conns[i])) < 0)
+        if ((r = start_connect(ne, &ne->conns[i])) < 0)
             goto fail;
+    }
+    if (n > 1 && (r = wait_connected(ne, ne->conns + 1, n - 1)) < 0)
+        goto fail;
+    for (unsigned i = 1; i < n; i++) {
         if (nbd_get_size(ne->conns[i].h) != size) {
             r = lsm_error(-EIO, "NBD server %s gave connection %u another size", ne->uri, i + 1);
             goto fail;
