@@ -19,7 +19,11 @@
 #   DIRECTION  pull   the far chain (read-only export) to a local raw file
 #              push   the local sparse raw file into a new qcow2 the far
 #                     qemu-nbd serves (made again before every run, untimed)
-# Every tool with its defaults (lsm-sync's NBD defaults: docs/nbd.md).
+# Every tool with its defaults (lsm-sync's NBD defaults: docs/nbd.md);
+# lsm-sync writes and reads local files with O_DIRECT by default, the
+# others through the page cache, so "lsm-buf" is lsm-sync --direct=never,
+# the like-for-like column.  Ratios are speed-ups over nbdcopy / qemu-img
+# (their median time over lsm-sync's).  Every sample: $SAMPLES.
 # --sweep: lsm-sync alone over veth, request size x requests in flight x
 # connections (how the defaults were chosen; SWEEP_LINK, SWEEP_DIRS,
 # SWEEP_SIZES, SWEEP_M and SWEEP_C in the environment narrow it).  Needs root (namespaces),
@@ -51,6 +55,8 @@ for c in qemu-img qemu-io qemu-nbd nbdkit nbdcopy ip tc; do
 done
 
 T=$(mktemp -d /var/tmp/lsm-nbd-bench.XXXXXX)
+SAMPLES=${SAMPLES:-/var/tmp/nbd-bench-samples.txt}
+: >"$SAMPLES"
 cd "$T"
 . "$HERE/tests/functional/nbd-netns-lib.sh"
 stop_far() {
@@ -125,13 +131,15 @@ run() {
     t0=$(date +%s%N)
     if [[ $dir == pull ]]; then
         case $tool in
-        lsm*) on_near "$LSM" copy "$@" "$URI" out.raw ;;
+        lsm) on_near "$LSM" copy "$@" "$URI" out.raw ;;
+        lsm-buf) on_near "$LSM" copy --direct=never "$@" "$URI" out.raw ;;
         nbdcopy) truncate -s 0 out.raw; on_near nbdcopy "$URI" out.raw ;;
         qemu) on_near qemu-img convert -f raw -O raw "$URI" out.raw ;;
         esac
     else
         case $tool in
-        lsm*) on_near "$LSM" copy "$@" top.raw "$URI" ;;
+        lsm) on_near "$LSM" copy "$@" top.raw "$URI" ;;
+        lsm-buf) on_near "$LSM" copy --direct=never "$@" top.raw "$URI" ;;
         nbdcopy) on_near nbdcopy top.raw "$URI" ;;
         qemu) on_near qemu-img convert -n -f raw -O raw top.raw "$URI" ;;
         esac
@@ -167,28 +175,28 @@ if ((SWEEP)); then
     exit 0
 fi
 
-TOOLS=(lsm nbdcopy qemu)
-printf '%-12s %10s %10s %10s %12s %12s %10s\n' row lsm-sync nbdcopy qemu-img \
-    "lsm MiB/s" "nbdcopy MiB/s" "lsm/nbdcopy"
+TOOLS=(lsm lsm-buf nbdcopy qemu)
+printf '%-12s %9s %9s %9s %9s %9s %9s %9s\n' row lsm lsm-buf nbdcopy qemu-img \
+    "lsm/nbdc" "buf/nbdc" "lsm/qemu"
 for row in $ROWS; do
     link=${row%-*} dir=${row#*-}
     if [[ $link == tbf ]]; then netns_rate 1gbit; else netns_rate none; fi
     declare -A S=()
     for r in $(seq "$RUNS"); do
         # interleaved, in a rotating order
-        for i in 0 1 2; do
-            tool=${TOOLS[$(( (i + r) % 3 ))]}
+        for i in 0 1 2 3; do
+            tool=${TOOLS[$(( (i + r) % 4 ))]}
             serve "$link" "$dir"
             S[$tool]+="$(run "$tool" "$dir") "
             stop_far
         done
+        echo "$row round $r: ${S[*]}" >>"$SAMPLES"
     done
-    lsm=$(tr ' ' '\n' <<<"${S[lsm]}" | grep . | median)
-    nbc=$(tr ' ' '\n' <<<"${S[nbdcopy]}" | grep . | median)
-    qem=$(tr ' ' '\n' <<<"${S[qemu]}" | grep . | median)
-    printf '%-12s %9ss %9ss %9ss %12.0f %12.0f %9.2fx\n' "$row" "$lsm" "$nbc" "$qem" \
-        "$(echo "$VSIZE / 1048576 / $lsm" | bc -l)" "$(echo "$VSIZE / 1048576 / $nbc" | bc -l)" \
-        "$(echo "$nbc / $lsm" | bc -l)"
+    med() { tr ' ' '\n' <<<"${S[$1]}" | grep . | median; }
+    lsm=$(med lsm) buf=$(med lsm-buf) nbc=$(med nbdcopy) qem=$(med qemu)
+    # ratios are speed-ups: the other tool's time over lsm-sync's
+    printf '%-12s %8ss %8ss %8ss %8ss %8.2fx %8.2fx %8.2fx\n' "$row" "$lsm" "$buf" "$nbc" "$qem" \
+        "$(echo "$nbc / $lsm" | bc -l)" "$(echo "$nbc / $buf" | bc -l)" "$(echo "$qem / $lsm" | bc -l)"
     unset S
 done
 netns_rate none

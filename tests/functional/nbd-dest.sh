@@ -51,10 +51,17 @@ wait_sock() {
 nbdkit_on() {
     local sock=$1; shift
     rm -f "$sock"
-    nbdkit --exit-with-parent -f -U "$sock" "$@" 2>>"$T/server.log" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
+    # In a subshell of its own, so that an nbdkit that dies of a signal is
+    # reported (by that subshell) into server.log, never into the stderr
+    # of whatever command this script runs at that moment; nbdkit's own
+    # pid in LAST_PID.
+    rm -f "$sock.pid"
+    { nbdkit --exit-with-parent -f -U "$sock" -P "$sock.pid" "$@"; } 2>>"$T/server.log" &
+    PIDS+=("$!")
     wait_sock "$sock"
+    for _ in $(seq 100); do [[ -s $sock.pid ]] && break; sleep 0.05; done
+    LAST_PID=$(cat "$sock.pid")
+    PIDS+=("$LAST_PID")
 }
 uri() { echo "nbd+unix:///?socket=$T/$1"; }
 sha() { nbdcopy "$1" - | sha256sum | cut -d' ' -f1; }
