@@ -39,6 +39,13 @@ bool cli_parse_size(const char *command, const char *option, const char *arg, ui
 enum cli_output { CLI_OUTPUT_HUMAN, CLI_OUTPUT_JSON };
 bool cli_parse_output(const char *command, const char *arg, enum cli_output *out);
 
+/* copy's and sync's --offload, --offload-cmd and --offload-timeout into o
+ * (cli/cmd-copy.c); false after a usage error was printed. */
+struct lsm_copy_opts;
+enum cli_offload_opt { CLI_OFFLOAD_MODE, CLI_OFFLOAD_CMD, CLI_OFFLOAD_TIMEOUT };
+bool cli_parse_offload(const char *command, enum cli_offload_opt which, const char *arg,
+                       struct lsm_copy_opts *o);
+
 /* Commands (one file each). */
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
@@ -49,5 +56,8 @@ int cmd_clone_structure(int argc, char **argv);
 int cmd_sync(int argc, char **argv);
 int cmd_replicate(int argc, char **argv);
 int cmd_checksum(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_task(int argc, char **argv);
+int cmd_monitor(int argc, char **argv);
 
 #endif

@@ -113,17 +113,24 @@ int cmd_clone_structure(int argc, char **argv)
         goto out;
     }
     if (output == CLI_OUTPUT_JSON) {
+        /* A valid job file for sync --job (docs/chains.md), with the
+         * destination's backing name as written. */
         json_object *o = json_object_new_object(), *a = json_object_new_array();
         json_object_object_add(o, "top", lsm_json_string(job.v[0].dst_path));
         for (unsigned i = 0; i < job.n; i++) {
-            json_object *v = json_object_new_object();
-            json_object_object_add(v, "source", lsm_json_string(job.v[i].src_path));
-            json_object_object_add(v, "path", lsm_json_string(job.v[i].dst_path));
-            json_object_object_add(v, "format", json_object_new_string(lsm_format_name(src.v[i].format)));
-            json_object_object_add(v, "type", json_object_new_string(
+            json_object *v = json_object_new_object(), *s = json_object_new_object(),
+                        *d = json_object_new_object();
+            const char *vfmt = lsm_format_name(src.v[i].format);
+            json_object_object_add(s, "path", lsm_json_string(job.v[i].src_path));
+            json_object_object_add(s, "format", json_object_new_string(vfmt));
+            json_object_object_add(d, "path", lsm_json_string(job.v[i].dst_path));
+            json_object_object_add(d, "format", json_object_new_string(vfmt));
+            json_object_object_add(d, "type", json_object_new_string(
                                        job.v[i].dst_type == LSM_DOMAIN_BLOCK ? "block" : "file"));
             if (job.v[i].dst_backing)
-                json_object_object_add(v, "backing", lsm_json_string(job.v[i].dst_backing));
+                json_object_object_add(d, "backing", lsm_json_string(job.v[i].dst_backing));
+            json_object_object_add(v, "source", s);
+            json_object_object_add(v, "destination", d);
             json_object_array_add(a, v);
         }
         json_object_object_add(o, "volumes", a);

@@ -34,10 +34,22 @@ static void usage(FILE *f)
         "  -U, --force-share    read SRC even if another process (a running VM) writes it\n"
         "  --target-is-zero     with -n (or an NBD DST): DST already reads as zeroes (zero\n"
         "                       ranges are skipped)\n"
-        "  -o cluster_size=N    cluster size of a qcow2 DST (default: the source's);\n"
-        "                       also backing_file=B,backing_fmt=F (as -B/-F); -o help lists\n"
+        "  -o OPTIONS           creation options: cluster_size (default: the source's),\n"
+        "                       compat=0.10|1.1, preallocation=off|metadata|falloc|full,\n"
+        "                       lazy_refcounts, refcount_bits, extended_l2,\n"
+        "                       compression_type, backing_file, backing_fmt; -o help lists\n"
+        "  -S SIZE              zero runs of SIZE or more stay unallocated (a multiple of\n"
+        "                       512 up to 16M; default 64K raw, one cluster qcow2);\n"
+        "                       -S 0 allocates everything (new DST only)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
         "  -c                   compress (qemu-img): not supported yet, fails with exit 1\n"
+        "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
+        "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
+        "  --salvage            a source range that cannot be read is copied as zeroes,\n"
+        "                       with a warning naming it (qemu-img's --salvage)\n"
+        "  --bitmaps            copy SRC's persistent dirty bitmaps (qcow2 DST)\n"
+        "  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps\n"
+        "                       instead of failing\n"
         "  -t CACHE, -T CACHE   destination / source cache mode: none, directsync: O_DIRECT;\n"
         "                       writeback, writethrough, unsafe: buffered\n"
         "  -W                   accepted: writes are always issued out of order\n"
@@ -47,7 +59,16 @@ static void usage(FILE *f)
         "  --no-physical        never choose a physical copy automatically\n"
         "  --io=auto|uring|aio|psync   I/O backend (default auto)\n"
         "  --direct=auto|always|never  O_DIRECT (default auto: buffered where refused)\n"
-        "  --offload=auto|never        reflink / copy_file_range for raw to raw\n"
+        "  --offload=auto|never|NAME   offload data extents to raw destinations: reflink,\n"
+        "                       copy_file_range (network file systems), SCSI EXTENDED COPY\n"
+        "                       (xcopy: two LUNs of one target), --offload-cmd; falling back\n"
+        "                       per extent; NAME uses only reflink, copy_file_range, command\n"
+        "                       or the plugin lsm-offload-NAME.so (default auto)\n"
+        "  --offload-cmd=CMD    offload through a vendor's tool: CMD copy SRC SRC_OFFSET DST\n"
+        "                       DST_OFFSET LENGTH must print \"copied N\" and exit 0\n"
+        "                       (exit 3: cannot copy this pair); see docs/offload.md\n"
+        "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
+        "  -C                   offload required: fail where data cannot be offloaded\n"
         "  -m REQUESTS          requests in flight (default 16)\n"
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
@@ -67,7 +88,8 @@ static void usage(FILE *f)
         "                       was not durable is copied; refused if SRC or DST changed\n"
         "  --checkpoint-interval=SIZE[,SECONDS]  with --journal: flush DST and save the\n"
         "                       journal after SIZE of data or SECONDS (default 1G,5)\n"
-        "  -p                   progress bar\n"
+        "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
+        "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
         "  --progress=json      one JSON object per line on stdout\n"
         "  -v                   print a summary\n"
         "  --output=json        print the summary as JSON on stdout\n");
@@ -76,8 +98,10 @@ static void usage(FILE *f)
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
+    OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT,
     OPT_CHECKSUM, OPT_CONNECTIONS,
     OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
+    OPT_BITMAPS, OPT_SKIP_BROKEN_BITMAPS, OPT_SALVAGE,
 };
 
 static const struct option longopts[] = {
@@ -88,6 +112,8 @@ static const struct option longopts[] = {
     { "io", required_argument, NULL, OPT_IO },
     { "direct", required_argument, NULL, OPT_DIRECT },
     { "offload", required_argument, NULL, OPT_OFFLOAD },
+    { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
+    { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
     { "buffer-size", required_argument, NULL, OPT_BUFSIZE },
     { "rate", required_argument, NULL, OPT_RATE },
     { "progress", optional_argument, NULL, OPT_PROGRESS },
@@ -101,6 +127,9 @@ static const struct option longopts[] = {
     { "checkpoint-interval", required_argument, NULL, OPT_CHECKPOINT },
     { "verbose", no_argument, NULL, 'v' },
     { "force-share", no_argument, NULL, 'U' },
+    { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+    { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN_BITMAPS },
+    { "salvage", no_argument, NULL, OPT_SALVAGE },
     { NULL, 0, NULL, 0 },
 };
 
@@ -161,6 +190,20 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "bytes_zeroed", json_object_new_int64((int64_t)st->bytes_zeroed));
         json_object_object_add(j, "bytes_skipped", json_object_new_int64((int64_t)st->bytes_skipped));
         json_object_object_add(j, "bytes_offloaded", json_object_new_int64((int64_t)st->bytes_offloaded));
+        json_object *paths = json_object_new_object();
+        json_object_object_add(paths, "reflink", json_object_new_int64((int64_t)st->bytes_reflinked));
+        json_object_object_add(paths, "copy_file_range", json_object_new_int64((int64_t)st->bytes_copy_range));
+        json_object_object_add(paths, "plugin", json_object_new_int64((int64_t)st->bytes_plugin));
+        json_object_object_add(paths, "plugin_name", lsm_json_string(st->offload_plugin));
+        json_object_object_add(paths, "command", json_object_new_int64((int64_t)st->bytes_offload_cmd));
+        json_object_object_add(paths, "software", json_object_new_int64((int64_t)st->bytes_written));
+        json_object_object_add(j, "offload_paths", paths);
+        if (*st->offload_fallback)
+            json_object_object_add(j, "offload_fallback", lsm_json_string(st->offload_fallback));
+        if (o->salvage) {
+            json_object_object_add(j, "bytes_salvaged", json_object_new_int64((int64_t)st->bytes_salvaged));
+            json_object_object_add(j, "salvaged_ranges", json_object_new_int64(st->salvaged_ranges));
+        }
         if (o->journal) {
             json_object_object_add(j, "bytes_already_done", json_object_new_int64((int64_t)st->bytes_already_done));
             json_object_object_add(j, "bytes_redone", json_object_new_int64((int64_t)st->bytes_redone));
@@ -196,7 +239,26 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
             lsm_format_size((uint64_t)rate, b5, sizeof(b5)));
     fprintf(stderr, "lsm-sync: io: %s, %s%s%s\n", st->io_name, st->direct ? "O_DIRECT" : "buffered",
             st->physical ? ", physical (host order)" : "",
-            st->offload ? ", offloaded (reflink/copy_file_range)" : "");
+            st->offload ? ", offloaded" : "");
+    if (st->offload) {
+        char r1[32], r2[32], r3[32], r4[32], r5[32];
+        fprintf(stderr, "lsm-sync: offload: %s reflink, %s copy_file_range, %s plugin%s%s%s, "
+                "%s command, %s software\n",
+                lsm_format_size(st->bytes_reflinked, r1, sizeof(r1)),
+                lsm_format_size(st->bytes_copy_range, r2, sizeof(r2)),
+                lsm_format_size(st->bytes_plugin, r3, sizeof(r3)),
+                *st->offload_plugin ? " (" : "", st->offload_plugin, *st->offload_plugin ? ")" : "",
+                lsm_format_size(st->bytes_offload_cmd, r4, sizeof(r4)),
+                lsm_format_size(st->bytes_written, r5, sizeof(r5)));
+    }
+    if (*st->offload_fallback)
+        fprintf(stderr, "lsm-sync: offload fell back to the software copy: %s\n", st->offload_fallback);
+    if (st->bytes_salvaged) {
+        char r1[32];
+        fprintf(stderr, "lsm-sync: --salvage: %s in %u range%s could not be read and were copied "
+                "as zeroes\n", lsm_format_size(st->bytes_salvaged, r1, sizeof(r1)),
+                st->salvaged_ranges, st->salvaged_ranges == 1 ? "" : "s");
+    }
 }
 
 static int set_cluster_size(const char *arg, struct lsm_copy_opts *o)
@@ -226,29 +288,89 @@ static bool parse_cache(const char *arg, const char *opt, enum lsm_direct_mode *
     return true;
 }
 
-/* Creation options accepted with the one value the writer makes. */
-static const struct fixed_opt {
-    const char *name, *value, *note;
-} fixed_opts[] = {
-    { "lazy_refcounts", "off", "" },
-    { "refcount_bits", "16", " yet (16 only)" },
-    { "extended_l2", "off", " yet" },
-    { "compression_type", "zlib", "" },
-    { "preallocation", "off", " yet" },
-};
-
-static const struct fixed_opt *fixed_opt(const char *name)
+/* qemu's boolean option values. */
+static bool parse_onoff(const char *name, const char *val, bool *out)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(fixed_opts); i++)
-        if (!strcmp(name, fixed_opts[i].name))
-            return &fixed_opts[i];
-    return NULL;
+    if (!strcmp(val, "on") || !strcmp(val, "true") || !strcmp(val, "yes"))
+        *out = true;
+    else if (!strcmp(val, "off") || !strcmp(val, "false") || !strcmp(val, "no"))
+        *out = false;
+    else {
+        cli_usage_error("copy", "Parameter '%s' expects 'on' or 'off', not '%s'", name, val);
+        return false;
+    }
+    return true;
+}
+
+/* One NAME=VALUE creation option into o (and the -o-only flags). */
+static int set_create_opt(const char *kv, const char *val, struct lsm_copy_opts *o)
+{
+    struct lsm_create_opts *co = &o->create;
+    uint64_t v;
+    if (!strcmp(kv, "cluster_size"))
+        return set_cluster_size(val, o);
+    if (!strcmp(kv, "backing_file")) {
+        o->backing = val;
+        return 0;
+    }
+    if (!strcmp(kv, "backing_fmt")) {
+        if (lsm_format_parse(val, &o->backing_fmt) < 0)
+            return cli_usage_error("copy", "unknown format for backing_fmt: '%s'", val);
+        return 0;
+    }
+    if (!strcmp(kv, "compat")) {
+        if (!strcmp(val, "1.1") || !strcmp(val, "v3"))
+            co->qcow2_version = 3;
+        else if (!strcmp(val, "0.10") || !strcmp(val, "v2"))
+            co->qcow2_version = 2;
+        else
+            return cli_usage_error("copy", "Invalid parameter value for 'compat': '%s' "
+                                   "(0.10, v2, 1.1 or v3)", val);
+        return 0;
+    }
+    if (!strcmp(kv, "preallocation")) {
+        if (!strcmp(val, "off"))
+            co->prealloc = LSM_PREALLOC_OFF;
+        else if (!strcmp(val, "metadata"))
+            co->prealloc = LSM_PREALLOC_METADATA;
+        else if (!strcmp(val, "falloc"))
+            co->prealloc = LSM_PREALLOC_FALLOC;
+        else if (!strcmp(val, "full"))
+            co->prealloc = LSM_PREALLOC_FULL;
+        else
+            return cli_usage_error("copy", "Parameter 'preallocation' does not accept value '%s' "
+                                   "(off, metadata, falloc, full)", val);
+        return 0;
+    }
+    if (!strcmp(kv, "lazy_refcounts"))
+        return parse_onoff(kv, val, &co->lazy_refcounts) ? 0 : EXIT_USAGE;
+    if (!strcmp(kv, "extended_l2"))
+        return parse_onoff(kv, val, &co->extended_l2) ? 0 : EXIT_USAGE;
+    if (!strcmp(kv, "refcount_bits")) {
+        if (!cli_parse_size("copy", "refcount_bits", val, &v))
+            return EXIT_USAGE;
+        if (!is_pow2(v) || v > 64)
+            return cli_usage_error("copy", "Refcount width must be a power of two and may not "
+                                   "exceed 64 bits, not '%s'", val);
+        co->refcount_bits = (unsigned)v;
+        return 0;
+    }
+    if (!strcmp(kv, "compression_type")) {
+        if (!strcmp(val, "zlib"))
+            co->compression_type = LSM_COMPRESSION_ZLIB;
+        else if (!strcmp(val, "zstd"))
+            co->compression_type = LSM_COMPRESSION_ZSTD;
+        else
+            return cli_usage_error("copy", "Parameter 'compression_type' does not accept value "
+                                   "'%s' (zlib, zstd)", val);
+        return 0;
+    }
+    return cli_usage_error("copy", "Invalid parameter '%s'", kv);
 }
 
 /* -o NAME=VALUE[,NAME=VALUE...]: the creation options this writer has. */
 static int parse_create_opts(char *arg, struct lsm_copy_opts *o, bool *help)
 {
-    const struct fixed_opt *fixed;
     char *save = NULL;
     for (char *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         if (!strcmp(kv, "help") || !strcmp(kv, "?")) {
@@ -259,26 +381,39 @@ static int parse_create_opts(char *arg, struct lsm_copy_opts *o, bool *help)
         if (!val)
             return cli_usage_error("copy", "Invalid parameter '%s'", kv);
         *val++ = '\0';
-        int r = 0;
-        if (!strcmp(kv, "cluster_size"))
-            r = set_cluster_size(val, o);
-        else if (!strcmp(kv, "backing_file"))
-            o->backing = val;
-        else if (!strcmp(kv, "backing_fmt")) {
-            if (lsm_format_parse(val, &o->backing_fmt) < 0)
-                r = cli_usage_error("copy", "unknown format for backing_fmt: '%s'", val);
-        } else if (!strcmp(kv, "compat")) {
-            if (strcmp(val, "1.1") && strcmp(val, "v3"))
-                r = cli_usage_error("copy", "compat=%s is not supported yet: the qcow2 "
-                                    "writer makes version 3 (compat=1.1) images", val);
-        } else if ((fixed = fixed_opt(kv))) {
-            if (strcmp(val, fixed->value))
-                r = cli_usage_error("copy", "%s=%s is not supported%s", kv, val, fixed->note);
-        } else
-            r = cli_usage_error("copy", "Invalid parameter '%s'", kv);
+        int r = set_create_opt(kv, val, o);
         if (r)
             return r;
     }
+    return 0;
+}
+
+/* The combinations qemu-img refuses, refused before anything is opened. */
+static int check_create_opts(const struct lsm_copy_opts *o, bool have_o)
+{
+    const struct lsm_create_opts *co = &o->create;
+    if (have_o && o->no_create)
+        return cli_usage_error("copy", "-o has no effect when skipping image creation (-n)");
+    if (o->dst_fmt == LSM_FMT_RAW) {
+        if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
+            co->compression_type || o->cluster_size)
+            return cli_usage_error("copy", "-O raw takes only the creation option preallocation");
+        if (co->prealloc == LSM_PREALLOC_METADATA)
+            return cli_usage_error("copy", "Unsupported preallocation mode for raw: metadata");
+        return 0;
+    }
+    if (co->qcow2_version == 2) {
+        const char *what = co->refcount_bits && co->refcount_bits != 16 ? "refcount widths other than 16 bits"
+                         : co->extended_l2 ? "extended L2 entries"
+                         : co->lazy_refcounts ? "lazy refcounts"
+                         : co->compression_type ? "compression types other than zlib" : NULL;
+        if (what)
+            return cli_usage_error("copy", "%s need compat=1.1 (qcow2 version 3)", what);
+    }
+    if (co->extended_l2 && o->cluster_size && o->cluster_size < 16 * KiB)
+        return cli_usage_error("copy", "extended_l2=on needs a cluster size of at least 16K");
+    if (co->prealloc != LSM_PREALLOC_OFF && o->backing)
+        return cli_usage_error("copy", "preallocation with a backing file is not supported");
     return 0;
 }
 
@@ -288,12 +423,12 @@ static void create_opts_help(void)
            "  backing_file=FILE      (qcow2) as -B\n"
            "  backing_fmt=FMT        (qcow2) as -F\n"
            "  cluster_size=SIZE      (qcow2) 512 to 2M, a power of two\n"
-           "  compat=1.1             (qcow2) version 3, the only one written\n"
-           "  compression_type=zlib\n"
-           "  extended_l2=off\n"
-           "  lazy_refcounts=off\n"
-           "  preallocation=off\n"
-           "  refcount_bits=16\n");
+           "  compat=0.10|1.1        (qcow2) version 2 or 3 (default 1.1)\n"
+           "  compression_type=zlib|zstd  (qcow2, version 3) the type in the header\n"
+           "  extended_l2=on|off     (qcow2, version 3) subclusters; clusters of 16K or more\n"
+           "  lazy_refcounts=on|off  (qcow2, version 3) the compatible feature bit\n"
+           "  preallocation=off|metadata|falloc|full  (qcow2; raw: off, falloc, full)\n"
+           "  refcount_bits=N        (qcow2) 1 to 64, a power of two (version 2: 16)\n");
 }
 
 static bool parse_fmt(const char *arg, const char *opt, enum lsm_format *out)
@@ -305,6 +440,35 @@ static bool parse_fmt(const char *arg, const char *opt, enum lsm_format *out)
     return true;
 }
 
+/* --offload, --offload-cmd and --offload-timeout of copy and sync. */
+bool cli_parse_offload(const char *command, enum cli_offload_opt which, const char *arg,
+                       struct lsm_copy_opts *o)
+{
+    switch (which) {
+    case CLI_OFFLOAD_MODE:
+        if (lsm_offload_mode_parse(arg, &o->offload_mode, &o->offload_name) < 0)
+            return cli_usage_error(command, "--offload must be auto, never or a name, not '%s'", arg), false;
+        o->offload = o->offload_mode != LSM_OFFLOAD_NEVER;
+        return true;
+    case CLI_OFFLOAD_CMD:
+        if (!*arg)
+            return cli_usage_error(command, "--offload-cmd needs a command"), false;
+        o->offload_cmd = arg;
+        return true;
+    case CLI_OFFLOAD_TIMEOUT: {
+        char *end;
+        errno = 0;
+        unsigned long t = strtoul(arg, &end, 10);
+        if (errno || end == arg || *end || t < 1 || t > 86400 || *arg == '-')
+            return cli_usage_error(command, "--offload-timeout must be 1 to 86400 seconds, not '%s'",
+                                   arg), false;
+        o->offload_timeout_s = (unsigned)t;
+        return true;
+    }
+    }
+    return false;
+}
+
 int cmd_copy(int argc, char **argv)
 {
     struct lsm_copy_opts o = {
@@ -314,12 +478,13 @@ int cmd_copy(int argc, char **argv)
     struct lsm_copy_stats st;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
-    bool verbose = false, quiet = false, opts_help = false;
+    bool verbose = false, quiet = false, opts_help = false, have_o = false;
+    bool skip_broken = false, sparse_set = false;
     uint64_t v;
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:s:pvqWr:t:T:o:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:s:pvqWr:t:T:o:S:Cl:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -358,8 +523,48 @@ int cmd_copy(int argc, char **argv)
             int r = parse_create_opts(optarg, &o, &opts_help);
             if (r)
                 return r;
+            have_o = true;
             break;
         }
+        case 'S':
+            /* qemu-img's limits: a multiple of 512 up to 16M; 0 allocates everything. */
+            if (!cli_parse_size("copy", "-S", optarg, &v))
+                return EXIT_USAGE;
+            if (v % 512 || v > 16 * MiB)
+                return cli_usage_error("copy", "Invalid buffer size for sparse output specified. "
+                                       "Valid sizes are multiples of 512 up to 16777216. Select 0 "
+                                       "to disable sparse detection (fully allocates output).");
+            o.sparse_size = v;
+            sparse_set = true;
+            break;
+        case 'l':
+            /* qemu-img's forms: snapshot.id=ID, snapshot.name=NAME, or
+             * ID_OR_NAME (by id first, then by name). */
+            if (!strncmp(optarg, "snapshot.id=", 12)) {
+                o.snapshot = optarg + 12;
+                o.snapshot_key = LSM_SNAPSHOT_ID;
+            } else if (!strncmp(optarg, "snapshot.name=", 14)) {
+                o.snapshot = optarg + 14;
+                o.snapshot_key = LSM_SNAPSHOT_NAME;
+            } else if (strchr(optarg, '=') || strchr(optarg, ',')) {
+                return cli_usage_error("copy", "-l takes snapshot.id=ID, snapshot.name=NAME "
+                                       "or ID_OR_NAME, not '%s'", optarg);
+            } else {
+                o.snapshot = optarg;
+                o.snapshot_key = LSM_SNAPSHOT_ID_OR_NAME;
+            }
+            if (!*o.snapshot)
+                return cli_usage_error("copy", "-l: empty snapshot id or name");
+            break;
+        case OPT_SALVAGE:
+            o.salvage = true;
+            break;
+        case OPT_BITMAPS:
+            o.bitmaps = true;
+            break;
+        case OPT_SKIP_BROKEN_BITMAPS:
+            skip_broken = true;
+            break;
         case 'c':
             cli_error("copy", "-c (compressed qcow2 output) is not supported yet; "
                       "for the cluster size use -o cluster_size=SIZE");
@@ -487,12 +692,15 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "--direct must be auto, always or never, not '%s'", optarg);
             break;
         case OPT_OFFLOAD:
-            if (!strcmp(optarg, "auto"))
-                o.offload = true;
-            else if (!strcmp(optarg, "never"))
-                o.offload = false;
-            else
-                return cli_usage_error("copy", "--offload must be auto or never, not '%s'", optarg);
+        case OPT_OFFLOAD_CMD:
+        case OPT_OFFLOAD_TIMEOUT:
+            if (!cli_parse_offload("copy", c == OPT_OFFLOAD ? CLI_OFFLOAD_MODE
+                                   : c == OPT_OFFLOAD_CMD ? CLI_OFFLOAD_CMD : CLI_OFFLOAD_TIMEOUT,
+                                   optarg, &o))
+                return EXIT_USAGE;
+            break;
+        case 'C':
+            o.offload_required = true;
             break;
         default:
             return cli_usage_error("copy", "invalid option");
@@ -504,6 +712,10 @@ int cmd_copy(int argc, char **argv)
     }
     if (quiet)
         pmode = CLI_PROGRESS_NONE;
+    if (o.offload_cmd && !o.offload)
+        return cli_usage_error("copy", "--offload-cmd cannot be used with --offload=never");
+    if (o.offload_cmd && o.offload_mode == LSM_OFFLOAD_ONLY && strcmp(o.offload_name, "command"))
+        return cli_usage_error("copy", "--offload-cmd needs --offload=auto or --offload=command");
     if (argc - optind != 2)
         return cli_usage_error("copy", "expected SRC and DST");
     o.src_path = argv[optind];
@@ -516,12 +728,33 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "-B needs -O qcow2");
     if (o.target_is_zero && !o.no_create && !lsm_is_nbd_uri(o.dst_path))
         return cli_usage_error("copy", "--target-is-zero needs -n");
+    int rc = check_create_opts(&o, have_o);
+    if (rc)
+        return rc;
+    if (skip_broken && !o.bitmaps)
+        return cli_usage_error("copy", "--skip-broken-bitmaps needs --bitmaps");
+    o.skip_broken_bitmaps = skip_broken;
+    if (o.bitmaps && o.dst_fmt != LSM_FMT_QCOW2)
+        return cli_usage_error("copy", "--bitmaps needs -O qcow2 (raw has no bitmaps)");
+    if (sparse_set && o.sparse_size == 0) {
+        /* -S 0: no sparse detection, everything allocated, as qemu-img
+         * writes it: a new destination fully preallocated (zeroes written). */
+        if (o.no_create)
+            return cli_usage_error("copy", "-S 0 with -n is not supported yet");
+        if (o.backing)
+            return cli_usage_error("copy", "-S 0 with a backing file (-B) is not supported");
+        o.create.prealloc = LSM_PREALLOC_FULL;
+    }
     if (o.resume && !o.journal)
         return cli_usage_error("copy", "--resume needs --journal");
     if ((o.checkpoint_bytes || o.checkpoint_ms) && !o.journal)
         return cli_usage_error("copy", "--checkpoint-interval needs --journal");
     if (o.journal && o.physical == LSM_PHYSICAL_ALWAYS)
         return cli_usage_error("copy", "--journal copies in guest order: not with --physical");
+    /* A resumed writer finishes a version 3 image: the version 2 header
+     * is made by the writer that created the image. */
+    if (o.journal && o.create.qcow2_version == 2)
+        return cli_usage_error("copy", "--journal is not supported with compat=0.10 yet");
     /* --progress=json with --output=json: both on stdout, one object per
      * line, the summary last. */
 

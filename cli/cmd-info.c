@@ -67,6 +67,31 @@ static json_object *image_json(struct lsm_image *img, bool for_json)
         json_object_object_add(d, "compression-type", json_object_new_string(qi.compression));
         if (qi.version >= 3)
             json_object_object_add(d, "lazy-refcounts", json_object_new_boolean(qi.lazy_refcounts));
+        /* Persistent bitmaps, where and as qemu-img info lists them. */
+        struct lsm_bitmap_info *bm;
+        int nbm = lsm_qcow2_get_bitmaps(img, &bm);
+        if (nbm < 0) {
+            json_object_put(d);
+            json_object_put(fs);
+            json_object_put(o);
+            return NULL;
+        }
+        if (nbm > 0) {
+            json_object *a = json_object_new_array();
+            for (int i = 0; i < nbm; i++) {
+                json_object *b = json_object_new_object(), *fl = json_object_new_array();
+                if (bm[i].in_use)
+                    json_object_array_add(fl, json_object_new_string("in-use"));
+                if (bm[i].autoload)
+                    json_object_array_add(fl, json_object_new_string("auto"));
+                json_object_object_add(b, "flags", fl);
+                json_object_object_add(b, "name", name_string(bm[i].name, for_json));
+                json_object_object_add(b, "granularity", json_object_new_int64((int64_t)bm[i].granularity));
+                json_object_array_add(a, b);
+            }
+            json_object_object_add(d, "bitmaps", a);
+            lsm_bitmaps_free(bm, nbm);
+        }
         json_object_object_add(d, "refcount-bits", json_object_new_int(qi.refcount_bits));
         if (qi.version >= 3) {
             json_object_object_add(d, "corrupt", json_object_new_boolean(qi.corrupt));
@@ -110,6 +135,32 @@ static const char *jstr(json_object *o, const char *key)
     return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* One format-specific field as qemu-img prints it: "name: value", lists
+ * and objects one level deeper each, list elements named [0], [1]... */
+static void print_field(const char *key, json_object *val, int indent)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s", key);
+    if (key[0] != '[')
+        for (char *p = name; *p; p++)
+            if (*p == '-')
+                *p = ' ';
+    if (json_object_is_type(val, json_type_array)) {
+        printf("%*s%s:\n", indent, "", name);
+        for (size_t i = 0; i < json_object_array_length(val); i++) {
+            char idx[24];
+            snprintf(idx, sizeof idx, "[%zu]", i);
+            print_field(idx, json_object_array_get_idx(val, i), indent + 4);
+        }
+    } else if (json_object_is_type(val, json_type_object)) {
+        printf("%*s%s:\n", indent, "", name);
+        json_object_object_foreach(val, k, v)
+            print_field(k, v, indent + 4);
+    } else {
+        printf("%*s%s: %s\n", indent, "", name, json_object_get_string(val));
+    }
+}
+
 static void print_human(json_object *o)
 {
     char b1[32], b2[32];
@@ -144,14 +195,8 @@ static void print_human(json_object *o)
     if (json_object_object_get_ex(o, "format-specific", &fs) &&
         json_object_object_get_ex(fs, "data", &d)) {
         printf("Format specific information:\n");
-        json_object_object_foreach(d, key, val) {
-            char name[64];
-            snprintf(name, sizeof name, "%s", key);
-            for (char *p = name; *p; p++)
-                if (*p == '-')
-                    *p = ' ';
-            printf("    %s: %s\n", name, json_object_get_string(val));
-        }
+        json_object_object_foreach(d, key, val)
+            print_field(key, val, 4);
     }
 }
 
@@ -206,10 +251,22 @@ int cmd_info(int argc, char **argv)
     json_object *out;
     if (chain) {
         out = json_object_new_array();
-        for (struct lsm_image *l = img; l; l = l->backing)
-            json_object_array_add(out, image_json(l, output == CLI_OUTPUT_JSON));
+        for (struct lsm_image *l = img; l; l = l->backing) {
+            json_object *one = image_json(l, output == CLI_OUTPUT_JSON);
+            if (!one) {
+                json_object_put(out);
+                out = NULL;
+                break;
+            }
+            json_object_array_add(out, one);
+        }
     } else {
         out = image_json(img, output == CLI_OUTPUT_JSON);
+    }
+    if (!out) {
+        int rc = cli_fail("info");
+        lsm_image_close(img);
+        return rc;
     }
     if (output == CLI_OUTPUT_JSON) {
         printf("%s\n", json_object_to_json_string_ext(out, JSON_C_TO_STRING_PRETTY |

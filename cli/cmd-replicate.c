@@ -1,5 +1,6 @@
 /* lsm-sync replicate: active-layer replication of a running VM's disk
  * (monitor/mirror.h).  start / status / finish / abort. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -40,7 +41,8 @@ static void usage(FILE *f)
         "  -o, --output=FMT     human (default) or json\n"
         " start:\n"
         "  -f, --format=FMT     DST's format, qcow2 or raw (default: probed from DST)\n"
-        "  --bandwidth=BYTES    bulk-copy bandwidth limit in bytes/s (suffixes allowed)\n"
+        "  --bandwidth=N        bulk-copy bandwidth limit in MiB/s (as virsh blockcopy)\n"
+        "  --bytes              --bandwidth is in bytes/s (suffixes allowed: 512K, 4M)\n"
         "  --granularity=N      dirty-tracking granularity in bytes (power of two)\n"
         "  --buf-size=N         bytes in flight\n"
         "  --sync-writes        guest writes complete only once on both sides (converges\n"
@@ -52,7 +54,7 @@ static void usage(FILE *f)
 
 enum {
     OPT_BACKEND = 256, OPT_BANDWIDTH, OPT_GRANULARITY, OPT_BUF_SIZE, OPT_SYNC_WRITES,
-    OPT_WAIT, OPT_TIMEOUT,
+    OPT_WAIT, OPT_TIMEOUT, OPT_BYTES,
 };
 
 static const struct option longopts[] = {
@@ -62,6 +64,7 @@ static const struct option longopts[] = {
     { "output", required_argument, NULL, 'o' },
     { "format", required_argument, NULL, 'f' },
     { "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
+    { "bytes", no_argument, NULL, OPT_BYTES },
     { "granularity", required_argument, NULL, OPT_GRANULARITY },
     { "buf-size", required_argument, NULL, OPT_BUF_SIZE },
     { "sync-writes", no_argument, NULL, OPT_SYNC_WRITES },
@@ -226,6 +229,8 @@ static int run_finish(const struct args *a, struct lsm_mirror *m)
 static bool parse_args(int argc, char **argv, struct args *a, int *rc)
 {
     uint64_t v;
+    const char *bandwidth = NULL;
+    bool bytes = false;
     int c;
     *rc = EXIT_USAGE;
     optind = 1;
@@ -252,8 +257,10 @@ static bool parse_args(int argc, char **argv, struct args *a, int *rc)
             }
             break;
         case OPT_BANDWIDTH:
-            if (!cli_parse_size(a->what, "--bandwidth", optarg, &a->start.bandwidth))
-                return false;
+            bandwidth = optarg;
+            break;
+        case OPT_BYTES:
+            bytes = true;
             break;
         case OPT_GRANULARITY:
             if (!cli_parse_size(a->what, "--granularity", optarg, &v))
@@ -289,6 +296,26 @@ static bool parse_args(int argc, char **argv, struct args *a, int *rc)
             cli_usage_error(a->what, "invalid option");
             return false;
         }
+    }
+
+    /* virsh blockcopy's units: MiB/s, or bytes/s with --bytes. */
+    if (bytes && !bandwidth) {
+        cli_usage_error(a->what, "--bytes needs --bandwidth");
+        return false;
+    }
+    if (bandwidth && bytes) {
+        if (!cli_parse_size(a->what, "--bandwidth", bandwidth, &a->start.bandwidth))
+            return false;
+    } else if (bandwidth) {
+        char *end;
+        errno = 0;
+        unsigned long long mib = strtoull(bandwidth, &end, 10);
+        if (errno || end == bandwidth || *end || bandwidth[0] == '-' || mib > (UINT64_MAX >> 20)) {
+            cli_usage_error(a->what, "--bandwidth is a whole number of MiB/s (as in virsh "
+                            "blockcopy), not '%s'; add --bytes for bytes/s", bandwidth);
+            return false;
+        }
+        a->start.bandwidth = (uint64_t)mib << 20;
     }
 
     bool start_opts = a->start.dst_fmt != LSM_FMT_AUTO || a->start.bandwidth ||

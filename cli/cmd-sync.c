@@ -2,6 +2,7 @@
  * layer by layer (each destination volume receives only its source
  * volume's own layer), into a destination chain of the same structure.
  * The work is flows/sync.c; this file parses options and prints. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <json-c/json.h>
 
 #include "cli.h"
+#include "json-out.h"
 #include "json-util.h"
 #include "flow-copy.h"
 #include "progress.h"
@@ -43,7 +45,8 @@ static void sync_usage(FILE *f)
         "  --type=TYPE          ALL, INTERNAL or LEAF (required)\n"
         "  --job FILE           explicit source/destination volumes (docs/chains.md)\n"
         "  --parallel N         copy up to N volumes at once (default 4)\n"
-        "  -p                   progress bar\n"
+        "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
+        "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
         "  --progress=json      one JSON progress object per line on stdout\n"
         "  --output=FMT         human (default) or json summary\n"
         "  --io=KIND            auto, uring, aio or psync\n"
@@ -51,12 +54,18 @@ static void sync_usage(FILE *f)
         "  -m N                 requests in flight per volume (default 16)\n"
         "  -s SIZE              request size (default 1M)\n"
         "  --buffer-size=SIZE   memory budget for buffers, shared by all volumes (default 32M)\n"
-        "  --rate=BYTES         bandwidth limit per volume copy, bytes per second\n");
+        "  --rate=BYTES         bandwidth limit per volume copy, bytes per second\n"
+        "  --offload=auto|never|NAME   offload each volume's data extents to raw\n"
+        "                       destinations, as copy does (default auto; docs/offload.md)\n"
+        "  --offload-cmd=CMD    offload through a vendor's tool, as copy does\n"
+        "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
+        "  -C                   offload required: a volume whose data cannot be offloaded fails\n");
 }
 
 int cmd_sync(int argc, char **argv)
 {
-    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE };
+    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE,
+           OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT };
     static const struct option opts[] = {
         { "type", required_argument, NULL, OPT_TYPE },
         { "job", required_argument, NULL, OPT_JOB },
@@ -67,6 +76,9 @@ int cmd_sync(int argc, char **argv)
         { "direct", required_argument, NULL, OPT_DIRECT },
         { "buffer-size", required_argument, NULL, OPT_BUF },
         { "rate", required_argument, NULL, OPT_RATE },
+        { "offload", required_argument, NULL, OPT_OFFLOAD },
+        { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
+        { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -75,12 +87,12 @@ int cmd_sync(int argc, char **argv)
     unsigned parallel = LSM_SYNC_DEFAULT_PARALLEL;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
-    struct lsm_copy_opts base = { 0 };
+    struct lsm_copy_opts base = { .offload = true };
     uint64_t v64;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "pm:s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "pm:s:Ch", opts, NULL)) != -1) {
         switch (c) {
         case OPT_TYPE:
         {
@@ -130,6 +142,17 @@ int cmd_sync(int argc, char **argv)
         case OPT_RATE:
             if (!cli_parse_size("sync", "--rate", optarg, &base.rate))
                 return EXIT_USAGE;
+            break;
+        case OPT_OFFLOAD:
+        case OPT_OFFLOAD_CMD:
+        case OPT_OFFLOAD_TIMEOUT:
+            if (!cli_parse_offload("sync", c == OPT_OFFLOAD ? CLI_OFFLOAD_MODE
+                                   : c == OPT_OFFLOAD_CMD ? CLI_OFFLOAD_CMD : CLI_OFFLOAD_TIMEOUT,
+                                   optarg, &base))
+                return EXIT_USAGE;
+            break;
+        case 'C':
+            base.offload_required = true;
             break;
         case 'h':
             sync_usage(stdout);
@@ -191,20 +214,38 @@ int cmd_sync(int argc, char **argv)
     if (output == CLI_OUTPUT_JSON) {
         json_object *o = json_object_new_object(), *a = json_object_new_array();
         json_object_object_add(o, "type", json_object_new_string(lsm_sync_type_name(res.type)));
-        json_object_object_add(o, "bytes-total", json_object_new_int64((int64_t)res.bytes_total));
-        json_object_object_add(o, "bytes-done", json_object_new_int64((int64_t)res.bytes_done));
-        json_object_object_add(o, "seconds", json_object_new_double(res.seconds));
+        /* The field names of copy --output=json (and of the progress lines). */
+        json_object_object_add(o, "bytes_total", json_object_new_int64((int64_t)res.bytes_total));
+        json_object_object_add(o, "bytes_done", json_object_new_int64((int64_t)res.bytes_done));
+        json_object_object_add(o, "seconds", cli_json_fixed(res.seconds, "%.3f"));
         for (unsigned k = 0; k < res.nvols; k++) {
             struct lsm_sync_volume *v = &res.v[k];
             json_object *e = json_object_new_object();
             json_object_object_add(e, "source", lsm_json_string(v->src_path));
             json_object_object_add(e, "destination", lsm_json_string(v->dst_path));
-            json_object_object_add(e, "bytes", json_object_new_int64((int64_t)v->bytes));
+            json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)v->bytes));
             json_object_object_add(e, "status", json_object_new_string(
                 v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));
+            if (v->result < 0)
+                json_object_object_add(e, "error", lsm_json_string(v->error[0] ? v->error : "failed"));
             if (v->result == 0) {
                 json_object_object_add(e, "io", json_object_new_string(v->st.io_name));
+                json_object_object_add(e, "direct", json_object_new_boolean(v->st.direct));
                 json_object_object_add(e, "physical", json_object_new_boolean(v->st.physical));
+                json_object_object_add(e, "bytes_read", json_object_new_int64((int64_t)v->st.bytes_read));
+                json_object_object_add(e, "bytes_written", json_object_new_int64((int64_t)v->st.bytes_written));
+                json_object_object_add(e, "bytes_zeroed", json_object_new_int64((int64_t)v->st.bytes_zeroed));
+                json_object_object_add(e, "bytes_skipped", json_object_new_int64((int64_t)v->st.bytes_skipped));
+                json_object_object_add(e, "bytes_offloaded", json_object_new_int64((int64_t)v->st.bytes_offloaded));
+                if (v->st.bytes_offloaded) {   /* copy's names (docs/copy.md) */
+                    json_object *paths = json_object_new_object();
+                    json_object_object_add(paths, "reflink", json_object_new_int64((int64_t)v->st.bytes_reflinked));
+                    json_object_object_add(paths, "copy_file_range", json_object_new_int64((int64_t)v->st.bytes_copy_range));
+                    json_object_object_add(paths, "plugin", json_object_new_int64((int64_t)v->st.bytes_plugin));
+                    json_object_object_add(paths, "command", json_object_new_int64((int64_t)v->st.bytes_offload_cmd));
+                    json_object_object_add(e, "offload_paths", paths);
+                }
+                json_object_object_add(e, "seconds", cli_json_fixed(v->st.seconds, "%.3f"));
             }
             json_object_array_add(a, e);
         }

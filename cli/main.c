@@ -24,6 +24,13 @@ static const struct lsm_command commands[] = {
 #ifdef LSM_HAVE_CMD_REPLICATE
     { "replicate", "mirror an active volume (libvirt or device-mapper) and pivot", cmd_replicate },
 #endif
+#ifdef LSM_HAVE_CMD_SERVE
+    { "serve", "run the worker service: JSON-RPC image tasks on a Unix socket", cmd_serve },
+    { "task", "list, watch, stop and clear the tasks of a running service", cmd_task },
+#endif
+#ifdef LSM_HAVE_CMD_MONITOR
+    { "monitor", "extend a running VM's thin volumes ahead of its writes (watermark extender)", cmd_monitor },
+#endif
 #ifdef LSM_HAVE_CMD_BENCH
     { "bench", "measure the I/O path with fio-style jobs", cmd_bench },
 #endif

@@ -1,5 +1,5 @@
-/* Progress display: "    (45.00/100%)" like qemu-img, with rate and time
- * left on a terminal; JSON lines for programs. */
+/* Progress display: a bar with rate and time left on a terminal, qemu-img's
+ * "    (45.00/100%)\r" records for programs, or JSON lines. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,11 +13,22 @@ void cli_progress_init(struct cli_progress *p, enum cli_progress_mode mode)
 {
     memset(p, 0, sizeof(*p));
     p->mode = mode;
-    p->out = mode == CLI_PROGRESS_JSON ? stdout : stderr;
+    /* Everything on stdout, as qemu-img prints its progress. */
+    p->out = stdout;
     p->tty = isatty(fileno(p->out));
     p->start_ns = p->last_sample_ns = lsm_now_ns();
-    /* ~4 per second for programs and terminals; once a second into a log. */
-    p->interval_ms = (mode == CLI_PROGRESS_BAR && !p->tty) ? 1000 : 250;
+    p->last_pct = -1;
+    p->interval_ms = 250;
+}
+
+/* qemu-img convert -p's record: qemu's "%3.2f" is what "%.2f" prints for
+ * 0 to 100, and \r ends each one. */
+static void record(struct cli_progress *p, double pct)
+{
+    fprintf(p->out, "    (%.2f/100%%)\r", pct);
+    fflush(p->out);
+    p->last_pct = pct;
+    p->drawn = true;
 }
 
 static void sample(struct cli_progress *p, uint64_t done, uint64_t now)
@@ -41,6 +52,15 @@ static void show(struct cli_progress *p, uint64_t done, uint64_t total, uint64_t
     double elapsed = (double)(now - p->start_ns) / 1e9;
     double rate = final ? (elapsed > 0 ? (double)done / elapsed : 0) : p->rate;
     double eta = final ? 0 : (rate > 0 ? (double)(total - MIN(done, total)) / rate : -1);
+    if (p->mode == CLI_PROGRESS_BAR && !p->tty) {
+        if (p->last_pct < 0)
+            record(p, 0.0);
+        if (final)
+            record(p, 100.0);
+        else if (pct >= p->last_pct + 1.0)
+            record(p, (double)(uint64_t)pct);
+        return;
+    }
     if (p->mode == CLI_PROGRESS_JSON) {
         json_object *j = json_object_new_object();
         json_object_object_add(j, "bytes_done", json_object_new_int64((int64_t)done));
@@ -64,18 +84,14 @@ static void show(struct cli_progress *p, uint64_t done, uint64_t total, uint64_t
                  (unsigned)((uint64_t)eta % 3600 / 60), (unsigned)((uint64_t)eta % 60));
     else
         snprintf(etabuf, sizeof(etabuf), "%02u:%02u", (unsigned)(eta / 60), (unsigned)((uint64_t)eta % 60));
-    if (p->tty) {
-        char bar[31];
-        unsigned fill = (unsigned)(pct * 30 / 100);
-        for (unsigned i = 0; i < 30; i++)
-            bar[i] = i < fill ? '#' : '.';
-        bar[30] = 0;
-        fprintf(p->out, "\r    (%6.2f/100%%) [%s] %s %s/s %s left\033[K", pct, bar, dbuf, rbuf,
-                final ? "00:00" : etabuf);
-        p->drawn = true;
-    } else {
-        fprintf(p->out, "    (%.2f/100%%) %s %s/s %s left\n", pct, dbuf, rbuf, final ? "00:00" : etabuf);
-    }
+    char bar[31];
+    unsigned fill = (unsigned)(pct * 30 / 100);
+    for (unsigned i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    fprintf(p->out, "\r    (%6.2f/100%%) [%s] %s %s/s %s left\033[K", pct, bar, dbuf, rbuf,
+            final ? "00:00" : etabuf);
+    p->drawn = true;
     fflush(p->out);
 }
 
@@ -86,6 +102,10 @@ void cli_progress_update(void *opaque, uint64_t done, uint64_t total)
         return;
     uint64_t now = lsm_now_ns();
     sample(p, done, now);
+    if (p->mode == CLI_PROGRESS_BAR && !p->tty) {
+        show(p, done, total, now, false);
+        return;
+    }
     if (p->last_ns && now - p->last_ns < (uint64_t)p->interval_ms * 1000000ULL)
         return;
     p->last_ns = now;

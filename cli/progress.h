@@ -1,5 +1,10 @@
-/* Progress display for long operations: a bar on a terminal (-p) or one
- * JSON object per line on stdout (--progress=json). */
+/* Progress display for long operations, on stdout:
+ * -p on a terminal: a bar redrawn in place;
+ * -p when stdout is not a terminal: qemu-img's records, "    (NN.NN/100%)\r",
+ *   one per whole percent gained plus a first 0.00 and a final 100.00, then
+ *   "\n" (what programs written for qemu-img convert -p parse, vdsm's
+ *   \s*\(([\d.]+)/100%\)\s* for one);
+ * --progress=json: one JSON object per line. */
 #ifndef LSM_CLI_PROGRESS_H
 #define LSM_CLI_PROGRESS_H
 
@@ -13,7 +18,8 @@ struct cli_progress {
     enum cli_progress_mode mode;
     FILE *out;
     bool tty;
-    bool drawn;              /* a bar is on screen (needs a newline) */
+    bool drawn;              /* a bar or a record is out (needs a newline) */
+    double last_pct;         /* records: the percentage last printed */
     uint64_t start_ns, last_ns, last_done, last_sample_ns;
     double rate;             /* bytes per second, smoothed */
     unsigned interval_ms;    /* minimum time between updates */

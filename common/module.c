@@ -1,5 +1,6 @@
 #include <dlfcn.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,28 +10,43 @@
 #include "error.h"
 #include "module.h"
 
-static void *try_open(const char *dir, const char *name)
+/* Open DIR/lsm-NAME.so: 1 with *h set, 0 if there is no such file, <0 if
+ * it is there but cannot be used (then the search stops: a module found
+ * first and refused is not silently replaced by one further down). */
+static int try_open(const char *dir, const char *name, bool ours, void **h)
 {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/lsm-%s.so", dir, name) >= (int)sizeof path)
-        return NULL;
+        return 0;
     if (access(path, R_OK) != 0)
-        return NULL;
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h)
-        lsm_error(-ENOEXEC, "cannot load module %s: %s", path, dlerror());
-    return h;
+        return 0;
+    *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!*h)
+        return lsm_error(-ENOEXEC, "cannot load module %s: %s", path, dlerror());
+    if (!ours)
+        return 1;   /* a plugin: its own interface version says */
+    /* Built by this build's rules (common/module-abi.c) for this program's
+     * interface, or refused before anything of it runs. */
+    const char *abi = dlsym(*h, "lsm_module_abi");
+    if (!abi || strcmp(abi, LSM_MODULE_ABI)) {
+        int r = lsm_error(-ENOEXEC, "cannot load module %s: it was built for %s%s, this program "
+                          "is lsm-sync %s", path, abi ? "lsm-sync " : "",
+                          abi ? abi : "no lsm-sync interface", LSM_MODULE_ABI);
+        dlclose(*h);
+        *h = NULL;
+        return r;
+    }
+    return 1;
 }
 
-void *lsm_module_symbol(const char *name, const char *symbol)
+static void *find_symbol(const char *name, const char *symbol, bool ours)
 {
-    lsm_error(-ENOENT, "module lsm-%s.so not found (looked in $LSM_MODULE_DIR, beside the program and in %s)",
-              name, LSM_MODULE_DIR);
     void *h = NULL;
+    int r = 0;
     const char *env = getenv("LSM_MODULE_DIR");
     if (env && *env)
-        h = try_open(env, name);
-    if (!h) {
+        r = try_open(env, name, ours, &h);
+    if (r == 0) {
         char exe[PATH_MAX];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
         if (n > 0) {
@@ -38,16 +54,29 @@ void *lsm_module_symbol(const char *name, const char *symbol)
             char *slash = strrchr(exe, '/');
             if (slash) {
                 *slash = '\0';
-                h = try_open(exe, name);
+                r = try_open(exe, name, ours, &h);
             }
         }
     }
-    if (!h)
-        h = try_open(LSM_MODULE_DIR, name);
-    if (!h)
+    if (r == 0)
+        r = try_open(LSM_MODULE_DIR, name, ours, &h);
+    if (r == 0)
+        lsm_error(-ENOENT, "module lsm-%s.so not found (looked in $LSM_MODULE_DIR, beside the "
+                  "program and in %s)", name, LSM_MODULE_DIR);
+    if (r <= 0)
         return NULL;
     void *sym = dlsym(h, symbol);
     if (!sym)
         lsm_error(-ENOEXEC, "module lsm-%s.so has no %s", name, symbol);
     return sym;
+}
+
+void *lsm_module_symbol(const char *name, const char *symbol)
+{
+    return find_symbol(name, symbol, true);
+}
+
+void *lsm_plugin_symbol(const char *name, const char *symbol)
+{
+    return find_symbol(name, symbol, false);
 }

@@ -9,8 +9,15 @@
 
 /* Address of SYMBOL in module NAME (file lsm-NAME.so), loading it on first
  * use.  Looked for in $LSM_MODULE_DIR, beside the executable (build tree),
- * then in the installed module directory.  NULL with a message if the
- * module or the symbol cannot be loaded. */
+ * then in the installed module directory.  A module must carry the
+ * interface version this program was built with (lsm_module_abi, from
+ * common/module-abi.c); one from another build is refused.  NULL with a
+ * message if the module or the symbol cannot be loaded. */
 void *lsm_module_symbol(const char *name, const char *symbol);
+
+/* The same for a plugin built outside this tree against a public header
+ * (include/lsm-offload.h), which checks its own interface version: no
+ * lsm_module_abi is asked for. */
+void *lsm_plugin_symbol(const char *name, const char *symbol);
 
 #endif

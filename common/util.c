@@ -1,6 +1,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -68,4 +69,22 @@ uint64_t lsm_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+int lsm_spawnattr_own_group(posix_spawnattr_t *attr)
+{
+    sigset_t all, none;
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    sigemptyset(&none);
+    int e = posix_spawnattr_setsigdefault(attr, &all);
+    if (!e)
+        e = posix_spawnattr_setsigmask(attr, &none);
+    if (!e)
+        e = posix_spawnattr_setpgroup(attr, 0);
+    if (!e)
+        e = posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                                           POSIX_SPAWN_SETPGROUP);
+    return e;
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <endian.h>
+#include <spawn.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -38,5 +39,13 @@ int lsm_parse_size(const char *s, uint64_t *out);
 const char *lsm_format_size(uint64_t v, char *buf, size_t len);
 /* Monotonic clock in nanoseconds. */
 uint64_t lsm_now_ns(void);
+
+/* Spawn attributes for a helper program (lvm, an offload or extension
+ * command): default dispositions for every signal, an empty signal mask
+ * (the caller may block or ignore signals the program expects to work),
+ * and a process group of its own (a time-out kills the group; a Ctrl-C
+ * meant for us does not reach it).  attr is initialised by the caller.
+ * Returns 0 or a positive errno, as posix_spawn does. */
+int lsm_spawnattr_own_group(posix_spawnattr_t *attr);
 
 #endif

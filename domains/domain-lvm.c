@@ -304,25 +304,13 @@ static int lvm_exec(const char *const *args, struct lvm_run *r)
         e = posix_spawnattr_init(&attr);
         attr_init = !e;
     }
-    /* Default dispositions and an empty mask: the caller may block or
-     * ignore signals (SIGPIPE, SIGINT) that lvm expects to work. */
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
+    /* Default dispositions and an empty mask (the caller may block or
+     * ignore signals, SIGPIPE and SIGINT, that lvm expects to work), and a
+     * process group of its own: a Ctrl-C meant for us does not cut an
+     * lvcreate short, so we know whether the LV exists and can remove what
+     * we created before exiting. */
     if (!e)
-        e = posix_spawnattr_setsigdefault(&attr, &all);
-    if (!e)
-        e = posix_spawnattr_setsigmask(&attr, &none);
-    /* Its own process group: a Ctrl-C meant for us does not cut an
-     * lvcreate short, so we know whether the LV exists and can remove
-     * what we created before exiting. */
-    if (!e)
-        e = posix_spawnattr_setpgroup(&attr, 0);
-    if (!e)
-        e = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
-                                            POSIX_SPAWN_SETPGROUP);
+        e = lsm_spawnattr_own_group(&attr);
     if (!e)
         e = posix_spawnp(&pid, bin, &fa, &attr, (char *const *)argv, env);
     if (e) {

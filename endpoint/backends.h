@@ -19,10 +19,13 @@ struct qcow2_writer;
  * last lsm_file_set_direct on f: its alignment is read here. */
 #define LSM_EP_FILE_READ_ONLY  0x1u
 #define LSM_EP_FILE_READS_ZERO 0x2u   /* reads as zeroes now (created, truncated, --target-is-zero) */
-#define LSM_EP_FILE_OFFLOAD    0x4u   /* offer copy_range (reflink, then copy_file_range where it
-                                         is a server-side copy) */
 int lsm_ep_file_create(struct lsm_loop *loop, struct lsm_file *f, uint64_t size, unsigned flags,
                        struct lsm_ep **out);
+/* Offer copy_range on a file endpoint made by lsm_ep_file_create: each
+ * range goes down ol (not owned; it outlives the endpoint), and what ol
+ * leaves of it goes through the pipeline. */
+struct lsm_offload;
+void lsm_ep_file_set_offload(struct lsm_ep *ep, struct lsm_offload *ol);
 
 /* null.c: size bytes that read as zeroes (extents: one zero extent);
  * writes, zeroes and trims are discarded. */

@@ -47,6 +47,8 @@ struct creq;
 struct slot {
     struct lsm_ep_cmd cmd;
     struct creq *owner;
+    int err;                    /* salvage: the read's failure */
+    struct slot *next_salvage;
 };
 
 struct creq {
@@ -56,6 +58,7 @@ struct creq {
     int buf_index;
     unsigned nslots, used;
     unsigned pending;
+    unsigned salvaging;         /* reads waiting in ctx.salvage_q */
     bool writing;
     bool zero_run;              /* one zero command for a ZERO run */
     struct slot *slots;
@@ -94,9 +97,12 @@ struct ctx {
     uint64_t run_zeroed;        /* bytes_zeroed by whole ZERO runs (not inside requests) */
     struct lsm_copysum *sum;    /* p->checksum */
 
-    bool offload;
+    bool offload;               /* data runs are offered to the destination's copy_range */
+    uint64_t offload_skip_end;  /* runs below this offset: pipeline only (the rest of a
+                                   range the destination did not offload) */
     int err;
     char errmsg[1024];          /* the first failure's message */
+    struct slot *salvage_q;     /* failed reads to read again piece by piece (p->salvage) */
 
     /* journal (NULL: none): see the journal_* hooks */
     struct lsm_journal *j;
@@ -524,6 +530,7 @@ static struct creq *get_req(struct ctx *c)
     q->len = 0;
     q->used = 0;
     q->pending = 0;
+    q->salvaging = 0;
     q->writing = false;
     q->zero_run = false;
     return q;
@@ -608,19 +615,36 @@ static void start_writes(struct ctx *c, struct creq *q)
         req_done(c, q);
 }
 
+/* --salvage applies to this failure of a read? */
+static bool salvageable(const struct ctx *c, int err)
+{
+    return c->p->salvage && err != -ECANCELED && err != -EINTR && err != -ENOTCONN &&
+           err != -ESHUTDOWN && err != -ECONNRESET && err != -EPIPE && err != -ETIMEDOUT &&
+           err != -ENOMEM;
+}
+
 static void slot_done(struct lsm_ep_cmd *cmd)
 {
     struct slot *s = cmd->user;
     struct creq *q = s->owner;
     struct ctx *c = q->c;
     q->pending--;
+    if (cmd->result < 0 && cmd->op == LSM_EP_OP_READ && !c->err && salvageable(c, cmd->result)) {
+        /* read again by the pipeline's loop, outside this callback */
+        lsm_error_clear();
+        s->err = cmd->result;
+        s->next_salvage = c->salvage_q;
+        c->salvage_q = s;
+        q->salvaging++;
+        return;
+    }
     if (cmd->result < 0)
         set_cmd_err(c, cmd->result);
     else if (cmd->op == LSM_EP_OP_READ)
         c->st->bytes_read += cmd->len;
     else if (cmd->op == LSM_EP_OP_WRITE)
         c->st->bytes_written += cmd->len;
-    if (q->pending)
+    if (q->pending || q->salvaging)
         return;
     if (c->err) {
         free_req(c, q);
@@ -630,6 +654,76 @@ static void slot_done(struct lsm_ep_cmd *cmd)
         start_writes(c, q);
     else
         req_done(c, q);
+}
+
+/* One failed read of the salvage queue, again in pieces: what still fails
+ * reads as zeroes, one warning per unreadable range. */
+static void salvage_slot(struct ctx *c, struct slot *s)
+{
+    struct creq *q = s->owner;
+    const struct lsm_ep_cmd *f = &s->cmd;
+    uint64_t unit = MAX((uint64_t)LSM_SALVAGE_UNIT, MAX((uint64_t)c->src->caps.block_min,
+                                                        (uint64_t)c->src->caps.mem_align));
+    char *base = q->buf + (f->offset - q->start);
+    uint64_t bad_start = 0, bad_len = 0;
+    int bad_err = s->err;
+    for (uint64_t d = 0; d < f->len && !c->err; ) {
+        uint64_t n = MIN(unit - (f->offset + d) % unit, f->len - d);
+        struct lsm_ep_cmd rd = { .op = LSM_EP_OP_READ, .buf = base + d, .buf_index = -1,
+                                 .offset = f->offset + d, .len = n, .loc = f->loc,
+                                 .loc_off = f->loc_off + d };
+        int r = lsm_ep_run(c->src, &rd);
+        if (r < 0 && !salvageable(c, r)) {
+            set_err(c, r);
+            break;
+        }
+        if (r < 0) {
+            lsm_error_clear();
+            memset(base + d, 0, n);
+            if (bad_len && bad_start + bad_len == f->offset + d) {
+                bad_len += n;
+            } else {
+                bad_start = f->offset + d;
+                bad_len = n;
+            }
+            bad_err = r;
+            c->st->bytes_salvaged += n;
+        } else {
+            c->st->bytes_read += n;
+        }
+        bool last = d + n == f->len;
+        if (bad_len && (r == 0 || last)) {
+            c->st->salvaged_ranges++;
+            if (c->p->warn) {
+                char msg[256];
+                snprintf(msg, sizeof msg, "cannot read %s at offset %" PRIu64 " (%" PRIu64
+                         " bytes): %s; copied as zeroes (--salvage)", c->src->name, bad_start,
+                         bad_len, strerror(-bad_err));
+                c->p->warn(c->p->opaque, msg);
+            }
+            bad_len = 0;
+        }
+        d += n;
+    }
+    q->salvaging--;
+    if (q->pending || q->salvaging)
+        return;
+    if (c->err)
+        free_req(c, q);
+    else
+        start_writes(c, q);
+}
+
+/* Read again what failed (p->salvage), one failed read at a time; a read
+ * of lsm_ep_run delivers other completions meanwhile, which may queue
+ * more. */
+static void salvage(struct ctx *c)
+{
+    while (c->salvage_q) {
+        struct slot *s = c->salvage_q;
+        c->salvage_q = s->next_salvage;
+        salvage_slot(c, s);
+    }
 }
 
 /* Build one data request from runs.  Returns 1 with *out, 0 if no buffer
@@ -711,20 +805,24 @@ static void start_zero_run(struct ctx *c)
 }
 
 /* Offload up to len bytes of the current data run through the
- * destination's copy_range; 1 if bytes were copied, 0 if offload does not
- * apply (it is then off for the rest of the copy), <0 on error. */
+ * destination's copy_range (the file endpoint's offload ladder,
+ * offload/offload.h); 1 if bytes were copied, 0 if the run (or what is left
+ * of it) goes through the pipeline, <0 on error.  What the destination
+ * leaves of the range is copied by the pipeline without asking again
+ * (offload_skip_end), over anything a failed rung wrote: offload falls back
+ * per range, never for the whole copy. */
 static int try_offload(struct ctx *c, uint64_t len)
 {
     struct lsm_run *r = &c->run;
-    if (!r->loc)
+    if (!r->loc || r->start < c->offload_skip_end)
         return 0;
     int64_t n = c->dst->ops->copy_range(c->dst, c->src, r->start, r->loc, r->loc_off, r->start, len);
     if (n < 0)
         return set_err(c, (int)n);
-    if (n == 0) {
-        c->offload = false;
+    if ((uint64_t)n < len)
+        c->offload_skip_end = r->start + len;
+    if (n == 0)
         return 0;
-    }
     uint64_t start = r->start;
     c->st->offload = true;
     c->st->bytes_offloaded += (uint64_t)n;
@@ -732,7 +830,21 @@ static int try_offload(struct ctx *c, uint64_t len)
     take_run(c, (uint64_t)n);
     record(c, start, (uint64_t)n);
     progress(c);
+    job_progress(c, false);
     return 1;
+}
+
+/* -C: the run at c->run is about to go through the pipeline.  (The flow
+ * that made the destination adds why its offload declined, if it knows.) */
+static int offload_refused(struct ctx *c)
+{
+    struct lsm_run *r = &c->run;
+    const char *why = r->kind == LSM_RUN_MIXED || !r->loc
+                          ? "the data is not contiguous in one source file"
+                          : "the destination did not offload it";
+    return set_err(c, lsm_error(-EOPNOTSUPP, "cannot offload %s to %s at offset %" PRIu64
+                                " (-C: offload required): %s",
+                                c->src->name, c->dst->name, r->start, why));
 }
 
 /* Start what can be started. */
@@ -792,6 +904,10 @@ static void fill(struct ctx *c)
             if (ret > 0)
                 continue;
         }
+        if (c->p->offload_required) {
+            offload_refused(c);
+            return;
+        }
         struct creq *q = NULL;
         if (build_request(c, &q) <= 0)
             return;
@@ -813,6 +929,7 @@ static int run_pipeline(struct ctx *c)
 {
     for (;;) {
         c->rl_wait_ns = 0;
+        salvage(c);
         journal_tick(c);
         fill(c);
         if (!lsm_loop_outstanding(c->loop)) {
@@ -947,6 +1064,8 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
      * hole_min inside data are written. */
     c->zchunk = dst->caps.granule;
     c->min_hole = MAX(dst->caps.hole_min, c->zchunk);
+    if (p->sparse_size)             /* -S */
+        c->min_hole = MAX(c->zchunk, align_up(p->sparse_size, c->zchunk));
     if (budget < c->rsize)
         budget = c->rsize;
     r = budget_take(c, MIN((uint64_t)m, budget / c->rsize) * c->rsize);
@@ -1019,6 +1138,11 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
         r = lsm_ep_flush(dst);
         if (r == 0)
             r = copy_deferred(c);
+        if (r < 0)
+            goto out;
+    }
+    if (p->before_finish) {
+        r = p->before_finish(p->before_finish_opaque);
         if (r < 0)
             goto out;
     }

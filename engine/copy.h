@@ -117,6 +117,23 @@ struct lsm_engine_params {
     struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
                                          may change while the copy runs */
     bool offload;                     /* ask the destination's copy_range for data runs */
+    bool offload_required;            /* -C: a data run the destination does not offload
+                                         fails the copy (-EOPNOTSUPP) */
+    /* --salvage (qemu-img convert's): a failed source read is read again
+     * in pieces of LSM_SALVAGE_UNIT (or the source's block size), and the
+     * pieces that still fail are copied as zeroes, each range reported
+     * through warn; a lost connection (-ENOTCONN, -ESHUTDOWN, -ECONNRESET,
+     * -EPIPE), a time-out or a cancel still fails the copy. */
+    bool salvage;
+    void (*warn)(void *opaque, const char *msg);   /* uses `opaque` below */
+    uint64_t sparse_size;             /* -S: zero runs inside data shorter than this (rounded
+                                         up to the destination's granule) are written;
+                                         0: the destination's hole_min */
+    /* Called once the data is in and flushed, right before the
+     * destination's finish (e.g. metadata the flow adds to a qcow2
+     * destination: its bitmaps); NULL: none.  <0 fails the copy. */
+    int (*before_finish)(void *opaque);
+    void *before_finish_opaque;
     bool absent_zero_mixed_is_data;   /* one layer over a backing file: a granule mixing
                                          absent and zero ranges is read and written */
     /* The block hash (blkhash.h) of what is read, from the request
@@ -165,6 +182,8 @@ struct lsm_engine_stats {
     unsigned checkpoints;    /* journal: checkpoints after the first */
     double checkpoint_seconds;/* time spent in checkpoints (drain excluded) */
     bool offload;            /* some bytes went through the destination's copy_range */
+    uint64_t bytes_salvaged; /* params.salvage: unreadable bytes copied as zeroes */
+    unsigned salvaged_ranges;
     bool checksummed;        /* params.checksum: checksum holds the digest (lower-case hex) */
     char checksum[LSM_BLKHASH_HEX_LEN];
 };
@@ -175,6 +194,8 @@ struct lsm_engine_stats {
  * (destination complete and durable) or -errno with a message; -ENOMEM
  * when the memory budget has not even one request's worth free.  The engine opens,
  * creates, locks and removes nothing: that is the flow's. */
+#define LSM_SALVAGE_UNIT 4096
+
 int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_engine_params *p,
                     struct lsm_engine_stats *st);
 

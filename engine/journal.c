@@ -12,8 +12,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,7 +223,7 @@ void lsm_journal_commit(struct lsm_journal *j)
 {
     /* Adjacent pending ranges may split a granule between them: sort and
      * merge first, so that a granule recorded in two pieces counts. */
-    if (j->npending)   /* (qsort of a NULL array is undefined, even empty: UBSan) */
+    if (j->npending)    /* qsort's base may not be NULL, even for no element */
         qsort(j->pending, j->npending, sizeof *j->pending, range_cmp);
     size_t i = 0;
     while (i < j->npending) {
@@ -496,8 +498,39 @@ fail:
     return r;
 }
 
+/* The temporary files of saves that a kill interrupted (PATH.tmp.PID.NS,
+ * the names lsm_journal_save makes) whose process is gone: removed, so
+ * that a journal's directory holds only journals.  Best effort, silent. */
+static void remove_stale_temps(const char *path)
+{
+    _cleanup_free_ char *d = strdup(path), *b = strdup(path);
+    if (!d || !b)
+        return;
+    const char *dir = dirname(d), *base = basename(b);
+    size_t blen = strlen(base);
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".tmp.", 5))
+            continue;
+        long pid;
+        unsigned long long ns;
+        int end = 0;
+        if (sscanf(e->d_name + blen + 5, "%ld.%llu%n", &pid, &ns, &end) != 2 ||
+            e->d_name[blen + 5 + end] || pid <= 0 || pid == (long)getpid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;   /* its process may still be saving */
+        unlinkat(dirfd(dp), e->d_name, 0);
+    }
+    closedir(dp);
+}
+
 int lsm_journal_load(const char *path, struct lsm_journal **out)
 {
+    remove_stale_temps(path);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return lsm_error_errno(-errno, "cannot open journal %s", path);
@@ -663,5 +696,6 @@ bool lsm_journal_remove(struct lsm_journal *j)
     if (unlink(j->path) < 0)
         return false;
     j->saved = false;
+    remove_stale_temps(j->path);
     return true;
 }

@@ -71,6 +71,18 @@ static int check_opts(const struct lsm_copy_opts *o)
     if (o->physical == LSM_PHYSICAL_ALWAYS)
         return lsm_error(-EINVAL, "--physical needs a qcow2 destination file, not %s",
                          o->dst_path);
+    if (o->offload_required || o->offload_mode == LSM_OFFLOAD_ONLY || o->offload_cmd)
+        return lsm_error(-EINVAL, "offload (-C, --offload=NAME, --offload-cmd) needs a destination "
+                         "file, not %s", o->dst_path);
+    if (o->bitmaps)
+        return lsm_error(-EINVAL, "--bitmaps needs a qcow2 destination file, not %s", o->dst_path);
+    const struct lsm_create_opts *co = &o->create;
+    if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
+        co->compression_type || co->prealloc)
+        return lsm_error(-EINVAL, "creation options (-o, -S 0) have no effect on an NBD "
+                         "destination: %s exists on its server", o->dst_path);
+    if (o->snapshot && lsm_is_nbd_uri(o->src_path))
+        return lsm_error(-EINVAL, "-l needs a qcow2 source: %s has no snapshots", o->src_path);
     if (o->journal || o->resume)
         return lsm_error(-EINVAL, "--journal needs a destination file: %s cannot be identified "
                          "on resume", o->dst_path);
@@ -111,6 +123,9 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             st->src_busy = r == -EAGAIN;
             goto out;
         }
+        /* -l: the snapshot's view replaces the active one before anything is read. */
+        if (o->snapshot && (r = lsm_qcow2_load_snapshot(img, o->snapshot, o->snapshot_key)) < 0)
+            goto out;
         r = lsm_loop_create(&lc, &loop);
         enum lsm_direct_mode sdirect = o->src_direct_set ? o->src_direct : o->direct;
         if (r == 0)
@@ -138,6 +153,9 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .buffer_size = bsize,
         .rate = o->rate,
         .limiter = o->limiter,
+        .salvage = o->salvage,
+        .warn = o->warn,
+        .sparse_size = o->sparse_size,
         .checksum = o->checksum,
         .checksum_alg = o->checksum_alg,
         .checksum_block_size = o->checksum_block_size,
@@ -161,6 +179,8 @@ out:
     st->bytes_written = es.bytes_written;
     st->bytes_zeroed = es.bytes_zeroed;
     st->bytes_skipped = es.bytes_skipped;
+    st->bytes_salvaged = es.bytes_salvaged;
+    st->salvaged_ranges = es.salvaged_ranges;
     st->checksummed = es.checksummed;
     memcpy(st->checksum, es.checksum, sizeof(st->checksum));
     lsm_loop_destroy(loop);

@@ -30,6 +30,7 @@
 #include "json-util.h"
 #include "lock.h"
 #include "module.h"
+#include "qcow2/qcow2-format.h"
 #include "qcow2/qcow2-ident.h"
 #include "qcow2/qcow2-writer.h"
 #include "util.h"
@@ -49,6 +50,82 @@ static void warn(const struct lsm_copy_opts *o, const char *fmt, ...)
     o->warn(o->opaque, msg);
 }
 
+static_assert(LSM_COMPRESSION_ZLIB == QCOW2_COMPRESSION_ZLIB &&
+              LSM_COMPRESSION_ZSTD == QCOW2_COMPRESSION_ZSTD, "compression type values");
+static_assert((int)LSM_PREALLOC_METADATA == (int)QCOW2_PREALLOC_METADATA &&
+              (int)LSM_PREALLOC_FALLOC == (int)QCOW2_PREALLOC_FALLOC &&
+              (int)LSM_PREALLOC_FULL == (int)QCOW2_PREALLOC_FULL, "preallocation modes");
+
+/* --bitmaps: the persistent bitmaps of SRC's top layer go to the qcow2
+ * destination, as qemu-img convert --bitmaps copies them; an inconsistent
+ * one (in use: a VM had it open) is refused, or skipped with
+ * --skip-broken-bitmaps. */
+#define MAX_BITMAP_BYTES (256ULL << 20)
+static int check_bitmaps(const struct lsm_copy_opts *o, struct lsm_image *img)
+{
+    if (o->dst_fmt != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "--bitmaps needs a qcow2 destination");
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    if (n > 0 && o->create.qcow2_version == 2 && !o->no_create)
+        r = lsm_error(-EINVAL, "--bitmaps: a compat=0.10 destination cannot hold bitmaps");
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use && !o->skip_broken_bitmaps)
+            r = lsm_error(-EINVAL, "Cannot copy inconsistent bitmap '%s' of %s (it is in use); "
+                          "--skip-broken-bitmaps skips it", bm[i].name, img->filename);
+        else if (lsm_bitmap_bytes(img->virtual_size, bm[i].granularity) > MAX_BITMAP_BYTES)
+            r = lsm_error(-EFBIG, "bitmap '%s' of %s is over %llu MiB", bm[i].name,
+                          img->filename, MAX_BITMAP_BYTES >> 20);
+    }
+    lsm_bitmaps_free(bm, n);
+    return r;
+}
+
+struct bitmap_copy {
+    const struct lsm_copy_opts *o;
+    struct lsm_image *img;
+    struct qcow2_writer *w;
+};
+
+/* The engine's before_finish hook: the bitmaps go into the writer's
+ * metadata, which its finish then writes. */
+static int copy_bitmaps(void *opaque)
+{
+    const struct bitmap_copy *bc = opaque;
+    const struct lsm_copy_opts *o = bc->o;
+    struct lsm_bitmap_info *bm;
+    int n = lsm_qcow2_get_bitmaps(bc->img, &bm);
+    if (n < 0)
+        return n;
+    int r = 0;
+    for (int i = 0; i < n && r == 0; i++) {
+        if (bm[i].in_use) {
+            warn(o, "skipping the inconsistent bitmap '%s' of %s", bm[i].name, bc->img->filename);
+            continue;
+        }
+        /* The destination may be larger (-n): granules past SRC stay clear. */
+        uint64_t slen = lsm_bitmap_bytes(bc->img->virtual_size, bm[i].granularity);
+        uint64_t dlen = lsm_bitmap_bytes(qcow2_writer_virtual_size(bc->w), bm[i].granularity);
+        uint8_t *buf = calloc(1, MAX(dlen, slen) ? MAX(dlen, slen) : 1);
+        if (!buf) {
+            r = lsm_error(-ENOMEM, "out of memory for bitmap '%s'", bm[i].name);
+            break;
+        }
+        r = lsm_qcow2_read_bitmap(bc->img, &bm[i], buf, (size_t)slen);
+        if (r == 0)
+            r = qcow2_writer_add_bitmap(bc->w, bm[i].name, (unsigned)__builtin_ctzll(bm[i].granularity),
+                                        bm[i].autoload, buf, dlen);
+        free(buf);
+    }
+    lsm_bitmaps_free(bm, n);
+    if (r < 0)
+        lsm_error_prefix("cannot copy the bitmaps of %s", o->src_path);
+    return r;
+}
+
 /* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
  * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
@@ -63,6 +140,15 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
         return explain ? lsm_error(-EINVAL, "--physical copies one layer: %s has a backing file, give -B", img->filename) : 0;
     if (o->cluster_size && o->cluster_size != img->cluster_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the cluster size") : 0;
+    if (o->snapshot || o->bitmaps || o->salvage)
+        return explain ? lsm_error(-EINVAL, "--physical copies the layer's clusters as they are: "
+                                   "not with %s", o->snapshot ? "-l" : o->bitmaps ? "--bitmaps"
+                                   : "--salvage (zeroes in place of metadata)") : 0;
+    const struct lsm_create_opts *co = &o->create;
+    if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
+        co->compression_type || co->prealloc || o->sparse_size)
+        return explain ? lsm_error(-EINVAL, "--physical keeps the source's layout: creation "
+                                   "options (-o) and -S do not apply") : 0;
     struct lsm_qcow2_info qi;
     int r = lsm_qcow2_get_info(img, &qi);
     if (r < 0)
@@ -466,6 +552,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     struct lsm_ep *src = NULL, *dep = NULL;
     struct lsm_fileid_set srcids = { 0 };
     struct lsm_engine_stats es = { 0 };
+    struct lsm_offload *ol = NULL;
+    struct bitmap_copy bitmap_copy = { .o = o };
     int r;
 
     if (o->request_size && (!is_pow2(o->request_size) || o->request_size < 4096))
@@ -528,6 +616,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             return lsm_error(-EINVAL, "-B needs an image source: %s has no layers", o->src_path);
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);
+        if (o->snapshot)
+            return lsm_error(-EINVAL, "-l needs a qcow2 source, not %s", o->src_path);
+        if (o->bitmaps)
+            return lsm_error(-EINVAL, "--bitmaps needs an image source: %s has no bitmaps",
+                             o->src_path);
         r = lsm_loop_create(&lc, &loop);
         if (r < 0)
             goto out;
@@ -546,6 +639,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     }
     snprintf(st->io_name, sizeof(st->io_name), "%s", lsm_loop_io_name(loop));
+
+    /* -l: the snapshot's view replaces the active one before anything is read. */
+    if (o->snapshot && img) {
+        r = lsm_qcow2_load_snapshot(img, o->snapshot, o->snapshot_key);
+        if (r < 0)
+            goto out;
+    }
+
+    /* --bitmaps: refused up front what would fail at the end. */
+    if (o->bitmaps && img) {
+        r = check_bitmaps(o, img);
+        if (r < 0)
+            goto out;
+    }
 
     /* Physical copy? */
     bool physical = false;
@@ -695,10 +802,20 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 .cluster_bits = (unsigned)__builtin_ctz(cluster),
                 .backing_name = o->backing,
                 .backing_fmt = o->backing_fmt,
+                .version = o->create.qcow2_version,
+                .refcount_bits = o->create.refcount_bits,
+                .lazy_refcounts = o->create.lazy_refcounts,
+                .extended_l2 = o->create.extended_l2,
+                .compression_type = o->create.compression_type,
             };
             r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = qcow2_writer_preallocate(d.w, (enum qcow2_prealloc)o->create.prealloc);
+                if (r < 0)
+                    goto out;
+            }
             d.reads_zero = !o->backing;
         }
     } else {
@@ -714,6 +831,14 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             r = lsm_file_truncate(d.f, vsize);
             if (r < 0)
                 goto out;
+            if (o->create.prealloc == LSM_PREALLOC_FALLOC || o->create.prealloc == LSM_PREALLOC_FULL) {
+                r = lsm_file_preallocate(d.f, 0, vsize, o->create.prealloc == LSM_PREALLOC_FULL);
+                if (r < 0)
+                    goto out;
+            } else if (o->create.prealloc != LSM_PREALLOC_OFF) {
+                r = lsm_error(-EINVAL, "unsupported preallocation mode for a raw destination: metadata");
+                goto out;
+            }
             d.reads_zero = true;
         }
     }
@@ -727,10 +852,35 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             d.reads_zero = json_object_get_boolean(rz);
     }
 
-    /* Offload (reflink, copy_file_range) applies to raw data copied as it
-     * is: a raw source without a backing file, a raw destination. */
-    bool offload = o->offload && !o->checksum && !o->journal && !physical && !d.w && img &&
-                   img->format == LSM_FMT_RAW && !img->backing;
+    /* The offload ladder (offload/offload.h) for any source whose data
+     * runs sit contiguously in a layer file (raw, qcow2 without
+     * compression, a chain) to a raw destination; not with a checksum (it
+     * hashes what the pipeline reads) or a journal (it records what the
+     * pipeline wrote). */
+    struct lsm_offload_opts oo = {
+        .mode = o->offload_mode ? o->offload_mode : o->offload ? LSM_OFFLOAD_AUTO : LSM_OFFLOAD_NEVER,
+        .name = o->offload_name,
+        .command = o->offload_cmd,
+        .command_timeout_s = o->offload_timeout_s,
+        .cancel = o->cancel,
+    };
+    bool can_offload = !physical && !d.w && !o->checksum && !o->journal && img;
+    if (o->offload_required && (!can_offload || oo.mode == LSM_OFFLOAD_NEVER)) {
+        r = lsm_error(-EOPNOTSUPP, "cannot offload %s to %s (-C: offload required): %s",
+                      o->src_path, o->dst_path,
+                      oo.mode == LSM_OFFLOAD_NEVER ? "--offload=never"
+                      : !img                       ? "an NBD source is not offloaded"
+                      : physical                   ? "a physical copy is not offloaded"
+                      : d.w                        ? "only raw destinations are offloaded"
+                      : o->checksum                ? "--checksum reads every byte"
+                                                   : "--journal is not combined with offload");
+        goto out;
+    }
+    if (oo.mode != LSM_OFFLOAD_NEVER && can_offload) {
+        r = lsm_offload_create(&oo, &ol);
+        if (r < 0)
+            goto out;
+    }
     if (d.w)
         r = lsm_ep_qcow2_create(loop, d.w, d.f, d.reads_zero,
                                 (d.fresh ? LSM_EP_QCOW2_RESERVE : 0) |
@@ -738,11 +888,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                                 (o->resume && !d.f->is_blockdev ? LSM_EP_QCOW2_TRIM : 0), &dep);
     else
         r = lsm_ep_file_create(loop, d.f, dsize,
-                               (d.reads_zero ? LSM_EP_FILE_READS_ZERO : 0) |
-                               (offload ? LSM_EP_FILE_OFFLOAD : 0), &dep);
+                               d.reads_zero ? LSM_EP_FILE_READS_ZERO : 0, &dep);
     if (r < 0)
         goto out;
     d.ep = dep;
+    if (ol)
+        lsm_ep_file_set_offload(dep, ol);
     if (o->journal) {
         r = journal_setup(&fj, img, jl, dep->caps.granule, cluster);
         jl = NULL;
@@ -750,6 +901,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
     }
 
+    bitmap_copy.img = img;
+    bitmap_copy.w = d.w;
     struct lsm_engine_params ep = {
         .size = physical ? img->file_size : vsize,
         .requests = m,
@@ -757,7 +910,13 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .buffer_size = bsize,
         .rate = o->rate,
         .limiter = o->limiter,
-        .offload = offload,
+        .offload = ol != NULL,
+        .offload_required = o->offload_required,
+        .salvage = o->salvage,
+        .warn = o->warn,
+        .sparse_size = o->sparse_size,
+        .before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL,
+        .before_finish_opaque = &bitmap_copy,
         .checksum = o->checksum,
         .checksum_alg = o->checksum_alg,
         .checksum_block_size = o->checksum_block_size,
@@ -776,6 +935,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
         .opaque = o->opaque,
     };
     r = lsm_engine_copy(src, dep, &ep, &es);
+    if (r == -EOPNOTSUPP && o->offload_required && ol && *lsm_offload_reason(ol)) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", lsm_last_error());
+        lsm_error(r, "%s: %s", why, lsm_offload_reason(ol));
+    }
     if (r < 0)
         goto out;
     if (fj.j)
@@ -803,6 +967,18 @@ out:
     if (r < 0 && !*lsm_last_error())
         lsm_error_errno(r, "copy failed");
     st->offload = es.offload;
+    st->bytes_salvaged = es.bytes_salvaged;
+    st->salvaged_ranges = es.salvaged_ranges;
+    if (ol) {
+        struct lsm_offload_counts oc;
+        lsm_offload_get_counts(ol, &oc);
+        st->bytes_reflinked = oc.reflink;
+        st->bytes_copy_range = oc.copy_range;
+        st->bytes_plugin = oc.plugin;
+        st->bytes_offload_cmd = oc.command;
+        snprintf(st->offload_plugin, sizeof st->offload_plugin, "%s", oc.plugin_name);
+        snprintf(st->offload_fallback, sizeof st->offload_fallback, "%.255s", oc.first_fallback);
+    }
     st->bytes_total = es.bytes_total;
     st->bytes_done = es.bytes_done;
     st->bytes_read = es.bytes_read;
@@ -819,6 +995,7 @@ out:
     lsm_loop_destroy(loop);   /* waits for anything still in flight */
     lsm_ep_close(dep);
     lsm_ep_close(src);
+    lsm_offload_free(ol);   /* after the endpoint that used it */
     if (d.w) {
         if (qcow2_writer_changed(d.w))
             d.touched = true;

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "copy.h"
+#include "offload.h"
 #include "image.h"
 #include "io.h"
 
@@ -26,6 +27,20 @@ enum lsm_physical_mode { LSM_PHYSICAL_AUTO = 0, LSM_PHYSICAL_ALWAYS, LSM_PHYSICA
 
 /* A warning for the user (e.g. O_DIRECT refused, buffered I/O used). */
 typedef void (*lsm_copy_warn_fn)(void *opaque, const char *msg);
+
+/* Creation options of a new destination (qemu-img's -o): zero values are
+ * the defaults.  Ignored with -n (the destination exists). */
+/* The qcow2 header's compression type values (QCOW2_COMPRESSION_*). */
+enum { LSM_COMPRESSION_ZLIB = 0, LSM_COMPRESSION_ZSTD = 1 };
+enum lsm_prealloc { LSM_PREALLOC_OFF = 0, LSM_PREALLOC_METADATA, LSM_PREALLOC_FALLOC, LSM_PREALLOC_FULL };
+struct lsm_create_opts {
+    unsigned qcow2_version;           /* 0 or 3 (compat=1.1), 2 (compat=0.10) */
+    unsigned refcount_bits;           /* 0: 16 */
+    bool lazy_refcounts;
+    bool extended_l2;
+    unsigned compression_type;        /* LSM_COMPRESSION_* (0: zlib) */
+    enum lsm_prealloc prealloc;       /* qcow2: all four; raw: off, falloc, full */
+};
 
 struct lsm_copy_opts {
     const char *src_path;
@@ -42,7 +57,12 @@ struct lsm_copy_opts {
     enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
     enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
     bool src_direct_set;
-    bool offload;                     /* --offload=auto */
+    bool offload;                     /* --offload=auto (when offload_mode is NEVER) */
+    enum lsm_offload_mode offload_mode; /* --offload=NAME: LSM_OFFLOAD_ONLY (offload/offload.h) */
+    const char *offload_name;         /* with LSM_OFFLOAD_ONLY */
+    const char *offload_cmd;          /* --offload-cmd */
+    unsigned offload_timeout_s;       /* --offload-timeout (0: LSM_OFFLOAD_CMD_TIMEOUT_S) */
+    bool offload_required;            /* -C: fail where data cannot be offloaded */
     unsigned requests;                /* -m (0: 16) */
     uint64_t request_size;            /* -s (0: 1 MiB) */
     uint64_t buffer_size;             /* memory budget (0: 32 MiB) */
@@ -51,6 +71,19 @@ struct lsm_copy_opts {
     struct lsm_limiter *limiter;      /* a shared limiter (a job's), or NULL; its rate
                                          may change while the copy runs */
     uint32_t cluster_size;            /* qcow2 destination (0: the source's, 64K for raw) */
+    struct lsm_create_opts create;    /* -o: the other creation options */
+    const char *snapshot;             /* -l: copy this internal snapshot's view of SRC */
+    enum lsm_snapshot_key snapshot_key;   /* how -l names it (id, name, either) */
+    bool bitmaps;                     /* --bitmaps: copy SRC's persistent dirty bitmaps
+                                         (its top layer's) into the qcow2 destination */
+    bool skip_broken_bitmaps;         /* skip in-use (inconsistent) ones instead of failing */
+    bool salvage;                     /* --salvage: unreadable source ranges copied as zeroes,
+                                         each reported through warn (engine/copy.h) */
+    uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
+                                         up to the zero-detection unit) are left
+                                         unallocated (0: the default, 64K for raw and one
+                                         cluster for qcow2).  The command line makes -S 0
+                                         (allocate everything) create.prealloc FULL. */
 
     /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
      * computes) of the guest view copied, from the buffers as the copy
@@ -86,14 +119,22 @@ struct lsm_copy_stats {
     char io_name[16];
     bool direct;             /* destination written with O_DIRECT */
     bool physical;           /* physical (host-order) copy */
-    bool offload;            /* some bytes went through clone/copy_file_range */
+    bool offload;            /* some bytes were offloaded (any rung of the ladder) */
     uint64_t bytes_total;    /* bytes planned to copy (data) */
     uint64_t bytes_done;
     uint64_t bytes_read;
     uint64_t bytes_written;
     uint64_t bytes_zeroed;   /* zero ranges made zero (or already zero) */
     uint64_t bytes_skipped;  /* absent / unallocated ranges */
-    uint64_t bytes_offloaded;
+    uint64_t bytes_offloaded;          /* the sum of the four offload rungs below */
+    uint64_t bytes_reflinked;          /* offload rungs (offload/offload.h) */
+    uint64_t bytes_copy_range;
+    uint64_t bytes_plugin;             /* by the plugin offload_plugin */
+    uint64_t bytes_offload_cmd;
+    char offload_plugin[32];
+    char offload_fallback[256];        /* why the first data range offered was not offloaded */
+    uint64_t bytes_salvaged;           /* --salvage: unreadable bytes copied as zeroes */
+    unsigned salvaged_ranges;
     uint64_t bytes_already_done;/* resume: done before (also in bytes_skipped) */
     uint64_t bytes_redone;   /* resume: data the interrupted run had started past its last
                                 checkpoint (between the journal's frontier and reached mark) */

@@ -201,11 +201,46 @@ struct lsm_snapshot_info {
     uint32_t date_sec, date_nsec;
     uint64_t vm_clock_nsec;
     uint64_t icount;              /* UINT64_MAX if absent */
+    uint64_t l1_offset;           /* the snapshot's L1 table (validated at open) */
+    uint32_t l1_size;
 };
 /* Returns the number of snapshots and a malloc'd array in *out (free with
  * lsm_snapshots_free). */
 int lsm_qcow2_get_snapshots(struct lsm_image *img, struct lsm_snapshot_info **out);
 void lsm_snapshots_free(struct lsm_snapshot_info *s, int n);
+/* Persistent dirty bitmaps of a qcow2 layer, as the bitmap directory
+ * describes them (what qemu-img info lists).  Returns the number and a
+ * malloc'd array in *out (free with lsm_bitmaps_free); 0 for other formats,
+ * images without the bitmaps extension, or whose autoclear bit says a
+ * program without bitmap support changed them (QEMU ignores those too).
+ * A corrupt directory is -EINVAL with a message. */
+struct lsm_bitmap_info {
+    char *name;
+    uint64_t granularity;         /* bytes */
+    bool in_use, autoload;        /* the in-use and auto flags */
+    uint64_t table_offset;
+    uint32_t table_size;          /* entries */
+};
+int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out);
+void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n);
+/* Bytes of a bitmap's data: one bit per granule of the virtual size. */
+uint64_t lsm_bitmap_bytes(uint64_t virtual_size, uint64_t granularity);
+/* Read bitmap b's data (bit i: granule i, bit 0 of a byte first) into buf,
+ * len = lsm_bitmap_bytes(img->virtual_size, b->granularity).  Table entries
+ * are checked (reserved bits, alignment, inside the file); unallocated
+ * clusters read as zeroes or, with bit 0, as ones. */
+int lsm_qcow2_read_bitmap(struct lsm_image *img, const struct lsm_bitmap_info *b, uint8_t *buf,
+                          size_t len);
+
+/* Read an internal snapshot's view instead of the active one (qemu-img
+ * convert -l): the snapshot's L1 table replaces the active one; the
+ * virtual size and the backing chain stay the image's (as in qemu-img, a
+ * snapshot taken before a resize reads as unallocated past its table).
+ * Call right after lsm_image_open, before any read or map.  The snapshot
+ * is found by id, by name, or (ID_OR_NAME) by id and then by name, as
+ * qemu-img looks it up.  -ENOENT with a message if there is none. */
+enum lsm_snapshot_key { LSM_SNAPSHOT_ID_OR_NAME, LSM_SNAPSHOT_ID, LSM_SNAPSHOT_NAME };
+int lsm_qcow2_load_snapshot(struct lsm_image *img, const char *key, enum lsm_snapshot_key how);
 
 /* Host clusters in use (refcount > 0) of a qcow2 layer, in host order:
  * calls fn for each maximal run.  Used by physical copies. */

@@ -159,6 +159,11 @@ void lsm_file_close(struct lsm_file *f);
  * last resort (which, unlike the rest, extends a file). Synchronous. */
 int lsm_file_zero(struct lsm_file *f, uint64_t offset, uint64_t len, bool may_unmap);
 int lsm_file_truncate(struct lsm_file *f, uint64_t size);
+/* Preallocate [offset, offset+len) of a regular file as qemu-img's
+ * preallocation=falloc (fallocate: allocated, reads as zeroes) or, with
+ * full, =full (zeroes written; offset, len and the end aligned for
+ * O_DIRECT by the caller, or the descriptor buffered). */
+int lsm_file_preallocate(struct lsm_file *f, uint64_t offset, uint64_t len, bool full);
 int lsm_file_sync(struct lsm_file *f);
 
 /* Offload: copy_file_range / FICLONERANGE between files on one file

@@ -7,13 +7,13 @@
 # and print one closing line "N passed, N failed, N skipped" (totals over all
 # runs).  Exits non-zero if anything failed.
 #
-# Environment: FUZZ_SECONDS (default 60) per fuzz target; SKIP_ASAN=1 and
+# Environment: FUZZ_SECONDS (default 40) per fuzz target; SKIP_ASAN=1 and
 # SKIP_FUZZ=1 leave out stages 2 and 3 (for quick local runs only).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-40}
 JOBS=$(nproc 2>/dev/null || echo 2)
 LOGS=$(mktemp -d /tmp/lsm-test.XXXXXX)
 trap 'rm -rf "$LOGS"' EXIT
@@ -88,7 +88,7 @@ stage_asan() {
     # the sanitizer options would become unexported shell variables.)
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        suite build-asan --timeout-multiplier 3 --no-suite vm
+        suite build-asan --timeout-multiplier 3 --no-suite vm --no-suite packaging
 }
 
 # Every fuzz target found in build-fuzz/tests/fuzz runs FUZZ_SECONDS over a
@@ -112,6 +112,8 @@ stage_fuzz() {
         name=${t##*/}
         found=1
         local seeds=tests/fuzz/corpus scratch=build-fuzz/fuzz-corpus/$name
+        # a target with its own seeds (fuzz-scsi: corpus-scsi/)
+        [[ -d tests/fuzz/corpus-${name#fuzz-} ]] && seeds=tests/fuzz/corpus-${name#fuzz-}
         rm -rf "$scratch"; mkdir -p "$scratch"
         echo "$name: ${FUZZ_SECONDS}s over $seeds"
         if ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \

@@ -128,6 +128,22 @@ struct qcow2_writer {
 
     int failed;                 /* first write error: the writer is unusable */
     bool finished;
+
+    /* Created images (the create path's options). */
+    bool has_backing;
+    uint8_t *hdr_v2;            /* version 2: the header finish writes instead of hdr */
+    size_t hdr_v2_len;          /* its bytes in use, rounded up to align */
+
+    /* Persistent bitmaps added (qcow2_writer_add_bitmap), written into the
+     * directory and the header extension at finish. */
+    struct wbitmap {
+        char *name;
+        unsigned gbits;
+        bool autoload;
+        uint64_t table_offset;
+        uint32_t table_size;
+    } *bitmaps;
+    unsigned nbitmaps;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -535,6 +551,8 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
     return fill_entries(w, guest, rlen, *host);
 }
 
+static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
     int r = check_usable(w);
@@ -543,6 +561,8 @@ int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
     r = check_guest_range(w, guest, len, "zero");
     if (r < 0)
         return r;
+    if (w->hdr_v2)
+        return zero_as_data(w, guest, len);
     r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
     if (r < 0)
         return r;
@@ -774,11 +794,137 @@ static int check_align(uint32_t align, uint32_t cluster_size)
     return 0;
 }
 
+/* What a version 2 image cannot have: refused as qemu-img refuses it. */
+static int validate_version(const struct qcow2_create_opts *o)
+{
+    if (o->version != 0 && o->version != 2 && o->version != 3)
+        return lsm_error(-EINVAL, "invalid qcow2 version %u: must be 2 or 3", o->version);
+    if (o->version != 2)
+        return 0;
+    if (o->refcount_bits && o->refcount_bits != 16)
+        return lsm_error(-EINVAL, "refcount widths other than 16 bits need compat=1.1 (qcow2 version 3)");
+    if (o->extended_l2)
+        return lsm_error(-EINVAL, "extended L2 entries need compat=1.1 (qcow2 version 3)");
+    if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
+        return lsm_error(-EINVAL, "compression types other than zlib need compat=1.1 (qcow2 version 3)");
+    if (o->lazy_refcounts)
+        return lsm_error(-EINVAL, "lazy refcounts need compat=1.1 (qcow2 version 3)");
+    return 0;
+}
+
+/* The version 2 header of a created image, laid out now (it only differs
+ * from the version 3 one in the fields finish sets): the first 72 bytes of
+ * h with version 2, the backing format extension, the backing name.  No
+ * feature name table: version 2 has no feature bits. */
+static int layout_v2_header(struct qcow2_writer *w, const struct qcow2_header *h3,
+                            const struct qcow2_create_opts *o)
+{
+    struct qcow2_header h = *h3;
+    be32_put(&h.version, 2);
+    struct hdr_ext exts[1];
+    size_t n = 0;
+    const char *bf = o->backing_name ? fmt_name(o->backing_fmt) : NULL;
+    if (bf)
+        exts[n++] = (struct hdr_ext){ QCOW2_EXT_BACKING_FORMAT, (uint32_t)strlen(bf), bf };
+    if (!(w->hdr_v2 = aligned_alloc_zero(w->cluster_size)))
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    long used = layout_header(w->hdr_v2, w->cluster_size, (const uint8_t *)&h,
+                              QCOW2_V2_HEADER_LENGTH, exts, n, o->backing_name);
+    if (used < 0)
+        return lsm_error(-EINVAL, "backing file name of %zu bytes does not fit in a %u-byte "
+                         "header cluster", strlen(o->backing_name), w->cluster_size);
+    w->hdr_v2_len = align_up((uint64_t)used, w->align);
+    return 0;
+}
+
+/* At finish: the version 2 header takes the refcount table fields and
+ * replaces the version 3 one, rewriting at least as far as that reached. */
+static void use_v2_header(struct qcow2_writer *w)
+{
+    static_assert(offsetof(struct qcow2_header, refcount_table_clusters) ==
+                  offsetof(struct qcow2_header, refcount_table_offset) + 8, "refcount fields");
+    size_t off = offsetof(struct qcow2_header, refcount_table_offset);
+    memcpy(w->hdr_v2 + off, w->hdr + off, 12);
+    uint8_t *t = w->hdr;
+    w->hdr = w->hdr_v2;
+    w->hdr_v2 = t;
+    w->hdr_write_len = MAX(w->hdr_write_len, w->hdr_v2_len);
+}
+
+/* Version 2 has no zero flag: the range becomes data clusters holding
+ * zeroes, written here. */
+static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    size_t blen = MAX(w->cluster_size, STREAM_BYTES);
+    _cleanup_free_ uint8_t *zero = aligned_alloc_zero(blen);
+    if (!zero)
+        return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
+    while (len) {
+        uint64_t host, mapped;
+        int r = qcow2_writer_alloc(w, guest, len, &host, &mapped);
+        if (r < 0)
+            return r;
+        for (uint64_t done = 0; done < mapped;) {
+            size_t n = (size_t)MIN((uint64_t)blen, mapped - done);
+            r = pwrite_full(w->fd, zero, n, host + done);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write zeroes at 0x%" PRIx64,
+                                                        host + done));
+            done += n;
+        }
+        guest += mapped;
+        len -= mapped;
+    }
+    return 0;
+}
+
+int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode)
+{
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    if (mode != QCOW2_PREALLOC_METADATA && mode != QCOW2_PREALLOC_FALLOC && mode != QCOW2_PREALLOC_FULL)
+        return lsm_error(-EINVAL, "invalid preallocation mode %d", (int)mode);
+    if (w->has_backing)
+        return lsm_error(-EINVAL, "preallocation with a backing file is not supported (the "
+                         "preallocated clusters would hide the backing file's data)");
+    for (uint64_t i = 0; i < w->l1_size; i++)
+        if (l1_get(w, i))
+            return lsm_error(-EINVAL, "preallocation must come before the first allocation");
+    size_t blen = STREAM_BYTES;
+    _cleanup_free_ uint8_t *zero = mode == QCOW2_PREALLOC_FULL ? aligned_alloc_zero(blen) : NULL;
+    if (mode == QCOW2_PREALLOC_FULL && !zero)
+        return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
+    for (uint64_t guest = 0; guest < w->guest_end;) {
+        uint64_t host, mapped;
+        r = qcow2_writer_alloc(w, guest, w->guest_end - guest, &host, &mapped);
+        if (r < 0)
+            return r;
+        if (mode == QCOW2_PREALLOC_FALLOC &&
+            fallocate(w->fd, 0, (off_t)host, (off_t)mapped) < 0)
+            return writer_failed(w, lsm_error_errno(-errno, "cannot preallocate (falloc) %" PRIu64
+                                                    " bytes at 0x%" PRIx64, mapped, host));
+        for (uint64_t done = 0; zero && done < mapped;) {
+            size_t n = (size_t)MIN((uint64_t)blen, mapped - done);
+            r = pwrite_full(w->fd, zero, n, host + done);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write zeroes at 0x%" PRIx64,
+                                                        host + done));
+            done += n;
+        }
+        guest += mapped;
+    }
+    return 0;
+}
+
 int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
                         struct qcow2_writer **out)
 {
     unsigned cbits = 0, rorder = 0;
     int r = validate_opts(o, &cbits, &rorder);
+    if (r < 0)
+        return r;
+    r = validate_version(o);
     if (r < 0)
         return r;
     r = check_align(align, 1u << cbits);
@@ -791,6 +937,7 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     w->refcount_order = rorder;
     w->extended_l2 = o->extended_l2;
     w->size = o->size;
+    w->has_backing = o->backing_name != NULL;
 
     uint64_t l2_entries = w->cluster_size / (o->extended_l2 ? 16 : 8);
     uint64_t l1_size = div_round_up(div_round_up(o->size, w->cluster_size), l2_entries);
@@ -828,6 +975,7 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     if (o->compression_type != QCOW2_COMPRESSION_ZLIB)
         incompat |= QCOW2_INCOMPAT_COMPRESSION;
     be64_put(&h.incompatible_features, incompat);
+    be64_put(&h.compatible_features, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
     be32_put(&h.refcount_order, rorder);
     be32_put(&h.header_length, sizeof h);
     h.compression_type = (uint8_t)o->compression_type;
@@ -850,6 +998,11 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
         goto fail;
     }
     w->hdr_write_len = align_up((uint64_t)used, align);
+    if (o->version == 2) {
+        r = layout_v2_header(w, &h, o);
+        if (r < 0)
+            goto fail;
+    }
 
     /* The whole first cluster, marked incomplete: whatever was there
      * before (an old image on a reused device) no longer opens. */
@@ -1411,6 +1564,155 @@ uint64_t qcow2_writer_final_size(const struct qcow2_writer *w)
     return w->next_free + ((nrt + nrb) << w->cluster_bits);
 }
 
+/* ---- persistent bitmaps ---------------------------------------------- */
+
+/* Write len bytes of buf (a multiple of the cluster size, aligned) at the
+ * end of the image; *off is where. */
+static int append_clusters(struct qcow2_writer *w, const uint8_t *buf, uint64_t len, uint64_t *off,
+                           const char *what)
+{
+    int r = check_room(w, len, what);
+    if (r < 0)
+        return r;
+    r = mark_incomplete(w);
+    if (r < 0)
+        return r;
+    *off = w->next_free;
+    r = pwrite_full(w->fd, buf, len, w->next_free);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write the %s at 0x%" PRIx64, what, *off));
+    w->next_free += len;
+    return 0;
+}
+
+int qcow2_writer_add_bitmap(struct qcow2_writer *w, const char *name, unsigned granularity_bits,
+                            bool autoload, const uint8_t *data, uint64_t len)
+{
+    int r = check_usable(w);
+    if (r < 0)
+        return r;
+    if (w->hdr_v2)
+        return lsm_error(-ENOTSUP, "version 2 (compat=0.10) images cannot have persistent bitmaps");
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen > 1023)
+        return lsm_error(-EINVAL, "invalid bitmap name length %zu", nlen);
+    if (granularity_bits < 9 || granularity_bits > 31)
+        return lsm_error(-EINVAL, "invalid bitmap granularity 2^%u", granularity_bits);
+    uint64_t want = div_round_up(div_round_up(w->size, 1ULL << granularity_bits), 8);
+    if (len != want)
+        return lsm_error(-EINVAL, "bitmap '%s' has %" PRIu64 " bytes, the image needs %" PRIu64,
+                         name, len, want);
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        if (!strcmp(w->bitmaps[i].name, name))
+            return lsm_error(-EEXIST, "bitmap '%s' is there already", name);
+    if (w->nbitmaps >= 65535)
+        return lsm_error(-ENOSPC, "too many bitmaps");
+    uint64_t cs = w->cluster_size, n = div_round_up(len, cs);
+    if (n > 0x8000000u)
+        return lsm_error(-EFBIG, "bitmap '%s' needs too large a table", name);
+    uint64_t tbytes = align_up(n * 8, cs);
+    _cleanup_free_ uint8_t *table = aligned_alloc_zero(tbytes ? tbytes : cs);
+    _cleanup_free_ uint8_t *cl = aligned_alloc_zero(cs);
+    struct wbitmap *nb = realloc(w->bitmaps, (w->nbitmaps + 1) * sizeof *nb);
+    if (!table || !cl || !nb)
+        return lsm_error(-ENOMEM, "cannot allocate bitmap buffers");
+    w->bitmaps = nb;
+    /* Data clusters: all zeroes or all ones need none (table bit 0). */
+    for (uint64_t i = 0; i < n; i++) {
+        size_t m = (size_t)MIN(cs, len - i * cs);
+        const uint8_t *p = data + i * cs;
+        bool zero = true, ones = m == cs;
+        for (size_t k = 0; k < m && (zero || ones); k++) {
+            zero &= p[k] == 0;
+            ones &= p[k] == 0xff;
+        }
+        if (zero || ones) {
+            be64_put(table + i * 8, ones ? 1 : 0);
+            continue;
+        }
+        memset(cl, 0, cs);
+        memcpy(cl, p, m);
+        uint64_t off;
+        r = append_clusters(w, cl, cs, &off, "bitmap data");
+        if (r < 0)
+            return r;
+        be64_put(table + i * 8, off);
+    }
+    uint64_t toff = 0;
+    if (n) {
+        r = append_clusters(w, table, tbytes, &toff, "bitmap table");
+        if (r < 0)
+            return r;
+    }
+    char *nm = strdup(name);
+    if (!nm)
+        return lsm_error(-ENOMEM, "out of memory");
+    w->bitmaps[w->nbitmaps++] = (struct wbitmap){ nm, granularity_bits, autoload, toff, (uint32_t)n };
+    return 0;
+}
+
+/* At finish, before the refcounts: the bitmap directory at the end, and
+ * the bitmaps extension with the autoclear bit in the header. */
+static int write_bitmap_directory(struct qcow2_writer *w)
+{
+    uint64_t dsize = 0;
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        dsize += align_up(24 + strlen(w->bitmaps[i].name), 8);
+    uint64_t cs = w->cluster_size, dbytes = align_up(dsize, cs);
+    _cleanup_free_ uint8_t *dir = aligned_alloc_zero(dbytes);
+    if (!dir)
+        return lsm_error(-ENOMEM, "cannot allocate the bitmap directory");
+    uint8_t *e = dir;
+    for (unsigned i = 0; i < w->nbitmaps; i++) {
+        const struct wbitmap *b = &w->bitmaps[i];
+        size_t nlen = strlen(b->name);
+        be64_put(e, b->table_offset);
+        be32_put(e + 8, b->table_size);
+        be32_put(e + 12, b->autoload ? 2u : 0u);        /* auto; never in use */
+        e[16] = 1;                                      /* dirty tracking */
+        e[17] = (uint8_t)b->gbits;
+        be16_put(e + 18, (uint16_t)nlen);
+        be32_put(e + 20, 0);                            /* no extra data */
+        memcpy(e + 24, b->name, nlen);
+        e += align_up(24 + nlen, 8);
+    }
+    uint64_t doff;
+    int r = append_clusters(w, dir, dbytes, &doff, "bitmap directory");
+    if (r < 0)
+        return r;
+
+    /* The header: every extension it has, plus the bitmaps one. */
+    uint32_t hlen = be32_get(w->hdr + offsetof(struct qcow2_header, header_length));
+    struct hdr_ext exts[MAX_HDR_EXTS];
+    size_t n = 0, end = 0;
+    r = collect_exts(w->hdr, w->cluster_size, hlen, QCOW2_EXT_BITMAPS, exts, &n, &end);
+    if (r < 0)
+        return r;
+    uint8_t bext[24];
+    be32_put(bext, w->nbitmaps);
+    be32_put(bext + 4, 0);
+    be64_put(bext + 8, dsize);
+    be64_put(bext + 16, doff);
+    exts[n++] = (struct hdr_ext){ QCOW2_EXT_BITMAPS, sizeof bext, bext };
+    uint64_t boff = be64_get(w->hdr + offsetof(struct qcow2_header, backing_file_offset));
+    uint32_t bsize = be32_get(w->hdr + offsetof(struct qcow2_header, backing_file_size));
+    char backing[QCOW2_MAX_BACKING_NAME + 1] = "";
+    if (boff && bsize <= QCOW2_MAX_BACKING_NAME && boff + bsize <= w->cluster_size)
+        memcpy(backing, w->hdr + boff, bsize);
+    _cleanup_free_ uint8_t *neu = aligned_alloc_zero(w->cluster_size);
+    if (!neu)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    long used = layout_header(neu, w->cluster_size, w->hdr, hlen, exts, n, boff ? backing : NULL);
+    if (used < 0)
+        return writer_failed(w, lsm_error(-ENOSPC, "the bitmaps extension does not fit in the "
+                                          "header cluster (%u bytes)", w->cluster_size));
+    uint8_t *ac = neu + offsetof(struct qcow2_header, autoclear_features);
+    be64_put(ac, be64_get(ac) | QCOW2_AUTOCLEAR_BITMAPS);
+    memcpy(w->hdr, neu, w->cluster_size);
+    w->hdr_write_len = MAX(w->hdr_write_len, align_up((uint64_t)used, w->align));
+    return 0;
+}
+
 /* Write a refcount table of nrt clusters at cluster rt_c, its nrb blocks
  * right after it, counting clusters [0, total): refcount 1 except the free
  * set.  The area must lie below total and outside the free set. */
@@ -1629,6 +1931,11 @@ int qcow2_writer_finish(struct qcow2_writer *w)
     r = write_tables(w);
     if (r < 0)
         return r;
+    if (w->nbitmaps) {
+        r = write_bitmap_directory(w);
+        if (r < 0)
+            return r;
+    }
     uint64_t rt_off = 0;
     uint32_t rt_clusters = 0;
     r = write_refcounts(w, &rt_off, &rt_clusters);
@@ -1640,8 +1947,12 @@ int qcow2_writer_finish(struct qcow2_writer *w)
     be64_put(w->hdr + offsetof(struct qcow2_header, refcount_table_offset), rt_off);
     be32_put(w->hdr + offsetof(struct qcow2_header, refcount_table_clusters), rt_clusters);
     /* The last header write: the image is complete once it is on disk. */
-    uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
-    be64_put(f, be64_get(f) & ~QCOW2_INCOMPAT_LSM_INCOMPLETE);
+    if (w->hdr_v2) {
+        use_v2_header(w);
+    } else {
+        uint8_t *f = w->hdr + offsetof(struct qcow2_header, incompatible_features);
+        be64_put(f, be64_get(f) & ~QCOW2_INCOMPAT_LSM_INCOMPLETE);
+    }
     r = pwrite_full(w->fd, w->hdr, w->hdr_write_len, 0);
     if (r < 0)
         return writer_failed(w, lsm_error_errno(r, "cannot write the qcow2 header at 0x0"));
@@ -1662,6 +1973,10 @@ void qcow2_writer_close(struct qcow2_writer *w)
     free(w->l1);
     free(w->fresh);
     free(w->hdr);
+    free(w->hdr_v2);
+    for (unsigned i = 0; i < w->nbitmaps; i++)
+        free(w->bitmaps[i].name);
+    free(w->bitmaps);
     free(w->free);
     free(w);
 }

@@ -1,4 +1,4 @@
-/* qcow2 writer: creates v3 images and allocates data clusters for the copy
+/* qcow2 writer: creates v3 (and v2) images and allocates data clusters for the copy
  * engine.  The engine writes the data itself (through io/) at the host
  * offsets the writer hands out; the writer owns all metadata (header, L1,
  * L2, refcount table and blocks).
@@ -28,8 +28,8 @@
  *
  * Errors: negative errno with a message in lsm_last_error().  After a
  * metadata write fails, the writer refuses every further call with that
- * error (the image stays marked incomplete); close it.  The writer never closes,
- * truncates or preallocates the fd.
+ * error (the image stays marked incomplete); close it.  The writer never closes
+ * or truncates the fd, and preallocates only in qcow2_writer_preallocate.
  */
 #ifndef LSM_QCOW2_WRITER_H
 #define LSM_QCOW2_WRITER_H
@@ -46,7 +46,16 @@ struct qcow2_create_opts {
     const char *backing_name;   /* stored as given (NULL: none) */
     enum lsm_format backing_fmt;/* stored in the backing-format extension (AUTO: none) */
     unsigned compression_type;  /* QCOW2_COMPRESSION_* (header field only) */
+    unsigned version;           /* 3 (0: 3, compat=1.1) or 2 (compat=0.10): see below */
+    bool lazy_refcounts;        /* the compatible feature bit (version 3 only) */
 };
+
+/* Version 2 (compat=0.10) images: refcount_bits 16, no extended L2, zlib,
+ * no lazy refcounts (-EINVAL otherwise, as qemu-img refuses them).  While
+ * the writer works the image is a version 3 header with the incomplete bit
+ * (version 2 has no feature bits to carry it); finish writes the version 2
+ * header as its last write.  Version 2 has no zero clusters:
+ * qcow2_writer_zero allocates the range and writes zeroes into it. */
 
 struct qcow2_writer;
 
@@ -56,6 +65,15 @@ struct qcow2_writer;
  * the file holds no complete qcow2 until finish. */
 int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *o,
                         struct qcow2_writer **out);
+/* Preallocation of a created image (qemu-img's -o preallocation=): every
+ * cluster of the virtual size gets its L2 entry and host cluster now, in
+ * guest order after its L2 tables, so the copy's allocations reuse them in
+ * place.  METADATA leaves the host clusters as holes in the file (its size
+ * set with ftruncate), FALLOC fallocates them, FULL writes zeroes into them.
+ * Call right after qcow2_writer_create, before any alloc or zero. */
+enum qcow2_prealloc { QCOW2_PREALLOC_METADATA = 1, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL };
+int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode);
+
 /* Open an existing qcow2 (made by qemu-img, by us, or left incomplete by an
  * interrupted writer) to rewrite its content.  Writes nothing: every check
  * that can refuse runs here, and the incomplete mark goes to disk with the
@@ -118,7 +136,8 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
  * preallocation (refcount 1; a later alloc reuses it); others get none.
  * Zero ranges need L2 tables like data: without a backing file,
  * unallocated clusters already read as zeroes (qemu-img map then says
- * present=false). */
+ * present=false).  In a version 2 image: data clusters holding zeroes
+ * (allocated like qcow2_writer_alloc, the zeroes written by the writer). */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 /* Checkpoint: after the caller's data writes have completed and been
  * flushed, write the cached L2 tables, the L1 table and refcounts that count
@@ -137,6 +156,14 @@ int qcow2_writer_checkpoint(struct qcow2_writer *w);
  * the refcount area the checkpoint will write (in memory); no data write
  * or alloc may come between the two calls. */
 int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash);
+/* Add a persistent dirty bitmap (a created or opened version 3 image):
+ * data is its content (bit i: granule i), len bytes for the virtual size at
+ * 2^granularity_bits bytes per bit.  Its data clusters (none for clusters
+ * of all zeroes or all ones) and table are written at the end of the image
+ * now; finish writes the bitmap directory and the header's bitmaps
+ * extension with the autoclear bit.  Version 2 images: -ENOTSUP. */
+int qcow2_writer_add_bitmap(struct qcow2_writer *w, const char *name, unsigned granularity_bits,
+                            bool autoload, const uint8_t *data, uint64_t len);
 /* Write every piece of metadata, fdatasync, then the header with the
  * incomplete bit cleared (its last write), fdatasync.  After this returns 0
  * the image is complete. */

@@ -122,6 +122,8 @@ static int read_extensions(struct lsm_image *img, struct qcow2_state *s,
                 if (nb > QCOW2_MAX_BITMAPS)
                     return lsm_error(-EINVAL, "too many persistent bitmaps (%u)", nb);
                 s->nb_bitmaps = nb;
+                s->bitmap_dir_size = be64_get((const uint8_t *)data + 8);
+                s->bitmap_dir_offset = be64_get((const uint8_t *)data + 16);
             }
             break;
         case QCOW2_EXT_CRYPTO:
@@ -192,6 +194,8 @@ static int read_snapshots(struct lsm_image *img, struct qcow2_state *s)
         sn->vm_state_size = be32_get(hb + 32);
         sn->disk_size = s->h.size;
         sn->icount = UINT64_MAX;
+        sn->l1_offset = l1_off;
+        sn->l1_size = l1_size;
         if (extra >= 16)
             sn->vm_state_size = be64_get(rest + 0);
         if (extra >= 16)
@@ -523,6 +527,192 @@ int lsm_qcow2_get_snapshots(struct lsm_image *img, struct lsm_snapshot_info **ou
     }
     *out = a;
     return s->nb_snaps;
+}
+
+/* Bitmap directory entries (docs/interop/qcow2.txt, "Bitmaps"). */
+#define BME_FLAG_IN_USE    (1u << 0)
+#define BME_FLAG_AUTO      (1u << 1)
+#define BME_FLAG_EXTRA_OK  (1u << 2)
+#define BME_TYPE_DIRTY_TRACKING 1
+#define BME_MIN_GRANULARITY_BITS 9
+#define BME_MAX_GRANULARITY_BITS 31
+#define BME_MAX_NAME_SIZE 1023
+#define BME_MAX_TABLE_SIZE 0x8000000u
+#define BITMAP_DIR_MAX_BYTES (64u * 1024 * 1024)
+
+int lsm_qcow2_get_bitmaps(struct lsm_image *img, struct lsm_bitmap_info **out)
+{
+    *out = NULL;
+    if (img->format != LSM_FMT_QCOW2)
+        return 0;
+    struct qcow2_state *s = img->priv;
+    if (!s->nb_bitmaps)
+        return 0;
+    uint64_t dsize = s->bitmap_dir_size;
+    if (dsize < 24 || dsize > BITMAP_DIR_MAX_BYTES)
+        return lsm_error(-EINVAL, "corrupt image: bitmap directory size %" PRIu64 " is invalid", dsize);
+    int r = check_table(img, s, "bitmap directory", s->bitmap_dir_offset, dsize, 1);
+    if (r < 0)
+        return r;
+    _cleanup_free_ uint8_t *dir = malloc(dsize);
+    if (!dir)
+        return lsm_error(-ENOMEM, "out of memory");
+    size_t got;
+    r = lsm_pread_full(img->fd, dir, dsize, s->bitmap_dir_offset, &got);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the bitmap directory");
+    if (got < dsize)
+        return lsm_error(-EINVAL, "corrupt image: bitmap directory extends beyond the end of the file");
+    struct lsm_bitmap_info *a = calloc(s->nb_bitmaps, sizeof *a);
+    if (!a)
+        return lsm_error(-ENOMEM, "out of memory");
+    uint64_t off = 0;
+    unsigned n = 0;
+    for (; n < s->nb_bitmaps; n++) {
+        if (dsize - off < 24) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap directory is too short for %u bitmaps",
+                          s->nb_bitmaps);
+            break;
+        }
+        const uint8_t *e = dir + off;
+        uint64_t toff = be64_get(e);
+        uint32_t tsize = be32_get(e + 8), flags = be32_get(e + 12), extra = be32_get(e + 20);
+        uint8_t type = e[16], gbits = e[17];
+        uint16_t nlen = be16_get(e + 18);
+        uint64_t elen = align_up(24 + (uint64_t)extra + nlen, 8);
+        if (elen > dsize - off) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap %u overflows the bitmap directory", n);
+            break;
+        }
+        if (type != BME_TYPE_DIRTY_TRACKING || gbits < BME_MIN_GRANULARITY_BITS ||
+            gbits > BME_MAX_GRANULARITY_BITS || nlen == 0 || nlen > BME_MAX_NAME_SIZE ||
+            tsize > BME_MAX_TABLE_SIZE || (flags & ~(BME_FLAG_IN_USE | BME_FLAG_AUTO | BME_FLAG_EXTRA_OK)) ||
+            (extra && !(flags & BME_FLAG_EXTRA_OK))) {
+            r = lsm_error(-EINVAL, "corrupt image: bitmap %u has an invalid directory entry", n);
+            break;
+        }
+        r = check_table(img, s, "bitmap table", toff, tsize, 8);
+        if (r < 0)
+            break;
+        a[n].name = strndup((const char *)e + 24 + extra, nlen);
+        if (!a[n].name) {
+            r = lsm_error(-ENOMEM, "out of memory");
+            break;
+        }
+        a[n].granularity = 1ULL << gbits;
+        a[n].in_use = flags & BME_FLAG_IN_USE;
+        a[n].autoload = flags & BME_FLAG_AUTO;
+        a[n].table_offset = toff;
+        a[n].table_size = tsize;
+        off += elen;
+    }
+    if (r < 0) {
+        lsm_bitmaps_free(a, (int)n + 1);
+        return r;
+    }
+    *out = a;
+    return (int)n;
+}
+
+uint64_t lsm_bitmap_bytes(uint64_t virtual_size, uint64_t granularity)
+{
+    return div_round_up(div_round_up(virtual_size, granularity), 8);
+}
+
+int lsm_qcow2_read_bitmap(struct lsm_image *img, const struct lsm_bitmap_info *b, uint8_t *buf,
+                          size_t len)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "%s is not a qcow2 image", img->filename);
+    struct qcow2_state *s = img->priv;
+    uint64_t cs = s->cluster_size;
+    uint64_t need = div_round_up(len, cs);
+    if (len != lsm_bitmap_bytes(img->virtual_size, b->granularity) || need > b->table_size)
+        return lsm_error(-EINVAL, "corrupt image: the table of bitmap '%s' has %u entries, its "
+                         "size needs %" PRIu64, b->name, b->table_size, need);
+    /* the table was bounds-checked by lsm_qcow2_get_bitmaps */
+    _cleanup_free_ uint64_t *t = malloc(need ? need * 8 : 8);
+    if (!t)
+        return lsm_error(-ENOMEM, "out of memory");
+    int r = lsm_pread_zerofill(img->fd, t, need * 8, b->table_offset);
+    if (r < 0)
+        return lsm_error_errno(r, "cannot read the table of bitmap '%s'", b->name);
+    for (uint64_t i = 0; i < need; i++) {
+        uint64_t e = be64toh(t[i]);
+        uint64_t off = e & 0x00fffffffffffe00ULL;
+        size_t n = (size_t)MIN(cs, len - i * cs);
+        uint8_t *p = buf + i * cs;
+        if ((e & 0xff000000000001feULL) || (off && (e & 1)) || (off & (cs - 1)))
+            return lsm_error(-EINVAL, "corrupt image: bitmap '%s' has an invalid table entry %"
+                             PRIu64 " (0x%" PRIx64 ")", b->name, i, e);
+        if (!off) {
+            memset(p, (e & 1) ? 0xff : 0, n);
+            continue;
+        }
+        if (off >= align_up(img->file_size, cs) || off < cs)
+            return lsm_error(-EINVAL, "corrupt image: bitmap '%s' points outside the file "
+                             "(0x%" PRIx64 ")", b->name, off);
+        r = lsm_pread_zerofill(img->fd, p, n, off);
+        if (r < 0)
+            return lsm_error_errno(r, "cannot read bitmap '%s' at 0x%" PRIx64, b->name, off);
+    }
+    return 0;
+}
+
+void lsm_bitmaps_free(struct lsm_bitmap_info *b, int n)
+{
+    if (!b)
+        return;
+    for (int i = 0; i < n; i++)
+        free(b[i].name);
+    free(b);
+}
+
+static int find_snapshot(const struct qcow2_state *s, const char *key, bool by_id)
+{
+    for (int i = 0; i < s->nb_snaps; i++)
+        if (!strcmp(by_id ? s->snaps[i].id : s->snaps[i].name, key))
+            return i;
+    return -1;
+}
+
+int lsm_qcow2_load_snapshot(struct lsm_image *img, const char *key, enum lsm_snapshot_key how)
+{
+    if (img->format != LSM_FMT_QCOW2)
+        return lsm_error(-EINVAL, "%s is not a qcow2 image: it has no internal snapshots",
+                         img->filename);
+    struct qcow2_state *s = img->priv;
+    int i = -1;
+    if (how != LSM_SNAPSHOT_NAME)
+        i = find_snapshot(s, key, true);
+    if (i < 0 && how != LSM_SNAPSHOT_ID)
+        i = find_snapshot(s, key, false);
+    if (i < 0)
+        return lsm_error(-ENOENT, "%s has no internal snapshot with %s '%s'", img->filename,
+                         how == LSM_SNAPSHOT_ID ? "id" : how == LSM_SNAPSHOT_NAME ? "name"
+                                                 : "id or name", key);
+    const struct lsm_snapshot_info *sn = &s->snaps[i];
+    /* Its L1 table was bounds-checked by read_snapshots.  As in qemu-img
+     * convert -l, the view keeps the image's current virtual size: entries
+     * past a smaller snapshot's L1 table read as unallocated. */
+    uint64_t *l1 = NULL;
+    if (sn->l1_size) {
+        l1 = malloc((size_t)sn->l1_size * 8);
+        if (!l1)
+            return lsm_error(-ENOMEM, "out of memory");
+        int r = lsm_pread_zerofill(img->fd, l1, (size_t)sn->l1_size * 8, sn->l1_offset);
+        if (r < 0) {
+            free(l1);
+            return lsm_error_errno(r, "cannot read the L1 table of snapshot '%s'", sn->name);
+        }
+        for (uint32_t k = 0; k < sn->l1_size; k++)
+            l1[k] = be64toh(l1[k]);
+    }
+    /* The L2 cache is keyed by host offset: entries stay valid. */
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = sn->l1_size;
+    return 0;
 }
 
 void lsm_snapshots_free(struct lsm_snapshot_info *sn, int n)

@@ -45,6 +45,8 @@ struct qcow2_state {
     char *data_file_name;
     char backing_fmt[16];
     unsigned nb_bitmaps;
+    uint64_t bitmap_dir_offset;   /* from the bitmaps extension (when nb_bitmaps) */
+    uint64_t bitmap_dir_size;
     bool has_bitmaps_ext;         /* a bitmaps extension is present (whatever the autoclear bit) */
     bool has_crypto_ext;
 

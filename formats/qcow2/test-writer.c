@@ -1237,6 +1237,116 @@ static void test_set_backing(void **state)
     free(buf);
 }
 
+/* Creation options (copy -o): a version 2 image over a backing file, whose
+ * zero range becomes zero data clusters; what version 2 refuses;
+ * preallocation; a persistent bitmap. */
+static void test_create_options(void **state)
+{
+    (void)state;
+    NEED_QEMU_IMG();
+    const uint64_t size = 4 * MiB, cs = 65536;
+    make_base("cbase.raw", size);
+    assert_int_equal(run(NULL, "cp %s %s", path("cbase.raw"), path("cref.raw")), 0);
+
+    /* version 2, backing file: data at cluster 0, zero at cluster 2 */
+    int fd = open(path("v2.qcow2"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    int rfd = open(path("cref.raw"), O_RDWR);
+    assert_true(fd >= 0 && rfd >= 0);
+    struct qcow2_create_opts o = { .size = size, .version = 2, .backing_name = "cbase.raw",
+                                   .backing_fmt = LSM_FMT_RAW };
+    struct qcow2_writer *w;
+    if (qcow2_writer_create(fd, 512, &o, &w) < 0)
+        fail_msg("create v2: %s", lsm_last_error());
+    uint8_t *buf = abuf(cs);
+    uint64_t host, mapped;
+    assert_int_equal(qcow2_writer_alloc(w, 0, cs, &host, &mapped), 0);
+    fill(buf, cs, 0, 99);
+    xpwrite(fd, buf, cs, host);
+    xpwrite(rfd, buf, cs, 0);
+    assert_int_equal(qcow2_writer_zero(w, 2 * cs, cs), 0);
+    memset(buf, 0, cs);
+    xpwrite(rfd, buf, cs, 2 * cs);
+    /* no bitmaps in version 2 */
+    uint8_t bm[8] = { 0 };
+    assert_int_equal(qcow2_writer_add_bitmap(w, "b", 16, true, bm, sizeof bm), -ENOTSUP);
+    assert_int_equal(qcow2_writer_finish(w), 0);
+    qcow2_writer_close(w);
+    close(fd);
+    close(rfd);
+    char *out;
+    assert_int_equal(run(&out, "qemu-img info --output=json %s", path("v2.qcow2")), 0);
+    if (!strstr(out, "\"compat\": \"0.10\"") || !strstr(out, "\"backing-filename-format\": \"raw\""))
+        fail_msg("not a version 2 image with its backing format:\n%s", out);
+    free(out);
+    expect_check_clean(path("v2.qcow2"));
+    expect_compare(path("v2.qcow2"), path("cref.raw"));
+    /* the zero range is a data cluster (version 2 has no zero flag) */
+    assert_int_equal(run(&out, "qemu-img map --output=json %s", path("v2.qcow2")), 0);
+    if (!strstr(out, "\"start\": 131072, \"length\": 65536, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true"))
+        fail_msg("cluster 2 is not a data cluster of the top layer:\n%s", out);
+    free(out);
+
+    /* what version 2 cannot have */
+    static const struct qcow2_create_opts bad[] = {
+        { .size = size, .version = 2, .lazy_refcounts = true },
+        { .size = size, .version = 2, .refcount_bits = 8 },
+        { .size = size, .version = 2, .extended_l2 = true },
+        { .size = size, .version = 2, .compression_type = QCOW2_COMPRESSION_ZSTD },
+        { .size = size, .version = 4 },
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(bad); k++) {
+        fd = open(path("bad.qcow2"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+        lsm_error_clear();
+        assert_int_equal(qcow2_writer_create(fd, 512, &bad[k], &w), -EINVAL);
+        assert_true(*lsm_last_error());
+        close(fd);
+    }
+
+    /* preallocation: every cluster allocated, the data reused in place;
+     * refused with a backing file */
+    static const enum qcow2_prealloc modes[] = { QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC,
+                                                 QCOW2_PREALLOC_FULL };
+    for (size_t k = 0; k < ARRAY_SIZE(modes); k++) {
+        fd = open(path("pre.qcow2"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+        struct qcow2_create_opts po = { .size = size, .lazy_refcounts = true };
+        assert_int_equal(qcow2_writer_create(fd, 512, &po, &w), 0);
+        assert_int_equal(qcow2_writer_preallocate(w, modes[k]), 0);
+        uint64_t end = qcow2_writer_end(w);
+        assert_int_equal(qcow2_writer_alloc(w, cs, cs, &host, &mapped), 0);
+        assert_true(host < end);            /* reused, not appended */
+        assert_int_equal(qcow2_writer_end(w), end);
+        fill(buf, cs, cs, 5);
+        xpwrite(fd, buf, cs, host);
+        /* a persistent bitmap: granules 0 and 2 of 64 dirty */
+        memset(bm, 0, sizeof bm);
+        bm[0] = 0x05;
+        assert_int_equal(qcow2_writer_add_bitmap(w, "dirty", 16, true, bm, sizeof bm), 0);
+        assert_int_equal(qcow2_writer_add_bitmap(w, "dirty", 16, true, bm, sizeof bm), -EEXIST);
+        assert_int_equal(qcow2_writer_add_bitmap(w, "short", 16, true, bm, 4), -EINVAL);
+        assert_int_equal(qcow2_writer_finish(w), 0);
+        qcow2_writer_close(w);
+        close(fd);
+        expect_check_clean(path("pre.qcow2"));
+        assert_int_equal(run(&out, "qemu-img map --output=json %s", path("pre.qcow2")), 0);
+        if (strstr(out, "\"data\": false"))
+            fail_msg("preallocation %d left unallocated clusters:\n%s", (int)modes[k], out);
+        free(out);
+        assert_int_equal(run(&out, "qemu-img info --output=json %s", path("pre.qcow2")), 0);
+        if (!strstr(out, "\"lazy-refcounts\": true") || !strstr(out, "\"name\": \"dirty\""))
+            fail_msg("lazy refcounts or the bitmap missing:\n%s", out);
+        free(out);
+    }
+    fd = open(path("pre.qcow2"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    struct qcow2_create_opts bo = { .size = size, .backing_name = "cbase.raw", .backing_fmt = LSM_FMT_RAW };
+    assert_int_equal(qcow2_writer_create(fd, 512, &bo, &w), 0);
+    lsm_error_clear();
+    assert_int_equal(qcow2_writer_preallocate(w, QCOW2_PREALLOC_METADATA), -EINVAL);
+    assert_true(*lsm_last_error());
+    qcow2_writer_close(w);
+    close(fd);
+    free(buf);
+}
+
 static void test_zstd(void **state)
 {
     (void)state;
@@ -1542,6 +1652,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_overwrite),
         cmocka_unit_test(test_zstd),
+        cmocka_unit_test(test_create_options),
         cmocka_unit_test(test_backing),
         cmocka_unit_test(test_set_backing),
         cmocka_unit_test(test_open_existing),

@@ -5,7 +5,7 @@
 # unavailable.
 . "$(dirname "$0")/lib.sh"
 . "$TESTS_DIR/copy-lib.sh"
-need_cmd qemu-img qemu-io mkfs.xfs python3
+need_cmd qemu-img qemu-io mkfs.xfs python3 jq
 
 truncate -s 512M xfs.img
 mkfs.xfs -q -m reflink=1 xfs.img >mkfs.log 2>&1 || skip "mkfs.xfs -m reflink=1 failed: $(head -n2 mkfs.log)"
@@ -34,6 +34,16 @@ for off in auto never; do
     fi
     rm -f xfs/dst.raw
 done
+# A qcow2 source (64K clusters, on the same XFS): its data clusters are
+# cloned from their host offsets; bytes reflinked = qemu-img map's data.
+qemu-img create -q -f qcow2 xfs/src.qcow2 64M
+qio xfs/src.qcow2 -- "write -P 0x71 0 2M" "write -P 0x72 30M 1M" "write -z 40M 1M" "write -P 0x73 63M 64k"
+want=$(data_bytes xfs/src.qcow2)
+if run xfs-qcow2 --output=json xfs/src.qcow2 xfs/dst.raw && same xfs-qcow2 xfs/src.qcow2 xfs/dst.raw -F raw; then
+    got=$(jq -r .offload_paths.reflink out.log)
+    [[ $got == "$want" ]] && pass xfs-qcow2 || fail xfs-qcow2 "reflinked $got bytes, the map has $want: $(cat out.log)"
+fi
+rm -f xfs/dst.raw
 unmount
 
 finish

@@ -179,7 +179,7 @@ expect_fail abort-without-job "has no mirror" rep abort "$D1" vda
 out=$(rep status "$D1" vda)
 check status-no-job grep -q "no mirror; source $T/s1-leaf.qcow2" <<<"$out"
 
-if out=$(rep start --bandwidth 4M --granularity 64K --buf-size 8M \
+if out=$(rep start --bandwidth 4 --granularity 64K --buf-size 8M \
         "$D1" vda "$T/d1-leaf.qcow2"); then
     pass start-file
     log "$out"
@@ -224,7 +224,7 @@ if LOOP2=$(losetup -f --show "$T/loop2.img" 2>/dev/null); then
     make_dst s2 d2 "$LOOP2"
     D2=$PREFIX-2
     start_domain "$D2" "$T/s2-leaf.qcow2"
-    if out=$(rep start --sync-writes --bandwidth 4M "$D2" vda "$LOOP2"); then
+    if out=$(rep start --sync-writes --bandwidth 4194304 --bytes "$D2" vda "$LOOP2"); then
         pass start-block
         log "$out"
     else
@@ -257,7 +257,7 @@ make_source s3
 make_dst s3 d3
 D3=$PREFIX-3
 start_domain "$D3" "$T/s3-leaf.qcow2"
-rep start --bandwidth 1M "$D3" vda "$T/d3-leaf.qcow2" >/dev/null || fail start-abort-case
+rep start --bandwidth 1 "$D3" vda "$T/d3-leaf.qcow2" >/dev/null || fail start-abort-case
 hmp_write "$D3" 0x53 4M 1M s3-expected.raw
 expect_fail finish-wait-timeout "not ready after 1 s" rep finish --wait --timeout 1 "$D3" vda
 hmp_write "$D3" 0x54 30M 2M s3-expected.raw

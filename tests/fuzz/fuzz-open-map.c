@@ -1,6 +1,7 @@
 /* libFuzzer target: open an arbitrary file as an image (format probed, chain
  * followed), walk its whole map in chain mode and in one-layer mode, read a
- * few ranges and the format information, close.
+ * few ranges and the format information (snapshots, bitmap directory and content), then each internal snapshot's view
+ * (lsm_qcow2_load_snapshot, copy -l) the same way, close.
  *
  * The input is written to a file in a private directory, so relative backing
  * names resolve inside that directory (to missing files, or back to the input
@@ -137,6 +138,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             int ns = lsm_qcow2_get_snapshots(layer, &snaps);
             if (ns >= 0)
                 lsm_snapshots_free(snaps, ns);
+            struct lsm_bitmap_info *bm = NULL;
+            lsm_error_clear();
+            int nb = lsm_qcow2_get_bitmaps(layer, &bm);
+            if (nb < 0 && !*lsm_last_error())
+                abort();
+            /* their content (copy --bitmaps), when small */
+            for (int i = 0; i < nb; i++) {
+                uint64_t blen = lsm_bitmap_bytes(layer->virtual_size, bm[i].granularity);
+                if (blen > (1u << 20))
+                    continue;
+                uint8_t *bb = malloc(blen ? blen : 1);
+                if (!bb)
+                    abort();
+                lsm_error_clear();
+                if (lsm_qcow2_read_bitmap(layer, &bm[i], bb, (size_t)blen) < 0 && !*lsm_last_error())
+                    abort();
+                free(bb);
+            }
+            if (nb > 0)
+                lsm_bitmaps_free(bm, nb);
         }
         (void)lsm_image_actual_size(layer);
     }
@@ -151,6 +172,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     read_range(img, buf, vs > 4096 ? vs - 4096 : 0, READ_MAX);
     if (vs > 1)
         read_range(img, buf, vs - 1, 1);
+
+    /* copy -l: every snapshot's view of the top layer, walked the same way. */
+    struct lsm_snapshot_info *snaps = NULL;
+    int ns = lsm_qcow2_get_snapshots(img, &snaps);
+    for (int i = 0; i < ns && i < 4; i++) {
+        lsm_error_clear();
+        if (lsm_qcow2_load_snapshot(img, snaps[i].id, LSM_SNAPSHOT_ID) < 0) {
+            if (!*lsm_last_error())
+                abort();
+            continue;
+        }
+        reads = 0;
+        walk(img, 0, buf, &reads);
+        walk(img, LSM_MAP_ONE_LAYER, buf, &reads);
+    }
+    if (ns > 0)
+        lsm_snapshots_free(snaps, ns);
 
     lsm_image_close(img);
     return 0;

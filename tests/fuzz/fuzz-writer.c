@@ -6,8 +6,10 @@
  * with host-contiguous runs checked against the contract), sometimes a
  * checkpoint followed by one more allocation, sometimes a close without
  * finish and a second open (or, after a checkpoint, qcow2_writer_resume)
- * of the image left marked incomplete, then finish, close.  Inputs marked
- * incomplete (bit 63) exercise the resume path on metadata from the input.
+ * of the image left marked incomplete, sometimes a persistent bitmap added
+ * (qcow2_writer_add_bitmap: the bitmaps extension joins the header's others
+ * at finish), then finish, close.  Inputs marked incomplete (bit 63)
+ * exercise the resume path on metadata from the input.
  * A second pass runs qcow2_set_backing on a fresh copy of the input with a
  * name and a format taken from its last bytes.  The writer must refuse bad
  * images with a message, never crash, read out of bounds or allocate
@@ -130,6 +132,21 @@ static void writer_pass(const uint8_t *data, size_t size)
         lsm_error_clear();
         r = (sel & 0x40) ? qcow2_writer_resume(fd, 512, &w) : qcow2_writer_open(fd, 512, &w);
         refused_with_message(r);
+    }
+    uint8_t sel2 = size ? data[size / 3] : 0;
+    if (r == 0 && (sel2 & 1) && vs / 65536 / 8 <= (1u << 16)) {
+        /* copy --bitmaps: a bitmap added to the opened image (its header
+         * gets the bitmaps extension at finish) */
+        uint64_t blen = (vs + 65536 * 8 - 1) / (65536 * 8);
+        uint8_t *b = calloc(1, blen ? blen : 1);
+        if (!b)
+            abort();
+        if (blen)
+            b[0] = sel;
+        lsm_error_clear();
+        r = qcow2_writer_add_bitmap(w, "fuzz", 16, true, b, blen);
+        refused_with_message(r);
+        free(b);
     }
     if (r == 0) {
         lsm_error_clear();

@@ -119,8 +119,20 @@ static unsigned default_threads(void)
     return n > 4 ? 4 : (unsigned)n;
 }
 
+/* After each piece: the job's cancel flag and progress (checksum.h). */
+static int step(const struct lsm_checksum_opts *o, const struct lsm_image *img, uint64_t pos,
+                const struct lsm_checksum_result *res)
+{
+    if (o->cancel && *o->cancel)
+        return lsm_error(-ECANCELED, "checksum of %s cancelled at offset %" PRIu64, img->filename, pos);
+    if (o->progress)
+        o->progress(o->opaque, pos, img->virtual_size, res->bytes_read);
+    return 0;
+}
+
 /* Walk the map of img and feed every block to c->h. */
-static int walk(struct ctx *c, struct lsm_image *img, struct lsm_checksum_result *res)
+static int walk(struct ctx *c, struct lsm_image *img, const struct lsm_checksum_opts *o,
+                struct lsm_checksum_result *res)
 {
     const uint64_t size = img->virtual_size, bs = res->block_size;
     struct block_buf *cur = NULL;     /* the current block's buffer, once it has data */
@@ -148,6 +160,8 @@ static int walk(struct ctx *c, struct lsm_image *img, struct lsm_checksum_result
                         return r;
                     res->zero_blocks += count;
                     pos = bstart + count * bs < t ? bstart + count * bs : t;
+                    if ((r = step(o, img, pos, res)) < 0)
+                        return r;
                     continue;
                 }
             }
@@ -173,6 +187,14 @@ static int walk(struct ctx *c, struct lsm_image *img, struct lsm_checksum_result
                 memset(cur->data + (pos - bstart), 0, n);
             }
             pos = piece_end;
+            if ((r = step(o, img, pos, res)) < 0) {
+                if (cur) {
+                    pthread_mutex_lock(&c->lock);
+                    c->free_list[c->nfree++] = cur;
+                    pthread_mutex_unlock(&c->lock);
+                }
+                return r;
+            }
             if (pos == bend) {
                 if (cur) {
                     submit(c, cur, b, blen);
@@ -250,7 +272,7 @@ int lsm_checksum_image(struct lsm_image *img, const struct lsm_checksum_opts *op
         }
     }
 
-    r = walk(&c, img, res);     /* the reader's messages name the file */
+    r = walk(&c, img, o, res);  /* the reader's messages name the file */
 
 out:
     pthread_mutex_lock(&c.lock);

@@ -23,6 +23,7 @@
 #ifndef LSM_CHECKSUM_H
 #define LSM_CHECKSUM_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "blkhash.h"
@@ -37,6 +38,14 @@ struct lsm_checksum_opts {
     uint32_t block_size;           /* 0: LSM_BLKHASH_DEFAULT_BLOCK */
     uint64_t mem_budget;           /* 0: LSM_CHECKSUM_DEFAULT_BUDGET */
     unsigned threads;              /* hashing threads; 0: one per online CPU, at most 4 */
+    /* For a job (the worker service): *cancel (may be NULL) is looked at
+     * after every piece read or block of zeroes, and a set flag ends the
+     * walk with -ECANCELED; progress (may be NULL) is called on the calling
+     * thread after every piece with the guest bytes walked, the size and
+     * the bytes read so far (a callback that sleeps throttles the reads). */
+    volatile sig_atomic_t *cancel;
+    void (*progress)(void *opaque, uint64_t done, uint64_t total, uint64_t bytes_read);
+    void *opaque;
 };
 
 struct lsm_checksum_result {

@@ -1,0 +1,132 @@
+#!/bin/bash
+# `meson install --destdir`: the binary, the modules, the man pages and the
+# bash completion land where the build's own options say (prefix, bindir,
+# libdir/lsm-sync, mandir/man1, datadir/bash-completion/completions), and
+# each of them works from there:
+#   - the installed binary runs (--version, --help) and finds its modules in
+#     the installed module folder (an NBD source loads lsm-source-nbd.so: the
+#     error must be about the server, not about a missing module);
+#   - every command --help lists has its man page, and each page renders
+#     (man -l, or groff) with the command's name in it;
+#   - the completion script, sourced into bash, registers a completion for
+#     lsm-sync that offers the commands.
+. "$(dirname "$0")/lib.sh"
+need_cmd meson python3
+
+D=$T/root
+if ! meson install -C "$BUILD_DIR" --destdir "$D" --no-rebuild --quiet >install.log 2>&1; then
+    die "meson install --destdir failed: $(tail -5 install.log)"
+fi
+
+# The install locations from the build's options.
+opt() {
+    meson introspect "$BUILD_DIR" --buildoptions | python3 -c '
+import json, sys
+print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == sys.argv[1]))' "$1"
+}
+prefix=$(opt prefix)
+under() { case $2 in /*) echo "$2" ;; *) echo "$1/$2" ;; esac; }
+bindir=$(under "$prefix" "$(opt bindir)")
+libdir=$(under "$prefix" "$(opt libdir)")
+mandir=$(under "$prefix" "$(opt mandir)")
+datadir=$(under "$prefix" "$(opt datadir)")
+BIN=$D$bindir/lsm-sync
+MODS=$D$libdir/lsm-sync
+log "prefix $prefix: binary $bindir, modules $libdir/lsm-sync, man $mandir/man1"
+
+# Everything the build says it installs is there.
+missing=$(meson introspect "$BUILD_DIR" --installed | python3 -c '
+import json, os, sys
+for dst in json.load(sys.stdin).values():
+    if not os.path.exists(sys.argv[1] + dst):
+        print(dst)' "$D")
+[[ -z $missing ]] && pass installed-files || fail installed-files "missing: $missing"
+
+# The binary.
+if [[ -x $BIN ]] && "$BIN" --version >ver.txt 2>&1 && grep -q '^lsm-sync [0-9]' ver.txt; then
+    pass binary-version
+else
+    fail binary-version "$BIN --version: $(head -c 200 ver.txt 2>/dev/null)"
+fi
+"$BIN" --help >help.txt 2>&1 || true
+mapfile -t commands < <(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\) .*/\1/p' help.txt)
+((${#commands[@]} >= 3)) && pass binary-help || fail binary-help "commands listed: ${commands[*]:-none}"
+
+# The modules: every lsm-*.so the build made is installed, and the binary
+# loads from the installed folder.
+mods_built=$(cd "$BUILD_DIR" && ls lsm-*.so 2>/dev/null | sort | tr '\n' ' ')
+mods_inst=$(cd "$MODS" 2>/dev/null && ls lsm-*.so 2>/dev/null | sort | tr '\n' ' ')
+if [[ -n $mods_built && $mods_built == "$mods_inst" ]]; then
+    pass modules-installed
+elif [[ -z $mods_built ]]; then
+    skip_case modules-installed "this build has no modules (no libnbd, libvirt, devmapper)"
+else
+    fail modules-installed "built: $mods_built, installed: $mods_inst"
+fi
+if [[ -e $MODS/lsm-source-nbd.so ]]; then
+    # A copy of the binary in a folder of its own, so that the module can
+    # only come from LSM_MODULE_DIR (the compiled-in folder is not in $D).
+    mkdir alone && cp "$BIN" alone/lsm-sync
+    set +e
+    LSM_MODULE_DIR=$MODS alone/lsm-sync copy --timeout=2 'nbd+unix:///?socket='"$T"'/none.sock' out.raw >/dev/null 2>with.err
+    rc_with=$?
+    LSM_MODULE_DIR=$T/empty alone/lsm-sync copy --timeout=2 'nbd+unix:///?socket='"$T"'/none.sock' out.raw >/dev/null 2>without.err
+    rc_without=$?
+    set -e
+    if [[ -e $prefix/$(opt libdir)/lsm-sync/lsm-source-nbd.so || -e $libdir/lsm-sync/lsm-source-nbd.so ]]; then
+        skip_case module-load "a lsm-sync is installed on this machine ($libdir/lsm-sync): the load could come from there"
+    elif ((rc_with != 0)) && ! grep -q 'module' with.err && grep -q 'module lsm-source-nbd.so not found' without.err; then
+        pass module-load
+    else
+        fail module-load "with the installed modules (exit $rc_with): $(head -c 200 with.err); without: $(head -c 200 without.err)"
+    fi
+else
+    skip_case module-load "this build has no NBD module"
+fi
+
+# Man pages: lsm-sync(1) and one per command, each rendering.
+render() {
+    if command -v man >/dev/null 2>&1; then
+        MANWIDTH=100 man -l "$1" 2>/dev/null
+    else
+        groff -man -Tutf8 "$1" 2>/dev/null
+    fi
+}
+if ! command -v man >/dev/null 2>&1 && ! command -v groff >/dev/null 2>&1; then
+    skip_case man-pages "neither man nor groff is installed"
+else
+    bad=""
+    for page in lsm-sync "${commands[@]/#/lsm-sync-}"; do
+        f=$D$mandir/man1/$page.1
+        if [[ ! -s $f ]]; then
+            bad+="$page.1 missing; "
+        elif ! render "$f" | grep -q "${page#lsm-sync-}"; then
+            bad+="$page.1 does not render with its name; "
+        fi
+    done
+    [[ -z $bad ]] && pass man-pages || fail man-pages "$bad"
+fi
+
+# Bash completion.
+comp=$D$datadir/bash-completion/completions/lsm-sync
+if [[ ! -s $comp ]]; then
+    fail bash-completion "$comp missing"
+else
+    out=$(bash -c '
+        source "$1" || exit 1
+        spec=$(complete -p lsm-sync) || exit 2
+        fn=$(sed -n "s/.*-F \([^ ]*\).*/\1/p" <<<"$spec")
+        [[ -n $fn ]] || { echo "$spec"; exit 0; }
+        COMP_WORDS=(lsm-sync c); COMP_CWORD=1; COMP_LINE="lsm-sync c"; COMP_POINT=${#COMP_LINE}
+        "$fn" lsm-sync c lsm-sync
+        printf "%s\n" "${COMPREPLY[@]}"' _ "$comp" 2>&1) || true
+    want=$(printf '%s\n' "${commands[@]}" | grep '^c' | sort | tr '\n' ' ')
+    got=$(grep -x '[a-z-]*' <<<"$out" | sort | tr '\n' ' ')
+    if [[ -n $want && $got == "$want" ]]; then
+        pass bash-completion
+    else
+        fail bash-completion "completing 'lsm-sync c' gave '$got', want '$want' ($out)"
+    fi
+fi
+
+finish

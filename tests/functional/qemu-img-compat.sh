@@ -1,0 +1,421 @@
+#!/bin/bash
+# qemu-img convert command lines run unchanged by `lsm-sync copy` (issue 15):
+# vdsm's exact invocations, each run twice on the same inputs, once as
+# `qemu-img convert ARGS DST` and once as `lsm-sync copy ARGS DST`, and the
+# results compared with QEMU's own tools:
+#   - qemu-img compare (the guest content),
+#   - qemu-img info fields (format, virtual size, cluster size, backing file
+#     and its format, and every qcow2 field of format-specific: compat,
+#     lazy-refcounts, refcount-bits, extended-l2, compression-type, corrupt),
+#   - qemu-img map: what qemu-img's output allocates, ours allocates too
+#     (see map_covers for where ours may allocate more),
+#   - qemu-img check (no errors, no leaks) for qcow2.
+# The -p output (stdout is a file here, not a terminal) must parse with
+# vdsm's regular expression \s*\(([\d.]+)/100%\)\s*: every \r-separated
+# record, rising, from 0.00 to 100.00; qemu-img's own output is parsed the
+# same way, so the parser is checked too.
+# What lsm-sync does not support yet must fail with exactly one line on
+# stderr (a usage error, exit 2, adds the "Try ... --help" hint) and a
+# non-zero exit, and leave no destination it created.
+. "$(dirname "$0")/lib.sh"
+need_cmd qemu-img qemu-io python3
+
+L=$LSM_SYNC
+
+# ---- inputs --------------------------------------------------------------
+# base.raw (64M) <- top.qcow2: data in both, a zero range over the base's
+# data, unallocated ranges; src.qcow2 is top's content in one qcow2 with
+# data, a zero cluster range, unallocated ranges and a partial zero cluster;
+# src.raw is a sparse raw file.
+qemu-img create -q -f raw base.raw 64M
+qio base.raw raw -- 'write -P 0x11 0 16M' 'write -P 0x12 40M 1M'
+qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
+qio top.qcow2 -- 'write -P 0x21 1M 1M' 'write -z 4M 2M' 'write -P 0x22 30M 3M' 'write -P 0 31M 64k'
+qcow2 src.qcow2 64M
+qio src.qcow2 -- 'write -P 0x31 0 1M' 'write -z 8M 1M' 'write -P 0x32 20M 8k' 'write -P 0 20M 4k' \
+    'write -P 0x33 33M 5M' 'write -P 0x34 63M 1M'
+qemu-img create -q -f raw src.raw 48M
+qio src.raw raw -- 'write -P 0x41 0 2M' 'write -P 0x42 17M 1M' 'write -P 0x43 47M 512k'
+
+# ---- comparisons ---------------------------------------------------------
+# info_fields IMG: the info fields compared, one per line.
+info_fields() {
+    qemu-img info --output=json "$1" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+for k in ("format", "virtual-size", "cluster-size", "backing-filename", "backing-filename-format", "encrypted"):
+    print(k, json.dumps(j.get(k)))
+fs = j.get("format-specific", {})
+print("format-specific.type", json.dumps(fs.get("type")))
+for k, v in sorted(fs.get("data", {}).items()):
+    print("format-specific." + k, json.dumps(v))
+'
+}
+# map_covers QIMG LIMG: what qemu-img's output has, ours has too: its
+# present ranges, its allocated ranges (data) and its written ones (data and
+# not zero) lie within ours.  Ours may allocate more around them: lsm-sync
+# leaves zero runs shorter than 64K (raw) or one cluster (qcow2, even with
+# extended L2) inside data written, where qemu-img's sparse detection works
+# per 4K (-S) and per subcluster; qemu-img compare has checked the content.
+map_covers() {
+    python3 - "$1" "$2" "$(img_format "$1")" <<'EOF'
+import json, subprocess, sys
+def kinds(img, fmt):
+    out = subprocess.run(["qemu-img", "map", "--output=json", "-f", fmt, img],
+                         check=True, capture_output=True, text=True).stdout
+    sets = {"present": [], "data": [], "written": []}
+    for e in json.loads(out):
+        if e["depth"] != 0:
+            continue
+        r = (e["start"], e["start"] + e["length"])
+        if e["present"]: sets["present"].append(r)
+        if e["data"]: sets["data"].append(r)
+        if e["data"] and not e["zero"]: sets["written"].append(r)
+    return sets
+def merge(rs):
+    out = []
+    for a, b in sorted(rs):
+        if out and a <= out[-1][1]: out[-1][1] = max(out[-1][1], b)
+        else: out.append([a, b])
+    return out
+def missing(qs, ls):
+    ls = merge(ls); bad = []
+    for a, b in merge(qs):
+        if not any(x <= a and b <= y for x, y in ls): bad.append((a, b))
+    return bad
+q, l = kinds(sys.argv[1], sys.argv[3]), kinds(sys.argv[2], sys.argv[3])
+errs = ["%s %s not in ours" % (k, missing(q[k], l[k])[:3]) for k in q if missing(q[k], l[k])]
+if errs:
+    print("; ".join(errs)); sys.exit(1)
+EOF
+}
+img_format() {
+    qemu-img info --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])'
+}
+# progress_ok FILE: the -p output parsed as vdsm parses it.
+progress_ok() {
+    python3 - "$1" <<'EOF'
+import re, sys
+data = open(sys.argv[1], "rb").read()
+rx = re.compile(rb"\s*\(([\d.]+)/100%\)\s*")
+assert data.endswith(b"\r\n") or data.endswith(b"\n"), "no final newline: %r" % data[-40:]
+records = [r for r in data.split(b"\r") if r.strip()]
+assert records, "no progress records"
+vals = []
+for r in records:
+    m = rx.fullmatch(r)
+    assert m, "record %r does not match vdsm's expression" % r
+    vals.append(float(m.group(1)))
+assert vals[0] == 0.0, "first record %s, not 0.00" % vals[0]
+assert vals[-1] == 100.0, "last record %s, not 100.00" % vals[-1]
+assert all(a <= b for a, b in zip(vals, vals[1:])), "records go down: %s" % vals
+EOF
+}
+# one_line_failure NAME RC ERRFILE DST: lsm-sync refused as it must.
+one_line_failure() {
+    local name=$1 rc=$2 err=$3 dst=$4
+    if ((rc == 0)); then
+        fail "$name" "lsm-sync exited 0 for something it does not support"
+    elif ! python3 - "$err" <<'EOF'
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+# one message; a usage error (exit 2) adds the --help hint
+if lines[1:] and lines[1].startswith("Try 'lsm-sync copy --help'"):
+    lines = lines[:1] + lines[2:]
+sys.exit(0 if len(lines) == 1 and lines[0].startswith("lsm-sync: ") else 1)
+EOF
+    then
+        fail "$name" "not one 'lsm-sync: ...' line on stderr: $(head -c 400 "$err")"
+    elif [[ -n $dst && -e $dst ]]; then
+        fail "$name" "a refused copy left $dst"
+    else
+        pass "$name"
+    fi
+}
+
+# pair NAME PREP ARGS...: qemu-img convert ARGS q-NAME and lsm-sync copy ARGS
+# l-NAME (PREP, if not -, makes each destination first: the -n form), then
+# compare.  Sets PAIR_OK=1 when both ran.
+pair() {
+    local name=$1 prep=$2
+    shift 2
+    local qd=q-$name ld=l-$name
+    rm -f "$qd" "$ld"
+    if [[ $prep != - ]]; then
+        $prep "$qd"
+        $prep "$ld"
+    fi
+    PAIR_OK=0
+    if ! qemu-img convert "$@" "$qd" >"$qd.out" 2>"$qd.err"; then
+        fail "$name" "qemu-img convert $* failed: $(head -c 300 "$qd.err")"
+        return 0
+    fi
+    set +e
+    "$L" copy "$@" "$ld" >"$ld.out" 2>"$ld.err"
+    local rc=$?
+    set -e
+    if ((rc != 0)); then
+        fail "$name" "lsm-sync copy $* failed (exit $rc): $(head -c 300 "$ld.err")"
+        return 0
+    fi
+    PAIR_OK=1
+    local fmt why=""
+    fmt=$(img_format "$qd")
+    [[ $(img_format "$ld") == "$fmt" ]] || why+="format $(img_format "$ld") instead of $fmt; "
+    qemu-img compare -q -f "$fmt" -F "$fmt" "$qd" "$ld" || why+="content differs (qemu-img compare); "
+    local d
+    d=$(diff <(info_fields "$qd") <(info_fields "$ld")) || why+="info differs: $(echo "$d" | tr '\n' ' '); "
+    d=$(map_covers "$qd" "$ld") || why+="map: $d; "
+    if [[ $fmt == qcow2 ]] && ! qemu-img check -q "$ld" >/dev/null 2>&1; then
+        why+="qemu-img check: $(qemu-img check "$ld" 2>&1 | head -3 | tr '\n' ' '); "
+    fi
+    if [[ " $* " == *" -p "* ]]; then
+        local e
+        e=$(progress_ok "$qd.out" 2>&1) || why+="qemu-img's own -p output does not parse: ${e##*Error: }; "
+        e=$(progress_ok "$ld.out" 2>&1) || why+="-p output: ${e##*Error: }; "
+    fi
+    if [[ -n $why ]]; then fail "$name" "$why"; else pass "$name"; fi
+}
+
+# The common prefix of vdsm's convert command lines.
+V=(-p -t none -T none)
+
+# ---- vdsm's convert invocations, new destination -------------------------
+pair qcow2-raw - "${V[@]}" -f qcow2 src.qcow2 -O raw
+pair raw-raw - "${V[@]}" -f raw src.raw -O raw
+# --salvage on a readable source is a plain copy (salvage.sh has the
+# unreadable ranges, through a failing NBD server)
+pair salvage - "${V[@]}" --salvage -f qcow2 src.qcow2 -O raw
+pair raw-qcow2-11 - "${V[@]}" -f raw src.raw -O qcow2 -o compat=1.1
+pair qcow2-qcow2-11 - "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
+pair qcow2-qcow2-010 - "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -o compat=0.10
+pair raw-qcow2-010 - "${V[@]}" -f raw src.raw -O qcow2 -o compat=0.10
+for m in off metadata falloc full; do
+    pair "qcow2-11-prealloc-$m" - "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -o "compat=1.1,preallocation=$m"
+    pair "qcow2-010-prealloc-$m" - "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -o "compat=0.10,preallocation=$m"
+done
+for m in off falloc full; do
+    pair "raw-prealloc-$m" - "${V[@]}" -f qcow2 src.qcow2 -O raw -o "preallocation=$m"
+done
+# One layer onto a backing file, as vdsm copies a snapshot: -o backing_file
+# (qemu-img treats it as -B) with compat 1.1 and 0.10 (no zero clusters in
+# version 2: the zero range becomes zero data), and -B -F.
+pair top-11-backing - "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -o compat=1.1,backing_file=base.raw,backing_fmt=raw
+pair top-010-backing - "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -o compat=0.10,backing_file=base.raw,backing_fmt=raw
+pair top-B - "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -B base.raw -F raw
+# The chain flattened.
+pair top-flat - "${V[@]}" -f qcow2 top.qcow2 -O raw
+# Optional -W.
+pair qcow2-raw-W - "${V[@]}" -W -f qcow2 src.qcow2 -O raw
+pair qcow2-qcow2-W - "${V[@]}" -W -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
+# --bitmaps --skip-broken-bitmaps on a source without bitmaps: nothing to copy.
+pair bitmaps-none - "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -o compat=1.1 --bitmaps --skip-broken-bitmaps
+
+# ---- the other creation options, each against qemu-img's image -------------
+pair lazy-refcounts - -f qcow2 src.qcow2 -O qcow2 -o compat=1.1,lazy_refcounts=on
+for b in 1 8 16 64; do
+    pair "refcount-bits-$b" - -f qcow2 src.qcow2 -O qcow2 -o "refcount_bits=$b"
+done
+pair extended-l2 - -f qcow2 src.qcow2 -O qcow2 -o extended_l2=on,cluster_size=128k
+if qemu_has_zstd; then
+    pair compression-zstd - -f qcow2 src.qcow2 -O qcow2 -o compression_type=zstd
+else
+    skip_case compression-zstd "this qemu-img has no zstd"
+fi
+pair cluster-4k-010 - -f qcow2 src.qcow2 -O qcow2 -o compat=0.10,cluster_size=4k
+# -S: 0 allocates everything (raw and qcow2), other sizes as sparse detection.
+pair sparse-0-raw - -S 0 -f qcow2 src.qcow2 -O raw
+pair sparse-0-qcow2 - -S 0 -f qcow2 src.qcow2 -O qcow2
+pair sparse-4k-raw - -S 4k -f qcow2 src.qcow2 -O raw
+pair sparse-64k-qcow2 - -S 64k -f qcow2 src.qcow2 -O qcow2
+
+# -l: an internal snapshot's view (s1 before a resize and more writes, s2
+# after), by id or name as qemu-img looks them up.
+qcow2 sn.qcow2 32M
+qio sn.qcow2 -- 'write -P 0x51 0 2M' 'write -P 0x52 10M 1M'
+qemu-img snapshot -c s1 sn.qcow2
+qio sn.qcow2 -- 'write -P 0x53 1M 2M' 'write -z 10M 64k'
+qemu-img resize -q sn.qcow2 48M
+qemu-img snapshot -c s2 sn.qcow2
+qio sn.qcow2 -- 'write -P 0x54 40M 1M' 'write -P 0x55 0 64k'
+pair snapshot-l-name - "${V[@]}" -l s1 -f qcow2 sn.qcow2 -O qcow2 -o compat=1.1
+pair snapshot-l-id - "${V[@]}" -l 2 -f qcow2 sn.qcow2 -O raw
+pair snapshot-l-name-form - -l snapshot.name=s1 -f qcow2 sn.qcow2 -O raw
+pair snapshot-l-id-form - -l snapshot.id=2 -f qcow2 sn.qcow2 -O qcow2
+
+# info lists persistent bitmaps as qemu-img info does (human output byte
+# for byte, JSON equal as data): flags in-use/auto, name, granularity.
+qcow2 bmi.qcow2 64M
+qemu-img bitmap --add bmi.qcow2 b0
+qemu-img bitmap --add -g 128k --disable bmi.qcow2 second-one
+if diff <(qemu-img info bmi.qcow2) <("$L" info bmi.qcow2) >info.diff &&
+    python3 - bmi.qcow2 "$L" <<'EOF'
+import json, subprocess, sys
+q = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", sys.argv[1]]))
+l = json.loads(subprocess.check_output([sys.argv[2], "info", "--output=json", sys.argv[1]]))
+assert q == l, (q, l)
+assert len(l["format-specific"]["data"]["bitmaps"]) == 2
+EOF
+then pass info-bitmaps; else fail info-bitmaps "$(head -c 400 info.diff)"; fi
+# A directory entry of an unknown type: qemu-img refuses the image, info
+# refuses it with one line.
+cp bmi.qcow2 bmbad.qcow2
+python3 - bmbad.qcow2 <<'EOF'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(65536)
+pos = struct.unpack(">I", h[100:104])[0]
+while True:
+    t, l = struct.unpack(">II", h[pos:pos + 8])
+    assert t != 0, "no bitmaps extension"
+    if t == 0x23852875:
+        doff = struct.unpack(">Q", h[pos + 24:pos + 32])[0]
+        break
+    pos += 8 + (l + 7) // 8 * 8
+f.seek(doff + 16)
+f.write(b"\x07")
+EOF
+set +e
+qemu-img info bmbad.qcow2 >/dev/null 2>&1
+rcq=$?
+"$L" info bmbad.qcow2 >/dev/null 2>bmbad.err
+rcl=$?
+set -e
+if ((rcq == 0)); then fail info-bitmaps-corrupt "qemu-img accepted the corrupt directory: the case is wrong"
+else one_line_failure info-bitmaps-corrupt "$rcl" bmbad.err ""; fi
+
+# ---- the -n form: existing volumes -----------------------------------------
+mk_raw() { truncate -s 64M "$1"; }
+mk_qcow2() { qemu-img create -q -f qcow2 -o compat=1.1 "$1" 64M; }
+mk_qcow2_backed() { qemu-img create -q -f qcow2 -o compat=1.1 -b base.raw -F raw "$1" 64M; }
+pair n-raw mk_raw "${V[@]}" -f qcow2 src.qcow2 -O raw -n
+pair n-raw-tiz mk_raw "${V[@]}" -f qcow2 src.qcow2 -O raw -n --target-is-zero
+pair n-qcow2 mk_qcow2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
+pair n-qcow2-tiz mk_qcow2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n --target-is-zero
+pair n-qcow2-B mk_qcow2_backed "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -n -B base.raw -F raw
+pair n-qcow2-W mk_qcow2 "${V[@]}" -W -f qcow2 src.qcow2 -O qcow2 -n
+
+# ---- what lsm-sync does not do yet: one line, non-zero exit ----------------
+# refused NAME PREP ARGS...: qemu-img must succeed (the command line is
+# valid), lsm-sync must fail as one_line_failure says.
+refused() {
+    local name=$1 prep=$2
+    shift 2
+    local qd=q-$name ld=l-$name
+    rm -f "$qd" "$ld"
+    if [[ $prep != - ]]; then
+        $prep "$qd"
+        $prep "$ld"
+    fi
+    if ! qemu-img convert "$@" "$qd" >/dev/null 2>"$qd.err"; then
+        fail "$name" "qemu-img convert $* failed: $(head -c 300 "$qd.err")"
+        return 0
+    fi
+    set +e
+    "$L" copy "$@" "$ld" >/dev/null 2>"$ld.err"
+    local rc=$?
+    set -e
+    one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
+}
+refused compress - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
+refused offload-C - -C -f raw src.raw -O raw
+mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
+refused n-qcow2-v2 mk_qcow2_v2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
+# The refused existing volume is left as it was: version 2, empty.
+mk_qcow2_v2 fresh-v2.qcow2
+if cmp -s fresh-v2.qcow2 l-n-qcow2-v2; then pass n-qcow2-v2-untouched
+else fail n-qcow2-v2-untouched "the refused -n destination changed"; fi
+
+# ---- what qemu-img refuses, lsm-sync refuses too (non-zero, one line) ------
+both_refuse() {
+    local name=$1
+    shift
+    local rcq rcl
+    set +e
+    qemu-img convert "$@" "q-$name" >/dev/null 2>&1
+    rcq=$?
+    "$L" copy "$@" "l-$name" >/dev/null 2>"l-$name.err"
+    rcl=$?
+    set -e
+    if ((rcq == 0)); then
+        fail "$name" "qemu-img accepted it: the case is wrong"
+    else
+        one_line_failure "$name" "$rcl" "l-$name.err" "l-$name"
+    fi
+}
+both_refuse v2-lazy -f qcow2 src.qcow2 -O qcow2 -o compat=0.10,lazy_refcounts=on
+both_refuse v2-refcount8 -f qcow2 src.qcow2 -O qcow2 -o compat=0.10,refcount_bits=8
+both_refuse v2-extl2 -f qcow2 src.qcow2 -O qcow2 -o compat=0.10,extended_l2=on
+both_refuse raw-prealloc-metadata -f qcow2 src.qcow2 -O raw -o preallocation=metadata
+both_refuse prealloc-bogus -f qcow2 src.qcow2 -O qcow2 -o preallocation=bogus
+both_refuse sparse-odd -S 1000 -f qcow2 src.qcow2 -O raw
+both_refuse n-with-o -n -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
+both_refuse compat-bogus -f qcow2 src.qcow2 -O qcow2 -o compat=2.0
+both_refuse snapshot-missing -l nosuch -f qcow2 sn.qcow2 -O raw
+both_refuse snapshot-id-is-no-name -l snapshot.id=s1 -f qcow2 sn.qcow2 -O raw
+both_refuse snapshot-raw-source -l s1 -f raw src.raw -O raw
+
+# ---- bitmaps ----------------------------------------------------------------
+# --bitmaps: SRC's persistent bitmaps (an enabled one that guest writes
+# dirtied, a disabled one with another granularity) copied: the same list in
+# qemu-img info, and the same dirty ranges, read through qemu-nbd -B and
+# nbdinfo --map=qemu:dirty-bitmap:NAME, as in qemu-img's copy.
+qcow2 bsrc.qcow2 64M
+qemu-img bitmap --add bsrc.qcow2 b0
+qemu-img bitmap --add -g 128k bsrc.qcow2 b1
+qio bsrc.qcow2 -- 'write -P 0x61 0 1M' 'write -P 0x62 10M 64k'
+qemu-img bitmap --disable bsrc.qcow2 b1
+qio bsrc.qcow2 -- 'write -P 0x63 30M 200k'
+bitmaps_of() {
+    qemu-img info --output=json "$1" | python3 -c '
+import json, sys
+print(json.dumps(json.load(sys.stdin)["format-specific"]["data"].get("bitmaps")))'
+}
+# bitmap_map IMG NAME: the bitmap's dirty ranges as qemu-nbd exports them.
+bitmap_map() {
+    local sock=$T/bm.sock pid
+    rm -f "$sock"
+    qemu-nbd -r -f qcow2 -B "$2" -k "$sock" --pid-file="$T/bm.pid" "$1" &
+    pid=$!
+    for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.1; done
+    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$sock" || echo "nbdinfo failed"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+bitmaps_same() {
+    local name=$1 q=$2 l=$3 b why=""
+    [[ $(bitmaps_of "$q") == "$(bitmaps_of "$l")" ]] || why+="bitmaps $(bitmaps_of "$l"), qemu-img: $(bitmaps_of "$q"); "
+    for b in $(bitmaps_of "$q" | python3 -c 'import json,sys; [print(b["name"]) for b in json.load(sys.stdin) or []]'); do
+        [[ $(bitmap_map "$q" "$b") == "$(bitmap_map "$l" "$b")" ]] || why+="bitmap $b differs: $(bitmap_map "$l" "$b" | tr '\n' ' '); "
+    done
+    if [[ -n $why ]]; then fail "$name" "$why"; else pass "$name"; fi
+}
+if command -v qemu-nbd >/dev/null && command -v nbdinfo >/dev/null; then
+    [[ $(bitmap_map bsrc.qcow2 b0) == *dirty* ]] || fail bitmaps-source "the source bitmap b0 has nothing dirty: the case is wrong"
+    pair bitmaps - "${V[@]}" -f qcow2 bsrc.qcow2 -O qcow2 -o compat=1.1 --bitmaps --skip-broken-bitmaps
+    ((PAIR_OK)) && bitmaps_same bitmaps-content q-bitmaps l-bitmaps
+    pair bitmaps-4k - --bitmaps -f qcow2 bsrc.qcow2 -O qcow2 -o cluster_size=4k
+    ((PAIR_OK)) && bitmaps_same bitmaps-4k-content q-bitmaps-4k l-bitmaps-4k
+    pair n-bitmaps mk_qcow2 "${V[@]}" -f qcow2 bsrc.qcow2 -O qcow2 -n --bitmaps
+    ((PAIR_OK)) && bitmaps_same n-bitmaps-content q-n-bitmaps l-n-bitmaps
+    # An in-use bitmap (its holder killed): both refuse without
+    # --skip-broken-bitmaps, both skip it with.
+    cp bsrc.qcow2 binuse.qcow2
+    qemu-io -f qcow2 -c 'sleep 20000' binuse.qcow2 &
+    holder=$!
+    sleep 1
+    kill -9 "$holder"
+    wait "$holder" 2>/dev/null || true
+    if qemu-img info binuse.qcow2 | grep -q in-use; then
+        both_refuse bitmaps-in-use --bitmaps -f qcow2 binuse.qcow2 -O qcow2
+        pair bitmaps-in-use-skipped - --bitmaps --skip-broken-bitmaps -f qcow2 binuse.qcow2 -O qcow2
+        ((PAIR_OK)) && bitmaps_same bitmaps-in-use-skipped-content q-bitmaps-in-use-skipped l-bitmaps-in-use-skipped
+    else
+        skip_case bitmaps-in-use "qemu-io killed with SIGKILL left no in-use bitmap"
+    fi
+else
+    skip_case bitmaps "qemu-nbd or nbdinfo missing"
+fi
+both_refuse bitmaps-raw --bitmaps -f qcow2 bsrc.qcow2 -O raw
+
+finish
