@@ -38,6 +38,12 @@ SIZE=2G
 ROWS="unix-pull unix-push veth-pull veth-push tbf-pull tbf-push delay-pull delay-push"
 SWEEP=0
 DELAY=${DELAY:-2ms}   # per request, the delay rows (nbdkit delay filter)
+# Options for the others: by default neither makes its output durable
+# (nbdcopy flushes only with --flush, qemu-img convert's output cache is
+# "unsafe"), lsm-sync always does (an fsync, NBD_CMD_FLUSH).
+# NBDCOPY_OPTS=--flush QEMU_OPTS="-t writeback" compares like with like.
+NBDCOPY_OPTS=${NBDCOPY_OPTS:-}
+QEMU_OPTS=${QEMU_OPTS:-}
 while (($#)); do
     case $1 in
     --lsm-sync) LSM=$2; shift 2 ;;
@@ -133,15 +139,15 @@ run() {
         case $tool in
         lsm) on_near "$LSM" copy "$@" "$URI" out.raw ;;
         lsm-buf) on_near "$LSM" copy --direct=never "$@" "$URI" out.raw ;;
-        nbdcopy) truncate -s 0 out.raw; on_near nbdcopy "$URI" out.raw ;;
-        qemu) on_near qemu-img convert -f raw -O raw "$URI" out.raw ;;
+        nbdcopy) truncate -s 0 out.raw; on_near nbdcopy $NBDCOPY_OPTS "$URI" out.raw ;;
+        qemu) on_near qemu-img convert $QEMU_OPTS -f raw -O raw "$URI" out.raw ;;
         esac
     else
         case $tool in
         lsm) on_near "$LSM" copy "$@" top.raw "$URI" ;;
         lsm-buf) on_near "$LSM" copy --direct=never "$@" top.raw "$URI" ;;
-        nbdcopy) on_near nbdcopy top.raw "$URI" ;;
-        qemu) on_near qemu-img convert -n -f raw -O raw top.raw "$URI" ;;
+        nbdcopy) on_near nbdcopy $NBDCOPY_OPTS top.raw "$URI" ;;
+        qemu) on_near qemu-img convert $QEMU_OPTS -n -f raw -O raw top.raw "$URI" ;;
         esac
     fi
     t1=$(date +%s%N)

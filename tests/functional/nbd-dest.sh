@@ -181,11 +181,15 @@ for plugin in "sparse-random size=64M percent=25 seed=7 random-content=true" "pa
     stop_servers
 done
 
-# 6. Refused: a read-only export, an export smaller than the source, -O qcow2.
+# 6. Refused: a read-only export, an export smaller than the source, -O qcow2,
+# and what needs a destination file (-C, creation options; --bitmaps is
+# refused by the command line already: -O raw).
 nbdkit_on "$T/ro.sock" --read-only memory 48M
 nbdkit_on "$T/small.sock" memory 16M
 for c in "read-only export|$(uri ro.sock)|read-only" "small export|$(uri small.sock)|is smaller" \
-         "-O qcow2|-O qcow2 $(uri small.sock)|-O raw only"; do
+         "-O qcow2|-O qcow2 $(uri small.sock)|-O raw only" \
+         "-C|-C $(uri ro.sock)|needs a destination file" \
+         "-o preallocation|-o preallocation=full $(uri ro.sock)|no effect on an NBD destination"; do
     IFS='|' read -r case dst want <<<"$c"
     rc=0
     # shellcheck disable=SC2086
@@ -196,6 +200,22 @@ for c in "read-only export|$(uri ro.sock)|read-only" "small export|$(uri small.s
         pass "refuses $case"
     fi
 done
+stop_servers
+
+# 6b. -l: an internal snapshot's view of a qcow2 source.
+qemu-img create -q -f qcow2 snap.qcow2 8M
+qio snap.qcow2 -- "write -P 0x71 0 2M"
+qemu-img snapshot -c s1 snap.qcow2
+qio snap.qcow2 -- "write -P 0x72 1M 2M"
+qemu-img convert -l snapshot.name=s1 -O raw snap.qcow2 s1.raw
+nbdkit_on "$T/m.sock" memory 8M
+if ! "$LSM_SYNC" copy -l s1 snap.qcow2 "$(uri m.sock)" 2>err.log; then
+    fail "-l snapshot to NBD" "$(head -n3 err.log)"
+elif ! qemu-img compare -q -f raw -F raw s1.raw "$(uri m.sock)"; then
+    fail "-l snapshot to NBD" "the export is not the snapshot's view"
+else
+    pass "-l snapshot to NBD"
+fi
 stop_servers
 
 # 7. Faults.  Transient: 3% of writes fail with EIO, each retried (up to
@@ -278,7 +298,7 @@ stop_servers
 nbdkit_on "$T/k.sock" --filter=delay memory 48M wdelay=100ms
 "$LSM_SYNC" copy -s 64K -m 4 top.qcow2 "$(uri k.sock)" 2>err.log &
 pid=$!
-sleep 0.5
+sleep 1.5   # connected and writing (the copy takes ~9 s at 4 x 64 KiB per 100 ms)
 kill -KILL "$LAST_PID"
 t0=$(date +%s%N)
 rc=0
