@@ -44,13 +44,14 @@
  * every request in flight on every connection fails, nothing more is sent,
  * and close drops the sockets without waiting for the server.
  *
- * Retries.  A request the server answers with EIO, ENOMEM or ESHUTDOWN-free
- * transient errors (EIO, ENOMEM: the server's storage or memory, which a
- * later attempt may find working; nbdkit's error filter injects EIO) is
- * sent again, at most `retries` times, after a backoff of RETRY_BASE_MS
- * doubling each time; then the command fails naming the offset.  Other
- * errors (EPERM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN) are final.
- * A write or zero sent again is harmless: they are idempotent. */
+ * Retries.  A request the server answers with EIO or ENOMEM (its storage
+ * or its memory, which a later attempt may find working; nbdkit's error
+ * filter injects EIO) is sent again, at most `retries` times, after a
+ * backoff of RETRY_BASE_MS doubling each time; then the command fails
+ * naming the offset.  The protocol's other errors (EPERM, EINVAL, ENOSPC,
+ * EOVERFLOW, ENOTSUP, ESHUTDOWN) are final.  A read, write, zero or trim
+ * sent again is harmless: each is idempotent, and no other request of the
+ * copy overlaps it. */
 #include <errno.h>
 #include <inttypes.h>
 #include <libnbd.h>
@@ -473,7 +474,7 @@ static int send_part(struct nbd_ep *ne, struct nbd_part *p)
 
 static bool transient(int err)
 {
-    return err == EIO || err == ENOMEM || err == EAGAIN || err == EINTR;
+    return err == EIO || err == ENOMEM;
 }
 
 /* libnbd's completion of one request (from inside a notify, or from a
