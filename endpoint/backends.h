@@ -70,8 +70,8 @@ int lsm_ep_phys_create(struct lsm_loop *loop, struct lsm_image *img, enum lsm_di
 int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct lsm_file *f,
                         bool reads_zero, unsigned flags, struct lsm_ep **out);
 
-/* nbd.c (module lsm-endpoint-nbd, symbols "lsm_ep_nbd_open",
- * "lsm_ep_nbd_create", "lsm_ep_nbd_connections"): an NBD export, as a
+/* nbd.c (module lsm-endpoint-nbd, symbols "lsm_ep_nbd_open" and
+ * "lsm_ep_nbd_create"): an NBD export, as a
  * read-only source or (writable) a destination (docs/nbd.md).  Extents
  * from base:allocation; data with NBD_CMD_READ / WRITE, zeroes with
  * WRITE_ZEROES (FAST_ZERO when the command asks and the server offers it,
@@ -104,8 +104,6 @@ struct lsm_ep_nbd_opts {
     volatile sig_atomic_t *cancel;
 };
 int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, struct lsm_ep **out);
-/* The connections an NBD endpoint opened. */
-unsigned lsm_ep_nbd_connections(const struct lsm_ep *ep);
 /* A source over one connection (lsm_ep_nbd_open with the defaults). */
 int lsm_ep_nbd_create(struct lsm_loop *loop, const char *uri, volatile sig_atomic_t *cancel,
                       unsigned connect_ms, unsigned request_ms, struct lsm_ep **out);

@@ -1034,12 +1034,6 @@ fail:
     return r;
 }
 
-unsigned lsm_ep_nbd_connections(const struct lsm_ep *ep)
-{
-    const struct nbd_ep *ne = ep->priv;
-    return ne->nconns;
-}
-
 int lsm_ep_nbd_create(struct lsm_loop *loop, const char *uri, volatile sig_atomic_t *cancel,
                       unsigned connect_ms, unsigned request_ms, struct lsm_ep **out)
 {
