@@ -91,7 +91,7 @@ for mc in on off; do
     elif [[ $(sha "$(uri m.sock)") != "$want" ]]; then
         fail "$case" "sha256 of the export differs"
     else
-        n=$(grep -c "connection=.* Connect\|Connect export" "$T/log.$mc" || true)
+        n=$(awk '/connection=.* Connect|Connect export/ { n++ } END { print n + 0 }' "$T/log.$mc")
         if [[ $mc == on ]] && ((n < 4 + 2)); then   # 4 of ours, qemu-img's, nbdcopy's
             fail "$case" "$n connections in the log, want ours 4 (+2)"
         elif [[ $mc == off ]] && ((n != 1 + 2)); then

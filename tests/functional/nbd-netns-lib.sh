@@ -65,8 +65,9 @@ netns_rate() {
         if [[ $ns == near ]]; then dev=$NEAR_DEV; else dev=$FAR_DEV; fi
         local n=$NEAR
         [[ $ns == far ]] && n=$FAR
-        # (fails when there is none yet: not an error)
-        ip netns exec "$n" tc qdisc del dev "$dev" root 2>/dev/null || :
+        if ip netns exec "$n" tc qdisc show dev "$dev" | grep -q tbf; then
+            ip netns exec "$n" tc qdisc del dev "$dev" root
+        fi
         if [[ $rate != none ]]; then
             ip netns exec "$n" tc qdisc add dev "$dev" root tbf rate "$rate" burst 1mb latency 50ms ||
                 return 1
