@@ -32,7 +32,8 @@ static void usage(FILE *f)
         "  -F FMT               format of BACKING (required with -B, as in qemu-img 7.2)\n"
         "  -n                   DST exists: neither create nor truncate it\n"
         "  -U, --force-share    read SRC even if another process (a running VM) writes it\n"
-        "  --target-is-zero     with -n: DST already reads as zeroes (zero ranges are skipped)\n"
+        "  --target-is-zero     with -n (or an NBD DST): DST already reads as zeroes (zero\n"
+        "                       ranges are skipped)\n"
         "  -o OPTIONS           creation options: cluster_size (default: the source's),\n"
         "                       compat=0.10|1.1, preallocation=off|metadata|falloc|full,\n"
         "                       lazy_refcounts, refcount_bits, extended_l2,\n"
@@ -76,8 +77,11 @@ static void usage(FILE *f)
         "                       (sha256, the default, or blake2b; 4 MiB blocks): the value\n"
         "                       `lsm-sync checksum` gives for SRC and DST; printed as\n"
         "                       CHECKSUM  DST on stdout (in the JSON summary with --output=json)\n"
-        "  --timeout=SECONDS    NBD source: give up connecting, or waiting for one request,\n"
-        "                       after SECONDS (default: 30 to connect, 60 per request)\n"
+        "  --timeout=SECONDS    NBD source or destination: give up connecting, or waiting\n"
+        "                       for one request, after SECONDS (default: 30 to connect,\n"
+        "                       60 per request)\n"
+        "  --connections=N      NBD: connections to a server that offers multi-conn\n"
+        "                       (1 to 8, default 4; always 1 without multi-conn)\n"
         "  --journal=FILE       keep the job's durable progress in FILE (refused if FILE\n"
         "                       exists, unless --resume); removed when the copy completes\n"
         "  --resume             continue the copy FILE describes after a kill: only what\n"
@@ -95,7 +99,7 @@ enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
     OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
     OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT,
-    OPT_CHECKSUM,
+    OPT_CHECKSUM, OPT_CONNECTIONS,
     OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
     OPT_BITMAPS, OPT_SKIP_BROKEN_BITMAPS, OPT_SALVAGE,
 };
@@ -116,6 +120,7 @@ static const struct option longopts[] = {
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "connections", required_argument, NULL, OPT_CONNECTIONS },
     { "checksum", optional_argument, NULL, OPT_CHECKSUM },
     { "journal", required_argument, NULL, OPT_JOURNAL },
     { "resume", no_argument, NULL, OPT_RESUME },
@@ -647,6 +652,13 @@ int cmd_copy(int argc, char **argv)
             o.nbd_timeout_ms = (unsigned)(sec * 1000 + 0.5);
             break;
         }
+        case OPT_CONNECTIONS:
+            if (!cli_parse_size("copy", "--connections", optarg, &v))
+                return EXIT_USAGE;
+            if (v < 1 || v > 8)
+                return cli_usage_error("copy", "--connections must be between 1 and 8");
+            o.nbd_connections = (unsigned)v;
+            break;
         case 'p':
             pmode = CLI_PROGRESS_BAR;
             break;
@@ -714,7 +726,7 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "Use of backing file requires explicit backing format");
     if (o.backing && o.dst_fmt != LSM_FMT_QCOW2)
         return cli_usage_error("copy", "-B needs -O qcow2");
-    if (o.target_is_zero && !o.no_create)
+    if (o.target_is_zero && !o.no_create && !lsm_is_nbd_uri(o.dst_path))
         return cli_usage_error("copy", "--target-is-zero needs -n");
     int rc = check_create_opts(&o, have_o);
     if (rc)

@@ -70,16 +70,41 @@ int lsm_ep_phys_create(struct lsm_loop *loop, struct lsm_image *img, enum lsm_di
 int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct lsm_file *f,
                         bool reads_zero, unsigned flags, struct lsm_ep **out);
 
-/* nbd.c (module lsm-endpoint-nbd, symbol "lsm_ep_nbd_create"): an NBD
- * export as a read-only source.  Extents from base:allocation, data with
- * NBD_CMD_READ.  No wait on the server is unbounded: connecting fails with
- * -ETIMEDOUT after connect_ms, each command after request_ms (0 for
- * either: the defaults below); *cancel (may be NULL) is looked at at least
- * every 50 ms while waiting, and a set flag ends the wait with -EINTR.
- * After a time-out or a cancel the endpoint sends nothing more and its
- * close does not wait for the server. */
+/* nbd.c (module lsm-endpoint-nbd, symbols "lsm_ep_nbd_open" and
+ * "lsm_ep_nbd_create"): an NBD export, as a
+ * read-only source or (writable) a destination (docs/nbd.md).  Extents
+ * from base:allocation; data with NBD_CMD_READ / WRITE, zeroes with
+ * WRITE_ZEROES (FAST_ZERO when the command asks and the server offers it,
+ * NO_HOLE when the command does not allow a hole), flush with
+ * NBD_CMD_FLUSH on every connection.  `connections` connections (0: the
+ * default below) when the server advertises multi-conn, one otherwise.
+ * A destination reads_zero when the caller says so (--target-is-zero) or
+ * when the server's base:allocation says every byte reads as zero (asked
+ * at open for exports of at most 4 GiB).  No wait on the server is
+ * unbounded: connecting fails with -ETIMEDOUT after connect_ms, each
+ * request after request_ms (0 for either: the defaults below); *cancel
+ * (may be NULL) is looked at at least every 50 ms while waiting, and a
+ * set flag ends the wait with -EINTR.  A request the server fails with a
+ * transient error (EIO, ENOMEM) is sent again at most `retries` times
+ * (-1: the default), with a doubling backoff from 100 ms.  After a
+ * time-out, a cancel or a lost connection the endpoint sends nothing more
+ * and its close does not wait for the server. */
 #define LSM_NBD_CONNECT_TIMEOUT_MS 30000
 #define LSM_NBD_REQUEST_TIMEOUT_MS 60000
+#define LSM_NBD_MAX_CONNECTIONS 8
+#define LSM_NBD_CONNECTIONS 4
+#define LSM_NBD_RETRIES 3
+struct lsm_ep_nbd_opts {
+    const char *uri;
+    bool writable;                  /* a destination */
+    bool reads_zero;                /* destination: known to read as zeroes */
+    unsigned connections;           /* 0: LSM_NBD_CONNECTIONS (1 without multi-conn) */
+    int retries;                    /* -1: LSM_NBD_RETRIES */
+    unsigned connect_ms, request_ms;
+    volatile sig_atomic_t *cancel;
+};
+int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, struct lsm_ep **out);
+/* A source over one connection (lsm_ep_nbd_open with the defaults). */
 int lsm_ep_nbd_create(struct lsm_loop *loop, const char *uri, volatile sig_atomic_t *cancel,
                       unsigned connect_ms, unsigned request_ms, struct lsm_ep **out);
 

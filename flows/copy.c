@@ -23,6 +23,7 @@
 #include "budget.h"
 #include "cleanup.h"
 #include "config.h"
+#include "copy-nbd.h"
 #include "error.h"
 #include "fileid.h"
 #include "flow-copy.h"
@@ -255,21 +256,10 @@ static int checksum_check_opts(const struct lsm_copy_opts *o)
 #endif
 }
 
-/* The NBD source endpoint, from its module (libnbd is loaded only for
- * NBD sources). */
+/* The NBD source endpoint, from its module (copy-nbd.c). */
 static int open_nbd(const struct lsm_copy_opts *o, struct lsm_loop *loop, struct lsm_ep **out)
 {
-#ifdef HAVE_LIBNBD
-    typeof(&lsm_ep_nbd_create) nbd_create =
-        (typeof(&lsm_ep_nbd_create))lsm_module_symbol("endpoint-nbd", "lsm_ep_nbd_create");
-    if (!nbd_create)
-        return -ENOTSUP;
-    return nbd_create(loop, o->src_path, o->cancel, o->nbd_timeout_ms, o->nbd_timeout_ms, out);
-#else
-    (void)loop;
-    (void)out;
-    return lsm_error(-ENOTSUP, "cannot read %s: lsm-sync was built without libnbd", o->src_path);
-#endif
+    return lsm_copy_open_nbd(o, loop, o->src_path, false, out);
 }
 
 /* The destination as this copy sees it. */
@@ -568,6 +558,8 @@ static void journal_free(struct flow_journal *fj)
 
 int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 {
+    if (lsm_is_nbd_uri(o->dst_path))
+        return lsm_copy_nbd_dst(o, st);
     memset(st, 0, sizeof(*st));
     uint64_t t0 = lsm_now_ns();
     struct dst d = { .path = o->dst_path };
@@ -633,6 +625,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     /* One loop for both ends: one io_uring ring for the source reads and
      * the destination writes. */
     unsigned m = o->requests ? o->requests : DEFAULT_REQUESTS;
+    uint64_t rsize = o->request_size, bsize = o->buffer_size;
+    lsm_copy_nbd_defaults(o, &m, &rsize, &bsize);   /* an NBD source: its defaults */
     struct lsm_loop_config lc = { .io_kind = o->io_kind, .depth = MAX(2 * m, 32u),
                                   .fixed_buffers = true };
     bool nbd = lsm_is_nbd_uri(o->src_path);
@@ -942,8 +936,8 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     struct lsm_engine_params ep = {
         .size = physical ? img->file_size : vsize,
         .requests = m,
-        .request_size = o->request_size,
-        .buffer_size = o->buffer_size,
+        .request_size = rsize,
+        .buffer_size = bsize,
         .rate = o->rate,
         .limiter = o->limiter,
         .offload = ol != NULL,

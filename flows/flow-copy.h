@@ -103,8 +103,10 @@ struct lsm_copy_opts {
     uint64_t checkpoint_bytes;        /* 0: 1 GiB */
     unsigned checkpoint_ms;           /* 0: 5000 */
 
-    unsigned nbd_timeout_ms;          /* NBD source: connect and per-request time-out
-                                         (0: 30 s to connect, 60 s per request) */
+    unsigned nbd_timeout_ms;          /* NBD source or destination: connect and per-request
+                                         time-out (0: 30 s to connect, 60 s per request) */
+    unsigned nbd_connections;         /* NBD: connections where the server offers multi-conn
+                                         (0: 4; docs/nbd.md) */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (signal handler) */
     lsm_copy_record_fn record;        /* guest ranges (host ranges for a physical copy) */
     lsm_copy_progress_fn progress;
