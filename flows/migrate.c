@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,6 +85,7 @@ struct mdisk {
 struct mig {
     const struct lsm_migrate_opts *o;
     char *uri, *domain, *dst_domain, *journal;
+    int lockfd;              /* STATE_DIR/DOMAIN.lock, flock'd while this run works */
     enum lsm_domain_kind dst_kind;
     enum lsm_migrate_sync_writes sync_writes;
     char run[48];
@@ -382,13 +384,17 @@ static int fail_point(struct mig *g, const char *phase)
     return 0;
 }
 
+static bool needs_extender(const struct mig *g);
+
 static int open_mirrors(struct mig *g)
 {
     for (unsigned i = 0; i < g->n; i++) {
         struct mdisk *d = &g->d[i];
         if (d->m)
             continue;
-        struct lsm_mirror_target t = { .uri = g->uri, .domain = g->domain, .disk = d->disk };
+        /* with the extender running it owns libvirt's event loop: poll */
+        struct lsm_mirror_target t = { .uri = g->uri, .domain = g->domain, .disk = d->disk,
+                                       .no_events = needs_extender(g) };
         int r = lsm_mirror_open("libvirt", &t, &d->m);
         if (r < 0)
             return r;
@@ -634,13 +640,21 @@ static int start_extender(struct mig *g)
 {
     if (g->x || !needs_extender(g))
         return 0;
+    /* the mirrors again, without events: the extender owns the loop */
+    for (unsigned i = 0; i < g->n; i++) {
+        lsm_mirror_close(g->d[i].m);
+        g->d[i].m = NULL;
+    }
+    int r = open_mirrors(g);
+    if (r < 0)
+        return r;
     const char *disks[LSM_MIGRATE_MAX_DISKS];
     for (unsigned i = 0; i < g->n; i++)
         disks[i] = g->d[i].disk;
     struct lsm_extender_opts xo = { .uri = g->uri, .domain = g->domain, .disks = disks,
                                     .ndisks = g->n, .replicating = true };
     lsm_extend_policy_default(&xo.policy);
-    int r = lsm_extender_start(&xo, &g->x);
+    r = lsm_extender_start(&xo, &g->x);
     if (r < 0)
         return r;
     report(g, "watermark extender running");
@@ -865,6 +879,8 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
         if (r == 0) {
             d->pivoted = true;
             g->committed = true;
+            if (g->x)
+                lsm_extender_kick(g->x);   /* new indexes: re-arm */
             int s = save(g);
             report(g, "%s: pivoted to %s", d->disk, d->dst[0]);
             if (s < 0 && !first)
@@ -1023,6 +1039,8 @@ static void mig_free(struct mig *g)
         for (unsigned k = 0; k < MAX_DST; k++)
             free(d->dst[k]);
     }
+    if (g->lockfd >= 0)
+        close(g->lockfd);    /* the lock file stays: removing it would race a waiter */
     free(g->uri);
     free(g->domain);
     free(g->dst_domain);
@@ -1046,6 +1064,22 @@ static int setup(struct mig *g, const struct lsm_migrate_opts *o)
     if (!g->domain || asprintf(&g->journal, "%s/%s.json", dir, o->domain) < 0) {
         g->journal = NULL;
         return lsm_error(-ENOMEM, "out of memory");
+    }
+    /* one run per domain at a time: a --resume while the killed run is in
+     * fact still alive would fight it */
+    _cleanup_free_ char *lockpath = NULL;
+    if (asprintf(&lockpath, "%s/%s.lock", dir, o->domain) < 0) {
+        lockpath = NULL;
+        return lsm_error(-ENOMEM, "out of memory");
+    }
+    g->lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (g->lockfd < 0)
+        return lsm_error_errno(-errno, "cannot open %s", lockpath);
+    if (flock(g->lockfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            return lsm_error(-EBUSY, "another lsm-sync migrate of domain '%s' is running "
+                             "(it holds %s)", o->domain, lockpath);
+        return lsm_error_errno(-errno, "cannot lock %s", lockpath);
     }
     remove_dead_temporaries(g);
     if (o->mode == LSM_MIGRATE_START) {
@@ -1096,7 +1130,7 @@ static int setup(struct mig *g, const struct lsm_migrate_opts *o)
 int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res)
 {
     memset(res, 0, sizeof *res);
-    struct mig g = { .o = o, .phase = "setup", .t0 = lsm_now_ns() };
+    struct mig g = { .o = o, .phase = "setup", .t0 = lsm_now_ns(), .lockfd = -1 };
     char why[512] = "";
     int r = setup(&g, o);
     if (r == 0)

@@ -15,11 +15,14 @@
 #   2. a failure injected before the pivot (--fail-at pivot): exit 1, one
 #      message saying it rolled back; the VM stays on its source, no block
 #      job, dst2 empty again, no journal.
-#   3. SIGKILL during the sync phase, then --resume: it finishes; the VM on
-#      dst2, its blocks verify there.
+#   3. SIGKILL during the sync phase (a second run meanwhile is refused),
+#      then --resume: it finishes; the VM on dst2, its blocks verify there.
 #   4. SIGKILL during the sync phase, then --rollback: dst3 empty, VM where
 #      it was, no job; and SIGTERM during the sync: exit 1, rolled back.
-#   5. bad input: each one line, exit 2 or 1, nothing created.
+#   5. a mirror held to 1 KiB/s (--stall-timeout 1): restarted with
+#      synchronous writes, then the ready deadline passes: exit 1 with the
+#      reason, rolled back.
+#   6. bad input: each one line, exit 2 or 1, nothing created.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -60,8 +63,8 @@ sum_base=$(sha256sum <src/base.qcow2)
 sum_mid=$(sha256sum <src/mid.qcow2)
 sum_vdb=$(sha256sum <src/vdb.raw)
 
-# The guest writes blocks 256..319 (16 MiB..20 MiB) of vda, pass after pass.
-SEQOFF=256 SEQN=64
+# The guest writes blocks 256..287 (16 MiB..18 MiB) of vda, pass after pass.
+SEQOFF=256 SEQN=32
 cat >dom.xml <<EOF
 <domain type='qemu'>
   <name>$DOM</name>
@@ -109,6 +112,7 @@ wait_pass() {
     return 1
 }
 source_of() { lvenv_virsh domblklist "$DOM" | awk -v d="$1" '$1 == d { print $2 }'; }
+no_journal() { [[ ! -e $STATE/$DOM.json ]]; }
 no_job() { ! lvenv_virsh blockjob "$DOM" vda --info 2>/dev/null | grep -q '[0-9] *%'; }
 
 # verify TOP: the guest paused, every block it wrote is in TOP's chain, and
@@ -172,6 +176,7 @@ wait_phase() {
 }
 
 check guest-writes wait_pass 1 60
+log "the guest wrote its first pass at ${SECONDS} s"
 
 # ---- 1. file to file ----
 t0=$(date +%s)
@@ -185,7 +190,7 @@ ovl1=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"]
 check runs-on-dst1 test "$(source_of vda)" = "$top1"
 check top1-in-dst1 test "$(dirname "$top1")" = "$T/dst1"
 check vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
-check journal-removed test -z "$(ls -A "$STATE")"
+check journal-removed no_journal
 check all-phases test "$(phases_seen m1.err)" = "snapshot clone replicate sync pivot done"
 check no-job-after no_job
 p=$(last_pass)
@@ -214,6 +219,7 @@ done
 check vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 lvenv_virsh resume "$DOM" >/dev/null
 
+log "section 2 at ${SECONDS} s"
 # ---- 2. a failure before the pivot rolls back ----
 rc=0
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst2" --fail-at pivot >m2.out 2>m2.err || rc=$?
@@ -223,15 +229,20 @@ check fail-says-rolled-back grep -q "failure injected.*rolled back" m2.err
 check fail-stays test "$(dirname "$(source_of vda)")" = "$T/dst1"
 check fail-no-job no_job
 check fail-dst2-empty test -z "$(ls -A dst2)"
-check fail-no-journal test -z "$(ls -A "$STATE")"
+check fail-no-journal no_journal
 log "$(cat m2.err)"
 
+log "section 3 at ${SECONDS} s"
 # ---- 3. SIGKILL during the sync, then --resume ----
 before=$(source_of vda)
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst2" --rate 256K --progress=json >m3.out 2>m3.err &
 pid=$!
 PIDS+=("$pid")
 check reached-sync wait_phase m3.err sync 60
+rc=0
+"${MIG[@]}" "$DOM" --resume >m3b.out 2>m3b.err || rc=$?
+check one-run-at-a-time test "$rc" = 1
+check one-run-message grep -q "another lsm-sync migrate of domain '$DOM' is running" m3b.err
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 check kill-left-journal test -s "$STATE/$DOM.json"
@@ -242,7 +253,7 @@ check resume-exit-0 test "$rc" = 0
 top2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["destination"])' m3r.json)
 check resume-runs-on-dst2 test "$(source_of vda)" = "$top2"
 check resume-top-in-dst2 test "$(dirname "$top2")" = "$T/dst2"
-check resume-journal-removed test -z "$(ls -A "$STATE")"
+check resume-journal-removed no_journal
 check resume-no-job no_job
 lvenv_virsh suspend "$DOM" >/dev/null
 check blocks-verify-on-dst2 verify "$top2"
@@ -253,6 +264,7 @@ check resume-internal-same qemu-img compare -U -q "$before" "dst2/$(basename "$b
 check resume-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 lvenv_virsh resume "$DOM" >/dev/null
 
+log "section 4 at ${SECONDS} s"
 # ---- 4. SIGKILL, then --rollback; SIGTERM ----
 before=$(source_of vda)
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst3" --rate 256K --progress=json >m4.out 2>m4.err &
@@ -270,7 +282,7 @@ check rollback-dst3-empty test -z "$(ls -A dst3)"
 # the snapshot stays (the VM writes into it): one layer more, still on src's side
 check rollback-on-source test "$(dirname "$(source_of vda)")" = "$(dirname "$before")"
 check rollback-no-job no_job
-check rollback-journal-removed test -z "$(ls -A "$STATE")"
+check rollback-journal-removed no_journal
 rc=0
 "${MIG[@]}" "$DOM" --resume >m4x.out 2>m4x.err || rc=$?
 check resume-nothing-exit-1 test "$rc" = 1
@@ -287,9 +299,24 @@ check sigterm-exit-1 test "$rc" = 1
 check sigterm-message grep -q "interrupted by a signal.*rolled back" m5.err
 check sigterm-dst4-empty test -z "$(ls -A dst4)"
 check sigterm-no-job no_job
-check sigterm-no-journal test -z "$(ls -A "$STATE")"
+check sigterm-no-journal no_journal
 
-# ---- 5. bad input ----
+log "section 5 at ${SECONDS} s"
+# ---- 5. a mirror that does not converge: restarted with synchronous
+# writes, then the deadline, with its reason, and a rollback ----
+rc=0
+"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --bandwidth 1K --stall-timeout 1 \
+    --ready-timeout 4 --progress=json -o json >m6.json 2>m6.err || rc=$?
+check stall-exit-1 test "$rc" = 1
+check stall-restarted grep -q "not converging.*restarted with synchronous writes" m6.err
+check stall-reason grep -q "not ready 4 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err
+check stall-dst4-empty test -z "$(ls -A dst4)"
+check stall-no-job no_job
+check stall-no-journal no_journal
+log "$(grep -v '^{' m6.err)"
+
+log "section 6 at ${SECONDS} s"
+# ---- 6. bad input ----
 expect() {
     local name=$1 code=$2 text=$3
     shift 3
@@ -311,7 +338,7 @@ expect unknown-disk 1 "has no disk 'vdz'" "${MIG[@]}" "$DOM" --disk vdz --dst-di
 expect same-disk-twice 1 "named twice" "${MIG[@]}" "$DOM" --disk vda --disk vda --dst-dir "$T/dst4"
 expect dst-missing 1 "dst-none" "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst-none"
 check bad-left-nothing test -z "$(ls -A dst4)"
-check bad-no-journal test -z "$(ls -A "$STATE")"
+check bad-no-journal no_journal
 check bad-no-job no_job
 
 finish
