@@ -333,7 +333,10 @@ int cmd_migrate(int argc, char **argv)
 
     struct lsm_migrate_result res;
     int r = lsm_migrate(&o, &res);
-    print_result(&res, out);
+    /* refused before anything was done: the one line on stderr says it */
+    bool refused = res.failed_phase && !strcmp(res.failed_phase, "setup");
+    if (!refused || out == CLI_OUTPUT_JSON)
+        print_result(&res, out);
     if (r < 0)
         cli_error(CMD, "%s", lsm_last_error());
     lsm_migrate_result_free(&res);

@@ -782,6 +782,7 @@ static int watch(struct mig *g)
                 d->sync_done = js.progress.bytes_done;
                 d->sync_total = js.progress.bytes_total;
                 if (lsm_job_wait(d->job, 0) == 0) {
+                    lsm_job_get_status(d->job, &js);   /* final: with its message */
                     int r = lsm_job_result(d->job);
                     if (r < 0)
                         return lsm_error(r, "the sync of %s failed: %s", d->disk,
