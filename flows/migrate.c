@@ -1253,8 +1253,9 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
                 d->best_remaining = UINT64_MAX;
                 d->best_ns = lsm_now_ns();
             }
-            g.phase = "sync";
-            /* watch() looks at every disk: the pivoted ones have no mirror */
+            g.phase = "pivot";
+            /* not watch(): it looks at every disk, and the pivoted ones have
+             * no mirror any more */
             uint64_t t = lsm_now_ns();
             while (r == 0) {
                 bool ready = true;
