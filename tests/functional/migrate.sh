@@ -3,7 +3,8 @@
 # guest that writes sequence-numbered blocks to vda without pause
 # (tests/libvirt/writer-guest.sh, lsmw.mode=seq).  vda is a 3-layer qcow2
 # chain (base <- mid <- leaf, each layer with its own data and the leaf a
-# zero cluster), vdb a raw disk that must stay untouched.  File to file only:
+# zero cluster), vdb a raw disk that must stay untouched, vdc a one-layer
+# qcow2 that moves with vda in part 3.  File to file only:
 # the host kernel has no device-mapper, so no LVM domain here.
 #   1. migrate vda to dst1: exit 0; the VM runs on dst1's overlay and keeps
 #      writing there; every block the guest wrote verifies on dst1 (guest
@@ -15,8 +16,10 @@
 #   2. a failure injected before the pivot (--fail-at pivot): exit 1, one
 #      message saying it rolled back; the VM stays on its source, no block
 #      job, dst2 empty again, no journal.
-#   3. SIGKILL during the sync phase (a second run meanwhile is refused),
-#      then --resume: it finishes; the VM on dst2, its blocks verify there.
+#   3. vda and vdc (a one-layer qcow2 the guest does not write) together:
+#      SIGKILL during the sync phase (a second run meanwhile is refused),
+#      then --resume: it finishes; both disks on dst2, vda's blocks verify
+#      there, vdc's content is what it was; vdb still untouched.
 #   4. SIGKILL during the sync phase, then --rollback: dst3 empty, VM where
 #      it was, no job; and SIGTERM during the sync: exit 1, rolled back.
 #   5. a mirror held to 1 KiB/s (--stall-timeout 1): restarted with
@@ -57,6 +60,8 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/mid.qcow2
 qemu-io -f qcow2 -c "write -P 0x22 4M 4M" src/mid.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 src/leaf.qcow2
 qemu-io -f qcow2 -c "write -P 0x33 8M 4M" -c "write -z 1M 512K" src/leaf.qcow2 >/dev/null
+qemu-img create -q -f qcow2 src/vdc.qcow2 16M
+qemu-io -f qcow2 -c "write -P 0x55 0 1M" src/vdc.qcow2 >/dev/null
 truncate -s 16M src/vdb.raw
 qemu-io -f raw -c "write -P 0x44 0 2M" src/vdb.raw >/dev/null
 sum_base=$(sha256sum <src/base.qcow2)
@@ -90,6 +95,11 @@ cat >dom.xml <<EOF
       <driver name='qemu' type='raw'/>
       <source file='$T/src/vdb.raw'/>
       <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$T/src/vdc.qcow2'/>
+      <target dev='vdc' bus='virtio'/>
     </disk>
     <serial type='file'><source path='$T/console'/><target port='0'/></serial>
     <console type='file'><source path='$T/console'/><target type='serial' port='0'/></console>
@@ -235,7 +245,8 @@ log "$(cat m2.err)"
 log "section 3 at ${SECONDS} s"
 # ---- 3. SIGKILL during the sync, then --resume ----
 before=$(source_of vda)
-"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst2" --rate 256K --progress=json >m3.out 2>m3.err &
+cp src/vdc.qcow2 vdc-before.qcow2
+"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst2" --rate 256K --progress=json >m3.out 2>m3.err &
 pid=$!
 PIDS+=("$pid")
 check reached-sync wait_phase m3.err sync 60
@@ -262,6 +273,12 @@ for f in dst2/*; do
 done
 check resume-internal-same qemu-img compare -U -q "$before" "dst2/$(basename "$before")"
 check resume-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
+check resume-vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
+vdc2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][1]["destination"])' m3r.json)
+check resume-vdc-on-dst2 test "$(source_of vdc)" = "$vdc2"
+check resume-vdc-top-in-dst2 test "$(dirname "$vdc2")" = "$T/dst2"
+check resume-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$vdc2"
+check resume-vdc-base-same qemu-img compare -U -q src/vdc.qcow2 dst2/vdc.qcow2
 lvenv_virsh resume "$DOM" >/dev/null
 
 log "section 4 at ${SECONDS} s"
