@@ -57,7 +57,8 @@ static void usage(FILE *f)
         "  -p                       progress on stderr\n"
         "  --progress=json          progress as JSON lines on stderr\n"
         "  -o, --output=FMT         human (default) or json\n"
-        "  --fail-at=PHASE          tests: fail at the start of PHASE (" LSM_MIGRATE_PHASES ")\n",
+        "  --fail-at=PHASE          tests: fail at the start of PHASE (" LSM_MIGRATE_PHASES "),\n"
+        "                           or with commit every pivot after the first\n",
         LSM_MIGRATE_DEFAULT_STATE_DIR);
 }
 
@@ -296,12 +297,13 @@ int cmd_migrate(int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case OPT_FAIL_AT: {
-            static const char *const phases[] = { "snapshot", "clone", "replicate", "sync", "pivot" };
+            static const char *const phases[] = { "snapshot", "clone", "replicate", "sync",
+                                                  "pivot", "commit" };
             bool ok = false;
             for (size_t i = 0; i < ARRAY_SIZE(phases); i++)
                 ok = ok || !strcmp(optarg, phases[i]);
             if (!ok)
-                return cli_usage_error(CMD, "--fail-at takes a phase (%s), not '%s'",
+                return cli_usage_error(CMD, "--fail-at takes a phase (%s) or commit, not '%s'",
                                        LSM_MIGRATE_PHASES, optarg);
             o.fail_at = optarg;
             break;

@@ -862,8 +862,12 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
         struct mdisk *d = &g->d[i];
         if (d->pivoted)
             continue;
-        int r;
-        for (;;) {
+        int r = 0;
+        /* tests: a failure of every pivot after the first one */
+        if (g->committed && g->o->fail_at && !strcmp(g->o->fail_at, "commit"))
+            r = lsm_error(-EIO, "%s: failure injected past the commit point (--fail-at "
+                          "commit)", d->disk);
+        for (; r == 0;) {
             _cleanup_free_ char *active = NULL;
             r = lsm_mirror_finish(d->m, false, 0, &d->st, &active);
             if (r == 0)

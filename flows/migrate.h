@@ -92,7 +92,8 @@ struct lsm_migrate_opts {
     uint64_t bandwidth;               /* mirrors' bulk copy, bytes/s (0: unlimited) */
     uint64_t sync_rate;               /* each volume copy of the sync, bytes/s (0: unlimited) */
     unsigned parallel;                /* volumes per disk's sync at once (0: the sync default) */
-    const char *fail_at;              /* tests: fail at the start of this phase */
+    const char *fail_at;              /* tests: fail at the start of this phase, or
+                                         "commit": every pivot after the first fails */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (a signal handler) */
     lsm_migrate_progress_fn progress; /* called on the calling thread */
     void *opaque;

@@ -20,6 +20,10 @@
 #      SIGKILL during the sync phase (a second run meanwhile is refused),
 #      then --resume: it finishes; both disks on dst2, vda's blocks verify
 #      there, vdc's content is what it was; vdb still untouched.
+#   3b. vda and vdc again with --fail-at commit (every pivot after the first
+#      fails): exit 1, outcome partial, vda on dst5 and vdc still mirroring,
+#      the journal kept; --rollback refused; --resume pivots vdc; vda's blocks
+#      verify, vdc's content is what it was.
 #   4. SIGKILL during the sync phase, then --rollback: dst3 empty, VM where
 #      it was, no job; and SIGTERM during the sync: exit 1, rolled back.
 #   5. a mirror held to 1 KiB/s (--stall-timeout 1): restarted with
@@ -53,7 +57,7 @@ check() {
     if "$@"; then pass "$name"; else fail "$name" "$*"; fi
 }
 
-mkdir -p src dst1 dst2 dst3 dst4 "$STATE"
+mkdir -p src dst1 dst2 dst3 dst4 dst5 "$STATE"
 qemu-img create -q -f qcow2 src/base.qcow2 64M
 qemu-io -f qcow2 -c "write -P 0x11 0 4M" src/base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/mid.qcow2
@@ -281,6 +285,36 @@ check resume-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$vdc2"
 check resume-vdc-base-same qemu-img compare -U -q src/vdc.qcow2 dst2/vdc.qcow2
 lvenv_virsh resume "$DOM" >/dev/null
 
+# ---- 3b. past the commit point: the second pivot fails ----
+rc=0
+"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst5" --fail-at commit -o json \
+    >m7.json 2>m7.err || rc=$?
+check partial-exit-1 test "$rc" = 1
+log "$(grep -v "^{" m7.err)"
+check partial-message grep -q "past the commit point, not every disk pivoted: vdc: failure injected.*run --resume" m7.err
+check partial-outcome grep -q '"outcome":"partial"' <(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' m7.json | tr -d ' ')
+check partial-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
+check partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst2"
+check partial-vdc-still-mirroring lvenv_virsh blockjob "$DOM" vdc --info >/dev/null 2>&1
+check partial-journal-kept test -s "$STATE/$DOM.json"
+rc=0
+"${MIG[@]}" "$DOM" --rollback >m7r.out 2>m7r.err || rc=$?
+check partial-no-rollback test "$rc" = 1
+check partial-no-rollback-message grep -q "past the commit point.*cannot be rolled back" m7r.err
+rc=0
+"${MIG[@]}" "$DOM" --resume -o json >m7s.json 2>m7s.err || rc=$?
+check partial-resume-exit-0 test "$rc" = 0
+[[ $rc == 0 ]] || log "$(cat m7s.err)"
+check partial-resume-vdc-on-dst5 test "$(dirname "$(source_of vdc)")" = "$T/dst5"
+check partial-resume-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
+check partial-resume-no-journal no_journal
+check partial-resume-no-job no_job
+check partial-resume-no-vdc-job test -z "$(lvenv_virsh blockjob "$DOM" vdc --info 2>/dev/null | grep '%')"
+lvenv_virsh suspend "$DOM" >/dev/null
+check blocks-verify-on-dst5 verify "$(source_of vda)"
+check partial-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
+lvenv_virsh resume "$DOM" >/dev/null
+
 log "section 4 at ${SECONDS} s"
 # ---- 4. SIGKILL, then --rollback; SIGTERM ----
 before=$(source_of vda)
@@ -323,10 +357,10 @@ log "section 5 at ${SECONDS} s"
 # writes, then the deadline, with its reason, and a rollback ----
 rc=0
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --bandwidth 1K --stall-timeout 1 \
-    --ready-timeout 4 --progress=json -o json >m6.json 2>m6.err || rc=$?
+    --ready-timeout 2 --progress=json -o json >m6.json 2>m6.err || rc=$?
 check stall-exit-1 test "$rc" = 1
 check stall-restarted grep -q "not converging.*restarted with synchronous writes" m6.err
-check stall-reason grep -q "not ready 4 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err
+check stall-reason grep -q "not ready 2 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err
 check stall-dst4-empty test -z "$(ls -A dst4)"
 check stall-no-job no_job
 check stall-no-journal no_journal
