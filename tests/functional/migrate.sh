@@ -357,10 +357,10 @@ log "section 5 at ${SECONDS} s"
 # writes, then the deadline, with its reason, and a rollback ----
 rc=0
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --bandwidth 1K --stall-timeout 1 \
-    --ready-timeout 2 --progress=json -o json >m6.json 2>m6.err || rc=$?
+    --ready-timeout 3 --progress=json -o json >m6.json 2>m6.err || rc=$?
 check stall-exit-1 test "$rc" = 1
 check stall-restarted grep -q "not converging.*restarted with synchronous writes" m6.err
-check stall-reason grep -q "not ready 2 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err
+check stall-reason grep -q "not ready 3 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err
 check stall-dst4-empty test -z "$(ls -A dst4)"
 check stall-no-job no_job
 check stall-no-journal no_journal
