@@ -626,6 +626,59 @@ static int clone_chains(struct mig *g)
     return 0;
 }
 
+/* Before the snapshot: the destination of every disk's chain as it will
+ * be (the overlay on top of today's chain) must be free and no source
+ * file, so that a bad destination is refused before the domain changes. */
+static int precheck(struct mig *g)
+{
+    int r;
+    struct lsm_domain *dom;
+    if ((r = lsm_domain_open(g->dst_kind, g->dst_domain, &dom)) < 0)
+        return r;
+    char *seen[LSM_MIGRATE_MAX_DISKS * (MAX_DST + 1)];
+    unsigned nseen = 0;
+    for (unsigned i = 0; i < g->n && r == 0; i++) {
+        struct mdisk *d = &g->d[i];
+        struct lsm_chain_desc src;
+        struct lsm_jobfile job = { 0 };
+        if ((r = lsm_chain_describe(d->old_leaf, LSM_FMT_AUTO, &src)) < 0)
+            break;
+        r = lsm_jobfile_for_domain(&src, dom, &job);
+        if (r == 0)
+            r = lsm_jobfile_check_destinations(&src, &job);
+        if (r == 0 && job.n + 1 > MAX_DST)
+            r = lsm_error(-E2BIG, "the chain of %s has %u volumes (at most %d)", d->disk,
+                          job.n + 1, MAX_DST - 1);
+        _cleanup_free_ char *ocopy = strdup(d->overlay);
+        char *otop = ocopy ? dom->ops->volume_path(dom, basename(ocopy)) : NULL;
+        if (r == 0 && !otop)
+            r = lsm_error(-ENOMEM, "out of memory");
+        for (unsigned k = 0; r == 0 && k <= job.n; k++) {
+            const char *p = k == job.n ? otop : job.v[k].dst_path;
+            if (exists(p))
+                r = lsm_error(-EEXIST, "destination volume %s exists: migrate creates its "
+                              "volumes and overwrites none", p);
+            for (unsigned j = 0; r == 0 && j < nseen; j++)
+                if (!strcmp(seen[j], p))
+                    r = lsm_error(-EINVAL, "two disks would use destination volume %s", p);
+        }
+        for (unsigned k = 0; r == 0 && k <= job.n; k++) {
+            seen[nseen] = strdup(k == job.n ? otop : job.v[k].dst_path);
+            if (!seen[nseen])
+                r = lsm_error(-ENOMEM, "out of memory");
+            else
+                nseen++;
+        }
+        free(otop);
+        lsm_jobfile_free(&job);
+        lsm_chain_desc_free(&src);
+    }
+    for (unsigned j = 0; j < nseen; j++)
+        free(seen[j]);
+    lsm_domain_close(dom);
+    return r;
+}
+
 static bool needs_extender(const struct mig *g)
 {
     if (g->dst_kind == LSM_DOMAIN_BLOCK)
@@ -1165,6 +1218,8 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
             if (r == 0)
                 r = name_overlay(&g, d);
         }
+        if (r == 0)
+            r = precheck(&g);
         g.phase = "snapshot";
         if (r == 0)
             r = save(&g);
