@@ -545,6 +545,9 @@ static int snapshot(struct mig *g)
          * this run's name, which only this run can have made */
         d->overlay_made = true;
         if ((r = save(g)) < 0 || (r = write_overlay(d, &leaf.v[0])) < 0) {
+            /* someone else's file appeared under this name (O_EXCL): not ours */
+            if (r == -EEXIST)
+                d->overlay_made = false;
             lsm_chain_desc_free(&leaf);
             return r;
         }
