@@ -189,6 +189,24 @@ wait_phase() {
     return 1
 }
 
+expect() {
+    local name=$1 code=$2 text=$3
+    shift 3
+    local rc=0
+    "$@" >bad.out 2>bad.err || rc=$?
+    if [[ $rc == "$code" ]] && grep -q -- "$text" bad.err; then
+        pass "$name"
+    else
+        fail "$name" "rc=$rc: $(cat bad.err)"
+    fi
+}
+# usage errors while the guest boots (exit 2, nothing created)
+expect no-disk 2 "name the disks" "${MIG[@]}" "$DOM" --dst-dir "$T/dst4"
+expect no-dst 2 "give the destination" "${MIG[@]}" "$DOM" --disk vda
+expect two-dsts 2 "one destination" "${MIG[@]}" "$DOM" --disk vda --dst-dir a --dst-vg b
+expect bad-sync-writes 2 "auto, always or never" "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --sync-writes=sometimes
+expect bad-fail-at 2 "takes a phase" "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --fail-at=never
+
 check guest-writes wait_pass 1 60
 log "the guest wrote its first pass at ${SECONDS} s"
 
@@ -368,22 +386,6 @@ log "$(grep -v '^{' m6.err)"
 
 log "section 6 at ${SECONDS} s"
 # ---- 6. bad input ----
-expect() {
-    local name=$1 code=$2 text=$3
-    shift 3
-    local rc=0
-    "$@" >bad.out 2>bad.err || rc=$?
-    if [[ $rc == "$code" ]] && grep -q -- "$text" bad.err; then
-        pass "$name"
-    else
-        fail "$name" "rc=$rc: $(cat bad.err)"
-    fi
-}
-expect no-disk 2 "name the disks" "${MIG[@]}" "$DOM" --dst-dir "$T/dst4"
-expect no-dst 2 "give the destination" "${MIG[@]}" "$DOM" --disk vda
-expect two-dsts 2 "one destination" "${MIG[@]}" "$DOM" --disk vda --dst-dir a --dst-vg b
-expect bad-sync-writes 2 "auto, always or never" "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --sync-writes=sometimes
-expect bad-fail-at 2 "takes a phase" "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --fail-at=never
 expect unknown-domain 1 "no domain" "${MIG[@]}" nosuch-$$ --disk vda --dst-dir "$T/dst4"
 expect unknown-disk 1 "has no disk 'vdz'" "${MIG[@]}" "$DOM" --disk vdz --dst-dir "$T/dst4"
 expect same-disk-twice 1 "named twice" "${MIG[@]}" "$DOM" --disk vda --disk vda --dst-dir "$T/dst4"
