@@ -59,5 +59,6 @@ int cmd_checksum(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_task(int argc, char **argv);
 int cmd_monitor(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 
 #endif

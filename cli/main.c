@@ -28,6 +28,9 @@ static const struct lsm_command commands[] = {
     { "serve", "run the worker service: JSON-RPC image tasks on a Unix socket", cmd_serve },
     { "task", "list, watch, stop and clear the tasks of a running service", cmd_task },
 #endif
+#ifdef LSM_HAVE_CMD_MIGRATE
+    { "migrate", "move a running VM's disks to another storage domain (snapshot, mirror, sync, pivot)", cmd_migrate },
+#endif
 #ifdef LSM_HAVE_CMD_MONITOR
     { "monitor", "extend a running VM's thin volumes ahead of its writes (watermark extender)", cmd_monitor },
 #endif

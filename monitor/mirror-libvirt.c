@@ -365,6 +365,8 @@ static int virt_open(struct lsm_mirror *m, const struct lsm_mirror_target *t)
         return r;
     }
     /* Without events we still have polling: a failure here is not fatal. */
+    if (t->no_events)
+        return 0;
     vm->cb_id = virConnectDomainEventRegisterAny(vm->conn, vm->dom,
                                                  VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
                                                  VIR_DOMAIN_EVENT_CALLBACK(on_block_job),

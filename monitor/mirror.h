@@ -54,6 +54,10 @@ struct lsm_mirror_target {
     const char *uri;       /* libvirt: connection URI (NULL: qemu:///system) */
     const char *domain;    /* libvirt: domain name or UUID */
     const char *disk;      /* libvirt: disk target (vda); dm: the device */
+    /* libvirt: register no block-job event callback, so that status never
+     * runs libvirt's event loop (another thread owns it: the extender, see
+     * extender.h); READY is then learned by polling only. */
+    bool no_events;
 };
 
 struct lsm_mirror_start_opts {

@@ -7,7 +7,7 @@
 #
 # The guest is the distribution kernel with a busybox initramfs (as
 # ../shared/ENVIRONMENT.md describes): init loads the virtio block modules,
-# prints WRITER-START, writes MIB MiB of 1 MiB blocks (zeros) to /dev/vda
+# prints WRITER-START, (lsmw.mode=seq: see wg_seq_cmdline) writes MIB MiB of 1 MiB blocks (zeros) to /dev/vda
 # with O_DIRECT in one dd, prints
 # "WRITER-DONE rc=N" and powers off (or, with HOLD=1, idles).  The domain is of type qemu (TCG),
 # its disk a qcow2 on a block device with error_policy='stop', so a
@@ -84,13 +84,36 @@ mkdir -p /tmp
 for m in $(cat /modules.order); do
     insmod "/modules/$m" || echo "WRITER-ENV-FAIL: insmod $m"
 done
-mib=64 hold=0
+mib=64 hold=0 mode=zero seqoff=256 seqn=64
 for w in $(cat /proc/cmdline); do
-    case $w in lsmw.mib=*) mib=${w#*=} ;; lsmw.hold=1) hold=1 ;; esac
+    case $w in
+    lsmw.mib=*) mib=${w#*=} ;; lsmw.hold=1) hold=1 ;; lsmw.mode=*) mode=${w#*=} ;;
+    lsmw.seqoff=*) seqoff=${w#*=} ;; lsmw.seqn=*) seqn=${w#*=} ;;
+    esac
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b /dev/vda ] || echo "WRITER-ENV-FAIL: no /dev/vda"
+if [ "$mode" = seq ]; then
+    # Sequence-numbered blocks, without end: pass P writes the 64 KiB
+    # blocks seqoff..seqoff+seqn-1 in order, each "LSMW pass=P blk=B"
+    # padded with zeros, O_DIRECT, one block at a time.  A reader of the
+    # disk (the guest paused) sees blocks < k of pass P+1 and the rest of
+    # pass P: anything else is a lost or misplaced write.
+    echo "WRITER-START mode=seq seqoff=$seqoff seqn=$seqn"
+    pass=1
+    while :; do
+        b=0
+        while [ $b -lt $seqn ]; do
+            printf 'LSMW pass=%08d blk=%08d\n' $pass $b |
+                dd of=/dev/vda bs=65536 seek=$((seqoff + b)) count=1 conv=sync,notrunc \
+                   oflag=direct 2>/dev/null || echo "WRITER-ERROR pass=$pass blk=$b"
+            b=$((b + 1))
+        done
+        echo "WRITER-PASS $pass"
+        pass=$((pass + 1))
+    done
+fi
 echo "WRITER-START mib=$mib"
 # 1 MiB blocks, one dd, O_DIRECT: as fast as the guest can.
 rc=0
@@ -102,6 +125,14 @@ while [ "$hold" = 1 ]; do sleep 1000; done
 poweroff -f
 sleep 10
 INIT
+}
+
+# wg_seq_cmdline SEQOFF SEQN: the kernel command line of the sequence
+# writer (lsmw.mode=seq): endless passes over SEQN 64 KiB blocks from
+# block SEQOFF of /dev/vda; each pass ends with "WRITER-PASS P" on the
+# console.  tests/functional/migrate.sh verifies the blocks.
+wg_seq_cmdline() {
+    echo "console=ttyS0 panic=-1 quiet lsmw.mode=seq lsmw.seqoff=$1 lsmw.seqn=$2"
 }
 
 # wg_domain_xml NAME DISK MIB CONSOLE_FILE [HOLD]: HOLD=1 keeps the guest
