@@ -48,6 +48,7 @@ struct qcow2_create_opts {
     unsigned compression_type;  /* QCOW2_COMPRESSION_* (header field only) */
     unsigned version;           /* 3 (0: 3, compat=1.1) or 2 (compat=0.10): see below */
     bool lazy_refcounts;        /* the compatible feature bit (version 3 only) */
+    bool compress;              /* data goes in through qcow2_writer_write_compressed */
 };
 
 /* Version 2 (compat=0.10) images: refcount_bits 16, no extended L2, zlib,
@@ -130,6 +131,33 @@ uint64_t qcow2_writer_final_size(const struct qcow2_writer *w);
  * needed. */
 int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
                        uint64_t *mapped);
+/* Compressed output (an image created with compress; -EINVAL otherwise):
+ * write the cluster-aligned guest range [guest, guest+len) from buf (len
+ * bytes, a multiple of the cluster size; the last cluster may extend past
+ * the virtual size, the caller zero-pads it, as qemu-img does).  Each
+ * cluster is compressed as QEMU compresses it (the header's compression
+ * type: raw deflate at zlib's default level, window 2^12, or a zstd frame
+ * at zstd's default level); if the result is smaller than a cluster it is
+ * written as a compressed cluster right after the previous one (host
+ * clusters shared by several, each reference counted; a new host cluster
+ * when the refcount width is full or the previous one is not the last
+ * cluster of the image), else the cluster is written as it is, a data
+ * cluster.  Every cluster of the range must have no host cluster yet
+ * (-EINVAL): each guest cluster is written once, and qcow2_writer_alloc
+ * and qcow2_writer_zero refuse compressed ones.  Synchronous: the data is
+ * written (not synced) when it returns, except up to one aligned block at
+ * the end of the compressed data, kept in memory for the next compressed
+ * cluster and written by the next call or by finish.  Batches of 1 MiB (at least two
+ * clusters) are compressed by the caller and up to three more threads (as
+ * many as there are processors), created by the first call; buffers:
+ * one batch of output and 1 MiB (at least a cluster) of staged data.
+ * Memory for the refcounts of compressed host clusters: 2 bytes per host
+ * cluster holding compressed data (and 24 bytes per run of them).
+ * Images with compressed clusters do not checkpoint (-ENOTSUP: no resume)
+ * and do not preallocate (-EINVAL, as qemu-img refuses it). */
+bool qcow2_writer_compressing(const struct qcow2_writer *w);
+int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const void *buf,
+                                  uint64_t len);
 /* Mark the cluster-aligned guest range as zero clusters (reads as zero
  * whatever the backing file holds): the v3 zero flag, or all 32 zero bits
  * with extended L2.  A data cluster keeps its host cluster as a
