@@ -744,6 +744,15 @@ static int emit_data(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
     uint64_t wlen = d->w ? align_up(len, d->cluster) : len;
     if (wlen > len)   /* last cluster past the end of the disk */
         memset(q->buf + pos + len, 0, wlen - len);
+    if (d->w && qcow2_writer_compressing(d->w)) {   /* -c: the writer compresses and writes */
+        int r = qcow2_writer_write_compressed(d->w, q->start + pos, q->buf + pos, wlen);
+        if (r < 0) {
+            lsm_error_prefix("cannot write compressed clusters in %s at guest offset %" PRIu64, d->path, q->start + pos);
+            return set_err(c, r);
+        }
+        c->st->bytes_written += wlen;
+        return 0;
+    }
     /* A qcow2 destination may map the range in several host-contiguous
      * pieces (clusters it already has, new ones): one write each, at most
      * one per cluster, so the slots of the request suffice. */
@@ -1820,6 +1829,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 .lazy_refcounts = o->create.lazy_refcounts,
                 .extended_l2 = o->create.extended_l2,
                 .compression_type = o->create.compression_type,
+                .compress = o->create.compress,
             };
             r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
             if (r < 0)
