@@ -35,6 +35,7 @@
 #include <inttypes.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -72,11 +73,12 @@
  * allocated but never wrote.  More is a corrupt image, whose refcount
  * structures finish would have to write up to that end. */
 #define MAX_PAST_EOF (1ULL << 30)
-/* Compressed output: clusters compressed per batch (at least two clusters
- * of output buffer, else this many bytes), and threads compressing a batch
- * (the caller's among them). */
+/* Compressed output: bytes per compression job (at least a cluster), and
+ * the compression threads: four, as QEMU's qcow2 driver compresses at most
+ * four clusters at a time (QCOW2_MAX_THREADS), whatever the processors. */
 #define COMPRESS_BATCH_BYTES (1u * 1024 * 1024)
-#define COMPRESS_MAX_THREADS 4u
+#define COMPRESS_THREADS 4u
+#define COMPRESS_MAX_THREADS COMPRESS_THREADS
 
 struct l2_slot {
     uint64_t l1_index;          /* UINT64_MAX: empty */
@@ -178,6 +180,9 @@ struct qcow2_writer {
     uint16_t *ccounts;
     size_t nccounts, ccounts_cap;
     struct cpool *pool;         /* created by the first compressed write */
+    pthread_mutex_t mu;         /* compressing: the writer's state, shared with the workers */
+    int async_err;              /* a worker's failure, reported by the next call */
+    char async_msg[512];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -277,6 +282,22 @@ static int check_usable(const struct qcow2_writer *w)
         return lsm_error(-EINVAL, "qcow2 writer: image already finished");
     if (w->failed)
         return lsm_error_errno(w->failed, "qcow2 writer: an earlier metadata write failed");
+    return 0;
+}
+
+/* A failure on a worker: kept (with its message) for the next call. */
+static void async_fail(struct qcow2_writer *w, int err)
+{
+    if (w->async_err)
+        return;
+    w->async_err = err;
+    snprintf(w->async_msg, sizeof w->async_msg, "%s", lsm_last_error());
+}
+
+static int check_async(const struct qcow2_writer *w)
+{
+    if (w->async_err)
+        return lsm_error(w->async_err, "%s", w->async_msg);
     return 0;
 }
 
@@ -533,8 +554,8 @@ static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, ui
     return 0;
 }
 
-int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
-                       uint64_t *mapped)
+static int writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                        uint64_t *mapped)
 {
     int r = check_usable(w);
     if (r < 0)
@@ -589,9 +610,35 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
     return fill_entries(w, guest, rlen, *host);
 }
 
+int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                       uint64_t *mapped)
+{
+    if (!w->compress)
+        return writer_alloc(w, guest, len, host, mapped);
+    pthread_mutex_lock(&w->mu);
+    int r = check_async(w);
+    if (r == 0)
+        r = writer_alloc(w, guest, len, host, mapped);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
 static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    if (!w->compress)
+        return writer_zero(w, guest, len);
+    pthread_mutex_lock(&w->mu);
+    int r = check_async(w);
+    if (r == 0)
+        r = writer_zero(w, guest, len);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
     int r = check_usable(w);
     if (r < 0)
@@ -644,24 +691,38 @@ static void refcount_put(uint8_t *block, uint64_t i, unsigned order, uint64_t v)
 
 /* ---- compressed clusters ------------------------------------------------ */
 
-/* The compression threads: a batch of clusters is compressed by the caller
- * and up to COMPRESS_MAX_THREADS - 1 workers, each with its compressor,
- * taking clusters one at a time.  Compression (zlib: about 15-60 MB/s per
- * core) is far slower than the I/O around it, so it runs on every core the
- * machine has, up to the maximum. */
+/* Compression runs off the caller's thread: qcow2_writer_write_compressed
+ * copies the data into a free job (waiting for one when all are taken) and
+ * returns; COMPRESS_THREADS worker threads each compress a whole job, then
+ * place it under the writer's lock (L2 entries, refcounts, the staged
+ * write).  zlib at level 6
+ * compresses 64 KiB clusters at a few tens of MB/s per core, far slower
+ * than the I/O around it, so the event loop that calls the writer keeps
+ * reading while the workers compress.  Jobs: one more than the workers,
+ * each holding a batch of input and of output. */
+enum { JOB_FREE, JOB_QUEUED, JOB_BUSY };
+
+struct cjob {
+    int state;
+    uint64_t seq;               /* queued in this order: oldest first */
+    uint64_t guest;
+    size_t n;                   /* clusters */
+    uint8_t *in, *out;          /* n clusters each (out: cs - 1 bytes used per cluster) */
+    ssize_t *olen;
+};
+
 struct cpool {
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    unsigned nthreads;          /* workers started */
+    pthread_mutex_t mu;         /* the jobs' states; taken after w->mu, never before */
+    pthread_cond_t work, freed;
+    unsigned nthreads;
     pthread_t th[COMPRESS_MAX_THREADS];
-    struct qcow2_compressor *comp[COMPRESS_MAX_THREADS];   /* [0]: the caller's */
+    struct qcow2_compressor *comp[COMPRESS_MAX_THREADS];
+    struct cjob jobs[COMPRESS_MAX_THREADS + 1];
+    unsigned njobs;
+    size_t batch;               /* clusters per job */
+    uint64_t seq;
     bool quit;
-    /* the batch */
-    const uint8_t *src;
-    uint8_t *out;               /* n outputs of cs - 1 bytes each, cs apart */
-    ssize_t olen[COMPRESS_BATCH_BYTES / 512 + 2];
-    size_t n, next, finished;
-    uint32_t cs;
+    struct qcow2_writer *w;
 };
 
 struct cworker {
@@ -669,18 +730,15 @@ struct cworker {
     unsigned id;
 };
 
-/* Compress clusters of the batch until none is left; called with mu held. */
-static void cpool_work(struct cpool *p, struct qcow2_compressor *comp)
+static int place_job(struct qcow2_writer *w, struct cjob *j);
+
+static struct cjob *oldest_queued(struct cpool *p)
 {
-    while (p->next < p->n) {
-        size_t i = p->next++;
-        pthread_mutex_unlock(&p->mu);
-        ssize_t r = qcow2_compress(comp, p->src + i * p->cs, p->cs, p->out + i * p->cs, p->cs - 1);
-        pthread_mutex_lock(&p->mu);
-        p->olen[i] = r;
-        if (++p->finished == p->n)
-            pthread_cond_signal(&p->done);
-    }
+    struct cjob *best = NULL;
+    for (unsigned i = 0; i < p->njobs; i++)
+        if (p->jobs[i].state == JOB_QUEUED && (!best || p->jobs[i].seq < best->seq))
+            best = &p->jobs[i];
+    return best;
 }
 
 static void *cpool_main(void *arg)
@@ -688,41 +746,72 @@ static void *cpool_main(void *arg)
     struct cworker *cw = arg;
     struct cpool *p = cw->p;
     struct qcow2_compressor *comp = p->comp[cw->id];
+    uint32_t cs = p->w->cluster_size;
     free(cw);
     pthread_mutex_lock(&p->mu);
-    while (!p->quit) {
-        if (p->next < p->n)
-            cpool_work(p, comp);
-        else
-            pthread_cond_wait(&p->go, &p->mu);
+    for (;;) {
+        struct cjob *j;
+        while (!p->quit && !(j = oldest_queued(p)))
+            pthread_cond_wait(&p->work, &p->mu);
+        if (p->quit)
+            break;
+        j->state = JOB_BUSY;
+        pthread_mutex_unlock(&p->mu);
+        for (size_t i = 0; i < j->n; i++)
+            j->olen[i] = qcow2_compress(comp, j->in + i * cs, cs, j->out + i * cs, cs - 1);
+        pthread_mutex_lock(&p->w->mu);
+        int r = place_job(p->w, j);
+        if (r < 0)
+            async_fail(p->w, r);
+        pthread_mutex_unlock(&p->w->mu);
+        pthread_mutex_lock(&p->mu);
+        j->state = JOB_FREE;
+        pthread_cond_broadcast(&p->freed);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
+/* Wait until every job is placed. */
+static void cpool_drain(struct cpool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        bool busy = false;
+        for (unsigned i = 0; i < p->njobs; i++)
+            busy |= p->jobs[i].state != JOB_FREE;
+        if (!busy)
+            break;
+        pthread_cond_wait(&p->freed, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Stop the workers (a job being compressed is finished and placed; queued
+ * ones are dropped: the image stays incomplete) and free the pool. */
 static void cpool_free(struct cpool *p)
 {
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
     p->quit = true;
-    pthread_cond_broadcast(&p->go);
+    pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     for (unsigned i = 0; i < p->nthreads; i++)
         pthread_join(p->th[i], NULL);
     for (unsigned i = 0; i < COMPRESS_MAX_THREADS; i++)
         qcow2_compressor_free(p->comp[i]);
+    for (unsigned i = 0; i < p->njobs; i++) {
+        free(p->jobs[i].in);
+        free(p->jobs[i].out);
+        free(p->jobs[i].olen);
+    }
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
-    free(p->out);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->freed);
     free(p);
-}
-
-/* Clusters per batch for cluster size cs. */
-static size_t batch_clusters(uint32_t cs)
-{
-    return MAX(2u, COMPRESS_BATCH_BYTES / cs);
 }
 
 static int cpool_new(struct qcow2_writer *w, struct cpool **out)
@@ -731,17 +820,25 @@ static int cpool_new(struct qcow2_writer *w, struct cpool **out)
     if (!p)
         return lsm_error(-ENOMEM, "cannot allocate the compression threads");
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    p->cs = w->cluster_size;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned nt = ncpu < 1 ? 1 : (unsigned)MIN((long)COMPRESS_MAX_THREADS, ncpu);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->freed, NULL);
+    p->w = w;
+    uint32_t cs = w->cluster_size;
+    p->batch = MAX(1u, COMPRESS_BATCH_BYTES / cs);
+    unsigned nt = COMPRESS_THREADS;
     int r = 0;
-    if (!(p->out = malloc((size_t)batch_clusters(p->cs) * p->cs)))
-        r = lsm_error(-ENOMEM, "cannot allocate the compression buffers");
+    p->njobs = nt + 1;
+    for (unsigned i = 0; r == 0 && i < p->njobs; i++) {
+        struct cjob *j = &p->jobs[i];
+        j->in = aligned_alloc_zero(p->batch * cs);   /* (aligned: stored clusters are written from it) */
+        j->out = malloc(p->batch * cs);
+        j->olen = calloc(p->batch, sizeof *j->olen);
+        if (!j->in || !j->out || !j->olen)
+            r = lsm_error(-ENOMEM, "cannot allocate the compression buffers");
+    }
     for (unsigned i = 0; r == 0 && i < nt; i++)
         r = qcow2_compressor_new(w->ctype, &p->comp[i]);
-    for (unsigned i = 1; r == 0 && i < nt; i++) {
+    for (unsigned i = 0; r == 0 && i < nt; i++) {
         struct cworker *cw = malloc(sizeof *cw);
         if (!cw) {
             r = lsm_error(-ENOMEM, "cannot allocate a compression thread");
@@ -762,23 +859,6 @@ static int cpool_new(struct qcow2_writer *w, struct cpool **out)
     }
     *out = p;
     return 0;
-}
-
-/* Compress n clusters of src; p->olen[i] and p->out + i * cs give the results. */
-static void cpool_run(struct cpool *p, const uint8_t *src, size_t n)
-{
-    pthread_mutex_lock(&p->mu);
-    p->src = src;
-    p->n = n;
-    p->next = 0;
-    p->finished = 0;
-    if (p->nthreads)
-        pthread_cond_broadcast(&p->go);
-    cpool_work(p, p->comp[0]);
-    while (p->finished < p->n)
-        pthread_cond_wait(&p->done, &p->mu);
-    p->n = p->next = 0;     /* workers go back to waiting */
-    pthread_mutex_unlock(&p->mu);
 }
 
 /* One more reference to host cluster hc (clusters come in increasing order). */
@@ -921,10 +1001,51 @@ bool qcow2_writer_compressing(const struct qcow2_writer *w)
     return w->compress;
 }
 
-int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const void *buf,
-                                  uint64_t len)
+/* Place a compressed job (with w->mu held): each cluster compressed, or
+ * stored as it is; its L2 entries hold placeholders until then. */
+static int place_job(struct qcow2_writer *w, struct cjob *j)
 {
-    int r = check_usable(w);
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
+    if (r < 0)
+        return r;
+    uint64_t cs = w->cluster_size;
+    for (size_t i = 0; i < j->n; i++) {
+        uint64_t g = j->guest + i * cs, gc = g >> w->cluster_bits;
+        ssize_t clen = j->olen[i];
+        if (clen < 0)
+            return lsm_error_errno((int)clen, "cannot compress guest cluster at 0x%" PRIx64, g);
+        if (clen > 0) {
+            r = put_compressed(w, gc, j->out + i * cs, (size_t)clen);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        /* Does not compress below a cluster: stored as it is (as QEMU does). */
+        struct l2_slot *s;
+        r = l2_get(w, gc / w->l2_entries, &s);
+        if (r < 0)
+            return writer_failed(w, r);
+        memset(s->table + (gc % w->l2_entries) * w->l2_entry_size, 0, w->l2_entry_size);
+        uint64_t host, mapped;
+        r = writer_alloc(w, g, cs, &host, &mapped);
+        if (r < 0)
+            return r;
+        r = pwrite_full(w->fd, j->in + i * cs, cs, host);
+        if (r < 0)
+            return writer_failed(w, lsm_error_errno(r, "cannot write data cluster at 0x%" PRIx64, host));
+    }
+    return stage_flush(w, true);
+}
+
+/* Check the range and put placeholders (the compressed flag alone) in its
+ * L2 entries, so that it is written once (with w->mu held). */
+static int reserve_compressed(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
     if (r < 0)
         return r;
     if (!w->compress)
@@ -933,16 +1054,19 @@ int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const 
     r = check_guest_range(w, guest, len, "compress");
     if (r < 0)
         return r;
-    uint64_t cs = w->cluster_size;
-    for (uint64_t c = guest >> w->cluster_bits; c < (guest + len) >> w->cluster_bits; c++) {
+    uint64_t c0 = guest >> w->cluster_bits, end = (guest + len) >> w->cluster_bits;
+    for (uint64_t c = c0; c < end; c++) {
         uint64_t off;
-        r = lookup(w, c, &off);
+        r = lookup(w, c, &off);    /* (refuses a compressed or reserved cluster) */
         if (r < 0)
             return r;
         if (off)
             return lsm_error(-EINVAL, "cannot compress guest cluster at 0x%" PRIx64
                              ": it has a host cluster already", c << w->cluster_bits);
     }
+    r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
+    if (r < 0)
+        return r;
     r = mark_incomplete(w);
     if (r < 0)
         return r;
@@ -951,35 +1075,53 @@ int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const 
         if (r < 0)
             return r;
     }
+    alloc_tables(w, guest, len);
+    for (uint64_t c = c0; c < end; c++) {
+        struct l2_slot *s;
+        r = l2_get(w, c / w->l2_entries, &s);
+        if (r < 0)
+            return writer_failed(w, r);
+        uint8_t *e = s->table + (c % w->l2_entries) * w->l2_entry_size;
+        memset(e, 0, w->l2_entry_size);
+        be64_put(e, QCOW2_OFLAG_COMPRESSED);
+        s->dirty = true;
+    }
+    return 0;
+}
+
+int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const void *buf,
+                                  uint64_t len)
+{
+    pthread_mutex_lock(&w->mu);
+    int r = reserve_compressed(w, guest, len);
+    pthread_mutex_unlock(&w->mu);
+    if (r < 0)
+        return r;
+    struct cpool *p = w->pool;
+    uint64_t cs = w->cluster_size;
     const uint8_t *src = buf;
-    size_t batch = batch_clusters(w->cluster_size);
     for (uint64_t done = 0; done < len;) {
-        size_t n = (size_t)MIN((uint64_t)batch, (len - done) >> w->cluster_bits);
-        cpool_run(w->pool, src + done, n);
-        for (size_t i = 0; i < n; i++) {
-            uint64_t g = guest + done + i * cs;
-            ssize_t clen = w->pool->olen[i];
-            if (clen < 0)
-                return lsm_error_errno((int)clen, "cannot compress guest cluster at 0x%" PRIx64, g);
-            if (clen > 0) {
-                r = put_compressed(w, g >> w->cluster_bits, w->pool->out + i * cs, (size_t)clen);
-                if (r < 0)
-                    return r;
-                continue;
-            }
-            /* Does not compress below a cluster: stored as it is (as QEMU does). */
-            uint64_t host, mapped;
-            r = qcow2_writer_alloc(w, g, cs, &host, &mapped);
-            if (r < 0)
-                return r;
-            r = pwrite_full(w->fd, src + done + i * cs, cs, host);
-            if (r < 0)
-                return writer_failed(w, lsm_error_errno(r, "cannot write data cluster at 0x%" PRIx64,
-                                                        host));
+        size_t n = (size_t)MIN((uint64_t)p->batch, (len - done) >> w->cluster_bits);
+        pthread_mutex_lock(&p->mu);
+        struct cjob *j = NULL;
+        for (;;) {
+            for (unsigned i = 0; i < p->njobs && !j; i++)
+                if (p->jobs[i].state == JOB_FREE)
+                    j = &p->jobs[i];
+            if (j)
+                break;
+            pthread_cond_wait(&p->freed, &p->mu);
         }
+        memcpy(j->in, src + done, n * cs);
+        j->guest = guest + done;
+        j->n = n;
+        j->seq = p->seq++;
+        j->state = JOB_QUEUED;
+        pthread_cond_signal(&p->work);
+        pthread_mutex_unlock(&p->mu);
         done += (uint64_t)n * cs;
     }
-    return stage_flush(w, true);
+    return 0;
 }
 
 /* Refcounts of the compressed host clusters in [lo, hi) into block (whose
@@ -1281,7 +1423,7 @@ static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
         return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
     while (len) {
         uint64_t host, mapped;
-        int r = qcow2_writer_alloc(w, guest, len, &host, &mapped);
+        int r = writer_alloc(w, guest, len, &host, &mapped);
         if (r < 0)
             return r;
         for (uint64_t done = 0; done < mapped;) {
@@ -1361,6 +1503,8 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     w->size = o->size;
     w->has_backing = o->backing_name != NULL;
     w->compress = o->compress;
+    if (w->compress)
+        pthread_mutex_init(&w->mu, NULL);
     w->ctype = o->compression_type;
     w->cmax = rorder >= 4 ? UINT16_MAX : (uint32_t)((1ULL << (1u << rorder)) - 1);
 
@@ -2370,7 +2514,10 @@ int qcow2_writer_checkpoint(struct qcow2_writer *w)
 
 int qcow2_writer_finish(struct qcow2_writer *w)
 {
-    int r = check_usable(w);
+    cpool_drain(w->pool);   /* (the workers are idle from here on) */
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
     if (r < 0)
         return r;
     r = mark_incomplete(w);
@@ -2430,6 +2577,8 @@ void qcow2_writer_close(struct qcow2_writer *w)
     free(w->bitmaps);
     free(w->free);
     cpool_free(w->pool);
+    if (w->compress)
+        pthread_mutex_destroy(&w->mu);
     free(w->stage);
     free(w->csegs);
     free(w->ccounts);
