@@ -13,8 +13,12 @@
  * clusters that had refcount 0, leaked clusters (refcount 1 but referenced by
  * nothing), and its old refcount table and blocks; in an image opened
  * incomplete (its refcounts stale), every cluster nothing references.
+ * Host clusters of compressed clusters (created with compress) are the other
+ * exception: each counts the compressed clusters that touch it, kept as
+ * runs of 16-bit counters (struct cseg) written over the default.
  * finish() therefore never needs the refcounts in memory: it streams
- * refcount blocks computed from the end of the image and the free set.
+ * refcount blocks computed from the end of the image, the free set and
+ * the compressed runs.
  * Clusters already allocated are rewritten in place; zeroed ones keep their
  * host cluster (a preallocation), so nothing is ever freed while open.
  *

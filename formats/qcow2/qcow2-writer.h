@@ -20,7 +20,9 @@
  * the image: see qcow2_writer_checkpoint).  Refcounts are rebuilt at finish: every cluster below the end
  * has refcount 1 except, in an opened image, clusters that were free, leaked
  * clusters and the old refcount structures (refcount 0, not leaks); in an
- * opened incomplete image, every cluster nothing references.  Memory stays
+ * opened incomplete image, every cluster nothing references; and host
+ * clusters holding compressed clusters, which count them (see
+ * qcow2_writer_write_compressed).  Memory stays
  * bounded: the L1 table (<= 32 MiB), one bit per L1 entry, an LRU cache of at
  * most 64 L2 tables / 8 MiB (at least 4 tables), and the free ranges of an
  * opened image.  Metadata I/O uses 4096-aligned buffers and offsets/lengths
@@ -144,15 +146,20 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
  * cluster of the image), else the cluster is written as it is, a data
  * cluster.  Every cluster of the range must have no host cluster yet
  * (-EINVAL): each guest cluster is written once, and qcow2_writer_alloc
- * and qcow2_writer_zero refuse compressed ones.  Synchronous: the data is
- * written (not synced) when it returns, except up to one aligned block at
- * the end of the compressed data, kept in memory for the next compressed
- * cluster and written by the next call or by finish.  Batches of 1 MiB (at least two
- * clusters) are compressed by the caller and up to three more threads (as
- * many as there are processors), created by the first call; buffers:
- * one batch of output and 1 MiB (at least a cluster) of staged data.
- * Memory for the refcounts of compressed host clusters: 2 bytes per host
- * cluster holding compressed data (and 24 bytes per run of them).
+ * and qcow2_writer_zero refuse compressed ones (the range is reserved when
+ * this call returns).  Asynchronous: the data is copied into one of five
+ * jobs of 1 MiB (at least a cluster; the call waits while all five are
+ * taken) and the call returns; four worker threads (QEMU's qcow2 driver
+ * compresses at most four clusters at once), started by the first call,
+ * compress the jobs and write them under the writer's lock.  A failure
+ * there (an I/O error, no room) is returned, with its message, by the next
+ * write_compressed, alloc, zero or finish; finish waits for every job.
+ * Memory: the five jobs' input and output (2 x 5 MiB with clusters up to
+ * 1 MiB, 2 x 5 clusters above), 1 MiB (at least a cluster) of staged
+ * compressed bytes (the aligned block in which the compressed data ends
+ * stays in memory for the next one), and for the refcounts of compressed
+ * host clusters 2 bytes per host cluster holding compressed data (and 24
+ * bytes per run of them).
  * Images with compressed clusters do not checkpoint (-ENOTSUP: no resume)
  * and do not preallocate (-EINVAL, as qemu-img refuses it). */
 bool qcow2_writer_compressing(const struct qcow2_writer *w);
