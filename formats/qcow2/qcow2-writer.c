@@ -754,7 +754,7 @@ static void *cpool_main(void *arg)
     free(cw);
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        struct cjob *j;
+        struct cjob *j = NULL;
         while (!p->quit && !(j = oldest_queued(p)))
             pthread_cond_wait(&p->work, &p->mu);
         if (p->quit)
