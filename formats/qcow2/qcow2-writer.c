@@ -1015,7 +1015,7 @@ static int place_job(struct qcow2_writer *w, struct cjob *j)
     if (r < 0)
         return r;
     uint64_t cs = w->cluster_size;
-    for (size_t i = 0; i < j->n; i++) {
+    for (size_t i = 0; i < j->n;) {
         uint64_t g = j->guest + i * cs, gc = g >> w->cluster_bits;
         ssize_t clen = j->olen[i];
         if (clen < 0)
@@ -1024,21 +1024,34 @@ static int place_job(struct qcow2_writer *w, struct cjob *j)
             r = put_compressed(w, gc, j->out + i * cs, (size_t)clen);
             if (r < 0)
                 return r;
+            i++;
             continue;
         }
-        /* Does not compress below a cluster: stored as it is (as QEMU does). */
-        struct l2_slot *s;
-        r = l2_get(w, gc / w->l2_entries, &s);
-        if (r < 0)
-            return writer_failed(w, r);
-        memset(s->table + (gc % w->l2_entries) * w->l2_entry_size, 0, w->l2_entry_size);
-        uint64_t host, mapped;
-        r = writer_alloc(w, g, cs, &host, &mapped);
-        if (r < 0)
-            return r;
-        r = pwrite_full(w->fd, j->in + i * cs, cs, host);
-        if (r < 0)
-            return writer_failed(w, lsm_error_errno(r, "cannot write data cluster at 0x%" PRIx64, host));
+        /* Clusters that do not compress below a cluster are stored as they
+         * are (as QEMU does): the run of them, in as few writes as the
+         * allocation allows. */
+        size_t k = i;
+        while (k < j->n && j->olen[k] == 0)
+            k++;
+        for (uint64_t c = gc; c < gc + (k - i); c++) {
+            struct l2_slot *s;
+            r = l2_get(w, c / w->l2_entries, &s);
+            if (r < 0)
+                return writer_failed(w, r);
+            memset(s->table + (c % w->l2_entries) * w->l2_entry_size, 0, w->l2_entry_size);
+        }
+        for (uint64_t done = 0, len = (k - i) * cs; done < len;) {
+            uint64_t host, mapped;
+            r = writer_alloc(w, g + done, len - done, &host, &mapped);
+            if (r < 0)
+                return r;
+            r = pwrite_full(w->fd, j->in + i * cs + done, mapped, host);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write data clusters at 0x%" PRIx64,
+                                                        host));
+            done += mapped;
+        }
+        i = k;
     }
     return stage_flush(w, true);
 }
