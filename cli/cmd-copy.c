@@ -42,7 +42,10 @@ static void usage(FILE *f)
         "                       512 up to 16M; default 64K raw, one cluster qcow2);\n"
         "                       -S 0 allocates everything (new DST only)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
-        "  -c                   compress (qemu-img): not supported yet, fails with exit 1\n"
+        "  -c                   compress (qemu-img's -c): a new qcow2 DST whose data clusters\n"
+        "                       are compressed (-o compression_type=zlib|zstd) where that\n"
+        "                       makes them smaller; not with -n, --journal, --physical or\n"
+        "                       preallocation\n"
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
         "  --salvage            a source range that cannot be read is copied as zeroes,\n"
@@ -566,9 +569,8 @@ int cmd_copy(int argc, char **argv)
             skip_broken = true;
             break;
         case 'c':
-            cli_error("copy", "-c (compressed qcow2 output) is not supported yet; "
-                      "for the cluster size use -o cluster_size=SIZE");
-            return EXIT_OPERATIONAL;
+            o.create.compress = true;
+            break;
         case 't':
             if (!parse_cache(optarg, "-t", &o.direct))
                 return EXIT_USAGE;
@@ -755,6 +757,26 @@ int cmd_copy(int argc, char **argv)
      * is made by the writer that created the image. */
     if (o.journal && o.create.qcow2_version == 2)
         return cli_usage_error("copy", "--journal is not supported with compat=0.10 yet");
+    if (o.create.compress) {
+        /* -c: qemu-img's refusals in its words where it has them. */
+        if (o.dst_fmt != LSM_FMT_QCOW2)
+            return cli_usage_error("copy", "Compression not supported for this file format");
+        if (o.create.prealloc != LSM_PREALLOC_OFF)
+            return cli_usage_error("copy", sparse_set && o.sparse_size == 0
+                                   ? "-S 0 (allocate everything) cannot be used with -c"
+                                   : "Compression and preallocation not supported at the same time");
+        if (o.no_create)
+            return cli_usage_error("copy", "-c with -n (an existing destination) is not supported yet");
+        if (o.journal)
+            return cli_usage_error("copy", "-c with --journal is not supported: a compressed copy "
+                                   "cannot be checkpointed and resumed");
+        if (o.physical == LSM_PHYSICAL_ALWAYS)
+            return cli_usage_error("copy", "--physical copies host clusters as they are: not with -c");
+        if (o.offload_required)
+            return cli_usage_error("copy", "-C (offload required) cannot be used with -c: "
+                                   "compressed data is written by lsm-sync");
+        o.physical = LSM_PHYSICAL_NEVER;
+    }
     /* --progress=json with --output=json: both on stdout, one object per
      * line, the summary last. */
 

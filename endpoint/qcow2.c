@@ -40,8 +40,19 @@ static int q_write(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
     uint64_t len = cmd->len, wlen = align_up(len, qe->cluster);
     if (wlen > len)   /* last cluster past the end of the disk */
         memset((char *)cmd->buf + len, 0, wlen - len);
-    uint64_t pos = 0;
     int r = 0;
+    if (qcow2_writer_compressing(qe->w)) {
+        /* -c: the writer takes the clusters, compresses and writes them
+         * itself (its threads), so the request completes once they are
+         * handed over; finish waits for them. */
+        r = qcow2_writer_write_compressed(qe->w, cmd->offset, cmd->buf, wlen);
+        if (r < 0)
+            lsm_error_prefix("cannot write compressed clusters in %s at guest offset %" PRIu64,
+                             ep->name, cmd->offset);
+        lsm_loop_cmd_put(ep->loop, cmd, r);
+        return 0;
+    }
+    uint64_t pos = 0;
     /* One write per host-contiguous run (clusters it already has, new ones). */
     while (wlen && r == 0) {
         uint64_t guest = cmd->offset + pos, host = 0, n = 0;

@@ -164,7 +164,7 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
                                    : "--salvage (zeroes in place of metadata)") : 0;
     const struct lsm_create_opts *co = &o->create;
     if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
-        co->compression_type || co->prealloc || o->sparse_size)
+        co->compression_type || co->prealloc || co->compress || o->sparse_size)
         return explain ? lsm_error(-EINVAL, "--physical keeps the source's layout: creation "
                                    "options (-o) and -S do not apply") : 0;
     struct lsm_qcow2_info qi;
@@ -832,6 +832,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 .lazy_refcounts = o->create.lazy_refcounts,
                 .extended_l2 = o->create.extended_l2,
                 .compression_type = o->create.compression_type,
+                .compress = o->create.compress,
             };
             r = qcow2_writer_create(d.f->fd, d.f->offset_align, &co, &d.w);
             if (r < 0)

@@ -40,6 +40,8 @@ struct lsm_create_opts {
     bool extended_l2;
     unsigned compression_type;        /* LSM_COMPRESSION_* (0: zlib) */
     enum lsm_prealloc prealloc;       /* qcow2: all four; raw: off, falloc, full */
+    bool compress;                    /* -c: compressed clusters in a new qcow2 (callers refuse it with
+                                         prealloc and journal, and set physical NEVER) */
 };
 
 struct lsm_copy_opts {

@@ -13,8 +13,12 @@
  * clusters that had refcount 0, leaked clusters (refcount 1 but referenced by
  * nothing), and its old refcount table and blocks; in an image opened
  * incomplete (its refcounts stale), every cluster nothing references.
+ * Host clusters of compressed clusters (created with compress) are the other
+ * exception: each counts the compressed clusters that touch it, kept as
+ * runs of 16-bit counters (struct cseg) written over the default.
  * finish() therefore never needs the refcounts in memory: it streams
- * refcount blocks computed from the end of the image and the free set.
+ * refcount blocks computed from the end of the image, the free set and
+ * the compressed runs.
  * Clusters already allocated are rewritten in place; zeroed ones keep their
  * host cluster (a preallocation), so nothing is ever freed while open.
  *
@@ -34,6 +38,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/fs.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -41,6 +47,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "config.h"
 #include "error.h"
 #include "fileio.h"
 #include "image-internal.h"
@@ -70,6 +77,12 @@
  * allocated but never wrote.  More is a corrupt image, whose refcount
  * structures finish would have to write up to that end. */
 #define MAX_PAST_EOF (1ULL << 30)
+/* Compressed output: bytes per compression job (at least a cluster), and
+ * the compression threads: four, as QEMU's qcow2 driver compresses at most
+ * four clusters at a time (QCOW2_MAX_THREADS), whatever the processors. */
+#define COMPRESS_BATCH_BYTES (1u * 1024 * 1024)
+#define COMPRESS_THREADS 4u
+#define COMPRESS_MAX_THREADS COMPRESS_THREADS
 
 struct l2_slot {
     uint64_t l1_index;          /* UINT64_MAX: empty */
@@ -81,6 +94,17 @@ struct l2_slot {
 struct crange {                 /* [start, end) in clusters */
     uint64_t start, end;
 };
+
+/* Compressed host clusters: refcounts of the clusters first..first+n-1 are
+ * counts[base..base+n-1] (a run grows while compressed data is appended
+ * contiguously; clusters in increasing order). */
+struct cseg {
+    uint64_t first;
+    uint64_t n;
+    size_t base;
+};
+
+struct cpool;
 
 struct qcow2_writer {
     int fd;
@@ -144,6 +168,25 @@ struct qcow2_writer {
         uint32_t table_size;
     } *bitmaps;
     unsigned nbitmaps;
+
+    /* Compressed output (qcow2_create_opts.compress). */
+    bool compress;
+    unsigned ctype;             /* QCOW2_COMPRESSION_* */
+    uint64_t cpos;              /* next free byte in the partly filled compressed host
+                                   cluster (0: none) */
+    uint32_t ccount;            /* references to that cluster so far */
+    uint32_t cmax;              /* most references one compressed host cluster takes */
+    uint8_t *stage;             /* compressed bytes [sbase, sbase + slen) not yet written */
+    size_t stage_cap, slen;
+    uint64_t sbase;             /* aligned to align */
+    struct cseg *csegs;
+    size_t ncsegs, csegs_cap;
+    uint16_t *ccounts;
+    size_t nccounts, ccounts_cap;
+    struct cpool *pool;         /* created by the first compressed write */
+    pthread_mutex_t mu;         /* compressing: the writer's state, shared with the workers */
+    int async_err;              /* a worker's failure, reported by the next call */
+    char async_msg[512];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -243,6 +286,22 @@ static int check_usable(const struct qcow2_writer *w)
         return lsm_error(-EINVAL, "qcow2 writer: image already finished");
     if (w->failed)
         return lsm_error_errno(w->failed, "qcow2 writer: an earlier metadata write failed");
+    return 0;
+}
+
+/* A failure on a worker: kept (with its message) for the next call. */
+static void async_fail(struct qcow2_writer *w, int err)
+{
+    if (w->async_err)
+        return;
+    w->async_err = err;
+    snprintf(w->async_msg, sizeof w->async_msg, "%s", lsm_last_error());
+}
+
+static int check_async(const struct qcow2_writer *w)
+{
+    if (w->async_err)
+        return lsm_error(w->async_err, "%s", w->async_msg);
     return 0;
 }
 
@@ -426,7 +485,11 @@ static int lookup(struct qcow2_writer *w, uint64_t c, uint64_t *off)
     int r = l2_get(w, l1i, &s);
     if (r < 0)
         return r;
-    *off = be64_get(s->table + (c % w->l2_entries) * w->l2_entry_size) & QCOW2_L2E_OFFSET_MASK;
+    uint64_t e = be64_get(s->table + (c % w->l2_entries) * w->l2_entry_size);
+    if (e & QCOW2_OFLAG_COMPRESSED)
+        return lsm_error(-EINVAL, "guest cluster at 0x%" PRIx64 " is compressed: it cannot be "
+                         "rewritten", c << w->cluster_bits);
+    *off = e & QCOW2_L2E_OFFSET_MASK;
     return 0;
 }
 
@@ -495,8 +558,8 @@ static int fill_entries(struct qcow2_writer *w, uint64_t guest, uint64_t len, ui
     return 0;
 }
 
-int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
-                       uint64_t *mapped)
+static int writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                        uint64_t *mapped)
 {
     int r = check_usable(w);
     if (r < 0)
@@ -551,9 +614,35 @@ int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uin
     return fill_entries(w, guest, rlen, *host);
 }
 
+int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
+                       uint64_t *mapped)
+{
+    if (!w->compress)
+        return writer_alloc(w, guest, len, host, mapped);
+    pthread_mutex_lock(&w->mu);
+    int r = check_async(w);
+    if (r == 0)
+        r = writer_alloc(w, guest, len, host, mapped);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
 static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len);
+static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    if (!w->compress)
+        return writer_zero(w, guest, len);
+    pthread_mutex_lock(&w->mu);
+    int r = check_async(w);
+    if (r == 0)
+        r = writer_zero(w, guest, len);
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
     int r = check_usable(w);
     if (r < 0)
@@ -561,6 +650,12 @@ int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
     r = check_guest_range(w, guest, len, "zero");
     if (r < 0)
         return r;
+    for (uint64_t c = guest >> w->cluster_bits; w->compress && c < (guest + len) >> w->cluster_bits; c++) {
+        uint64_t off;
+        r = lookup(w, c, &off);   /* (refuses a compressed cluster) */
+        if (r < 0)
+            return r;
+    }
     if (w->hdr_v2)
         return zero_as_data(w, guest, len);
     r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
@@ -581,6 +676,490 @@ uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w)
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w)
 {
     return w->size;
+}
+
+
+/* Set entry i of a refcount block (which holds 0 there) to v. */
+static void refcount_put(uint8_t *block, uint64_t i, unsigned order, uint64_t v)
+{
+    switch (order) {
+    case 0: block[i / 8] = (uint8_t)((block[i / 8] & ~(1u << (i % 8))) | (v & 1) << (i % 8)); break;
+    case 1: block[i / 4] = (uint8_t)((block[i / 4] & ~(3u << (2 * (i % 4)))) | (v & 3) << (2 * (i % 4))); break;
+    case 2: block[i / 2] = (uint8_t)((block[i / 2] & ~(15u << (4 * (i % 2)))) | (v & 15) << (4 * (i % 2))); break;
+    case 3: block[i] = (uint8_t)v; break;
+    case 4: be16_put(block + 2 * i, (uint16_t)v); break;
+    case 5: be32_put(block + 4 * i, (uint32_t)v); break;
+    default: be64_put(block + 8 * i, v); break;
+    }
+}
+
+/* ---- compressed clusters ------------------------------------------------ */
+
+/* Compression runs off the caller's thread: qcow2_writer_write_compressed
+ * copies the data into a free job (waiting for one when all are taken) and
+ * returns; COMPRESS_THREADS worker threads each compress a whole job, then
+ * place it under the writer's lock (L2 entries, refcounts, the staged
+ * write).  zlib at level 6
+ * compresses 64 KiB clusters at a few tens of MB/s per core, far slower
+ * than the I/O around it, so the event loop that calls the writer keeps
+ * reading while the workers compress.  Jobs: one more than the workers,
+ * each holding a batch of input and of output. */
+enum { JOB_FREE, JOB_QUEUED, JOB_BUSY };
+
+struct cjob {
+    int state;
+    uint64_t seq;               /* queued in this order: oldest first */
+    uint64_t guest;
+    size_t n;                   /* clusters */
+    uint8_t *in, *out;          /* n clusters each (out: cs - 1 bytes used per cluster) */
+    ssize_t *olen;
+};
+
+struct cpool {
+    pthread_mutex_t mu;         /* the jobs' states; taken after w->mu, never before */
+    pthread_cond_t work, freed;
+    unsigned nthreads;
+    pthread_t th[COMPRESS_MAX_THREADS];
+    struct qcow2_compressor *comp[COMPRESS_MAX_THREADS];
+    struct cjob jobs[COMPRESS_MAX_THREADS + 1];
+    unsigned njobs;
+    size_t batch;               /* clusters per job */
+    uint64_t seq;
+    bool quit;
+    struct qcow2_writer *w;
+};
+
+struct cworker {
+    struct cpool *p;
+    unsigned id;
+};
+
+static int place_job(struct qcow2_writer *w, struct cjob *j);
+
+static struct cjob *oldest_queued(struct cpool *p)
+{
+    struct cjob *best = NULL;
+    for (unsigned i = 0; i < p->njobs; i++)
+        if (p->jobs[i].state == JOB_QUEUED && (!best || p->jobs[i].seq < best->seq))
+            best = &p->jobs[i];
+    return best;
+}
+
+static void *cpool_main(void *arg)
+{
+    struct cworker *cw = arg;
+    struct cpool *p = cw->p;
+    struct qcow2_compressor *comp = p->comp[cw->id];
+    uint32_t cs = p->w->cluster_size;
+    free(cw);
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        struct cjob *j = NULL;
+        while (!p->quit && !(j = oldest_queued(p)))
+            pthread_cond_wait(&p->work, &p->mu);
+        if (p->quit)
+            break;
+        j->state = JOB_BUSY;
+        pthread_mutex_unlock(&p->mu);
+        for (size_t i = 0; i < j->n; i++)
+            j->olen[i] = qcow2_compress(comp, j->in + i * cs, cs, j->out + i * cs, cs - 1);
+        pthread_mutex_lock(&p->w->mu);
+        int r = place_job(p->w, j);
+        if (r < 0)
+            async_fail(p->w, r);
+        pthread_mutex_unlock(&p->w->mu);
+        pthread_mutex_lock(&p->mu);
+        j->state = JOB_FREE;
+        pthread_cond_broadcast(&p->freed);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Wait until every job is placed. */
+static void cpool_drain(struct cpool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        bool busy = false;
+        for (unsigned i = 0; i < p->njobs; i++)
+            busy |= p->jobs[i].state != JOB_FREE;
+        if (!busy)
+            break;
+        pthread_cond_wait(&p->freed, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Stop the workers (a job being compressed is finished and placed; queued
+ * ones are dropped: the image stays incomplete) and free the pool. */
+static void cpool_free(struct cpool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (unsigned i = 0; i < p->nthreads; i++)
+        pthread_join(p->th[i], NULL);
+    for (unsigned i = 0; i < COMPRESS_MAX_THREADS; i++)
+        qcow2_compressor_free(p->comp[i]);
+    for (unsigned i = 0; i < p->njobs; i++) {
+        free(p->jobs[i].in);
+        free(p->jobs[i].out);
+        free(p->jobs[i].olen);
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->freed);
+    free(p);
+}
+
+static int cpool_new(struct qcow2_writer *w, struct cpool **out)
+{
+    struct cpool *p = calloc(1, sizeof *p);
+    if (!p)
+        return lsm_error(-ENOMEM, "cannot allocate the compression threads");
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->freed, NULL);
+    p->w = w;
+    uint32_t cs = w->cluster_size;
+    p->batch = MAX(1u, COMPRESS_BATCH_BYTES / cs);
+    unsigned nt = COMPRESS_THREADS;
+    int r = 0;
+    p->njobs = nt + 1;
+    for (unsigned i = 0; r == 0 && i < p->njobs; i++) {
+        struct cjob *j = &p->jobs[i];
+        j->in = aligned_alloc_zero(p->batch * cs);   /* (aligned: stored clusters are written from it) */
+        j->out = malloc(p->batch * cs);
+        j->olen = calloc(p->batch, sizeof *j->olen);
+        if (!j->in || !j->out || !j->olen)
+            r = lsm_error(-ENOMEM, "cannot allocate the compression buffers");
+    }
+    for (unsigned i = 0; r == 0 && i < nt; i++)
+        r = qcow2_compressor_new(w->ctype, &p->comp[i]);
+    for (unsigned i = 0; r == 0 && i < nt; i++) {
+        struct cworker *cw = malloc(sizeof *cw);
+        if (!cw) {
+            r = lsm_error(-ENOMEM, "cannot allocate a compression thread");
+            break;
+        }
+        *cw = (struct cworker){ p, i };
+        int e = pthread_create(&p->th[p->nthreads], NULL, cpool_main, cw);
+        if (e) {
+            free(cw);
+            r = lsm_error_errno(-e, "cannot start a compression thread");
+            break;
+        }
+        p->nthreads++;
+    }
+    if (r < 0) {
+        cpool_free(p);
+        return r;
+    }
+    *out = p;
+    return 0;
+}
+
+/* One more reference to host cluster hc (clusters come in increasing order). */
+static int cref_add(struct qcow2_writer *w, uint64_t hc)
+{
+    struct cseg *g = w->ncsegs ? &w->csegs[w->ncsegs - 1] : NULL;
+    if (g && hc == g->first + g->n - 1) {
+        w->ccounts[g->base + g->n - 1]++;
+        return 0;
+    }
+    if (w->nccounts == w->ccounts_cap) {
+        size_t cap = w->ccounts_cap ? w->ccounts_cap * 2 : 1024;
+        uint16_t *n = realloc(w->ccounts, cap * sizeof *n);
+        if (!n)
+            return lsm_error(-ENOMEM, "cannot allocate compressed-cluster refcounts");
+        w->ccounts = n;
+        w->ccounts_cap = cap;
+    }
+    if (!g || hc != g->first + g->n) {
+        if (w->ncsegs == w->csegs_cap) {
+            size_t cap = w->csegs_cap ? w->csegs_cap * 2 : 64;
+            struct cseg *n = realloc(w->csegs, cap * sizeof *n);
+            if (!n)
+                return lsm_error(-ENOMEM, "cannot allocate compressed-cluster refcounts");
+            w->csegs = n;
+            w->csegs_cap = cap;
+        }
+        g = &w->csegs[w->ncsegs++];
+        *g = (struct cseg){ hc, 0, w->nccounts };
+    }
+    w->ccounts[w->nccounts++] = 1;
+    g->n++;
+    return 0;
+}
+
+/* Write the staged compressed bytes (padded with zeroes to align: the
+ * padding lies in clusters of ours); the last partial aligned block stays
+ * staged, as the next compressed cluster may continue it. */
+static int stage_flush(struct qcow2_writer *w, bool keep_tail)
+{
+    if (!w->slen)
+        return 0;
+    size_t len = align_up(w->slen, w->align);
+    memset(w->stage + w->slen, 0, len - w->slen);
+    int r = pwrite_full(w->fd, w->stage, len, w->sbase);
+    if (r < 0)
+        return writer_failed(w, lsm_error_errno(r, "cannot write compressed clusters at 0x%" PRIx64,
+                                                w->sbase));
+    size_t keep = keep_tail ? w->slen % w->align : 0;
+    size_t whole = w->slen - w->slen % w->align;
+    if (keep)
+        memmove(w->stage, w->stage + whole, keep);
+    w->sbase += keep_tail ? whole : len;
+    w->slen = keep;
+    return 0;
+}
+
+/* Place a compressed cluster of clen bytes (< cluster size) for guest
+ * cluster gc: after the previous one when that host cluster has room for
+ * another reference (and, if it spills over, is the last cluster of the
+ * image), else in a new host cluster at the end. */
+static int put_compressed(struct qcow2_writer *w, uint64_t gc, const uint8_t *data, size_t clen)
+{
+    uint64_t cs = w->cluster_size;
+    uint64_t guest = gc << w->cluster_bits;
+    int r = check_room(w, count_new_tables(w, guest, cs) << w->cluster_bits, "L2 tables");
+    if (r < 0)
+        return r;
+    alloc_tables(w, guest, cs);
+    uint64_t pos = w->cpos;
+    bool cont = pos && w->ccount < w->cmax &&
+                (pos + clen <= align_up(pos, cs) || align_up(pos, cs) == w->next_free);
+    uint64_t spill = 0;   /* bytes of new clusters taken at the end */
+    if (cont) {
+        if (pos + clen > align_up(pos, cs))
+            spill = cs;
+    } else {
+        pos = w->next_free;
+        spill = cs;
+    }
+    if (pos + clen > qcow2_coffset_mask(w->cluster_bits))
+        return lsm_error(-EFBIG, "cannot write a compressed cluster at 0x%" PRIx64
+                         ": beyond what a compressed cluster descriptor can address", pos);
+    if (spill) {
+        r = check_room(w, spill, "compressed clusters");
+        if (r < 0)
+            return r;
+        w->next_free += spill;
+    }
+    /* Staging: contiguous with what is staged, or a fresh start. */
+    if (!(w->slen && w->sbase + w->slen == pos)) {
+        r = stage_flush(w, false);
+        if (r < 0)
+            return r;
+        w->sbase = align_down(pos, w->align);
+        /* The bytes of the aligned block before pos: written already (by
+         * the previous compressed cluster's flush, kept in the stage), or
+         * the start of a new cluster (pos aligned). */
+        assert(w->sbase == pos);
+    }
+    if (w->slen + clen > w->stage_cap) {
+        r = stage_flush(w, true);
+        if (r < 0)
+            return r;
+    }
+    memcpy(w->stage + w->slen, data, clen);
+    w->slen += clen;
+
+    /* References: the host clusters the sectors of the data touch. */
+    uint64_t first = pos >> w->cluster_bits, last = (pos + clen - 1) >> w->cluster_bits;
+    for (uint64_t hc = first; hc <= last; hc++) {
+        r = cref_add(w, hc);
+        if (r < 0)
+            return r;
+    }
+    uint64_t end = pos + clen;
+    if (is_aligned(end, cs)) {
+        w->cpos = 0;
+        w->ccount = 0;
+    } else {
+        w->ccount = last == first && cont ? w->ccount + 1 : 1;
+        w->cpos = end;
+    }
+
+    uint64_t nsec = ((pos + clen - 1) >> 9) - (pos >> 9);
+    struct l2_slot *s;
+    r = l2_get(w, gc / w->l2_entries, &s);
+    if (r < 0)
+        return writer_failed(w, r);
+    uint8_t *e = s->table + (gc % w->l2_entries) * w->l2_entry_size;
+    be64_put(e, QCOW2_OFLAG_COMPRESSED | (nsec << qcow2_csize_shift(w->cluster_bits)) | pos);
+    if (w->extended_l2)
+        be64_put(e + 8, 0);
+    s->dirty = true;
+    return 0;
+}
+
+bool qcow2_writer_compressing(const struct qcow2_writer *w)
+{
+    return w->compress;
+}
+
+/* Place a compressed job (with w->mu held): each cluster compressed, or
+ * stored as it is; its L2 entries hold placeholders until then. */
+static int place_job(struct qcow2_writer *w, struct cjob *j)
+{
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
+    if (r < 0)
+        return r;
+    uint64_t cs = w->cluster_size;
+    for (size_t i = 0; i < j->n;) {
+        uint64_t g = j->guest + i * cs, gc = g >> w->cluster_bits;
+        ssize_t clen = j->olen[i];
+        if (clen < 0)
+            return lsm_error_errno((int)clen, "cannot compress guest cluster at 0x%" PRIx64, g);
+        if (clen > 0) {
+            r = put_compressed(w, gc, j->out + i * cs, (size_t)clen);
+            if (r < 0)
+                return r;
+            i++;
+            continue;
+        }
+        /* Clusters that do not compress below a cluster are stored as they
+         * are (as QEMU does): the run of them, in as few writes as the
+         * allocation allows. */
+        size_t k = i;
+        while (k < j->n && j->olen[k] == 0)
+            k++;
+        for (uint64_t c = gc; c < gc + (k - i); c++) {
+            struct l2_slot *s;
+            r = l2_get(w, c / w->l2_entries, &s);
+            if (r < 0)
+                return writer_failed(w, r);
+            memset(s->table + (c % w->l2_entries) * w->l2_entry_size, 0, w->l2_entry_size);
+        }
+        for (uint64_t done = 0, len = (k - i) * cs; done < len;) {
+            uint64_t host, mapped;
+            r = writer_alloc(w, g + done, len - done, &host, &mapped);
+            if (r < 0)
+                return r;
+            r = pwrite_full(w->fd, j->in + i * cs + done, mapped, host);
+            if (r < 0)
+                return writer_failed(w, lsm_error_errno(r, "cannot write data clusters at 0x%" PRIx64,
+                                                        host));
+            done += mapped;
+        }
+        i = k;
+    }
+    return stage_flush(w, true);
+}
+
+/* Check the range and put placeholders (the compressed flag alone) in its
+ * L2 entries, so that it is written once (with w->mu held). */
+static int reserve_compressed(struct qcow2_writer *w, uint64_t guest, uint64_t len)
+{
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
+    if (r < 0)
+        return r;
+    if (!w->compress)
+        return lsm_error(-EINVAL, "qcow2 writer: compressed writes need an image created with "
+                         "compression");
+    r = check_guest_range(w, guest, len, "compress");
+    if (r < 0)
+        return r;
+    uint64_t c0 = guest >> w->cluster_bits, end = (guest + len) >> w->cluster_bits;
+    for (uint64_t c = c0; c < end; c++) {
+        uint64_t off;
+        r = lookup(w, c, &off);    /* (refuses a compressed or reserved cluster) */
+        if (r < 0)
+            return r;
+        if (off)
+            return lsm_error(-EINVAL, "cannot compress guest cluster at 0x%" PRIx64
+                             ": it has a host cluster already", c << w->cluster_bits);
+    }
+    r = check_room(w, count_new_tables(w, guest, len) << w->cluster_bits, "L2 tables");
+    if (r < 0)
+        return r;
+    r = mark_incomplete(w);
+    if (r < 0)
+        return r;
+    if (!w->pool) {
+        r = cpool_new(w, &w->pool);
+        if (r < 0)
+            return r;
+    }
+    alloc_tables(w, guest, len);
+    for (uint64_t c = c0; c < end; c++) {
+        struct l2_slot *s;
+        r = l2_get(w, c / w->l2_entries, &s);
+        if (r < 0)
+            return writer_failed(w, r);
+        uint8_t *e = s->table + (c % w->l2_entries) * w->l2_entry_size;
+        memset(e, 0, w->l2_entry_size);
+        be64_put(e, QCOW2_OFLAG_COMPRESSED);
+        s->dirty = true;
+    }
+    return 0;
+}
+
+int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const void *buf,
+                                  uint64_t len)
+{
+    pthread_mutex_lock(&w->mu);
+    int r = reserve_compressed(w, guest, len);
+    pthread_mutex_unlock(&w->mu);
+    if (r < 0)
+        return r;
+    struct cpool *p = w->pool;
+    uint64_t cs = w->cluster_size;
+    const uint8_t *src = buf;
+    for (uint64_t done = 0; done < len;) {
+        size_t n = (size_t)MIN((uint64_t)p->batch, (len - done) >> w->cluster_bits);
+        pthread_mutex_lock(&p->mu);
+        struct cjob *j = NULL;
+        for (;;) {
+            for (unsigned i = 0; i < p->njobs && !j; i++)
+                if (p->jobs[i].state == JOB_FREE)
+                    j = &p->jobs[i];
+            if (j)
+                break;
+            pthread_cond_wait(&p->freed, &p->mu);
+        }
+        memcpy(j->in, src + done, n * cs);
+        j->guest = guest + done;
+        j->n = n;
+        j->seq = p->seq++;
+        j->state = JOB_QUEUED;
+        pthread_cond_signal(&p->work);
+        pthread_mutex_unlock(&p->mu);
+        done += (uint64_t)n * cs;
+    }
+    return 0;
+}
+
+/* Refcounts of the compressed host clusters in [lo, hi) into block (whose
+ * first entry is cluster lo0). */
+static void apply_crefs(const struct qcow2_writer *w, uint8_t *block, uint64_t lo0, uint64_t lo,
+                        uint64_t hi)
+{
+    size_t a = 0, b = w->ncsegs;
+    while (a < b) {          /* first segment ending after lo */
+        size_t m = a + (b - a) / 2;
+        if (w->csegs[m].first + w->csegs[m].n <= lo)
+            a = m + 1;
+        else
+            b = m;
+    }
+    for (size_t i = a; i < w->ncsegs && w->csegs[i].first < hi; i++) {
+        const struct cseg *g = &w->csegs[i];
+        uint64_t from = MAX(g->first, lo), to = MIN(g->first + g->n, hi);
+        for (uint64_t c = from; c < to; c++)
+            refcount_put(block, c - lo0, w->refcount_order, w->ccounts[g->base + (c - g->first)]);
+    }
 }
 
 /* ---- header area -------------------------------------------------------- */
@@ -788,7 +1367,15 @@ static int writer_setup(struct qcow2_writer *w)
 
 uint64_t qcow2_writer_meta_bytes(const struct qcow2_writer *w)
 {
-    return w->l1_buf_len + w->l1_size / 8 + 1 + (uint64_t)(w->cache_n + 1) * w->cluster_size;
+    uint64_t n = w->l1_buf_len + w->l1_size / 8 + 1 + (uint64_t)(w->cache_n + 1) * w->cluster_size;
+    if (w->compress) {
+        /* the jobs' input and output buffers (cpool_new) and the staging
+         * buffer; the per-host-cluster counts come on top (2 bytes each) */
+        uint64_t batch = MAX(1u, COMPRESS_BATCH_BYTES / w->cluster_size) * (uint64_t)w->cluster_size;
+        n += (COMPRESS_THREADS + 1) * 2 * batch + MAX(w->cluster_size, COMPRESS_BATCH_BYTES) +
+             w->align;
+    }
+    return n;
 }
 
 static int check_align(uint32_t align, uint32_t cluster_size)
@@ -866,7 +1453,7 @@ static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
         return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
     while (len) {
         uint64_t host, mapped;
-        int r = qcow2_writer_alloc(w, guest, len, &host, &mapped);
+        int r = writer_alloc(w, guest, len, &host, &mapped);
         if (r < 0)
             return r;
         for (uint64_t done = 0; done < mapped;) {
@@ -890,6 +1477,8 @@ int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode)
         return r;
     if (mode != QCOW2_PREALLOC_METADATA && mode != QCOW2_PREALLOC_FALLOC && mode != QCOW2_PREALLOC_FULL)
         return lsm_error(-EINVAL, "invalid preallocation mode %d", (int)mode);
+    if (w->compress)
+        return lsm_error(-EINVAL, "Compression and preallocation not supported at the same time");
     if (w->has_backing)
         return lsm_error(-EINVAL, "preallocation with a backing file is not supported (the "
                          "preallocated clusters would hide the backing file's data)");
@@ -943,6 +1532,11 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     w->extended_l2 = o->extended_l2;
     w->size = o->size;
     w->has_backing = o->backing_name != NULL;
+    w->compress = o->compress;
+    if (w->compress)
+        pthread_mutex_init(&w->mu, NULL);
+    w->ctype = o->compression_type;
+    w->cmax = rorder >= 4 ? UINT16_MAX : (uint32_t)((1ULL << (1u << rorder)) - 1);
 
     uint64_t l2_entries = w->cluster_size / (o->extended_l2 ? 16 : 8);
     uint64_t l1_size = div_round_up(div_round_up(o->size, w->cluster_size), l2_entries);
@@ -956,6 +1550,19 @@ int qcow2_writer_create(int fd, uint32_t align, const struct qcow2_create_opts *
     r = writer_setup(w);
     if (r < 0)
         goto fail;
+    if (w->compress) {
+#ifndef HAVE_ZSTD
+        if (w->ctype == QCOW2_COMPRESSION_ZSTD) {
+            r = lsm_error(-ENOTSUP, "built without zstd: cannot write zstd-compressed clusters");
+            goto fail;
+        }
+#endif
+        w->stage_cap = MAX(w->cluster_size, COMPRESS_BATCH_BYTES) + align;
+        if (!(w->stage = aligned_alloc_zero(w->stage_cap))) {
+            r = lsm_error(-ENOMEM, "cannot allocate the compressed-cluster buffer");
+            goto fail;
+        }
+    }
     r = get_device(fd, &w->is_blockdev, &w->dev_size);
     if (r < 0)
         goto fail;
@@ -1768,6 +2375,8 @@ static int write_refcount_area(struct qcow2_writer *w, uint64_t rt_c, uint64_t n
                 refcount_set_ones(block, c - lo, stop - lo, w->refcount_order);
                 c = stop;
             }
+            if (w->ncsegs)
+                apply_crefs(w, block, lo, lo, hi);
         }
         uint64_t off = rb_off + b0 * cs;
         int r = pwrite_full(w->fd, buf, nb * cs, off);
@@ -1883,9 +2492,17 @@ static int prepare_area(struct qcow2_writer *w)
     return 0;
 }
 
+static int check_checkpoint(const struct qcow2_writer *w)
+{
+    if (w->compress)
+        return lsm_error(-ENOTSUP, "checkpoints are not supported with compressed clusters: "
+                         "a compressed copy cannot be resumed");
+    return check_usable(w);
+}
+
 int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash)
 {
-    int r = check_usable(w);
+    int r = check_checkpoint(w);
     if (r == 0)
         r = mark_incomplete(w);
     if (r == 0)
@@ -1898,7 +2515,7 @@ int qcow2_writer_checkpoint_hash(struct qcow2_writer *w, uint64_t *hash)
 
 int qcow2_writer_checkpoint(struct qcow2_writer *w)
 {
-    int r = check_usable(w);
+    int r = check_checkpoint(w);
     if (r == 0)
         r = mark_incomplete(w);
     if (r == 0)
@@ -1927,10 +2544,16 @@ int qcow2_writer_checkpoint(struct qcow2_writer *w)
 
 int qcow2_writer_finish(struct qcow2_writer *w)
 {
-    int r = check_usable(w);
+    cpool_drain(w->pool);   /* (the workers are idle from here on) */
+    int r = check_async(w);
+    if (r == 0)
+        r = check_usable(w);
     if (r < 0)
         return r;
     r = mark_incomplete(w);
+    if (r < 0)
+        return r;
+    r = stage_flush(w, false);
     if (r < 0)
         return r;
     r = write_tables(w);
@@ -1983,6 +2606,12 @@ void qcow2_writer_close(struct qcow2_writer *w)
         free(w->bitmaps[i].name);
     free(w->bitmaps);
     free(w->free);
+    cpool_free(w->pool);
+    if (w->compress)
+        pthread_mutex_destroy(&w->mu);
+    free(w->stage);
+    free(w->csegs);
+    free(w->ccounts);
     free(w);
 }
 

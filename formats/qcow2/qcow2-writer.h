@@ -20,7 +20,9 @@
  * the image: see qcow2_writer_checkpoint).  Refcounts are rebuilt at finish: every cluster below the end
  * has refcount 1 except, in an opened image, clusters that were free, leaked
  * clusters and the old refcount structures (refcount 0, not leaks); in an
- * opened incomplete image, every cluster nothing references.  Memory stays
+ * opened incomplete image, every cluster nothing references; and host
+ * clusters holding compressed clusters, which count them (see
+ * qcow2_writer_write_compressed).  Memory stays
  * bounded: the L1 table (<= 32 MiB), one bit per L1 entry, an LRU cache of at
  * most 64 L2 tables / 8 MiB (at least 4 tables), and the free ranges of an
  * opened image.  Metadata I/O uses 4096-aligned buffers and offsets/lengths
@@ -48,6 +50,7 @@ struct qcow2_create_opts {
     unsigned compression_type;  /* QCOW2_COMPRESSION_* (header field only) */
     unsigned version;           /* 3 (0: 3, compat=1.1) or 2 (compat=0.10): see below */
     bool lazy_refcounts;        /* the compatible feature bit (version 3 only) */
+    bool compress;              /* data goes in through qcow2_writer_write_compressed */
 };
 
 /* Version 2 (compat=0.10) images: refcount_bits 16, no extended L2, zlib,
@@ -130,6 +133,38 @@ uint64_t qcow2_writer_final_size(const struct qcow2_writer *w);
  * needed. */
 int qcow2_writer_alloc(struct qcow2_writer *w, uint64_t guest, uint64_t len, uint64_t *host,
                        uint64_t *mapped);
+/* Compressed output (an image created with compress; -EINVAL otherwise):
+ * write the cluster-aligned guest range [guest, guest+len) from buf (len
+ * bytes, a multiple of the cluster size; the last cluster may extend past
+ * the virtual size, the caller zero-pads it, as qemu-img does).  Each
+ * cluster is compressed as QEMU compresses it (the header's compression
+ * type: raw deflate at zlib's default level, window 2^12, or a zstd frame
+ * at zstd's default level); if the result is smaller than a cluster it is
+ * written as a compressed cluster right after the previous one (host
+ * clusters shared by several, each reference counted; a new host cluster
+ * when the refcount width is full or the previous one is not the last
+ * cluster of the image), else the cluster is written as it is, a data
+ * cluster.  Every cluster of the range must have no host cluster yet
+ * (-EINVAL): each guest cluster is written once, and qcow2_writer_alloc
+ * and qcow2_writer_zero refuse compressed ones (the range is reserved when
+ * this call returns).  Asynchronous: the data is copied into one of five
+ * jobs of 1 MiB (at least a cluster; the call waits while all five are
+ * taken) and the call returns; four worker threads (QEMU's qcow2 driver
+ * compresses at most four clusters at once), started by the first call,
+ * compress the jobs and write them under the writer's lock.  A failure
+ * there (an I/O error, no room) is returned, with its message, by the next
+ * write_compressed, alloc, zero or finish; finish waits for every job.
+ * Memory: the five jobs' input and output (2 x 5 MiB with clusters up to
+ * 1 MiB, 2 x 5 clusters above), 1 MiB (at least a cluster) of staged
+ * compressed bytes (the aligned block in which the compressed data ends
+ * stays in memory for the next one), and for the refcounts of compressed
+ * host clusters 2 bytes per host cluster holding compressed data (and 24
+ * bytes per run of them).
+ * Images with compressed clusters do not checkpoint (-ENOTSUP: no resume)
+ * and do not preallocate (-EINVAL, as qemu-img refuses it). */
+bool qcow2_writer_compressing(const struct qcow2_writer *w);
+int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const void *buf,
+                                  uint64_t len);
 /* Mark the cluster-aligned guest range as zero clusters (reads as zero
  * whatever the backing file holds): the v3 zero flag, or all 32 zero bits
  * with extended L2.  A data cluster keeps its host cluster as a
@@ -186,8 +221,9 @@ int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm
 
 /* The most memory the writer holds for metadata (its L1 table, one bit per
  * L1 entry, the L2 cache and the header buffer; the free ranges of an
- * opened image come on top): what a copy reserves from the process budget
- * for its destination. */
+ * opened image come on top; with compression, also its jobs' and staging
+ * buffers): what a copy reserves from the process budget for its
+ * destination. */
 uint64_t qcow2_writer_meta_bytes(const struct qcow2_writer *w);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 
 #include "image.h"
@@ -91,5 +92,14 @@ int qcow2_detect_metadata_preallocation(struct lsm_image *img);
 /* qcow2-compress.c: decompress src into exactly dst_len bytes. */
 int qcow2_decompress(unsigned type, const uint8_t *src, size_t src_len,
                      uint8_t *dst, size_t dst_len);
+/* qcow2-compress.c: a compressor of one type (QCOW2_COMPRESSION_*), for one
+ * thread at a time.  qcow2_compress compresses len bytes of src into dst
+ * (cap bytes) and returns the compressed length, 0 when the result does
+ * not fit in cap, or -errno (no message: it may run on a worker thread). */
+struct qcow2_compressor;
+int qcow2_compressor_new(unsigned type, struct qcow2_compressor **out);
+void qcow2_compressor_free(struct qcow2_compressor *c);
+ssize_t qcow2_compress(struct qcow2_compressor *c, const uint8_t *src, size_t len,
+                       uint8_t *dst, size_t cap);
 
 #endif

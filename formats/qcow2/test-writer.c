@@ -1374,6 +1374,191 @@ static void test_zstd(void **state)
     free(out);
 }
 
+/* ---- compressed clusters ------------------------------------------------ */
+
+/* Content of guest cluster i for the compression tests: kind 0 compresses
+ * well (few distinct bytes), 1 is random (does not compress: stored as a
+ * data cluster), 2 is half random (compresses to about half a cluster, so
+ * compressed clusters straddle host clusters), 3 is all zeroes written as
+ * data (compresses to a few bytes). */
+static void fill_kind(uint8_t *b, size_t cs, unsigned kind, uint64_t i)
+{
+    switch (kind) {
+    case 0:
+        for (size_t k = 0; k < cs; k++)
+            b[k] = (uint8_t)("lsm-sync compressed "[(k / 7 + i) % 20]);
+        break;
+    case 1:
+        for (size_t k = 0; k + 8 <= cs; k += 8) {
+            uint64_t v = rnd();
+            memcpy(b + k, &v, 8);
+        }
+        break;
+    case 2:
+        memset(b, 0, cs);
+        for (size_t k = 0; k + 8 <= cs / 2; k += 8) {
+            uint64_t v = rnd();
+            memcpy(b + k, &v, 8);
+        }
+        break;
+    default:
+        memset(b, 0, cs);
+        break;
+    }
+}
+
+struct ccfg {
+    unsigned cbits, refcount_bits, version;
+    bool extended_l2;
+    unsigned type;
+    uint64_t size;
+};
+
+/* Write every guest cluster of an image with a kind from a fixed pattern
+ * (some left unallocated, some zero clusters, whole ranges at once), the
+ * same into a raw reference; check, compare, and see compressed clusters
+ * in qemu-img map. */
+static void run_compress(const struct ccfg *cf)
+{
+    char name[64], ref[80];
+    snprintf(name, sizeof name, "c%u-%u-%u-%d-%u.qcow2", cf->cbits, cf->refcount_bits, cf->version,
+             cf->extended_l2, cf->type);
+    snprintf(ref, sizeof ref, "%s.raw", name);
+    int fd = open(path(name), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    int rfd = open_ref(ref, cf->size);
+    struct qcow2_create_opts o = {
+        .size = cf->size, .cluster_bits = cf->cbits, .refcount_bits = cf->refcount_bits,
+        .version = cf->version, .extended_l2 = cf->extended_l2, .compression_type = cf->type,
+        .compress = true,
+    };
+    struct qcow2_writer *w;
+    int r = qcow2_writer_create(fd, 512, &o, &w);
+    if (r == -ENOTSUP) {   /* zstd without libzstd */
+        print_message("  %s: %s\n", name, lsm_last_error());
+        close(fd);
+        close(rfd);
+        return;
+    }
+    assert_int_equal(r, 0);
+    assert_true(qcow2_writer_compressing(w));
+    uint64_t cs = 1ULL << cf->cbits, n = div_round_up(cf->size, cs);
+    /* runs of up to 5 clusters, each written with one call */
+    static const unsigned pattern[] = { 0, 0, 2, 1, 0, 4, 2, 2, 2, 5, 0, 3, 1, 1, 0, 2, 0, 0, 0 };
+    uint8_t *buf = abuf(5 * cs);
+    uint64_t compressible = 0;
+    for (uint64_t c = 0, k = 0; c < n; k++) {
+        uint64_t run_len = MIN(1 + k % 5, n - c);
+        unsigned kind = pattern[k % (sizeof pattern / sizeof *pattern)];
+        if (kind == 4) {            /* unallocated */
+            c += run_len;
+            continue;
+        }
+        if (kind == 5) {            /* zero clusters */
+            assert_int_equal(qcow2_writer_zero(w, c * cs, run_len * cs), 0);
+            c += run_len;
+            continue;
+        }
+        for (uint64_t j = 0; j < run_len; j++)
+            fill_kind(buf + j * cs, cs, kind, c + j);
+        uint64_t end = MIN((c + run_len) * cs, cf->size);
+        memset(buf + (end - c * cs), 0, (c + run_len) * cs - end);   /* past the end */
+        assert_int_equal(qcow2_writer_write_compressed(w, c * cs, buf, run_len * cs), 0);
+        xpwrite(rfd, buf, end - c * cs, c * cs);
+        if (kind != 1)
+            compressible += run_len;
+        c += run_len;
+    }
+    assert_int_equal(qcow2_writer_finish(w), 0);
+    qcow2_writer_close(w);
+    free(buf);
+    close(rfd);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    close(fd);
+    if (!have_qemu_img)
+        return;
+    char *out;
+    if (cf->type == QCOW2_COMPRESSION_ZSTD) {
+        int rc = run(&out, "qemu-img info %s", path(name));
+        free(out);
+        if (rc != 0) {
+            print_message("  %s: qemu-img cannot open zstd images here\n", name);
+            return;
+        }
+    }
+    expect_check_clean(path(name));
+    expect_compare(path(name), path(ref));
+    /* qemu-img check counts the compressed clusters: every one but the
+     * random ones (qemu-img 7.2's map does not say which are compressed) */
+    assert_int_equal(run(&out, "qemu-img check --output=json %s", path(name)), 0);
+    json_object *chk = json_tokener_parse(out);
+    assert_non_null(chk);
+    int64_t nc = jint(chk, "compressed-clusters", -1);
+    json_object_put(chk);
+    free(out);
+    if (nc != (int64_t)compressible)
+        fail_msg("%s: qemu-img check counts %" PRId64 " compressed clusters, expected %" PRIu64,
+                 name, nc, compressible);
+}
+
+static void test_compress(void **state)
+{
+    (void)state;
+    static const struct ccfg cfgs[] = {
+        { 16, 16, 3, false, QCOW2_COMPRESSION_ZLIB, 20 * MiB + 12345 * 512 },
+        { 16, 16, 3, false, QCOW2_COMPRESSION_ZSTD, 20 * MiB + 12345 * 512 },
+        { 16, 16, 2, false, QCOW2_COMPRESSION_ZLIB, 7 * MiB },
+        { 16, 1, 3, false, QCOW2_COMPRESSION_ZLIB, 7 * MiB },
+        { 16, 2, 3, false, QCOW2_COMPRESSION_ZLIB, 7 * MiB },
+        { 16, 64, 3, true, QCOW2_COMPRESSION_ZLIB, 7 * MiB },
+        { 9, 16, 3, false, QCOW2_COMPRESSION_ZLIB, 2 * MiB + 512 },   /* many L2 tables */
+        { 12, 8, 3, false, QCOW2_COMPRESSION_ZSTD, 5 * MiB + 1024 },
+        { 21, 16, 3, false, QCOW2_COMPRESSION_ZLIB, 41 * MiB + 512 },
+        { 21, 16, 3, true, QCOW2_COMPRESSION_ZSTD, 41 * MiB },
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++)
+        run_compress(&cfgs[i]);
+}
+
+/* What the compressed path refuses. */
+static void test_compress_refusals(void **state)
+{
+    (void)state;
+    int fd;
+    struct qcow2_writer *w = create_simple("cr-plain.qcow2", 4 * MiB, 16, &fd);
+    uint8_t *buf = abuf(2 * 65536);
+    fill_kind(buf, 65536, 0, 0);
+    fill_kind(buf + 65536, 65536, 0, 1);
+    assert_false(qcow2_writer_compressing(w));
+    assert_int_equal(qcow2_writer_write_compressed(w, 0, buf, 65536), -EINVAL);
+    qcow2_writer_close(w);
+    close(fd);
+
+    fd = open(path("cr.qcow2"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    struct qcow2_create_opts o = { .size = 4 * MiB, .compress = true };
+    assert_int_equal(qcow2_writer_create(fd, 512, &o, &w), 0);
+    assert_int_equal(qcow2_writer_preallocate(w, QCOW2_PREALLOC_METADATA), -EINVAL);
+    assert_int_equal(qcow2_writer_write_compressed(w, 512, buf, 65536), -EINVAL);     /* unaligned */
+    assert_int_equal(qcow2_writer_write_compressed(w, 0, buf, 2 * 65536), 0);
+    assert_int_equal(qcow2_writer_write_compressed(w, 65536, buf, 65536), -EINVAL);   /* again */
+    uint64_t host, mapped;
+    assert_int_equal(qcow2_writer_alloc(w, 0, 65536, &host, &mapped), -EINVAL);
+    assert_int_equal(qcow2_writer_zero(w, 65536, 65536), -EINVAL);
+    uint64_t hash;
+    assert_int_equal(qcow2_writer_checkpoint_hash(w, &hash), -ENOTSUP);
+    assert_int_equal(qcow2_writer_checkpoint(w), -ENOTSUP);
+    /* the refusals changed nothing: the image finishes clean */
+    assert_int_equal(qcow2_writer_alloc(w, 2 * 65536, 65536, &host, &mapped), 0);
+    xpwrite(fd, buf, 65536, host);
+    assert_int_equal(qcow2_writer_finish(w), 0);
+    qcow2_writer_close(w);
+    close(fd);
+    free(buf);
+    if (have_qemu_img)
+        expect_check_clean(path("cr.qcow2"));
+}
+
 /* 64 GiB, every cluster allocated, no data written: the writer's memory
  * stays bounded (measured in a child process). */
 static void test_memory(void **state)
@@ -1652,6 +1837,8 @@ int main(void)
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_overwrite),
         cmocka_unit_test(test_zstd),
+        cmocka_unit_test(test_compress),
+        cmocka_unit_test(test_compress_refusals),
         cmocka_unit_test(test_create_options),
         cmocka_unit_test(test_backing),
         cmocka_unit_test(test_set_backing),

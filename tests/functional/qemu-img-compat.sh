@@ -223,6 +223,17 @@ else
     skip_case compression-zstd "this qemu-img has no zstd"
 fi
 pair cluster-4k-010 - -f qcow2 src.qcow2 -O qcow2 -o compat=0.10,cluster_size=4k
+# -c: compressed clusters (docs/copy.md), vdsm's form with compat 1.1 and
+# 0.10, from raw, onto a backing file, and zstd.
+pair compress-11 - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
+pair compress-010 - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=0.10
+pair compress-raw-W - "${V[@]}" -c -W -f raw src.raw -O qcow2 -o compat=1.1
+pair compress-backing - "${V[@]}" -c -f qcow2 top.qcow2 -O qcow2 -o compat=1.1,backing_file=base.raw,backing_fmt=raw
+if qemu_has_zstd; then
+    pair compress-zstd - -c -f qcow2 src.qcow2 -O qcow2 -o compression_type=zstd
+else
+    skip_case compress-zstd "this qemu-img has no zstd"
+fi
 # -S: 0 allocates everything (raw and qcow2), other sizes as sparse detection.
 pair sparse-0-raw - -S 0 -f qcow2 src.qcow2 -O raw
 pair sparse-0-qcow2 - -S 0 -f qcow2 src.qcow2 -O qcow2
@@ -317,8 +328,8 @@ refused() {
     set -e
     one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
 }
-refused compress - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
 refused offload-C - -C -f raw src.raw -O raw
+refused compress-n mk_qcow2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
 mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
 refused n-qcow2-v2 mk_qcow2_v2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
 # The refused existing volume is left as it was: version 2, empty.
@@ -352,6 +363,8 @@ both_refuse sparse-odd -S 1000 -f qcow2 src.qcow2 -O raw
 both_refuse n-with-o -n -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
 both_refuse compat-bogus -f qcow2 src.qcow2 -O qcow2 -o compat=2.0
 both_refuse snapshot-missing -l nosuch -f qcow2 sn.qcow2 -O raw
+both_refuse compress-raw -c -f qcow2 src.qcow2 -O raw
+both_refuse compress-prealloc -c -f qcow2 src.qcow2 -O qcow2 -o preallocation=metadata
 both_refuse snapshot-id-is-no-name -l snapshot.id=s1 -f qcow2 sn.qcow2 -O raw
 both_refuse snapshot-raw-source -l s1 -f raw src.raw -O raw
 
