@@ -485,6 +485,23 @@ def scenario_robust(w):
             if rep.get("error", {}).get("code") != code:
                 fail("%r: %r, expected code %d" % (line, rep, code))
         ok("%d malformed requests: each answered with its JSON-RPC error code" % len(fixed))
+        # a batch (JSON array): batches are not supported, so the whole array is
+        # one Invalid Request: one reply (an object, not an array), id null,
+        # and none of its requests is carried out
+        before = len(c.call("getAllTasksStatuses")["tasks"])
+        batch = [{"jsonrpc": "2.0", "id": 7, "method": "copyVolume",
+                  "params": copy_params(ids[0][1], os.path.join(w, "batch.raw"))},
+                 {"jsonrpc": "2.0", "id": 8, "method": "ping"}]
+        bad.send_raw(json.dumps(batch).encode() + b"\n")
+        rep = bad.read_reply()
+        check(isinstance(rep, dict) and rep.get("jsonrpc") == "2.0" and rep.get("id", 0) is None
+              and rep.get("error", {}).get("code") == -32600 and "result" not in rep,
+              "a batch of two requests: one -32600 Invalid Request reply with id null (%r)" % rep)
+        nxt = bad.call_full("ping")
+        check(nxt.get("id") is not None and "result" in nxt,
+              "the next reply on the connection is the next request's (the batch got exactly one)")
+        check(len(c.call("getAllTasksStatuses")["tasks"]) == before and not os.path.exists(os.path.join(w, "batch.raw")),
+              "and nothing in the batch was carried out (no task, no destination)")
         # oversized: one answer, then the connection goes on
         bad.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * 300000 + b'"}}\n')
         rep = bad.read_reply()
@@ -856,14 +873,29 @@ def scenario_restart(w):
     st = c3.status("sync-kill")
     check(st["state"] == "running" and 0 < st["progress"]["bytes_written"], "mid-sync: %d bytes written" % st["progress"]["bytes_written"])
     svc.kill()
+    sync_before = st["progress"]
     c4 = svc.start()
     st = c4.status("sync-kill")
     check(st["state"] == "running" and st["runs"] == 2,
           "after SIGKILL and restart the sync runs again (%s, runs %s)" % (st["state"], st.get("runs")))
+    check("continued from its journal" in st.get("note", ""),
+          "the status says the sync continued from its journal (%r)" % st.get("note"))
     c4.call("setTaskBandwidth", {"taskId": "sync-kill", "bandwidth": 0})
     st = c4.wait("sync-kill", 120)
     check(st["state"] == "finished" and len(st["result"]["volumes"]) == 3 and st["result"]["generation"] == 1,
           "the sync finished: 3 volumes, generation 1 (%s: %s)" % (st["state"], st.get("error", st.get("result"))))
+    # from the journal, not from zero: at most one interval (plus the
+    # requests in flight) redone per volume, so at most that more than was left
+    sync_data, per_volume = 3 * 64 * MiB, interval + 5 * MiB
+    again, redone = st["progress"]["bytes_written"], st["progress"]["bytes_redone"]
+    left = sync_data - sync_before["bytes_written"]
+    check(st["result"]["resumed"] and redone == st["result"]["bytes_redone"] and redone <= 3 * per_volume
+          and again <= left + 3 * per_volume and again < sync_data,
+          "the sync resumed: %d MiB written before the kill, %d MiB after the restart (%d MiB were left; "
+          "redone %d MiB, the status and the result agree; bound 3 x %d MiB)"
+          % (sync_before["bytes_written"] // MiB, again // MiB, left // MiB, redone // MiB, per_volume // MiB))
+    check(not [f for f in os.listdir(os.path.join(svc.state, "journals")) if f.startswith("sync-kill.journal")],
+          "the finished sync's journal and its volumes' journals are gone")
     same, out = qemu_compare(top, "qcow2", dtop, "qcow2")
     check(same, "qemu-img compare of the chains' guest views: identical")
     for name, fmt in (("mid.qcow2", "qcow2"), ("base.raw", "raw")):
