@@ -289,6 +289,22 @@ static void sj_drop_volume_journal(const char *path)
     lsm_error_clear();
 }
 
+/* 1 if path is a qcow2 image (version 3) whose header lacks lsm-sync's
+ * incomplete bit, 0 if it has it or is no such image, -errno. */
+static int qcow2_finished(const char *path)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return lsm_error_errno(-errno, "cannot open %s", path);
+    uint8_t h[80];
+    ssize_t n = pread(fd, h, sizeof h, 0);
+    if (n < 0)
+        return lsm_error_errno(-errno, "cannot read %s", path);
+    if (n < (ssize_t)sizeof h || memcmp(h, "QFI\xfb", 4) || h[4] | h[5] | h[6] || h[7] < 3)
+        return 0;
+    return !(h[72] & 0x80);     /* bit 63 of the big-endian incompatible features */
+}
+
 /* Before any volume starts: a new journal saved, or the journal of an
  * interrupted sync loaded and checked against this one. */
 static int sj_open(struct sync_ctx *ctx, struct lsm_sync_result *res)
@@ -352,6 +368,24 @@ static int sj_open(struct sync_ctx *ctx, struct lsm_sync_result *res)
     for (unsigned k = 0; k < n; k++) {
         struct vol *v = &ctx->vols[k];
         bool have = lstat(v->journal, &sb) == 0;
+        if (!done[k] && have && v->src->format == LSM_FMT_QCOW2) {
+            /* The copy's journal is saved only after the writer marked the
+             * destination incomplete, and the mark goes only when the
+             * writer finishes, after the last data and the source's check:
+             * a finished destination beside its copy journal is a volume
+             * killed between its end and the sync journal's save. */
+            if ((r = qcow2_finished(v->pair->dst_path)) < 0)
+                return r;
+            if (r == 1) {
+                done[k] = true;
+                if ((r = file_ident(v->pair->dst_path, v->src->format, "destination", k, true,
+                                    &ctx->ids[2 * k + 1])) < 0 ||
+                    (r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0 ||
+                    (r = lsm_journal_mark(ctx->sj, (uint64_t)k * SJ_UNIT, SJ_UNIT)) < 0)
+                    return r;
+                lsm_journal_commit(ctx->sj);
+            }
+        }
         if (done[k]) {
             v->out->result = 0;
             v->out->already_done = true;

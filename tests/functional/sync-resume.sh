@@ -260,6 +260,29 @@ else
     fail done-volume-changed "no kill with the base done and the rest not: $(head -c 300 sj)"
 fi
 
+# Killed after a volume's copy finished (the qcow2 writer cleared its
+# incomplete mark) but before the sync journal said so: its copy journal
+# is still there.  Made by finishing the top volume's copy by hand from its
+# journal and putting the journal back.  The resume takes the volume as
+# done (not copied again, the copy journal removed) and completes.
+fresh_dst b
+kill_when '[[ -e sj.2 ]]' "${SYNC[@]}" --journal=sj b/top.qcow2 d/top.qcow2
+if [[ -e sj.2 ]]; then
+    cp sj.2 saved.2
+    resume copy.json "$LSM_SYNC" copy --journal=sj.2 --resume -n -O qcow2 -B mid.qcow2 -F qcow2 \
+        b/top.qcow2 d/top.qcow2
+    cp saved.2 sj.2
+    resume res.json "${RESUME[@]}" --journal=sj b/top.qcow2 d/top.qcow2
+    st=$(jq -r '.volumes[2].status' res.json 2>/dev/null)
+    if ((RC == 0)) && [[ $st == already-synced ]]; then
+        check_chain finished-before-record b && pass finished-before-record
+    else
+        fail finished-before-record "exit $RC, top volume $st: $(head -n3 res.json.err)"
+    fi
+else
+    fail finished-before-record "the killed sync left no journal for the top volume"
+fi
+
 # sync --checksum: each destination volume's digest is `lsm-sync checksum`
 # of its source volume and of itself; with a journal and a resume too.
 if "$LSM_SYNC" checksum a/base.raw >/dev/null 2>&1; then
