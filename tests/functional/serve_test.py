@@ -912,6 +912,28 @@ def scenario_restart(w):
         if chk.returncode != 0:
             fail("qemu-img check %s: %s" % (name, chk.stdout))
     ok("qemu-img check: the destination layers are clean")
+    # a stopped sync keeps its journals; the same request sent again continues it
+    dd2 = os.path.join(w, "dd2")
+    os.makedirs(dd2)
+    r = c4.call("cloneImageStructure", {"source": top, "format": "qcow2", "destinationDir": dd2})
+    check(c4.wait(r["taskId"])["state"] == "finished", "cloneImageStructure again, for a stopped sync")
+    stop_rq = {"source": top, "destination": os.path.join(dd2, "top.qcow2"), "syncType": "ALL",
+               "format": "qcow2", "bandwidth": 32 * MiB, "taskId": "sync-stop"}
+    c4.call("syncImageData", stop_rq)
+    time.sleep(1.5)
+    c4.call("stopTask", {"taskId": "sync-stop"})
+    st = c4.wait("sync-stop", 5)
+    kept = sorted(f for f in os.listdir(os.path.join(svc.state, "journals")) if f.startswith("sync-stop.journal"))
+    check(st["state"] == "aborted" and "sync-stop.journal" in kept and len(kept) > 1,
+          "a stopped sync keeps its journal and its volumes' (%s)" % " ".join(kept))
+    c4.call("syncImageData", stop_rq)
+    c4.call("setTaskBandwidth", {"taskId": "sync-stop", "bandwidth": 0})
+    st = c4.wait("sync-stop", 120)
+    same, out = qemu_compare(top, "qcow2", os.path.join(dd2, "top.qcow2"), "qcow2")
+    check(st["state"] == "finished" and st["runs"] == 2 and st["result"]["resumed"] and same
+          and not [f for f in os.listdir(os.path.join(svc.state, "journals")) if f.startswith("sync-stop.journal")],
+          "sent again, it continues from its journal (runs 2, resumed, redone %d MiB) and finishes identical, "
+          "its journals gone" % (st["result"]["bytes_redone"] // MiB))
     if have_sum:
         st = c4.status("sum-kill")
         check(st["runs"] == 2 and "restarted from the beginning" in st.get("note", ""),
