@@ -5,7 +5,8 @@
 #
 #   bench/copy-bench.sh [--lsm-sync PATH] [--dir DIR] [--runs N] [--scale small|full]
 #                       [--cases "a b c d"] [--tools "lsm lsm-guest qemu nbdcopy dd"]
-#                       [--lsm-b PATH]   (tool "lsm-b": a second build, for before/after)
+#                       [--lsm-b PATH]   (tools "lsm-b", "lsm-b-guest": a second build,
+#                                         for before/after)
 #
 # Images (full scale; small scale divides sizes by 8):
 #   a  8 GiB qcow2, 50% random data in runs (nbdkit sparse-random seed=1)
@@ -129,6 +130,7 @@ run_one() {
     lsm) cmd=("$LSM" copy -f "$fmt" -O "$fmt" "$src" "$out") ;;
     lsm-guest) cmd=("$LSM" copy --no-physical -f "$fmt" -O "$fmt" "$src" "$out") ;;
     lsm-b) cmd=("${LSM_B:?--lsm-b PATH is needed for tool lsm-b}" copy -f "$fmt" -O "$fmt" "$src" "$out") ;;
+    lsm-b-guest) cmd=("${LSM_B:?--lsm-b PATH is needed for tool lsm-b-guest}" copy --no-physical -f "$fmt" -O "$fmt" "$src" "$out") ;;
     lsm-raw) out=out.raw; cmd=("$LSM" copy -f "$fmt" -O raw "$src" "$out") ;;
     qemu) cmd=(qemu-img convert -t none -T none -W -m 16 -f "$fmt" -O "$fmt" "$src" "$out") ;;
     qemu-raw) out=out.raw; cmd=(qemu-img convert -t none -T none -W -m 16 -f "$fmt" -O raw "$src" "$out") ;;
@@ -166,6 +168,7 @@ run_fast() {
     case $tool in
     lsm) cmd=("$LSM" copy --output=json -O qcow2 d.qcow2 out.qcow2) ;;
     lsm-guest) cmd=("$LSM" copy --output=json --no-physical -O qcow2 d.qcow2 out.qcow2) ;;
+    lsm-b) cmd=("${LSM_B:?--lsm-b PATH is needed for tool lsm-b}" copy --output=json -O qcow2 d.qcow2 out.qcow2) ;;
     qemu) cmd=(qemu-img convert -t none -T none -W -m 16 -O qcow2 d.qcow2 out.qcow2) ;;
     *) return 0 ;;
     esac
@@ -219,7 +222,7 @@ for ((round = 1; round <= RUNS; round++)); do
             continue
         fi
         for tool in $TOOLS; do
-            [[ $cs == c && $tool == lsm-guest ]] && continue    # same as lsm for raw
+            [[ $cs == c && $tool == lsm*-guest ]] && continue    # same as lsm for raw
             run_one "$tool" "$cs"
         done
         if [[ $cs == c ]]; then

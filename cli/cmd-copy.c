@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "json-out.h"
 #include "progress.h"
 #include "util.h"
@@ -44,7 +44,8 @@ static void usage(FILE *f)
         "  -c                   compress (qemu-img): not supported yet, fails with exit 1\n"
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
-        "  --salvage            not supported yet: fail with exit 1\n"
+        "  --salvage            a source range that cannot be read is copied as zeroes,\n"
+        "                       with a warning naming it (qemu-img's --salvage)\n"
         "  --bitmaps            copy SRC's persistent dirty bitmaps (qcow2 DST)\n"
         "  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps\n"
         "                       instead of failing\n"
@@ -220,6 +221,10 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         json_object_object_add(j, "offload_paths", paths);
         if (*st->offload_fallback)
             json_object_object_add(j, "offload_fallback", lsm_json_string(st->offload_fallback));
+        if (o->salvage) {
+            json_object_object_add(j, "bytes_salvaged", json_object_new_int64((int64_t)st->bytes_salvaged));
+            json_object_object_add(j, "salvaged_ranges", json_object_new_int64(st->salvaged_ranges));
+        }
         if (o->journal) {
             json_object_object_add(j, "bytes_already_done", json_object_new_int64((int64_t)st->bytes_already_done));
             json_object_object_add(j, "bytes_redone", json_object_new_int64((int64_t)st->bytes_redone));
@@ -269,6 +274,12 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
     }
     if (*st->offload_fallback)
         fprintf(stderr, "lsm-sync: offload fell back to the software copy: %s\n", st->offload_fallback);
+    if (st->bytes_salvaged) {
+        char r1[32];
+        fprintf(stderr, "lsm-sync: --salvage: %s in %u range%s could not be read and were copied "
+                "as zeroes\n", lsm_format_size(st->bytes_salvaged, r1, sizeof(r1)),
+                st->salvaged_ranges, st->salvaged_ranges == 1 ? "" : "s");
+    }
 }
 
 static int set_cluster_size(const char *arg, struct lsm_copy_opts *o)
@@ -567,8 +578,8 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "-l: empty snapshot id or name");
             break;
         case OPT_SALVAGE:
-            cli_error("copy", "--salvage is not supported yet: a read error fails the copy");
-            return EXIT_OPERATIONAL;
+            o.salvage = true;
+            break;
         case OPT_BITMAPS:
             o.bitmaps = true;
             break;

@@ -14,7 +14,7 @@
 #include "cli.h"
 #include "json-out.h"
 #include "json-util.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "progress.h"
 #include "sync.h"
 #include "util.h"

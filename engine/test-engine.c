@@ -1,6 +1,6 @@
 /* Unit tests of the copy engine: zero detection, token bucket, the plan
- * over a fake extent source, and whole copies of raw files (recorder hook,
- * rate limit). */
+ * over a fake source endpoint, whole copies of raw files through lsm_copy
+ * (recorder hook, rate limit), and the engine between null endpoints. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -14,7 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "copy.h"
+#include "backends.h"
+#include "flow-copy.h"
 #include "error.h"
 #include "util.h"
 
@@ -83,44 +84,42 @@ static void test_ratelimit(void **state)
 
 /* ---- plan over a fake source ---- */
 
+/* A source endpoint that hands out a fixed array of extents in order,
+ * whatever it is asked (so a bad array reaches the plan as it is). */
 struct fake_src {
-    struct lsm_copy_src s;
-    const struct lsm_src_extent *ext;
+    struct lsm_ep ep;
+    const struct lsm_ep_extent *ext;
     size_t n, pos;
 };
 
-static int fake_rewind(struct lsm_copy_src *s)
+static int fake_extents(struct lsm_ep *ep, uint64_t off, uint64_t len, struct lsm_ep_extent *out,
+                        unsigned max)
 {
-    ((struct fake_src *)s->priv)->pos = 0;
-    return 0;
+    struct fake_src *f = ep->priv;
+    unsigned k = 0;
+    while (k < max && f->pos < f->n)
+        out[k++] = f->ext[f->pos++];
+    return (int)k;
 }
 
-static int fake_next(struct lsm_copy_src *s, struct lsm_src_extent *e)
-{
-    struct fake_src *f = s->priv;
-    if (f->pos >= f->n)
-        return 0;
-    *e = f->ext[f->pos++];
-    return 1;
-}
-
-static const struct lsm_src_ops fake_ops = {
-    .name = "fake", .rewind = fake_rewind, .next = fake_next,
+static const struct lsm_ep_ops fake_ops = {
+    .name = "fake", .extents = fake_extents,
 };
 
 static struct lsm_file file_a, file_b;
 
-#define D(s, l, f, h) { s, l, LSM_SRC_DATA, f, h }
-#define Z(s, l) { s, l, LSM_SRC_ZERO, NULL, 0 }
-#define A(s, l) { s, l, LSM_SRC_ABSENT, NULL, 0 }
+#define D(s, l, f, h) { s, l, LSM_EP_DATA, f, h }
+#define Z(s, l) { s, l, LSM_EP_ZERO, NULL, 0 }
+#define A(s, l) { s, l, LSM_EP_ABSENT, NULL, 0 }
 
-static int plan_all(const struct lsm_src_extent *ext, size_t n, uint64_t size, uint64_t g,
+static int plan_all(const struct lsm_ep_extent *ext, size_t n, uint64_t size, uint64_t g,
                     bool mixed_data, struct lsm_run *out, size_t max)
 {
-    struct fake_src f = { .s = { .ops = &fake_ops, .size = size }, .ext = ext, .n = n };
-    f.s.priv = &f;
-    struct lsm_plan p;
-    lsm_plan_init(&p, &f.s, g, mixed_data);
+    struct fake_src f = { .ep = { .ops = &fake_ops, .name = "fake", .caps = { .size = size } },
+                          .ext = ext, .n = n };
+    f.ep.priv = &f;
+    static struct lsm_plan p;   /* large: not on the stack */
+    lsm_plan_init(&p, &f.ep, size, g, mixed_data);
     size_t k = 0;
     int r;
     uint64_t pos = 0;
@@ -142,7 +141,7 @@ static void test_plan_aligned(void **state)
 {
     (void)state;
     const uint64_t K = 1024;
-    struct lsm_src_extent ext[] = {
+    struct lsm_ep_extent ext[] = {
         D(0, 128 * K, &file_a, 65536), Z(128 * K, 64 * K), A(192 * K, 64 * K),
         D(256 * K, 64 * K, &file_a, 1 << 20),
     };
@@ -151,12 +150,12 @@ static void test_plan_aligned(void **state)
     assert_int_equal(n, 4);
     assert_int_equal(r[0].kind, LSM_RUN_DATA);
     assert_int_equal(r[0].length, 128 * K);
-    assert_int_equal(r[0].host, 65536);
-    assert_ptr_equal(r[0].file, &file_a);
+    assert_int_equal(r[0].loc_off, 65536);
+    assert_ptr_equal(r[0].loc, &file_a);
     assert_int_equal(r[1].kind, LSM_RUN_ZERO);
     assert_int_equal(r[2].kind, LSM_RUN_SKIP);
     assert_int_equal(r[3].kind, LSM_RUN_DATA);
-    assert_int_equal(r[3].host, 1 << 20);
+    assert_int_equal(r[3].loc_off, 1 << 20);
 }
 
 static void test_plan_mixed(void **state)
@@ -164,7 +163,7 @@ static void test_plan_mixed(void **state)
     (void)state;
     const uint64_t K = 1024;
     /* 4K data extents inside 64K granules. */
-    struct lsm_src_extent ext[] = {
+    struct lsm_ep_extent ext[] = {
         D(0, 4 * K, &file_a, 0), D(4 * K, 4 * K, &file_a, 4 * K),  /* contiguous */
         Z(8 * K, 56 * K),                                           /* granule 0: mixed */
         D(64 * K, 32 * K, &file_a, 100 * K), D(96 * K, 32 * K, &file_a, 132 * K), /* contiguous data */
@@ -179,13 +178,13 @@ static void test_plan_mixed(void **state)
     assert_int_equal(r[1].kind, LSM_RUN_DATA);
     assert_int_equal(r[1].start, 64 * K);
     assert_int_equal(r[1].length, 64 * K);
-    assert_int_equal(r[1].host, 100 * K);
+    assert_int_equal(r[1].loc_off, 100 * K);
     assert_int_equal(r[2].kind, LSM_RUN_MIXED);
     assert_int_equal(r[3].kind, LSM_RUN_MIXED);      /* zero + absent with a backing under dst */
     assert_int_equal(r[4].kind, LSM_RUN_DATA);       /* to EOF, unaligned end */
     assert_int_equal(r[4].start, 256 * K);
     assert_int_equal(r[4].length, 70 * K);
-    assert_int_equal(r[4].host, 512 * K);
+    assert_int_equal(r[4].loc_off, 512 * K);
 
     /* Without a backing under the destination, zero + absent is zero. */
     n = plan_all(ext, ARRAY_SIZE(ext), 326 * K, 64 * K, false, r, 16);
@@ -202,10 +201,10 @@ static void test_plan_mixed(void **state)
 static void test_plan_bad_source(void **state)
 {
     (void)state;
-    struct lsm_src_extent gap[] = { D(0, 4096, &file_a, 0), D(8192, 4096, &file_a, 0) };
+    struct lsm_ep_extent gap[] = { D(0, 4096, &file_a, 0), D(8192, 4096, &file_a, 0) };
     struct lsm_run r[8];
     assert_int_equal(plan_all(gap, 2, 12288, 4096, false, r, 8), -EIO);
-    struct lsm_src_extent shortx[] = { D(0, 4096, &file_a, 0) };
+    struct lsm_ep_extent shortx[] = { D(0, 4096, &file_a, 0) };
     assert_int_equal(plan_all(shortx, 1, 12288, 4096, false, r, 8), -EIO);
     lsm_error_clear();
 }

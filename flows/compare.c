@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "compare.h"
-#include "copy.h"
+#include "flow-copy.h"
 #include "error.h"
 #include "util.h"
 

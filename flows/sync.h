@@ -16,7 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "copy.h"
+#include "flow-copy.h"
 #include "job.h"
 
 enum lsm_sync_type { LSM_SYNC_ALL, LSM_SYNC_INTERNAL, LSM_SYNC_LEAF };

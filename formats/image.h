@@ -1,7 +1,7 @@
 /* Disk images and backing chains: the extent source of the engine.
  *
  * An lsm_image is one layer (a raw file or block device, or a qcow2 file;
- * NBD exports are read by the copy engine's NBD source, engine/source-nbd.c)
+ * NBD exports are read by the NBD endpoint, endpoint/nbd.c)
  * plus a link to its backing layer.  Each format is a table
  * of operations (struct lsm_image_ops) filled by one file; nothing above
  * formats/ names a format's internals.
@@ -191,6 +191,12 @@ struct lsm_qcow2_info {
     unsigned nb_bitmaps;
     uint64_t header_length;
 };
+/* The memory the readers of img's chain hold for metadata (each qcow2
+ * layer's L1 and refcount tables and its L2 and refcount-block caches, all
+ * allocated when it is opened, so this is also their most): what a copy
+ * reserves from the process budget for its source. */
+uint64_t lsm_image_meta_bytes(const struct lsm_image *img);
+
 /* Fills *out for a qcow2 layer; -EINVAL for other formats. */
 int lsm_qcow2_get_info(struct lsm_image *img, struct lsm_qcow2_info *out);
 

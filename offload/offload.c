@@ -85,7 +85,7 @@ static int load_plugin(struct lsm_offload *ol, const char *name)
     ol->plugin_loaded = true;
     char mod[48];
     snprintf(mod, sizeof mod, "offload-%s", name);
-    lsm_offload_init_fn init = (lsm_offload_init_fn)lsm_module_symbol(mod, LSM_OFFLOAD_INIT_SYMBOL);
+    lsm_offload_init_fn init = (lsm_offload_init_fn)lsm_plugin_symbol(mod, LSM_OFFLOAD_INIT_SYMBOL);
     if (!init)
         return -ENOENT;
     const struct lsm_offload_ops *ops = init(LSM_OFFLOAD_ABI_VERSION);

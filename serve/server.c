@@ -1171,7 +1171,10 @@ int lsm_serve_run(const struct lsm_serve_opts *o)
     s->max_tasks = o->max_tasks ? o->max_tasks : LSM_SERVE_MAX_TASKS;
     s->stall_timeout = o->stall_timeout ? o->stall_timeout : LSM_SERVE_STALL_TIMEOUT;
     s->max_request = o->max_request ? o->max_request : LSM_SERVE_MAX_REQUEST;
-    s->env.buffer_size = o->memory ? o->memory / s->max_tasks : 0;
+    /* Half of a task's share for its copy buffers: the other half is for
+     * the metadata caches of its chain, which come from the same budget
+     * (flows/copy.c). */
+    s->env.buffer_size = o->memory ? o->memory / s->max_tasks / 2 : 0;
     s->env.checkpoint_bytes = o->checkpoint_bytes;
     s->env.checkpoint_ms = o->checkpoint_ms;
     if (s->env.buffer_size > 32 * MiB)

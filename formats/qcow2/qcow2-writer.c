@@ -786,6 +786,11 @@ static int writer_setup(struct qcow2_writer *w)
     return 0;
 }
 
+uint64_t qcow2_writer_meta_bytes(const struct qcow2_writer *w)
+{
+    return w->l1_buf_len + w->l1_size / 8 + 1 + (uint64_t)(w->cache_n + 1) * w->cluster_size;
+}
+
 static int check_align(uint32_t align, uint32_t cluster_size)
 {
     if (!is_pow2(align) || align > cluster_size)

@@ -184,4 +184,10 @@ void qcow2_writer_close(struct qcow2_writer *w);
  * table when it leaves that room). */
 int qcow2_set_backing(int fd, uint32_t align, const char *backing_name, enum lsm_format backing_fmt);
 
+/* The most memory the writer holds for metadata (its L1 table, one bit per
+ * L1 entry, the L2 cache and the header buffer; the free ranges of an
+ * opened image come on top): what a copy reserves from the process budget
+ * for its destination. */
+uint64_t qcow2_writer_meta_bytes(const struct qcow2_writer *w);
+
 #endif

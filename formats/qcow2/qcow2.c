@@ -457,6 +457,8 @@ static int qcow2_do_open(struct lsm_image *img, struct qcow2_state *s)
     s->rb_cache = qcow2_cache_new(rb_slots, s->cluster_size);
     if (!s->l2_cache || !s->rb_cache)
         return lsm_error(-ENOMEM, "out of memory");
+    s->meta_bytes = (uint64_t)s->l1_size * 8 + (uint64_t)s->reftable_entries * 8 +
+                    (uint64_t)(l2_slots + rb_slots) * s->cluster_size;
     s->prealloc_state = -1;
 
     if (s->has_data_file) {
@@ -482,6 +484,15 @@ static int qcow2_open(struct lsm_image *img)
         qcow2_close(img);
     }
     return r;
+}
+
+uint64_t lsm_image_meta_bytes(const struct lsm_image *img)
+{
+    uint64_t n = 0;
+    for (; img; img = img->backing)
+        if (img->format == LSM_FMT_QCOW2 && img->priv)
+            n += ((const struct qcow2_state *)img->priv)->meta_bytes;
+    return n;
 }
 
 int lsm_qcow2_get_info(struct lsm_image *img, struct lsm_qcow2_info *out)

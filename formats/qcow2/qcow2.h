@@ -38,6 +38,7 @@ struct qcow2_state {
 
     struct qcow2_cache *l2_cache;
     struct qcow2_cache *rb_cache;
+    uint64_t meta_bytes;          /* L1, refcount table and both caches, as allocated at open */
 
     unsigned compression_type;
     bool has_data_file;

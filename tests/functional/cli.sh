@@ -103,4 +103,24 @@ if "$LSM_SYNC" --help | grep -q '^  replicate '; then
     expect "replicate status --bandwidth" 2 -- replicate status --bandwidth 4 dom vda
 fi
 
+# A module from another build is refused before any of its code runs, with
+# one line naming both interfaces, not called (it would share this program's
+# structures); a module found first and refused is not replaced by another.
+if [[ -e $BUILD_DIR/lsm-endpoint-nbd.so ]] && command -v cc >/dev/null; then
+    mkdir -p oldmod
+    printf '%s\n' 'const char lsm_module_abi[] = "0.0.1/0";' \
+        'int lsm_ep_nbd_create(void) { return *(volatile int *)0; }' >oldmod/m.c
+    if cc -shared -fPIC -o oldmod/lsm-endpoint-nbd.so oldmod/m.c; then
+        rc=0
+        LSM_MODULE_DIR=$PWD/oldmod "$LSM_SYNC" copy nbd://127.0.0.1:1/x m.raw >/dev/null 2>err || rc=$?
+        if ((rc == 1)) && [[ $(wc -l <err) == 1 ]] && grep -q 'built for lsm-sync 0.0.1/0' err &&
+           [[ ! -e m.raw ]]; then pass "module of another build refused"
+        else fail "module of another build refused" "exit $rc: $(cat err)"; fi
+    else
+        fail "module of another build refused" "cc could not build the test module"
+    fi
+else
+    skip_case "module of another build" "no NBD module in $BUILD_DIR or no cc"
+fi
+
 finish

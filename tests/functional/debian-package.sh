@@ -8,11 +8,17 @@
 #   - the binary, the modules, lsm-sync(1) and a page per command, and the
 #     bash completion are in it where Debian puts them;
 #   - the unpacked binary runs: --version prints the package's upstream
-#     version, and it loads its NBD module from the unpacked module folder.
+#     version, and it loads its NBD module from the unpacked module folder;
+#   - the library packages: liblsm-sync0 holds the shared library (its
+#     soname link and nothing of -dev), liblsm-sync-dev the headers, the
+#     .so link and the pkg-config file, and depends on liblsm-sync0 of the
+#     same version; examples/copy-example built with its Makefile against
+#     the unpacked -dev (PKG_CONFIG_SYSROOT_DIR) runs against the unpacked
+#     library and copies a qcow2 that qemu-img compare finds equal.
 # Skipped (77) when dpkg-buildpackage or the build dependencies are missing
 # (scripts/deps.sh --tests installs them).
 . "$(dirname "$0")/lib.sh"
-need_cmd dpkg-buildpackage dpkg-deb dpkg-checkbuilddeps dh tar
+need_cmd dpkg-buildpackage dpkg-deb dpkg-checkbuilddeps dh tar make cc pkg-config qemu-img qemu-io
 
 mkdir src
 # The source tree without build folders, VCS data or demo output.
@@ -83,6 +89,54 @@ if [[ -e $MODS/lsm-source-nbd.so ]]; then
     fi
 else
     skip_case module-load "the package has no NBD module (built without libnbd?): $(ls "$MODS" 2>&1 | tr '\n' ' ')"
+fi
+
+# The library packages.
+lib_debs=(liblsm-sync0_*.deb)
+dev_debs=(liblsm-sync-dev_*.deb)
+if [[ ! -f ${lib_debs[0]} || ! -f ${dev_debs[0]} ]]; then
+    fail library-packages "no liblsm-sync0 or liblsm-sync-dev .deb: $(ls ./*.deb | tr '\n' ' ')"
+else
+    LDEB=${lib_debs[0]} DDEB=${dev_debs[0]}
+    lib_files=$(dpkg-deb -c "$LDEB" | awk '{print $6}')
+    dev_files=$(dpkg-deb -c "$DDEB" | awk '{print $6}')
+    ddep=$(dpkg-deb -f "$DDEB" Depends)
+    bad=""
+    grep -q "^./usr/lib/$arch/liblsm-sync.so.0.1.0$" <<<"$lib_files" || bad+="liblsm-sync0 has no liblsm-sync.so.0.1.0; "
+    grep -q "^./usr/lib/$arch/liblsm-sync.so.0$" <<<"$lib_files" || bad+="liblsm-sync0 has no soname link; "
+    grep -q -e 'include/' -e 'pkgconfig' -e 'liblsm-sync.so$' <<<"$lib_files" && bad+="liblsm-sync0 has development files; "
+    for f in usr/include/lsm-sync.h usr/include/lsm-offload.h "usr/lib/$arch/liblsm-sync.so" \
+             "usr/lib/$arch/pkgconfig/lsm-sync.pc"; do
+        grep -q "^./$f$" <<<"$dev_files" || bad+="liblsm-sync-dev has no $f; "
+    done
+    [[ $ddep == *"liblsm-sync0 (= $ver)"* ]] || bad+="liblsm-sync-dev Depends '$ddep'; "
+    [[ -z $bad ]] && pass library-packages || fail library-packages "$bad"
+
+    dpkg -x "$LDEB" root
+    dpkg -x "$DDEB" root
+    cp -r src/examples/copy-example ex
+    set +e
+    PKG_CONFIG_PATH= PKG_CONFIG_LIBDIR=$T/root/usr/lib/$arch/pkgconfig PKG_CONFIG_SYSROOT_DIR=$T/root \
+        make -C ex CFLAGS="-O2 -Wall -Wextra -Werror" >make.log 2>&1
+    rc=$?
+    set -e
+    if ((rc != 0)); then
+        fail library-example "make (exit $rc): $(tail -5 make.log)"
+    else
+        qemu-img create -q -f qcow2 src.qcow2 32M
+        qemu-io -f qcow2 -c 'write -P 0x5a 0 3M' -c 'write -P 0x5b 20M 2M' src.qcow2 >/dev/null
+        set +e
+        LD_LIBRARY_PATH=$T/root/usr/lib/$arch ex/copy-example -O qcow2 src.qcow2 dst.qcow2 >ex.out 2>ex.err
+        rc=$?
+        set -e
+        resolved=$(LD_LIBRARY_PATH=$T/root/usr/lib/$arch ldd ex/copy-example | sed -n 's/^[[:space:]]*liblsm-sync.so.0 => \([^ ]*\).*/\1/p')
+        if ((rc == 0)) && [[ $resolved == "$T/root/usr/lib/$arch/liblsm-sync.so.0" ]] &&
+           qemu-img compare -q src.qcow2 dst.qcow2 && qemu-img check -q dst.qcow2; then
+            pass library-example
+        else
+            fail library-example "exit $rc, library '$resolved': $(cat ex.err)"
+        fi
+    fi
 fi
 
 finish

@@ -9,9 +9,17 @@
 #   - every command --help lists has its man page, and each page renders
 #     (man -l, or groff) with the command's name in it;
 #   - the completion script, sourced into bash, registers a completion for
-#     lsm-sync that offers the commands.
+#     lsm-sync that offers the commands;
+#   - the library liblsm-sync (docs/library.md): its header, shared library
+#     (with the soname link) and pkg-config file are installed, and
+#     examples/copy-example, built with its own Makefile against them alone
+#     (PKG_CONFIG_PATH and PKG_CONFIG_SYSROOT_DIR into the destdir), runs
+#     against the installed library (LD_LIBRARY_PATH; ldd says which) and
+#     copies a qcow2 that qemu-img compare finds equal to its source; from
+#     an NBD source it loads the installed lsm-source-nbd.so, which the
+#     library looks for in its own LIBDIR/lsm-sync.
 . "$(dirname "$0")/lib.sh"
-need_cmd meson python3
+need_cmd meson python3 pkg-config make cc qemu-img qemu-io qemu-nbd
 
 D=$T/root
 if ! meson install -C "$BUILD_DIR" --destdir "$D" --no-rebuild --quiet >install.log 2>&1; then
@@ -30,6 +38,7 @@ bindir=$(under "$prefix" "$(opt bindir)")
 libdir=$(under "$prefix" "$(opt libdir)")
 mandir=$(under "$prefix" "$(opt mandir)")
 datadir=$(under "$prefix" "$(opt datadir)")
+includedir=$(under "$prefix" "$(opt includedir)")
 BIN=$D$bindir/lsm-sync
 MODS=$D$libdir/lsm-sync
 log "prefix $prefix: binary $bindir, modules $libdir/lsm-sync, man $mandir/man1"
@@ -82,6 +91,65 @@ if [[ -e $MODS/lsm-source-nbd.so ]]; then
     fi
 else
     skip_case module-load "this build has no NBD module"
+fi
+
+# The library: header, shared library, pkg-config file, and the example
+# built with its Makefile against them alone.
+LIBD=$D$libdir
+if [[ -s $D$includedir/lsm-sync.h && -e $LIBD/liblsm-sync.so && -e $LIBD/liblsm-sync.so.0 &&
+      -s $LIBD/pkgconfig/lsm-sync.pc ]]; then
+    pass library-installed
+else
+    fail library-installed "in $D: $(ls "$D$includedir" "$LIBD" "$LIBD/pkgconfig" 2>&1 | tr '\n' ' ')"
+fi
+cp -r "$SOURCE_DIR/examples/copy-example" ex
+set +e
+PKG_CONFIG_PATH=$LIBD/pkgconfig PKG_CONFIG_LIBDIR=$LIBD/pkgconfig PKG_CONFIG_SYSROOT_DIR=$D \
+    make -C ex CFLAGS="-O2 -Wall -Wextra -Werror" >make.log 2>&1
+rc_make=$?
+set -e
+if ((rc_make != 0)) || [[ ! -x ex/copy-example ]]; then
+    fail example-build "make (exit $rc_make): $(tail -5 make.log)"
+elif ! grep -q -- "-I$D$includedir" make.log || ! grep -q -- "-L$LIBD" make.log; then
+    fail example-build "not built against the destdir: $(tail -2 make.log)"
+else
+    pass example-build
+    qemu-img create -q -f qcow2 src.qcow2 32M
+    qemu-io -f qcow2 -c 'write -P 0x5a 0 3M' -c 'write -z 8M 1M' -c 'write -P 0x5b 20M 2M' src.qcow2 >/dev/null
+    resolved=$(LD_LIBRARY_PATH=$LIBD ldd ex/copy-example | sed -n 's/^[[:space:]]*liblsm-sync.so.0 => \([^ ]*\).*/\1/p')
+    set +e
+    LD_LIBRARY_PATH=$LIBD ex/copy-example -O qcow2 src.qcow2 dst.qcow2 >ex.out 2>ex.err
+    rc_ex=$?
+    set -e
+    if [[ $resolved != "$LIBD/liblsm-sync.so.0" ]]; then
+        fail example-run "liblsm-sync.so.0 resolves to '$resolved', not the installed $LIBD/liblsm-sync.so.0"
+    elif ((rc_ex != 0)); then
+        fail example-run "exit $rc_ex: $(cat ex.err)"
+    elif ! qemu-img compare -q src.qcow2 dst.qcow2 || ! qemu-img check -q dst.qcow2; then
+        fail example-run "the copy differs from its source or does not check clean"
+    else
+        pass example-run
+    fi
+    if [[ ! -e $MODS/lsm-source-nbd.so ]]; then
+        skip_case example-module "this build has no NBD module"
+    elif [[ -e $libdir/lsm-sync/lsm-source-nbd.so ]]; then
+        skip_case example-module "a lsm-sync is installed on this machine ($libdir/lsm-sync): the load could come from there"
+    else
+        qemu-nbd -r -t -f qcow2 -k "$T/ex.sock" src.qcow2 &
+        nbd_pid=$!
+        for _ in $(seq 50); do [[ -S $T/ex.sock ]] && break; sleep 0.1; done
+        set +e
+        env -u LSM_MODULE_DIR LD_LIBRARY_PATH=$LIBD ex/copy-example "nbd+unix:///?socket=$T/ex.sock" nbd.raw >nbd.out 2>nbd.err
+        rc_nbd=$?
+        set -e
+        kill "$nbd_pid"
+        wait "$nbd_pid" 2>/dev/null || true   # killed: its status is not the test's
+        if ((rc_nbd == 0)) && qemu-img compare -q -f qcow2 -F raw src.qcow2 nbd.raw; then
+            pass example-module
+        else
+            fail example-module "exit $rc_nbd: $(cat nbd.err)"
+        fi
+    fi
 fi
 
 # Man pages: lsm-sync(1) and one per command, each rendering.

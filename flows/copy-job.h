@@ -5,7 +5,7 @@
 #ifndef LSM_COPY_JOB_H
 #define LSM_COPY_JOB_H
 
-#include "copy.h"
+#include "flow-copy.h"
 #include "job.h"
 
 /* Create (not start) a job that runs lsm_copy(o).  The options are copied
