@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "error.h"
+#include "blkhash.h"
 #include "image.h"
 
 #define EXIT_OPERATIONAL 1
@@ -45,6 +46,11 @@ struct lsm_copy_opts;
 enum cli_offload_opt { CLI_OFFLOAD_MODE, CLI_OFFLOAD_CMD, CLI_OFFLOAD_TIMEOUT };
 bool cli_parse_offload(const char *command, enum cli_offload_opt which, const char *arg,
                        struct lsm_copy_opts *o);
+/* copy's and sync's --checksum[=ALGO] and --checkpoint-interval=SIZE[,SECONDS]
+ * (cli/cmd-copy.c; arg is cut at its comma); false after a usage error. */
+bool cli_parse_checksum(const char *command, const char *arg, struct lsm_copy_opts *o);
+bool cli_parse_checkpoint(const char *command, char *arg, struct lsm_copy_opts *o);
+const char *cli_checksum_alg_name(enum lsm_blkhash_alg alg);
 
 /* Commands (one file each). */
 int cmd_info(int argc, char **argv);

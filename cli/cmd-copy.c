@@ -153,8 +153,7 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     cli_progress_update(&cc->prog, done, total);
 }
 
-/* --checksum[=ALGO] */
-static bool parse_checksum(const char *arg, struct lsm_copy_opts *o)
+bool cli_parse_checksum(const char *command, const char *arg, struct lsm_copy_opts *o)
 {
     o->checksum = true;
     o->checksum_alg = LSM_BLKHASH_SHA256;
@@ -166,13 +165,40 @@ static bool parse_checksum(const char *arg, struct lsm_copy_opts *o)
         o->checksum_alg = LSM_BLKHASH_BLAKE2B;
         return true;
     }
-    cli_usage_error("copy", "--checksum takes sha256 or blake2b, not '%s'", arg);
+    cli_usage_error(command, "--checksum takes sha256 or blake2b, not '%s'", arg);
     return false;
 }
 
-static const char *checksum_alg_name(enum lsm_blkhash_alg alg)
+const char *cli_checksum_alg_name(enum lsm_blkhash_alg alg)
 {
     return alg == LSM_BLKHASH_BLAKE2B ? "blake2b" : "sha256";
+}
+
+bool cli_parse_checkpoint(const char *command, char *arg, struct lsm_copy_opts *o)
+{
+    uint64_t v;
+    char *comma = strchr(arg, ',');
+    if (comma)
+        *comma = '\0';
+    if (!cli_parse_size(command, "--checkpoint-interval", arg, &v))
+        return false;
+    if (v < MiB) {
+        cli_usage_error(command, "--checkpoint-interval: SIZE must be at least 1M");
+        return false;
+    }
+    o->checkpoint_bytes = v;
+    if (comma) {
+        char *end;
+        errno = 0;
+        double sec = strtod(comma + 1, &end);
+        if (errno || end == comma + 1 || *end || !(sec >= 0.01 && sec <= 86400)) {
+            cli_usage_error(command, "--checkpoint-interval: SECONDS must be a "
+                            "number from 0.01 to 86400, not '%s'", comma + 1);
+            return false;
+        }
+        o->checkpoint_ms = (unsigned)(sec * 1000 + 0.5);
+    }
+    return true;
 }
 
 static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_stats *st,
@@ -218,7 +244,7 @@ static void print_summary(const struct lsm_copy_opts *o, const struct lsm_copy_s
         if (st->checksummed) {
             /* the fields of `lsm-sync checksum --output=json` */
             json_object *c = json_object_new_object();
-            json_object_object_add(c, "algorithm", json_object_new_string(checksum_alg_name(o->checksum_alg)));
+            json_object_object_add(c, "algorithm", json_object_new_string(cli_checksum_alg_name(o->checksum_alg)));
             json_object_object_add(c, "block_size", json_object_new_int64(
                 o->checksum_block_size ? o->checksum_block_size : LSM_BLKHASH_DEFAULT_BLOCK));
             json_object_object_add(c, "checksum", json_object_new_string(st->checksum));
@@ -613,7 +639,7 @@ int cmd_copy(int argc, char **argv)
             o.rate = v;
             break;
         case OPT_CHECKSUM:
-            if (!parse_checksum(optarg, &o))
+            if (!cli_parse_checksum("copy", optarg, &o))
                 return EXIT_USAGE;
             break;
         case OPT_JOURNAL:
@@ -624,26 +650,10 @@ int cmd_copy(int argc, char **argv)
         case OPT_RESUME:
             o.resume = true;
             break;
-        case OPT_CHECKPOINT: {
-            char *comma = strchr(optarg, ',');
-            if (comma)
-                *comma = '\0';
-            if (!cli_parse_size("copy", "--checkpoint-interval", optarg, &v))
+        case OPT_CHECKPOINT:
+            if (!cli_parse_checkpoint("copy", optarg, &o))
                 return EXIT_USAGE;
-            if (v < MiB)
-                return cli_usage_error("copy", "--checkpoint-interval: SIZE must be at least 1M");
-            o.checkpoint_bytes = v;
-            if (comma) {
-                char *end;
-                errno = 0;
-                double sec = strtod(comma + 1, &end);
-                if (errno || end == comma + 1 || *end || !(sec >= 0.01 && sec <= 86400))
-                    return cli_usage_error("copy", "--checkpoint-interval: SECONDS must be a "
-                                           "number from 0.01 to 86400, not '%s'", comma + 1);
-                o.checkpoint_ms = (unsigned)(sec * 1000 + 0.5);
-            }
             break;
-        }
         case OPT_TIMEOUT: {
             char *end;
             errno = 0;

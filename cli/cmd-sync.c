@@ -59,13 +59,24 @@ static void sync_usage(FILE *f)
         "                       destinations, as copy does (default auto; docs/offload.md)\n"
         "  --offload-cmd=CMD    offload through a vendor's tool, as copy does\n"
         "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
-        "  -C                   offload required: a volume whose data cannot be offloaded fails\n");
+        "  -C                   offload required: a volume whose data cannot be offloaded fails\n"
+        "  --journal=FILE       keep the sync's durable progress in FILE, and each volume's\n"
+        "                       copy journal in FILE.N beside it (refused if one exists,\n"
+        "                       unless --resume); removed when the sync completes\n"
+        "  --resume             continue the sync FILE describes after a kill: volumes\n"
+        "                       done are not copied again, the others resume\n"
+        "  --checkpoint-interval=SIZE[,SECONDS]  with --journal: each volume's copy saves\n"
+        "                       its journal after SIZE of data or SECONDS (default 1G,5)\n"
+        "  --checksum[=ALGO]    the block checksum (sha256 or blake2b) of every destination\n"
+        "                       volume, read back after the sync: what `lsm-sync checksum`\n"
+        "                       gives for the volume and for its source\n");
 }
 
 int cmd_sync(int argc, char **argv)
 {
     enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE,
-           OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT };
+           OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT, OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
+           OPT_CHECKSUM };
     static const struct option opts[] = {
         { "type", required_argument, NULL, OPT_TYPE },
         { "job", required_argument, NULL, OPT_JOB },
@@ -79,11 +90,16 @@ int cmd_sync(int argc, char **argv)
         { "offload", required_argument, NULL, OPT_OFFLOAD },
         { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
         { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
+        { "journal", required_argument, NULL, OPT_JOURNAL },
+        { "resume", no_argument, NULL, OPT_RESUME },
+        { "checkpoint-interval", required_argument, NULL, OPT_CHECKPOINT },
+        { "checksum", optional_argument, NULL, OPT_CHECKSUM },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int type = -1;
-    const char *jobfile = NULL;
+    const char *jobfile = NULL, *journal = NULL;
+    bool resume = false;
     unsigned parallel = LSM_SYNC_DEFAULT_PARALLEL;
     enum cli_progress_mode pmode = CLI_PROGRESS_NONE;
     enum cli_output output = CLI_OUTPUT_HUMAN;
@@ -154,6 +170,22 @@ int cmd_sync(int argc, char **argv)
         case 'C':
             base.offload_required = true;
             break;
+        case OPT_JOURNAL:
+            if (!*optarg)
+                return cli_usage_error("sync", "--journal needs a file name");
+            journal = optarg;
+            break;
+        case OPT_RESUME:
+            resume = true;
+            break;
+        case OPT_CHECKPOINT:
+            if (!cli_parse_checkpoint("sync", optarg, &base))
+                return EXIT_USAGE;
+            break;
+        case OPT_CHECKSUM:
+            if (!cli_parse_checksum("sync", optarg, &base))
+                return EXIT_USAGE;
+            break;
         case 'h':
             sync_usage(stdout);
             return 0;
@@ -165,6 +197,13 @@ int cmd_sync(int argc, char **argv)
         return cli_usage_error("sync", "--type is required (ALL, INTERNAL or LEAF)");
     if (jobfile ? optind != argc : optind != argc - 2)
         return cli_usage_error("sync", jobfile ? "SRC_TOP and DST_TOP go in the job file" : "need SRC_TOP and DST_TOP");
+    if (resume && !journal)
+        return cli_usage_error("sync", "--resume needs --journal");
+    if ((base.checkpoint_bytes || base.checkpoint_ms) && !journal)
+        return cli_usage_error("sync", "--checkpoint-interval needs --journal");
+    /* the checksum is the sync's (read back), not each volume copy's */
+    bool checksum = base.checksum;
+    base.checksum = false;
 
     struct cli_progress progress;
     cli_progress_init(&progress, pmode);
@@ -175,6 +214,10 @@ int cmd_sync(int argc, char **argv)
         .jobfile = jobfile,
         .parallel = parallel,
         .copy = base,
+        .journal = journal,
+        .resume = resume,
+        .checksum = checksum,
+        .checksum_alg = base.checksum_alg,
         .cancel = &sync_cancel,
         .progress = cli_progress_update,
         .warn = sync_warn,
@@ -208,9 +251,13 @@ int cmd_sync(int argc, char **argv)
         }
     }
     if (!rc && r < 0) {
-        cli_error("sync", "interrupted; the destination chain is incomplete");
+        /* interrupted, or failed after the volumes (the checksums) */
+        cli_error("sync", "%s", res.cancelled ? "interrupted; the destination chain is incomplete"
+                                              : lsm_last_error());
         rc = EXIT_OPERATIONAL;
     }
+    if (rc && res.journal_kept)
+        cli_error("sync", "continue with --journal=%s --resume", journal);
     if (output == CLI_OUTPUT_JSON) {
         json_object *o = json_object_new_object(), *a = json_object_new_array();
         json_object_object_add(o, "type", json_object_new_string(lsm_sync_type_name(res.type)));
@@ -218,6 +265,10 @@ int cmd_sync(int argc, char **argv)
         json_object_object_add(o, "bytes_total", json_object_new_int64((int64_t)res.bytes_total));
         json_object_object_add(o, "bytes_done", json_object_new_int64((int64_t)res.bytes_done));
         json_object_object_add(o, "seconds", cli_json_fixed(res.seconds, "%.3f"));
+        if (journal) {
+            json_object_object_add(o, "resumed", json_object_new_boolean(res.resumed));
+            json_object_object_add(o, "bytes_redone", json_object_new_int64((int64_t)res.bytes_redone));
+        }
         for (unsigned k = 0; k < res.nvols; k++) {
             struct lsm_sync_volume *v = &res.v[k];
             json_object *e = json_object_new_object();
@@ -225,10 +276,25 @@ int cmd_sync(int argc, char **argv)
             json_object_object_add(e, "destination", lsm_json_string(v->dst_path));
             json_object_object_add(e, "bytes_total", json_object_new_int64((int64_t)v->bytes));
             json_object_object_add(e, "status", json_object_new_string(
-                v->result == 0 ? "synced" : v->result < 0 ? "failed" : "not-started"));
+                v->result == 0 ? (v->already_done ? "already-synced" : "synced")
+                : v->result < 0 ? "failed" : "not-started"));
+            if (v->checksummed) {
+                /* the fields of `lsm-sync checksum --output=json` */
+                json_object *cs = json_object_new_object();
+                json_object_object_add(cs, "algorithm", json_object_new_string(cli_checksum_alg_name(base.checksum_alg)));
+                json_object_object_add(cs, "block_size", json_object_new_int64(LSM_BLKHASH_DEFAULT_BLOCK));
+                json_object_object_add(cs, "checksum", json_object_new_string(v->checksum));
+                json_object_object_add(e, "checksum", cs);
+            }
             if (v->result < 0)
                 json_object_object_add(e, "error", lsm_json_string(v->error[0] ? v->error : "failed"));
-            if (v->result == 0) {
+            if (v->result == 0 && !v->already_done) {
+                if (journal) {
+                    json_object_object_add(e, "resumed", json_object_new_boolean(v->st.bytes_already_done > 0 || v->st.bytes_redone > 0));
+                    json_object_object_add(e, "bytes_already_done", json_object_new_int64((int64_t)v->st.bytes_already_done));
+                    json_object_object_add(e, "bytes_redone", json_object_new_int64((int64_t)v->st.bytes_redone));
+                    json_object_object_add(e, "checkpoints", json_object_new_int64(v->st.checkpoints));
+                }
                 json_object_object_add(e, "io", json_object_new_string(v->st.io_name));
                 json_object_object_add(e, "direct", json_object_new_boolean(v->st.direct));
                 json_object_object_add(e, "physical", json_object_new_boolean(v->st.physical));
@@ -258,6 +324,16 @@ int cmd_sync(int argc, char **argv)
         char b[32];
         printf("synced %u volume%s (%s) in %.2f s\n", res.nvols, res.nvols == 1 ? "" : "s",
                lsm_format_size(res.bytes_total, b, sizeof b), res.seconds);
+        if (res.resumed) {
+            unsigned before = 0;
+            for (unsigned k = 0; k < res.nvols; k++)
+                before += res.v[k].already_done;
+            printf("resumed: %u volume%s synced before, %s redone\n", before, before == 1 ? "" : "s",
+                   lsm_format_size(res.bytes_redone, b, sizeof b));
+        }
+        for (unsigned k = 0; k < res.nvols; k++)
+            if (res.v[k].checksummed)   /* as `lsm-sync checksum` prints it */
+                printf("%s  %s\n", res.v[k].checksum, res.v[k].dst_path);
     }
     lsm_sync_result_free(&res);
     return rc;

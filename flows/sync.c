@@ -2,19 +2,30 @@
  * as jobs, up to `parallel` at once, from a loop on the caller's thread
  * that starts them, forwards a cancel and sums their progress. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "chain.h"
+#include "cleanup.h"
+#include "config.h"
 #include "error.h"
+#include "fileid.h"
+#include "journal.h"
 #include "limiter.h"
+#include "qcow2/qcow2-ident.h"
 #include "sync.h"
 #include "util.h"
+#ifdef HAVE_LIBSODIUM
+#include "checksum.h"
+#endif
 
 #define POLL_MS 20
 
@@ -142,6 +153,9 @@ struct vol {
     uint64_t done;                  /* data bytes (the old progress callback's) */
     struct lsm_job_progress jp;     /* by class */
     struct lsm_job *job;            /* while running */
+    unsigned k;                     /* place in the sync, base first */
+    char *journal;                  /* with a sync journal: this volume's copy journal */
+    bool resume;                    /* that journal exists: the copy resumes it */
 };
 
 struct sync_ctx {
@@ -152,7 +166,304 @@ struct sync_ctx {
     uint64_t total;
     struct lsm_copy_opts base;      /* per-volume options */
     struct lsm_limiter *limiter;    /* the sync's: every volume under it */
+    /* The sync journal (o->journal), or NULL; its lock is jlock (taken by
+     * the volumes' copies as each one finishes). */
+    pthread_mutex_t jlock;
+    struct lsm_journal *sj;
+    struct lsm_journal_file *ids;   /* 2 per volume: source, destination */
 };
+
+/* ---- The sync journal (docs/resume.md, "sync") ----
+ *
+ * An engine journal (journal.h) with one 512-byte "granule" per volume:
+ * granule k done means volume k (base first) is synced and durable.  Its
+ * options say the sync type and the number of volumes; its files are two
+ * per volume, source and destination.  A destination is compared only
+ * once its volume is done (size 0, no mtime, no hash before: a volume in
+ * progress is its copy journal's to check); sources always. */
+
+#define SJ_UNIT 512u
+
+static char *vol_journal_path(const char *journal, unsigned k)
+{
+    char *p;
+    return asprintf(&p, "%s.%u", journal, k) < 0 ? NULL : p;
+}
+
+/* The identity of one file as the copy journal records it (stat after
+ * open, block devices by st_rdev; qcow2: the hash of its header and L1
+ * table).  full false: only which file it is. */
+static int file_ident(const char *path, enum lsm_format fmt, const char *role, unsigned k,
+                      bool full, struct lsm_journal_file *f)
+{
+    lsm_journal_file_clear(f);
+    if (asprintf(&f->role, "%s (volume %u)", role, k) < 0) {
+        f->role = NULL;
+        return oom();
+    }
+    if (!(f->path = strdup(path)))
+        return oom();
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0)
+        return lsm_error_errno(-errno, "cannot stat %s", path);
+    bool blk = S_ISBLK(sb.st_mode);
+    f->dev = blk ? (uint64_t)sb.st_rdev : (uint64_t)sb.st_dev;
+    f->ino = blk ? 0 : (uint64_t)sb.st_ino;
+    f->mtime_ns = -1;
+    if (!full)
+        return 0;
+    off_t end = blk ? lseek(fd, 0, SEEK_END) : sb.st_size;
+    if (end < 0)
+        return lsm_error_errno(-errno, "cannot size %s", path);
+    f->size = (uint64_t)end;
+    f->mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+    if (fmt == LSM_FMT_QCOW2) {
+        int r = qcow2_ident_hash(fd, &f->hash);
+        if (r < 0)
+            return r;
+        f->has_hash = r > 0;
+    }
+    return 0;
+}
+
+static json_object *sj_options(const struct sync_ctx *ctx)
+{
+    json_object *j = json_object_new_object();
+    if (!j)
+        return NULL;
+    json_object_object_add(j, "sync", json_object_new_string(lsm_sync_type_name(ctx->o->type)));
+    json_object_object_add(j, "volumes", json_object_new_int64(ctx->nvols));
+    return j;
+}
+
+static bool sj_done(const struct sync_ctx *ctx, unsigned k)
+{
+    uint64_t end;
+    return lsm_journal_done_at(ctx->sj, (uint64_t)k * SJ_UNIT, &end);
+}
+
+/* Every volume's identities now (destinations in full where done says). */
+static int sj_idents(struct sync_ctx *ctx, const bool *done)
+{
+    for (unsigned k = 0; k < ctx->nvols; k++) {
+        const struct vol *v = &ctx->vols[k];
+        int r = file_ident(v->src->path, v->src->format, "source", k, true, &ctx->ids[2 * k]);
+        if (r == 0)
+            r = file_ident(v->pair->dst_path, v->src->format, "destination", k, done[k],
+                           &ctx->ids[2 * k + 1]);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* The journal is none of the files the sync reads or writes. */
+static int sj_alias(const struct sync_ctx *ctx, const char *journal)
+{
+    struct lsm_filekey kj = { 0 };
+    int r = lsm_filekey_get(journal, &kj);
+    for (unsigned k = 0; r == 0 && k < ctx->nvols; k++) {
+        const char *paths[2] = { ctx->vols[k].src->path, ctx->vols[k].pair->dst_path };
+        for (int i = 0; i < 2 && r == 0; i++) {
+            struct lsm_filekey kf = { 0 };
+            r = lsm_filekey_get(paths[i], &kf);
+            if (r == 0 && lsm_filekey_same(&kj, &kf))
+                r = lsm_error(-EINVAL, "refusing journal %s: it is %s, which this sync %s",
+                              journal, paths[i], i ? "writes" : "reads");
+            lsm_filekey_free(&kf);
+        }
+    }
+    lsm_filekey_free(&kj);
+    return r;
+}
+
+/* A volume journal left by a kill after its volume was recorded done (the
+ * copy had not removed it yet): checked to be a journal, then removed. */
+static void sj_drop_volume_journal(const char *path)
+{
+    struct lsm_journal *j = NULL;
+    if (lsm_journal_load(path, &j) == 0)
+        unlink(path);
+    lsm_journal_free(j);
+    lsm_error_clear();
+}
+
+/* 1 if path is a qcow2 image (version 3) whose header lacks lsm-sync's
+ * incomplete bit, 0 if it has it or is no such image, -errno. */
+static int qcow2_finished(const char *path)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return lsm_error_errno(-errno, "cannot open %s", path);
+    uint8_t h[80];
+    ssize_t n = pread(fd, h, sizeof h, 0);
+    if (n < 0)
+        return lsm_error_errno(-errno, "cannot read %s", path);
+    if (n < (ssize_t)sizeof h || memcmp(h, "QFI\xfb", 4) || h[4] | h[5] | h[6] || h[7] < 3)
+        return 0;
+    return !(h[72] & 0x80);     /* bit 63 of the big-endian incompatible features */
+}
+
+/* Before any volume starts: a new journal saved, or the journal of an
+ * interrupted sync loaded and checked against this one. */
+static int sj_open(struct sync_ctx *ctx, struct lsm_sync_result *res)
+{
+    const struct lsm_sync_opts *o = ctx->o;
+    const char *journal = o->journal;
+    unsigned n = ctx->nvols;
+    if (!n)
+        return 0;
+    int r = sj_alias(ctx, journal);
+    if (r < 0)
+        return r;
+    ctx->ids = calloc(2 * (size_t)n, sizeof *ctx->ids);
+    _cleanup_free_ bool *done = calloc(n, sizeof *done);
+    if (!ctx->ids || !done)
+        return oom();
+    for (unsigned k = 0; k < n; k++)
+        if (!(ctx->vols[k].journal = vol_journal_path(journal, k)))
+            return oom();
+    struct stat sb;
+    if (!o->resume) {
+        /* A journal is never overwritten by a new sync. */
+        if (lstat(journal, &sb) == 0)
+            return lsm_error(-EEXIST, "journal %s exists: add --resume to continue its sync, "
+                             "or remove it", journal);
+        for (unsigned k = 0; k < n; k++)
+            if (lstat(ctx->vols[k].journal, &sb) == 0)
+                return lsm_error(-EEXIST, "volume journal %s exists (of an earlier sync with "
+                                 "journal %s): resume that sync, or remove it",
+                                 ctx->vols[k].journal, journal);
+        json_object *opts = sj_options(ctx);
+        if (!opts)
+            return oom();
+        if ((r = lsm_journal_new(journal, (uint64_t)n * SJ_UNIT, SJ_UNIT, opts, &ctx->sj)) < 0 ||
+            (r = sj_idents(ctx, done)) < 0 ||
+            (r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0)
+            return r;
+        return lsm_journal_save(ctx->sj);
+    }
+    if ((r = lsm_journal_load(journal, &ctx->sj)) < 0)
+        return r;
+    res->resumed = true;
+    json_object *want = sj_options(ctx);
+    if (!want)
+        return oom();
+    bool same = ctx->sj->size == (uint64_t)n * SJ_UNIT && ctx->sj->granule == SJ_UNIT &&
+                ctx->sj->options && json_object_equal(want, ctx->sj->options);
+    json_object_put(want);
+    if (!same)
+        return lsm_error(-ESTALE, "cannot resume from %s: it was written for another sync "
+                         "(not a --type=%s sync of these %u volumes)", journal,
+                         lsm_sync_type_name(o->type), n);
+    for (unsigned k = 0; k < n; k++)
+        done[k] = sj_done(ctx, k);
+    if ((r = sj_idents(ctx, done)) < 0)
+        return r;
+    if ((r = lsm_journal_check_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0) {
+        lsm_error_prefix("cannot resume from %s", journal);
+        return r;
+    }
+    for (unsigned k = 0; k < n; k++) {
+        struct vol *v = &ctx->vols[k];
+        bool have = lstat(v->journal, &sb) == 0;
+        if (!done[k] && have && v->src->format == LSM_FMT_QCOW2) {
+            /* The copy's journal is saved only after the writer marked the
+             * destination incomplete, and the mark goes only when the
+             * writer finishes, after the last data and the source's check:
+             * a finished destination beside its copy journal is a volume
+             * killed between its end and the sync journal's save. */
+            if ((r = qcow2_finished(v->pair->dst_path)) < 0)
+                return r;
+            if (r == 1) {
+                done[k] = true;
+                if ((r = file_ident(v->pair->dst_path, v->src->format, "destination", k, true,
+                                    &ctx->ids[2 * k + 1])) < 0 ||
+                    (r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0 ||
+                    (r = lsm_journal_mark(ctx->sj, (uint64_t)k * SJ_UNIT, SJ_UNIT)) < 0)
+                    return r;
+                lsm_journal_commit(ctx->sj);
+            }
+        }
+        if (done[k]) {
+            v->out->result = 0;
+            v->out->already_done = true;
+            v->done = v->out->bytes;
+            v->jp.bytes_done = v->jp.bytes_skipped = v->jp.bytes_total;
+            if (have)
+                sj_drop_volume_journal(v->journal);
+        } else {
+            v->resume = have;
+        }
+    }
+    /* saved by this run from now on (so that success removes it) */
+    return lsm_journal_save(ctx->sj);
+}
+
+/* The copy of v reports everything durable (its record callback with
+ * len 0, after the writer finished): v is done in the sync journal before
+ * the copy removes its own journal, so a kill in between costs nothing. */
+static int sj_volume_done(struct vol *v)
+{
+    struct sync_ctx *ctx = v->ctx;
+    unsigned k = v->k;
+    pthread_mutex_lock(&ctx->jlock);
+    int r = file_ident(v->pair->dst_path, v->src->format, "destination", k, true,
+                       &ctx->ids[2 * k + 1]);
+    if (r == 0)
+        r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)ctx->nvols);
+    if (r == 0)
+        r = lsm_journal_mark(ctx->sj, (uint64_t)k * SJ_UNIT, SJ_UNIT);
+    if (r == 0) {
+        lsm_journal_commit(ctx->sj);
+        r = lsm_journal_save(ctx->sj);
+    }
+    pthread_mutex_unlock(&ctx->jlock);
+    return r;
+}
+
+static int vol_record(void *opaque, uint64_t start, uint64_t len)
+{
+    (void)start;
+    return len ? 0 : sj_volume_done(opaque);
+}
+
+/* ---- Checksums of the destination volumes ---- */
+
+static int checksum_volumes(struct sync_ctx *ctx)
+{
+#ifdef HAVE_LIBSODIUM
+    const struct lsm_sync_opts *o = ctx->o;
+    for (unsigned k = 0; k < ctx->nvols; k++) {
+        struct vol *v = &ctx->vols[k];
+        struct lsm_image *img = NULL;
+        int r = lsm_image_open(v->pair->dst_path, v->src->format, 0, &img);
+        if (r < 0)
+            return r;
+        struct lsm_checksum_opts co = {
+            .alg = o->checksum_alg,
+            .block_size = o->checksum_block_size,
+            .cancel = o->cancel,
+        };
+        struct lsm_checksum_result cr;
+        r = lsm_checksum_image(img, &co, &cr);
+        lsm_image_close(img);
+        if (r == -ECANCELED)
+            return lsm_error(-EINTR, "interrupted during the checksum of %s", v->pair->dst_path);
+        if (r < 0) {
+            lsm_error_prefix("checksum of %s", v->pair->dst_path);
+            return r;
+        }
+        snprintf(v->out->checksum, sizeof v->out->checksum, "%s", cr.hex);
+        v->out->checksummed = true;
+    }
+    return 0;
+#else
+    (void)ctx;
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
 
 /* With ctx->lock held. */
 static void publish(struct sync_ctx *ctx)
@@ -232,6 +543,11 @@ static int vol_run(struct lsm_job *job, void *arg)
     o.job_progress = vol_job_progress;
     o.warn = vol_warn;
     o.opaque = v;
+    if (v->ctx->sj) {
+        o.journal = v->journal;
+        o.resume = v->resume;
+        o.record = vol_record;
+    }
     lsm_job_set_phase(job, "extending");
     /* Block destinations: make room for the copy first. */
     int r = lsm_jobfile_ensure_room(v->pair, v->src);
@@ -273,6 +589,9 @@ static void vol_reap(struct sync_ctx *ctx, struct vol *v)
         snprintf(v->out->error, sizeof v->out->error, "%s", st.message);
     else
         v->done = v->out->bytes;
+    /* The copy's progress callback has no redone bytes: its result does. */
+    v->jp.bytes_redone = v->out->st.bytes_redone;
+    publish(ctx);
     pthread_mutex_unlock(&ctx->lock);
     lsm_job_free(v->job);
     v->job = NULL;
@@ -294,6 +613,8 @@ static int run_volumes(struct sync_ctx *ctx, unsigned parallel, struct lsm_sync_
     for (;;) {
         while (running < parallel && next < ctx->nvols && !failed && !cancelled(o)) {
             struct vol *v = &ctx->vols[next++];
+            if (v->out->already_done)
+                continue;
             int r = vol_start(ctx, v);
             if (r < 0) {
                 v->out->result = r;
@@ -327,6 +648,7 @@ static int run_volumes(struct sync_ctx *ctx, unsigned parallel, struct lsm_sync_
     }
     for (unsigned i = 0; i < ctx->nvols; i++) {
         const struct lsm_sync_volume *v = ctx->vols[i].out;
+        res->bytes_redone += v->st.bytes_redone;
         if (v->result == 0)
             res->bytes_done += v->bytes;
         else if (v->result < 0 && !first_err) {
@@ -359,13 +681,30 @@ void lsm_sync_result_free(struct lsm_sync_result *res)
     memset(res, 0, sizeof *res);
 }
 
+static int check_opts(const struct lsm_sync_opts *o)
+{
+    if (o->resume && !o->journal)
+        return lsm_error(-EINVAL, "resume needs a journal");
+    if (!o->checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    return lsm_blkhash_check_block_size(o->checksum_block_size ? o->checksum_block_size
+                                                                : LSM_BLKHASH_DEFAULT_BLOCK);
+#else
+    return lsm_error(-ENOTSUP, "--checksum: lsm-sync was built without libsodium");
+#endif
+}
+
 int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
 {
     memset(res, 0, sizeof *res);
     res->type = o->type;
     struct sync_plan plan = { 0 };
     struct sync_ctx ctx = { .o = o };
-    int r = plan_prepare(o, &plan);
+    pthread_mutex_init(&ctx.jlock, NULL);
+    int r = check_opts(o);
+    if (r == 0)
+        r = plan_prepare(o, &plan);
     if (r < 0)
         goto out_plan;
     if (o->job)
@@ -395,6 +734,7 @@ int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
         out->bytes = src->v[i].data_bytes;
         out->result = 1;
         struct vol *v = &ctx.vols[k];
+        v->k = k;
         v->ctx = &ctx;
         v->out = out;
         v->src = &src->v[i];
@@ -404,6 +744,8 @@ int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
     }
     ctx.nvols = n;
     ctx.total = res->bytes_total;
+    if (o->journal && (r = sj_open(&ctx, res)) < 0)
+        goto out_plan;
 
     unsigned parallel = o->parallel ? o->parallel : LSM_SYNC_DEFAULT_PARALLEL;
     parallel = MIN(parallel, (unsigned)LSM_SYNC_MAX_PARALLEL);
@@ -425,12 +767,29 @@ int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
     res->started = true;
     uint64_t t0 = lsm_now_ns();
     r = run_volumes(&ctx, parallel, res);
+    if (r == 0 && o->checksum) {
+        if (o->job)
+            lsm_job_set_phase(o->job, "checksum");
+        r = checksum_volumes(&ctx);
+    }
     res->seconds = (double)(lsm_now_ns() - t0) / 1e9;
+    if (r == 0 && ctx.sj)
+        lsm_journal_remove(ctx.sj);    /* the volumes' copies removed theirs */
+    else if (ctx.sj && ctx.sj->saved)
+        res->journal_kept = true;
     if (r == 0 && o->job)
         lsm_job_set_phase(o->job, "done");
     pthread_mutex_destroy(&ctx.lock);
     lsm_limiter_free(ctx.limiter);
 out_plan:
+    for (unsigned k = 0; ctx.vols && k < ctx.nvols; k++)
+        free(ctx.vols[k].journal);
+    if (ctx.ids)
+        for (unsigned k = 0; k < 2 * ctx.nvols; k++)
+            lsm_journal_file_clear(&ctx.ids[k]);
+    free(ctx.ids);
+    lsm_journal_free(ctx.sj);
+    pthread_mutex_destroy(&ctx.jlock);
     free(ctx.vols);
     plan_free(&plan);
     return r;
@@ -440,7 +799,7 @@ out_plan:
 
 struct sync_job {
     struct lsm_sync_opts o;
-    char *src_top, *dst_top, *jobfile;
+    char *src_top, *dst_top, *jobfile, *journal;
     struct lsm_sync_result res;
 };
 
@@ -453,6 +812,7 @@ static void sync_job_free(void *p)
     free(sj->src_top);
     free(sj->dst_top);
     free(sj->jobfile);
+    free(sj->journal);
     free(sj);
 }
 
@@ -480,13 +840,14 @@ int lsm_sync_job_create(const struct lsm_sync_opts *o, const struct lsm_job_opts
         return oom();
     sj->o = *o;
     if (dup_str(o->src_top, &sj->src_top) < 0 || dup_str(o->dst_top, &sj->dst_top) < 0 ||
-        dup_str(o->jobfile, &sj->jobfile) < 0) {
+        dup_str(o->jobfile, &sj->jobfile) < 0 || dup_str(o->journal, &sj->journal) < 0) {
         sync_job_free(sj);
         return oom();
     }
     sj->o.src_top = sj->src_top;
     sj->o.dst_top = sj->dst_top;
     sj->o.jobfile = sj->jobfile;
+    sj->o.journal = sj->journal;
     sj->o.cancel = NULL;
     sj->o.limiter = NULL;
     sj->o.job = NULL;

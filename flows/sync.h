@@ -41,10 +41,28 @@ struct lsm_sync_opts {
     const char *jobfile;
     unsigned parallel;            /* 0: LSM_SYNC_DEFAULT_PARALLEL; at most the volumes */
     /* Per volume: io_kind, direct, requests, request_size, rate (a limit
-     * per volume copy).  buffer_size is for the whole sync (0: 32 MiB),
-     * divided between the volumes copied at once.  Paths, formats, backing,
-     * cancel, limiter and callbacks in here are ignored. */
+     * per volume copy), checkpoint_bytes and checkpoint_ms (with journal).
+     * buffer_size is for the whole sync (0: 32 MiB), divided between the
+     * volumes copied at once.  Paths, formats, backing, journal, resume,
+     * checksum, cancel, limiter and callbacks in here are ignored. */
     struct lsm_copy_opts copy;
+    /* Durable progress (docs/resume.md, "sync"): the sync's journal at
+     * journal (which volumes are done, with the identities of their source
+     * and destination), and beside it, for each volume in progress, its
+     * copy's journal (journal.N, N the volume's place, base first: 0, 1,
+     * ...).  A new sync refuses a journal (or a volume journal) that
+     * exists; resume continues the sync it describes: volumes done are not
+     * copied again (their files must be unchanged), the others resume
+     * from their copy's journal.  All of them go when the sync succeeds. */
+    const char *journal;
+    bool resume;
+    /* Each destination volume's block hash (blkhash.h; what `lsm-sync
+     * checksum` gives for it: its guest view, the chain below it
+     * included), read back once every volume is synced.  Needs
+     * libsodium. */
+    bool checksum;
+    enum lsm_blkhash_alg checksum_alg;
+    uint32_t checksum_block_size;     /* 0: 4 MiB */
     struct lsm_limiter *limiter;  /* every volume's copy under it (a job's, a global one), or NULL */
     volatile sig_atomic_t *cancel;/* set non-zero to stop (seen within 50 ms) */
     /* Called with a lock held, from the volumes' threads. */
@@ -62,6 +80,9 @@ struct lsm_sync_volume {
     int result;                      /* 0 synced, < 0 failed (-errno), 1 not started */
     char error[LSM_JOB_MESSAGE_MAX]; /* failed: the message */
     struct lsm_copy_stats st;        /* synced: the copy's statistics */
+    bool already_done;               /* resume: synced before, not copied by this run */
+    bool checksummed;                /* opts.checksum: checksum holds the digest (hex) */
+    char checksum[LSM_BLKHASH_HEX_LEN];
 };
 
 struct lsm_sync_result {
@@ -73,6 +94,9 @@ struct lsm_sync_result {
     uint64_t bytes_done;             /* of the volumes synced */
     double seconds;                  /* copying */
     bool cancelled;
+    bool resumed;                    /* opts.resume: a journal was continued */
+    uint64_t bytes_redone;           /* resume: the volumes' bytes_redone, summed */
+    bool journal_kept;               /* on failure: the journal is kept for a resume */
 };
 
 /* Run a sync.  0: every volume synced, durable.  -errno with a message:

@@ -561,9 +561,9 @@ static void m_clear(struct server *s, struct client *c, const struct lsm_rpc_req
     /* Nothing of the task is left: its journal, and the destination it
      * created and did not finish (a stopped copy with a journal keeps it
      * for a resume), only if it is still that very file. */
-    _cleanup_free_ char *journal = serve_work_journal_path(&s->env, t->rec.id);
-    if (journal && unlink(journal) < 0 && errno != ENOENT) {
-        reply_error(s, c, rq, LSM_RPC_E_FAILED, "cannot remove the task's journal", -errno);
+    int jr = serve_work_remove_journals(&s->env, t->rec.id);
+    if (jr < 0) {
+        reply_error(s, c, rq, LSM_RPC_E_FAILED, "cannot remove the task's journal", jr);
         return;
     }
     json_object *dst;

@@ -1,4 +1,7 @@
 /* The work of the service's tasks (work.h). */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -73,7 +76,8 @@ struct serve_work {
     json_object *volumes;        /* an explicit layout (docs/chains.md's job file), resolved */
 
     bool resumed, check_gen;
-    char *journal;               /* this task's journal (copies), or NULL */
+    char *journal;               /* this task's journal (copies, syncs), or NULL */
+    char *id;                    /* the task's id */
     bool have_created;           /* the record's createdFile */
     struct lsm_created_file created;
 
@@ -97,6 +101,7 @@ void serve_work_free(void *arg)
     free(w->dst_dir);
     free(w->dst_vg);
     free(w->journal);
+    free(w->id);
     if (w->volumes)
         json_object_put(w->volumes);
     if (w->result)
@@ -514,6 +519,39 @@ char *serve_work_journal_path(const struct serve_env *env, const char *id)
     return p;
 }
 
+int serve_work_remove_journals(const struct serve_env *env, const char *id)
+{
+    _cleanup_free_ char *name = NULL;
+    if (!env->journal_dir)
+        return 0;
+    if (asprintf(&name, "%s.journal", id) < 0)
+        return lsm_error(-ENOMEM, "out of memory");
+    DIR *d = opendir(env->journal_dir);
+    if (!d)
+        return lsm_error_errno(-errno, "cannot read %s", env->journal_dir);
+    size_t n = strlen(name);
+    int r = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        /* NAME, or NAME.N (N digits only: a sync's volume journals) */
+        const char *rest = e->d_name + n;
+        if (strncmp(e->d_name, name, n))
+            continue;
+        if (*rest) {
+            if (*rest++ != '.' || !*rest)
+                continue;
+            while (isdigit((unsigned char)*rest))
+                rest++;
+            if (*rest)
+                continue;
+        }
+        if (unlinkat(dirfd(d), e->d_name, 0) < 0 && errno != ENOENT && r == 0)
+            r = lsm_error_errno(-errno, "cannot remove %s/%s", env->journal_dir, e->d_name);
+    }
+    closedir(d);
+    return r;
+}
+
 int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record *rec,
                        bool resumed, bool check_gen, struct serve_work **out, char *msg)
 {
@@ -526,6 +564,11 @@ int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record
     w->env = env;
     w->resumed = resumed;
     w->check_gen = check_gen;
+    if (!(w->id = strdup(rec->id))) {
+        serve_work_free(w);
+        snprintf(msg, LSM_RPC_MSG_MAX, "out of memory");
+        return LSM_RPC_INTERNAL_ERROR;
+    }
     w->have_created = rec->have_created;
     w->created = rec->created_file;
     int r;
@@ -542,6 +585,9 @@ int serve_work_prepare(const struct serve_env *env, const struct lsm_task_record
     } else if (!strcmp(rec->method, "syncImageData")) {
         w->method = M_SYNC;
         r = prepare_sync(w, rec->params, msg);
+        if (r == 0 && serve_work_has_journal() && env->journal_dir
+            && !(w->journal = serve_work_journal_path(env, rec->id)))
+            r = LSM_RPC_INTERNAL_ERROR;
     } else if (!strcmp(rec->method, "cloneImageStructure")) {
         w->method = M_CLONE;
         r = prepare_clone(w, rec->params, msg);
@@ -756,6 +802,13 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         nanosleep(&ts, NULL);
         memset(&st, 0, sizeof st);
         r = lsm_copy(&o, &st);
+    }
+    if (st.bytes_redone) {
+        /* the copy's progress callback has no redone bytes: its result does */
+        struct lsm_job_status js;
+        lsm_job_get_status(job, &js);
+        js.progress.bytes_redone = st.bytes_redone;
+        lsm_job_progress(job, &js.progress);
     }
     if (r < 0)
         return r;
@@ -1000,6 +1053,18 @@ static int run_sync(struct lsm_job *job, struct serve_work *w)
         .job = job,
     };
     so.copy.buffer_size = w->env->buffer_size;
+    /* With a journal: a restarted sync continues from it (volumes done are
+     * not copied again, the others resume from their copy journals); a
+     * journal left under this task's name when the task is new is stale
+     * (only this service writes there) and goes, with its volumes'. */
+    struct stat jb;
+    if (w->journal && stat(w->journal, &jb) == 0 && !w->resumed &&
+        (r = serve_work_remove_journals(w->env, w->id)) < 0)
+        goto out_fd;
+    so.journal = w->journal;
+    so.resume = w->journal && stat(w->journal, &jb) == 0;
+    so.copy.checkpoint_bytes = w->env->checkpoint_bytes;
+    so.copy.checkpoint_ms = w->env->checkpoint_ms;
     struct lsm_sync_result res;
     r = lsm_sync(&so, &res);
     /* Restarted after the service died: locks the dead process's rings
@@ -1011,25 +1076,32 @@ static int run_sync(struct lsm_job *job, struct serve_work *w)
         lsm_sync_result_free(&res);
         struct timespec ts = { 0, 250 * 1000 * 1000 };
         nanosleep(&ts, NULL);
+        /* the first try may have saved the journal: continue it */
+        so.resume = w->journal && stat(w->journal, &jb) == 0;
         r = lsm_sync(&so, &res);
     }
+    if (r < 0)
+        lsm_sync_result_free(&res);
+out_fd:
     if (fd >= 0)
         close(fd);
-    if (r < 0) {
-        lsm_sync_result_free(&res);
+    if (r < 0)
         return r;
-    }
     json_object *o = json_object_new_object(), *a = json_object_new_array();
     json_object_object_add(o, "syncType", json_object_new_string(lsm_sync_type_name(res.type)));
     json_object_object_add(o, "bytes_total", json_object_new_uint64(res.bytes_total));
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", res.seconds);
     json_object_object_add(o, "seconds", json_object_new_double_s(res.seconds, secs));
+    json_object_object_add(o, "resumed", json_object_new_boolean(res.resumed));
+    json_object_object_add(o, "bytes_redone", json_object_new_uint64(res.bytes_redone));
     for (unsigned i = 0; i < res.nvols; i++) {
         json_object *v = json_object_new_object();
         json_object_object_add(v, "source", lsm_json_string(res.v[i].src_path));
         json_object_object_add(v, "destination", lsm_json_string(res.v[i].dst_path));
+        json_object_object_add(v, "status", json_object_new_string(res.v[i].already_done ? "already-synced" : "synced"));
         json_object_object_add(v, "bytes_written", json_object_new_uint64(res.v[i].st.bytes_written));
+        json_object_object_add(v, "bytes_redone", json_object_new_uint64(res.v[i].st.bytes_redone));
         json_object_array_add(a, v);
     }
     json_object_object_add(o, "volumes", a);

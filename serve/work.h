@@ -34,11 +34,16 @@ struct serve_env {
     unsigned checkpoint_ms;
 };
 
-/* Copies keep a journal (engine/copy.h's journal and resume), so that a
- * restarted or re-submitted copy continues from what was durable. */
+/* Copies and syncs keep a journal (engine/copy.h's journal and resume;
+ * flows/sync.h's, with a copy journal per volume beside it), so that a
+ * restarted or re-submitted copy or sync continues from what was durable. */
 bool serve_work_has_journal(void);
 /* The journal of task id (malloc'd), or NULL without a journal dir. */
 char *serve_work_journal_path(const struct serve_env *env, const char *id);
+/* Remove the journal of task id and the volume journals of a sync beside
+ * it (JOURNAL.N).  0, or -errno (with a message) for the first that could
+ * not be removed; none there is 0. */
+int serve_work_remove_journals(const struct serve_env *env, const char *id);
 
 /* The methods that make tasks. */
 extern const char *const serve_task_methods[];   /* NULL-terminated */
