@@ -170,6 +170,7 @@ static void job_progress(struct ctx *c, bool final)
         .bytes_written = st->bytes_done - MIN(in_data_zero, st->bytes_done),
         .bytes_zeroed = st->bytes_zeroed,
         .bytes_skipped = st->bytes_skipped,
+        .bytes_redone = st->bytes_redone,   /* (within bytes_written) */
     };
     jp.bytes_done = jp.bytes_written + jp.bytes_zeroed + jp.bytes_skipped;
     if (final && jp.bytes_done < jp.bytes_total) {
