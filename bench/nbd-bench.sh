@@ -169,7 +169,7 @@ if ((SWEEP)); then
                     samples=()
                     for _ in $(seq "$RUNS"); do
                         serve "${SWEEP_LINK:-veth}" $dir
-                        samples+=("$(run lsm $dir -s $s -m $m --connections=$c)")
+                        samples+=("$(run lsm $dir --request-size=$s -m $m --connections=$c)")
                         stop_far
                     done
                     printf '%-6s %-6s %5s %4s %5s %8s\n' "${SWEEP_LINK:-veth}" $dir $s $m $c \

@@ -34,11 +34,12 @@ static void checksum_usage(FILE *f)
 
 int cmd_checksum(int argc, char **argv)
 {
+    enum { OPT_OUTPUT = 256 };
     static const struct option opts[] = {
         { "format", required_argument, NULL, 'f' },
         { "algorithm", required_argument, NULL, 'a' },
         { "block-size", required_argument, NULL, 'b' },
-        { "output", required_argument, NULL, 'o' },
+        { "output", required_argument, NULL, OPT_OUTPUT },
         { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -67,7 +68,7 @@ int cmd_checksum(int argc, char **argv)
             if (lsm_blkhash_check_block_size(bs) < 0)
                 return cli_usage_error("checksum", "--block-size: %s", lsm_last_error());
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output("checksum", optarg, &output))
                 return EXIT_USAGE;
             break;

@@ -73,7 +73,8 @@ static void usage(FILE *f)
         "  --offload-timeout=SECONDS   kill CMD after SECONDS (default 300)\n"
         "  -C                   offload required: fail where data cannot be offloaded\n"
         "  -m REQUESTS          requests in flight (default 16)\n"
-        "  -s SIZE              request size (default 1M)\n"
+        "  --request-size=SIZE  request size (default 1M; was -s, now only compare's\n"
+        "                       strict, as in qemu-img)\n"
         "  --buffer-size=SIZE   memory budget for buffers (default 32M)\n"
         "  --rate=BYTES         bandwidth limit in bytes per second (suffixes allowed)\n"
         "  --checksum[=ALGO]    also compute the block checksum of the guest view copied\n"
@@ -93,14 +94,15 @@ static void usage(FILE *f)
         "                       journal after SIZE of data or SECONDS (default 1G,5)\n"
         "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
         "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
-        "  --progress=json      one JSON object per line on stdout\n"
+        "  --progress[=bar|json]  --progress or --progress=bar: the same as -p;\n"
+        "                       --progress=json: one JSON object per line on stdout\n"
         "  -v                   print a summary\n"
-        "  --output=json        print the summary as JSON on stdout\n");
+        "  --output=FMT         human (default) or json: the summary as JSON on stdout\n");
 }
 
 enum {
     OPT_PHYSICAL = 256, OPT_NO_PHYSICAL, OPT_IO, OPT_DIRECT, OPT_OFFLOAD, OPT_BUFSIZE,
-    OPT_RATE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
+    OPT_RATE, OPT_REQUEST_SIZE, OPT_PROGRESS, OPT_OUTPUT, OPT_TARGET_IS_ZERO, OPT_TIMEOUT, OPT_CLUSTER_SIZE,
     OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT,
     OPT_CHECKSUM, OPT_CONNECTIONS,
     OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
@@ -119,6 +121,7 @@ static const struct option longopts[] = {
     { "offload-timeout", required_argument, NULL, OPT_OFFLOAD_TIMEOUT },
     { "buffer-size", required_argument, NULL, OPT_BUFSIZE },
     { "rate", required_argument, NULL, OPT_RATE },
+    { "request-size", required_argument, NULL, OPT_REQUEST_SIZE },
     { "progress", optional_argument, NULL, OPT_PROGRESS },
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
@@ -513,7 +516,7 @@ int cmd_copy(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:s:pvqWr:t:T:o:S:Cl:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:B:F:nUcm:pvqWr:t:T:o:S:Cl:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -618,11 +621,11 @@ int cmd_copy(int argc, char **argv)
                 return cli_usage_error("copy", "-m must be between 1 and 1024");
             o.requests = (unsigned)v;
             break;
-        case 's':
-            if (!cli_parse_size("copy", "-s", optarg, &v))
+        case OPT_REQUEST_SIZE:
+            if (!cli_parse_size("copy", "--request-size", optarg, &v))
                 return EXIT_USAGE;
             if (!is_pow2(v) || v < 4096 || v > 64 * MiB)
-                return cli_usage_error("copy", "-s must be a power of two from 4K to 64M");
+                return cli_usage_error("copy", "--request-size must be a power of two from 4K to 64M");
             o.request_size = v;
             break;
         case OPT_BUFSIZE:
@@ -675,12 +678,8 @@ int cmd_copy(int argc, char **argv)
             pmode = CLI_PROGRESS_BAR;
             break;
         case OPT_PROGRESS:
-            if (!optarg || !strcmp(optarg, "bar"))
-                pmode = CLI_PROGRESS_BAR;
-            else if (!strcmp(optarg, "json"))
-                pmode = CLI_PROGRESS_JSON;
-            else
-                return cli_usage_error("copy", "--progress must be 'bar' or 'json', not '%s'", optarg);
+            if (!cli_parse_progress("copy", optarg, &pmode))
+                return EXIT_USAGE;
             break;
         case 'v':
             verbose = true;

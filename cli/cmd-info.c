@@ -202,10 +202,11 @@ static void print_human(json_object *o)
 
 int cmd_info(int argc, char **argv)
 {
+    enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN };
     static const struct option opts[] = {
         { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, 'o' },
-        { "backing-chain", no_argument, NULL, 'b' },
+        { "output", required_argument, NULL, OPT_OUTPUT },
+        { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
         { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -223,11 +224,11 @@ int cmd_info(int argc, char **argv)
             if (lsm_format_parse(optarg, &fmt) < 0)
                 return cli_usage_error("info", "unknown format '%s' (raw or qcow2)", optarg);
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output("info", optarg, &output))
                 return EXIT_USAGE;
             break;
-        case 'b':
+        case OPT_BACKING_CHAIN:
             chain = true;
             break;
         case 'U':

@@ -20,8 +20,9 @@ static void map_usage(FILE *f)
         "`qemu-img map --output=json`: start, length, depth, present, zero, data, offset.\n\n"
         "  -f, --format=FMT       format of IMAGE (raw, qcow2; default: probe)\n"
         "      --output=FMT       human (default) or json\n"
-        "  -s, --start-offset=N   first guest byte to map (default 0)\n"
-        "  -l, --max-length=N     map at most N bytes\n"
+        "  --start-offset=N       first guest byte to map (default 0)\n"
+        "  --max-length=N         map at most N bytes (as in qemu-img map, these have no\n"
+        "                         short letters: -s is compare's strict, -l copy's snapshot)\n"
         "  -U, --force-share      read IMAGE even if another process (a running VM) writes it\n"
         "  -h, --help             show this help\n");
 }
@@ -51,11 +52,12 @@ static void print_entry(uint64_t start, uint64_t length, unsigned depth, bool pr
 
 int cmd_map(int argc, char **argv)
 {
+    enum { OPT_OUTPUT = 256, OPT_START, OPT_MAXLEN };
     static const struct option opts[] = {
         { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, 'o' },
-        { "start-offset", required_argument, NULL, 's' },
-        { "max-length", required_argument, NULL, 'l' },
+        { "output", required_argument, NULL, OPT_OUTPUT },
+        { "start-offset", required_argument, NULL, OPT_START },
+        { "max-length", required_argument, NULL, OPT_MAXLEN },
         { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -67,21 +69,21 @@ int cmd_map(int argc, char **argv)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "f:s:l:Uh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             if (lsm_format_parse(optarg, &fmt) < 0)
                 return cli_usage_error("map", "unknown format '%s' (raw or qcow2)", optarg);
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output("map", optarg, &output))
                 return EXIT_USAGE;
             break;
-        case 's':
+        case OPT_START:
             if (!cli_parse_size("map", "--start-offset", optarg, &start))
                 return EXIT_USAGE;
             break;
-        case 'l':
+        case OPT_MAXLEN:
             if (!cli_parse_size("map", "--max-length", optarg, &max_len))
                 return EXIT_USAGE;
             break;

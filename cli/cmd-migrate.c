@@ -39,7 +39,7 @@ static void usage(FILE *f)
         "disk's new leaf, sync --type=INTERNAL of the layers below, then the pivots.  Before\n"
         "the first pivot (the commit point) any failure or signal rolls back: the VM stays\n"
         "on its source and what this run created on the destination is removed.\n\n"
-        "  -c, --connect=URI        libvirt connection (default qemu:///system)\n"
+        "  --connect=URI            libvirt connection (default qemu:///system)\n"
         "  -d, --disk=DISK          a disk target to move (vda); repeat for several\n"
         "  --dst-dir=DIR            destination file domain (a directory)\n"
         "  --dst-vg=VG              destination block domain (an LVM volume group)\n"
@@ -55,8 +55,9 @@ static void usage(FILE *f)
         "  --rate=BYTES             each volume copy of the sync, bytes/s\n"
         "  --parallel=N             volumes of one disk's sync copied at once\n"
         "  -p                       progress on stderr\n"
-        "  --progress=json          progress as JSON lines on stderr\n"
-        "  -o, --output=FMT         human (default) or json\n"
+        "  --progress[=bar|json]    --progress or --progress=bar: the same as -p;\n"
+        "                           --progress=json: JSON lines on stderr\n"
+        "  --output=FMT             human (default) or json\n"
         "  --fail-at=PHASE          tests: fail at the start of PHASE (" LSM_MIGRATE_PHASES "),\n"
         "                           or with commit every pivot after the first\n",
         LSM_MIGRATE_DEFAULT_STATE_DIR);
@@ -65,12 +66,12 @@ static void usage(FILE *f)
 enum {
     OPT_DST_DIR = 256, OPT_DST_VG, OPT_STATE_DIR, OPT_RESUME, OPT_ROLLBACK, OPT_SYNC_WRITES,
     OPT_STALL, OPT_READY, OPT_PIVOT, OPT_BANDWIDTH, OPT_RATE, OPT_PARALLEL, OPT_PROGRESS,
-    OPT_FAIL_AT,
+    OPT_FAIL_AT, OPT_CONNECT, OPT_OUTPUT,
 };
 
 static const struct option longopts[] = {
     { "help", no_argument, NULL, 'h' },
-    { "connect", required_argument, NULL, 'c' },
+    { "connect", required_argument, NULL, OPT_CONNECT },
     { "disk", required_argument, NULL, 'd' },
     { "dst-dir", required_argument, NULL, OPT_DST_DIR },
     { "dst-vg", required_argument, NULL, OPT_DST_VG },
@@ -84,8 +85,8 @@ static const struct option longopts[] = {
     { "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
     { "rate", required_argument, NULL, OPT_RATE },
     { "parallel", required_argument, NULL, OPT_PARALLEL },
-    { "progress", required_argument, NULL, OPT_PROGRESS },
-    { "output", required_argument, NULL, 'o' },
+    { "progress", optional_argument, NULL, OPT_PROGRESS },
+    { "output", required_argument, NULL, OPT_OUTPUT },
     { "fail-at", required_argument, NULL, OPT_FAIL_AT },
     { NULL, 0, NULL, 0 },
 };
@@ -213,12 +214,12 @@ int cmd_migrate(int argc, char **argv)
     enum cli_output out = CLI_OUTPUT_HUMAN;
     bool have_dst = false;
     int c;
-    while ((c = getopt_long(argc, argv, "hc:d:po:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hd:p", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
             return 0;
-        case 'c':
+        case OPT_CONNECT:
             o.uri = optarg;
             break;
         case 'd':
@@ -287,12 +288,14 @@ int cmd_migrate(int argc, char **argv)
             pmode = PROGRESS_HUMAN;
             break;
         case OPT_PROGRESS:
-            if (strcmp(optarg, "json"))
-                return cli_usage_error(CMD, "--progress takes 'json', not '%s' (-p for lines)",
-                                       optarg);
-            pmode = PROGRESS_JSON;
+            if (!optarg || !strcmp(optarg, "bar"))
+                pmode = PROGRESS_HUMAN;
+            else if (!strcmp(optarg, "json"))
+                pmode = PROGRESS_JSON;
+            else
+                return cli_usage_error(CMD, "--progress must be 'bar' or 'json', not '%s'", optarg);
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output(CMD, optarg, &out))
                 return EXIT_USAGE;
             break;

@@ -34,10 +34,10 @@ static void usage(FILE *f)
         "A VM paused for ENOSPC on a disk it extended is resumed once every paused disk\n"
         "has its headroom again.  Exit status 1 when an extension failed for good (no\n"
         "space left in the volume group or file system, or a failure retrying cannot fix).\n\n"
-        "  -c, --connect=URI        libvirt connection (default qemu:///system)\n"
+        "  --connect=URI            libvirt connection (default qemu:///system)\n"
         "  -d, --disk=TARGET        a disk to watch (vda); repeatable; default: every disk\n"
         "                           on a block device\n"
-        "  -o, --output=FMT         human (default) or json (one JSON object per line)\n"
+        "  --output=FMT             human (default) or json (one JSON object per line)\n"
         "  --chunk=SIZE             extension step (default 1G)\n"
         "  --chunk-replicating=SIZE extension step while a mirror runs (default 3G)\n"
         "  --watermark=SIZE         minimum free space before extending (default 512M)\n"
@@ -59,14 +59,14 @@ static void usage(FILE *f)
 enum {
     OPT_CHUNK = 256, OPT_CHUNK_REPL, OPT_WATERMARK, OPT_WATERMARK_REPL, OPT_SAFETY, OPT_EXTENT, OPT_MAX_RATIO,
     OPT_POLL, OPT_RETRIES, OPT_CMD, OPT_CMD_TIMEOUT, OPT_REPLICATING, OPT_NO_RESUME,
-    OPT_STATUS_INTERVAL,
+    OPT_STATUS_INTERVAL, OPT_CONNECT, OPT_OUTPUT,
 };
 
 static const struct option longopts[] = {
     { "help", no_argument, NULL, 'h' },
-    { "connect", required_argument, NULL, 'c' },
+    { "connect", required_argument, NULL, OPT_CONNECT },
     { "disk", required_argument, NULL, 'd' },
-    { "output", required_argument, NULL, 'o' },
+    { "output", required_argument, NULL, OPT_OUTPUT },
     { "chunk", required_argument, NULL, OPT_CHUNK },
     { "chunk-replicating", required_argument, NULL, OPT_CHUNK_REPL },
     { "watermark", required_argument, NULL, OPT_WATERMARK },
@@ -356,12 +356,12 @@ int cmd_monitor(int argc, char **argv)
     double d;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+hc:d:o:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+hd:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
             return 0;
-        case 'c':
+        case OPT_CONNECT:
             o.uri = optarg;
             break;
         case 'd':
@@ -372,7 +372,7 @@ int cmd_monitor(int argc, char **argv)
                                        optarg);
             disks[o.ndisks++] = optarg;
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output(CMD, optarg, &output))
                 return EXIT_USAGE;
             break;

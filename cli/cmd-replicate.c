@@ -37,8 +37,8 @@ static void usage(FILE *f)
     for (; *b; b++)
         fprintf(f, " %s", *b);
     fprintf(f, ")\n"
-        "  -c, --connect=URI    libvirt connection (default qemu:///system)\n"
-        "  -o, --output=FMT     human (default) or json\n"
+        "  --connect=URI        libvirt connection (default qemu:///system)\n"
+        "  --output=FMT         human (default) or json\n"
         " start:\n"
         "  -f, --format=FMT     DST's format, qcow2 or raw (default: probed from DST)\n"
         "  --bandwidth=N        bulk-copy bandwidth limit in MiB/s (as virsh blockcopy)\n"
@@ -54,14 +54,14 @@ static void usage(FILE *f)
 
 enum {
     OPT_BACKEND = 256, OPT_BANDWIDTH, OPT_GRANULARITY, OPT_BUF_SIZE, OPT_SYNC_WRITES,
-    OPT_WAIT, OPT_TIMEOUT, OPT_BYTES,
+    OPT_WAIT, OPT_TIMEOUT, OPT_BYTES, OPT_CONNECT, OPT_OUTPUT,
 };
 
 static const struct option longopts[] = {
     { "help", no_argument, NULL, 'h' },
     { "backend", required_argument, NULL, OPT_BACKEND },
-    { "connect", required_argument, NULL, 'c' },
-    { "output", required_argument, NULL, 'o' },
+    { "connect", required_argument, NULL, OPT_CONNECT },
+    { "output", required_argument, NULL, OPT_OUTPUT },
     { "format", required_argument, NULL, 'f' },
     { "bandwidth", required_argument, NULL, OPT_BANDWIDTH },
     { "bytes", no_argument, NULL, OPT_BYTES },
@@ -234,7 +234,7 @@ static bool parse_args(int argc, char **argv, struct args *a, int *rc)
     int c;
     *rc = EXIT_USAGE;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hc:o:f:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             usage(stdout);
@@ -243,10 +243,10 @@ static bool parse_args(int argc, char **argv, struct args *a, int *rc)
         case OPT_BACKEND:
             a->backend = optarg;
             break;
-        case 'c':
+        case OPT_CONNECT:
             a->target.uri = optarg;
             break;
-        case 'o':
+        case OPT_OUTPUT:
             if (!cli_parse_output(a->what, optarg, &a->output))
                 return false;
             break;

@@ -47,12 +47,14 @@ static void sync_usage(FILE *f)
         "  --parallel N         copy up to N volumes at once (default 4)\n"
         "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
         "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
-        "  --progress=json      one JSON progress object per line on stdout\n"
+        "  --progress[=bar|json]  --progress or --progress=bar: the same as -p;\n"
+        "                       --progress=json: one JSON progress object per line on stdout\n"
         "  --output=FMT         human (default) or json summary\n"
         "  --io=KIND            auto, uring, aio or psync\n"
         "  --direct=MODE        auto, always or never (O_DIRECT)\n"
         "  -m N                 requests in flight per volume (default 16)\n"
-        "  -s SIZE              request size (default 1M)\n"
+        "  --request-size=SIZE  request size (default 1M; was -s, now only compare's\n"
+        "                       strict, as in qemu-img)\n"
         "  --buffer-size=SIZE   memory budget for buffers, shared by all volumes (default 32M)\n"
         "  --rate=BYTES         bandwidth limit per volume copy, bytes per second\n"
         "  --offload=auto|never|NAME   offload each volume's data extents to raw\n"
@@ -74,18 +76,19 @@ static void sync_usage(FILE *f)
 
 int cmd_sync(int argc, char **argv)
 {
-    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_RATE,
+    enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_REQSIZE, OPT_RATE,
            OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT, OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
            OPT_CHECKSUM };
     static const struct option opts[] = {
         { "type", required_argument, NULL, OPT_TYPE },
         { "job", required_argument, NULL, OPT_JOB },
         { "parallel", required_argument, NULL, OPT_PAR },
-        { "progress", required_argument, NULL, OPT_PROGRESS },
+        { "progress", optional_argument, NULL, OPT_PROGRESS },
         { "output", required_argument, NULL, OPT_OUTPUT },
         { "io", required_argument, NULL, OPT_IO },
         { "direct", required_argument, NULL, OPT_DIRECT },
         { "buffer-size", required_argument, NULL, OPT_BUF },
+        { "request-size", required_argument, NULL, OPT_REQSIZE },
         { "rate", required_argument, NULL, OPT_RATE },
         { "offload", required_argument, NULL, OPT_OFFLOAD },
         { "offload-cmd", required_argument, NULL, OPT_OFFLOAD_CMD },
@@ -108,7 +111,7 @@ int cmd_sync(int argc, char **argv)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "pm:s:Ch", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "pm:Ch", opts, NULL)) != -1) {
         switch (c) {
         case OPT_TYPE:
         {
@@ -126,9 +129,8 @@ int cmd_sync(int argc, char **argv)
             break;
         case 'p': pmode = CLI_PROGRESS_BAR; break;
         case OPT_PROGRESS:
-            if (strcmp(optarg, "json"))
-                return cli_usage_error("sync", "--progress takes 'json'");
-            pmode = CLI_PROGRESS_JSON;
+            if (!cli_parse_progress("sync", optarg, &pmode))
+                return EXIT_USAGE;
             break;
         case OPT_OUTPUT:
             if (!cli_parse_output("sync", optarg, &output))
@@ -147,8 +149,8 @@ int cmd_sync(int argc, char **argv)
                 return cli_usage_error("sync", "-m must be 1 to 1024");
             base.requests = (unsigned)v64;
             break;
-        case 's':
-            if (!cli_parse_size("sync", "-s", optarg, &base.request_size))
+        case OPT_REQSIZE:
+            if (!cli_parse_size("sync", "--request-size", optarg, &base.request_size))
                 return EXIT_USAGE;
             break;
         case OPT_BUF:

@@ -5,9 +5,23 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "json-out.h"
 #include "progress.h"
 #include "util.h"
+
+bool cli_parse_progress(const char *command, const char *arg, enum cli_progress_mode *out)
+{
+    if (!arg || !strcmp(arg, "bar"))
+        *out = CLI_PROGRESS_BAR;
+    else if (!strcmp(arg, "json"))
+        *out = CLI_PROGRESS_JSON;
+    else {
+        cli_usage_error(command, "--progress must be 'bar' or 'json', not '%s'", arg);
+        return false;
+    }
+    return true;
+}
 
 void cli_progress_init(struct cli_progress *p, enum cli_progress_mode mode)
 {

@@ -25,6 +25,10 @@ struct cli_progress {
     unsigned interval_ms;    /* minimum time between updates */
 };
 
+/* --progress[=bar|json], the same in every command that reports progress:
+ * none or "bar" is -p's mode, "json" JSON lines; false after a usage error. */
+bool cli_parse_progress(const char *command, const char *arg, enum cli_progress_mode *out);
+
 void cli_progress_init(struct cli_progress *p, enum cli_progress_mode mode);
 /* Update (throttled); usable as an lsm_copy_progress_fn with p as opaque. */
 void cli_progress_update(void *p, uint64_t done, uint64_t total);

@@ -51,6 +51,74 @@ for c in "${commands[@]}"; do
     expect "$c --help" 0 0 -- "$c" --help
 done
 
+# One spelling across commands (docs/cli.md, "The letters"): every short
+# letter a command's --help shows is in the table, listed there for that
+# command, and its help line says what the table's "Help says" column says.
+rules=$SOURCE_DIR/docs/cli.md
+declare -A says=() users=()
+while IFS='|' read -r _ letter _ _ word cmds _; do
+    letter=$(sed -n 's/^ *`-\([A-Za-z]\)`.*/\1/p' <<<"$letter")
+    [[ -n $letter ]] || continue
+    says[$letter]=$(sed 's/^ *`\(.*\)` *$/\1/' <<<"$word")
+    users[$letter]=",$(tr -d ' ' <<<"$cmds"),"
+done < <(sed -n '/^## The letters/,/^## /p' "$rules")
+if ((${#says[@]} < 10)); then
+    fail "cli conventions: table" "found ${#says[@]} letters in $rules"
+else
+    bad=()
+    for c in "${commands[@]}"; do
+        # Option lines start with two spaces and a dash; the option column
+        # ends at the first run of two spaces ("-t CACHE, -T CACHE").
+        while IFS= read -r line; do
+            col=${line#  }
+            col=${col%%  *}
+            for l in $(grep -oE '(^|, )-[A-Za-z]\b' <<<"$col" | sed 's/.*-//'); do
+                if [[ -z ${says[$l]:-} ]]; then
+                    bad+=("$c -$l: not in docs/cli.md")
+                elif [[ ${users[$l]} != *",$c,"* ]]; then
+                    bad+=("$c -$l: docs/cli.md gives -$l to ${users[$l]//,/ } only")
+                elif ! grep -qiF -- "${says[$l]}" <<<"$line"; then
+                    bad+=("$c -$l: help line does not say '${says[$l]}': $line")
+                fi
+            done
+        done < <("$LSM_SYNC" "$c" --help | grep -E '^  -[A-Za-z]')
+    done
+    # And the other way: a command the table lists for a letter shows it.
+    for l in "${!users[@]}"; do
+        IFS=, read -ra cs <<<"${users[$l]#,}"
+        for c in "${cs[@]}"; do
+            [[ " ${commands[*]} " == *" $c "* ]] || continue   # not in this build
+            "$LSM_SYNC" "$c" --help | grep -E '^  -[A-Za-z]' | sed 's/   .*//' |
+                grep -qE -- "(^  |, )-$l\b" || bad+=("$c: docs/cli.md lists -$l, its --help does not")
+        done
+    done
+    if ((${#bad[@]} == 0)); then pass "cli conventions: one meaning per letter"
+    else fail "cli conventions: one meaning per letter" "$(printf '%s; ' "${bad[@]}")"; fi
+fi
+# The letters that had another meaning in one command are refused there
+# (exit 2), not taken with a different meaning; the long spellings work.
+for args in "copy -s 1M ok.raw x.raw" "sync --type=ALL -s 1M ok.raw x.raw" "map -s 0 ok.raw" \
+            "map -l 1M ok.raw" "monitor -c test:///default dom" "monitor -o json dom" \
+            "replicate status -c test:///default dom vda" "replicate status -o json dom vda" \
+            "migrate -c test:///default dom" "migrate -o json dom"; do
+    read -ra a <<<"$args"
+    [[ " ${commands[*]} " == *" ${a[0]} "* ]] || continue
+    expect "old letter refused: $args" 2 -- "${a[@]}"
+done
+[[ ! -e x.raw ]] || fail "old letter refused: no file" "x.raw was created"
+expect "map --start-offset --max-length" 0 0 -- map --start-offset=0 --max-length=512 ok.raw
+expect "copy --request-size" 0 0 -- copy --request-size=64K --output=json ok.raw rs.raw
+# --progress[=bar|json] and -p are the same in every command with progress.
+for c in copy sync migrate; do
+    [[ " ${commands[*]} " == *" $c "* ]] || continue
+    expect "$c --progress=xml" 2 -- "$c" --progress=xml
+done
+rm -f rs.raw
+expect "copy --progress" 0 -- copy --progress ok.raw p1.raw
+expect "copy --progress=bar" 0 -- copy --progress=bar ok.raw p2.raw
+if grep -q '100.00/100%' out; then pass "copy --progress=bar is -p"
+else fail "copy --progress=bar is -p" "no qemu-img record: $(head -c 200 out)"; fi
+
 # Usage errors: exit 2.
 expect "no arguments" 2 -- 
 expect "unknown command" 2 -- frobnicate

@@ -230,7 +230,7 @@ rm -f o.qcow2
 # copy does not touch the holes; small request size and few requests work.
 truncate -s 1G sp.raw
 qio sp.raw raw -- "write -P 0x5a 100M 1M" "write -P 0x5b 900M 3M" "write -P 0 500M 2M"
-for args in "" "-m 1 -s 4k" "-m 64 -s 8M --buffer-size=16M" "--offload=never" "--direct=never"; do
+for args in "" "-m 1 --request-size=4k" "-m 64 --request-size=8M --buffer-size=16M" "--offload=never" "--direct=never"; do
     rm -f o.raw
     if run "sparse-raw [$args]" $args sp.raw o.raw; then
         same "sparse-raw [$args]" sp.raw o.raw && sparse "sparse-raw [$args]" sp.raw o.raw && pass "sparse-raw [$args]"

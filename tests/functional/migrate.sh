@@ -213,7 +213,7 @@ log "the guest wrote its first pass at ${SECONDS} s"
 # ---- 1. file to file ----
 t0=$(date +%s)
 rc=0
-"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst1" --progress=json -o json >m1.json 2>m1.err || rc=$?
+"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst1" --progress=json --output=json >m1.json 2>m1.err || rc=$?
 log "migrate to dst1 took $(($(date +%s) - t0)) s"
 check migrate-exit-0 test "$rc" = 0
 [[ $rc == 0 ]] || log "$(grep -v '^{' m1.err | tail -n 3)"
@@ -280,7 +280,7 @@ kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 check kill-left-journal test -s "$STATE/$DOM.json"
 rc=0
-"${MIG[@]}" "$DOM" --resume --progress=json -o json >m3r.json 2>m3r.err || rc=$?
+"${MIG[@]}" "$DOM" --resume --progress=json --output=json >m3r.json 2>m3r.err || rc=$?
 check resume-exit-0 test "$rc" = 0
 [[ $rc == 0 ]] || log "$(grep -v '^{' m3r.err | tail -n 3)"
 top2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["destination"])' m3r.json)
@@ -305,7 +305,7 @@ lvenv_virsh resume "$DOM" >/dev/null
 
 # ---- 3b. past the commit point: the second pivot fails ----
 rc=0
-"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst5" --fail-at commit -o json \
+"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst5" --fail-at commit --output=json \
     >m7.json 2>m7.err || rc=$?
 check partial-exit-1 test "$rc" = 1
 log "$(grep -v "^{" m7.err)"
@@ -320,7 +320,7 @@ rc=0
 check partial-no-rollback test "$rc" = 1
 check partial-no-rollback-message grep -q "past the commit point.*cannot be rolled back" m7r.err
 rc=0
-"${MIG[@]}" "$DOM" --resume -o json >m7s.json 2>m7s.err || rc=$?
+"${MIG[@]}" "$DOM" --resume --output=json >m7s.json 2>m7s.err || rc=$?
 check partial-resume-exit-0 test "$rc" = 0
 [[ $rc == 0 ]] || log "$(cat m7s.err)"
 check partial-resume-vdc-on-dst5 test "$(dirname "$(source_of vdc)")" = "$T/dst5"
@@ -375,7 +375,7 @@ log "section 5 at ${SECONDS} s"
 # writes, then the deadline, with its reason, and a rollback ----
 rc=0
 "${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst4" --bandwidth 1K --stall-timeout 1 \
-    --ready-timeout 3 --progress=json -o json >m6.json 2>m6.err || rc=$?
+    --ready-timeout 3 --progress=json --output=json >m6.json 2>m6.err || rc=$?
 check stall-exit-1 test "$rc" = 1
 check stall-restarted grep -q "not converging.*restarted with synchronous writes" m6.err
 check stall-reason grep -q "not ready 3 s after the sync: vda copying.*synchronous writes, restarted.*rolled back" m6.err

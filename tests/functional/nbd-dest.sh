@@ -221,7 +221,7 @@ stop_servers
 # 7. Faults.  Transient: 3% of writes fail with EIO, each retried (up to
 # 3 times): the copy completes and is right.
 nbdkit_on "$T/e.sock" --filter=error memory 48M error=EIO error-pwrite-rate=3%
-if ! "$LSM_SYNC" copy -s 256K top.qcow2 "$(uri e.sock)" 2>err.log; then
+if ! "$LSM_SYNC" copy --request-size=256K top.qcow2 "$(uri e.sock)" 2>err.log; then
     fail "transient write errors retried" "$(head -n3 err.log)"
 elif ! qemu-img compare -q -f qcow2 top.qcow2 "$(uri e.sock)"; then
     fail "transient write errors retried" "the export differs"
@@ -245,7 +245,7 @@ stop_servers
 # Slowness: every write takes 0.2 s; 48 writes of 256 KiB (12 MiB of data)
 # one by one would take 9.6 s: in flight together, well under 4 s.
 nbdkit_on "$T/d.sock" --filter=delay memory 48M wdelay=200ms
-elapsed_ms "$LSM_SYNC" copy -s 256K top.qcow2 "$(uri d.sock)" 2>err.log
+elapsed_ms "$LSM_SYNC" copy --request-size=256K top.qcow2 "$(uri d.sock)" 2>err.log
 if ((RC != 0)); then
     fail "slow writes overlap" "exit $RC: $(head -n3 err.log)"
 elif ((MS > 4000)); then
@@ -296,7 +296,7 @@ stop_servers
 # A server killed in the middle of a copy: exit 1 soon, the destination
 # said to be incomplete.
 nbdkit_on "$T/k.sock" --filter=delay memory 48M wdelay=100ms
-"$LSM_SYNC" copy -s 64K -m 4 top.qcow2 "$(uri k.sock)" 2>err.log &
+"$LSM_SYNC" copy --request-size=64K -m 4 top.qcow2 "$(uri k.sock)" 2>err.log &
 pid=$!
 sleep 1.5   # connected and writing (the copy takes ~9 s at 4 x 64 KiB per 100 ms)
 kill -KILL "$LAST_PID"

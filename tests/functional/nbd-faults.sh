@@ -95,7 +95,7 @@ done
 # take longer than --timeout=1 in all and still succeed.
 nbdkit_on "$T/slowish.sock" --read-only --filter=delay file src.raw rdelay=100ms
 rm -f slowish.raw
-elapsed_ms "$LSM_SYNC" copy --timeout=1 -m 1 -s 1M "$(uri slowish.sock)" slowish.raw 2>err.log
+elapsed_ms "$LSM_SYNC" copy --timeout=1 -m 1 --request-size=1M "$(uri slowish.sock)" slowish.raw 2>err.log
 if ((RC == 0)) && cmp -s src.raw slowish.raw && ((MS > 1000)); then
     pass "slow reads, each under the time-out"
 else
@@ -104,7 +104,7 @@ fi
 # The same reads with 16 requests in flight overlap (the endpoint's reads
 # are asynchronous on the loop): well under the 2.4 s they take one by one.
 rm -f slowish.raw
-elapsed_ms "$LSM_SYNC" copy --timeout=1 -s 1M "$(uri slowish.sock)" slowish.raw 2>err.log
+elapsed_ms "$LSM_SYNC" copy --timeout=1 --request-size=1M "$(uri slowish.sock)" slowish.raw 2>err.log
 if ((RC == 0)) && cmp -s src.raw slowish.raw && ((MS < 2000)); then
     pass "slow reads overlap"
 else
@@ -210,7 +210,7 @@ qemu-img convert -f raw -O qcow2 src.raw src.qcow2
 qemu-nbd -r -t -f qcow2 -k "$T/q.sock" --pid-file="$T/q.pid" --fork src.qcow2
 PIDS+=("$(cat q.pid)")
 rm -f dst.raw
-"$LSM_SYNC" copy --timeout=1 --rate=4M -s 64K "nbd+unix:///?socket=$T/q.sock" dst.raw >out.log 2>err.log &
+"$LSM_SYNC" copy --timeout=1 --rate=4M --request-size=64K "nbd+unix:///?socket=$T/q.sock" dst.raw >out.log 2>err.log &
 pid=$!
 sleep 1
 kill -STOP "$(cat q.pid)"

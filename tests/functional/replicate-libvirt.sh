@@ -123,7 +123,7 @@ expect_fail() {
 wait_phase() {
     local dom=$1 want=$2 i out phase=
     for ((i = 0; i < $3 * 5; i++)); do
-        out=$(rep status -o json "$dom" vda) || return 1
+        out=$(rep status --output=json "$dom" vda) || return 1
         phase=$(json_field "$out" phase)
         [[ $phase == "$want" ]] && return 0
         sleep 0.2
@@ -188,7 +188,7 @@ else
 fi
 expect_fail job-already-running "already has a block job" \
     rep start "$D1" vda "$T/d1-leaf.qcow2"
-out=$(rep status -o json "$D1" vda)
+out=$(rep status --output=json "$D1" vda)
 check status-copying test "$(json_field "$out" phase)" = copying
 check status-progress test "$(json_field "$out" percent)" -lt 100
 check status-destination test "$(json_field "$out" destination)" = "$T/d1-leaf.qcow2"
@@ -200,7 +200,7 @@ hmp_write "$D1" 0x36 127M 1M s1-expected.raw         # the last MiB
 check status-until-ready wait_phase "$D1" ready 120
 hmp_write "$D1" 0x37 8M 3M s1-expected.raw
 hmp_write "$D1" 0x38 100M 64K s1-expected.raw        # the zero cluster
-if out=$(rep finish --wait --timeout 120 -o json "$D1" vda); then
+if out=$(rep finish --wait --timeout 120 --output=json "$D1" vda); then
     pass finish-file
     log "$out"
     check finish-file-result test "$(json_field "$out" result)" = pivoted
@@ -234,10 +234,10 @@ if LOOP2=$(losetup -f --show "$T/loop2.img" 2>/dev/null); then
     hmp_write "$D2" 0x43 0 1M s2-expected.raw
     hmp_write "$D2" 0x44 20M 4M s2-expected.raw
     hmp_write "$D2" 0x45 70M 1M s2-expected.raw
-    out=$(rep status -o json "$D2" vda)
+    out=$(rep status --output=json "$D2" vda)
     log "$out"
     check block-status-copying test "$(json_field "$out" phase)" = copying
-    if out=$(rep finish --wait --timeout 120 -o json "$D2" vda); then
+    if out=$(rep finish --wait --timeout 120 --output=json "$D2" vda); then
         pass finish-block
         log "$out"
         check block-ready-from-event test "$(json_field "$out" ready_from_event)" = true
@@ -282,7 +282,7 @@ rep start "$D4" vda "$T/d4-leaf.qcow2" >/dev/null || fail start-finish-src-case
 check finish-src-ready wait_phase "$D4" ready 120
 hmp_write "$D4" 0x63 2M 1M s4-expected.raw
 expect_fail finish-other-dst "is neither the source" rep finish "$D4" vda "$T/s1-leaf.qcow2"
-if out=$(rep finish -o json "$D4" vda "$T/s4-leaf.qcow2"); then
+if out=$(rep finish --output=json "$D4" vda "$T/s4-leaf.qcow2"); then
     pass finish-with-source
     log "$out"
     check finish-with-source-result test "$(json_field "$out" result)" = aborted

@@ -60,7 +60,7 @@ expect_in() {
 
 # phase DEV: the phase `replicate status` reports.
 phase() {
-    "$LSM" replicate status --backend=dm -o json "$1" 2>/dev/null |
+    "$LSM" replicate status --backend=dm --output=json "$1" 2>/dev/null |
         sed -n 's/.*"phase":"\([a-z]*\)".*/\1/p'
 }
 
