@@ -125,7 +125,10 @@ static json_object *image_json(struct lsm_image *img, bool for_json)
             lsm_snapshots_free(sn, n);
         }
     }
-    json_object_object_add(o, "dirty-flag", json_object_new_boolean(dirty));
+    /* qemu-img has no dirty flag for an NBD export (its driver has no
+     * get_info) */
+    if (!lsm_image_is_nbd_uri(img->filename))
+        json_object_object_add(o, "dirty-flag", json_object_new_boolean(dirty));
     return o;
 }
 
@@ -172,6 +175,8 @@ static void print_human(json_object *o)
     printf("virtual size: %s (%" PRIu64 " bytes)\n", lsm_format_size(vs, b1, sizeof b1), vs);
     if (json_object_object_get_ex(o, "actual-size", &v))
         printf("disk size: %s\n", lsm_format_size((uint64_t)json_object_get_int64(v), b2, sizeof b2));
+    else if (lsm_image_is_nbd_uri(jstr(o, "filename")))
+        printf("disk size: unavailable\n");
     if (json_object_object_get_ex(o, "cluster-size", &v))
         printf("cluster_size: %s\n", json_object_get_string(v));
     const char *bf = jstr(o, "backing-filename"), *fb = jstr(o, "full-backing-filename");

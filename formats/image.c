@@ -13,11 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "cleanup.h"
 #include "error.h"
 #include "fileid.h"
 #include "fileio.h"
 #include "lock.h"
+#include "module.h"
 #include "image.h"
 #include "image-internal.h"
 #include "util.h"
@@ -258,6 +260,39 @@ void lsm_image_close(struct lsm_image *img)
     }
 }
 
+bool lsm_image_is_nbd_uri(const char *s)
+{
+    static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
+                                           "nbd+vsock://", "nbds+vsock://" };
+    for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+        if (!strncmp(s, schemes[i], strlen(schemes[i])))
+            return true;
+    return false;
+}
+
+/* An NBD export (formats/nbd.c, the module lsm-formats-nbd): one raw layer
+ * without backing and without a local file (fd and data_fd stay -1). */
+static int open_nbd(struct lsm_image *img, enum lsm_format fmt)
+{
+    if (fmt != LSM_FMT_AUTO && fmt != LSM_FMT_RAW)
+        return lsm_error(-EINVAL, "%s: an NBD export is read as raw, not as %s (its server "
+                         "interprets the format: qemu-nbd -f %s)", img->filename,
+                         lsm_format_name(fmt), lsm_format_name(fmt));
+#ifdef HAVE_LIBNBD
+    const struct lsm_image_ops *ops = lsm_module_symbol("formats-nbd", "lsm_nbd_image_ops");
+    if (!ops)
+        return -ENOTSUP;
+    img->format = LSM_FMT_RAW;
+    int r = ops->open(img);
+    if (r < 0)
+        return r;
+    img->ops = ops;
+    return 0;
+#else
+    return lsm_error(-ENOTSUP, "cannot open %s: lsm-sync was built without libnbd", img->filename);
+#endif
+}
+
 static int open_one(const char *path, enum lsm_format fmt, unsigned flags,
                     struct lsm_image **out)
 {
@@ -270,6 +305,15 @@ static int open_one(const char *path, enum lsm_format fmt, unsigned flags,
     if (!img->filename) {
         close_one(img);
         return lsm_error(-ENOMEM, "out of memory");
+    }
+    if (lsm_image_is_nbd_uri(path)) {
+        int r = open_nbd(img, fmt);
+        if (r < 0) {
+            close_one(img);
+            return r;
+        }
+        *out = img;
+        return 0;
     }
     /* Never waits: a FIFO or a device node is refused after open. */
     struct stat st;
@@ -340,7 +384,7 @@ int lsm_image_open(const char *path, enum lsm_format fmt, unsigned flags,
     int r = open_one(path, fmt, flags, &top);
     if (r < 0)
         return r;
-    if (flags & LSM_OPEN_NO_BACKING) {
+    if ((flags & LSM_OPEN_NO_BACKING) || !top->backing_name) {
         *out = top;
         return 0;
     }
@@ -400,6 +444,9 @@ fail:
 int lsm_image_add_ids(struct lsm_image *img, struct lsm_fileid_set *set)
 {
     for (; img; img = img->backing) {
+        if (img->fd < 0)
+            return lsm_error(-ENOTSUP, "%s: an NBD export has no local file to identify",
+                             img->filename);
         struct lsm_fileid id;
         int r = lsm_fileid_fd(img->fd, img->filename, &id);
         if (r < 0)
@@ -437,6 +484,8 @@ struct lsm_image *lsm_chain_layer(struct lsm_image *img, unsigned d)
 
 int64_t lsm_image_actual_size(struct lsm_image *img)
 {
+    if (img->fd < 0)
+        return -ENOTSUP;      /* an NBD export: no local file */
     struct stat st;
     if (fstat(img->fd, &st) < 0)
         return -errno;

@@ -1,8 +1,9 @@
 /* Disk images and backing chains: the extent source of the engine.
  *
- * An lsm_image is one layer (a raw file or block device, or a qcow2 file;
- * NBD exports are read by the NBD endpoint, endpoint/nbd.c)
- * plus a link to its backing layer.  Each format is a table
+ * An lsm_image is one layer (a raw file or block device, a qcow2 file, or
+ * an NBD export read through the module lsm-formats-nbd, formats/nbd.c,
+ * for map, info, compare and checksum; copies to and from NBD use the NBD
+ * endpoint, endpoint/nbd.c) plus a link to its backing layer.  Each format is a table
  * of operations (struct lsm_image_ops) filled by one file; nothing above
  * formats/ names a format's internals.
  *
@@ -93,6 +94,12 @@ struct lsm_image {
 
 /* Maximum backing chain length accepted. */
 #define LSM_MAX_CHAIN_DEPTH 256
+
+/* nbd://, nbds://, nbd+unix://, nbds+unix://, nbd+vsock://, nbds+vsock://:
+ * lsm_image_open reads such a path as an NBD export (one raw layer, no
+ * backing, fd and data_fd -1: no locks, no file identity, no actual size;
+ * -f other than raw is refused). */
+bool lsm_image_is_nbd_uri(const char *s);
 
 /* Open one image (and, unless LSM_OPEN_NO_BACKING, its whole backing chain),
  * read-only.  fmt AUTO probes.  Every file (layers and external data files)
