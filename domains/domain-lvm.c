@@ -840,11 +840,11 @@ static char *next_line(char **cursor)
     return line;
 }
 
-int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv)
+int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv, char **tags)
 {
     unsigned maj = major(dev), min = minor(dev);
     const char *args[] = { "lvs", "--noheadings", "--separator", ":",
-                           "-o", "vg_name,lv_name,lv_kernel_major,lv_kernel_minor", NULL };
+                           "-o", "vg_name,lv_name,lv_kernel_major,lv_kernel_minor,lv_tags", NULL };
     struct lvm_run r;
     int ret = lvm_exec(args, &r);
     if (ret) {
@@ -860,20 +860,26 @@ int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv)
     ret = lsm_error(-ENODEV, "device %u:%u is not an active logical volume", maj, min);
     char *cur = r.out, *line;
     while ((line = next_line(&cur))) {
-        /* VG:LV:MAJOR:MINOR; an inactive LV prints -1 for both numbers.
-         * LVM names have no ':' (lvm(8) "VALID NAMES"). */
-        char *f[4];
+        /* VG:LV:MAJOR:MINOR:TAGS; an inactive LV prints -1 for both
+         * numbers.  LVM names have no ':' (lvm(8) "VALID NAMES"), tags may
+         * (so they come last, the rest of the line, trailing blanks cut). */
+        char *f[5];
         int n = 0;
-        for (char *p = line; n < 4;) {
+        for (char *p = line; n < 5;) {
             f[n++] = p;
+            if (n == 5)
+                break;
             char *c = strchr(p, ':');
             if (!c)
                 break;
             *c = '\0';
             p = c + 1;
         }
-        if (n != 4)
+        if (n != 5)
             continue;
+        size_t tlen = strlen(f[4]);
+        while (tlen && isspace((unsigned char)f[4][tlen - 1]))
+            tlen--;
         char *end;
         errno = 0;
         long a = strtol(f[2], &end, 10);
@@ -890,10 +896,16 @@ int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv)
         }
         *vg = strdup(f[0]);
         *lv = strdup(f[1]);
-        if (!*vg || !*lv) {
+        if (tags)
+            *tags = strndup(f[4], tlen);
+        if (!*vg || !*lv || (tags && !*tags)) {
             free(*vg);
             free(*lv);
             *vg = *lv = NULL;
+            if (tags) {
+                free(*tags);
+                *tags = NULL;
+            }
             ret = lsm_error(-ENOMEM, "out of memory");
         } else {
             ret = 0;

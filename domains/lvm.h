@@ -10,9 +10,11 @@
 
 /* The VG and LV names (malloc'd) of the active logical volume whose device
  * number is dev, found with "lvs -o vg_name,lv_name,lv_kernel_major,
- * lv_kernel_minor" (the kernel's numbers, not the device's name).  -ENODEV
- * with a message when no active LV has that number. */
-int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv);
+ * lv_kernel_minor,lv_tags" (the kernel's numbers, not the device's name),
+ * and when tags is not NULL its tags as lsm_lvm_lv_tags gives them, from
+ * the same lvs.  -ENODEV with a message when no active LV has that
+ * number. */
+int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv, char **tags);
 /* The tags of VG/LV as lvs prints them: comma-separated, no spaces, ""
  * when it has none (malloc'd).  -ENOENT when there is no such LV. */
 int lsm_lvm_lv_tags(const char *vg, const char *lv, char **tags);

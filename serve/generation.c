@@ -64,10 +64,10 @@ int lsm_generation_from_tags(const char *tags, uint64_t *out)
 }
 
 /* Where a volume's generation lives: a file beside it, or the tags of an
- * LV. */
+ * LV (tags: as the lvs that found the LV printed them). */
 struct gen_loc {
     char *file;
-    char *vg, *lv;
+    char *vg, *lv, *tags;
 };
 
 static void gen_loc_free(struct gen_loc *l)
@@ -75,6 +75,7 @@ static void gen_loc_free(struct gen_loc *l)
     free(l->file);
     free(l->vg);
     free(l->lv);
+    free(l->tags);
 }
 
 static bool under_dev(const char *dir)
@@ -113,7 +114,7 @@ static int gen_locate(const char *volume, struct gen_loc *loc)
         return 0;
     }
     if (S_ISBLK(st.st_mode)) {
-        int r = lsm_lvm_lv_of_devno(st.st_rdev, &loc->vg, &loc->lv);
+        int r = lsm_lvm_lv_of_devno(st.st_rdev, &loc->vg, &loc->lv, &loc->tags);
         if (r == -ENODEV)
             return lsm_error(-ENOTSUP, "%s (device %u:%u) is not an active logical volume: "
                              "generations are kept for files and logical volumes only",
@@ -132,13 +133,9 @@ static int gen_locate(const char *volume, struct gen_loc *loc)
     return 0;
 }
 
-static int read_lv_gen(const struct gen_loc *loc, uint64_t *out)
+static int parse_lv_gen(const struct gen_loc *loc, const char *tags, uint64_t *out)
 {
-    _cleanup_free_ char *tags = NULL;
-    int r = lsm_lvm_lv_tags(loc->vg, loc->lv, &tags);
-    if (r < 0)
-        return r;
-    r = lsm_generation_from_tags(tags, out);
+    int r = lsm_generation_from_tags(tags, out);
     if (r == -EUCLEAN)
         return lsm_error(-EUCLEAN, "%s/%s has more than one generation tag (%s): remove all but the "
                          "right one with lvchange --deltag", loc->vg, loc->lv, tags);
@@ -172,7 +169,7 @@ static int read_gen(const char *file, uint64_t *out)
 
 static int read_loc(const struct gen_loc *loc, uint64_t *out)
 {
-    return loc->file ? read_gen(loc->file, out) : read_lv_gen(loc, out);
+    return loc->file ? read_gen(loc->file, out) : parse_lv_gen(loc, loc->tags, out);
 }
 
 static int write_lv_gen(const struct gen_loc *loc, uint64_t cur, uint64_t next)
@@ -183,11 +180,17 @@ static int write_lv_gen(const struct gen_loc *loc, uint64_t cur, uint64_t next)
     int r = lsm_lvm_lv_retag(loc->vg, loc->lv, cur ? del : NULL, add);
     if (r < 0)
         return r;
-    /* Read it back: lvchange succeeds when the tag to delete is already
-     * gone, so another writer (another service on this host) that bumped
-     * from the same generation shows here as two tags or another number. */
+    /* Read it back, so that an lvchange that exited 0 without the change,
+     * or a writer outside this process that set another number meanwhile,
+     * fails the bump instead of passing unseen.  Two writers outside one
+     * process that both bump from the same N both find N + 1 here: as for
+     * files, the orchestrator's locking keeps them apart (generation.h). */
+    _cleanup_free_ char *tags = NULL;
+    r = lsm_lvm_lv_tags(loc->vg, loc->lv, &tags);
+    if (r < 0)
+        return r;
     uint64_t now;
-    r = read_lv_gen(loc, &now);
+    r = parse_lv_gen(loc, tags, &now);
     if (r < 0)
         return r;
     if (now != next)
@@ -196,15 +199,16 @@ static int write_lv_gen(const struct gen_loc *loc, uint64_t cur, uint64_t next)
     return 0;
 }
 
+/* The lock is held from finding the volume (for an LV: one lvs that also
+ * reads its tags) to the end of the change. */
 int lsm_generation_get(const char *volume, uint64_t *out)
 {
     struct gen_loc loc;
+    pthread_mutex_lock(&gen_lock);
     int r = gen_locate(volume, &loc);
-    if (r == 0) {
-        pthread_mutex_lock(&gen_lock);
+    if (r == 0)
         r = read_loc(&loc, out);
-        pthread_mutex_unlock(&gen_lock);
-    }
+    pthread_mutex_unlock(&gen_lock);
     gen_loc_free(&loc);
     return r;
 }
@@ -212,14 +216,11 @@ int lsm_generation_get(const char *volume, uint64_t *out)
 int lsm_generation_bump(const char *volume, uint64_t expected)
 {
     struct gen_loc loc;
-    int r = gen_locate(volume, &loc);
-    if (r < 0) {
-        gen_loc_free(&loc);
-        return r;
-    }
-    pthread_mutex_lock(&gen_lock);
     uint64_t cur;
-    r = read_loc(&loc, &cur);
+    pthread_mutex_lock(&gen_lock);
+    int r = gen_locate(volume, &loc);
+    if (r == 0)
+        r = read_loc(&loc, &cur);
     if (r == 0 && cur != expected)
         r = lsm_error(-ESTALE, "%s has generation %" PRIu64 ", not the expected %" PRIu64,
                       volume, cur, expected);

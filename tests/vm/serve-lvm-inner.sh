@@ -1,0 +1,24 @@
+#!/bin/bash
+# Runs inside the test VM (tests/vm/vm-run.sh): a volume group on a loop
+# device over the guest's tmpfs, then the serve checks of
+# serve-lvm-inner.py against it.
+set -euo pipefail
+: "${LSM_SYNC:?}"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lvm-helpers.sh
+. "$here/lvm-helpers.sh"
+trap vm_cleanup EXIT
+
+W=$LSM_VM_SCRATCH/serve-lvm
+rm -rf "$W"
+mkdir -p "$W"
+vm_make_vg lsmsv 256M
+pv=$VM_LOOP
+vm_lvm lvcreate -q -y -Wn -Zn -n gen -L 32M lsmsv >/dev/null
+vm_lvm lvcreate -q -y -Wn -Zn -n plain -L 32M lsmsv >/dev/null
+for lv in gen plain; do
+    [ -b /dev/lsmsv/$lv ] && [ -b /dev/mapper/lsmsv-$lv ] || { echo "not ok - no device nodes for lsmsv/$lv"; exit 1; }
+done
+[ -z "$(vm_lvm lvs --noheadings -o lv_tags lsmsv/gen | tr -d ' ')" ] || { echo "not ok - the new LV has tags"; exit 1; }
+echo "ok 0 - the new LV has no tags (generation 0)"
+python3 "$here/serve-lvm-inner.py" "$W" lsmsv "$pv"
