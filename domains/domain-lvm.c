@@ -857,7 +857,7 @@ int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv, char **tags)
         lvm_run_free(&r);
         return ret;
     }
-    ret = lsm_error(-ENODEV, "device %u:%u is not an active logical volume", maj, min);
+    ret = 1;    /* not found yet */
     char *cur = r.out, *line;
     while ((line = next_line(&cur))) {
         /* VG:LV:MAJOR:MINOR:TAGS; an inactive LV prints -1 for both
@@ -913,6 +913,8 @@ int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv, char **tags)
         break;
     }
     lvm_run_free(&r);
+    if (ret == 1)
+        ret = lsm_error(-ENODEV, "device %u:%u is not an active logical volume", maj, min);
     return ret;
 }
 
