@@ -5,7 +5,7 @@
 set -euo pipefail
 : "${LSM_SYNC:?}"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lvm-helpers.sh
+# shellcheck source=tests/vm/lvm-helpers.sh
 . "$here/lvm-helpers.sh"
 trap vm_cleanup EXIT
 
@@ -17,7 +17,10 @@ pv=$VM_LOOP
 vm_lvm lvcreate -q -y -Wn -Zn -n gen -L 32M lsmsv >/dev/null
 vm_lvm lvcreate -q -y -Wn -Zn -n plain -L 32M lsmsv >/dev/null
 for lv in gen plain; do
-    [ -b /dev/lsmsv/$lv ] && [ -b /dev/mapper/lsmsv-$lv ] || { echo "not ok - no device nodes for lsmsv/$lv"; exit 1; }
+    if [ ! -b /dev/lsmsv/$lv ] || [ ! -b /dev/mapper/lsmsv-$lv ]; then
+        echo "not ok - no device nodes for lsmsv/$lv"
+        exit 1
+    fi
 done
 [ -z "$(vm_lvm lvs --noheadings -o lv_tags lsmsv/gen | tr -d ' ')" ] || { echo "not ok - the new LV has tags"; exit 1; }
 echo "ok 0 - the new LV has no tags (generation 0)"
