@@ -22,6 +22,6 @@ for lv in gen plain; do
         exit 1
     fi
 done
-[ -z "$(vm_lvm lvs --noheadings -o lv_tags lsmsv/gen | tr -d ' ')" ] || { echo "not ok - the new LV has tags"; exit 1; }
-echo "ok 0 - the new LV has no tags (generation 0)"
+echo "info: the VG and its LVs ready in ${SECONDS} s"
 python3 "$here/serve-lvm-inner.py" "$W" lsmsv "$pv"
+echo "info: in the guest ${SECONDS} s in all"
