@@ -20,6 +20,7 @@ import time
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "functional"))
+sys.dont_write_bytecode = True      # no __pycache__ in the source tree (written over 9p from the guest)
 import serve_test as t  # noqa: E402
 
 MiB = t.MiB
