@@ -38,12 +38,14 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "cleanup.h"
 #include "domain.h"
 #include "error.h"
+#include "lvm.h"
 #include "util.h"
 
 extern char **environ;
@@ -819,6 +821,175 @@ static int lvm_volume_size(struct lsm_domain *d, const char *name, uint64_t *siz
         return lsm_error(-ENOENT, "cannot get the size of %s/%s: no such logical volume", vg, name);
     *size = v;
     return 0;
+}
+
+/* ---- outside a domain (lvm.h) ----------------------------------------- */
+
+/* Next line of out (NUL-terminated in place), leading blanks skipped; NULL
+ * at the end. */
+static char *next_line(char **cursor)
+{
+    char *line = *cursor;
+    if (!*line)
+        return NULL;
+    char *eol = strchrnul(line, '\n');
+    *cursor = *eol ? eol + 1 : eol;
+    *eol = '\0';
+    while (isspace((unsigned char)*line))
+        line++;
+    return line;
+}
+
+int lsm_lvm_lv_of_devno(dev_t dev, char **vg, char **lv, char **tags)
+{
+    unsigned maj = major(dev), min = minor(dev);
+    const char *args[] = { "lvs", "--noheadings", "--separator", ":",
+                           "-o", "vg_name,lv_name,lv_kernel_major,lv_kernel_minor,lv_tags", NULL };
+    struct lvm_run r;
+    int ret = lvm_exec(args, &r);
+    if (ret) {
+        lsm_error_prefix("cannot find the logical volume of device %u:%u", maj, min);
+        return ret;
+    }
+    if (r.status) {
+        ret = lsm_error(lvm_guess_errno(&r), "cannot find the logical volume of device %u:%u: lvs: %s",
+                        maj, min, r.msg);
+        lvm_run_free(&r);
+        return ret;
+    }
+    ret = 1;    /* not found yet */
+    char *cur = r.out, *line;
+    while ((line = next_line(&cur))) {
+        /* VG:LV:MAJOR:MINOR:TAGS; an inactive LV prints -1 for both
+         * numbers.  LVM names have no ':' (lvm(8) "VALID NAMES"), tags may
+         * (so they come last, the rest of the line, trailing blanks cut). */
+        char *f[5];
+        int n = 0;
+        for (char *p = line; n < 5;) {
+            f[n++] = p;
+            if (n == 5)
+                break;
+            char *c = strchr(p, ':');
+            if (!c)
+                break;
+            *c = '\0';
+            p = c + 1;
+        }
+        if (n != 5)
+            continue;
+        size_t tlen = strlen(f[4]);
+        while (tlen && isspace((unsigned char)f[4][tlen - 1]))
+            tlen--;
+        char *end;
+        errno = 0;
+        long a = strtol(f[2], &end, 10);
+        if (errno || *end || a < 0)
+            continue;
+        long b = strtol(f[3], &end, 10);
+        if (errno || *end || b < 0)
+            continue;
+        if ((unsigned long)a != maj || (unsigned long)b != min)
+            continue;
+        if (lvm_name_problem(f[0], false) || lvm_name_problem(f[1], false)) {
+            ret = lsm_error(-EIO, "lvs printed an invalid name for device %u:%u: \"%.80s\"", maj, min, line);
+            break;
+        }
+        *vg = strdup(f[0]);
+        *lv = strdup(f[1]);
+        if (tags)
+            *tags = strndup(f[4], tlen);
+        if (!*vg || !*lv || (tags && !*tags)) {
+            free(*vg);
+            free(*lv);
+            *vg = *lv = NULL;
+            if (tags) {
+                free(*tags);
+                *tags = NULL;
+            }
+            ret = lsm_error(-ENOMEM, "out of memory");
+        } else {
+            ret = 0;
+        }
+        break;
+    }
+    lvm_run_free(&r);
+    if (ret == 1)
+        ret = lsm_error(-ENODEV, "device %u:%u is not an active logical volume", maj, min);
+    return ret;
+}
+
+int lsm_lvm_lv_tags(const char *vg, const char *lv, char **tags)
+{
+    const char *why = lvm_name_problem(vg, false);
+    if (why)
+        return lsm_error(-EINVAL, "invalid volume group name \"%s\": %s", vg ? vg : "", why);
+    int ret = check_lv_name(vg, lv);
+    if (ret)
+        return ret;
+    char full[2 * LVM_NAME_MAX + 2];
+    snprintf(full, sizeof full, "%s/%s", vg, lv);
+    const char *args[] = { "lvs", "--noheadings", "-o", "lv_tags", full, NULL };
+    struct lvm_run r;
+    ret = lvm_exec(args, &r);
+    if (ret) {
+        lsm_error_prefix("cannot read the tags of %s", full);
+        return ret;
+    }
+    if (r.status) {
+        ret = lsm_error(lvm_guess_errno(&r), "cannot read the tags of %s: lvs: %s", full, r.msg);
+        lvm_run_free(&r);
+        return ret;
+    }
+    /* One line (maybe empty: no tags); trailing blanks trimmed. */
+    char *cur = r.out;
+    char *line = next_line(&cur);
+    if (!line)
+        line = cur;
+    size_t len = strlen(line);
+    while (len && isspace((unsigned char)line[len - 1]))
+        len--;
+    char *extra = next_line(&cur);
+    if (extra && *extra) {
+        ret = lsm_error(-EIO, "cannot read the tags of %s: lvs printed more than one line", full);
+    } else if (!(*tags = strndup(line, len))) {
+        ret = lsm_error(-ENOMEM, "out of memory");
+    }
+    lvm_run_free(&r);
+    return ret;
+}
+
+int lsm_lvm_lv_retag(const char *vg, const char *lv, const char *del, const char *add)
+{
+    const char *why = lvm_name_problem(vg, false);
+    if (why)
+        return lsm_error(-EINVAL, "invalid volume group name \"%s\": %s", vg ? vg : "", why);
+    int ret = check_lv_name(vg, lv);
+    if (ret)
+        return ret;
+    char full[2 * LVM_NAME_MAX + 2];
+    snprintf(full, sizeof full, "%s/%s", vg, lv);
+    const char *args[8];
+    size_t n = 0;
+    args[n++] = "lvchange";
+    if (del) {
+        args[n++] = "--deltag";
+        args[n++] = del;
+    }
+    args[n++] = "--addtag";
+    args[n++] = add;
+    args[n++] = full;
+    args[n] = NULL;
+    struct lvm_run r;
+    ret = lvm_exec(args, &r);
+    if (ret) {
+        lsm_error_prefix("cannot change the tags of %s", full);
+        return ret;
+    }
+    if (r.status)
+        ret = lsm_error(lvm_guess_errno(&r), "cannot change the tags of %s (tag %s%s%s): lvchange: %s",
+                        full, add, del ? " instead of " : "", del ? del : "", r.msg);
+    lvm_run_free(&r);
+    return ret;
 }
 
 const struct lsm_domain_ops lsm_domain_lvm_ops = {

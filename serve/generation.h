@@ -6,18 +6,21 @@
  * finishes successfully, so that a second orchestrator (or a retry of an
  * old request) holding a stale generation is refused.
  *
- * Where it lives: in a small file beside the volume, so that every host
- * that sees the storage domain sees the same counter (vdsm keeps its
- * generation in the volume's metadata the same way):
+ * Where it lives: where every host that sees the storage domain sees it
+ * (vdsm keeps its generation in the volume's metadata the same way):
  *
- *   DIR/NAME             the volume (a regular file; realpath resolved)
- *   DIR/NAME.generation  "N\n" in decimal; absent means generation 0
+ *   file volume DIR/NAME (a regular file; realpath resolved): a file
+ *     DIR/NAME.generation holding "N\n" in decimal
+ *   block volume (a block device that is an active LV, found by its device
+ *     number with lvs, whatever path names it): the LV's tag lsm_gen_N
  *
- * Block volumes (an LV has no directory to put a file in) are refused
- * with -ENOTSUP when a generation is given.  The file is replaced
- * atomically (store.h: lsm_write_file_atomic), under a process-wide mutex
- * so that two tasks of this service cannot both bump from N; two services
- * on two hosts are fenced by the orchestrator's own locking, as with vdsm.
+ * Absent (no file, no tag) means generation 0.  A file is replaced
+ * atomically (store.h: lsm_write_file_atomic); a tag with one
+ * "lvchange --deltag lsm_gen_N --addtag lsm_gen_N+1", which LVM 2.03
+ * commits as one metadata change, and read back afterwards.  Other block
+ * devices are refused with -ENOTSUP.  All under a process-wide mutex so
+ * that two tasks of this service cannot both bump from N; two services on
+ * two hosts are fenced by the orchestrator's own locking, as with vdsm.
  *
  * Library layer: never prints. */
 #ifndef LSM_SERVE_GENERATION_H
@@ -31,8 +34,16 @@
 /* Parse the file's content: decimal digits, an optional newline, nothing
  * else, at most LSM_GENERATION_MAX.  -EINVAL otherwise. */
 int lsm_generation_parse(const char *buf, size_t len, uint64_t *out);
-/* The generation of volume (0 when its generation file does not exist).
- * -ENOTSUP for a block device, -errno with a message otherwise. */
+#define LSM_GENERATION_TAG_PREFIX "lsm_gen_"
+
+/* Parse an LV's tags as lvs prints them (comma-separated): the N of its
+ * one tag lsm_gen_N, 0 when it has none.  -EINVAL when that tag's N is not
+ * decimal as lsm_generation_parse takes it or has a leading zero, -EUCLEAN
+ * when there are two or more generation tags. */
+int lsm_generation_from_tags(const char *tags, uint64_t *out);
+/* The generation of volume (0 when it has no generation file or tag).
+ * -ENOTSUP for a block device that is no active LV, -errno with a message
+ * otherwise. */
 int lsm_generation_get(const char *volume, uint64_t *out);
 /* If the generation is expected, make it expected + 1 (0); else -ESTALE
  * with a message saying both. */

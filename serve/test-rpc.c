@@ -210,6 +210,40 @@ static void test_generation_parse(void **state)
     assert_int_equal(lsm_generation_parse("9007199254740993", 16, &g), -EINVAL);
 }
 
+/* LV tags as lvs prints them (serve/generation.c keeps an LV's generation
+ * in its tag lsm_gen_N). */
+static void test_generation_tags(void **state)
+{
+    (void)state;
+    uint64_t g = 99;
+    assert_int_equal(lsm_generation_from_tags("", &g), 0);             /* no tags: 0 */
+    assert_int_equal(g, 0);
+    g = 99;
+    assert_int_equal(lsm_generation_from_tags("owner_vdsm,pool.1", &g), 0);
+    assert_int_equal(g, 0);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_7", &g), 0);
+    assert_int_equal(g, 7);
+    assert_int_equal(lsm_generation_from_tags("a,lsm_gen_0,b", &g), 0);
+    assert_int_equal(g, 0);
+    assert_int_equal(lsm_generation_from_tags("x,lsm_gen_9007199254740992", &g), 0);
+    assert_int_equal(g, UINT64_C(9007199254740992));
+    /* other tags that only look alike do not count */
+    assert_int_equal(lsm_generation_from_tags("lsm_gen,my_lsm_gen_3,lsm_genX", &g), 0);
+    assert_int_equal(g, 0);
+    /* two generation tags (an interrupted change on an LVM that commits
+     * each tag separately, or two writers): neither is believed */
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_3,lsm_gen_4", &g), -EUCLEAN);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_3,x,lsm_gen_3", &g), -EUCLEAN);
+    /* malformed numbers */
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_07", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_-1", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_1x,a", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("a,lsm_gen_9007199254740993", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_99999999999999999999", &g), -EINVAL);
+    assert_int_equal(lsm_generation_from_tags("lsm_gen_5\n", &g), -EINVAL);
+}
+
 static char tmpdir[256];
 
 struct loaded { int n, bad; enum lsm_job_state state; int error; };
@@ -361,6 +395,10 @@ static void test_generation_file(void **state)
     fclose(fp);
     assert_int_equal(lsm_generation_get(v, &gen), -EINVAL);
     assert_int_equal(lsm_generation_get("/dev/null", &gen), -ENOTSUP);
+    /* no file is ever made in /dev for a volume that is not there */
+    assert_int_equal(lsm_generation_get("/dev/lsm-no-such-vg-x/lv", &gen), -ENOENT);
+    assert_int_equal(lsm_generation_bump("/dev/lsm-no-such-volume-x", 0), -ENOENT);
+    assert_int_equal(access("/dev/lsm-no-such-volume-x.generation", F_OK), -1);
 }
 
 int main(void)
@@ -373,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_task_id),
         cmocka_unit_test(test_record_roundtrip),
         cmocka_unit_test(test_generation_parse),
+        cmocka_unit_test(test_generation_tags),
         cmocka_unit_test_setup_teardown(test_confine, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(test_store, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(test_generation_file, setup_tmp, teardown_tmp),
