@@ -589,7 +589,8 @@ static void vol_reap(struct sync_ctx *ctx, struct vol *v)
         snprintf(v->out->error, sizeof v->out->error, "%s", st.message);
     else
         v->done = v->out->bytes;
-    /* The copy's progress callback has no redone bytes: its result does. */
+    /* The final count, from the result (the progress carried it while the
+     * copy ran). */
     v->jp.bytes_redone = v->out->st.bytes_redone;
     publish(ctx);
     pthread_mutex_unlock(&ctx->lock);

@@ -804,7 +804,8 @@ static int run_copy(struct lsm_job *job, struct serve_work *w)
         r = lsm_copy(&o, &st);
     }
     if (st.bytes_redone) {
-        /* the copy's progress callback has no redone bytes: its result does */
+        /* the final count, from the result (the progress carried it while
+         * the copy ran) */
         struct lsm_job_status js;
         lsm_job_get_status(job, &js);
         js.progress.bytes_redone = st.bytes_redone;
