@@ -146,25 +146,12 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     written = true;
 
-    struct lsm_engine_params ep = {
-        .size = vsize,
-        .requests = m,
-        .request_size = rsize,
-        .buffer_size = bsize,
-        .rate = o->rate,
-        .limiter = o->limiter,
-        .salvage = o->salvage,
-        .warn = o->warn,
-        .sparse_size = o->sparse_size,
-        .checksum = o->checksum,
-        .checksum_alg = o->checksum_alg,
-        .checksum_block_size = o->checksum_block_size,
-        .cancel = o->cancel,
-        .record = o->record,
-        .progress = o->progress,
-        .job_progress = o->job_progress,
-        .opaque = o->opaque,
-    };
+    struct lsm_engine_params ep;
+    lsm_copy_engine_params(o, &ep);
+    ep.size = vsize;
+    ep.requests = m;
+    ep.request_size = rsize;
+    ep.buffer_size = bsize;
     r = lsm_engine_copy(src, dst, &ep, &es);
 
 out:
@@ -173,16 +160,7 @@ out:
     /* An export is never removed: once written to, it is incomplete. */
     if (r < 0 && written)
         st->dst_incomplete = true;
-    st->bytes_total = es.bytes_total;
-    st->bytes_done = es.bytes_done;
-    st->bytes_read = es.bytes_read;
-    st->bytes_written = es.bytes_written;
-    st->bytes_zeroed = es.bytes_zeroed;
-    st->bytes_skipped = es.bytes_skipped;
-    st->bytes_salvaged = es.bytes_salvaged;
-    st->salvaged_ranges = es.salvaged_ranges;
-    st->checksummed = es.checksummed;
-    memcpy(st->checksum, es.checksum, sizeof(st->checksum));
+    lsm_copy_take_engine_stats(st, &es);
     lsm_loop_destroy(loop);
     lsm_ep_close(dst);
     lsm_ep_close(src);

@@ -32,4 +32,13 @@ void lsm_copy_nbd_defaults(const struct lsm_copy_opts *o, unsigned *requests,
  * st->dst_incomplete). */
 int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st);
 
+/* Shared by the copy flows (copy.c, copy-nbd.c): the engine parameters
+ * that come straight from o (rate, limiter, salvage, sparse size, checksum,
+ * cancel and the callbacks; the caller sets the size, the request geometry
+ * and what is its own), and the engine's counts into st. */
+struct lsm_engine_params;
+struct lsm_engine_stats;
+void lsm_copy_engine_params(const struct lsm_copy_opts *o, struct lsm_engine_params *ep);
+void lsm_copy_take_engine_stats(struct lsm_copy_stats *st, const struct lsm_engine_stats *es);
+
 #endif

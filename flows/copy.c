@@ -144,6 +144,45 @@ static int reserve_meta(uint64_t bytes, const char *what, uint64_t *reserved)
     return 0;
 }
 
+void lsm_copy_engine_params(const struct lsm_copy_opts *o, struct lsm_engine_params *ep)
+{
+    *ep = (struct lsm_engine_params){
+        .rate = o->rate,
+        .limiter = o->limiter,
+        .salvage = o->salvage,
+        .warn = o->warn,
+        .sparse_size = o->sparse_size,
+        .checksum = o->checksum,
+        .checksum_alg = o->checksum_alg,
+        .checksum_block_size = o->checksum_block_size,
+        .cancel = o->cancel,
+        .record = o->record,
+        .progress = o->progress,
+        .job_progress = o->job_progress,
+        .opaque = o->opaque,
+    };
+}
+
+void lsm_copy_take_engine_stats(struct lsm_copy_stats *st, const struct lsm_engine_stats *es)
+{
+    st->offload = es->offload;
+    st->bytes_total = es->bytes_total;
+    st->bytes_done = es->bytes_done;
+    st->bytes_read = es->bytes_read;
+    st->bytes_written = es->bytes_written;
+    st->bytes_zeroed = es->bytes_zeroed;
+    st->bytes_skipped = es->bytes_skipped;
+    st->bytes_offloaded = es->bytes_offloaded;
+    st->bytes_already_done = es->bytes_already_done;
+    st->bytes_redone = es->bytes_redone;
+    st->checkpoints = es->checkpoints;
+    st->checkpoint_seconds = es->checkpoint_seconds;
+    st->bytes_salvaged = es->bytes_salvaged;
+    st->salvaged_ranges = es->salvaged_ranges;
+    st->checksummed = es->checksummed;
+    memcpy(st->checksum, es->checksum, sizeof(st->checksum));
+}
+
 /* Decide whether a physical copy applies: one qcow2 layer (or -B) copied to
  * a new qcow2 keeping its cluster size, clean, no snapshots, no data file. */
 static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img, bool explain)
@@ -934,37 +973,24 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     }
     bitmap_copy.img = img;
     bitmap_copy.w = d.w;
-    struct lsm_engine_params ep = {
-        .size = physical ? img->file_size : vsize,
-        .requests = m,
-        .request_size = rsize,
-        .buffer_size = bsize,
-        .rate = o->rate,
-        .limiter = o->limiter,
-        .offload = ol != NULL,
-        .offload_required = o->offload_required,
-        .salvage = o->salvage,
-        .warn = o->warn,
-        .sparse_size = o->sparse_size,
-        .before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL,
-        .before_finish_opaque = &bitmap_copy,
-        .checksum = o->checksum,
-        .checksum_alg = o->checksum_alg,
-        .checksum_block_size = o->checksum_block_size,
-        .absent_zero_mixed_is_data = o->backing != NULL,
-        .journal = fj.j,
-        .checkpoint_bytes = o->checkpoint_bytes,
-        .checkpoint_ms = o->checkpoint_ms,
-        .redo_lo = fj.frontier0,
-        .redo_hi = fj.reached0,
-        .checkpoint = fj.j ? journal_checkpoint : NULL,
-        .checkpoint_opaque = &fj,
-        .cancel = o->cancel,
-        .record = o->record,
-        .progress = o->progress,
-        .job_progress = o->job_progress,
-        .opaque = o->opaque,
-    };
+    struct lsm_engine_params ep;
+    lsm_copy_engine_params(o, &ep);
+    ep.size = physical ? img->file_size : vsize;
+    ep.requests = m;
+    ep.request_size = rsize;
+    ep.buffer_size = bsize;
+    ep.offload = ol != NULL;
+    ep.offload_required = o->offload_required;
+    ep.before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL;
+    ep.before_finish_opaque = &bitmap_copy;
+    ep.absent_zero_mixed_is_data = o->backing != NULL;
+    ep.journal = fj.j;
+    ep.checkpoint_bytes = o->checkpoint_bytes;
+    ep.checkpoint_ms = o->checkpoint_ms;
+    ep.redo_lo = fj.frontier0;
+    ep.redo_hi = fj.reached0;
+    ep.checkpoint = fj.j ? journal_checkpoint : NULL;
+    ep.checkpoint_opaque = &fj;
     r = lsm_engine_copy(src, dep, &ep, &es);
     if (r == -EOPNOTSUPP && o->offload_required && ol && *lsm_offload_reason(ol)) {
         char why[768];
@@ -997,9 +1023,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
 out:
     if (r < 0 && !*lsm_last_error())
         lsm_error_errno(r, "copy failed");
-    st->offload = es.offload;
-    st->bytes_salvaged = es.bytes_salvaged;
-    st->salvaged_ranges = es.salvaged_ranges;
+    lsm_copy_take_engine_stats(st, &es);
     if (ol) {
         struct lsm_offload_counts oc;
         lsm_offload_get_counts(ol, &oc);
@@ -1010,19 +1034,6 @@ out:
         snprintf(st->offload_plugin, sizeof st->offload_plugin, "%s", oc.plugin_name);
         snprintf(st->offload_fallback, sizeof st->offload_fallback, "%.255s", oc.first_fallback);
     }
-    st->bytes_total = es.bytes_total;
-    st->bytes_done = es.bytes_done;
-    st->bytes_read = es.bytes_read;
-    st->bytes_written = es.bytes_written;
-    st->bytes_zeroed = es.bytes_zeroed;
-    st->bytes_skipped = es.bytes_skipped;
-    st->bytes_offloaded = es.bytes_offloaded;
-    st->bytes_already_done = es.bytes_already_done;
-    st->bytes_redone = es.bytes_redone;
-    st->checkpoints = es.checkpoints;
-    st->checkpoint_seconds = es.checkpoint_seconds;
-    st->checksummed = es.checksummed;
-    memcpy(st->checksum, es.checksum, sizeof(st->checksum));
     lsm_loop_destroy(loop);   /* waits for anything still in flight */
     lsm_ep_close(dep);
     lsm_ep_close(src);

@@ -37,6 +37,7 @@
 #include "error.h"
 #include "extend-backend.h"
 #include "extender-ops.h"
+#include "libvirt-xml.h"
 #include "util.h"
 
 LSM_DEFINE_CLEANUP(xmlDocPtr, xmlFreeDoc)
@@ -190,24 +191,6 @@ static void kick_locked(struct drive *d)
 
 /* ---- the live XML ---- */
 
-static char *xattr(xmlNodePtr n, const char *name)
-{
-    xmlChar *v = n ? xmlGetProp(n, (const xmlChar *)name) : NULL;
-    if (!v)
-        return NULL;
-    char *s = strdup((const char *)v);
-    xmlFree(v);
-    return s;
-}
-
-static xmlNodePtr child(xmlNodePtr n, const char *name)
-{
-    for (xmlNodePtr c = n ? n->children : NULL; c; c = c->next)
-        if (c->type == XML_ELEMENT_NODE && !strcmp((const char *)c->name, name))
-            return c;
-    return NULL;
-}
-
 struct layout_side {
     char *path;
     int index;
@@ -232,10 +215,10 @@ static void source_of(xmlNodePtr src, struct layout_side *s)
     s->index = -1;
     if (!src)
         return;
-    s->path = xattr(src, "dev");
+    s->path = lsm_xml_attr(src, "dev");
     if (!s->path)
-        s->path = xattr(src, "file");
-    _cleanup_free_ char *idx = xattr(src, "index");
+        s->path = lsm_xml_attr(src, "file");
+    _cleanup_free_ char *idx = lsm_xml_attr(src, "index");
     if (idx)
         s->index = atoi(idx);
 }
@@ -255,18 +238,18 @@ static int read_layout(struct lsm_extender *x, const char *target, struct layout
                       XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     if (!doc)
         return lsm_error(-EIO, "cannot parse the XML of domain '%s'", x->domain);
-    xmlNodePtr devices = child(xmlDocGetRootElement(doc), "devices");
+    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
     if (nnames)
         *nnames = 0;
     for (xmlNodePtr n = devices ? devices->children : NULL; n; n = n->next) {
         if (n->type != XML_ELEMENT_NODE || strcmp((const char *)n->name, "disk"))
             continue;
-        _cleanup_free_ char *dev = xattr(child(n, "target"), "dev");
-        _cleanup_free_ char *device = xattr(n, "device");
+        _cleanup_free_ char *dev = lsm_xml_attr(lsm_xml_child(n, "target"), "dev");
+        _cleanup_free_ char *device = lsm_xml_attr(n, "device");
         if (!dev || (device && strcmp(device, "disk")))
             continue;
         if (!target) {
-            _cleanup_free_ char *type = xattr(n, "type");
+            _cleanup_free_ char *type = lsm_xml_attr(n, "type");
             if (type && !strcmp(type, "block") && nnames && *nnames < LSM_EXTENDER_MAX_DRIVES &&
                 strlen(dev) < 32)
                 copy_str(names[(*nnames)++], 32, dev);
@@ -274,14 +257,14 @@ static int read_layout(struct lsm_extender *x, const char *target, struct layout
         }
         if (strcmp(dev, target))
             continue;
-        l->type = xattr(n, "type");
-        l->alias = xattr(child(n, "alias"), "name");
-        source_of(child(n, "source"), &l->side[SRC]);
-        xmlNodePtr mirror = child(n, "mirror");
+        l->type = lsm_xml_attr(n, "type");
+        l->alias = lsm_xml_attr(lsm_xml_child(n, "alias"), "name");
+        source_of(lsm_xml_child(n, "source"), &l->side[SRC]);
+        xmlNodePtr mirror = lsm_xml_child(n, "mirror");
         if (mirror) {
-            source_of(child(mirror, "source"), &l->side[DST]);
+            source_of(lsm_xml_child(mirror, "source"), &l->side[DST]);
             if (!l->side[DST].path)
-                l->side[DST].path = xattr(mirror, "file");
+                l->side[DST].path = lsm_xml_attr(mirror, "file");
         }
         return 0;
     }

@@ -35,6 +35,7 @@
 #include "cleanup.h"
 #include "error.h"
 #include "image.h"
+#include "libvirt-xml.h"
 #include "mirror.h"
 #include "util.h"
 
@@ -109,51 +110,28 @@ static int global_init(void)
 
 /* ---- domain XML ---- */
 
-static char *xattr(xmlNodePtr n, const char *name)
-{
-    xmlChar *v = xmlGetProp(n, (const xmlChar *)name);
-    if (!v)
-        return NULL;
-    char *s = strdup((const char *)v);
-    xmlFree(v);
-    return s;
-}
-
-static bool is_elem(xmlNodePtr n, const char *name)
-{
-    return n->type == XML_ELEMENT_NODE && !strcmp((const char *)n->name, name);
-}
-
-static xmlNodePtr child(xmlNodePtr n, const char *name)
-{
-    for (xmlNodePtr c = n ? n->children : NULL; c; c = c->next)
-        if (is_elem(c, name))
-            return c;
-    return NULL;
-}
-
 /* The path of a <source> element: file= for files, dev= for block devices. */
 static char *source_path(xmlNodePtr src)
 {
     if (!src)
         return NULL;
-    char *p = xattr(src, "file");
-    return p ? p : xattr(src, "dev");
+    char *p = lsm_xml_attr(src, "file");
+    return p ? p : lsm_xml_attr(src, "dev");
 }
 
 static int parse_disk(xmlNodePtr disk, struct disk_info *di)
 {
-    di->type = xattr(disk, "type");
-    di->source = source_path(child(disk, "source"));
-    xmlNodePtr bs = child(disk, "backingStore");
-    di->has_backing = bs && child(bs, "source");
-    xmlNodePtr mirror = child(disk, "mirror");
+    di->type = lsm_xml_attr(disk, "type");
+    di->source = source_path(lsm_xml_child(disk, "source"));
+    xmlNodePtr bs = lsm_xml_child(disk, "backingStore");
+    di->has_backing = bs && lsm_xml_child(bs, "source");
+    xmlNodePtr mirror = lsm_xml_child(disk, "mirror");
     if (mirror) {
         di->has_mirror = true;
-        di->mirror_ready = xattr(mirror, "ready");
-        di->mirror_source = source_path(child(mirror, "source"));
+        di->mirror_ready = lsm_xml_attr(mirror, "ready");
+        di->mirror_source = source_path(lsm_xml_child(mirror, "source"));
         if (!di->mirror_source)     /* the old form: <mirror file='...'> */
-            di->mirror_source = xattr(mirror, "file");
+            di->mirror_source = lsm_xml_attr(mirror, "file");
     }
     return 0;
 }
@@ -175,12 +153,12 @@ static int get_disk(struct virt_mirror *vm, const char *target, struct disk_info
 
     char names[256] = "";
     size_t used = 0;
-    xmlNodePtr devices = child(xmlDocGetRootElement(doc), "devices");
+    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
     for (xmlNodePtr d = devices ? devices->children : NULL; d; d = d->next) {
-        if (!is_elem(d, "disk"))
+        if (!lsm_xml_is_elem(d, "disk"))
             continue;
-        xmlNodePtr tgt = child(d, "target");
-        _cleanup_free_ char *dev = tgt ? xattr(tgt, "dev") : NULL;
+        xmlNodePtr tgt = lsm_xml_child(d, "target");
+        _cleanup_free_ char *dev = tgt ? lsm_xml_attr(tgt, "dev") : NULL;
         if (!dev)
             continue;
         if (!strcmp(dev, target))

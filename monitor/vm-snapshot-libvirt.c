@@ -15,6 +15,7 @@
 
 #include "cleanup.h"
 #include "error.h"
+#include "libvirt-xml.h"
 #include "vm-snapshot.h"
 
 LSM_DEFINE_CLEANUP(virConnectPtr, virConnectClose)
@@ -57,19 +58,6 @@ static int append(char **buf, size_t *len, const char *s, bool escape)
     return 0;
 }
 
-static bool is_elem(xmlNodePtr n, const char *name)
-{
-    return n->type == XML_ELEMENT_NODE && !strcmp((const char *)n->name, name);
-}
-
-static xmlNodePtr child(xmlNodePtr n, const char *name)
-{
-    for (xmlNodePtr c = n ? n->children : NULL; c; c = c->next)
-        if (is_elem(c, name))
-            return c;
-    return NULL;
-}
-
 int lsm_vm_snapshot_libvirt(const char *uri, const char *domain,
                             const struct lsm_vm_snapshot_disk *d, unsigned n);
 
@@ -103,11 +91,11 @@ int lsm_vm_snapshot_libvirt(const char *uri, const char *domain,
     size_t len = 0;
     int r = append(&xml, &len, "<domainsnapshot><disks>", false);
     unsigned found = 0;
-    xmlNodePtr devices = child(xmlDocGetRootElement(doc), "devices");
+    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
     for (xmlNodePtr dk = devices ? devices->children : NULL; dk && !r; dk = dk->next) {
-        if (!is_elem(dk, "disk"))
+        if (!lsm_xml_is_elem(dk, "disk"))
             continue;
-        xmlNodePtr tgt = child(dk, "target");
+        xmlNodePtr tgt = lsm_xml_child(dk, "target");
         xmlChar *dev = tgt ? xmlGetProp(tgt, (const xmlChar *)"dev") : NULL;
         if (!dev)
             continue;

@@ -57,7 +57,7 @@ for src in full.raw sparse.raw sparse.qcow2 random.qcow2 top.qcow2; do
             name="$src-$alg-$dfmt"
             dst=d$n.$dfmt
             small=()
-            ((n % 2)) && small=(-s 64K -m 4)   # every other copy: 64 KiB requests
+            ((n % 2)) && small=(--request-size=64K -m 4)   # every other copy: 64 KiB requests
             if ! out=$("$LSM_SYNC" copy -q -O $dfmt "${small[@]}" --checksum=$alg "$src" "$dst" 2>err.log); then
                 fail "$name" "copy failed: $(cat err.log)"
                 continue
