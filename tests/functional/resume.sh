@@ -181,11 +181,9 @@ log "kills: $kills; bytes_redone after each resume: ${REDONE_LIST[*]:-none}"
 # hook of engine/copy.c): right after the qcow2 writer's checkpoint, before
 # the journal says so (the journal must accept the image's new metadata),
 # and right after a journal save.  The source spreads its data over four
-# L1 entries (512 MiB each with 64 KiB clusters), so that the third
-# checkpoint changes the destination's L1 table.  Checkpoints here come
-# every 8 MiB of data only (no time trigger): a timed one between two of
-# them would land in the same 512 MiB and leave L1 as it was (seen in CI
-# on a slow disk).
+# L1 entries (512 MiB each with 64 KiB clusters), so that checkpoints
+# change the destination's L1 table as the copy moves on.  Checkpoints here
+# come every 8 MiB of data only (no time trigger).
 CK_COPY=("${COPY[@]:0:${#COPY[@]}-1}" --checkpoint-interval="$INTERVAL",86400)
 qcow2 wide.qcow2 2G
 qio wide.qcow2 -- "write -P 0x71 0 10M" "write -P 0x72 600M 10M" "write -P 0x73 1200M 10M" \
