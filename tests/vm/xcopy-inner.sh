@@ -24,8 +24,13 @@ mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/confi
 mount -t tmpfs -o size=700m tmpfs "$S" || skip "cannot mount a tmpfs on $S"
 
 cleanup() {
+    # The volume group on LUN 10 first (its LVs hold the disk open), then
     # LUN links, then targets, then backstores (configfs refuses otherwise).
     local l
+    if [ -n "${sanvg:-}" ]; then
+        lvm vgremove -q -f --config "$LSM_LVM_CONFIG" "$sanvg" >/dev/null 2>&1
+        lvm pvremove -q -ff -y --config "$LSM_LVM_CONFIG" "$sanpv" >/dev/null 2>&1
+    fi
     for l in $T/loopback/naa.*/tpgt_1/lun/lun_*/*; do [ -L "$l" ] && rm -f "$l"; done
     for l in $T/loopback/naa.*/tpgt_1/lun/lun_*; do [ -d "$l" ] && rmdir "$l"; done
     for l in $T/loopback/naa.*/tpgt_1; do [ -d "$l" ] && { echo 0 >/dev/null; rmdir "$l"; }; done
@@ -275,6 +280,37 @@ if dmsetup create lsm-xcopy-part --table "0 16384 linear $src 2048" 2>/dev/null;
     dmsetup remove lsm-xcopy-part
 else
     fail "cannot make a dm linear device over $src"
+fi
+
+# 8. A SAN block domain: an LVM volume group on a LUN (10) of the target.  A
+#    backing chain is cloned into it and synced layer by layer; the LVs
+#    are parts of the LUN, so nothing is offloaded, and the chain reads
+#    back identical.  (The guest runs no udev: lvm-helpers.sh's config.)
+. "$(dirname "${BASH_SOURCE[0]}")/lvm-helpers.sh"
+if fileio 10 4G a; then
+    sanpv=$dev
+    mkdir -p "$S/san/d1"
+    { qemu-img create -q -f raw "$S/san/d1/base.raw" 64M &&
+        qemu-io -f raw -c "write -P 0x5a 0 8M" "$S/san/d1/base.raw" &&
+        qemu-img create -q -f qcow2 -b d1/base.raw -F raw "$S/san/top.qcow2" &&
+        qemu-io -f qcow2 -c "write -P 0xa5 4M 1M" "$S/san/top.qcow2"; } >"$S/san-mk.log" 2>&1 ||
+        fail "cannot make the chain for the SAN domain: $(cat "$S/san-mk.log")"
+    if out=$(vm_lvm pvcreate -q -y "$sanpv" 2>&1 && vm_lvm vgcreate -q sanvg "$sanpv" 2>&1); then
+        sanvg=sanvg
+        if top=$("$LSM_SYNC" clone-structure "$S/san/top.qcow2" --dst-vg sanvg 2>"$S/san.err") &&
+            "$LSM_SYNC" sync --type=ALL --output=json "$S/san/top.qcow2" "$top" >"$S/san.json" 2>>"$S/san.err" &&
+            qemu-img compare -q "$S/san/top.qcow2" "$top" &&
+            qemu-img check -q "$top" &&
+            cmp -s "$S/san/d1/base.raw" /dev/sanvg/base.raw; then
+            ok "LVM volume group on a LUN: clone-structure + sync of a 2-layer chain, identical, check clean"
+        else
+            fail "LVM on a LUN: $(cat "$S/san.err" "$S/san.json" 2>/dev/null)"
+        fi
+    else
+        fail "cannot make a volume group on LUN $sanpv: $out"
+    fi
+else
+    fail "cannot configure LIO LUN 10 for the volume group"
 fi
 
 [ "$fails" = 0 ] || { echo "$fails check(s) failed" >&2; exit 1; }
