@@ -77,7 +77,7 @@ for c in "${commands[@]}"; do
 done
 ((${#commands[@]} >= 3)) && [[ -z $bad ]] && pass man-per-command || fail man-per-command "commands: ${commands[*]:-none}; missing: $bad"
 MODS=root/usr/lib/$arch/lsm-sync
-if [[ -e $MODS/lsm-source-nbd.so ]]; then
+if [[ -e $MODS/lsm-endpoint-nbd.so ]]; then
     set +e
     LSM_MODULE_DIR=$MODS "$BIN" copy --timeout=2 "nbd+unix:///?socket=$T/none.sock" out.raw >/dev/null 2>nbd.err
     rc=$?

@@ -4,7 +4,7 @@
 # libdir/lsm-sync, mandir/man1, datadir/bash-completion/completions), and
 # each of them works from there:
 #   - the installed binary runs (--version, --help) and finds its modules in
-#     the installed module folder (an NBD source loads lsm-source-nbd.so: the
+#     the installed module folder (an NBD source loads lsm-endpoint-nbd.so: the
 #     error must be about the server, not about a missing module);
 #   - every command --help lists has its man page, and each page renders
 #     (man -l, or groff) with the command's name in it;
@@ -16,8 +16,11 @@
 #     (PKG_CONFIG_PATH and PKG_CONFIG_SYSROOT_DIR into the destdir), runs
 #     against the installed library (LD_LIBRARY_PATH; ldd says which) and
 #     copies a qcow2 that qemu-img compare finds equal to its source; from
-#     an NBD source it loads the installed lsm-source-nbd.so, which the
-#     library looks for in its own LIBDIR/lsm-sync.
+#     an NBD source it loads the installed lsm-endpoint-nbd.so, which the
+#     library looks for in its own LIBDIR/lsm-sync;
+#   - the offload plugin interface: examples/offload-example, built with its
+#     own Makefile against the installed <lsm-offload.h> alone, is loaded by
+#     the installed binary (LSM_MODULE_DIR) and copies a raw file with -C.
 . "$(dirname "$0")/lib.sh"
 need_cmd meson python3 pkg-config make cc qemu-img qemu-io qemu-nbd
 
@@ -72,7 +75,7 @@ elif [[ -z $mods_built ]]; then
 else
     fail modules-installed "built: $mods_built, installed: $mods_inst"
 fi
-if [[ -e $MODS/lsm-source-nbd.so ]]; then
+if [[ -e $MODS/lsm-endpoint-nbd.so ]]; then
     # A copy of the binary in a folder of its own, so that the module can
     # only come from LSM_MODULE_DIR (the compiled-in folder is not in $D).
     mkdir alone && cp "$BIN" alone/lsm-sync
@@ -82,9 +85,9 @@ if [[ -e $MODS/lsm-source-nbd.so ]]; then
     LSM_MODULE_DIR=$T/empty alone/lsm-sync copy --timeout=2 'nbd+unix:///?socket='"$T"'/none.sock' out.raw >/dev/null 2>without.err
     rc_without=$?
     set -e
-    if [[ -e $prefix/$(opt libdir)/lsm-sync/lsm-source-nbd.so || -e $libdir/lsm-sync/lsm-source-nbd.so ]]; then
+    if [[ -e $prefix/$(opt libdir)/lsm-sync/lsm-endpoint-nbd.so || -e $libdir/lsm-sync/lsm-endpoint-nbd.so ]]; then
         skip_case module-load "a lsm-sync is installed on this machine ($libdir/lsm-sync): the load could come from there"
-    elif ((rc_with != 0)) && ! grep -q 'module' with.err && grep -q 'module lsm-source-nbd.so not found' without.err; then
+    elif ((rc_with != 0)) && ! grep -q 'module' with.err && grep -q 'module lsm-endpoint-nbd.so not found' without.err; then
         pass module-load
     else
         fail module-load "with the installed modules (exit $rc_with): $(head -c 200 with.err); without: $(head -c 200 without.err)"
@@ -130,9 +133,9 @@ else
     else
         pass example-run
     fi
-    if [[ ! -e $MODS/lsm-source-nbd.so ]]; then
+    if [[ ! -e $MODS/lsm-endpoint-nbd.so ]]; then
         skip_case example-module "this build has no NBD module"
-    elif [[ -e $libdir/lsm-sync/lsm-source-nbd.so ]]; then
+    elif [[ -e $libdir/lsm-sync/lsm-endpoint-nbd.so ]]; then
         skip_case example-module "a lsm-sync is installed on this machine ($libdir/lsm-sync): the load could come from there"
     else
         qemu-nbd -r -t -f qcow2 -k "$T/ex.sock" src.qcow2 &
@@ -149,6 +152,39 @@ else
         else
             fail example-module "exit $rc_nbd: $(cat nbd.err)"
         fi
+    fi
+fi
+
+# The offload plugin interface: examples/offload-example built with its own
+# Makefile against the installed <lsm-offload.h> alone (docs/offload.md,
+# "Writing a plugin"), then loaded by the installed binary for a copy.
+cp -r "$SOURCE_DIR/examples/offload-example" plug
+set +e
+make -C plug PREFIX="$D$prefix" CFLAGS="-O2 -Wall -Wextra -Werror" >plug.log 2>&1
+rc_make=$?
+set -e
+if [[ ! -s $D$includedir/lsm-offload.h ]]; then
+    fail plugin-build "$includedir/lsm-offload.h is not installed"
+elif ((rc_make != 0)) || [[ ! -e plug/lsm-offload-example.so ]]; then
+    fail plugin-build "make (exit $rc_make): $(tail -5 plug.log)"
+elif ! grep -q -- "-I$D$prefix/include" plug.log; then
+    fail plugin-build "not built against the destdir: $(tail -2 plug.log)"
+else
+    pass plugin-build
+    head -c 3M /dev/urandom >plug-src.raw
+    set +e
+    LSM_MODULE_DIR=$T/plug "$BIN" copy --output=json --offload=example -C -f raw plug-src.raw plug-dst.raw >plug.json 2>plug.err
+    rc_plug=$?
+    set -e
+    done_plugin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["offload_paths"]["plugin"])' plug.json 2>/dev/null)
+    if ((rc_plug != 0)); then
+        fail plugin-run "exit $rc_plug: $(cat plug.err)"
+    elif ! cmp -s plug-src.raw plug-dst.raw; then
+        fail plugin-run "the copy differs from its source"
+    elif [[ $done_plugin != $((3 << 20)) ]]; then
+        fail plugin-run "the plugin did $done_plugin bytes of 3 MiB: $(cat plug.json)"
+    else
+        pass plugin-run
     fi
 fi
 
