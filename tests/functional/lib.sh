@@ -129,3 +129,33 @@ elapsed_ms() {
     t1=$(date +%s%N)
     MS=$(( (t1 - t0) / 1000000 ))
 }
+
+# killed_run LOG CMD...: run CMD --progress=json in the background (its
+# lines in LOG, its stderr in LOG.err) and SIGKILL it at a random point:
+# after a random time under a second, or (every other call) once its JSON
+# progress says a random number of bytes is done, between KILL_MIN_MB and
+# KILL_MIN_MB + KILL_SPAN_MB MiB (defaults 4 and 120; at most 20 s).
+# KILLED=1 if it was killed before it finished; its exit status is not
+# kept (SIGKILL's 137, or the command's own: callers judge by what it left).
+KIND=0
+killed_run() {
+    local log=$1; shift
+    "$@" --progress=json >"$log" 2>"$log.err" &
+    local pid=$! t0 target
+    KIND=$((KIND + 1))
+    if ((KIND % 2)); then
+        sleep "0.$((RANDOM % 9 + 1))"
+    else
+        target=$(( (RANDOM % ${KILL_SPAN_MB:-120} + ${KILL_MIN_MB:-4}) * 1024 * 1024 ))
+        t0=$SECONDS
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < 20)); do
+            local done
+            done=$(tail -n1 "$log" 2>/dev/null | jq -r '.bytes_done // 0' 2>/dev/null || echo 0)
+            [[ $done =~ ^[0-9]+$ ]] && ((done >= target)) && break
+            sleep 0.02
+        done
+    fi
+    KILLED=0
+    kill -KILL "$pid" 2>/dev/null && KILLED=1
+    wait "$pid" 2>/dev/null || :
+}

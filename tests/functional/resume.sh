@@ -35,32 +35,7 @@ qio src.qcow2 -- "write -P 0x11 0 40M" "write -z 40M 24M" "write -P 0x22 64M 3M"
 for i in $(seq 0 31); do qio src.qcow2 -- "write -P $((i + 1)) $((180 + i / 2))M 4k"; done
 SRC_SUM=$(sha256sum src.qcow2 | cut -d' ' -f1)
 
-# killed_run LOG CMD...: run CMD in the background and SIGKILL it at a
-# random point: after a random time, or (every other call) once its JSON
-# progress says a random number of bytes is done.  KILLED=1 if it was
-# killed before it finished.
-KIND=0
-killed_run() {
-    local log=$1; shift
-    "$@" --progress=json >"$log" 2>"$log.err" &
-    local pid=$! t0 target
-    KIND=$((KIND + 1))
-    if ((KIND % 2)); then
-        sleep "0.$((RANDOM % 9 + 1))"
-    else
-        target=$(( (RANDOM % 120 + 4) * 1024 * 1024 ))
-        t0=$SECONDS
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < 20)); do
-            local done
-            done=$(tail -n1 "$log" 2>/dev/null | jq -r '.bytes_done // 0' 2>/dev/null || echo 0)
-            [[ $done =~ ^[0-9]+$ ]] && ((done >= target)) && break
-            sleep 0.02
-        done
-    fi
-    KILLED=0
-    kill -KILL "$pid" 2>/dev/null && KILLED=1
-    wait "$pid" 2>/dev/null || true
-}
+# killed_run (lib.sh): a SIGKILL at a random point, 4 to 124 MiB in.
 
 # resume OUT CMD...: run CMD (a --resume) to completion, retrying while the
 # destination's lock is still held by the killed run's io_uring (released

@@ -50,29 +50,8 @@ fresh_dst() {
     "$LSM_SYNC" clone-structure "$1/top.qcow2" --dst-dir d >/dev/null
 }
 
-KIND=0
-killed_run() {
-    local log=$1; shift
-    "$@" --progress=json >"$log" 2>"$log.err" &
-    local pid=$! t0 target
-    KIND=$((KIND + 1))
-    if ((KIND % 2)); then
-        sleep "0.$((RANDOM % 9 + 1))"
-    else
-        target=$(( (RANDOM % 20 + 2) * 1024 * 1024 ))
-        t0=$SECONDS
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS - t0 < 20)); do
-            local done
-            done=$(tail -n1 "$log" 2>/dev/null | jq -r '.bytes_done // 0' 2>/dev/null || echo 0)
-            [[ $done =~ ^[0-9]+$ ]] && ((done >= target)) && break
-            sleep 0.02
-        done
-    fi
-    KILLED=0
-    kill -KILL "$pid" 2>/dev/null && KILLED=1
-    # the exit status is SIGKILL's (137) or the sync's own: judged below
-    wait "$pid" 2>/dev/null || KILL_RC=$?
-}
+# killed_run (lib.sh) kills between 2 and 22 MiB into the progress.
+KILL_MIN_MB=2 KILL_SPAN_MB=20
 
 # resume OUT CMD...: CMD to completion, retrying while a destination's lock
 # is still held by the killed run's io_uring (docs/copy.md).
