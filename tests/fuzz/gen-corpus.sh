@@ -1,6 +1,7 @@
 #!/bin/bash
 # Regenerate the seed corpus of the fuzz targets: small qcow2 and raw images
-# covering the format's features, made with qemu-img and qemu-io.
+# covering the format's features, made with qemu-img and qemu-io, and the texts
+# the other targets parse (journals, service requests, job files).
 #   bash tests/fuzz/gen-corpus.sh [OUTDIR]     (default tests/fuzz/corpus)
 # Images stay small (512 B - 4 KiB clusters, small virtual sizes) so that the
 # fuzzer mutates metadata, not padding: every file is under 64 KiB except the
@@ -96,6 +97,55 @@ printf '# Disk DescriptorFile\r\n  \r\nversion=1\r\nCID=fffffffe\r\n' >vmdk-desc
 { printf 'vhdxfile'; head -c 1016 /dev/zero; } >vhdx-magic.img
 { head -c 512 /dev/zero; printf 'koly\0\0\0\4\0\0\2\0'; head -c 500 /dev/zero; } >dmg-trailer.img
 rm -f probe.qcow2
+# The worker service's parsers (fuzz-serve): a request, a task record, a
+# generation file.
+printf '%s\n' '{"jsonrpc":"2.0","id":1,"method":"syncImageData","params":{"source":"/srv/top.qcow2","destination":"/dst/top.qcow2","syncType":"ALL","format":"qcow2","bandwidth":1048576,"create":true,"taskId":"s-1"}}' >serve-request.json
+printf '%s\n' '{"version":1,"taskId":"kill-new","method":"copyVolume","params":{"source":"/srv/a.qcow2","sourceFormat":"qcow2","destination":"/srv/b.raw","destinationFormat":"raw","bandwidth":50331648,"taskId":"kill-new"},"state":"running","created":1796173507,"started":1796173507,"finished":0,"runs":1,"bandwidth":50331648,"error":0,"message":"","createdFile":{"dev":2049,"ino":1835013,"btime_ns":1796173507123456789}}' >serve-record.json
+printf '7\n' >serve-generation.txt
+# Job files (fuzz-jobfile): a chain job as docs/chains.md shows it, and an
+# fio job file with a global section, two jobs and the keys fio users bring.
+cat >jobfile-chain.json <<'JOB'
+{
+  "volumes": [
+    { "source":      { "path": "/rhev/sd1/img/leaf.qcow2", "format": "qcow2" },
+      "destination": { "path": "/dev/vg2/leaf",  "format": "qcow2", "type": "block" } },
+    { "source":      { "path": "/rhev/sd1/img/base.raw",   "format": "raw" },
+      "destination": { "path": "/srv/d/base.raw",  "format": "raw",   "type": "file" } }
+  ]
+}
+JOB
+cat >jobfile-fio.fio <<'JOB'
+; two sections, the second after the first
+[global]
+ioengine=io_uring
+direct=1
+size=4M
+bs=4k
+runtime=1
+time_based
+ramp_time=100ms
+description="a job"
+
+[first]
+rw=randread
+verify=md5
+filename=a.dat
+iodepth=16
+numjobs=2
+norandommap
+randrepeat=0
+group_reporting
+
+[second]
+stonewall
+new_group
+rw=write
+filename=b.dat
+bssplit=4k/50:64k/50
+rate_iops=100
+fsync=8
+end_fsync=1
+JOB
 
 mkdir -p "$out"
 rm -f "$out"/*
