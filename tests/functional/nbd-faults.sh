@@ -184,12 +184,12 @@ rm -f dst.raw
 "$LSM_SYNC" copy --timeout=1 --rate=4M --request-size=64K "nbd+unix:///?socket=$T/q.sock" dst.raw >out.log 2>err.log &
 pid=$!
 sleep 1
-kill -STOP "$(cat q.pid)"
+kill -STOP "$LAST_PID"
 t0=$(date +%s%N)
 rc=0
 wait $pid || rc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-kill -CONT "$(cat q.pid)"
+kill -CONT "$LAST_PID"
 if ((rc != 1)); then
     fail "qemu-nbd SIGSTOP" "exit $rc, want 1: $(head -n3 err.log)"
 elif ((ms > 3000)); then
