@@ -289,11 +289,19 @@ static int nbd_dst_probes(const struct lsm_journal *j, struct lsm_ep *dst, uint6
         }
         data[i] = r > 0;
     }
-    /* in increasing order: the data blocks, then zero ones while room is left */
-    unsigned ndata = 0;
+    /* With enough data blocks, NBD_PROBES of them spread over those found
+     * (the first and the last included); else every data block and zero
+     * ones while room is left; in increasing order. */
+    unsigned ndata = 0, di[NBD_CANDIDATES + 1];
     for (unsigned i = 0; i < nc; i++)
-        ndata += data[i];
-    unsigned zeros = ndata >= NBD_PROBES ? 0 : NBD_PROBES - ndata;
+        if (data[i])
+            di[ndata++] = i;
+    if (ndata >= NBD_PROBES) {
+        for (unsigned k = 0; k < NBD_PROBES; k++)
+            p[n++] = cand[di[k * (ndata - 1) / (NBD_PROBES - 1)]];
+        return (int)n;
+    }
+    unsigned zeros = NBD_PROBES - ndata;
     for (unsigned i = 0; i < nc && n < NBD_PROBES; i++) {
         if (data[i])
             p[n++] = cand[i];
