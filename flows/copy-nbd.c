@@ -48,6 +48,8 @@ int lsm_copy_open_nbd(const struct lsm_copy_opts *o, struct lsm_loop *loop, cons
         .connect_ms = o->nbd_timeout_ms,
         .request_ms = o->nbd_timeout_ms,
         .cancel = o->cancel,
+        /* with a journal, SIGINT/SIGTERM leave time for the last checkpoint */
+        .cancel_grace_ms = o->journal ? 500 : 0,
     };
     return nbd_open(loop, &no, out);
 #else

@@ -8,7 +8,8 @@
 # A resume against another export of the same size, or of another size, is
 # refused with one line ("not the export this journal was written for"),
 # exit 1, journal kept.  A pull (an NBD source into a raw file) killed and
-# resumed; SIGINT mid-push, then a resume.
+# resumed; SIGINT mid-push: a last checkpoint, so the resume redoes nothing;
+# SIGINT with a server that never answers: exit 1 within 1.5 s.
 . "$(dirname "$0")/lib.sh"
 need_cmd nbdkit qemu-nbd qemu-img qemu-io jq
 . "$TESTS_DIR/nbd-netns-lib.sh"   # alive, the server helpers
@@ -133,4 +134,23 @@ grep -q "continue with --journal=j --resume" push-int ||
     die "SIGINT: no hint to resume: $(cat push-int)"
 resumed resume-int src.qcow2 "$(uri i.sock)"
 qemu-img compare -q -f qcow2 -F raw src.qcow2 "$(uri i.sock)" || die "SIGINT: the export differs"
+# the interrupted run drained and made a last checkpoint: nothing redone
+(($(jq .bytes_redone resume-int.out) == 0)) ||
+    die "SIGINT: the resume redid $(jq .bytes_redone resume-int.out) bytes (no last checkpoint?)"
+
+# 5. SIGINT while the server never answers a write: the grace for the last
+# checkpoint is bounded, the copy ends within 1.5 s, exit 1.
+nbdkit_on "$T/w.sock" --filter=delay memory 32M wdelay=3600
+rm -f j
+"${COPY[@]}" --journal=j src.qcow2 "$(uri w.sock)" 2>stall.log &
+pid=$!
+sleep 1
+t0=$(date +%s%N)
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+((rc == 1)) || die "SIGINT, stalled server: exit $rc, want 1: $(cat stall.log)"
+((ms < 1500)) || die "SIGINT, stalled server: ended after $ms ms"
+log "SIGINT, stalled server: exit 1 after $ms ms: $(cat stall.log)"
 log "ok"
