@@ -422,6 +422,8 @@ static int nbd_journal_setup(struct nbd_journal *nj, struct lsm_image *img, stru
     nj->j = jl;
     r = lsm_copy_journal_check_options(opts, jl->options);
     json_object_put(opts);
+    if (r == 0 && jl->nfiles != nj->nfiles)   /* another source chain: says so */
+        r = lsm_journal_check_files(jl, nj->files, nj->nfiles);
     if (r == 0 && !img)
         r = lsm_copy_nbd_check_ident(jl, 0, &nj->files[0]);
     if (r == 0)
