@@ -78,9 +78,11 @@ resumed() {
         "wrote $written, redid $(jq .bytes_redone "$log.out")"
 }
 
-# 1. Push to qemu-nbd serving a writable qcow2, SIGKILL, resume.
+# 1. Push to qemu-nbd serving a writable qcow2, SIGKILL, resume.  (-e 16:
+# the resume's 4 connections may arrive before qemu-nbd has counted the
+# killed run's 4 as closed.)
 qemu-img create -q -f qcow2 dst.qcow2 32M
-qemu_nbd_on "$T/q.sock" -e 4 -f qcow2 dst.qcow2
+qemu_nbd_on "$T/q.sock" -e 16 -f qcow2 dst.qcow2
 killed_copy push-qemu KILL src.qcow2 "$(uri q.sock)"
 resumed resume-qemu src.qcow2 "$(uri q.sock)"
 qemu-img compare -q -f qcow2 -F raw src.qcow2 "$(uri q.sock)" || die "push to qemu-nbd: the export differs"
@@ -112,7 +114,7 @@ resumed resume-memory src.qcow2 "$(uri m.sock)"
 qemu-img compare -q -f qcow2 -F raw src.qcow2 "$(uri m.sock)" || die "push to nbdkit: the export differs"
 
 # 3. Pull: qemu-nbd serving the source read-only, into a raw file.
-qemu_nbd_on "$T/r.sock" -r -e 4 -f qcow2 src.qcow2
+qemu_nbd_on "$T/r.sock" -r -e 16 -f qcow2 src.qcow2
 killed_copy pull KILL "$(uri r.sock)" pulled.raw
 [[ -e pulled.raw ]] || die "pull: the killed copy removed its destination"
 resumed resume-pull "$(uri r.sock)" pulled.raw
