@@ -38,6 +38,7 @@ static const struct key_def keys[] = {
     { "time_based",        K_BOOL,   OFF(time_based), 0, 0 },
     { "numjobs",           K_UINT,   OFF(numjobs),    1, 1024 },
     { "filename",          K_STR,    OFF(filename),   0, 0 },
+    { "uri",               K_STR,    OFF(filename),   0, 0 },     /* fio's nbd engine */
     { "src",               K_STR,    OFF(src),        0, 0 },
     { "dst",               K_STR,    OFF(dst),        0, 0 },
     { "rwmixread",         K_UINT,   OFF(rwmixread),  0, 100 },
@@ -349,6 +350,16 @@ static const struct { const char *name; enum lsm_io_kind kind; } engine_names[] 
     { "psync", LSM_IO_PSYNC }, { "auto", LSM_IO_AUTO },
 };
 
+bool bench_is_nbd_uri(const char *s)
+{
+    static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
+                                           "nbd+vsock://", "nbds+vsock://" };
+    for (size_t i = 0; s && i < ARRAY_SIZE(schemes); i++)
+        if (!strncmp(s, schemes[i], strlen(schemes[i])))
+            return true;
+    return false;
+}
+
 const char *bench_rw_name(enum bench_rw rw)
 {
     for (size_t i = 0; i < ARRAY_SIZE(rw_names); i++)
@@ -462,12 +473,17 @@ static int job_set(struct bench_job *job, const struct key_def *d, const char *k
         return lsm_error(-EINVAL, "bad value for '%s': '%s' (read, write, randread, "
                          "randwrite, randrw or copy)", key, value);
     case K_ENGINE:
+        job->nbd_engine = !strcmp(value, "nbd");
+        if (job->nbd_engine) {
+            job->ioengine = LSM_IO_AUTO;
+            return 0;
+        }
         for (size_t i = 0; i < ARRAY_SIZE(engine_names); i++)
             if (!strcmp(value, engine_names[i].name)) {
                 job->ioengine = engine_names[i].kind;
                 return 0;
             }
-        return lsm_error(-EINVAL, "bad value for '%s': '%s' (uring, aio, psync or auto)",
+        return lsm_error(-EINVAL, "bad value for '%s': '%s' (uring, aio, psync, auto or nbd)",
                          key, value);
     case K_VERIFY:
         /* crc32c and md5 are accepted for fio's job files: the blocks are
@@ -527,6 +543,20 @@ int bench_job_finish(struct bench_job *job)
     } else if (!job->filename) {
         return lsm_error(-EINVAL, "job '%s': no file to work on (filename=PATH)", job->name);
     }
+    bool nbd = job->rw == BENCH_RW_COPY ? bench_is_nbd_uri(job->src) || bench_is_nbd_uri(job->dst)
+                                        : bench_is_nbd_uri(job->filename);
+    if (job->nbd_engine && !nbd)
+        return lsm_error(-EINVAL, "job '%s': ioengine=nbd needs uri= (or filename=) an NBD URI, "
+                         "not %s", job->name, job->filename ? job->filename : "a file");
+    if (nbd && job->rw == BENCH_RW_COPY)
+        return lsm_error(-EINVAL, "job '%s': rw=copy works on files, not on NBD exports",
+                         job->name);
+    if (nbd && job->fsync)
+        return lsm_error(-EINVAL, "job '%s': fsync=N is not supported on an NBD export "
+                         "(end_fsync is: one NBD_CMD_FLUSH)", job->name);
+    if (nbd && job->verify != BENCH_VERIFY_NONE && !bench_rw_writes(job->rw))
+        return lsm_error(-EINVAL, "job '%s': verify on an NBD export needs a job that writes "
+                         "(the export is not laid out with the pattern)", job->name);
     if (job->time_based && job->runtime_ns == 0)
         return lsm_error(-EINVAL, "job '%s': time_based needs a runtime", job->name);
     if (job->verify == BENCH_VERIFY_PATTERN && job->bs < 64)

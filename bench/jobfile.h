@@ -55,6 +55,7 @@ struct bench_job {
     unsigned iodepth;
     unsigned iodepth_batch_submit;  /* submit every N queued; 0: iodepth */
     enum lsm_io_kind ioengine;
+    bool nbd_engine;        /* ioengine=nbd (fio's spelling): filename/uri is an NBD URI */
     bool direct;
     uint64_t size;          /* 0: the size of the existing file/device */
     uint64_t runtime_ns;    /* 0: not bounded by time */
@@ -123,6 +124,9 @@ int bench_jobfile_load(const char *path, struct bench_jobs *out);
 int bench_args_parse(int n, char **opts, struct bench_jobs *out);
 
 const char *bench_rw_name(enum bench_rw rw);
+/* An NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://, nbd+vsock://,
+ * nbds+vsock://): the job works on an NBD export (docs/bench-harness.md). */
+bool bench_is_nbd_uri(const char *s);
 bool bench_rw_reads(enum bench_rw rw);
 bool bench_rw_writes(enum bench_rw rw);
 bool bench_rw_random(enum bench_rw rw);

@@ -12,9 +12,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "backends.h"
 #include "cleanup.h"
+#include "config.h"
+#include "endpoint.h"
 #include "error.h"
 #include "io.h"
+#include "jobfile.h"
+#include "module.h"
 #include "pattern.h"
 #include "prng.h"
 #include "run.h"
@@ -164,10 +169,71 @@ void bench_prep_release(struct bench_prep *prep)
         close(prep->claim_fd[--prep->nclaims]);
 }
 
+/* ---- NBD exports (filename=nbd://..., or ioengine=nbd uri=...) ----
+ *
+ * The job's requests go through the NBD endpoint (endpoint/nbd.c, the
+ * module lsm-endpoint-nbd) and its loop, as a copy's do: asynchronous
+ * reads and writes, iodepth of them in flight, spread over the
+ * connections the server allows.  An export is never created, laid out or
+ * resized: the job works on [offset, offset + size) of what is there. */
+
+static int nbd_open(struct lsm_loop *loop, const char *uri, bool writable, unsigned depth,
+                    volatile sig_atomic_t *cancel, struct lsm_ep **out)
+{
+#ifdef HAVE_LIBNBD
+    typeof(&lsm_ep_nbd_open) open_fn =
+        (typeof(&lsm_ep_nbd_open))lsm_module_symbol("endpoint-nbd", "lsm_ep_nbd_open");
+    if (!open_fn)
+        return -ENOTSUP;
+    struct lsm_ep_nbd_opts no = {
+        .uri = uri,
+        .writable = writable,
+        .reads_zero = writable,     /* never asked: the job writes what it writes */
+        .connections = depth < LSM_NBD_CONNECTIONS ? depth : 0,
+        .retries = 0,               /* a benchmark reports errors, it does not hide them */
+        .cancel = cancel,
+    };
+    return open_fn(loop, &no, out);
+#else
+    (void)loop;
+    (void)writable;
+    (void)depth;
+    (void)cancel;
+    (void)out;
+    return lsm_error(-ENOTSUP, "cannot open %s: lsm-sync was built without libnbd", uri);
+#endif
+}
+
+/* The export's size (a connection made and dropped). */
+static int nbd_size(const char *uri, bool writable, uint64_t *size)
+{
+    struct lsm_loop_config lc = { .io_kind = LSM_IO_AUTO, .depth = 32 };
+    struct lsm_loop *loop = NULL;
+    struct lsm_ep *ep = NULL;
+    int r = lsm_loop_create(&lc, &loop);
+    if (r == 0)
+        r = nbd_open(loop, uri, writable, 1, NULL, &ep);
+    if (r == 0)
+        *size = ep->caps.size;
+    lsm_ep_close(ep);
+    lsm_loop_destroy(loop);
+    return r;
+}
+
 static int prepare_files(const struct bench_job *job, struct bench_prep *prep)
 {
-    uint64_t size;
+    uint64_t size = 0;
     int r;
+    if (job->rw != BENCH_RW_COPY && bench_is_nbd_uri(job->filename)) {
+        if ((r = nbd_size(job->filename, bench_rw_writes(job->rw), &size)) < 0)
+            return r;
+        uint64_t want = job->size ? job->offset + job->size : size;
+        if (want > size)
+            return lsm_error(-EINVAL, "size %" PRIu64 " is larger than the export %s (%" PRIu64
+                             " bytes): an export is not resized", want, job->filename, size);
+        size = want;
+        goto sized;
+    }
     if (job->rw == BENCH_RW_COPY) {
         if ((r = claim_written(job, job->dst, prep)) < 0)
             return r;
@@ -187,6 +253,7 @@ static int prepare_files(const struct bench_job *job, struct bench_prep *prep)
                               prep)) < 0)
             return r;
     }
+sized:
     if (size <= job->offset)
         return lsm_error(-EINVAL, "job '%s': offset %" PRIu64 " is at or past the end of the "
                          "file (%" PRIu64 " bytes)", job->name, job->offset, size);
@@ -197,7 +264,7 @@ static int prepare_files(const struct bench_job *job, struct bench_prep *prep)
                          job->name, job->bs);
     prep->size = size;
     /* invalidate=1 (fio's default): start from a cold page cache */
-    if (job->invalidate) {
+    if (job->invalidate && !bench_is_nbd_uri(job->filename)) {
         const char *files[2] = { job->rw == BENCH_RW_COPY ? job->src : job->filename,
                                  job->rw == BENCH_RW_COPY ? job->dst : NULL };
         for (int i = 0; i < 2 && files[i]; i++) {
@@ -223,12 +290,15 @@ int bench_prepare(const struct bench_job *job, struct bench_prep *prep)
 
 struct slot {
     struct lsm_io_req req;
+    struct lsm_ep_cmd cmd;         /* an NBD export: the request as an endpoint command */
+    struct run *run;
     unsigned index;
     uint64_t prep_ns;              /* when the request was chosen */
 };
 
 enum phase { PHASE_MAIN, PHASE_VERIFY };
 
+struct run;
 struct run {
     struct bench_thread *t;
     const struct bench_job *job;
@@ -240,6 +310,10 @@ struct run {
     struct slot **pending;         /* prepared, not yet queued */
     unsigned npending;
     struct lsm_io_req **done;
+    unsigned ndone;                /* NBD: delivered by the loop, not yet completed */
+    struct lsm_loop *loop;         /* NBD: the loop and the export, instead of io and file */
+    struct lsm_ep *ep;
+    unsigned inflight;
     uint64_t nblocks;
     uint64_t issued;               /* main-phase requests issued */
     uint64_t writes_scrambled;     /* stamp of scramble_buffers */
@@ -406,6 +480,12 @@ static bool next_request(struct run *r, uint64_t now, struct slot *s)
     return true;
 }
 
+/* What a request works on, for messages. */
+static const char *req_name(const struct run *r, const struct lsm_io_req *req)
+{
+    return req->file ? req->file->path : r->ep ? r->ep->name : "?";
+}
+
 /* A request finished. */
 static void complete(struct run *r, struct slot *s, uint64_t now)
 {
@@ -430,11 +510,11 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
     }
     if (req->result < 0) {
         lsm_error_errno((int)req->result, "%s of %" PRIu64 " bytes at offset %" PRIu64 " of %s",
-                        what, req->len, req->offset, req->file->path);
+                        what, req->len, req->offset, req_name(r, req));
         fail(r, (int)req->result);
     } else if ((uint64_t)req->result != req->len) {
         lsm_error(-EIO, "short %s at offset %" PRIu64 " of %s: %" PRId64 " of %" PRIu64 " bytes",
-                  what, req->offset, req->file->path, req->result, req->len);
+                  what, req->offset, req_name(r, req), req->result, req->len);
         fail(r, -EIO);
     } else {
         uint64_t block = (req->offset - job->offset) / job->bs;
@@ -458,7 +538,7 @@ static void complete(struct run *r, struct slot *s, uint64_t now)
             } else if (r->phase == PHASE_VERIFY || job->rw != BENCH_RW_RANDRW ||
                        bit_get(r->written, block)) {
                 int e = bench_pattern_check(req->buf, req->len, req->offset, job->randseed,
-                                            req->file->path);
+                                            req_name(r, req));
                 if (e < 0)
                     fail(r, e);
                 else
@@ -576,6 +656,93 @@ static int run_phase(struct run *r)
     return err ? err : t->error;
 }
 
+/* An NBD command delivered by the loop: its result into the slot's request. */
+static void nbd_done(struct lsm_ep_cmd *cmd)
+{
+    struct slot *s = cmd->user;
+    s->req.result = cmd->result < 0 ? cmd->result : (int64_t)cmd->len;
+    s->req.complete_ns = lsm_now_ns();
+    s->run->done[s->run->ndone++] = &s->req;
+}
+
+/* run_phase for an NBD export: each request prepared is submitted to the
+ * endpoint at once (iodepth of them in flight), and the loop delivers
+ * them. */
+static int run_phase_nbd(struct run *r)
+{
+    struct bench_thread *t = r->t;
+    int err = 0;
+
+    for (;;) {
+        uint64_t now = lsm_now_ns();
+        if (r->phase == PHASE_MAIN && t->sample_ns && now >= r->next_sample_ns) {
+            add_sample(r, now);
+            r->next_sample_ns += t->sample_ns;
+            if (r->next_sample_ns <= now)
+                r->next_sample_ns = now + t->sample_ns;
+        }
+        while (r->nfree > 0 && !t->error) {
+            struct slot *s = &r->slots[r->free_stack[r->nfree - 1]];
+            if (!next_request(r, now, s))
+                break;
+            r->nfree--;
+            r->pending[r->npending++] = s;
+        }
+        for (unsigned i = 0; i < r->npending; i++) {
+            struct slot *s = r->pending[i];
+            if (t->error) {
+                r->free_stack[r->nfree++] = s->index;
+                continue;
+            }
+            s->cmd = (struct lsm_ep_cmd){
+                .op = s->req.op == LSM_OP_WRITE ? LSM_EP_OP_WRITE : LSM_EP_OP_READ,
+                .buf = s->req.buf, .buf_index = -1,
+                .offset = s->req.offset, .len = s->req.len,
+                .done = nbd_done, .user = s,
+            };
+            s->req.submit_ns = lsm_now_ns();
+            int q = lsm_ep_submit(r->ep, &s->cmd);
+            if (q < 0) {
+                err = fail(r, q);
+                r->free_stack[r->nfree++] = s->index;
+            } else {
+                r->inflight++;
+            }
+        }
+        r->npending = 0;
+        if (r->inflight == 0) {
+            if (r->throttled_until && !r->no_more && !t->error) {
+                uint64_t now2 = lsm_now_ns();
+                if (r->throttled_until > now2) {
+                    uint64_t d = r->throttled_until - now2;
+                    struct timespec ts = { (time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL) };
+                    nanosleep(&ts, NULL);
+                }
+                continue;
+            }
+            break;
+        }
+        r->ndone = 0;
+        int n = lsm_loop_run(r->loop);
+        if (n < 0) {
+            err = fail(r, n);
+            return err;              /* cannot drain: the caller tears down */
+        }
+        now = lsm_now_ns();
+        for (unsigned k = 0; k < r->ndone; k++) {
+            r->inflight--;
+            complete(r, (struct slot *)r->done[k]->user, now);
+        }
+        if (r->phase == PHASE_MAIN) {
+            for (int d = 0; d < 2; d++) {
+                __atomic_store_n(&t->live_bytes[d], t->dir[d].bytes, __ATOMIC_RELAXED);
+                __atomic_store_n(&t->live_ios[d], t->dir[d].ios, __ATOMIC_RELAXED);
+            }
+        }
+    }
+    return err ? err : t->error;
+}
+
 static double tv_sec(struct timeval tv)
 {
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
@@ -606,21 +773,34 @@ static int run_clone(struct run *r)
     unsigned depth = job->iodepth;
     int e;
 
-    struct lsm_io_config cfg = { .depth = depth, .fixed_buffers = job->fixedbufs };
-    if ((e = lsm_io_create(job->ioengine, &cfg, &r->io)) < 0)
-        return e;
-    snprintf(t->engine, sizeof t->engine, "%s", lsm_io_name(r->io));
-
     bool copy = job->rw == BENCH_RW_COPY;
-    if ((e = open_file(r, copy ? job->src : job->filename,
-                       !copy && bench_rw_writes(job->rw), &r->file)) < 0)
-        return e;
-    if (copy && (e = open_file(r, job->dst, true, &r->dst)) < 0)
-        return e;
+    bool nbd = !copy && bench_is_nbd_uri(job->filename);
+    size_t align;
+    if (nbd) {
+        struct lsm_loop_config lc = { .io_kind = job->ioengine, .depth = MAX(depth, 32u) };
+        if ((e = lsm_loop_create(&lc, &r->loop)) < 0)
+            return e;
+        if ((e = nbd_open(r->loop, job->filename, bench_rw_writes(job->rw), depth, NULL,
+                          &r->ep)) < 0)
+            return e;
+        snprintf(t->engine, sizeof t->engine, "nbd");
+        align = MAX(1u, r->ep->caps.mem_align);
+    } else {
+        struct lsm_io_config cfg = { .depth = depth, .fixed_buffers = job->fixedbufs };
+        if ((e = lsm_io_create(job->ioengine, &cfg, &r->io)) < 0)
+            return e;
+        snprintf(t->engine, sizeof t->engine, "%s", lsm_io_name(r->io));
+
+        if ((e = open_file(r, copy ? job->src : job->filename,
+                           !copy && bench_rw_writes(job->rw), &r->file)) < 0)
+            return e;
+        if (copy && (e = open_file(r, job->dst, true, &r->dst)) < 0)
+            return e;
+        align = MAX(1u, r->file->mem_align);
+    }
 
     /* The io/ buffer pool: page- and huge-page-aligned, as the copy engine's,
      * so that a request reaches the device in as few segments as fio's. */
-    size_t align = MAX(1u, r->file->mem_align);
     if (r->dst)
         align = MAX(align, r->dst->mem_align);
     uint64_t maxbs = bench_job_max_bs(job);
@@ -641,7 +821,7 @@ static int run_clone(struct run *r)
         !(r->written = calloc(div_round_up(r->nblocks, 64), sizeof *r->written)))
         return lsm_error(-ENOMEM, "out of memory for the verify map");
 
-    if (job->fixedbufs) {
+    if (job->fixedbufs && !nbd) {
         _cleanup_free_ struct iovec *iov = lsm_bufpool_iovecs(r->pool);
         if (!iov)
             return -ENOMEM;
@@ -658,6 +838,7 @@ static int run_clone(struct run *r)
         s->req.buf = lsm_bufpool_get(r->pool, &b);    /* index 0 first: buffer i */
         s->req.buf_index = r->fixed ? b : -1;
         s->req.user = s;
+        s->run = r;
         r->free_stack[r->nfree++] = depth - 1 - i;
     }
     /* randrepeat=0: different offsets on every run */
@@ -680,11 +861,13 @@ static int run_clone(struct run *r)
     if (job->runtime_ns)
         r->deadline_ns = r->measure_ns + job->runtime_ns;
     r->phase = PHASE_MAIN;
-    e = run_phase(r);
+    e = nbd ? run_phase_nbd(r) : run_phase(r);
     if (e == 0 && job->end_fsync && bench_rw_writes(job->rw) && !t->interrupted) {
         struct lsm_file *f = job->rw == BENCH_RW_COPY ? r->dst : r->file;
         uint64_t s0 = lsm_now_ns();
-        if (fsync(f->fd) < 0)
+        if (nbd)
+            e = lsm_ep_flush(r->ep);    /* NBD_CMD_FLUSH on every connection */
+        else if (fsync(f->fd) < 0)
             e = lsm_error_errno(-errno, "cannot sync %s", f->path);
         uint64_t s1 = lsm_now_ns();
         bench_hist_add(&t->sync.clat, s1 - s0);
@@ -706,7 +889,7 @@ static int run_clone(struct run *r)
     if (r->written && !t->interrupted) {
         r->phase = PHASE_VERIFY;
         r->no_more = false;
-        e = run_phase(r);
+        e = nbd ? run_phase_nbd(r) : run_phase(r);
     }
     return e;
 }
@@ -717,6 +900,9 @@ static void run_free(struct run *r)
      * waits for them when destroyed, before their buffers go */
     if (r->io)
         lsm_io_destroy(r->io);
+    if (r->loop)
+        lsm_loop_destroy(r->loop);  /* drops what is still in flight */
+    lsm_ep_close(r->ep);
     lsm_bufpool_destroy(r->pool);
     if (r->file)
         lsm_file_close(r->file);

@@ -169,7 +169,7 @@ static void test_errors_name_line_and_key(void **state)
                  "job.fio:1: job 't': time_based needs a runtime");
     expect_error("[global]\nbs=4k\n", "job.fio: no jobs defined (a [name] section)");
     expect_error("[j]\nfilename=/x\nioengine=spdk\n",
-                 "job.fio:3: bad value for 'ioengine': 'spdk' (uring, aio, psync or auto)");
+                 "job.fio:3: bad value for 'ioengine': 'spdk' (uring, aio, psync, auto or nbd)");
 }
 
 static void test_command_line(void **state)

@@ -102,6 +102,10 @@ struct lsm_ep_nbd_opts {
     int retries;                    /* -1: LSM_NBD_RETRIES */
     unsigned connect_ms, request_ms;
     volatile sig_atomic_t *cancel;
+    /* After *cancel is set, requests in flight and a flush may still
+     * complete for this long (at most 900 ms) before every wait ends with
+     * -EINTR: a journaled copy drains and checkpoints then.  0: at once. */
+    unsigned cancel_grace_ms;
 };
 int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, struct lsm_ep **out);
 /* A source over one connection (lsm_ep_nbd_open with the defaults). */

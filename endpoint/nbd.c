@@ -130,6 +130,8 @@ struct nbd_ep {
     unsigned nretry;
     char *uri;
     volatile sig_atomic_t *cancel;
+    unsigned cancel_grace_ms;    /* after the cancel flag is set, requests go on this long */
+    uint64_t cancel_seen_ns;     /* when the flag was first seen set (0: not yet) */
     unsigned connect_ms, request_ms, retries;
     bool broken;                 /* timed out, cancelled or lost: send nothing more */
     bool have_status, can_zero, can_fast_zero, can_flush, can_trim;
@@ -146,9 +148,18 @@ static int conn_fail(struct nbd_ep *ne, struct nbd_conn *c, const char *what)
     return lsm_error(err > 0 ? -err : -EIO, "%s %s: %s", what, ne->uri, nbd_get_error());
 }
 
-static bool cancelled(const struct nbd_ep *ne)
+/* The cancel flag, once cancel_grace_ms have passed since it was first
+ * seen set (a journaled copy drains and checkpoints in that time). */
+static bool cancelled(struct nbd_ep *ne)
 {
-    return ne->cancel && *ne->cancel;
+    if (!ne->cancel || !*ne->cancel)
+        return false;
+    if (!ne->cancel_grace_ms)
+        return true;
+    uint64_t now = lsm_now_ns();
+    if (!ne->cancel_seen_ns)
+        ne->cancel_seen_ns = now;
+    return now - ne->cancel_seen_ns >= (uint64_t)ne->cancel_grace_ms * 1000000u;
 }
 
 static const char *op_name(enum lsm_ep_op op)
@@ -957,6 +968,7 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
     };
     ne->st[0].ne = ne->st[1].ne = ne;
     ne->cancel = o->cancel;
+    ne->cancel_grace_ms = MIN(o->cancel_grace_ms, 900u);
     ne->connect_ms = o->connect_ms ? o->connect_ms : LSM_NBD_CONNECT_TIMEOUT_MS;
     ne->request_ms = o->request_ms ? o->request_ms : LSM_NBD_REQUEST_TIMEOUT_MS;
     ne->retries = o->retries < 0 ? LSM_NBD_RETRIES : (unsigned)o->retries;

@@ -4,7 +4,7 @@
  * Document (one JSON object, strict syntax):
  *   {"lsm-sync-journal": 1, "size": N, "granule": N, "frontier": N,
  *    "options": {...}, "files": [{"role": S, "path": S, "dev": HEX,
- *    "ino": HEX, "size": N, "mtime_ns": N, "hash": HEX}, ...],
+ *    "ino": HEX, "size": N, "mtime_ns": N, "hash": HEX, "probes": [N, ...]}, ...],
  *    "done": [[FIRST_GRANULE, COUNT], ...]}
  * then lines "reached HEX16 CHECK8\n" (CHECK8: the low 32 bits of a hash
  * of the offset, so that a torn line is recognised).
@@ -318,6 +318,33 @@ static int get_str(json_object *o, const char *key, size_t max, char **out)
     return *out ? 0 : lsm_error(-ENOMEM, "out of memory");
 }
 
+/* "probes": optional, at most LSM_JOURNAL_MAX_PROBES offsets below the
+ * file's size, only with a hash (it is their hash). */
+static int parse_probes(json_object *e, size_t i, struct lsm_journal_file *f)
+{
+    json_object *arr;
+    if (!json_object_object_get_ex(e, "probes", &arr))
+        return 0;
+    if (!json_object_is_type(arr, json_type_array))
+        return lsm_error(-EINVAL, "invalid journal: file %zu: \"probes\" is not an array", i);
+    size_t n = json_object_array_length(arr);
+    if (n > LSM_JOURNAL_MAX_PROBES || !f->has_hash)
+        return lsm_error(-EINVAL, "invalid journal: file %zu: %zu probes%s", i, n,
+                         f->has_hash ? ", over the limit" : " without a hash");
+    for (size_t k = 0; k < n; k++) {
+        json_object *v = json_object_array_get_idx(arr, k);
+        if (!json_object_is_type(v, json_type_int))
+            return lsm_error(-EINVAL, "invalid journal: file %zu: a probe is not an integer", i);
+        errno = 0;
+        int64_t x = json_object_get_int64(v);
+        if (x < 0 || errno || (uint64_t)x >= f->size)
+            return lsm_error(-EINVAL, "invalid journal: file %zu: probe %zu out of range", i, k);
+        f->probes[k] = (uint64_t)x;
+    }
+    f->nprobes = (unsigned)n;
+    return 0;
+}
+
 static int parse_files(struct lsm_journal *j, json_object *arr)
 {
     if (!json_object_is_type(arr, json_type_array))
@@ -361,6 +388,9 @@ static int parse_files(struct lsm_journal *j, json_object *arr)
         f->has_hash_next = r == 0;
         if (f->has_hash_next && !f->has_hash)
             return lsm_error(-EINVAL, "invalid journal: file %zu has hash_next without hash", i);
+        r = parse_probes(e, i, f);
+        if (r < 0)
+            return r;
     }
     return 0;
 }
@@ -587,6 +617,12 @@ static json_object *build_doc(const struct lsm_journal *j)
             json_object_object_add(e, "hash", hex_string(f->hash));
         if (f->has_hash && f->has_hash_next)
             json_object_object_add(e, "hash_next", hex_string(f->hash_next));
+        if (f->has_hash && f->nprobes) {
+            json_object *pr = json_object_new_array();
+            for (unsigned k = 0; k < f->nprobes && k < LSM_JOURNAL_MAX_PROBES; k++)
+                json_object_array_add(pr, json_object_new_int64((int64_t)f->probes[k]));
+            json_object_object_add(e, "probes", pr);
+        }
         json_object_array_add(files, e);
     }
     json_object_object_add(doc, "files", files);

@@ -33,6 +33,8 @@
  * loader allocate more than 128 MiB. */
 #define LSM_JOURNAL_MAX_BITS (1ULL << 30)
 #define LSM_JOURNAL_MAX_FILES 512
+/* Probes of one file (an NBD export: docs/resume.md, "NBD ends"). */
+#define LSM_JOURNAL_MAX_PROBES 8
 
 /* One file of the job as it was at the checkpoint. */
 struct lsm_journal_file {
@@ -47,6 +49,12 @@ struct lsm_journal_file {
      * has written its metadata (a kill in between leaves either). */
     bool has_hash_next;
     uint64_t hash_next;
+    /* A file without an identity of its own (an NBD export: dev and ino 0):
+     * the offsets of the blocks whose contents `hash` covers, so that a
+     * resume can read them again (at most LSM_JOURNAL_MAX_PROBES, each
+     * below size). */
+    unsigned nprobes;
+    uint64_t probes[LSM_JOURNAL_MAX_PROBES];
 };
 
 struct lsm_journal {

@@ -97,7 +97,7 @@ static void test_save_load(void **state)
     struct lsm_journal_file f[2] = {
         { .role = "source", .path = "a.qcow2", .dev = 0xfe00, .ino = 42, .size = 12345,
           .mtime_ns = 1700000000123456789LL, .has_hash = true, .hash = 0xdeadbeefcafef00dULL,
-          .has_hash_next = true, .hash_next = 0x1234 },
+          .has_hash_next = true, .hash_next = 0x1234, .nprobes = 2, .probes = { 0, 8192 } },
         { .role = "destination", .path = "b", .dev = 0xfe00, .ino = 43, .size = 0,
           .mtime_ns = -1 },
     };
@@ -125,6 +125,9 @@ static void test_save_load(void **state)
     assert_int_equal(k->files[0].mtime_ns, 1700000000123456789LL);
     assert_int_equal(k->files[1].mtime_ns, -1);
     assert_false(k->files[1].has_hash);
+    assert_int_equal(k->files[0].nprobes, 2);
+    assert_int_equal(k->files[0].probes[1], 8192);
+    assert_int_equal(k->files[1].nprobes, 0);
     assert_int_equal(lsm_journal_check_files(k, f, 2), 0);
     struct lsm_journal_file g[2] = { f[0], f[1] };
     g[0].size++;
@@ -233,6 +236,18 @@ static void test_parse_bad(void **state)
     assert_int_equal(parse(HEAD "\"files\":[{\"role\":\"source\",\"path\":\"a\\u0000b\",\"dev\":\"1\","
                            "\"ino\":\"2\",\"size\":3}],\"done\":[]}\n"), -EINVAL);
     assert_int_equal(parse(HEAD "\"files\":[7],\"done\":[]}\n"), -EINVAL);
+    /* probes: only with a hash, integers below the size, at most 8 */
+#define PFILE(P) HEAD "\"files\":[{\"role\":\"destination\",\"path\":\"nbd://h/e\",\"dev\":\"0\"," \
+                 "\"ino\":\"0\",\"size\":65536,\"hash\":\"12\",\"probes\":" P "}],\"done\":[]}\n"
+    assert_int_equal(parse(PFILE("[0,4096,61440]")), 0);
+    assert_int_equal(parse(PFILE("[65536]")), -EINVAL);
+    assert_int_equal(parse(PFILE("[-1]")), -EINVAL);
+    assert_int_equal(parse(PFILE("[\"1\"]")), -EINVAL);
+    assert_int_equal(parse(PFILE("{}")), -EINVAL);
+    assert_int_equal(parse(PFILE("[0,1,2,3,4,5,6,7,8]")), -EINVAL);
+    assert_int_equal(parse(HEAD "\"files\":[{\"role\":\"source\",\"path\":\"a\",\"dev\":\"1\","
+                           "\"ino\":\"2\",\"size\":3,\"probes\":[0]}],\"done\":[]}\n"), -EINVAL);
+#undef PFILE
     assert_int_equal(parse(HEAD "\"done\":[]}\n"), -EINVAL);
     /* a NUL byte anywhere */
     struct lsm_journal *j = NULL;

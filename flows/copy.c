@@ -323,6 +323,7 @@ struct dst {
 struct flow_journal {
     const struct lsm_copy_opts *o;
     struct dst *d;
+    struct lsm_ep *src;               /* an NBD source (no image): identified by its blocks */
     struct lsm_journal *j;
     struct lsm_journal_file *files;   /* identities: sources, then the destination */
     size_t nfiles;
@@ -364,7 +365,7 @@ static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t gran
 }
 
 /* -ESTALE naming the first option that differs. */
-static int journal_check_options(json_object *want, json_object *have)
+int lsm_copy_journal_check_options(json_object *want, json_object *have)
 {
     json_object_object_foreach(want, key, val) {
         json_object *h = NULL;
@@ -377,8 +378,9 @@ static int journal_check_options(json_object *want, json_object *have)
 }
 
 /* Identities of every file of the source chain, plus a last slot for the
- * destination (filled at each checkpoint). */
-static int journal_src_idents(struct lsm_image *img, struct lsm_journal_file **out, size_t *nout)
+ * destination (filled at each checkpoint).  Also copy-nbd.c's, for an NBD
+ * destination. */
+int lsm_copy_journal_src_idents(struct lsm_image *img, struct lsm_journal_file **out, size_t *nout)
 {
     unsigned n = lsm_chain_length(img);
     struct lsm_journal_file *v = calloc(2 * (size_t)n + 1, sizeof *v);
@@ -557,7 +559,8 @@ static int journal_setup(struct flow_journal *fj, struct lsm_image *img, struct 
         lsm_journal_free(jl);
         return lsm_error(-ENOMEM, "out of memory");
     }
-    int r = journal_src_idents(img, &fj->files, &fj->nfiles);
+    int r = img ? lsm_copy_journal_src_idents(img, &fj->files, &fj->nfiles)
+                : lsm_copy_nbd_src_idents(fj->src, o->src_path, &fj->files, &fj->nfiles);
     if (r == 0)
         r = journal_dst_ident(d, &fj->files[fj->nfiles - 1]);
     if (r == 0) {
@@ -573,8 +576,10 @@ static int journal_setup(struct flow_journal *fj, struct lsm_image *img, struct 
     if (!jl)
         return lsm_journal_new(o->journal, d->size, granule, opts, &fj->j);
     fj->j = jl;
-    r = journal_check_options(opts, jl->options);
+    r = lsm_copy_journal_check_options(opts, jl->options);
     json_object_put(opts);
+    if (r == 0 && !img)
+        r = lsm_copy_nbd_check_ident(jl, 0, &fj->files[0]);
     if (r == 0)
         r = lsm_journal_check_files(jl, fj->files, fj->nfiles);
     if (r < 0) {
@@ -632,9 +637,6 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (o->resume && !o->journal)
         return lsm_error(-EINVAL, "--resume needs --journal");
     if (o->journal) {
-        if (lsm_is_nbd_uri(o->src_path))
-            return lsm_error(-EINVAL, "--journal needs an image source: %s cannot be identified "
-                             "on resume", o->src_path);
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--journal copies in guest order: not with --physical");
         struct stat sb;
@@ -651,7 +653,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             json_object_object_del(early, "size");
             json_object_object_del(early, "cluster_size");
             json_object_object_del(early, "reads_zero");
-            r = journal_check_options(early, jl->options);
+            r = lsm_copy_journal_check_options(early, jl->options);
             json_object_put(early);
             if (r < 0) {
                 lsm_journal_free(jl);
@@ -960,6 +962,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (ol)
         lsm_ep_file_set_offload(dep, ol);
     if (o->journal) {
+        fj.src = src;
         r = journal_setup(&fj, img, jl, dep->caps.granule, cluster);
         jl = NULL;
         if (r < 0)

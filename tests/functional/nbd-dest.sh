@@ -21,49 +21,8 @@ if grep -q "built without libnbd" probe.log; then
     skip "lsm-sync was built without libnbd"
 fi
 
-PIDS=()
-stop_servers() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill -CONT "$p" 2>/dev/null && kill "$p" 2>/dev/null
-    done
-    # gone (and their image locks with them) before the next step
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 100); do
-            alive "$p" || break
-            sleep 0.05
-        done
-    done
-    PIDS=()
-    return 0
-}
+# the servers: nbdkit_on, qemu_nbd_on, uri, stop_servers (nbd-netns-lib.sh)
 trap 'stop_servers; cleanup' EXIT
-
-wait_sock() {
-    local i
-    for i in $(seq 100); do
-        [[ -S $1 ]] && return 0
-        sleep 0.05
-    done
-    die "server did not start: $1 missing"
-}
-# nbdkit_on SOCK ARGS...: a foreground nbdkit on a Unix socket ($LAST_PID).
-nbdkit_on() {
-    local sock=$1; shift
-    rm -f "$sock"
-    # In a subshell of its own, so that an nbdkit that dies of a signal is
-    # reported (by that subshell) into server.log, never into the stderr
-    # of whatever command this script runs at that moment; nbdkit's own
-    # pid in LAST_PID.
-    rm -f "$sock.pid"
-    { nbdkit --exit-with-parent -f -U "$sock" -P "$sock.pid" "$@"; } 2>>"$T/server.log" &
-    PIDS+=("$!")
-    wait_sock "$sock"
-    for _ in $(seq 100); do [[ -s $sock.pid ]] && break; sleep 0.05; done
-    LAST_PID=$(cat "$sock.pid")
-    PIDS+=("$LAST_PID")
-}
-uri() { echo "nbd+unix:///?socket=$T/$1"; }
 sha() { nbdcopy "$1" - | sha256sum | cut -d' ' -f1; }
 
 # The source: a 3-deep chain with data, zeroes, holes and a backing file.
@@ -140,12 +99,10 @@ done
 # compare through the URI, then of the qcow2 file itself.
 for from in file nbd; do
     qemu-img create -q -f qcow2 dst.qcow2 48M
-    qemu-nbd -t -e 4 -f qcow2 -k "$T/q.sock" --pid-file="$T/q.pid" --fork dst.qcow2
-    PIDS+=("$(cat q.pid)")
+    qemu_nbd_on "$T/q.sock" -e 4 -f qcow2 dst.qcow2
     src=top.qcow2
     if [[ $from == nbd ]]; then
-        qemu-nbd -r -t -e 4 -f qcow2 -k "$T/r.sock" --pid-file="$T/r.pid" --fork top.qcow2
-        PIDS+=("$(cat r.pid)")
+        qemu_nbd_on "$T/r.sock" -r -e 4 -f qcow2 top.qcow2
         src=$(uri r.sock)
     fi
     if ! "$LSM_SYNC" copy "$src" "$(uri q.sock)" 2>err.log; then

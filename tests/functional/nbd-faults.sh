@@ -9,6 +9,7 @@
 # copy created is removed; a normal NBD copy equals the export.
 . "$(dirname "$0")/lib.sh"
 need_cmd nbdkit qemu-nbd qemu-img qemu-io python3
+. "$TESTS_DIR/nbd-netns-lib.sh"   # alive, the server helpers
 
 # Was lsm-sync built with libnbd?
 rc=0
@@ -18,43 +19,14 @@ if grep -q "built without libnbd" probe.log; then
 fi
 ((rc == 1)) || die "copy from a missing socket: exit $rc, want 1: $(cat probe.log)"
 
-PIDS=()
-stop_servers() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill -CONT "$p" 2>/dev/null && kill "$p" 2>/dev/null
-    done
-    return 0
-}
+# the servers: nbdkit_on, uri, stop_servers, wait_file (nbd-netns-lib.sh)
 trap 'stop_servers; cleanup' EXIT
-
-# wait_file PATH: a server's socket (or port file) appears within 5 s.
-wait_file() {
-    local i
-    for i in $(seq 100); do
-        [[ -S $1 || -s $1 ]] && return 0
-        sleep 0.05
-    done
-    die "server did not start: $1 missing"
-}
-
-# nbdkit_on SOCK ARGS...: a foreground nbdkit on a Unix socket.
-nbdkit_on() {
-    local sock=$1; shift
-    # In a subshell of its own, so that an nbdkit that dies of a signal is
-    # reported (by that subshell) into server.log, never into the stderr
-    # of whatever command this script runs at that moment.
-    { nbdkit --exit-with-parent -f -U "$sock" "$@"; } 2>>"$T/server.log" &
-    PIDS+=($!)
-    wait_file "$sock"
-}
 
 # 24 MiB with data and holes, served read-only.
 truncate -s 32M src.raw
 for off in 0 3 7 12 20 27; do
     dd if=/dev/urandom of=src.raw bs=1M count=2 seek=$off conv=notrunc status=none
 done
-uri() { echo "nbd+unix:///?socket=$T/$1"; }
 
 # stalls CASE BUDGET_MS WANT CMD...: exit 1 within BUDGET_MS, one stderr
 # line containing WANT, and no destination left behind.
@@ -207,18 +179,17 @@ done
 # 7. qemu-nbd stopped with SIGSTOP in the middle of a copy (rate-limited
 # so that the copy is surely running): the time-out ends it.
 qemu-img convert -f raw -O qcow2 src.raw src.qcow2
-qemu-nbd -r -t -f qcow2 -k "$T/q.sock" --pid-file="$T/q.pid" --fork src.qcow2
-PIDS+=("$(cat q.pid)")
+qemu_nbd_on "$T/q.sock" -r -f qcow2 src.qcow2
 rm -f dst.raw
 "$LSM_SYNC" copy --timeout=1 --rate=4M --request-size=64K "nbd+unix:///?socket=$T/q.sock" dst.raw >out.log 2>err.log &
 pid=$!
 sleep 1
-kill -STOP "$(cat q.pid)"
+kill -STOP "$LAST_PID"
 t0=$(date +%s%N)
 rc=0
 wait $pid || rc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-kill -CONT "$(cat q.pid)"
+kill -CONT "$LAST_PID"
 if ((rc != 1)); then
     fail "qemu-nbd SIGSTOP" "exit $rc, want 1: $(head -n3 err.log)"
 elif ((ms > 3000)); then

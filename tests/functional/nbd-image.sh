@@ -20,46 +20,8 @@ if grep -q "built without libnbd" probe.log; then
     skip "lsm-sync was built without libnbd"
 fi
 
-PIDS=()
-stop_servers() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null
-    done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 100); do
-            alive "$p" || break
-            sleep 0.05
-        done
-    done
-    PIDS=()
-    return 0
-}
+# the servers: nbdkit_on, qemu_nbd_on, uri, stop_servers (nbd-netns-lib.sh)
 trap 'stop_servers; cleanup' EXIT
-
-wait_file() {
-    local i
-    for i in $(seq 100); do
-        [[ -s $1 ]] && return 0
-        sleep 0.05
-    done
-    die "server did not start: $1 missing"
-}
-nbdkit_on() {
-    local sock=$1; shift
-    rm -f "$sock" "$sock.pid"
-    nbdkit -U "$sock" -P "$sock.pid" "$@" 2>>"$T/server.log"
-    wait_file "$sock.pid"
-    PIDS+=("$(cat "$sock.pid")")
-}
-qemu_nbd_on() {
-    local sock=$1; shift
-    rm -f "$sock" "$sock.pid"
-    qemu-nbd -r -t -e 4 -k "$sock" --pid-file="$sock.pid" --fork "$@" 2>>"$T/server.log"
-    wait_file "$sock.pid"
-    PIDS+=("$(cat "$sock.pid")")
-}
-uri() { echo "nbd+unix:///?socket=$T/$1"; }
 
 # same_as_qemu NAME URI: map (json, human but File, ranges) and info (json
 # but filename, human but the image line) equal qemu-img's.
@@ -114,8 +76,8 @@ qio top.qcow2 -- "write -P 0x65 10M 3M" "discard 47M 64k" "write -P 0x66 5M 4k"
 
 # 1. qemu-nbd serving the chain read-only; 2. the same with
 # qemu:allocation-depth offered (-A: map must not change, as qemu-img's does not).
-qemu_nbd_on "$T/q.sock" -f qcow2 top.qcow2
-qemu_nbd_on "$T/a.sock" -A -f qcow2 top.qcow2
+qemu_nbd_on "$T/q.sock" -r -e 4 -f qcow2 top.qcow2
+qemu_nbd_on "$T/a.sock" -r -e 4 -A -f qcow2 top.qcow2
 same_as_qemu "qemu-nbd chain" "$(uri q.sock)"
 same_as_qemu "qemu-nbd -A chain" "$(uri a.sock)"
 same_data "qemu-nbd chain" "$(uri q.sock)" top.qcow2 qcow2
@@ -166,7 +128,7 @@ same_data "nbdkit --no-sr" "$(uri n.sock)" nosr.raw raw
 stop_servers
 
 # 6. Bad input: one line, exit 1 (compare: 2), never a crash or a hang.
-qemu_nbd_on "$T/q.sock" -x disk -f qcow2 top.qcow2
+qemu_nbd_on "$T/q.sock" -r -e 4 -x disk -f qcow2 top.qcow2
 bad() {
     local name=$1 code=$2 want=$3; shift 3
     rc=0

@@ -83,3 +83,66 @@ alive() {
     st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
     [[ -n $st && $st != Z ]]
 }
+
+# ---- NBD servers for the tests (nbd-dest, nbd-image, nbd-faults,
+# nbd-resume): started on Unix sockets under $T, stopped by stop_servers
+# (meant for the EXIT trap: trap 'stop_servers; cleanup' EXIT).
+#
+#   nbdkit_on SOCK ARGS...    a foreground nbdkit (its pid in LAST_PID)
+#   qemu_nbd_on SOCK ARGS...  a forked qemu-nbd (-t: it stays for many
+#                             clients; its pid in LAST_PID)
+#   uri NAME                  the URI of the socket $T/NAME
+#   stop_servers              stop them all (resumed first if stopped) and
+#                             wait until they are gone, with their locks
+#   wait_file PATH            PATH appears within 5 s (a socket, or a file
+#                             with something in it), else the test dies
+PIDS=()
+stop_servers() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill -CONT "$p" 2>/dev/null && kill "$p" 2>/dev/null
+    done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 100); do
+            alive "$p" || break
+            sleep 0.05
+        done
+    done
+    PIDS=()
+    return 0
+}
+
+wait_file() {
+    local i
+    for i in $(seq 100); do
+        [[ -S $1 || -s $1 ]] && return 0
+        sleep 0.05
+    done
+    die "server did not start: $1 missing"
+}
+
+nbdkit_on() {
+    local sock=$1; shift
+    rm -f "$sock" "$sock.pid"
+    # In a subshell of its own, so that an nbdkit that dies of a signal is
+    # reported (by that subshell) into server.log, never into the stderr
+    # of whatever command the test runs at that moment.
+    { nbdkit --exit-with-parent -f -U "$sock" -P "$sock.pid" "$@"; } 2>>"$T/server.log" &
+    PIDS+=("$!")
+    wait_file "$sock"
+    wait_file "$sock.pid"
+    LAST_PID=$(cat "$sock.pid")
+    PIDS+=("$LAST_PID")
+}
+
+qemu_nbd_on() {
+    local sock=$1; shift
+    rm -f "$sock" "$sock.pid"
+    qemu-nbd -t -k "$sock" --pid-file="$sock.pid" --fork "$@" 2>>"$T/server.log"
+    wait_file "$sock.pid"
+    wait_file "$sock"
+    LAST_PID=$(cat "$sock.pid")
+    PIDS+=("$LAST_PID")
+}
+
+uri() { echo "nbd+unix:///?socket=$T/$1"; }
