@@ -743,7 +743,11 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (physical)
         r = lsm_ep_phys_create(loop, img, sdirect, &src);
     else if (!src)
-        r = lsm_ep_image_create(loop, img, o->backing != NULL, sdirect, &src);
+        /* -B copies the source's top layer only when it has a backing
+         * file; a source without one reads as zero where it is
+         * unallocated, and that is written (as qemu-img does), not left to
+         * the destination's backing file. */
+        r = lsm_ep_image_create(loop, img, o->backing && img->backing, sdirect, &src);
     if (r < 0)
         goto out;
 
@@ -983,7 +987,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     ep.offload_required = o->offload_required;
     ep.before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL;
     ep.before_finish_opaque = &bitmap_copy;
-    ep.absent_zero_mixed_is_data = o->backing != NULL;
+    ep.absent_zero_mixed_is_data = o->backing && img && img->backing;
     ep.journal = fj.j;
     ep.checkpoint_bytes = o->checkpoint_bytes;
     ep.checkpoint_ms = o->checkpoint_ms;
