@@ -668,6 +668,11 @@ static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
     return fill_entries(w, guest, len, UINT64_MAX);
 }
 
+unsigned qcow2_writer_version(const struct qcow2_writer *w)
+{
+    return w->hdr_v2 ? 2 : 3;
+}
+
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w)
 {
     return w->cluster_size;
@@ -2559,6 +2564,11 @@ static int prepare_area(struct qcow2_writer *w)
 
 static int check_checkpoint(const struct qcow2_writer *w)
 {
+    /* A resumed writer would finish a version 3 image: nothing on disk
+     * says the image was version 2. */
+    if (w->hdr_v2)
+        return lsm_error(-ENOTSUP, "checkpoints are not supported in version 2 (compat=0.10) "
+                         "images: a resumed copy would finish a version 3 image");
     if (w->compress)
         return lsm_error(-ENOTSUP, "checkpoints are not supported with compressed clusters: "
                          "a compressed copy cannot be resumed");

@@ -113,6 +113,10 @@ int qcow2_writer_resume(int fd, uint32_t align, struct qcow2_writer **out);
  * was opened incomplete).  A failure before that left the file as it was. */
 bool qcow2_writer_changed(const struct qcow2_writer *w);
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
+/* 2 for a version 2 (compat=0.10) image, created or opened, else 3.
+ * Version 2 images do not checkpoint (-ENOTSUP): a resumed writer would
+ * finish a version 3 image. */
+unsigned qcow2_writer_version(const struct qcow2_writer *w);
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
 /* End of the image so far in bytes (header, L1, L2 tables, data runs): the

@@ -136,7 +136,11 @@ make_dst bm.qcow2 24M ""
 qemu-img bitmap --add bm.qcow2 b0
 refused "copy -n into a qcow2 with a persistent bitmap" bm.qcow2
 # (copy -n into a version 2 qcow2 works: qemu-img-compat.sh pairs it with
-# qemu-img convert -n; one with the zero flag is refused below.)
+# qemu-img convert -n; one with the zero flag is refused below.)  With
+# --journal it is refused: a resumed copy would finish a version 3 image.
+qcow2 v2.qcow2 24M compat=0.10
+refused "copy -n --journal into a version 2 qcow2" v2.qcow2 --journal v2.journal
+[[ ! -e v2.journal ]] || fail "copy -n --journal into a version 2 qcow2" "a journal was left"
 
 # 3. Faults on a copy -n into an existing qcow2: exit 1; the destination
 #    is unchanged or marked incomplete; a rerun completes it.
