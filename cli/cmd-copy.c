@@ -772,10 +772,9 @@ int cmd_copy(int argc, char **argv)
             return cli_usage_error("copy", "Compression not supported for this file format");
         if (o.create.prealloc != LSM_PREALLOC_OFF)
             return cli_usage_error("copy", sparse_set && o.sparse_size == 0
-                                   ? "-S 0 (allocate everything) cannot be used with -c"
+                                   ? "-S 0 with -c is not supported yet (qemu-img then writes "
+                                     "every cluster compressed, zero ones too)"
                                    : "Compression and preallocation not supported at the same time");
-        if (o.no_create)
-            return cli_usage_error("copy", "-c with -n (an existing destination) is not supported yet");
         if (o.journal)
             return cli_usage_error("copy", "-c with --journal is not supported: a compressed copy "
                                    "cannot be checkpointed and resumed");

@@ -859,6 +859,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                           : qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
             if (r < 0)
                 goto out;
+            if (o->create.compress && (r = qcow2_writer_compress_existing(d.w)) < 0) {
+                lsm_error_prefix("-c into %s", o->dst_path);
+                goto out;
+            }
             if (o->journal && qcow2_writer_version(d.w) == 2) {
                 r = lsm_error(-ENOTSUP, "--journal is not supported with compat=0.10 "
                               "destinations yet: %s is a version 2 qcow2", o->dst_path);

@@ -157,6 +157,7 @@ struct qcow2_writer {
     bool has_backing;
     uint8_t *hdr_v2;            /* version 2: the header finish writes instead of hdr */
     size_t hdr_v2_len;          /* its bytes in use, rounded up to align */
+    uint64_t open_clusters;     /* opened image: guest clusters with a host cluster */
 
     /* Persistent bitmaps added (qcow2_writer_add_bitmap), written into the
      * directory and the header extension at finish. */
@@ -1890,6 +1891,7 @@ static int scan_l2(struct qcow2_writer *w, struct refmap *m, uint64_t end)
             r = check_ref(w, m, hoff, end, "data cluster");
             if (r < 0)
                 return r;
+            w->open_clusters++;
             if (!(l2e & QCOW2_OFLAG_COPIED))
                 return lsm_error(-EINVAL, "corrupt image: L2 entry for guest offset 0x%" PRIx64
                                  " lacks the COPIED flag (run qemu-img check -r all)", guest);
@@ -2004,6 +2006,7 @@ static int writer_open(int fd, uint32_t align, bool resume, struct qcow2_writer 
         w->dev_size = fsize;
     w->extended_l2 = st.extl2;
     w->refcount_order = h->refcount_order;
+    w->ctype = h->compression_type;
     w->size = h->size;
     w->l1_size = h->l1_size;
     w->l1_offset = h->l1_table_offset;
@@ -2135,6 +2138,30 @@ fail:
     free(m.bits);
     qcow2_writer_close(w);
     return r;
+}
+
+int qcow2_writer_compress_existing(struct qcow2_writer *w)
+{
+    if (w->compress)
+        return 0;
+    if (w->marked)
+        return lsm_error(-EINVAL, "compression must be chosen before the first change to the image");
+    if (w->open_clusters)
+        return lsm_error(-ENOTSUP, "compressed clusters can only go where the image has none: it "
+                         "has %" PRIu64 " allocated clusters (qemu-img convert -c -n fails on "
+                         "them too)", w->open_clusters);
+#ifndef HAVE_ZSTD
+    if (w->ctype == QCOW2_COMPRESSION_ZSTD)
+        return lsm_error(-ENOTSUP, "built without zstd: cannot write zstd-compressed clusters");
+#endif
+    w->stage_cap = MAX(w->cluster_size, COMPRESS_BATCH_BYTES) + w->align;
+    if (!(w->stage = aligned_alloc_zero(w->stage_cap)))
+        return lsm_error(-ENOMEM, "cannot allocate the compressed-cluster buffer");
+    unsigned rorder = w->refcount_order;
+    w->cmax = rorder >= 4 ? UINT16_MAX : (uint32_t)((1ULL << (1u << rorder)) - 1);
+    pthread_mutex_init(&w->mu, NULL);
+    w->compress = true;
+    return 0;
 }
 
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)

@@ -95,6 +95,12 @@ int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode);
  * autoclear bits are cleared.  New clusters go after the last used or
  * referenced cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
+/* Right after qcow2_writer_open: data goes in through
+ * qcow2_writer_write_compressed from now on (copy -c -n), compressed with
+ * the header's compression type.  Refuses (-ENOTSUP, nothing written) an
+ * image with any allocated cluster: compressed clusters never overwrite
+ * (qemu-img convert -c -n fails on them too). */
+int qcow2_writer_compress_existing(struct qcow2_writer *w);
 
 /* Open an image this writer left marked incomplete (an interrupted copy
  * that checkpointed: see qcow2_writer_checkpoint) to continue it.  Like
