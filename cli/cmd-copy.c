@@ -42,10 +42,11 @@ static void usage(FILE *f)
         "                       512 up to 16M; default 64K raw, one cluster qcow2);\n"
         "                       -S 0 allocates everything (new DST only)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
-        "  -c                   compress (qemu-img's -c): a new qcow2 DST whose data clusters\n"
-        "                       are compressed (-o compression_type=zlib|zstd) where that\n"
-        "                       makes them smaller; not with -n, --journal, --physical or\n"
-        "                       preallocation\n"
+        "  -c                   compress (qemu-img's -c): a qcow2 DST (new, or with -n one\n"
+        "                       without allocated clusters) whose data clusters are\n"
+        "                       compressed (-o compression_type=zlib|zstd) where that\n"
+        "                       makes them smaller; not with --journal, --physical, -S 0\n"
+        "                       or preallocation\n"
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
         "  --salvage            a source range that cannot be read is copied as zeroes,\n"
@@ -772,10 +773,9 @@ int cmd_copy(int argc, char **argv)
             return cli_usage_error("copy", "Compression not supported for this file format");
         if (o.create.prealloc != LSM_PREALLOC_OFF)
             return cli_usage_error("copy", sparse_set && o.sparse_size == 0
-                                   ? "-S 0 (allocate everything) cannot be used with -c"
+                                   ? "-S 0 with -c is not supported yet (qemu-img then writes "
+                                     "every cluster compressed, zero ones too)"
                                    : "Compression and preallocation not supported at the same time");
-        if (o.no_create)
-            return cli_usage_error("copy", "-c with -n (an existing destination) is not supported yet");
         if (o.journal)
             return cli_usage_error("copy", "-c with --journal is not supported: a compressed copy "
                                    "cannot be checkpointed and resumed");

@@ -745,7 +745,12 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (physical)
         r = lsm_ep_phys_create(loop, img, sdirect, &src);
     else if (!src)
-        r = lsm_ep_image_create(loop, img, o->backing != NULL, sdirect, &src);
+        /* -B copies the source's top layer only when it has (or names) a
+         * backing file; a source without one reads as zero where it is
+         * unallocated, and that is written (as qemu-img does), not left to
+         * the destination's backing file. */
+        r = lsm_ep_image_create(loop, img, o->backing && (img->backing || img->backing_name),
+                                sdirect, &src);
     if (r < 0)
         goto out;
 
@@ -856,6 +861,15 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                           : qcow2_writer_open(d.f->fd, d.f->offset_align, &d.w);
             if (r < 0)
                 goto out;
+            if (o->create.compress && (r = qcow2_writer_compress_existing(d.w)) < 0) {
+                lsm_error_prefix("-c into %s", o->dst_path);
+                goto out;
+            }
+            if (o->journal && qcow2_writer_version(d.w) == 2) {
+                r = lsm_error(-ENOTSUP, "--journal is not supported with compat=0.10 "
+                              "destinations yet: %s is a version 2 qcow2", o->dst_path);
+                goto out;
+            }
             if (qcow2_writer_virtual_size(d.w) < vsize) {
                 r = lsm_error(-EINVAL, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64 " bytes)",
                               o->dst_path, qcow2_writer_virtual_size(d.w), o->src_path, vsize);
@@ -986,7 +1000,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     ep.offload_required = o->offload_required;
     ep.before_finish = d.w && o->bitmaps && img ? copy_bitmaps : NULL;
     ep.before_finish_opaque = &bitmap_copy;
-    ep.absent_zero_mixed_is_data = o->backing != NULL;
+    ep.absent_zero_mixed_is_data = o->backing && img && (img->backing || img->backing_name);
     ep.journal = fj.j;
     ep.checkpoint_bytes = o->checkpoint_bytes;
     ep.checkpoint_ms = o->checkpoint_ms;

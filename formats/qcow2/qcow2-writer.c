@@ -157,6 +157,7 @@ struct qcow2_writer {
     bool has_backing;
     uint8_t *hdr_v2;            /* version 2: the header finish writes instead of hdr */
     size_t hdr_v2_len;          /* its bytes in use, rounded up to align */
+    uint64_t open_clusters;     /* opened image: guest clusters with a host cluster */
 
     /* Persistent bitmaps added (qcow2_writer_add_bitmap), written into the
      * directory and the header extension at finish. */
@@ -666,6 +667,11 @@ static int writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len)
         return r;
     alloc_tables(w, guest, len);
     return fill_entries(w, guest, len, UINT64_MAX);
+}
+
+unsigned qcow2_writer_version(const struct qcow2_writer *w)
+{
+    return w->hdr_v2 ? 2 : 3;
 }
 
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w)
@@ -1444,16 +1450,35 @@ static void use_v2_header(struct qcow2_writer *w)
 }
 
 /* Version 2 has no zero flag: the range becomes data clusters holding
- * zeroes, written here. */
+ * zeroes, written here, except clusters without a host cluster in an image
+ * without a backing file (they read as zeroes already; with a backing file
+ * they would read its data). */
 static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
 {
     size_t blen = MAX(w->cluster_size, STREAM_BYTES);
     _cleanup_free_ uint8_t *zero = aligned_alloc_zero(blen);
     if (!zero)
         return lsm_error(-ENOMEM, "cannot allocate a zero buffer");
+    uint64_t run = 0;           /* clusters from guest on that get zeroes */
     while (len) {
+        if (run == 0) {
+            while (run < len) {
+                uint64_t off = 1;
+                int r = w->has_backing ? 0 : lookup(w, (guest + run) >> w->cluster_bits, &off);
+                if (r < 0)
+                    return r;
+                if (!off)
+                    break;
+                run += w->cluster_size;
+            }
+            if (run == 0) {
+                guest += w->cluster_size;
+                len -= w->cluster_size;
+                continue;
+            }
+        }
         uint64_t host, mapped;
-        int r = writer_alloc(w, guest, len, &host, &mapped);
+        int r = writer_alloc(w, guest, run, &host, &mapped);
         if (r < 0)
             return r;
         for (uint64_t done = 0; done < mapped;) {
@@ -1466,6 +1491,7 @@ static int zero_as_data(struct qcow2_writer *w, uint64_t guest, uint64_t len)
         }
         guest += mapped;
         len -= mapped;
+        run -= mapped;
     }
     return 0;
 }
@@ -1856,12 +1882,16 @@ static int scan_l2(struct qcow2_writer *w, struct refmap *m, uint64_t end)
             if (l2e & QCOW2_L2E_STD_RESERVED)
                 return lsm_error(-EINVAL, "corrupt image: L2 entry for guest offset 0x%" PRIx64
                                  " has reserved bits set", guest);
+            if (w->hdr_v2 && (l2e & QCOW2_OFLAG_ZERO))      /* as the reader and QEMU */
+                return lsm_error(-EINVAL, "corrupt image: zero cluster entry in a version 2 "
+                                 "(compat 0.10) image at guest offset 0x%" PRIx64, guest);
             uint64_t hoff = l2e & QCOW2_L2E_OFFSET_MASK;
             if (hoff == 0)
                 continue;
             r = check_ref(w, m, hoff, end, "data cluster");
             if (r < 0)
                 return r;
+            w->open_clusters++;
             if (!(l2e & QCOW2_OFLAG_COPIED))
                 return lsm_error(-EINVAL, "corrupt image: L2 entry for guest offset 0x%" PRIx64
                                  " lacks the COPIED flag (run qemu-img check -r all)", guest);
@@ -1886,9 +1916,6 @@ static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow
     if (r < 0)
         return r;
     const struct qcow2_header *h = &s->h;
-    if (h->version != 3)
-        return lsm_error(-ENOTSUP, "qcow2 version %u images are not supported by the writer "
-                         "(only version 3, compat=1.1)", h->version);
     if (h->header_length % 8)
         return lsm_error(-EINVAL, "corrupt image: invalid header length %u", h->header_length);
     uint64_t incompat = h->incompatible_features;
@@ -1908,6 +1935,43 @@ static int parse_open_header(struct qcow2_writer *w, uint64_t fsize, struct qcow
         return lsm_error(-ENOTSUP, "encrypted images are not supported");
     if (h->size > (uint64_t)INT64_MAX - s->cluster_size)
         return lsm_error(-EINVAL, "corrupt image: invalid virtual size %" PRIu64, h->size);
+    return 0;
+}
+
+/* An opened version 2 (compat=0.10) image works like a created one: a
+ * version 3 header with the incomplete bit while the writer works (every
+ * extension of the old header and its backing name kept, in a 112-byte
+ * header), and at finish the old version 2 header cluster again, as it
+ * was but for the refcount table fields (see use_v2_header). */
+static int open_v2_header(struct qcow2_writer *w, const char *backing)
+{
+    uint32_t cs = w->cluster_size;
+    struct hdr_ext exts[MAX_HDR_EXTS];
+    size_t n = 0, end = QCOW2_V2_HEADER_LENGTH;
+    uint64_t boff = be64_get(w->hdr + offsetof(struct qcow2_header, backing_file_offset));
+    /* (A backing name right after the header: no room for extensions.) */
+    if (boff != QCOW2_V2_HEADER_LENGTH) {
+        int r = collect_exts(w->hdr, cs, QCOW2_V2_HEADER_LENGTH, QCOW2_EXT_END, exts, &n, &end);
+        if (r < 0)
+            return r;
+    }
+    struct qcow2_header h3 = { 0 };
+    memcpy(&h3, w->hdr, QCOW2_V2_HEADER_LENGTH);
+    be32_put(&h3.version, 3);
+    be32_put(&h3.refcount_order, 4);
+    be32_put(&h3.header_length, sizeof h3);
+    uint8_t *neu = aligned_alloc_zero(cs);
+    if (!neu)
+        return lsm_error(-ENOMEM, "cannot allocate a header buffer");
+    if (layout_header(neu, cs, (const uint8_t *)&h3, sizeof h3, exts, n, backing) < 0) {
+        free(neu);
+        return lsm_error(-ENOSPC, "the header extensions and backing file name of this version 2 "
+                         "image leave no room in its %u-byte first cluster for the 40 more "
+                         "bytes of the version 3 header the writer marks it incomplete with", cs);
+    }
+    w->hdr_v2 = w->hdr;
+    w->hdr_v2_len = cs;
+    w->hdr = neu;
     return 0;
 }
 
@@ -1942,6 +2006,7 @@ static int writer_open(int fd, uint32_t align, bool resume, struct qcow2_writer 
         w->dev_size = fsize;
     w->extended_l2 = st.extl2;
     w->refcount_order = h->refcount_order;
+    w->ctype = h->compression_type;
     w->size = h->size;
     w->l1_size = h->l1_size;
     w->l1_offset = h->l1_table_offset;
@@ -1975,11 +2040,19 @@ static int writer_open(int fd, uint32_t align, bool resume, struct qcow2_writer 
     free(w->hdr);
     w->hdr = hdr;
     w->hdr_write_len = w->cluster_size;
+    w->has_backing = backing != NULL;
+    uint32_t hlen = h->header_length;
+    if (h->version == 2) {
+        r = open_v2_header(w, backing);
+        if (r < 0)
+            goto fail;
+        hlen = sizeof(struct qcow2_header);
+    }
     /* We do not maintain any autoclear feature: clear them (the spec's rule
      * for writers that do not know them). */
     be64_put(w->hdr + offsetof(struct qcow2_header, autoclear_features), 0);
     if (!w->marked)
-        name_incomplete_feature(w, h->header_length, backing);
+        name_incomplete_feature(w, hlen, backing);
 
     if (w->l1_size) {
         r = pread_full(fd, w->l1, align_up((uint64_t)w->l1_size * 8, align), w->l1_offset);
@@ -2065,6 +2138,30 @@ fail:
     free(m.bits);
     qcow2_writer_close(w);
     return r;
+}
+
+int qcow2_writer_compress_existing(struct qcow2_writer *w)
+{
+    if (w->compress)
+        return 0;
+    if (w->marked)
+        return lsm_error(-EINVAL, "compression must be chosen before the first change to the image");
+    if (w->open_clusters)
+        return lsm_error(-ENOTSUP, "compressed clusters can only go where the image has none: it "
+                         "has %" PRIu64 " allocated clusters (qemu-img convert -c -n fails on "
+                         "them too)", w->open_clusters);
+#ifndef HAVE_ZSTD
+    if (w->ctype == QCOW2_COMPRESSION_ZSTD)
+        return lsm_error(-ENOTSUP, "built without zstd: cannot write zstd-compressed clusters");
+#endif
+    w->stage_cap = MAX(w->cluster_size, COMPRESS_BATCH_BYTES) + w->align;
+    if (!(w->stage = aligned_alloc_zero(w->stage_cap)))
+        return lsm_error(-ENOMEM, "cannot allocate the compressed-cluster buffer");
+    unsigned rorder = w->refcount_order;
+    w->cmax = rorder >= 4 ? UINT16_MAX : (uint32_t)((1ULL << (1u << rorder)) - 1);
+    pthread_mutex_init(&w->mu, NULL);
+    w->compress = true;
+    return 0;
 }
 
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out)
@@ -2494,6 +2591,11 @@ static int prepare_area(struct qcow2_writer *w)
 
 static int check_checkpoint(const struct qcow2_writer *w)
 {
+    /* A resumed writer would finish a version 3 image: nothing on disk
+     * says the image was version 2. */
+    if (w->hdr_v2)
+        return lsm_error(-ENOTSUP, "checkpoints are not supported in version 2 (compat=0.10) "
+                         "images: a resumed copy would finish a version 3 image");
     if (w->compress)
         return lsm_error(-ENOTSUP, "checkpoints are not supported with compressed clusters: "
                          "a compressed copy cannot be resumed");

@@ -82,15 +82,25 @@ int qcow2_writer_preallocate(struct qcow2_writer *w, enum qcow2_prealloc mode);
  * that can refuse runs here, and the incomplete mark goes to disk with the
  * first alloc, zero or finish.  The header is validated by the reader's
  * parser (qcow2_parse_header).  Refuses images with features it cannot
- * maintain (-ENOTSUP): version 2, internal snapshots, refcounts above 1,
+ * maintain (-ENOTSUP): internal snapshots, refcounts above 1,
  * compressed clusters, external data file, encryption, persistent bitmaps,
  * dirty or corrupt bit; and inconsistent ones (-EINVAL): references to free
  * clusters (except in an incomplete image, whose refcounts are rebuilt from
- * its references), clusters used twice, missing COPIED flags.  Leaked
+ * its references), clusters used twice, missing COPIED flags, the zero flag
+ * in a version 2 image.  A version 2 (compat=0.10) image is worked on as a
+ * created one is (see above): a version 3 header with the incomplete bit,
+ * and at finish its own version 2 header again (extensions and backing name
+ * as they were, the new refcount table).  Leaked
  * clusters (refcount 1, referenced by nothing) end up free.  Unknown
  * autoclear bits are cleared.  New clusters go after the last used or
  * referenced cluster (and after the end of a regular file). */
 int qcow2_writer_open(int fd, uint32_t align, struct qcow2_writer **out);
+/* Right after qcow2_writer_open: data goes in through
+ * qcow2_writer_write_compressed from now on (copy -c -n), compressed with
+ * the header's compression type.  Refuses (-ENOTSUP, nothing written) an
+ * image with any allocated cluster: compressed clusters never overwrite
+ * (qemu-img convert -c -n fails on them too). */
+int qcow2_writer_compress_existing(struct qcow2_writer *w);
 
 /* Open an image this writer left marked incomplete (an interrupted copy
  * that checkpointed: see qcow2_writer_checkpoint) to continue it.  Like
@@ -109,6 +119,10 @@ int qcow2_writer_resume(int fd, uint32_t align, struct qcow2_writer **out);
  * was opened incomplete).  A failure before that left the file as it was. */
 bool qcow2_writer_changed(const struct qcow2_writer *w);
 uint32_t qcow2_writer_cluster_size(const struct qcow2_writer *w);
+/* 2 for a version 2 (compat=0.10) image, created or opened, else 3.
+ * Version 2 images do not checkpoint (-ENOTSUP): a resumed writer would
+ * finish a version 3 image. */
+unsigned qcow2_writer_version(const struct qcow2_writer *w);
 uint64_t qcow2_writer_virtual_size(const struct qcow2_writer *w);
 
 /* End of the image so far in bytes (header, L1, L2 tables, data runs): the
@@ -172,7 +186,9 @@ int qcow2_writer_write_compressed(struct qcow2_writer *w, uint64_t guest, const 
  * Zero ranges need L2 tables like data: without a backing file,
  * unallocated clusters already read as zeroes (qemu-img map then says
  * present=false).  In a version 2 image: data clusters holding zeroes
- * (allocated like qcow2_writer_alloc, the zeroes written by the writer). */
+ * (allocated like qcow2_writer_alloc, the zeroes written by the writer),
+ * except clusters without a host cluster in an image without a backing
+ * file, which read as zeroes already and are left so. */
 int qcow2_writer_zero(struct qcow2_writer *w, uint64_t guest, uint64_t len);
 /* Checkpoint: after the caller's data writes have completed and been
  * flushed, write the cached L2 tables, the L1 table and refcounts that count

@@ -211,25 +211,49 @@ else
     [[ -z $bad ]] && pass man-pages || fail man-pages "$bad"
 fi
 
-# Bash completion.
+# Bash completion: sourced into bash with the installed binary first in
+# PATH (the script asks the program for its commands and options), it
+# registers a function for lsm-sync that completes commands, a command's
+# options, and file names.
 comp=$D$datadir/bash-completion/completions/lsm-sync
 if [[ ! -s $comp ]]; then
     fail bash-completion "$comp missing"
 else
-    out=$(bash -c '
-        source "$1" || exit 1
-        spec=$(complete -p lsm-sync) || exit 2
-        fn=$(sed -n "s/.*-F \([^ ]*\).*/\1/p" <<<"$spec")
-        [[ -n $fn ]] || { echo "$spec"; exit 0; }
-        COMP_WORDS=(lsm-sync c); COMP_CWORD=1; COMP_LINE="lsm-sync c"; COMP_POINT=${#COMP_LINE}
-        "$fn" lsm-sync c lsm-sync
-        printf "%s\n" "${COMPREPLY[@]}"' _ "$comp" 2>&1) || true
+    # complete_words WORDS...: what the completion offers for the last word.
+    complete_words() {
+        PATH="$D$bindir:$PATH" bash -c '
+            comp=$1
+            shift
+            source "$comp" || exit 1
+            spec=$(complete -p lsm-sync) || exit 2
+            fn=$(sed -n "s/.*-F \([^ ]*\).*/\1/p" <<<"$spec")
+            [[ -n $fn ]] || exit 3
+            COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+            "$fn" lsm-sync "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+            printf "%s\n" "${COMPREPLY[@]}"' _ "$comp" "$@" 2>&1
+    }
+    set +e
+    c_out=$(complete_words lsm-sync c)
+    rc_c=$?
+    co_out=$(complete_words lsm-sync co)
+    opt_out=$(complete_words lsm-sync copy --targ)
+    touch comp-file.qcow2
+    file_out=$(complete_words lsm-sync copy comp-fi)
+    set -e
     want=$(printf '%s\n' "${commands[@]}" | grep '^c' | sort | tr '\n' ' ')
-    got=$(grep -x '[a-z-]*' <<<"$out" | sort | tr '\n' ' ')
-    if [[ -n $want && $got == "$want" ]]; then
-        pass bash-completion
+    got=$(grep -x '[a-z-]*' <<<"$c_out" | sort | tr '\n' ' ')
+    if ((rc_c != 0)); then
+        fail bash-completion "sourcing it or complete -p lsm-sync failed (exit $rc_c): $c_out"
+    elif [[ -z $want || $got != "$want" ]]; then
+        fail bash-completion "completing 'lsm-sync c' gave '$got', want '$want' ($c_out)"
+    elif [[ $(sort <<<"$co_out" | tr '\n' ' ') != "compare copy " ]]; then
+        fail bash-completion "completing 'lsm-sync co' gave '$co_out', want copy and compare"
+    elif [[ $opt_out != --target-is-zero ]]; then
+        fail bash-completion "completing 'lsm-sync copy --targ' gave '$opt_out'"
+    elif [[ $file_out != comp-file.qcow2 ]]; then
+        fail bash-completion "completing a file name gave '$file_out'"
     else
-        fail bash-completion "completing 'lsm-sync c' gave '$got', want '$want' ($out)"
+        pass bash-completion
     fi
 fi
 

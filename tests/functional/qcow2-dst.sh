@@ -7,7 +7,7 @@
 #  - injected write errors leave the destination unchanged or marked
 #    incomplete (QEMU refuses it), and a rerun completes it;
 #  - the reader refuses an incomplete image by name, and the zero flag in a
-#    version 2 image as QEMU does.
+#    version 2 image as QEMU does (so does the writer, as a -n destination).
 # Sources are checksummed before and after every case.
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-img qemu-io sha256sum python3
@@ -135,8 +135,12 @@ refused "copy -n into a qcow2 with compressed clusters" comp.qcow2
 make_dst bm.qcow2 24M ""
 qemu-img bitmap --add bm.qcow2 b0
 refused "copy -n into a qcow2 with a persistent bitmap" bm.qcow2
+# (copy -n into a version 2 qcow2 works: qemu-img-compat.sh pairs it with
+# qemu-img convert -n; one with the zero flag is refused below.)  With
+# --journal it is refused: a resumed copy would finish a version 3 image.
 qcow2 v2.qcow2 24M compat=0.10
-refused "copy -n into a version 2 qcow2" v2.qcow2
+refused "copy -n --journal into a version 2 qcow2" v2.qcow2 --journal v2.journal
+[[ ! -e v2.journal ]] || fail "copy -n --journal into a version 2 qcow2" "a journal was left"
 
 # 3. Faults on a copy -n into an existing qcow2: exit 1; the destination
 #    is unchanged or marked incomplete; a rerun completes it.
@@ -335,6 +339,18 @@ else
     rc_of "$LSM_SYNC" copy -O raw v2z.qcow2 v2z.raw
     if [[ $rc1 != 1 ]] || ((RC != 1)) || [[ -e v2z.raw ]]; then
         fail "$case" "map exit $rc1, copy exit $RC: $(cat err.log)"
+    elif [[ $(sum v2z.qcow2) != "$v2sum" ]]; then
+        fail "$case" "the image changed"
+    else
+        pass "$case"
+    fi
+    # The writer refuses it as a -n destination too (a source of its size),
+    # leaving it as it was.
+    case="copy -n into a compat 0.10 image with the zero flag"
+    qemu-img create -q -f raw v2z-src.raw 4M
+    rc_of "$LSM_SYNC" copy -n -O qcow2 v2z-src.raw v2z.qcow2
+    if ((RC != 1)) || [[ $(wc -l <err.log) != 1 ]] || ! grep -q "zero cluster entry" err.log; then
+        fail "$case" "exit $RC: $(cat err.log)"
     elif [[ $(sum v2z.qcow2) != "$v2sum" ]]; then
         fail "$case" "the image changed"
     else

@@ -305,6 +305,47 @@ pair n-qcow2 mk_qcow2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
 pair n-qcow2-tiz mk_qcow2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n --target-is-zero
 pair n-qcow2-B mk_qcow2_backed "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -n -B base.raw -F raw
 pair n-qcow2-W mk_qcow2 "${V[@]}" -W -f qcow2 src.qcow2 -O qcow2 -n
+# Existing compat=0.10 volumes (old storage domains): empty, holding data
+# where the source is zero or unallocated (version 2 has no zero clusters:
+# those ranges get zeroes), and one layer over a backing file.  The result
+# stays compat=0.10 (info fields).
+mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
+mk_qcow2_v2_used() {
+    mk_qcow2_v2 "$1"
+    qio "$1" -- 'write -P 0x71 0 64M'
+}
+mk_qcow2_v2_backed() { qemu-img create -q -f qcow2 -o compat=0.10 -b base.raw -F raw "$1" 64M; }
+pair n-qcow2-v2 mk_qcow2_v2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
+pair n-qcow2-v2-used mk_qcow2_v2_used "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
+pair n-qcow2-v2-B mk_qcow2_v2_backed "${V[@]}" -f qcow2 top.qcow2 -O qcow2 -n -B base.raw -F raw
+# -B with a source that has no backing file: where the source is
+# unallocated it reads as zero, and qemu-img writes that, it does not leave
+# the destination's backing file (which holds data there) showing.
+qcow2 flat.qcow2 64M
+qio flat.qcow2 -- 'write -P 0x72 1M 1M'
+pair n-qcow2-B-flat mk_qcow2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
+pair n-qcow2-v2-B-flat mk_qcow2_v2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
+# -c -n: compressed clusters into an existing empty volume (compat 1.1
+# and 0.10).  Into one with allocated clusters qemu-img fails (compressed
+# writes never overwrite): lsm-sync refuses it before writing anything.
+pair compress-n mk_qcow2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
+pair compress-n-v2 mk_qcow2_v2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
+mk_qcow2_used() {
+    mk_qcow2 "$1"
+    qio "$1" -- 'write -P 0x73 0 64M'
+}
+mk_qcow2_used q-compress-n-used
+mk_qcow2_used l-compress-n-used
+cp l-compress-n-used compress-n-used.before
+set +e
+qemu-img convert -c -n -f qcow2 -O qcow2 src.qcow2 q-compress-n-used >/dev/null 2>&1
+rcq=$?
+"$L" copy -c -n -f qcow2 -O qcow2 src.qcow2 l-compress-n-used >/dev/null 2>l-compress-n-used.err
+rcl=$?
+set -e
+if ((rcq == 0)); then fail compress-n-used "qemu-img accepted it: the case is wrong"
+elif ! cmp -s compress-n-used.before l-compress-n-used; then fail compress-n-used "the refused destination changed"
+else one_line_failure compress-n-used "$rcl" l-compress-n-used.err ""; fi
 
 # ---- what lsm-sync does not do yet: one line, non-zero exit ----------------
 # refused NAME PREP ARGS...: qemu-img must succeed (the command line is
@@ -329,13 +370,7 @@ refused() {
     one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
 }
 refused offload-C - -C -f raw src.raw -O raw
-refused compress-n mk_qcow2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
-mk_qcow2_v2() { qemu-img create -q -f qcow2 -o compat=0.10 "$1" 64M; }
-refused n-qcow2-v2 mk_qcow2_v2 "${V[@]}" -f qcow2 src.qcow2 -O qcow2 -n
-# The refused existing volume is left as it was: version 2, empty.
-mk_qcow2_v2 fresh-v2.qcow2
-if cmp -s fresh-v2.qcow2 l-n-qcow2-v2; then pass n-qcow2-v2-untouched
-else fail n-qcow2-v2-untouched "the refused -n destination changed"; fi
+refused compress-S0 - -c -S 0 -f qcow2 src.qcow2 -O qcow2
 
 # ---- what qemu-img refuses, lsm-sync refuses too (non-zero, one line) ------
 both_refuse() {

@@ -58,6 +58,14 @@ qemu-img bitmap --add bitmap.qcow2 b0 2>/dev/null || rm -f bitmap.qcow2
 # Backing names: a missing file, the fuzz target's own input name (a loop),
 # a relative path upwards, and a json: name.
 qemu-img create -q -u -f qcow2 -o cluster_size=512 -b base.raw -F raw backing-missing.qcow2 64k
+# A version 2 layer with a backing name and format (what the writer opens
+# for copy -n into old compat=0.10 volumes).
+qemu-img create -q -u -f qcow2 -o compat=0.10,cluster_size=512 -b base.raw -F raw writer-v2-backing.qcow2 64k
+truncate -s 64k v2base.raw
+qemu-img rebase -q -u -b v2base.raw -F raw writer-v2-backing.qcow2
+qemu-io -f qcow2 -c "write -P 5 1k 1k" writer-v2-backing.qcow2 >/dev/null
+qemu-img rebase -q -u -b base.raw -F raw writer-v2-backing.qcow2
+rm v2base.raw
 qemu-img create -q -u -f qcow2 -o cluster_size=512 -b input -F qcow2 backing-self.qcow2 64k
 qemu-img create -q -u -f qcow2 -o cluster_size=512 -b ../x/base.qcow2 -F qcow2 backing-up.qcow2 64k
 qemu-img create -q -u -f qcow2 -o cluster_size=512 \
