@@ -7,13 +7,13 @@
 # and print one closing line "N passed, N failed, N skipped" (totals over all
 # runs).  Exits non-zero if anything failed.
 #
-# Environment: FUZZ_SECONDS (default 30) per fuzz target; SKIP_ASAN=1 and
+# Environment: FUZZ_SECONDS (default 20) per fuzz target; SKIP_ASAN=1 and
 # SKIP_FUZZ=1 leave out stages 2 and 3 (for quick local runs only).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
-FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 JOBS=$(nproc 2>/dev/null || echo 2)
 LOGS=$(mktemp -d /tmp/lsm-test.XXXXXX)
 trap 'rm -rf "$LOGS"' EXIT
