@@ -566,6 +566,26 @@ static void submit(struct run *r, int *err)
     }
 }
 
+/* Take a progress sample when one is due, then prepare a request for
+ * every free slot (both I/O paths, before they submit). */
+static void prepare_requests(struct run *r, uint64_t now)
+{
+    struct bench_thread *t = r->t;
+    if (r->phase == PHASE_MAIN && t->sample_ns && now >= r->next_sample_ns) {
+        add_sample(r, now);
+        r->next_sample_ns += t->sample_ns;
+        if (r->next_sample_ns <= now)
+            r->next_sample_ns = now + t->sample_ns;
+    }
+    while (r->nfree > 0 && !t->error) {
+        struct slot *s = &r->slots[r->free_stack[r->nfree - 1]];
+        if (!next_request(r, now, s))
+            break;
+        r->nfree--;
+        r->pending[r->npending++] = s;
+    }
+}
+
 /* Issue, submit and reap until the phase has nothing more to do. */
 static int run_phase(struct run *r)
 {
@@ -575,21 +595,7 @@ static int run_phase(struct run *r)
 
     for (;;) {
         uint64_t now = lsm_now_ns();
-        if (r->phase == PHASE_MAIN && t->sample_ns && now >= r->next_sample_ns) {
-            add_sample(r, now);
-            r->next_sample_ns += t->sample_ns;
-            if (r->next_sample_ns <= now)
-                r->next_sample_ns = now + t->sample_ns;
-        }
-
-        /* prepare requests for every free slot */
-        while (r->nfree > 0 && !t->error) {
-            struct slot *s = &r->slots[r->free_stack[r->nfree - 1]];
-            if (!next_request(r, now, s))
-                break;
-            r->nfree--;
-            r->pending[r->npending++] = s;
-        }
+        prepare_requests(r, now);
         /* queue them, the oldest prepared first, and submit every
          * iodepth_batch_submit of them (fio's default 1: each at once) */
         unsigned batch = r->job->iodepth_batch_submit ? r->job->iodepth_batch_submit : depth;
@@ -675,19 +681,7 @@ static int run_phase_nbd(struct run *r)
 
     for (;;) {
         uint64_t now = lsm_now_ns();
-        if (r->phase == PHASE_MAIN && t->sample_ns && now >= r->next_sample_ns) {
-            add_sample(r, now);
-            r->next_sample_ns += t->sample_ns;
-            if (r->next_sample_ns <= now)
-                r->next_sample_ns = now + t->sample_ns;
-        }
-        while (r->nfree > 0 && !t->error) {
-            struct slot *s = &r->slots[r->free_stack[r->nfree - 1]];
-            if (!next_request(r, now, s))
-                break;
-            r->nfree--;
-            r->pending[r->npending++] = s;
-        }
+        prepare_requests(r, now);
         for (unsigned i = 0; i < r->npending; i++) {
             struct slot *s = r->pending[i];
             if (t->error) {
