@@ -12,6 +12,7 @@
 #include <json-c/json.h>
 
 #include "cli.h"
+#include "domain.h"
 #include "json-out.h"
 #include "json-util.h"
 #include "flow-copy.h"
@@ -206,6 +207,11 @@ int cmd_sync(int argc, char **argv)
     /* the checksum is the sync's (read back), not each volume copy's */
     bool checksum = base.checksum;
     base.checksum = false;
+
+    /* a loop domain's volumes are checked (and attached again when their
+     * loop is gone) before the chain behind DST_TOP is read */
+    if (!jobfile && lsm_loop_domain_check_path(argv[optind + 1]) < 0)
+        return cli_fail("sync");
 
     struct cli_progress progress;
     cli_progress_init(&progress, pmode);
