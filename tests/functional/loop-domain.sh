@@ -96,6 +96,17 @@ losetup -d "$n"      # gone, number left free: attached again through the same l
 qemu-img compare -q src/top.qcow2 dom/top.qcow2 || fail "compare after detach"
 ok "detached loop attached again by sync, compare identical"
 
+# 3b. the same through a job file (clone-structure --output=json): a loop
+# gone is attached again before sync --job reads the destination chain
+"$LSM_SYNC" clone-structure --reuse --output=json --dst-loop dom src/top.qcow2 >job.json
+losetup -d "$(readlink dom/top.qcow2)"
+"$LSM_SYNC" sync --type=ALL --job job.json >/dev/null 2>err.txt || { cat err.txt; fail "sync --job after detaching top"; }
+[ "$(losetup -n -O BACK-FILE "$(readlink dom/top.qcow2)")" = "$T/dom/.lsm-loop/top.qcow2" ] ||
+    fail "top was not attached again"
+qemu-img compare -q src/top.qcow2 dom/top.qcow2 || fail "compare after clone --reuse + sync --job"
+for v in mid.qcow2 top.qcow2; do qemu-img check -q dom/$v || fail "qemu-img check dom/$v after --reuse"; done
+ok "clone-structure --reuse + sync --job with a detached top: attached again, compare identical, check clean"
+
 # 4. identity: the loop device is also its backing file, so a clone into
 # the domain whose source is that domain's own volume is refused
 set +e
