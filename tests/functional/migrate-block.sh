@@ -10,7 +10,11 @@
 #      of every destination layer; qemu-img compare of each internal layer
 #      with its source; base and mid unchanged; vdb untouched; the progress
 #      lines name every phase; the journal is gone.
-# Not here yet: block -> file, block -> block, kills (see docs/migrate.md).
+#   2. migrate vda loop domain dst1 -> file dst2: the snapshot's overlay is
+#      a new loop volume of dst1 backed by the old leaf; the VM runs on
+#      dst2 and keeps writing; its blocks verify there; qemu-img check of
+#      dst2 and of dst1; every layer equals its source; vdb untouched.
+# Not here yet: block -> block, kills, an extension while mirroring.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -219,6 +223,44 @@ done
 check vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 lvenv_virsh resume "$DOM" >/dev/null
 
+
+# ---- 2. loop block domain -> file: the source leaf is a loop volume, so
+# the snapshot's overlay is a new loop volume of dst1 ----
+mkdir -p dst2
+t0=$(date +%s)
+rc=0
+"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst2" --progress=json --output=json >m2.json 2>m2.err || rc=$?
+log "migrate dst1 -> dst2 took $(($(date +%s) - t0)) s"
+check b2f-exit-0 test "$rc" = 0
+[[ $rc == 0 ]] || log "$(grep -v '^{' m2.err | tail -n 3)"
+top2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["destination"])' m2.json)
+ovl2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["overlay"])' m2.json)
+check b2f-runs-on-dst2 test "$(source_of vda)" = "$top2"
+check b2f-top2-in-dst2 test "$(dirname "$top2")" = "$T/dst2"
+check b2f-top2-file test -f "$top2"
+check b2f-overlay-is-loop-volume test -b "$ovl2" -a -L "$ovl2" -a "$(dirname "$ovl2")" = "$T/dst1"
+check b2f-overlay-backing test "$(qemu-img info -U --output=json "$ovl2" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = "$top1"
+check b2f-vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
+check b2f-journal-removed no_journal
+check b2f-all-phases test "$(phases_seen m2.err)" = "snapshot clone replicate sync pivot done"
+check b2f-no-job no_job
+p=$(last_pass)
+check b2f-writes-after-pivot wait_pass $((p + 1)) 60
+lvenv_virsh suspend "$DOM" >/dev/null
+check b2f-blocks-verify-on-dst2 verify "$top2"
+for f in dst2/*; do
+    if out=$(qemu-img check -U "$f" 2>&1); then pass "b2f-check-$f"; else fail "b2f-check-$f" "$out"; fi
+done
+for l in mid base; do
+    check "b2f-compare-$l" qemu-img compare -U -q "src/$l.qcow2" "dst2/$l.qcow2"
+done
+check b2f-compare-leaf qemu-img compare -U -q "dst1/leaf.qcow2" "dst2/leaf.qcow2"
+check b2f-compare-old-top qemu-img compare -U -q "$top1" "dst2/$(basename "$top1")"
+for f in dst1/*; do
+    if out=$(qemu-img check -U "$f" 2>&1); then pass "b2f-src-check-$f"; else fail "b2f-src-check-$f" "$out"; fi
+done
+check b2f-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 
 lvenv_virsh destroy "$DOM" >/dev/null
 finish
