@@ -14,7 +14,9 @@
 #      a new loop volume of dst1 backed by the old leaf; the VM runs on
 #      dst2 and keeps writing; its blocks verify there; qemu-img check of
 #      dst2 and of dst1; every layer equals its source; vdb untouched.
-# Not here yet: block -> block, kills, an extension while mirroring.
+#   3. file dst2 -> loop domain dst3 and 4. loop dst3 -> loop dst4 (block to
+#      block): the same checks, each destination layer equal to its source.
+# Not here yet: kills, an extension while mirroring.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -261,6 +263,52 @@ for f in dst1/*; do
     if out=$(qemu-img check -U "$f" 2>&1); then pass "b2f-src-check-$f"; else fail "b2f-src-check-$f" "$out"; fi
 done
 check b2f-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
+
+lvenv_virsh resume "$DOM" >/dev/null
+
+# step NAME OPTION DIR: migrate vda to DIR (OPTION --dst-dir or --dst-loop)
+# with the checks of parts 1 and 2; the guest resumed at the end; sets $top
+step() {
+    local n=$1 opt=$2 dir=$3 rc=0 t0 prev ovl p f
+    prev=$(source_of vda)
+    t0=$(date +%s)
+    "${MIG[@]}" "$DOM" --disk vda "$opt" "$dir" --progress=json --output=json >"$n.json" 2>"$n.err" || rc=$?
+    log "$n: migrate $prev -> $dir took $(($(date +%s) - t0)) s"
+    check "$n-exit-0" test "$rc" = 0
+    [[ $rc == 0 ]] || { log "$(grep -v '^{' "$n.err" | tail -n 3)"; return; }
+    top=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["destination"])' "$n.json")
+    ovl=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["overlay"])' "$n.json")
+    check "$n-runs-on-dst" test "$(source_of vda)" = "$top" -a "$(dirname "$top")" = "$dir"
+    if [[ $opt == --dst-loop ]]; then check "$n-top-block" test -b "$top" -a -L "$top"; fi
+    if [[ -b $prev ]]; then check "$n-overlay-loop" test -b "$ovl" -a -L "$ovl"; fi
+    # a file overlay names the old leaf beside it; a block one its path
+    local want=$prev
+    [[ -b $prev ]] || want=$(basename "$prev")
+    check "$n-overlay-backing" test "$(qemu-img info -U --output=json "$ovl" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = "$want"
+    check "$n-vdb-not-moved" test "$(source_of vdb)" = "$T/src/vdb.raw"
+    check "$n-journal-removed" no_journal
+    check "$n-all-phases" test "$(phases_seen "$n.err")" = "snapshot clone replicate sync pivot done"
+    check "$n-no-job" no_job
+    p=$(last_pass)
+    check "$n-writes-after-pivot" wait_pass $((p + 1)) 60
+    lvenv_virsh suspend "$DOM" >/dev/null
+    check "$n-blocks-verify" verify "$top"
+    for f in "$dir"/*; do
+        if out=$(qemu-img check -U "$f" 2>&1); then pass "$n-check-$f"; else fail "$n-check-$f" "$out"; fi
+    done
+    check "$n-compare-old-top" qemu-img compare -U -q "$prev" "$dir/$(basename "$prev")"
+    check "$n-compare-base" qemu-img compare -U -q src/base.qcow2 "$dir/base.qcow2"
+    check "$n-compare-mid" qemu-img compare -U -q src/mid.qcow2 "$dir/mid.qcow2"
+    check "$n-vdb-untouched" test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
+    lvenv_virsh resume "$DOM" >/dev/null
+}
+
+# ---- 3. file (dst2) -> loop domain dst3, then 4. loop dst3 -> loop dst4
+# (block to block) ----
+mkdir -p dst3/.lsm-loop dst4/.lsm-loop
+step f2b --dst-loop "$T/dst3"
+step b2b --dst-loop "$T/dst4"
 
 lvenv_virsh destroy "$DOM" >/dev/null
 finish
