@@ -16,7 +16,10 @@
 #      dst2 and of dst1; every layer equals its source; vdb untouched.
 #   3. file dst2 -> loop domain dst3 and 4. loop dst3 -> loop dst4 (block to
 #      block): the same checks, each destination layer equal to its source.
-# Not here yet: kills, an extension while mirroring.
+#   5. loop -> loop killed (SIGKILL) in the sync phase, --rollback: the
+#      destination domain empty, its loops detached, the VM on its source;
+#      killed again, --resume: on the destination, blocks verify, check.
+# Not here yet: kills in the other phases, an extension while mirroring.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -309,6 +312,53 @@ step() {
 mkdir -p dst3/.lsm-loop dst4/.lsm-loop
 step f2b --dst-loop "$T/dst3"
 step b2b --dst-loop "$T/dst4"
+
+# ---- 5. SIGKILL in the sync phase, loop -> loop, then --rollback: the
+# destination domain empty (loops detached), the VM on its source side;
+# then SIGKILL again and --resume finishes ----
+no_loop_in() { ! losetup -a | grep -q "$1/"; }
+mkdir -p dst5/.lsm-loop dst6/.lsm-loop
+before=$(source_of vda)
+"${MIG[@]}" "$DOM" --disk vda --dst-loop "$T/dst5" --rate 256K --progress=json >k1.out 2>k1.err &
+pid=$!
+PIDS+=("$pid")
+check kill-reached-sync wait_phase k1.err sync 60
+kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+check kill-dst5-has-volumes test -n "$(ls -A dst5 | grep -v '^.lsm-loop$')"
+rc=0
+"${MIG[@]}" "$DOM" --rollback >k1r.out 2>k1r.err || rc=$?
+check kill-rollback-exit-0 test "$rc" = 0
+[[ $rc == 0 ]] || log "$(cat k1r.err)"
+check kill-rollback-dst5-empty test "$(ls -A dst5)" = .lsm-loop -a -z "$(ls -A dst5/.lsm-loop)"
+check kill-rollback-no-loop no_loop_in "$T/dst5"
+check kill-rollback-on-source test "$(dirname "$(source_of vda)")" = "$(dirname "$before")"
+check kill-rollback-no-job no_job
+check kill-rollback-journal-removed no_journal
+"${MIG[@]}" "$DOM" --disk vda --dst-loop "$T/dst6" --rate 256K --progress=json >k2.out 2>k2.err &
+pid=$!
+PIDS+=("$pid")
+check kill2-reached-sync wait_phase k2.err sync 60
+kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+rc=0
+"${MIG[@]}" "$DOM" --resume --output=json >k2r.json 2>k2r.err || rc=$?
+check kill-resume-exit-0 test "$rc" = 0
+[[ $rc == 0 ]] || log "$(cat k2r.err)"
+top=$(source_of vda)
+check kill-resume-on-dst6 test "$(dirname "$top")" = "$T/dst6" -a -b "$top"
+check kill-resume-no-job no_job
+check kill-resume-journal-removed no_journal
+p=$(last_pass)
+check kill-resume-writes wait_pass $((p + 1)) 60
+lvenv_virsh suspend "$DOM" >/dev/null
+check kill-resume-blocks-verify verify "$top"
+for f in dst6/*; do
+    if out=$(qemu-img check -U "$f" 2>&1); then pass "kill-resume-check-$f"; else fail "kill-resume-check-$f" "$out"; fi
+done
+check kill-resume-compare-base qemu-img compare -U -q src/base.qcow2 dst6/base.qcow2
+check kill-resume-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
+lvenv_virsh resume "$DOM" >/dev/null
 
 lvenv_virsh destroy "$DOM" >/dev/null
 finish
