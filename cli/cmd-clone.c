@@ -1,7 +1,9 @@
 /* lsm-sync clone-structure: re-create a chain's structure, empty, in
  * another storage domain (cloneImageStructure).  The work is
  * flows/clone.c; this file parses options and prints. */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 #include <json-c/json.h>
 
 #include "chain.h"
+#include "cleanup.h"
 #include "cli.h"
 #include "clone.h"
 #include "json-util.h"
@@ -25,13 +28,15 @@ static void clone_usage(FILE *f)
 {
     fprintf(f,
         "Usage: lsm-sync clone-structure [--reuse] [--output=human|json] [-f FMT]\n"
-        "                                SRC_TOP (--dst-dir DIR | --dst-vg VG | --job FILE)\n\n"
+        "                                SRC_TOP (--dst-dir DIR | --dst-vg VG | --dst-loop DIR | --job FILE)\n\n"
         "Create the volumes of SRC_TOP's backing chain, empty, in a destination storage\n"
         "domain: same number and order of volumes, formats, virtual sizes, cluster sizes\n"
         "and qcow2 options, with backing names that point within the destination.\n"
         "Prints the destination top volume.\n\n"
         "  --dst-dir DIR   file domain: a directory; volumes keep their names\n"
         "  --dst-vg VG     block domain: an LVM volume group; volumes become LVs\n"
+        "  --dst-loop DIR  block domain of loop devices: a directory holding .lsm-loop/;\n"
+        "                  volumes become loop devices linked as DIR/NAME\n"
         "  --job FILE      explicit source/destination volumes (docs/chains.md)\n"
         "  --reuse         overwrite existing destination volumes (never a source volume)\n"
         "  -f FMT          format of SRC_TOP (default: probe)\n"
@@ -40,10 +45,11 @@ static void clone_usage(FILE *f)
 
 int cmd_clone_structure(int argc, char **argv)
 {
-    enum { OPT_DIR = 256, OPT_VG, OPT_JOB, OPT_REUSE, OPT_OUTPUT };
+    enum { OPT_DIR = 256, OPT_VG, OPT_LOOP, OPT_JOB, OPT_REUSE, OPT_OUTPUT };
     static const struct option opts[] = {
         { "dst-dir", required_argument, NULL, OPT_DIR },
         { "dst-vg", required_argument, NULL, OPT_VG },
+        { "dst-loop", required_argument, NULL, OPT_LOOP },
         { "job", required_argument, NULL, OPT_JOB },
         { "reuse", no_argument, NULL, OPT_REUSE },
         { "output", required_argument, NULL, OPT_OUTPUT },
@@ -51,7 +57,7 @@ int cmd_clone_structure(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *dir = NULL, *vg = NULL, *jobfile = NULL;
+    const char *dir = NULL, *vg = NULL, *loop = NULL, *jobfile = NULL;
     bool reuse = false;
     enum cli_output output = CLI_OUTPUT_HUMAN;
     enum lsm_format fmt = LSM_FMT_AUTO;
@@ -62,6 +68,7 @@ int cmd_clone_structure(int argc, char **argv)
         switch (c) {
         case OPT_DIR: dir = optarg; break;
         case OPT_VG: vg = optarg; break;
+        case OPT_LOOP: loop = optarg; break;
         case OPT_JOB: jobfile = optarg; break;
         case OPT_REUSE: reuse = true; break;
         case OPT_OUTPUT:
@@ -79,8 +86,16 @@ int cmd_clone_structure(int argc, char **argv)
             return cli_usage_error("clone-structure", "unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
-    if (!!dir + !!vg + !!jobfile != 1)
-        return cli_usage_error("clone-structure", "give exactly one of --dst-dir, --dst-vg and --job");
+    if (!!dir + !!vg + !!loop + !!jobfile != 1)
+        return cli_usage_error("clone-structure", "give exactly one of --dst-dir, --dst-vg, --dst-loop and --job");
+    /* a loop domain is named by its absolute path (it contains a '/') */
+    _cleanup_free_ char *loop_abs = loop ? realpath(loop, NULL) : NULL;
+    if (loop && !loop_abs) {
+        fprintf(stderr, "lsm-sync clone-structure: loop domain '%s': %s\n", loop, strerror(errno));
+        return EXIT_FAILURE;
+    }
+    if (loop_abs)
+        vg = loop_abs;
     /* SIGINT/SIGTERM from here on: lsm_chain_clone stops at its next step
      * and removes what it created; before it, nothing is created. */
     struct sigaction sa = { .sa_handler = on_signal };

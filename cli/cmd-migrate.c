@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 
 #include <json-c/json.h>
 
+#include "cleanup.h"
 #include "cli.h"
 #include "json-util.h"
 #include "migrate.h"
@@ -31,7 +33,7 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "Usage: lsm-sync migrate [OPTIONS] DOMAIN --disk DISK [--disk DISK...] (--dst-dir DIR | --dst-vg VG)\n"
+        "Usage: lsm-sync migrate [OPTIONS] DOMAIN --disk DISK [--disk DISK...] (--dst-dir DIR | --dst-vg VG | --dst-loop DIR)\n"
         "       lsm-sync migrate [OPTIONS] DOMAIN --resume\n"
         "       lsm-sync migrate [OPTIONS] DOMAIN --rollback\n\n"
         "Move the named disks of a running libvirt domain to another storage domain while\n"
@@ -43,6 +45,7 @@ static void usage(FILE *f)
         "  -d, --disk=DISK          a disk target to move (vda); repeat for several\n"
         "  --dst-dir=DIR            destination file domain (a directory)\n"
         "  --dst-vg=VG              destination block domain (an LVM volume group)\n"
+        "  --dst-loop=DIR           destination block domain of loop devices (docs/chains.md)\n"
         "  --state-dir=DIR          where the journal lives (default %s)\n"
         "  --resume                 finish the migration the journal records\n"
         "  --rollback               undo it (refused past the commit point)\n"
@@ -64,7 +67,7 @@ static void usage(FILE *f)
 }
 
 enum {
-    OPT_DST_DIR = 256, OPT_DST_VG, OPT_STATE_DIR, OPT_RESUME, OPT_ROLLBACK, OPT_SYNC_WRITES,
+    OPT_DST_DIR = 256, OPT_DST_VG, OPT_DST_LOOP, OPT_STATE_DIR, OPT_RESUME, OPT_ROLLBACK, OPT_SYNC_WRITES,
     OPT_STALL, OPT_READY, OPT_PIVOT, OPT_BANDWIDTH, OPT_RATE, OPT_PARALLEL, OPT_PROGRESS,
     OPT_FAIL_AT, OPT_CONNECT, OPT_OUTPUT,
 };
@@ -75,6 +78,7 @@ static const struct option longopts[] = {
     { "disk", required_argument, NULL, 'd' },
     { "dst-dir", required_argument, NULL, OPT_DST_DIR },
     { "dst-vg", required_argument, NULL, OPT_DST_VG },
+    { "dst-loop", required_argument, NULL, OPT_DST_LOOP },
     { "state-dir", required_argument, NULL, OPT_STATE_DIR },
     { "resume", no_argument, NULL, OPT_RESUME },
     { "rollback", no_argument, NULL, OPT_ROLLBACK },
@@ -213,6 +217,7 @@ int cmd_migrate(int argc, char **argv)
     enum progress_mode pmode = PROGRESS_NONE;
     enum cli_output out = CLI_OUTPUT_HUMAN;
     bool have_dst = false;
+    _cleanup_free_ char *loop_abs = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "hd:p", longopts, NULL)) != -1) {
         switch (c) {
@@ -231,11 +236,21 @@ int cmd_migrate(int argc, char **argv)
             break;
         case OPT_DST_DIR:
         case OPT_DST_VG:
+        case OPT_DST_LOOP:
             if (have_dst)
-                return cli_usage_error(CMD, "give one destination: --dst-dir or --dst-vg");
+                return cli_usage_error(CMD, "give one destination: --dst-dir, --dst-vg or --dst-loop");
             have_dst = true;
-            o.dst_kind = c == OPT_DST_VG ? LSM_DOMAIN_BLOCK : LSM_DOMAIN_FILE;
+            o.dst_kind = c == OPT_DST_DIR ? LSM_DOMAIN_FILE : LSM_DOMAIN_BLOCK;
             o.dst_domain = optarg;
+            if (c == OPT_DST_LOOP) {
+                /* a loop domain is named by its absolute path (a '/') */
+                free(loop_abs);
+                if (!(loop_abs = realpath(optarg, NULL))) {
+                    fprintf(stderr, "lsm-sync %s: loop domain '%s': %s\n", CMD, optarg, strerror(errno));
+                    return EXIT_FAILURE;
+                }
+                o.dst_domain = loop_abs;
+            }
             break;
         case OPT_STATE_DIR:
             o.state_dir = optarg;

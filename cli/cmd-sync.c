@@ -12,6 +12,8 @@
 #include <json-c/json.h>
 
 #include "cli.h"
+#include "chain.h"
+#include "domain.h"
 #include "json-out.h"
 #include "json-util.h"
 #include "flow-copy.h"
@@ -206,6 +208,25 @@ int cmd_sync(int argc, char **argv)
     /* the checksum is the sync's (read back), not each volume copy's */
     bool checksum = base.checksum;
     base.checksum = false;
+
+    /* a loop domain's volumes are checked (and attached again when their
+     * loop is gone) before the chain behind DST_TOP is read */
+    if (!jobfile && lsm_loop_domain_check_path(argv[optind + 1]) < 0)
+        return cli_fail("sync");
+    if (jobfile) {
+        /* the job file is loaded again (and checked) by lsm_sync; here
+         * only its block destinations' loop domains are looked at */
+        struct lsm_jobfile jf = { 0 };
+        if (lsm_jobfile_load(jobfile, &jf) == 0) {
+            int lr = 0;
+            for (unsigned k = 0; k < jf.n && lr == 0; k++)
+                if (jf.v[k].dst_type == LSM_DOMAIN_BLOCK)
+                    lr = lsm_loop_domain_check_path(jf.v[k].dst_path);
+            lsm_jobfile_free(&jf);
+            if (lr < 0)
+                return cli_fail("sync");
+        }
+    }
 
     struct cli_progress progress;
     cli_progress_init(&progress, pmode);

@@ -317,13 +317,17 @@ out:
 /* The VG and LV name of /dev/VG/LV */
 static int split_lv_path(const char *path, char **vg, char **lv)
 {
+    /* DIR/NAME in a loop domain: the domain is DIR */
+    int l = lsm_loop_domain_of(path, vg, lv);
+    if (l != 0)
+        return l < 0 ? l : 0;
     const char *p = path;
     if (strncmp(p, "/dev/", 5))
-        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
+        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV nor in a loop domain", path);
     p += 5;
     const char *s = strchr(p, '/');
     if (!s || s == p || !s[1] || strchr(s + 1, '/'))
-        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV", path);
+        return lsm_error(-EINVAL, "block volume '%s' is not of the form /dev/VG/LV nor in a loop domain", path);
     *vg = strndup(p, (size_t)(s - p));
     *lv = strdup(s + 1);
     return *vg && *lv ? 0 : lsm_error(-ENOMEM, "out of memory");

@@ -13,7 +13,8 @@ int lsm_domain_open(enum lsm_domain_kind kind, const char *where, struct lsm_dom
         return lsm_error(-ENOMEM, "out of memory");
     }
     d->kind = kind;
-    d->ops = kind == LSM_DOMAIN_BLOCK ? &lsm_domain_lvm_ops : &lsm_domain_file_ops;
+    d->ops = kind != LSM_DOMAIN_BLOCK ? &lsm_domain_file_ops
+             : strchr(where, '/') ? &lsm_domain_loop_ops : &lsm_domain_lvm_ops;
     int r = d->ops->open(d, where);
     if (r < 0) {
         free(d->where);

@@ -1,7 +1,8 @@
 /* Storage domains: where volumes live.  One ops table per kind:
  *   file  - a directory; a volume is a file named like its source volume
  *   block - an LVM volume group; a volume is a logical volume (thin in the
- *           sense of "allocated as needed": created small, extended)
+ *           sense of "allocated as needed": created small, extended);
+ *           or a loop domain (a directory, see below) of loop devices
  * The chain code (clone-structure, sync) never names a kind. */
 #ifndef LSM_DOMAIN_H
 #define LSM_DOMAIN_H
@@ -47,6 +48,20 @@ void lsm_domain_close(struct lsm_domain *d);
 
 extern const struct lsm_domain_ops lsm_domain_file_ops;
 extern const struct lsm_domain_ops lsm_domain_lvm_ops;
+extern const struct lsm_domain_ops lsm_domain_loop_ops;
+
+/* Loop block domains (domain-loop.c): a directory holding this directory,
+ * whose volumes are loop devices linked as DIR/NAME.  lsm_domain_open with
+ * LSM_DOMAIN_BLOCK opens one when `where` contains a '/' (an LVM volume
+ * group name never does). */
+#define LSM_LOOP_MARKER ".lsm-loop"
+/* 1 with the domain directory (resolved) and volume name when path is
+ * DIR/NAME in a loop domain, 0 when it is not, -errno with a message. */
+int lsm_loop_domain_of(const char *path, char **where, char **name);
+/* When path is in a loop domain: check every volume of the domain, attach
+ * again those whose loop is gone (fixing their links), refuse (-errno, one
+ * message) a link whose loop device backs another file.  0 otherwise. */
+int lsm_loop_domain_check_path(const char *path);
 
 /* Extension chunk used when sizing qcow2 volumes on block domains. */
 #define LSM_BLOCK_CHUNK (1024ULL * 1024 * 1024)

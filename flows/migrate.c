@@ -417,6 +417,12 @@ static bool exists(const char *p)
 /* /dev/VG/LV -> VG and LV (malloc'd); -EINVAL for anything else. */
 static int split_lv(const char *path, char **vg, char **lv)
 {
+    /* a volume of a loop domain: the domain is its directory (domain.h) */
+    int l = lsm_loop_domain_of(path, vg, lv);
+    if (l != 0) {
+        lsm_error_clear();
+        return l < 0 ? l : 0;
+    }
     if (strncmp(path, "/dev/", 5))
         return -EINVAL;
     const char *a = path + 5, *slash = strchr(a, '/');
@@ -448,7 +454,7 @@ static int name_overlay(struct mig *g, struct mdisk *d)
         _cleanup_free_ char *vg = NULL, *lv = NULL;
         if (split_lv(d->old_leaf, &vg, &lv) < 0)
             return lsm_error(-ENOTSUP, "the leaf of %s, %s, is a block device that is not "
-                             "/dev/VG/LV: cannot place the snapshot's overlay beside it",
+                             "/dev/VG/LV nor in a loop domain: cannot place the snapshot's overlay beside it",
                              d->disk, d->old_leaf);
     }
     if (exists(d->overlay))
