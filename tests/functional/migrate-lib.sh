@@ -1,0 +1,137 @@
+# Shared by migrate.sh and migrate-block.sh, sourced after lib.sh,
+# libvirt-env.sh and writer-guest.sh with DOM, STATE and check() set: the
+# source chain in src/ (vda: base <- mid <- leaf; vdb raw, vdc a one-layer
+# qcow2), the domain booted with the writing guest, and the helpers both
+# tests check with (passes of the writer, where each disk runs, verify,
+# the progress phases seen, wait_phase).
+# shellcheck shell=bash
+qemu-img create -q -f qcow2 src/base.qcow2 64M
+qemu-io -f qcow2 -c "write -P 0x11 0 4M" src/base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/mid.qcow2
+qemu-io -f qcow2 -c "write -P 0x22 4M 4M" src/mid.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 src/leaf.qcow2
+qemu-io -f qcow2 -c "write -P 0x33 8M 4M" -c "write -z 1M 512K" src/leaf.qcow2 >/dev/null
+qemu-img create -q -f qcow2 src/vdc.qcow2 16M
+qemu-io -f qcow2 -c "write -P 0x55 0 1M" src/vdc.qcow2 >/dev/null
+truncate -s 16M src/vdb.raw
+qemu-io -f raw -c "write -P 0x44 0 2M" src/vdb.raw >/dev/null
+sum_base=$(sha256sum <src/base.qcow2)
+sum_mid=$(sha256sum <src/mid.qcow2)
+sum_vdb=$(sha256sum <src/vdb.raw)
+
+# The guest writes blocks 256..287 (16 MiB..18 MiB) of vda, pass after pass.
+SEQOFF=256 SEQN=32
+cat >dom.xml <<EOF
+<domain type='qemu'>
+  <name>$DOM</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>$WG_KERNEL</kernel>
+    <initrd>$WG_INITRD</initrd>
+    <cmdline>$(wg_seq_cmdline $SEQOFF $SEQN)</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='custom'><model>qemu64</model></cpu>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$T/src/leaf.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$T/src/vdb.raw'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$T/src/vdc.qcow2'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path='$T/console'/><target port='0'/></serial>
+    <console type='file'><source path='$T/console'/><target type='serial' port='0'/></console>
+  </devices>
+</domain>
+EOF
+: >console
+err=$(lvenv_virsh create dom.xml 2>&1) || die "cannot start $DOM: $err"
+
+last_pass() { sed -n 's/^WRITER-PASS \([0-9]*\).*/\1/p' console | tail -n 1; }
+# wait_pass N SECONDS: the guest finished pass N
+wait_pass() {
+    local i p
+    for ((i = 0; i < $2 * 5; i++)); do
+        p=$(last_pass)
+        [[ -n $p && $p -ge $1 ]] && return 0
+        sleep 0.2
+    done
+    log "console ends with: $(tail -n 3 console | tr '\n' '|')"
+    return 1
+}
+source_of() { lvenv_virsh domblklist "$DOM" | awk -v d="$1" '$1 == d { print $2 }'; }
+no_journal() { [[ ! -e $STATE/$DOM.json ]]; }
+no_job() { ! lvenv_virsh blockjob "$DOM" vda --info 2>/dev/null | grep -q '[0-9] *%'; }
+
+# verify TOP: the guest paused, every block it wrote is in TOP's chain, and
+# the layers' data below is what the test wrote.
+verify() {
+    local top=$1 out
+    qemu-img convert -U -O raw "$top" view.raw || return 1
+    out=$(python3 - view.raw "$SEQOFF" "$SEQN" "$(last_pass)" <<'EOF'
+import sys
+data = open(sys.argv[1], "rb").read()
+seqoff, seqn, console = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4] or 0)
+M = 1 << 20
+def same(a, b, byte):
+    assert data[a:b] == bytes([byte]) * (b - a), "bytes %d..%d are not 0x%02x" % (a, b, byte)
+same(0, 1 * M, 0x11); same(1 * M, 1 * M + 512 * 1024, 0); same(1 * M + 512 * 1024, 4 * M, 0x11)
+same(4 * M, 8 * M, 0x22); same(8 * M, 12 * M, 0x33); same(12 * M, 16 * M, 0)
+same((seqoff + seqn) * 65536, len(data), 0)
+passes = []
+for b in range(seqn):
+    blk = data[(seqoff + b) * 65536:(seqoff + b + 1) * 65536]
+    if blk == bytes(65536):
+        passes.append(0)
+        continue
+    head = b"LSMW pass=%08d blk=%08d\n"
+    p = int(blk[10:18])
+    assert blk[:len(head % (p, b))] == head % (p, b), "block %d: %r" % (b, blk[:40])
+    assert blk[len(head % (p, b)):] == bytes(65536 - len(head % (p, b))), "block %d has junk" % b
+    passes.append(p)
+# written in order, pass after pass: non-increasing, by at most one
+assert all(passes[i] >= passes[i + 1] for i in range(seqn - 1)), passes
+assert passes[0] - passes[-1] <= 1, passes
+assert passes[-1] >= console, "the console says pass %d ended, the disk has %d" % (console, passes[-1])
+print("passes %d..%d (console: %d)" % (passes[-1], passes[0], console))
+EOF
+) || { log "$out"; return 1; }
+    log "$top: $out"
+}
+
+phases_seen() {
+    python3 -c '
+import json, sys
+seen = []
+for l in open(sys.argv[1]):
+    try:
+        p = json.loads(l)["phase"]
+    except Exception:
+        continue
+    if p not in seen:
+        seen.append(p)
+print(" ".join(seen))' "$1"
+}
+
+# wait_phase FILE PHASE SECONDS: a progress line of PHASE in FILE
+wait_phase() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -q "\"phase\":\"$2\"" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
