@@ -143,6 +143,7 @@ static void model_init(struct model *m, uint64_t size, uint32_t cs, bool backing
     m->state = calloc(m->nclusters + 1, 1);
     m->host = calloc(m->nclusters + 1, sizeof *m->host);
     m->backing = backing;
+    m->v2 = false;          /* callers that open a version 2 image set it */
     assert_non_null(m->state);
     assert_non_null(m->host);
 }
