@@ -1,6 +1,6 @@
 #!/bin/bash
 # The job library in one process (tests/tools/jobs-limit.c): four copy jobs
-# under a global limit of 48 MiB/s, aggregate rate within 10% of it; one
+# under a global limit of 48 MiB/s, aggregate rate at most 10% above it (at least 75%); one
 # job's own limit lowered while it runs, effective within a second; a fifth
 # job cancelled, returning within a second and leaving nothing behind; the
 # four results identical to their sources (qemu-img compare) and clean
