@@ -1,10 +1,23 @@
 # Shared by migrate.sh and migrate-block.sh, sourced after lib.sh,
-# libvirt-env.sh and writer-guest.sh with DOM, STATE and check() set: the
+# libvirt-env.sh and writer-guest.sh with DOM and STATE set: the
 # source chain in src/ (vda: base <- mid <- leaf; vdb raw, vdc a one-layer
 # qcow2), the domain booted with the writing guest, and the helpers both
 # tests check with (passes of the writer, where each disk runs, verify,
 # the progress phases seen, wait_phase).
 # shellcheck shell=bash
+
+check() {  # check NAME CMD...: pass if CMD succeeds
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name" "$*"; fi
+}
+
+# layer_map FILE: the data runs of one qcow2 layer alone (no backing)
+layer_map() {
+    qemu-img map -U --output=json "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$1\"}}" |
+        python3 -c 'import json, sys; print([(e["start"], e["length"], e["zero"]) for e in json.load(sys.stdin) if e["data"]])'
+}
+
 qemu-img create -q -f qcow2 src/base.qcow2 64M
 qemu-io -f qcow2 -c "write -P 0x11 0 4M" src/base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/mid.qcow2

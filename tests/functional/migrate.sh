@@ -51,11 +51,6 @@ at_exit() {
 }
 lvenv_at_exit at_exit
 
-check() {
-    local name=$1
-    shift
-    if "$@"; then pass "$name"; else fail "$name" "$*"; fi
-}
 
 mkdir -p src dst1 dst2 dst3 dst4 dst5 "$STATE"
 . "$SOURCE_DIR/tests/functional/migrate-lib.sh"
@@ -104,10 +99,6 @@ for f in dst1/*; do
     if out=$(qemu-img check -U "$f" 2>&1); then pass "check-$f"; else fail "check-$f" "$out"; fi
 done
 # the internal layers: the same guest view as chains, the same data layer by layer
-layer_map() {
-    qemu-img map -U --output=json "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$1\"}}" |
-        python3 -c 'import json, sys; print([(e["start"], e["length"], e["zero"]) for e in json.load(sys.stdin) if e["data"]])'
-}
 for l in leaf mid base; do
     check "compare-$l" qemu-img compare -U -q "src/$l.qcow2" "dst1/$l.qcow2"
     check "map-$l" test "$(layer_map "$T/src/$l.qcow2")" = "$(layer_map "$T/dst1/$l.qcow2")"
