@@ -438,7 +438,8 @@ static int split_lv(const char *path, char **vg, char **lv)
     return 0;
 }
 
-/* The overlay's path: next to the leaf, its name plus ".mig-RUN" (file), or
+/* The overlay's path: next to the leaf, its name (up to an earlier
+ * migration's ".mig-" suffix) plus ".mig-RUN" (file), or
  * an LV of the leaf's VG with that name (block). */
 static int name_overlay(struct mig *g, struct mdisk *d)
 {
@@ -446,7 +447,14 @@ static int name_overlay(struct mig *g, struct mdisk *d)
     if (stat(d->old_leaf, &st) < 0)
         return lsm_error_errno(-errno, "cannot stat %s (the leaf of %s)", d->old_leaf, d->disk);
     d->overlay_block = S_ISBLK(st.st_mode);
-    if (asprintf(&d->overlay, "%s.mig-%s", d->old_leaf, g->run) < 0) {
+    /* A leaf that is itself an earlier migration's overlay keeps its first
+     * name: LEAF.mig-OLD gets LEAF.mig-RUN, not LEAF.mig-OLD.mig-RUN (names
+     * would grow by one suffix per migration past NAME_MAX, or LVM's 127). */
+    const char *base = strrchr(d->old_leaf, '/');
+    base = base ? base + 1 : d->old_leaf;
+    const char *cut = strstr(base, ".mig-");
+    int keep = cut && cut > base ? (int)(cut - d->old_leaf) : (int)strlen(d->old_leaf);
+    if (asprintf(&d->overlay, "%.*s.mig-%s", keep, d->old_leaf, g->run) < 0) {
         d->overlay = NULL;
         return lsm_error(-ENOMEM, "out of memory");
     }
@@ -970,6 +978,14 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
     return first;
 }
 
+/* How long a resume or rollback waits for a pivot or abort still in
+ * progress (asked for by a killed run) before it looks at the disks. */
+static int64_t settle_ms(const struct mig *g)
+{
+    int64_t ms = g->o->pivot_timeout_ms ? g->o->pivot_timeout_ms : DEFAULT_PIVOT_MS;
+    return ms < 0 ? -1 : ms;
+}
+
 /* Undo everything before the commit point: abort the mirrors, remove the
  * destination volumes this migration created, and the overlays the VM
  * does not use.  Returns 0 when nothing of it is left. */
@@ -979,12 +995,15 @@ static int rollback(struct mig *g, bool keep_snapshot)
     g->phase = "rollback";
     stop_syncs(g);
     bool mirrors_gone = true;
-    for (unsigned i = 0; i < g->n; i++) {
+    /* a disk found pivoted ends it: the others' mirrors are the resume's */
+    for (unsigned i = 0; i < g->n && !g->committed; i++) {
         struct mdisk *d = &g->d[i];
         if (!d->m)
             continue;
         _cleanup_free_ char *mirror = NULL;
-        int r = disk_paths(d, NULL, &mirror);
+        int r = lsm_mirror_settle(d->m, settle_ms(g));
+        if (r == 0)
+            r = disk_paths(d, NULL, &mirror);
         if (r == 0 && mirror) {
             if (d->ndst && lsm_same_file(mirror, d->dst[0]))
                 r = lsm_mirror_abort(d->m, NULL);
@@ -993,6 +1012,24 @@ static int rollback(struct mig *g, bool keep_snapshot)
                               "left alone", d->disk, mirror);
             if (r == 0)
                 report(g, "%s: mirror aborted, the disk stays on its source", d->disk);
+        }
+        /* A pivot asked for by a killed run can still land between our
+         * look and the abort (libvirt serialises the calls): the disk then
+         * runs on its destination, which must stay. */
+        if (r == 0 || r == -ENOENT) {
+            _cleanup_free_ char *src = NULL;
+            int p = disk_paths(d, &src, NULL);
+            if (p == 0 && src && d->ndst && lsm_same_file(src, d->dst[0])) {
+                d->pivoted = true;
+                g->committed = true;
+                r = lsm_error(-EALREADY, "%s pivoted to %s while being rolled back (a pivot "
+                              "the killed run had asked for)", d->disk, d->dst[0]);
+            } else if (p < 0) {
+                r = p;
+            } else if (r == -ENOENT) {
+                lsm_error_clear();     /* the job ended by itself: on its source */
+                r = 0;
+            }
         }
         if (r < 0) {
             mirrors_gone = false;
@@ -1027,7 +1064,7 @@ static int rollback(struct mig *g, bool keep_snapshot)
         }
     }
     /* overlays: removed only while the VM does not use them */
-    for (unsigned i = 0; i < g->n && !keep_snapshot; i++) {
+    for (unsigned i = 0; i < g->n && !keep_snapshot && !g->committed; i++) {
         struct mdisk *d = &g->d[i];
         if (!d->overlay_made || !exists(d->overlay))
             continue;
@@ -1194,6 +1231,75 @@ static int setup(struct mig *g, const struct lsm_migrate_opts *o)
     return 0;
 }
 
+/* Resume past the commit point: every disk's layers were synced before
+ * the first pivot; the others' mirrors are restarted if needed, then
+ * pivoted. */
+static int finish_pivots(struct mig *g, char *pivot_why, size_t pivot_why_len)
+{
+    char why[400];
+    int r;
+    g->phase = "replicate";
+    r = start_extender(g);
+    for (unsigned i = 0; i < g->n && r == 0; i++)
+        if (!g->d[i].pivoted && !g->d[i].synced)
+            r = lsm_error(-EIO, "%s: the journal says its layers were not synced, yet a "
+                          "disk pivoted", g->d[i].disk);
+    unsigned todo = 0;
+    for (unsigned i = 0; i < g->n; i++)
+        todo += !g->d[i].pivoted;
+    if (r == 0 && todo) {
+        for (unsigned i = 0; i < g->n && r == 0; i++) {
+            struct mdisk *d = &g->d[i];
+            if (d->pivoted)
+                continue;
+            _cleanup_free_ char *mirror = NULL;
+            r = disk_paths(d, NULL, &mirror);
+            if (r == 0 && !mirror)
+                r = start_mirror(g, d);
+            else if (r == 0 && !lsm_same_file(mirror, d->dst[0]))
+                r = lsm_error(-EBUSY, "%s is being mirrored onto %s, not by this "
+                              "migration", d->disk, mirror);
+            d->best_remaining = UINT64_MAX;
+            d->best_ns = lsm_now_ns();
+        }
+        g->phase = "pivot";
+        /* not watch(): it looks at every disk, and the pivoted ones have
+         * no mirror any more */
+        uint64_t t = lsm_now_ns();
+        while (r == 0) {
+            bool ready = true;
+            for (unsigned i = 0; i < g->n && r == 0; i++) {
+                struct mdisk *d = &g->d[i];
+                if (d->pivoted)
+                    continue;
+                r = lsm_mirror_status(d->m, &d->st);
+                if (r == 0 && (d->st.phase == LSM_MIRROR_FAILED ||
+                               d->st.phase == LSM_MIRROR_NONE))
+                    r = lsm_error(-EIO, "the mirror of %s %s", d->disk,
+                                  d->st.phase == LSM_MIRROR_NONE ? "is gone" : "failed");
+                ready = ready && d->st.phase == LSM_MIRROR_READY;
+            }
+            if (r < 0 || ready)
+                break;
+            int64_t ms = g->o->ready_timeout_ms ? g->o->ready_timeout_ms : DEFAULT_READY_MS;
+            if (ms >= 0 && lsm_now_ns() - t >= (uint64_t)ms * 1000000ULL) {
+                not_ready_reason(g, why, sizeof why);
+                r = lsm_error(-ETIMEDOUT, "the mirrors were not ready within %.0f s: %s",
+                              (double)ms / 1000, why);
+                break;
+            }
+            if (lsm_now_ns() - g->last_report >= REPORT_NS)
+                report(g, NULL);
+            struct timespec ts = { 0, POLL_MS * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+        g->phase = "pivot";
+        if (r == 0)
+            r = pivot(g, pivot_why, pivot_why_len);
+    }
+    return r;
+}
+
 int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -1250,7 +1356,11 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
         for (unsigned i = 0; i < g.n && r == 0; i++) {
             struct mdisk *d = &g.d[i];
             _cleanup_free_ char *src = NULL;
-            r = disk_paths(d, &src, NULL);
+            /* a pivot or abort the killed run asked for is carried out by
+             * libvirtd without it: look once it has ended */
+            r = lsm_mirror_settle(d->m, settle_ms(&g));
+            if (r == 0)
+                r = disk_paths(d, &src, NULL);
             if (r < 0)
                 break;
             d->pivoted = src && d->ndst && lsm_same_file(src, d->dst[0]);
@@ -1294,68 +1404,7 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
     if (o->mode == LSM_MIGRATE_ROLLBACK) {
         r = rollback(&g, false);
     } else if (g.committed) {
-        /* resume past the commit point: every disk's layers were synced
-         * before the first pivot; the others' mirrors are restarted if
-         * needed, then pivoted */
-        g.phase = "replicate";
-        r = start_extender(&g);
-        for (unsigned i = 0; i < g.n && r == 0; i++)
-            if (!g.d[i].pivoted && !g.d[i].synced)
-                r = lsm_error(-EIO, "%s: the journal says its layers were not synced, yet a "
-                              "disk pivoted", g.d[i].disk);
-        unsigned todo = 0;
-        for (unsigned i = 0; i < g.n; i++)
-            todo += !g.d[i].pivoted;
-        if (r == 0 && todo) {
-            for (unsigned i = 0; i < g.n && r == 0; i++) {
-                struct mdisk *d = &g.d[i];
-                if (d->pivoted)
-                    continue;
-                _cleanup_free_ char *mirror = NULL;
-                r = disk_paths(d, NULL, &mirror);
-                if (r == 0 && !mirror)
-                    r = start_mirror(&g, d);
-                else if (r == 0 && !lsm_same_file(mirror, d->dst[0]))
-                    r = lsm_error(-EBUSY, "%s is being mirrored onto %s, not by this "
-                                  "migration", d->disk, mirror);
-                d->best_remaining = UINT64_MAX;
-                d->best_ns = lsm_now_ns();
-            }
-            g.phase = "pivot";
-            /* not watch(): it looks at every disk, and the pivoted ones have
-             * no mirror any more */
-            uint64_t t = lsm_now_ns();
-            while (r == 0) {
-                bool ready = true;
-                for (unsigned i = 0; i < g.n && r == 0; i++) {
-                    struct mdisk *d = &g.d[i];
-                    if (d->pivoted)
-                        continue;
-                    r = lsm_mirror_status(d->m, &d->st);
-                    if (r == 0 && (d->st.phase == LSM_MIRROR_FAILED ||
-                                   d->st.phase == LSM_MIRROR_NONE))
-                        r = lsm_error(-EIO, "the mirror of %s %s", d->disk,
-                                      d->st.phase == LSM_MIRROR_NONE ? "is gone" : "failed");
-                    ready = ready && d->st.phase == LSM_MIRROR_READY;
-                }
-                if (r < 0 || ready)
-                    break;
-                int64_t ms = o->ready_timeout_ms ? o->ready_timeout_ms : DEFAULT_READY_MS;
-                if (ms >= 0 && lsm_now_ns() - t >= (uint64_t)ms * 1000000ULL) {
-                    not_ready_reason(&g, why, sizeof why);
-                    r = lsm_error(-ETIMEDOUT, "the mirrors were not ready within %.0f s: %s",
-                                  (double)ms / 1000, why);
-                    break;
-                }
-                if (lsm_now_ns() - g.last_report >= REPORT_NS)
-                    report(&g, NULL);
-                struct timespec ts = { 0, POLL_MS * 1000000L };
-                nanosleep(&ts, NULL);
-            }
-            g.phase = "pivot";
-            if (r == 0)
-                r = pivot(&g, pivot_why, sizeof pivot_why);
-        }
+        r = finish_pivots(&g, pivot_why, sizeof pivot_why);
     } else {
         if (o->mode == LSM_MIGRATE_RESUME) {
             /* before the commit point the destination is redone from the
@@ -1365,8 +1414,14 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
             if (r == 0)
                 report(&g, "the killed run's destination side removed: starting again from the "
                        "%s", from_snapshot ? "snapshot" : "clone");
+            else if (g.committed) {
+                /* a disk pivoted meanwhile: past the commit point now */
+                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
+                lsm_error_clear();
+                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+            }
         }
-        if (r == 0) {
+        if (r == 0 && !g.committed) {
             r = forward(&g, from_snapshot, pivot_why, sizeof pivot_why);
             if (r < 0 && !g.committed) {
                 snprintf(why, sizeof why, "%s", lsm_last_error());
@@ -1395,7 +1450,7 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
         }
     }
 
-    if (r == 0 || o->mode == LSM_MIGRATE_ROLLBACK) {
+    if (r == 0 || !g.committed) {
         if (r == 0 && o->mode == LSM_MIGRATE_ROLLBACK) {
             res->outcome = LSM_MIGRATE_ROLLED_BACK;
             unlink(g.journal);

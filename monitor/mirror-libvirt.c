@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -624,8 +625,15 @@ static int virt_status(struct lsm_mirror *m, struct lsm_mirror_status *st)
 static int virt_pivot(struct lsm_mirror *m)
 {
     struct virt_mirror *vm = m->priv;
-    if (virDomainBlockJobAbort(vm->dom, vm->disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0)
+    /* Tests: be killed while libvirtd carries the pivot out (the state a
+     * SIGKILL during the call leaves, reached every time). */
+    const char *kill_env = getenv("LSM_TEST_PIVOT_KILL");
+    bool die = kill_env && *kill_env == '1';
+    unsigned flags = VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT | (die ? VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC : 0);
+    if (virDomainBlockJobAbort(vm->dom, vm->disk, flags) < 0)
         return lsm_error(-EIO, "cannot pivot %s to its copy: %s", vm->what, virt_msg());
+    if (die)
+        raise(SIGKILL);
     return 0;
 }
 
@@ -652,6 +660,23 @@ static int virt_paths(struct lsm_mirror *m, char **source, char **mirror)
     return 0;
 }
 
+/* libvirt marks a job it is pivoting or aborting with <mirror ready='pivot'>
+ * or 'abort' until QEMU's job has ended and the disk's source is updated.
+ * A client killed after asking does not stop it: libvirtd carries the call
+ * out without it. */
+static int virt_switching(struct lsm_mirror *m)
+{
+    struct virt_mirror *vm = m->priv;
+    struct disk_info di;
+    int r = get_disk(vm, vm->disk, &di);
+    if (r < 0)
+        return r;
+    r = di.has_mirror && di.mirror_ready &&
+        (!strcmp(di.mirror_ready, "pivot") || !strcmp(di.mirror_ready, "abort"));
+    disk_info_free(&di);
+    return r;
+}
+
 const struct lsm_mirror_ops lsm_mirror_libvirt_ops = {
     .name = "libvirt",
     .open = virt_open,
@@ -662,6 +687,7 @@ const struct lsm_mirror_ops lsm_mirror_libvirt_ops = {
     .pivot = virt_pivot,
     .cancel = virt_cancel,
     .paths = virt_paths,
+    .switching = virt_switching,
 };
 
 #endif /* HAVE_LIBVIRT */

@@ -242,6 +242,23 @@ int lsm_mirror_abort(struct lsm_mirror *m, char **active)
     return check_active(m, src, "abort", active);
 }
 
+int lsm_mirror_settle(struct lsm_mirror *m, int64_t timeout_ms)
+{
+    if (!m->ops->switching)
+        return 0;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
+                                       : lsm_now_ns() + (uint64_t)timeout_ms * 1000000ULL;
+    for (;;) {
+        int r = m->ops->switching(m);
+        if (r <= 0)
+            return r;
+        if (lsm_now_ns() >= deadline)
+            return lsm_error(-ETIMEDOUT, "a pivot or abort of the mirror of %s was still in "
+                             "progress after %.0f s", m->what, (double)timeout_ms / 1000.0);
+        sleep_ms(POLL_MS / 5);
+    }
+}
+
 bool lsm_same_file(const char *a, const char *b)
 {
     struct stat sa, sb;

@@ -93,6 +93,11 @@ struct lsm_mirror_ops {
      * destination of the running mirror (NULL if none).  Either pointer may
      * be NULL if the caller does not want it. */
     int (*paths)(struct lsm_mirror *m, char **source, char **mirror);
+    /* Optional: 1 while a pivot or an abort that somebody asked for (this
+     * process or one that was killed after asking) is still being carried
+     * out, 0 when none is.  NULL: the backend's switches are synchronous in
+     * the process that asks for them (nothing outlives it). */
+    int (*switching)(struct lsm_mirror *m);
 };
 
 struct lsm_mirror {
@@ -131,6 +136,13 @@ int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms,
 /* Cancel the mirror and stay on the source; *active as for finish, checked
  * to be the source the target used before. */
 int lsm_mirror_abort(struct lsm_mirror *m, char **active);
+
+/* Wait until no pivot or abort is in progress on the target (see
+ * struct lsm_mirror_ops.switching), polling for at most timeout_ms (< 0:
+ * no limit); -ETIMEDOUT if one still is.  A process that resumes after a
+ * kill calls this before reading which file the target uses: a pivot the
+ * killed process asked for may still be finishing. */
+int lsm_mirror_settle(struct lsm_mirror *m, int64_t timeout_ms);
 
 /* Do two paths name the same file or device (same inode, or the same
  * device number for block devices)?  Falls back to comparing the strings
