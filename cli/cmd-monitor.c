@@ -39,7 +39,7 @@ static void usage(FILE *f)
         "                           on a block device\n"
         "  --output=FMT             human (default) or json (one JSON object per line)\n"
         "  --chunk=SIZE             extension step (default 1G)\n"
-        "  --chunk-replicating=SIZE extension step while a mirror runs (default 3G)\n"
+        "  --chunk-replicating=SIZE extension step while a mirror runs (default 2G)\n"
         "  --watermark=SIZE         minimum free space before extending (default 512M)\n"
         "  --watermark-replicating=SIZE  the same while a mirror runs (default 3G)\n"
         "  --safety=F               headroom = max(watermark, write rate x extension\n"
