@@ -15,6 +15,7 @@
 #include "cleanup.h"
 #include "cli.h"
 #include "extend-backend.h"
+#include "extend-opts.h"
 #include "extender.h"
 #include "json-util.h"
 #include "util.h"
@@ -38,16 +39,8 @@ static void usage(FILE *f)
         "  -d, --disk=TARGET        a disk to watch (vda); repeatable; default: every disk\n"
         "                           on a block device\n"
         "  --output=FMT             human (default) or json (one JSON object per line)\n"
-        "  --chunk=SIZE             extension step (default 1G)\n"
-        "  --chunk-replicating=SIZE extension step while a mirror runs (default 2G)\n"
-        "  --watermark=SIZE         minimum free space before extending (default 512M)\n"
-        "  --watermark-replicating=SIZE  the same while a mirror runs (default 3G)\n"
-        "  --safety=F               headroom = max(watermark, write rate x extension\n"
-        "                           latency x F) (default 2)\n"
-        "  --extent=SIZE            sizes are multiples of this (default 128M)\n"
-        "  --max-ratio=F            never beyond F x the virtual size (default 1.1)\n"
+        CLI_EXTEND_POLICY_HELP
         "  --poll-interval=MS       allocation and write-rate check (default 500)\n"
-        "  --retries=N              retries of a transient failure (default 5)\n"
         "  --extend-cmd=CMD         extend block volumes by running CMD VOLUME NEWSIZE\n"
         "                           (bytes); exit 0 done, 28 no space, other: retried\n"
         "  --extend-cmd-timeout=S   kill CMD after S seconds (default 60)\n"
@@ -57,8 +50,7 @@ static void usage(FILE *f)
 }
 
 enum {
-    OPT_CHUNK = 256, OPT_CHUNK_REPL, OPT_WATERMARK, OPT_WATERMARK_REPL, OPT_SAFETY, OPT_EXTENT, OPT_MAX_RATIO,
-    OPT_POLL, OPT_RETRIES, OPT_CMD, OPT_CMD_TIMEOUT, OPT_REPLICATING, OPT_NO_RESUME,
+    OPT_POLL = 256, OPT_CMD, OPT_CMD_TIMEOUT, OPT_REPLICATING, OPT_NO_RESUME,
     OPT_STATUS_INTERVAL, OPT_CONNECT, OPT_OUTPUT,
 };
 
@@ -67,15 +59,8 @@ static const struct option longopts[] = {
     { "connect", required_argument, NULL, OPT_CONNECT },
     { "disk", required_argument, NULL, 'd' },
     { "output", required_argument, NULL, OPT_OUTPUT },
-    { "chunk", required_argument, NULL, OPT_CHUNK },
-    { "chunk-replicating", required_argument, NULL, OPT_CHUNK_REPL },
-    { "watermark", required_argument, NULL, OPT_WATERMARK },
-    { "watermark-replicating", required_argument, NULL, OPT_WATERMARK_REPL },
-    { "safety", required_argument, NULL, OPT_SAFETY },
-    { "extent", required_argument, NULL, OPT_EXTENT },
-    { "max-ratio", required_argument, NULL, OPT_MAX_RATIO },
+    CLI_EXTEND_POLICY_LONGOPTS,
     { "poll-interval", required_argument, NULL, OPT_POLL },
-    { "retries", required_argument, NULL, OPT_RETRIES },
     { "extend-cmd", required_argument, NULL, OPT_CMD },
     { "extend-cmd-timeout", required_argument, NULL, OPT_CMD_TIMEOUT },
     { "replicating", no_argument, NULL, OPT_REPLICATING },
@@ -318,19 +303,6 @@ static void print_status(struct lsm_extender *x, const char *domain)
     pthread_mutex_unlock(&out_lock);
 }
 
-static bool parse_double(const char *opt, const char *arg, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(arg, &end);
-    if (errno || end == arg || *end || !(v >= lo && v <= hi)) {
-        cli_usage_error(CMD, "%s must be a number from %g to %g, not '%s'", opt, lo, hi, arg);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
 static bool parse_uint(const char *opt, const char *arg, unsigned long lo, unsigned long hi,
                        unsigned long *out)
 {
@@ -353,7 +325,6 @@ int cmd_monitor(int argc, char **argv)
     lsm_extend_policy_default(&o.policy);
     const char *disks[LSM_EXTENDER_MAX_DRIVES];
     unsigned long status_interval = 0, v;
-    double d;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "+hd:", longopts, NULL)) != -1) {
@@ -376,46 +347,10 @@ int cmd_monitor(int argc, char **argv)
             if (!cli_parse_output(CMD, optarg, &output))
                 return EXIT_USAGE;
             break;
-        case OPT_CHUNK:
-            if (!cli_parse_size(CMD, "--chunk", optarg, &o.policy.chunk))
-                return EXIT_USAGE;
-            break;
-        case OPT_CHUNK_REPL:
-            if (!cli_parse_size(CMD, "--chunk-replicating", optarg, &o.policy.chunk_replicating))
-                return EXIT_USAGE;
-            break;
-        case OPT_WATERMARK:
-            if (!cli_parse_size(CMD, "--watermark", optarg, &o.policy.watermark))
-                return EXIT_USAGE;
-            break;
-        case OPT_WATERMARK_REPL:
-            if (!cli_parse_size(CMD, "--watermark-replicating", optarg,
-                                &o.policy.watermark_replicating))
-                return EXIT_USAGE;
-            break;
-        case OPT_SAFETY:
-            if (!parse_double("--safety", optarg, 1, 100, &d))
-                return EXIT_USAGE;
-            o.policy.safety = d;
-            break;
-        case OPT_EXTENT:
-            if (!cli_parse_size(CMD, "--extent", optarg, &o.policy.extent))
-                return EXIT_USAGE;
-            break;
-        case OPT_MAX_RATIO:
-            if (!parse_double("--max-ratio", optarg, 1, 10, &d))
-                return EXIT_USAGE;
-            o.policy.max_ratio = d;
-            break;
         case OPT_POLL:
             if (!parse_uint("--poll-interval", optarg, 100, 3600000, &v))
                 return EXIT_USAGE;
             o.poll_ms = (int)v;
-            break;
-        case OPT_RETRIES:
-            if (!parse_uint("--retries", optarg, 0, 1000, &v))
-                return EXIT_USAGE;
-            o.policy.max_retries = (unsigned)v;
             break;
         case OPT_CMD:
             if (!*optarg)
@@ -438,15 +373,23 @@ int cmd_monitor(int argc, char **argv)
                 return EXIT_USAGE;
             break;
         default:
-            return cli_usage_error(CMD, "unknown option");
+            switch (cli_extend_policy_option(CMD, c, optarg, &o.policy)) {
+            case 1:
+                break;
+            case 0:
+                return cli_usage_error(CMD, "unknown option");
+            default:
+                return EXIT_USAGE;
+            }
         }
     }
     if (optind + 1 != argc)
         return cli_usage_error(CMD, optind == argc ? "missing DOMAIN" : "too many arguments");
     o.domain = argv[optind];
     o.disks = disks;
-    if (lsm_extend_policy_check(&o.policy) < 0)
-        return cli_usage_error(CMD, "%s", lsm_last_error());
+    int bad = cli_extend_policy_check(CMD, &o.policy);
+    if (bad)
+        return bad;
     o.cb = on_event;
 
     /* SIGINT and SIGTERM are taken with sigtimedwait; blocked before the
