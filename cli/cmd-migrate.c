@@ -14,6 +14,7 @@
 
 #include "cleanup.h"
 #include "cli.h"
+#include "extend-opts.h"
 #include "json-util.h"
 #include "migrate.h"
 #include "mirror.h"
@@ -61,6 +62,10 @@ static void usage(FILE *f)
         "  --progress[=bar|json]    --progress or --progress=bar: the same as -p;\n"
         "                           --progress=json: JSON lines on stderr\n"
         "  --output=FMT             human (default) or json\n"
+        "The watermark extender (block domains; lsm-sync monitor --help; it runs with the\n"
+        "replicating values, and the new leaves are made as large as its first extension\n"
+        "would make them):\n"
+        CLI_EXTEND_POLICY_HELP
         "  --fail-at=PHASE          tests: fail at the start of PHASE (" LSM_MIGRATE_PHASES "),\n"
         "                           or with commit every pivot after the first\n",
         LSM_MIGRATE_DEFAULT_STATE_DIR);
@@ -92,6 +97,7 @@ static const struct option longopts[] = {
     { "progress", optional_argument, NULL, OPT_PROGRESS },
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "fail-at", required_argument, NULL, OPT_FAIL_AT },
+    CLI_EXTEND_POLICY_LONGOPTS,
     { NULL, 0, NULL, 0 },
 };
 
@@ -189,9 +195,17 @@ static void print_result(const struct lsm_migrate_result *res, enum cli_output o
                 json_object_object_add(e, "overlay", lsm_json_string(d->overlay));
             json_object_object_add(e, "sync_writes", json_object_new_boolean(d->sync_writes));
             json_object_object_add(e, "restarts", json_object_new_int((int)d->restarts));
+            if (res->extender) {
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "source", json_object_new_int((int)d->extensions[0]));
+                json_object_object_add(x, "mirror", json_object_new_int((int)d->extensions[1]));
+                json_object_object_add(e, "extensions", x);
+            }
             json_object_array_add(disks, e);
         }
         json_object_object_add(o, "disks", disks);
+        if (res->extender)
+            json_object_object_add(o, "pauses", json_object_new_int((int)res->pauses));
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY));
         json_object_put(o);
         return;
@@ -202,7 +216,13 @@ static void print_result(const struct lsm_migrate_result *res, enum cli_output o
         printf("%s: on its %s: %s%s\n", d->disk, d->on_destination ? "destination" : "source",
                d->active ? d->active : "(unknown)",
                d->restarts ? " (mirror restarted with synchronous writes)" : "");
+        if (res->extender && (d->extensions[0] || d->extensions[1]))
+            printf("%s: extended %u time%s on the source, %u on the mirror\n", d->disk,
+                   d->extensions[0], d->extensions[0] == 1 ? "" : "s", d->extensions[1]);
     }
+    if (res->extender)
+        printf("the VM paused %u time%s on an I/O error while the extender ran\n", res->pauses,
+               res->pauses == 1 ? "" : "s");
     if (res->removed)
         printf("removed %u volume%s this run had created\n", res->removed,
                res->removed == 1 ? "" : "s");
@@ -213,6 +233,9 @@ static void print_result(const struct lsm_migrate_result *res, enum cli_output o
 int cmd_migrate(int argc, char **argv)
 {
     struct lsm_migrate_opts o = { .mode = LSM_MIGRATE_START };
+    struct lsm_extend_policy policy;
+    lsm_extend_policy_default(&policy);
+    bool have_policy = false;
     const char *disks[LSM_MIGRATE_MAX_DISKS];
     enum progress_mode pmode = PROGRESS_NONE;
     enum cli_output out = CLI_OUTPUT_HUMAN;
@@ -327,8 +350,22 @@ int cmd_migrate(int argc, char **argv)
             break;
         }
         default:
-            return cli_usage_error(CMD, "unknown option");
+            switch (cli_extend_policy_option(CMD, c, optarg, &policy)) {
+            case 1:
+                have_policy = true;
+                break;
+            case 0:
+                return cli_usage_error(CMD, "unknown option");
+            default:
+                return EXIT_USAGE;
+            }
         }
+    }
+    if (have_policy) {
+        int bad = cli_extend_policy_check(CMD, &policy);
+        if (bad)
+            return bad;
+        o.extend_policy = &policy;
     }
     if (optind >= argc)
         return cli_usage_error(CMD, "missing DOMAIN");

@@ -577,6 +577,12 @@ static unsigned remove_created(const struct lsm_jobfile *job, const bool *create
 int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *job, bool reuse,
                     const volatile sig_atomic_t *cancel)
 {
+    return lsm_chain_clone_sized(src, job, reuse, cancel, 0);
+}
+
+int lsm_chain_clone_sized(const struct lsm_chain_desc *src, const struct lsm_jobfile *job,
+                          bool reuse, const volatile sig_atomic_t *cancel, uint64_t top_min)
+{
     if (src->n != job->n)
         return lsm_error(-EINVAL, "the job lists %u volumes but the chain has %u", job->n, src->n);
     _cleanup_free_ bool *created = calloc(job->n, sizeof *created);
@@ -629,6 +635,8 @@ int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *
             break;
         int ex = dom->ops->volume_exists(dom, name);
         uint64_t need = p->dst_type == LSM_DOMAIN_BLOCK ? lsm_volume_needed_size(v) : v->virtual_size;
+        if (i == 0 && p->dst_type == LSM_DOMAIN_BLOCK && top_min > need)
+            need = top_min;
         if (ex < 0) {
             r = ex;
         } else if (ex && !reuse) {

@@ -111,6 +111,10 @@ int lsm_jobfile_check_chain(const struct lsm_jobfile *job, const struct lsm_chai
  * created with O_EXCL, or LVs it made) are removed. */
 int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *job, bool reuse,
                     const volatile sig_atomic_t *cancel);
+/* The same, the top volume on a block domain made at least top_min bytes
+ * (0: lsm_volume_needed_size alone): a leaf the guest will write. */
+int lsm_chain_clone_sized(const struct lsm_chain_desc *src, const struct lsm_jobfile *job,
+                          bool reuse, const volatile sig_atomic_t *cancel, uint64_t top_min);
 
 /* Make sure the destination volume of pair p can hold a copy of v: on a
  * block domain, extend the LV to lsm_volume_needed_size(v); on a file

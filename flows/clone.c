@@ -6,6 +6,7 @@
 
 #include "clone.h"
 #include "error.h"
+#include "extend-policy.h"
 
 int lsm_clone_structure(const struct lsm_clone_opts *o, struct lsm_chain_desc *src,
                         struct lsm_jobfile *job)
@@ -43,5 +44,9 @@ int lsm_clone_structure(const struct lsm_clone_opts *o, struct lsm_chain_desc *s
         return r;
     if (o->cancel && *o->cancel)
         return lsm_error(-EINTR, "interrupted by a signal; nothing was created");
-    return lsm_chain_clone(src, job, o->reuse, o->cancel);
+    uint64_t top_min = 0;
+    if (o->top_policy && src->v[0].format == LSM_FMT_QCOW2)
+        top_min = lsm_extend_initial_size(o->top_policy, src->v[0].used_end,
+                                          src->v[0].virtual_size, true);
+    return lsm_chain_clone_sized(src, job, o->reuse, o->cancel, top_min);
 }

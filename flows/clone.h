@@ -10,6 +10,8 @@
 
 #include "chain.h"
 
+struct lsm_extend_policy;
+
 struct lsm_clone_opts {
     const char *src_top;            /* NULL with a job file: its first source */
     enum lsm_format src_fmt;        /* AUTO probes */
@@ -21,6 +23,10 @@ struct lsm_clone_opts {
     const char *dst_domain;
     bool reuse;                     /* overwrite existing destination volumes (never a source) */
     const volatile sig_atomic_t *cancel;  /* set non-zero to stop (then nothing is left behind) */
+    /* Non-NULL: the top is a leaf the extender will watch (migrate); on a
+     * block domain it is made as large as this policy's first extension
+     * of the source top's allocation would make it. */
+    const struct lsm_extend_policy *top_policy;
 };
 
 /* Check everything, then create the destination volumes (lsm_chain_clone).

@@ -93,6 +93,11 @@ struct mig {
     unsigned n;
     struct mdisk d[LSM_MIGRATE_MAX_DISKS];
     struct lsm_extender *x;
+    struct lsm_extend_policy policy;   /* the extender's, and the new leaves' sizes */
+    /* counted on the extender's thread (atomics): extensions per disk and
+     * side, pauses of the VM on an I/O error */
+    unsigned extensions[LSM_MIGRATE_MAX_DISKS][2];
+    unsigned pauses;
     bool committed;
     uint64_t t0, last_report;
     unsigned removed;
@@ -470,7 +475,7 @@ static int name_overlay(struct mig *g, struct mdisk *d)
     return 0;
 }
 
-static int write_overlay(struct mdisk *d, const struct lsm_volume_desc *leaf)
+static int write_overlay(struct mig *g, struct mdisk *d, const struct lsm_volume_desc *leaf)
 {
     int r;
     int flags = O_RDWR;
@@ -484,7 +489,10 @@ static int write_overlay(struct mdisk *d, const struct lsm_volume_desc *leaf)
             return lsm_error(-ENOMEM, "out of memory");
         if ((r = lsm_domain_open(LSM_DOMAIN_BLOCK, vg, &dom)) < 0)
             return r;
-        r = dom->ops->create_volume(dom, name, LSM_BLOCK_CHUNK);
+        /* the guest writes it from the snapshot on, and the extender
+         * watches it only from the replicate phase */
+        r = dom->ops->create_volume(dom, name, lsm_extend_initial_size(&g->policy, 0,
+                                                                       leaf->virtual_size, true));
         lsm_domain_close(dom);
         if (r < 0)
             return r;
@@ -558,7 +566,7 @@ static int snapshot(struct mig *g)
         /* recorded before it exists: a kill in between leaves a file with
          * this run's name, which only this run can have made */
         d->overlay_made = true;
-        if ((r = save(g)) < 0 || (r = write_overlay(d, &leaf.v[0])) < 0) {
+        if ((r = save(g)) < 0 || (r = write_overlay(g, d, &leaf.v[0])) < 0) {
             /* someone else's file appeared under this name (O_EXCL): not ours */
             if (r == -EEXIST)
                 d->overlay_made = false;
@@ -627,7 +635,8 @@ static int clone_chains(struct mig *g)
     for (unsigned i = 0; i < g->n; i++) {
         struct mdisk *d = &g->d[i];
         struct lsm_clone_opts co = { .src_top = d->overlay, .dst_kind = g->dst_kind,
-                                     .dst_domain = g->dst_domain, .cancel = g->o->cancel };
+                                     .dst_domain = g->dst_domain, .cancel = g->o->cancel,
+                                     .top_policy = &g->policy };
         struct lsm_chain_desc src;
         struct lsm_jobfile job;
         r = lsm_clone_structure(&co, &src, &job);
@@ -706,6 +715,22 @@ static bool needs_extender(const struct mig *g)
     return false;
 }
 
+/* On the extender's thread: count what the result reports. */
+static void on_extender_event(const struct lsm_monitor_event *ev, void *opaque)
+{
+    struct mig *g = opaque;
+    if (ev->type == LSM_MON_LIFECYCLE && ev->reason && !strcmp(ev->reason, "suspended/ioerror")) {
+        __atomic_add_fetch(&g->pauses, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (ev->type != LSM_MON_EXTENDED || !ev->disk || !ev->side)
+        return;
+    for (unsigned i = 0; i < g->n; i++)
+        if (!strcmp(g->d[i].disk, ev->disk))
+            __atomic_add_fetch(&g->extensions[i][!strcmp(ev->side, "mirror")], 1,
+                               __ATOMIC_RELAXED);
+}
+
 static int start_extender(struct mig *g)
 {
     if (g->x || !needs_extender(g))
@@ -722,8 +747,8 @@ static int start_extender(struct mig *g)
     for (unsigned i = 0; i < g->n; i++)
         disks[i] = g->d[i].disk;
     struct lsm_extender_opts xo = { .uri = g->uri, .domain = g->domain, .disks = disks,
-                                    .ndisks = g->n, .replicating = true };
-    lsm_extend_policy_default(&xo.policy);
+                                    .ndisks = g->n, .replicating = true, .policy = g->policy,
+                                    .cb = on_extender_event, .opaque = g };
     r = lsm_extender_start(&xo, &g->x);
     if (r < 0)
         return r;
@@ -1128,6 +1153,11 @@ static void fill_result(struct mig *g, struct lsm_migrate_result *res)
             o->active = NULL;
         o->on_destination = o->active && d->ndst && lsm_same_file(o->active, d->dst[0]);
     }
+    res->extender = g->x != NULL;
+    res->pauses = __atomic_load_n(&g->pauses, __ATOMIC_RELAXED);
+    for (unsigned i = 0; i < g->n; i++)
+        for (int k = 0; k < 2; k++)
+            res->disk[i].extensions[k] = __atomic_load_n(&g->extensions[i][k], __ATOMIC_RELAXED);
     res->seconds = elapsed(g);
 }
 
@@ -1305,7 +1335,13 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
     memset(res, 0, sizeof *res);
     struct mig g = { .o = o, .phase = "setup", .t0 = lsm_now_ns(), .lockfd = -1 };
     char why[512] = "";
-    int r = setup(&g, o);
+    if (o->extend_policy)
+        g.policy = *o->extend_policy;
+    else
+        lsm_extend_policy_default(&g.policy);
+    int r = lsm_extend_policy_check(&g.policy);
+    if (r == 0)
+        r = setup(&g, o);
     if (r == 0)
         r = open_mirrors(&g);
     if (r < 0) {

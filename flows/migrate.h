@@ -35,6 +35,8 @@
 
 #include "domain.h"
 
+struct lsm_extend_policy;
+
 #define LSM_MIGRATE_MAX_DISKS 16
 #define LSM_MIGRATE_DEFAULT_STATE_DIR "/var/lib/lsm-sync/migrate"
 
@@ -92,6 +94,11 @@ struct lsm_migrate_opts {
     uint64_t bandwidth;               /* mirrors' bulk copy, bytes/s (0: unlimited) */
     uint64_t sync_rate;               /* each volume copy of the sync, bytes/s (0: unlimited) */
     unsigned parallel;                /* volumes per disk's sync at once (0: the sync default) */
+    /* The watermark extender's policy (NULL: lsm_extend_policy_default);
+     * the new leaves on block domains (the snapshot's overlay, the
+     * destination top) are made as large as its first extension would
+     * make them (lsm_extend_initial_size). */
+    const struct lsm_extend_policy *extend_policy;
     const char *fail_at;              /* tests: fail at the start of this phase, or
                                          "commit": every pivot after the first fails */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (a signal handler) */
@@ -113,6 +120,7 @@ struct lsm_migrate_disk_result {
     char *active;             /* what the disk uses now (NULL: not known) */
     char *dst_top;            /* the destination leaf (NULL before the clone) */
     char *overlay;            /* the snapshot's overlay (NULL before the snapshot) */
+    unsigned extensions[2];   /* by the extender: [0] the source top, [1] the mirror's */
     bool on_destination;
     bool sync_writes;         /* the mirror ran (or was restarted) with synchronous writes */
     unsigned restarts;        /* restarts for convergence */
@@ -128,6 +136,8 @@ struct lsm_migrate_result {
     char *failed_phase;       /* where it failed, or NULL */
     char reason[512];         /* why it failed or rolled back (empty when done) */
     double seconds;
+    bool extender;            /* the watermark extender ran (a block volume to watch) */
+    unsigned pauses;          /* times the VM paused on an I/O error while it ran */
 };
 
 /* Run (or resume, or roll back) a migration.  0: res->outcome DONE (or

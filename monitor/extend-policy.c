@@ -121,6 +121,14 @@ uint64_t lsm_extend_next_size(const struct lsm_extend_policy *p, uint64_t alloca
     return MIN(want, max_size);
 }
 
+uint64_t lsm_extend_initial_size(const struct lsm_extend_policy *p, uint64_t allocation,
+                                 uint64_t capacity, bool replicating)
+{
+    uint64_t headroom = lsm_extend_headroom(p, 0, 0, replicating);
+    return lsm_extend_next_size(p, allocation, 0, headroom, lsm_extend_max_size(p, capacity, 0),
+                                replicating);
+}
+
 /* ---- failures ---- */
 
 const char *lsm_extend_failure_name(enum lsm_extend_failure f)

@@ -89,6 +89,13 @@ uint64_t lsm_extend_next_size(const struct lsm_extend_policy *p, uint64_t alloca
                               uint64_t physical, uint64_t headroom, uint64_t max_size,
                               bool replicating);
 
+/* The size to create a volume with that has `allocation` bytes in use now
+ * and will be watched by the extender: what its first extension would make
+ * it (allocation + headroom + chunk, headroom planned with no measured
+ * rate), so that the extender does not start out late. */
+uint64_t lsm_extend_initial_size(const struct lsm_extend_policy *p, uint64_t allocation,
+                                 uint64_t capacity, bool replicating);
+
 /* ---- failures ---- */
 
 enum lsm_extend_failure {

@@ -127,6 +127,27 @@ static void test_next_size(void **state)
                      1536 * MiB);
 }
 
+static void test_initial_size(void **state)
+{
+    (void)state;
+    struct lsm_extend_policy p = pol();
+    /* A new overlay (nothing in use): watermark + chunk while replicating
+     * (3 GiB + 2 GiB), so the threshold sits one chunk above the start. */
+    assert_int_equal(lsm_extend_initial_size(&p, 0, 100 * GiB, true), 5 * GiB);
+    /* Not replicating: 512 MiB + 1 GiB. */
+    assert_int_equal(lsm_extend_initial_size(&p, 0, 100 * GiB, false), 1536 * MiB);
+    /* Data in use already: on top of it, rounded up to the extent. */
+    assert_int_equal(lsm_extend_initial_size(&p, 100 * MiB + 1, 100 * GiB, true),
+                     5 * GiB + 128 * MiB);
+    /* Never beyond the maximum (1.1 x 1 GiB rounded up to 128 MiB). */
+    assert_int_equal(lsm_extend_initial_size(&p, 0, 1 * GiB, true), 1152 * MiB);
+    /* The test's policy in migrate-block: 1 MiB extent and chunk, 2 MiB
+     * watermark: 3 MiB. */
+    p.extent = p.chunk = p.chunk_replicating = 1 * MiB;
+    p.watermark = p.watermark_replicating = 2 * MiB;
+    assert_int_equal(lsm_extend_initial_size(&p, 0, 64 * MiB, true), 3 * MiB);
+}
+
 static void test_classify_and_retry(void **state)
 {
     (void)state;
@@ -312,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_max_size),
         cmocka_unit_test(test_threshold_and_needed),
         cmocka_unit_test(test_next_size),
+        cmocka_unit_test(test_initial_size),
         cmocka_unit_test(test_classify_and_retry),
         cmocka_unit_test(test_trigger_merges),
         cmocka_unit_test(test_rate),

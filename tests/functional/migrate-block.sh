@@ -23,13 +23,14 @@
 #      --rollback), replicate, pivot (then --resume), and a kill right after
 #      asking libvirtd for the pivot (then --resume, which must wait for it
 #      to end and find the disk past the commit point), loop -> loop.
-# Not here yet: an extension while mirroring (the leaves are sized with a
-# 1 GiB chunk; the guest writes 2 MiB).
+#   7. loop -> loop with a 1 MiB extent and chunk: the extender extends the
+#      source overlay at least once while mirroring, the VM never pauses,
+#      the checks of part 1.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
 
-need_cmd qemu-img qemu-io python3 sha256sum losetup
+need_cmd qemu-img qemu-io python3 sha256sum losetup jq
 "$LSM_SYNC" migrate --help >/dev/null 2>&1 || skip "this lsm-sync has no migrate command (built without libvirt)"
 [[ $(id -u) == 0 ]] || skip "needs root (the system libvirtd)"
 wg_initrd
@@ -137,12 +138,15 @@ check b2f-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 lvenv_virsh resume "$DOM" >/dev/null
 
 # step NAME OPTION DIR: migrate vda to DIR (OPTION --dst-dir or --dst-loop)
-# with the checks of parts 1 and 2; the guest resumed at the end; sets $top
+# with the checks of parts 1 and 2; the guest resumed at the end; sets $top.
+# STEP_EXTRA: more options for migrate.
+STEP_EXTRA=()
 step() {
     local n=$1 opt=$2 dir=$3 rc=0 t0 prev ovl p f
     prev=$(source_of vda)
     t0=$(date +%s)
-    "${MIG[@]}" "$DOM" --disk vda "$opt" "$dir" --progress=json --output=json >"$n.json" 2>"$n.err" || rc=$?
+    "${MIG[@]}" "$DOM" --disk vda "$opt" "$dir" "${STEP_EXTRA[@]}" --progress=json --output=json \
+        >"$n.json" 2>"$n.err" || rc=$?
     log "$n: migrate $prev -> $dir took $(($(date +%s) - t0)) s"
     check "$n-exit-0" test "$rc" = 0
     [[ $rc == 0 ]] || { log "$(grep -v '^{' "$n.err" | tail -n 3)"; return; }
@@ -288,6 +292,21 @@ for ph in snapshot clone replicate pivot in-pivot; do
     lvenv_virsh resume "$DOM" >/dev/null
 done
 check kill-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
+
+# ---- 7. the extender grows a leaf while mirroring: loop -> loop with a
+# 1 MiB extent and chunk and a 2 MiB watermark.  The snapshot's overlay is
+# made 3 MiB (0 + watermark + chunk), the guest's 2 MiB of blocks and the
+# qcow2 metadata take it past its threshold (1 MiB), so the extender must
+# extend the source at least once; the VM must never pause. ----
+mkdir -p dstx/.lsm-loop
+STEP_EXTRA=(--extent 1M --chunk 1M --chunk-replicating 1M --watermark 2M --watermark-replicating 2M)
+step ext --dst-loop "$T/dstx"
+STEP_EXTRA=()
+jq_ext() { jq -r "$1" ext.json; }
+check ext-source-extended test "$(jq_ext '.disks[0].extensions.source')" -ge 1
+check ext-no-pause test "$(jq_ext '.pauses')" = 0
+check ext-running test "$(lvenv_virsh domstate "$DOM" | head -n 1)" = running
+log "ext: extensions $(jq_ext '.disks[0].extensions | "source \(.source), mirror \(.mirror)"'), pauses $(jq_ext .pauses)"
 
 lvenv_virsh destroy "$DOM" >/dev/null
 finish
