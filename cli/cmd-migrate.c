@@ -58,6 +58,8 @@ static void usage(FILE *f)
         "  --bandwidth=BYTES        mirrors' bulk copy limit, bytes/s (suffixes: 4M)\n"
         "  --rate=BYTES             each volume copy of the sync, bytes/s\n"
         "  --parallel=N             volumes of one disk's sync copied at once\n"
+        "  --no-checksum            do not compare the block hashes of the synced layers'\n"
+        "                           guest view and the source's before the first pivot\n"
         "  -p                       progress on stderr\n"
         "  --progress[=bar|json]    --progress or --progress=bar: the same as -p;\n"
         "                           --progress=json: JSON lines on stderr\n"
@@ -74,7 +76,7 @@ static void usage(FILE *f)
 enum {
     OPT_DST_DIR = 256, OPT_DST_VG, OPT_DST_LOOP, OPT_STATE_DIR, OPT_RESUME, OPT_ROLLBACK, OPT_SYNC_WRITES,
     OPT_STALL, OPT_READY, OPT_PIVOT, OPT_BANDWIDTH, OPT_RATE, OPT_PARALLEL, OPT_PROGRESS,
-    OPT_FAIL_AT, OPT_CONNECT, OPT_OUTPUT,
+    OPT_FAIL_AT, OPT_CONNECT, OPT_OUTPUT, OPT_NO_CHECKSUM,
 };
 
 static const struct option longopts[] = {
@@ -97,6 +99,7 @@ static const struct option longopts[] = {
     { "progress", optional_argument, NULL, OPT_PROGRESS },
     { "output", required_argument, NULL, OPT_OUTPUT },
     { "fail-at", required_argument, NULL, OPT_FAIL_AT },
+    { "no-checksum", no_argument, NULL, OPT_NO_CHECKSUM },
     CLI_EXTEND_POLICY_LONGOPTS,
     { NULL, 0, NULL, 0 },
 };
@@ -195,6 +198,8 @@ static void print_result(const struct lsm_migrate_result *res, enum cli_output o
                 json_object_object_add(e, "overlay", lsm_json_string(d->overlay));
             json_object_object_add(e, "sync_writes", json_object_new_boolean(d->sync_writes));
             json_object_object_add(e, "restarts", json_object_new_int((int)d->restarts));
+            if (d->checksum[0])
+                json_object_object_add(e, "checksum", json_object_new_string(d->checksum));
             if (res->extender) {
                 json_object *x = json_object_new_object();
                 json_object_object_add(x, "source", json_object_new_int((int)d->extensions[0]));
@@ -336,6 +341,9 @@ int cmd_migrate(int argc, char **argv)
         case OPT_OUTPUT:
             if (!cli_parse_output(CMD, optarg, &out))
                 return EXIT_USAGE;
+            break;
+        case OPT_NO_CHECKSUM:
+            o.no_checksum = true;
             break;
         case OPT_FAIL_AT: {
             static const char *const phases[] = { "snapshot", "clone", "replicate", "sync",

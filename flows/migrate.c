@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include "chain.h"
+#include "checksum.h"
 #include "cleanup.h"
 #include "clone.h"
+#include "config.h"
 #include "error.h"
 #include "extender.h"
 #include "fileio.h"
@@ -80,6 +82,7 @@ struct mdisk {
     struct lsm_mirror_status st;
     uint64_t best_remaining, best_ns;
     uint64_t sync_done, sync_total;
+    char digest[LSM_BLKHASH_HEX_LEN];   /* verified: the internal layers' guest view */
 };
 
 struct mig {
@@ -1109,6 +1112,58 @@ static int rollback(struct mig *g, bool keep_snapshot)
     return first;
 }
 
+#ifdef HAVE_LIBSODIUM
+static int guest_digest(struct mig *g, const char *path, struct lsm_checksum_result *cr)
+{
+    struct lsm_image *img = NULL;
+    int r = lsm_image_open(path, LSM_FMT_AUTO, 0, &img);
+    if (r < 0)
+        return r;
+    struct lsm_checksum_opts co = { .cancel = g->o->cancel };
+    r = lsm_checksum_image(img, &co, cr);
+    lsm_image_close(img);
+    if (r == -ECANCELED)
+        return lsm_error(-EINTR, "interrupted by a signal");
+    if (r < 0)
+        lsm_error_prefix("checksum of %s", path);
+    return r;
+}
+#endif
+
+/* Before the commit point: the guest view of every disk's synced internal
+ * layers (the top one, its chain below it) against the source's, block
+ * hash against block hash (checksum.h).  The layers below the overlay no
+ * longer change, so equal digests mean the destination shows the guest
+ * what the source does once the mirror's overlay is on top. */
+static int verify(struct mig *g)
+{
+    if (g->o->no_checksum)
+        return 0;
+#ifdef HAVE_LIBSODIUM
+    for (unsigned i = 0; i < g->n; i++) {
+        struct mdisk *d = &g->d[i];
+        if (d->digest[0] || d->ndst < 2)
+            continue;
+        struct lsm_checksum_result src, dst;
+        int r = guest_digest(g, d->old_leaf, &src);
+        if (r == 0)
+            r = guest_digest(g, d->dst[1], &dst);
+        if (r < 0)
+            return r;
+        if (strcmp(src.hex, dst.hex))
+            return lsm_error(-EIO, "%s: the synced layers differ from the source's (block hash "
+                             "%s on %s, %s on %s)", d->disk, dst.hex, d->dst[1], src.hex,
+                             d->old_leaf);
+        snprintf(d->digest, sizeof d->digest, "%s", src.hex);
+        report(g, "%s: internal layers verified: %s (sha256 block hash of %s and of %s)",
+               d->disk, d->digest, d->old_leaf, d->dst[1]);
+    }
+#else
+    report(g, "not verified: lsm-sync was built without libsodium (no block hash)");
+#endif
+    return 0;
+}
+
 /* Snapshot (unless done) to pivot. */
 static int forward(struct mig *g, bool from_snapshot, char *reason, size_t reason_len)
 {
@@ -1127,7 +1182,7 @@ static int forward(struct mig *g, bool from_snapshot, char *reason, size_t reaso
     if ((r = fail_point(g, "sync")) < 0 || (r = save(g)) < 0 || (r = start_syncs(g)) < 0)
         return r;
     report(g, "syncing the internal layers of %u disk%s", g->n, g->n == 1 ? "" : "s");
-    if ((r = watch(g)) < 0)
+    if ((r = watch(g)) < 0 || (r = verify(g)) < 0)
         return r;
     if ((r = fail_point(g, "pivot")) < 0 || (r = save(g)) < 0)
         return r;
@@ -1149,6 +1204,7 @@ static void fill_result(struct mig *g, struct lsm_migrate_result *res)
         o->overlay = d->overlay && (d->snapshotted || d->overlay_made) ? strdup(d->overlay) : NULL;
         o->sync_writes = d->sync_writes;
         o->restarts = d->restarts;
+        snprintf(o->checksum, sizeof o->checksum, "%s", d->digest);
         if (d->m && disk_paths(d, &o->active, NULL) < 0)
             o->active = NULL;
         o->on_destination = o->active && d->ndst && lsm_same_file(o->active, d->dst[0]);

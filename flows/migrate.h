@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "blkhash.h"
 #include "domain.h"
 
 struct lsm_extend_policy;
@@ -99,6 +100,9 @@ struct lsm_migrate_opts {
      * destination top) are made as large as its first extension would
      * make them (lsm_extend_initial_size). */
     const struct lsm_extend_policy *extend_policy;
+    /* Do not check, before the first pivot, that the synced internal
+     * layers show the guest what the source's do (their block hashes). */
+    bool no_checksum;
     const char *fail_at;              /* tests: fail at the start of this phase, or
                                          "commit": every pivot after the first fails */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (a signal handler) */
@@ -121,6 +125,9 @@ struct lsm_migrate_disk_result {
     char *dst_top;            /* the destination leaf (NULL before the clone) */
     char *overlay;            /* the snapshot's overlay (NULL before the snapshot) */
     unsigned extensions[2];   /* by the extender: [0] the source top, [1] the mirror's */
+    /* verified: the block hash (checksum.h, sha256, 4 MiB blocks) of the
+     * internal layers' guest view, equal on both sides; "" if not verified */
+    char checksum[LSM_BLKHASH_HEX_LEN];
     bool on_destination;
     bool sync_writes;         /* the mirror ran (or was restarted) with synchronous writes */
     unsigned restarts;        /* restarts for convergence */

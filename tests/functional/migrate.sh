@@ -90,6 +90,10 @@ check top1-in-dst1 test "$(dirname "$top1")" = "$T/dst1"
 check vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
 check journal-removed no_journal
 check all-phases test "$(phases_seen m1.err)" = "snapshot clone replicate sync pivot done"
+# verified before the pivot: the block hash of the synced layers' guest view
+sum1=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0].get("checksum", ""))' m1.json)
+check checksum-verified test "$sum1" = "$("$LSM_SYNC" checksum -U "$T/dst1/leaf.qcow2" | cut -d' ' -f1)"
+check checksum-reported grep -q "internal layers verified: $sum1" m1.err
 check no-job-after no_job
 p=$(last_pass)
 check writes-after-pivot wait_pass $((p + 1)) 60
