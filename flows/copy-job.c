@@ -10,7 +10,7 @@
 struct copy_job {
     struct lsm_copy_opts o;      /* the copy's options: strings below, our callbacks */
     struct lsm_copy_opts user;   /* the caller's callbacks and opaque */
-    char *src_path, *dst_path, *backing;
+    char *src_path, *dst_path, *backing, *journal;
     struct lsm_job *job;
     struct lsm_copy_stats st;
 };
@@ -23,6 +23,7 @@ static void copy_job_free(void *p)
     free(cj->src_path);
     free(cj->dst_path);
     free(cj->backing);
+    free(cj->journal);
     free(cj);
 }
 
@@ -85,13 +86,14 @@ int lsm_copy_job_create(const struct lsm_copy_opts *o, const struct lsm_job_opts
     cj->o = *o;
     cj->user = *o;
     if (dup_opt(o->src_path, &cj->src_path) < 0 || dup_opt(o->dst_path, &cj->dst_path) < 0 ||
-        dup_opt(o->backing, &cj->backing) < 0) {
+        dup_opt(o->backing, &cj->backing) < 0 || dup_opt(o->journal, &cj->journal) < 0) {
         copy_job_free(cj);
         return -ENOMEM;
     }
     cj->o.src_path = cj->src_path;
     cj->o.dst_path = cj->dst_path;
     cj->o.backing = cj->backing;
+    cj->o.journal = cj->journal;
     cj->o.record = o->record ? fwd_record : NULL;
     cj->o.progress = o->progress ? fwd_progress : NULL;
     cj->o.job_progress = fwd_job_progress;

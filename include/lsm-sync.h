@@ -88,6 +88,16 @@ int lsm_copy_options_set_backing(struct lsm_copy_options *o, const char *backing
                                  const char *fmt);
 /* Sync: volumes copied at once (1..64; 0: 4). */
 int lsm_copy_options_set_parallel(struct lsm_copy_options *o, unsigned n);
+/* Durable progress (lsm-sync copy/sync --journal, docs/resume.md): the
+ * done ranges are saved to the file JOURNAL every 5 s or 1 GiB; a
+ * transfer that fails or is cancelled then keeps its destination and the
+ * journal, and one started again with resume non-zero and the same
+ * source, destination and journal copies only what is not done (the
+ * files must be unchanged: a change is refused).  A sync keeps, beside
+ * JOURNAL, one journal per volume in progress.  The journal goes when the
+ * transfer succeeds.  Without resume an existing journal is refused.
+ * NULL clears it. */
+int lsm_copy_options_set_journal(struct lsm_copy_options *o, const char *journal, int resume);
 
 /* ---- Transfers ---- */
 

@@ -49,6 +49,8 @@ struct lsm_copy_options {
     char *backing;
     enum lsm_format backing_fmt;
     unsigned parallel;
+    char *journal;
+    bool resume;
 };
 
 struct lsm_transfer {
@@ -149,6 +151,7 @@ void lsm_copy_options_free(struct lsm_copy_options *o)
     if (!o)
         return;
     free(o->backing);
+    free(o->journal);
     free(o);
 }
 
@@ -263,6 +266,22 @@ int lsm_copy_options_set_parallel(struct lsm_copy_options *o, unsigned n)
     return 0;
 }
 
+int lsm_copy_options_set_journal(struct lsm_copy_options *o, const char *journal, int resume)
+{
+    CHECK_OPTS(o, __func__);
+    char *j = NULL;
+    if (journal && !*journal)
+        return lsm_error(-EINVAL, "the journal must be named (NULL: none)");
+    if (journal && !(j = strdup(journal)))
+        return lsm_error(-ENOMEM, "out of memory");
+    if (!journal && resume)
+        return lsm_error(-EINVAL, "resume needs a journal");
+    free(o->journal);
+    o->journal = j;
+    o->resume = resume != 0;
+    return 0;
+}
+
 /* ---- Transfers ---- */
 
 static int parse_fmt(const char *what, const char *name, enum lsm_format dflt, bool auto_ok,
@@ -344,6 +363,8 @@ int lsm_copy_start(struct lsm_ctx *ctx, const char *src, const char *src_fmt, co
         co.cluster_size = o->cluster_size;
         co.backing = o->backing;
         co.backing_fmt = o->backing_fmt;
+        co.journal = o->journal;
+        co.resume = o->resume;
     }
     struct lsm_job_opts jo;
     fill_job_opts(ctx, o, "copy", &jo);
@@ -372,6 +393,8 @@ static int sync_start(struct lsm_ctx *ctx, const char *jobfile, int jobfile_fd, 
         so.copy.request_size = o->request_size;
         so.copy.buffer_size = o->buffer_size;
         so.copy.direct = o->direct;
+        so.journal = o->journal;
+        so.resume = o->resume;
     }
     struct lsm_job_opts jo;
     fill_job_opts(ctx, o, "sync", &jo);

@@ -177,6 +177,8 @@ while read -r word name rest; do
     esac
 done <api.out
 ((rc == 0)) || fail api-exit "libapi-check exit $rc: $(tail -3 api.err)"
+grep -q '^ok journal-resumed' api.out && qemu-img compare -q -f raw -F raw api-src.raw api-dst.raw.resumed &&
+    pass api-resume-equal || fail api-resume-equal "the resumed copy differs from its source (or did not finish)"
 grep -q '^ok copy-finished' api.out && qemu-img compare -q -f raw -F raw api-src.raw api-dst.raw &&
     pass api-copy-equal || fail api-copy-equal "the limited copy differs from its source (or did not finish)"
 if grep -q '^ok sync-finished' api.out && qemu-img compare -q chain-top.qcow2 chain-dst/chain-top.qcow2 &&

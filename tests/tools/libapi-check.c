@@ -140,6 +140,59 @@ int main(int argc, char **argv)
     lsm_transfer_free(t);
     t = NULL;
 
+    /* A journaled copy cancelled after 1.5 s at 8 MiB/s keeps its
+     * destination and journal; started again with resume it finishes and
+     * the journal goes (the script compares DST_RAW.resumed). */
+    lsm_ctx_new(&ctx);
+    char rdst[4096], jpath[4096];
+    snprintf(rdst, sizeof rdst, "%s.resumed", dst);
+    snprintf(jpath, sizeof jpath, "%s.journal", dst);
+    lsm_copy_options_new(&o);
+    CHECK("journal-resume-needs-journal", lsm_copy_options_set_journal(o, NULL, 1) == -EINVAL,
+          "'%s'", lsm_last_error());
+    lsm_copy_options_set_request_size(o, 1 * MiB);
+    lsm_copy_options_set_journal(o, jpath, 0);
+    lsm_ctx_set_bandwidth(ctx, 8 * MiB);
+    r = lsm_copy_start(ctx, src, "raw", rdst, "raw", o, &t);
+    CHECK("journal-start", r == 0, "%d %s", r, lsm_last_error());
+    if (r == 0) {
+        lsm_transfer_wait(t, 1500);
+        lsm_transfer_cancel(t);
+        r = lsm_transfer_wait(t, 10000);
+        res = lsm_transfer_result(t);
+        CHECK("journal-cancelled-kept", r == 0 && res == -ECANCELED && access(jpath, F_OK) == 0 &&
+              access(rdst, F_OK) == 0, "wait %d result %d journal %s destination %s", r, res,
+              access(jpath, F_OK) == 0 ? "kept" : "gone", access(rdst, F_OK) == 0 ? "kept" : "gone");
+        lsm_transfer_free(t);
+        t = NULL;
+        /* without resume the journal there is refused */
+        r = lsm_copy_start(ctx, src, "raw", rdst, "raw", o, &t);
+        if (r == 0) {
+            lsm_transfer_wait(t, 10000);
+            r = lsm_transfer_result(t);
+            lsm_transfer_free(t);
+            t = NULL;
+        }
+        CHECK("journal-exists-refused", r < 0 && access(jpath, F_OK) == 0, "%d", r);
+        lsm_ctx_set_bandwidth(ctx, 0);
+        lsm_copy_options_set_journal(o, jpath, 1);
+        r = lsm_copy_start(ctx, src, "raw", rdst, "raw", o, &t);
+        if (r == 0) {
+            r = lsm_transfer_wait(t, 30000);
+            res = lsm_transfer_result(t);
+        } else {
+            res = r;
+        }
+        CHECK("journal-resumed", r == 0 && res == 0 && access(jpath, F_OK) != 0,
+              "wait %d result %d '%s' journal %s", r, res, t ? lsm_transfer_error(t) : lsm_last_error(),
+              access(jpath, F_OK) == 0 ? "left" : "gone");
+        lsm_transfer_free(t);
+        t = NULL;
+    }
+    lsm_copy_options_free(o);
+    o = NULL;
+    lsm_ctx_free(ctx);
+
     /* A sync from the job file's text. */
     lsm_ctx_new(&ctx);
     const char *json = slurp(jobjson);
