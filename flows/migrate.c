@@ -101,6 +101,7 @@ struct mig {
      * side, pauses of the VM on an I/O error */
     unsigned extensions[LSM_MIGRATE_MAX_DISKS][2];
     unsigned pauses;
+    bool cloned;             /* journal: the killed run's phase was past the clone */
     bool committed;
     uint64_t t0, last_report;
     unsigned removed;
@@ -337,6 +338,10 @@ static int load(struct mig *g)
     g->dst_kind = strcmp(s, "block") ? LSM_DOMAIN_FILE : LSM_DOMAIN_BLOCK;
     if (jbool(doc, "committed", &g->committed))
         goto bad;
+    s = jstr(doc, "phase");
+    /* not "pivot": a pivot the killed run asked for may still land; the
+     * rollback path is the one that looks for it */
+    g->cloned = s && (!strcmp(s, "replicate") || !strcmp(s, "sync"));
     if (!json_object_object_get_ex(doc, "disks", &disks) ||
         !json_object_is_type(disks, json_type_array) || json_object_array_length(disks) == 0 ||
         json_object_array_length(disks) > LSM_MIGRATE_MAX_DISKS)
@@ -764,7 +769,19 @@ static int start_mirror(struct mig *g, struct mdisk *d)
     struct lsm_mirror_start_opts so = { .dst = d->dst[0], .dst_fmt = LSM_FMT_QCOW2,
                                         .bandwidth = g->o->bandwidth,
                                         .sync_writes = d->sync_writes };
-    int r = lsm_mirror_start(d->m, &so);
+    /* never a mirror of the destination onto itself: a disk already on it
+     * pivoted (a killed run's pivot that libvirtd finished meanwhile) */
+    _cleanup_free_ char *src = NULL;
+    int r = disk_paths(d, &src, NULL);
+    if (r < 0)
+        return r;
+    if (src && lsm_same_file(src, d->dst[0])) {
+        d->pivoted = true;
+        g->committed = true;
+        return lsm_error(-EALREADY, "%s runs on its destination %s already (a pivot the killed "
+                         "run had asked for)", d->disk, d->dst[0]);
+    }
+    r = lsm_mirror_start(d->m, &so);
     if (r < 0)
         return r;
     d->best_remaining = UINT64_MAX;
@@ -785,6 +802,9 @@ static int replicate(struct mig *g)
         if (r < 0)
             return r;
         if (mirror && lsm_same_file(mirror, d->dst[0])) {
+            /* the convergence watch starts from now (watch()) */
+            d->best_remaining = UINT64_MAX;
+            d->best_ns = lsm_now_ns();
             report(g, "%s: mirror onto %s already running", d->disk, d->dst[0]);
             continue;
         }
@@ -800,6 +820,45 @@ static int replicate(struct mig *g)
     return save(g);
 }
 
+/* The journal of a disk's sync (flows/sync.h), beside the migration's:
+ * STATE/DOMAIN.sync-DISK.json, its volumes' journals .0, .1, ... beside
+ * it.  A resume continues it. */
+static int sync_journal(const struct mig *g, const struct mdisk *d, char *buf, size_t len)
+{
+    size_t n = strlen(g->journal);
+    if (n < 5 || strcmp(g->journal + n - 5, ".json"))
+        return lsm_error(-EINVAL, "%s: a journal name without .json", g->journal);
+    int k = snprintf(buf, len, "%.*s.sync-%s.json", (int)(n - 5), g->journal, d->disk);
+    if (k < 0 || (size_t)k >= len)
+        return lsm_error(-ENAMETOOLONG, "%s: name too long", g->journal);
+    return 0;
+}
+
+/* The sync's journals of a disk whose destination is being removed: the
+ * sync's, its volumes' (.N) and the temporaries of saves a kill cut short
+ * (.tmp.*, .N.tmp.*): every file of the state directory whose name starts
+ * with the sync journal's, a name only this disk's migration uses. */
+static void remove_sync_journals(const struct mig *g, const struct mdisk *d)
+{
+    char p[PATH_MAX];
+    if (sync_journal(g, d, p, sizeof p) < 0) {
+        lsm_error_clear();
+        return;
+    }
+    char *slash = strrchr(p, '/');
+    const char *base = slash ? slash + 1 : p;
+    _cleanup_free_ char *dir = slash ? strndup(p, (size_t)(slash - p)) : strdup(".");
+    DIR *dh = dir ? opendir(*dir ? dir : "/") : NULL;
+    if (!dh)
+        return;
+    size_t n = strlen(base);
+    struct dirent *e;
+    while ((e = readdir(dh)))
+        if (!strncmp(e->d_name, base, n) && (!e->d_name[n] || e->d_name[n] == '.'))
+            unlinkat(dirfd(dh), e->d_name, 0);
+    closedir(dh);
+}
+
 static int start_syncs(struct mig *g)
 {
     for (unsigned i = 0; i < g->n; i++) {
@@ -813,11 +872,18 @@ static int start_syncs(struct mig *g)
          * consistent reads (a sync from the top fails on its lock). */
         if (d->ndst < 2)
             return lsm_error(-EINVAL, "%s: no internal layers to sync", d->disk);
+        char jpath[PATH_MAX];
+        int r = sync_journal(g, d, jpath, sizeof jpath);
+        if (r < 0)
+            return r;
         struct lsm_sync_opts so = { .type = LSM_SYNC_ALL, .src_top = d->old_leaf,
-                                    .dst_top = d->dst[1], .parallel = g->o->parallel };
+                                    .dst_top = d->dst[1], .parallel = g->o->parallel,
+                                    .journal = jpath, .resume = exists(jpath) };
         so.copy.rate = g->o->sync_rate;
+        if (so.resume)
+            report(g, "%s: resuming the sync from its journal %s", d->disk, jpath);
         struct lsm_job_opts jo = { .kind = "sync" };
-        int r = lsm_sync_job_create(&so, &jo, &d->job);
+        r = lsm_sync_job_create(&so, &jo, &d->job);
         if (r < 0)
             return r;
         if ((r = lsm_job_start(d->job)) < 0)
@@ -1086,6 +1152,7 @@ static int rollback(struct mig *g, bool keep_snapshot)
                 used += (size_t)n;
         }
         if (mirrors_gone && d->dst_planned) {
+            remove_sync_journals(g, d);
             d->dst_planned = false;
             d->ndst = 0;
             d->synced = false;
@@ -1164,15 +1231,33 @@ static int verify(struct mig *g)
     return 0;
 }
 
-/* Snapshot (unless done) to pivot. */
-static int forward(struct mig *g, bool from_snapshot, char *reason, size_t reason_len)
+enum start { FROM_SNAPSHOT, FROM_CLONE, FROM_REPLICATE };
+
+/* Every destination volume the journal lists is there, and was this
+ * run's (planned while none of them existed). */
+static bool clone_intact(const struct mig *g)
+{
+    for (unsigned i = 0; i < g->n; i++) {
+        const struct mdisk *d = &g->d[i];
+        if (!d->dst_planned || d->ndst < 2)
+            return false;
+        for (unsigned k = 0; k < d->ndst; k++)
+            if (!exists(d->dst[k]))
+                return false;
+    }
+    return true;
+}
+
+/* From the snapshot, the clone or the replicate phase to the pivot. */
+static int forward(struct mig *g, enum start from, char *reason, size_t reason_len)
 {
     int r;
-    if (from_snapshot) {
+    if (from == FROM_SNAPSHOT) {
         if ((r = fail_point(g, "snapshot")) < 0 || (r = save(g)) < 0 || (r = snapshot(g)) < 0)
             return r;
     }
-    if ((r = fail_point(g, "clone")) < 0 || (r = save(g)) < 0 || (r = clone_chains(g)) < 0)
+    if (from <= FROM_CLONE &&
+        ((r = fail_point(g, "clone")) < 0 || (r = save(g)) < 0 || (r = clone_chains(g)) < 0))
         return r;
     if ((r = fail_point(g, "replicate")) < 0 || (r = start_extender(g)) < 0 ||
         (r = replicate(g)) < 0)
@@ -1498,7 +1583,14 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
     } else if (g.committed) {
         r = finish_pivots(&g, pivot_why, sizeof pivot_why);
     } else {
-        if (o->mode == LSM_MIGRATE_RESUME) {
+        enum start from = from_snapshot ? FROM_SNAPSHOT : FROM_CLONE;
+        if (o->mode == LSM_MIGRATE_RESUME && !from_snapshot && g.cloned && clone_intact(&g)) {
+            /* the killed run's clone is whole: keep it, its mirrors (or
+             * start them again) and its syncs' journals */
+            from = FROM_REPLICATE;
+            report(&g, "the killed run's destination volumes are all there: resuming from the "
+                   "replicate phase");
+        } else if (o->mode == LSM_MIGRATE_RESUME) {
             /* before the commit point the destination is redone from the
              * start: abort what runs, remove what was created (and an
              * overlay the VM does not use), keep a snapshot taken */
@@ -1514,11 +1606,23 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
             }
         }
         if (r == 0 && !g.committed) {
-            r = forward(&g, from_snapshot, pivot_why, sizeof pivot_why);
-            if (r < 0 && !g.committed) {
+            r = forward(&g, from, pivot_why, sizeof pivot_why);
+            if (r == -EALREADY && g.committed) {
+                /* a disk turned out pivoted: past the commit point */
+                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
+                lsm_error_clear();
+                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+            } else if (r < 0 && !g.committed) {
                 snprintf(why, sizeof why, "%s", lsm_last_error());
+                int rb = g.committed ? -EALREADY : rollback(&g, false);
+                if (rb < 0 && g.committed) {
+                    /* a disk turned out pivoted: past the commit point */
+                    report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
+                    lsm_error_clear();
+                    r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+                    goto end;
+                }
                 res->failed_phase = strdup(g.phase);
-                int rb = rollback(&g, false);
                 fill_result(&g, res);
                 snprintf(res->reason, sizeof res->reason, "%s", why);
                 if (rb == 0) {
@@ -1542,6 +1646,7 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
         }
     }
 
+end:
     if (r == 0 || !g.committed) {
         if (r == 0 && o->mode == LSM_MIGRATE_ROLLBACK) {
             res->outcome = LSM_MIGRATE_ROLLED_BACK;

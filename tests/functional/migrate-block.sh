@@ -219,6 +219,7 @@ check kill-rollback-no-loop no_loop_in "$T/dst5"
 check kill-rollback-on-source test "$(dirname "$(source_of vda)")" = "$(dirname "$before")"
 check kill-rollback-no-job no_job
 check kill-rollback-journal-removed no_journal
+check kill-rollback-no-sync-journal test -z "$(ls "$STATE" | grep sync)"
 "${MIG[@]}" "$DOM" --disk vda --dst-loop "$T/dst6" --rate 256K --progress=json >k2.out 2>k2.err &
 pid=$!
 PIDS+=("$pid")
@@ -226,13 +227,17 @@ check kill2-reached-sync wait_phase k2.err sync 60
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 rc=0
-"${MIG[@]}" "$DOM" --resume --output=json >k2r.json 2>k2r.err || rc=$?
+"${MIG[@]}" "$DOM" --resume --progress=json --output=json >k2r.json 2>k2r.err || rc=$?
 check kill-resume-exit-0 test "$rc" = 0
 [[ $rc == 0 ]] || log "$(cat k2r.err)"
 top=$(source_of vda)
 check kill-resume-on-dst6 test "$(dirname "$top")" = "$T/dst6" -a -b "$top"
 check kill-resume-no-job no_job
 check kill-resume-journal-removed no_journal
+# the killed run's loop volumes and mirror kept, its sync continued
+check kill-resume-kept-clone grep -q "resuming from the replicate phase" k2r.err
+check kill-resume-mirror-kept grep -q "mirror onto .* already running" k2r.err
+check kill-resume-no-sync-journal test -z "$(ls "$STATE" | grep sync)"
 p=$(last_pass)
 check kill-resume-writes wait_pass $((p + 1)) 60
 lvenv_virsh suspend "$DOM" >/dev/null

@@ -154,6 +154,13 @@ check resume-runs-on-dst2 test "$(source_of vda)" = "$top2"
 check resume-top-in-dst2 test "$(dirname "$top2")" = "$T/dst2"
 check resume-journal-removed no_journal
 check resume-no-job no_job
+# the killed run's clone and mirrors kept, its syncs continued
+check resume-kept-clone grep -q "resuming from the replicate phase" m3r.err
+check resume-mirror-kept grep -q "mirror onto .* already running" m3r.err
+check resume-no-sync-journal test -z "$(ls "$STATE" | grep sync)"
+grep -q "resuming the sync from its journal" m3r.err && log "resume: the syncs continued from their journals" ||
+    log "resume: no sync journal was saved before the kill (syncs started again)"
+
 lvenv_virsh suspend "$DOM" >/dev/null
 check blocks-verify-on-dst2 verify "$top2"
 for f in dst2/*; do
@@ -218,6 +225,8 @@ check rollback-dst3-empty test -z "$(ls -A dst3)"
 check rollback-on-source test "$(dirname "$(source_of vda)")" = "$(dirname "$before")"
 check rollback-no-job no_job
 check rollback-journal-removed no_journal
+check rollback-no-sync-journal test -z "$(ls "$STATE" | grep sync)"
+
 rc=0
 "${MIG[@]}" "$DOM" --resume >m4x.out 2>m4x.err || rc=$?
 check resume-nothing-exit-1 test "$rc" = 1
