@@ -105,7 +105,14 @@ static int nbd_check_job(const char *jobfile, const struct lsm_jobfile *job)
     return 0;
 }
 
-static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_jobfile *job)
+/* Whether a sync of type t copies volume i (top first) of an n-volume chain. */
+static bool copies(enum lsm_sync_type t, unsigned i)
+{
+    return t == LSM_SYNC_ALL || (t == LSM_SYNC_LEAF ? i == 0 : i > 0);
+}
+
+static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_jobfile *job,
+                                  enum lsm_sync_type type)
 {
     for (unsigned i = 0; i < job->n; i++) {
         struct lsm_volume_pair *p = &job->v[i];
@@ -122,12 +129,19 @@ static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_j
                 return lsm_error(-EINVAL, "volumes %u and %u have the same destination ('%s')",
                                  k, i, p->dst_path);
     }
-    /* Sizes, one export at a time (a qemu-nbd without --shared serves
+    /* Sizes of the exports this sync writes (the others need not be
+     * served: the leaf's, say, while INTERNAL runs and the VM host mirrors
+     * the leaf), one export at a time (a qemu-nbd without --shared serves
      * one client at a time: this connection is closed before the copy
      * connects). */
     for (unsigned i = 0; i < job->n; i++) {
         struct lsm_volume_pair *p = &job->v[i];
         const struct lsm_volume_desc *sv = &src->v[i];
+        free(p->dst_backing);
+        p->dst_backing = NULL;
+        p->dst_type = LSM_DOMAIN_FILE;
+        if (!copies(type, i))
+            continue;
         struct lsm_image *img = NULL;
         int r = lsm_image_open(p->dst_path, LSM_FMT_RAW, 0, &img);
         if (r < 0) {
@@ -140,9 +154,6 @@ static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_j
             return lsm_error(-EINVAL, "volume %u: destination %s is %" PRIu64 " bytes, but its "
                              "source '%s' is %" PRIu64 " bytes: not a layer of this chain's "
                              "structure", i, p->dst_path, size, sv->path, sv->virtual_size);
-        free(p->dst_backing);
-        p->dst_backing = NULL;
-        p->dst_type = LSM_DOMAIN_FILE;
     }
     return 0;
 }
@@ -185,7 +196,7 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
             return lsm_error(-EINVAL, "--checksum: an NBD export of one layer alone is not the "
                              "guest view of its volume (checksum the destination chain "
                              "once it is served whole)");
-        return nbd_check_destinations(&p->src, job);
+        return nbd_check_destinations(&p->src, job, o->type);
     }
     if (jobfile && ((r = lsm_jobfile_check_sources(&p->src, job)) < 0 ||
                     (r = lsm_jobfile_check_destinations(&p->src, job)) < 0))

@@ -9,7 +9,8 @@
 # clusters stay zero clusters, holes stay holes), and qemu-img check is
 # clean.  Refused with one line, exit 1 and nothing written: an export of
 # the wrong size, a job mixing exports and local volumes, an NBD source,
-# --journal and --checksum.
+# --journal and --checksum.  --type=INTERNAL connects only to the exports
+# it writes (the leaf's need not be served).
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-nbd qemu-img qemu-io jq
 . "$TESTS_DIR/nbd-netns-lib.sh"   # qemu_nbd_on, uri, stop_servers
@@ -161,5 +162,21 @@ if "$LSM_SYNC" sync --help | grep -q -- --checksum && "$LSM_SYNC" checksum --hel
 fi
 stop_servers
 if untouched dst2 && [[ ! -e j ]]; then pass "refusals wrote nothing"; else fail "refusals wrote nothing"; fi
+
+# 4. --type=INTERNAL into dst2 with only its mid and base layers served
+# (the leaf's export is not there: the VM host mirrors the leaf): those two
+# are synced, the leaf is untouched.
+for l in mid.qcow2 base.qcow2; do
+    qemu_nbd_on "$T/dst2-$l.sock" "json:$(alone "$T/dst2/$l")"
+done
+rc=0
+"$LSM_SYNC" sync --type=INTERNAL --job job2.json >internal.out 2>internal.err || rc=$?
+stop_servers
+ok=$((rc == 0))
+for l in mid.qcow2 base.qcow2; do
+    [[ $(layer_map "$T/dst2/$l") == "$(layer_map "$T/$l")" ]] || ok=0
+done
+[[ $(layer_map "$T/dst2/top.qcow2" | jq -c 'map(select(.present)) | length') == 0 ]] || ok=0
+if ((ok)); then pass internal; else fail internal "exit $rc: $(cat internal.err)"; fi
 
 finish
