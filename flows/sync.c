@@ -196,6 +196,11 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
             return lsm_error(-EINVAL, "--checksum: an NBD export of one layer alone is not the "
                              "guest view of its volume (checksum the destination chain "
                              "once it is served whole)");
+        if (o->copy.offload_required || o->copy.offload_mode == LSM_OFFLOAD_ONLY ||
+            o->copy.offload_cmd)
+            return lsm_error(-EINVAL, "offload (-C, --offload=NAME, --offload-cmd) needs "
+                             "destination files: NBD exports take their data over the "
+                             "connection");
         return nbd_check_destinations(&p->src, job, o->type);
     }
     if (jobfile && ((r = lsm_jobfile_check_sources(&p->src, job)) < 0 ||

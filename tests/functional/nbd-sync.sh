@@ -9,7 +9,7 @@
 # clusters stay zero clusters, holes stay holes), and qemu-img check is
 # clean.  Refused with one line, exit 1 and nothing written: an export of
 # the wrong size, a job mixing exports and local volumes, an NBD source,
-# --journal and --checksum.  --type=INTERNAL connects only to the exports
+# --journal, --checksum and -C.  --type=INTERNAL connects only to the exports
 # it writes (the leaf's need not be served).
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-nbd qemu-img qemu-io jq
@@ -90,7 +90,7 @@ mkdir dst
 job dst clone.json >job.json
 serve dst
 rc=0
-"$LSM_SYNC" sync --type=ALL --output=json --job job.json >sync.json 2>sync.err || rc=$?
+"$LSM_SYNC" sync --type=ALL --output=json --connections=2 --timeout=20 --job job.json >sync.json 2>sync.err || rc=$?
 stop_servers
 if [[ $rc == 0 && $(jq -r '[.volumes[].status] | unique | join(",")' sync.json) == synced ]]; then
     pass sync
@@ -151,14 +151,15 @@ serve dst2
 rc=0
 "$LSM_SYNC" sync --type=ALL --journal="$T/j" --job job2.json >/dev/null 2>journal.err || rc=$?
 if [[ $rc == 1 ]]; then one_line journal journal.err "cannot be resumed"; else fail journal "exit $rc"; fi
-if "$LSM_SYNC" sync --help | grep -q -- --checksum && "$LSM_SYNC" checksum --help >/dev/null 2>&1; then
-    rc=0
-    "$LSM_SYNC" sync --type=ALL --checksum --job job2.json >/dev/null 2>checksum.err || rc=$?
-    if [[ $rc == 1 ]]; then
-        one_line checksum checksum.err "not the guest view\|without libsodium"
-    else
-        fail checksum "exit $rc"
-    fi
+rc=0
+"$LSM_SYNC" sync --type=ALL -C --job job2.json >/dev/null 2>offload.err || rc=$?
+if [[ $rc == 1 ]]; then one_line offload offload.err "needs destination files"; else fail offload "exit $rc"; fi
+rc=0
+"$LSM_SYNC" sync --type=ALL --checksum --job job2.json >/dev/null 2>checksum.err || rc=$?
+if [[ $rc == 1 ]]; then
+    one_line checksum checksum.err "not the guest view\|without libsodium"
+else
+    fail checksum "exit $rc"
 fi
 stop_servers
 if untouched dst2 && [[ ! -e j ]]; then pass "refusals wrote nothing"; else fail "refusals wrote nothing"; fi
