@@ -45,7 +45,9 @@ static void sync_usage(FILE *f)
         "receives only its source volume's own layer.  ALL: every volume; INTERNAL:\n"
         "every volume but the leaf (which is being mirrored); LEAF: only the leaf.\n\n"
         "  --type=TYPE          ALL, INTERNAL or LEAF (required)\n"
-        "  --job FILE           explicit source/destination volumes (docs/chains.md)\n"
+        "  --job FILE           explicit source/destination volumes (docs/chains.md); the\n"
+        "                       destinations may all be NBD URIs, each export serving one\n"
+        "                       destination layer alone (docs/nbd.md, \"sync\")\n"
         "  --parallel N         copy up to N volumes at once (default 4)\n"
         "  -p                   progress on stdout: a bar on a terminal, otherwise\n"
         "                       qemu-img's records \"    (NN.NN/100%%)\\r\"\n"
@@ -73,14 +75,18 @@ static void sync_usage(FILE *f)
         "                       its journal after SIZE of data or SECONDS (default 1G,5)\n"
         "  --checksum[=ALGO]    the block checksum (sha256 or blake2b) of every destination\n"
         "                       volume, read back after the sync: what `lsm-sync checksum`\n"
-        "                       gives for the volume and for its source\n");
+        "                       gives for the volume and for its source\n"
+        "  --timeout=SECONDS    NBD destinations: give up connecting, or waiting for one\n"
+        "                       request, after SECONDS (default: 30 to connect, 60 per request)\n"
+        "  --connections=N      NBD: connections per export that offers multi-conn\n"
+        "                       (1 to 8, default 4; always 1 without multi-conn)\n");
 }
 
 int cmd_sync(int argc, char **argv)
 {
     enum { OPT_TYPE = 256, OPT_JOB, OPT_PAR, OPT_PROGRESS, OPT_OUTPUT, OPT_IO, OPT_DIRECT, OPT_BUF, OPT_REQSIZE, OPT_RATE,
            OPT_OFFLOAD, OPT_OFFLOAD_CMD, OPT_OFFLOAD_TIMEOUT, OPT_JOURNAL, OPT_RESUME, OPT_CHECKPOINT,
-           OPT_CHECKSUM };
+           OPT_CHECKSUM, OPT_TIMEOUT, OPT_CONNECTIONS };
     static const struct option opts[] = {
         { "type", required_argument, NULL, OPT_TYPE },
         { "job", required_argument, NULL, OPT_JOB },
@@ -99,6 +105,8 @@ int cmd_sync(int argc, char **argv)
         { "resume", no_argument, NULL, OPT_RESUME },
         { "checkpoint-interval", required_argument, NULL, OPT_CHECKPOINT },
         { "checksum", optional_argument, NULL, OPT_CHECKSUM },
+        { "timeout", required_argument, NULL, OPT_TIMEOUT },
+        { "connections", required_argument, NULL, OPT_CONNECTIONS },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -186,6 +194,25 @@ int cmd_sync(int argc, char **argv)
             if (!cli_parse_checkpoint("sync", optarg, &base))
                 return EXIT_USAGE;
             break;
+        case OPT_TIMEOUT: {
+            char *end;
+            errno = 0;
+            double sec = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(sec >= 0.001 && sec <= 86400))
+                return cli_usage_error("sync", "--timeout must be a number of seconds from "
+                                       "0.001 to 86400, not '%s'", optarg);
+            base.nbd_timeout_ms = (unsigned)(sec * 1000 + 0.5);
+            break;
+        }
+        case OPT_CONNECTIONS: {
+            uint64_t v;
+            if (!cli_parse_size("sync", "--connections", optarg, &v))
+                return EXIT_USAGE;
+            if (v < 1 || v > 8)
+                return cli_usage_error("sync", "--connections must be between 1 and 8");
+            base.nbd_connections = (unsigned)v;
+            break;
+        }
         case OPT_CHECKSUM:
             if (!cli_parse_checksum("sync", optarg, &base))
                 return EXIT_USAGE;

@@ -98,6 +98,12 @@ static int check_opts(const struct lsm_copy_opts *o)
         return lsm_error(-EINVAL, "-l needs a qcow2 source: %s has no snapshots", o->src_path);
     if (o->resume && !o->journal)
         return lsm_error(-EINVAL, "--resume needs --journal");
+    if (o->one_layer && lsm_is_nbd_uri(o->src_path))
+        return lsm_error(-EINVAL, "one layer of %s cannot be copied: an NBD export does not "
+                         "show its layers", o->src_path);
+    if (o->one_layer && (o->target_is_zero || o->journal || o->checksum || o->snapshot))
+        return lsm_error(-EINVAL, "a copy of one layer to %s takes no --target-is-zero, "
+                         "--journal, --checksum or -l", o->dst_path);
     if (o->journal && o->checksum)
         return lsm_error(-EINVAL, "--checksum covers one uninterrupted copy: not with --journal");
     if (o->request_size && (!is_pow2(o->request_size) || o->request_size < 4096))
@@ -503,8 +509,10 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
             goto out;
         r = lsm_loop_create(&lc, &loop);
         enum lsm_direct_mode sdirect = o->src_direct_set ? o->src_direct : o->direct;
+        /* one layer: the ranges the layer does not allocate are absent
+         * (skipped), whether or not it has a backing file */
         if (r == 0)
-            r = lsm_ep_image_create(loop, img, false, sdirect, &src);
+            r = lsm_ep_image_create(loop, img, o->one_layer, sdirect, &src);
     }
     if (r < 0)
         goto out;
@@ -519,6 +527,13 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                       " bytes)", o->dst_path, dst->caps.size, o->src_path, vsize);
         goto out;
     }
+    /* One layer: the export serves the layer alone, so it reads as zeroes
+     * where the layer allocates nothing, and the backing under it shows
+     * there once the chain is put together again: every zero range of
+     * the source layer is written (WRITE_ZEROES: a zero cluster of that
+     * layer). */
+    if (o->one_layer)
+        dst->caps.reads_zero = false;
     if (o->journal) {
         nj.dst = dst;
         r = nbd_journal_setup(&nj, img, src, jl, vsize);
@@ -534,6 +549,8 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     ep.requests = m;
     ep.request_size = rsize;
     ep.buffer_size = bsize;
+    /* a granule mixing zeroes and absent ranges is read through the chain */
+    ep.absent_zero_mixed_is_data = o->one_layer;
     ep.journal = nj.j;
     ep.checkpoint_bytes = o->checkpoint_bytes;
     ep.checkpoint_ms = o->checkpoint_ms;

@@ -54,6 +54,11 @@ struct lsm_copy_opts {
     bool no_create;                   /* -n */
     bool force_share;                 /* -U: read a source another process writes */
     bool target_is_zero;              /* with -n: DST already reads as zeroes */
+    bool one_layer;                   /* NBD destination (sync's job files, docs/nbd.md): DST
+                                         serves one destination layer alone; only SRC's own
+                                         layer is copied: data written, zero ranges always
+                                         sent as WRITE_ZEROES (they hide the backing), ranges
+                                         the layer does not allocate left as they are */
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
     enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */

@@ -51,6 +51,7 @@ int lsm_sync_type_parse(const char *s, enum lsm_sync_type *out)
 struct sync_plan {
     struct lsm_jobfile job;
     struct lsm_chain_desc src, dst;
+    bool nbd;                       /* the job's destinations are NBD exports */
 };
 
 static void plan_free(struct sync_plan *p)
@@ -65,6 +66,98 @@ static int oom(void)
     return lsm_error(-ENOMEM, "out of memory");
 }
 
+/* A job whose destinations are NBD exports (docs/nbd.md, "sync"), each
+ * serving one destination layer alone.  An export does not say what backs
+ * it, nor which file it serves, so the chain's order and the identity
+ * checks cannot be done: what is checked is that every destination is an
+ * export (a job mixing exports and local volumes is refused: the local
+ * half's chain could not be checked either), no two entries name the same
+ * URI, a format the job gives is the source's, no type is given, and each
+ * export's size is its source volume's virtual size. */
+static int count_nbd(const struct lsm_jobfile *job, bool src, unsigned *first)
+{
+    unsigned n = 0;
+    for (unsigned i = job->n; i-- > 0;)
+        if (lsm_is_nbd_uri(src ? job->v[i].src_path : job->v[i].dst_path)) {
+            n++;
+            *first = i;
+        }
+    return (int)n;
+}
+
+static int nbd_check_job(const char *jobfile, const struct lsm_jobfile *job)
+{
+    unsigned k = 0;
+    if (count_nbd(job, true, &k))
+        return lsm_error(-EINVAL, "job file '%s': volume %u: source '%s' is an NBD export; a "
+                         "sync reads its source chain layer by layer, which an export does not "
+                         "show: sources must be local files or LVs", jobfile, k, job->v[k].src_path);
+    unsigned n = (unsigned)count_nbd(job, false, &k);
+    if (n && n < job->n) {
+        unsigned l = 0;
+        while (l < job->n && lsm_is_nbd_uri(job->v[l].dst_path))
+            l++;
+        return lsm_error(-EINVAL, "job file '%s' mixes NBD exports (volume %u: '%s') and local "
+                         "volumes (volume %u: '%s') as destinations: the local volumes' chain "
+                         "cannot be checked through an export; name every destination as an "
+                         "NBD URI or none", jobfile, k, job->v[k].dst_path, l, job->v[l].dst_path);
+    }
+    return 0;
+}
+
+/* Whether a sync of type t copies volume i (top first) of an n-volume chain. */
+static bool copies(enum lsm_sync_type t, unsigned i)
+{
+    return t == LSM_SYNC_ALL || (t == LSM_SYNC_LEAF ? i == 0 : i > 0);
+}
+
+static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_jobfile *job,
+                                  enum lsm_sync_type type)
+{
+    for (unsigned i = 0; i < job->n; i++) {
+        struct lsm_volume_pair *p = &job->v[i];
+        const struct lsm_volume_desc *sv = &src->v[i];
+        if (p->dst_type_given)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is an NBD export: it has no "
+                             "\"type\"", i, p->dst_path);
+        if (p->dst_fmt != LSM_FMT_AUTO && p->dst_fmt != sv->format)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is given as %s, but its source "
+                             "'%s' is %s", i, p->dst_path, lsm_format_name(p->dst_fmt),
+                             sv->path, lsm_format_name(sv->format));
+        for (unsigned k = 0; k < i; k++)
+            if (!strcmp(job->v[k].dst_path, p->dst_path))
+                return lsm_error(-EINVAL, "volumes %u and %u have the same destination ('%s')",
+                                 k, i, p->dst_path);
+    }
+    /* Sizes of the exports this sync writes (the others need not be
+     * served: the leaf's, say, while INTERNAL runs and the VM host mirrors
+     * the leaf), one export at a time (a qemu-nbd without --shared serves
+     * one client at a time: this connection is closed before the copy
+     * connects). */
+    for (unsigned i = 0; i < job->n; i++) {
+        struct lsm_volume_pair *p = &job->v[i];
+        const struct lsm_volume_desc *sv = &src->v[i];
+        free(p->dst_backing);
+        p->dst_backing = NULL;
+        p->dst_type = LSM_DOMAIN_FILE;
+        if (!copies(type, i))
+            continue;
+        struct lsm_image *img = NULL;
+        int r = lsm_image_open(p->dst_path, LSM_FMT_RAW, 0, &img);
+        if (r < 0) {
+            lsm_error_prefix("volume %u", i);
+            return r;
+        }
+        uint64_t size = img->virtual_size;
+        lsm_image_close(img);
+        if (size != sv->virtual_size)
+            return lsm_error(-EINVAL, "volume %u: destination %s is %" PRIu64 " bytes, but its "
+                             "source '%s' is %" PRIu64 " bytes: not a layer of this chain's "
+                             "structure", i, p->dst_path, size, sv->path, sv->virtual_size);
+    }
+    return 0;
+}
+
 /* Everything before the first write: describe both chains, and check that
  * no destination is a file of the source chain, that the destinations form
  * one chain of the source's structure, and (job file) that its entries are
@@ -76,8 +169,16 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
     int r;
     if (jobfile && (r = lsm_jobfile_load(jobfile, job)) < 0)
         return r;
+    if (jobfile && (r = nbd_check_job(jobfile, job)) < 0)
+        return r;
+    unsigned first_nbd = 0;
+    p->nbd = jobfile && count_nbd(job, false, &first_nbd) > 0;
     if (!jobfile && (!o->src_top || !o->dst_top))
         return lsm_error(-EINVAL, "need SRC_TOP and DST_TOP");
+    if (!jobfile && (lsm_is_nbd_uri(o->src_top) || lsm_is_nbd_uri(o->dst_top)))
+        return lsm_error(-EINVAL, "%s: an NBD export does not show the chain behind it: name "
+                         "every volume in a job file (--job; docs/nbd.md)",
+                         lsm_is_nbd_uri(o->src_top) ? o->src_top : o->dst_top);
     const char *src_top = jobfile ? job->v[0].src_path : o->src_top;
     const char *dst_top = jobfile ? job->v[0].dst_path : o->dst_top;
     if ((r = lsm_chain_describe(src_top, jobfile ? job->v[0].src_fmt : LSM_FMT_AUTO, &p->src)) < 0)
@@ -85,6 +186,23 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
     /* A job names its source volumes: they must be the source chain, in
      * order.  Its destinations are checked against every file of the
      * source chain before the destination chain is even opened. */
+    if (p->nbd) {
+        if ((r = lsm_jobfile_check_sources(&p->src, job)) < 0)
+            return r;
+        if (o->journal)
+            return lsm_error(-EINVAL, "--journal: a sync to NBD exports cannot be resumed "
+                             "(run it again: it rewrites what each layer allocates)");
+        if (o->checksum)
+            return lsm_error(-EINVAL, "--checksum: an NBD export of one layer alone is not the "
+                             "guest view of its volume (checksum the destination chain "
+                             "once it is served whole)");
+        if (o->copy.offload_required || o->copy.offload_mode == LSM_OFFLOAD_ONLY ||
+            o->copy.offload_cmd)
+            return lsm_error(-EINVAL, "offload (-C, --offload=NAME, --offload-cmd) needs "
+                             "destination files: NBD exports take their data over the "
+                             "connection");
+        return nbd_check_destinations(&p->src, job, o->type);
+    }
     if (jobfile && ((r = lsm_jobfile_check_sources(&p->src, job)) < 0 ||
                     (r = lsm_jobfile_check_destinations(&p->src, job)) < 0))
         return r;
@@ -171,6 +289,7 @@ struct sync_ctx {
     pthread_mutex_t jlock;
     struct lsm_journal *sj;
     struct lsm_journal_file *ids;   /* 2 per volume: source, destination */
+    bool nbd;                       /* destinations are NBD exports (one layer each) */
 };
 
 /* ---- The sync journal (docs/resume.md, "sync") ----
@@ -532,11 +651,17 @@ static int vol_run(struct lsm_job *job, void *arg)
     o.dst_path = v->pair->dst_path;
     o.dst_fmt = v->src->format;
     o.no_create = true;
+    if (v->ctx->nbd) {
+        /* an export serving one destination layer alone: its guest view,
+         * written with the source's own layer only */
+        o.dst_fmt = LSM_FMT_RAW;
+        o.one_layer = true;
+    }
     /* Only this volume's own layer: the destination's backing is already
      * the destination chain below it. */
-    o.backing = v->pair->dst_backing;
-    o.backing_fmt = v->src->backing_fmt;
-    o.cluster_size = v->src->cluster_size;
+    o.backing = v->ctx->nbd ? NULL : v->pair->dst_backing;
+    o.backing_fmt = v->ctx->nbd ? LSM_FMT_AUTO : v->src->backing_fmt;
+    o.cluster_size = v->ctx->nbd ? 0 : v->src->cluster_size;
     o.cancel = lsm_job_cancel_flag(job);
     o.limiter = lsm_job_limiter(job);
     o.progress = vol_progress;
@@ -550,7 +675,7 @@ static int vol_run(struct lsm_job *job, void *arg)
     }
     lsm_job_set_phase(job, "extending");
     /* Block destinations: make room for the copy first. */
-    int r = lsm_jobfile_ensure_room(v->pair, v->src);
+    int r = v->ctx->nbd ? 0 : lsm_jobfile_ensure_room(v->pair, v->src);
     if (r < 0)
         return r;
     if (lsm_job_cancelled(job))
@@ -744,6 +869,7 @@ int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
         res->bytes_total += out->bytes;
     }
     ctx.nvols = n;
+    ctx.nbd = plan.nbd;
     ctx.total = res->bytes_total;
     if (o->journal && (r = sj_open(&ctx, res)) < 0)
         goto out_plan;

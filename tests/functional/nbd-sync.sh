@@ -1,0 +1,183 @@
+#!/bin/bash
+# `lsm-sync sync --job` into NBD destinations (docs/nbd.md, "sync"): a
+# 3-layer qcow2 chain (data, zero clusters and holes in every layer) is
+# cloned into a directory, each destination layer is served ALONE (its
+# backing null) by its own writable qemu-nbd on a Unix socket, and the job
+# names the exports.  Once the servers are stopped: the destination chain
+# equals the source chain (qemu-img compare), every destination layer maps
+# alone as its source layer does (data, zero and present per range: zero
+# clusters stay zero clusters, holes stay holes), and qemu-img check is
+# clean.  Refused with one line, exit 1 and nothing written: an export of
+# the wrong size, a job mixing exports and local volumes, an NBD source,
+# --journal, --checksum and -C.  --type=INTERNAL connects only to the exports
+# it writes (the leaf's need not be served).
+. "$(dirname "$0")/lib.sh"
+need_cmd qemu-nbd qemu-img qemu-io jq
+. "$TESTS_DIR/nbd-netns-lib.sh"   # qemu_nbd_on, uri, stop_servers
+
+rc=0
+"$LSM_SYNC" copy probe.raw "nbd+unix:///?socket=$T/none.sock" 2>probe.log || rc=$?
+if grep -q "built without libnbd" probe.log; then
+    skip "lsm-sync was built without libnbd"
+fi
+trap 'stop_servers; cleanup' EXIT
+
+# The source chain, 16 MiB: each layer has data, zero clusters (write -z)
+# and holes (never written, or discarded).
+qemu-img create -q -f qcow2 base.qcow2 16M
+qio base.qcow2 -- "write -P 0x61 0 3M" "write -z 4M 1M" "write -P 0x62 8M 512k" \
+    "write -P 0x63 15M 1M" "discard 15M 64k"
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+qio mid.qcow2 -- "write -P 0x64 1M 1M" "write -z 8M 256k" "write -P 0x65 12M 128k"
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+qio top.qcow2 -- "write -P 0x66 2M 64k" "write -z 0 64k" "write -z 12M 64k" \
+    "write -P 0x67 14M 1M"
+
+LAYERS=(top.qcow2 mid.qcow2 base.qcow2)
+
+# One layer alone, as QEMU opens it: its backing null.
+alone() { printf '{"driver":"qcow2","file":{"driver":"file","filename":"%s"},"backing":null}' "$1"; }
+# Its map as (start, length, data, zero, present) runs, neighbours of one
+# kind merged (where data lives in the file is not compared).
+layer_map() {
+    qemu-img map --output=json "json:$(alone "$1")" |
+        jq -c 'map({start, length, data, zero, present}) |
+               reduce .[] as $e ([]; if length > 0 and .[-1].data == $e.data and
+                   .[-1].zero == $e.zero and .[-1].present == $e.present
+                   then .[-1].length += $e.length else . + [$e] end)'
+}
+# the source layers really have the three kinds
+for l in "${LAYERS[@]}"; do
+    m=$(layer_map "$T/$l")
+    for kind in '.data' '(.zero and .present)' '(.present | not)'; do
+        [[ $(jq "map(select($kind)) | length" <<<"$m") -gt 0 ]] ||
+            die "source layer $l has no range of kind $kind: $m"
+    done
+done
+
+# serve DIR: every layer of DIR alone, writable, on DIR-NAME.sock
+serve() {
+    local d=$1 l
+    for l in "${LAYERS[@]}"; do
+        qemu_nbd_on "$T/$d-$l.sock" "json:$(alone "$T/$d/$l")"
+    done
+}
+# job DIR CLONE_JSON: the clone's job with every destination an export
+job() {
+    jq --arg t "$T" --arg d "$1" '{volumes: [.volumes[] | .destination = {
+            path: ("nbd+unix:///?socket=" + $t + "/" + $d + "-" + (.destination.path | split("/") | last) + ".sock"),
+            format: .destination.format}]}' "$2"
+}
+# untouched DIR: every layer of DIR still allocates nothing
+untouched() {
+    local l
+    for l in "${LAYERS[@]}"; do
+        [[ $(layer_map "$T/$1/$l" | jq -c 'map(select(.present)) | length') == 0 ]] || return 1
+    done
+}
+# one_line CASE LOG PATTERN: exit 1 was seen, the log is one line matching PATTERN
+one_line() {
+    if [[ $(wc -l <"$2") == 1 ]] && grep -q -- "$3" "$2"; then
+        pass "$1"
+    else
+        fail "$1" "$(cat "$2")"
+    fi
+}
+
+# 1. The sync into three exports.
+mkdir dst
+"$LSM_SYNC" clone-structure --output=json top.qcow2 --dst-dir "$T/dst" >clone.json
+job dst clone.json >job.json
+serve dst
+rc=0
+"$LSM_SYNC" sync --type=ALL --output=json --connections=2 --timeout=20 --job job.json >sync.json 2>sync.err || rc=$?
+stop_servers
+if [[ $rc == 0 && $(jq -r '[.volumes[].status] | unique | join(",")' sync.json) == synced ]]; then
+    pass sync
+else
+    fail sync "exit $rc: $(cat sync.err)"
+fi
+if qemu-img compare -q -f qcow2 -F qcow2 top.qcow2 dst/top.qcow2; then
+    pass compare
+else
+    fail compare "the destination chain differs from the source chain"
+fi
+for l in "${LAYERS[@]}"; do
+    want=$(layer_map "$T/$l")
+    got=$(layer_map "$T/dst/$l")
+    if [[ $got == "$want" ]]; then
+        pass "map $l"
+    else
+        fail "map $l" "source layer $want, destination layer $got"
+    fi
+    if qemu-img check -q -f qcow2 "dst/$l"; then
+        pass "check $l"
+    else
+        fail "check $l"
+    fi
+done
+
+# 2. A fresh clone whose top is served by an export 1 MiB too large:
+# refused before anything is written to any of the exports.
+mkdir dst2
+"$LSM_SYNC" clone-structure --output=json top.qcow2 --dst-dir "$T/dst2" >clone2.json
+qemu-img create -q -f qcow2 -F qcow2 -b mid.qcow2 "$T/dst2/top.qcow2" 17M
+job dst2 clone2.json >job2.json
+serve dst2
+rc=0
+"$LSM_SYNC" sync --type=ALL --job job2.json >/dev/null 2>size.err || rc=$?
+stop_servers
+if [[ $rc == 1 ]] && untouched dst2; then
+    one_line "wrong size" size.err "is 17825792 bytes, but its source"
+else
+    fail "wrong size" "exit $rc or something was written: $(cat size.err)"
+fi
+
+# 3. Refused before any connection: exports mixed with local volumes, an
+# NBD source, --journal and --checksum (the exports of dst2 are served for
+# the last two, and must stay untouched).
+jq --arg t "$T" '.volumes[0].destination = {path: ("nbd+unix:///?socket=" + $t + "/dst2-top.qcow2.sock")}' \
+    clone2.json >mixed.json
+rc=0
+"$LSM_SYNC" sync --type=ALL --job mixed.json >/dev/null 2>mixed.err || rc=$?
+if [[ $rc == 1 ]]; then one_line mixed mixed.err "mixes NBD exports"; else fail mixed "exit $rc"; fi
+jq '.volumes[0].source.path = .volumes[0].destination.path' job.json >nbdsrc.json
+rc=0
+"$LSM_SYNC" sync --type=ALL --job nbdsrc.json >/dev/null 2>nbdsrc.err || rc=$?
+if [[ $rc == 1 ]]; then one_line "nbd source" nbdsrc.err "is an NBD export"; else fail "nbd source" "exit $rc"; fi
+rm -f dst2/top.qcow2
+"$LSM_SYNC" clone-structure --reuse top.qcow2 --dst-dir "$T/dst2" >/dev/null
+serve dst2
+rc=0
+"$LSM_SYNC" sync --type=ALL --journal="$T/j" --job job2.json >/dev/null 2>journal.err || rc=$?
+if [[ $rc == 1 ]]; then one_line journal journal.err "cannot be resumed"; else fail journal "exit $rc"; fi
+rc=0
+"$LSM_SYNC" sync --type=ALL -C --job job2.json >/dev/null 2>offload.err || rc=$?
+if [[ $rc == 1 ]]; then one_line offload offload.err "needs destination files"; else fail offload "exit $rc"; fi
+rc=0
+"$LSM_SYNC" sync --type=ALL --checksum --job job2.json >/dev/null 2>checksum.err || rc=$?
+if [[ $rc == 1 ]]; then
+    one_line checksum checksum.err "not the guest view\|without libsodium"
+else
+    fail checksum "exit $rc"
+fi
+stop_servers
+if untouched dst2 && [[ ! -e j ]]; then pass "refusals wrote nothing"; else fail "refusals wrote nothing"; fi
+
+# 4. --type=INTERNAL into dst2 with only its mid and base layers served
+# (the leaf's export is not there: the VM host mirrors the leaf): those two
+# are synced, the leaf is untouched.
+for l in mid.qcow2 base.qcow2; do
+    qemu_nbd_on "$T/dst2-$l.sock" "json:$(alone "$T/dst2/$l")"
+done
+rc=0
+"$LSM_SYNC" sync --type=INTERNAL --job job2.json >internal.out 2>internal.err || rc=$?
+stop_servers
+ok=$((rc == 0))
+for l in mid.qcow2 base.qcow2; do
+    [[ $(layer_map "$T/dst2/$l") == "$(layer_map "$T/$l")" ]] || ok=0
+done
+[[ $(layer_map "$T/dst2/top.qcow2" | jq -c 'map(select(.present)) | length') == 0 ]] || ok=0
+if ((ok)); then pass internal; else fail internal "exit $rc: $(cat internal.err)"; fi
+
+finish
