@@ -89,6 +89,34 @@ if errs:
     print("; ".join(errs)); sys.exit(1)
 EOF
 }
+# same_alloc NAME QIMG LIMG: the two have the same allocation, exactly (the
+# -S 0 forms, where nothing is left to sparse detection): qemu-img map's
+# depth/present/zero/data flags per range, adjacent ranges with the same
+# flags merged (host offsets differ), and for raw the same allocated blocks.
+same_alloc() {
+    local name=$1 q=$2 l=$3 fmt d why=""
+    fmt=$(img_format "$q")
+    d=$(diff <(map_flags "$q" "$fmt") <(map_flags "$l" "$fmt")) ||
+        why+="map differs from qemu-img's: $(echo "$d" | head -6 | tr '\n' ' '); "
+    if [[ $fmt == raw && $(stat -c %b "$q") != "$(stat -c %b "$l")" ]]; then
+        why+="$(stat -c %b "$l") blocks allocated, qemu-img's output $(stat -c %b "$q"); "
+    fi
+    if [[ -n $why ]]; then fail "$name" "$why"; else pass "$name"; fi
+}
+map_flags() {
+    qemu-img map --output=json -f "$2" "$1" | python3 -c '
+import json, sys
+runs = []
+for e in json.load(sys.stdin):
+    k = (e["depth"], e["present"], e["zero"], e["data"])
+    if runs and runs[-1][2] == k and runs[-1][0] + runs[-1][1] == e["start"]:
+        runs[-1][1] += e["length"]
+    else:
+        runs.append([e["start"], e["length"], k])
+for s, n, k in runs:
+    print(s, n, "depth=%d present=%s zero=%s data=%s" % k)
+'
+}
 img_format() {
     qemu-img info --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])'
 }
@@ -236,7 +264,9 @@ else
 fi
 # -S: 0 allocates everything (raw and qcow2), other sizes as sparse detection.
 pair sparse-0-raw - -S 0 -f qcow2 src.qcow2 -O raw
+((PAIR_OK)) && same_alloc sparse-0-raw-alloc q-sparse-0-raw l-sparse-0-raw
 pair sparse-0-qcow2 - -S 0 -f qcow2 src.qcow2 -O qcow2
+((PAIR_OK)) && same_alloc sparse-0-qcow2-alloc q-sparse-0-qcow2 l-sparse-0-qcow2
 pair sparse-4k-raw - -S 4k -f qcow2 src.qcow2 -O raw
 pair sparse-64k-qcow2 - -S 64k -f qcow2 src.qcow2 -O qcow2
 
@@ -325,6 +355,17 @@ qcow2 flat.qcow2 64M
 qio flat.qcow2 -- 'write -P 0x72 1M 1M'
 pair n-qcow2-B-flat mk_qcow2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
 pair n-qcow2-v2-B-flat mk_qcow2_v2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
+# -S 0 -n: every range of the guest view written, zeroes as data, into
+# existing raw, compat 1.1 (also with --target-is-zero: qemu-img still
+# writes everything) and compat 0.10 volumes: allocated exactly as
+# qemu-img's (data everywhere, no holes in the raw file).
+for v in raw qcow2 qcow2_v2; do
+    f=${v%_v2}
+    pair "sparse-0-n-$v" "mk_$v" -S 0 -f qcow2 src.qcow2 -O "$f" -n
+    ((PAIR_OK)) && same_alloc "sparse-0-n-$v-alloc" "q-sparse-0-n-$v" "l-sparse-0-n-$v"
+done
+pair sparse-0-n-tiz mk_qcow2 -S 0 -f qcow2 src.qcow2 -O qcow2 -n --target-is-zero
+((PAIR_OK)) && same_alloc sparse-0-n-tiz-alloc q-sparse-0-n-tiz l-sparse-0-n-tiz
 # -c -n: compressed clusters into an existing empty volume (compat 1.1
 # and 0.10).  Into one with allocated clusters qemu-img fails (compressed
 # writes never overwrite): lsm-sync refuses it before writing anything.
