@@ -41,7 +41,8 @@ static void usage(FILE *f)
         "  -S SIZE              zero runs of SIZE or more stay unallocated (a multiple of\n"
         "                       512 up to 16M; default 64K raw, one cluster qcow2);\n"
         "                       -S 0: no sparse detection, everything written (zeroes\n"
-        "                       as data; also with -n)\n"
+        "                       as data; also with -n; with -B what the backing file\n"
+        "                       provides stays unallocated)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
         "  -c                   compress (qemu-img's -c): a qcow2 DST (new, or with -n one\n"
         "                       without allocated clusters) whose data clusters are\n"
@@ -751,15 +752,14 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "--bitmaps needs -O qcow2 (raw has no bitmaps)");
     if (sparse_set && o.sparse_size == 0) {
         /* -S 0: no sparse detection, as qemu-img writes it: every range the
-         * copy covers written as data, zeroes included (with -B what the
-         * backing file provides stays unallocated). */
+         * copy covers written as data, zeroes included; with -B what the
+         * backing file provides stays unallocated (SKIP runs), what the
+         * source's layer has, zero clusters too, becomes data. */
         if (o.physical == LSM_PHYSICAL_ALWAYS)
             return cli_usage_error("copy", "--physical keeps the source's layout: not with -S 0");
         if (o.offload_required)
             return cli_usage_error("copy", "-C (offload required) cannot be used with -S 0: "
                                    "the zeroes are written by lsm-sync");
-        if (o.backing)
-            return cli_usage_error("copy", "-S 0 with a backing file (-B) is not supported");
         o.allocate_all = true;
     }
     if (o.resume && !o.journal)

@@ -366,6 +366,18 @@ for v in raw qcow2 qcow2_v2; do
 done
 pair sparse-0-n-tiz mk_qcow2 -S 0 -f qcow2 src.qcow2 -O qcow2 -n --target-is-zero
 ((PAIR_OK)) && same_alloc sparse-0-n-tiz-alloc q-sparse-0-n-tiz l-sparse-0-n-tiz
+# -S 0 with a backing file (-B, or vdsm's -o backing_file with compat
+# 0.10), new and -n: what SRC's layer has (its zero clusters and the zeroes
+# it wrote too) is written as data, what the backing file provides stays
+# unallocated; a source without a backing file is written whole.
+pair sparse-0-B - -S 0 -f qcow2 top.qcow2 -O qcow2 -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-B-alloc q-sparse-0-B l-sparse-0-B
+pair sparse-0-B-010 - -S 0 -f qcow2 top.qcow2 -O qcow2 -o compat=0.10,backing_file=base.raw,backing_fmt=raw
+((PAIR_OK)) && same_alloc sparse-0-B-010-alloc q-sparse-0-B-010 l-sparse-0-B-010
+pair sparse-0-B-flat - -S 0 -f qcow2 flat.qcow2 -O qcow2 -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-B-flat-alloc q-sparse-0-B-flat l-sparse-0-B-flat
+pair sparse-0-n-B mk_qcow2_backed -S 0 -f qcow2 top.qcow2 -O qcow2 -n -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-n-B-alloc q-sparse-0-n-B l-sparse-0-n-B
 # -c -n: compressed clusters into an existing empty volume (compat 1.1
 # and 0.10).  Into one with allocated clusters qemu-img fails (compressed
 # writes never overwrite): lsm-sync refuses it before writing anything.
