@@ -47,8 +47,8 @@ static void usage(FILE *f)
         "  -c                   compress (qemu-img's -c): a qcow2 DST (new, or with -n one\n"
         "                       without allocated clusters) whose data clusters are\n"
         "                       compressed (-o compression_type=zlib|zstd) where that\n"
-        "                       makes them smaller; not with --journal, --physical, -S 0\n"
-        "                       or preallocation\n"
+        "                       makes them smaller (with -S 0 all, zero ones too); not\n"
+        "                       with --journal, --physical or preallocation\n"
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
         "  --salvage            a source range that cannot be read is copied as zeroes,\n"
@@ -778,9 +778,6 @@ int cmd_copy(int argc, char **argv)
             return cli_usage_error("copy", "Compression not supported for this file format");
         if (o.create.prealloc != LSM_PREALLOC_OFF)
             return cli_usage_error("copy", "Compression and preallocation not supported at the same time");
-        if (o.allocate_all)
-            return cli_usage_error("copy", "-S 0 with -c is not supported yet (qemu-img then writes "
-                                   "every cluster compressed, zero ones too)");
         if (o.journal)
             return cli_usage_error("copy", "-c with --journal is not supported: a compressed copy "
                                    "cannot be checkpointed and resumed");
