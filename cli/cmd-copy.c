@@ -40,13 +40,15 @@ static void usage(FILE *f)
         "                       compression_type, backing_file, backing_fmt; -o help lists\n"
         "  -S SIZE              zero runs of SIZE or more stay unallocated (a multiple of\n"
         "                       512 up to 16M; default 64K raw, one cluster qcow2);\n"
-        "                       -S 0 allocates everything (new DST only)\n"
+        "                       -S 0: no sparse detection, everything written (zeroes\n"
+        "                       as data; also with -n; with -B what the backing file\n"
+        "                       provides stays unallocated)\n"
         "  --cluster-size=N     same as -o cluster_size=N\n"
         "  -c                   compress (qemu-img's -c): a qcow2 DST (new, or with -n one\n"
         "                       without allocated clusters) whose data clusters are\n"
         "                       compressed (-o compression_type=zlib|zstd) where that\n"
-        "                       makes them smaller; not with --journal, --physical, -S 0\n"
-        "                       or preallocation\n"
+        "                       makes them smaller (with -S 0 all, zero ones too); not\n"
+        "                       with --journal, --physical or preallocation\n"
         "  -l SNAPSHOT          copy an internal snapshot's view of SRC (qcow2):\n"
         "                       snapshot.id=ID, snapshot.name=NAME or ID_OR_NAME\n"
         "  --salvage            a source range that cannot be read is copied as zeroes,\n"
@@ -749,13 +751,16 @@ int cmd_copy(int argc, char **argv)
     if (o.bitmaps && o.dst_fmt != LSM_FMT_QCOW2)
         return cli_usage_error("copy", "--bitmaps needs -O qcow2 (raw has no bitmaps)");
     if (sparse_set && o.sparse_size == 0) {
-        /* -S 0: no sparse detection, everything allocated, as qemu-img
-         * writes it: a new destination fully preallocated (zeroes written). */
-        if (o.no_create)
-            return cli_usage_error("copy", "-S 0 with -n is not supported yet");
-        if (o.backing)
-            return cli_usage_error("copy", "-S 0 with a backing file (-B) is not supported");
-        o.create.prealloc = LSM_PREALLOC_FULL;
+        /* -S 0: no sparse detection, as qemu-img writes it: every range the
+         * copy covers written as data, zeroes included; with -B what the
+         * backing file provides stays unallocated (SKIP runs), what the
+         * source's layer has, zero clusters too, becomes data. */
+        if (o.physical == LSM_PHYSICAL_ALWAYS)
+            return cli_usage_error("copy", "--physical keeps the source's layout: not with -S 0");
+        if (o.offload_required)
+            return cli_usage_error("copy", "-C (offload required) cannot be used with -S 0: "
+                                   "the zeroes are written by lsm-sync");
+        o.allocate_all = true;
     }
     if (o.resume && !o.journal)
         return cli_usage_error("copy", "--resume needs --journal");
@@ -772,10 +777,7 @@ int cmd_copy(int argc, char **argv)
         if (o.dst_fmt != LSM_FMT_QCOW2)
             return cli_usage_error("copy", "Compression not supported for this file format");
         if (o.create.prealloc != LSM_PREALLOC_OFF)
-            return cli_usage_error("copy", sparse_set && o.sparse_size == 0
-                                   ? "-S 0 with -c is not supported yet (qemu-img then writes "
-                                     "every cluster compressed, zero ones too)"
-                                   : "Compression and preallocation not supported at the same time");
+            return cli_usage_error("copy", "Compression and preallocation not supported at the same time");
         if (o.journal)
             return cli_usage_error("copy", "-c with --journal is not supported: a compressed copy "
                                    "cannot be checkpointed and resumed");

@@ -577,6 +577,17 @@ static void start_writes(struct ctx *c, struct creq *q)
     q->writing = true;
     q->used = 0;
     q->pending++;   /* held while issuing */
+    if (c->p->allocate_all) {
+        /* -S 0: no zero detection, every byte written */
+        emit_data(c, q, 0, q->len);
+        if (--q->pending)
+            return;
+        if (c->err)
+            free_req(c, q);
+        else
+            req_done(c, q);
+        return;
+    }
     const uint64_t none = UINT64_MAX;
     uint64_t z = c->zchunk, min_hole = c->min_hole;
     uint64_t dstart = none, zstart = none;
@@ -741,9 +752,17 @@ static int build_request(struct ctx *c, struct creq **out)
     q->start = c->run.start;
 
     while (q->len < c->rsize && peek_run(c) == 1 &&
-           (c->run.kind == LSM_RUN_DATA || c->run.kind == LSM_RUN_MIXED) &&
+           (c->run.kind == LSM_RUN_DATA || c->run.kind == LSM_RUN_MIXED ||
+            (c->run.kind == LSM_RUN_ZERO && c->p->allocate_all)) &&
            c->run.start == q->start + q->len) {
         uint64_t n = MIN(c->run.length, c->rsize - q->len);
+        if (c->run.kind == LSM_RUN_ZERO) {
+            /* -S 0: zeroes written as data, from the buffer (no read) */
+            memset(q->buf + q->len, 0, n);
+            q->len += n;
+            take_run(c, n);
+            continue;
+        }
         const void *loc = c->run.kind == LSM_RUN_DATA ? c->run.loc : NULL;
         struct slot *prev = q->used ? &q->slots[q->used - 1] : NULL;
         if (prev && prev->cmd.loc == loc && prev->cmd.offset + prev->cmd.len == c->run.start &&
@@ -876,6 +895,8 @@ static void fill(struct ctx *c)
             job_progress(c, false);
             continue;
         case LSM_RUN_ZERO:
+            if (c->p->allocate_all)
+                break;   /* -S 0: a request writes the zeroes */
             if (c->dst->caps.reads_zero) {   /* nothing to do */
                 c->st->bytes_skipped += r->length;
                 checksum_feed(c, r->start, NULL, r->length);
@@ -1044,7 +1065,8 @@ int lsm_engine_copy(struct lsm_ep *src, struct lsm_ep *dst, const struct lsm_eng
     } else {
         lsm_plan_init(&c->plan, src, c->size, c->granule, p->absent_zero_mixed_is_data);
         while ((r = lsm_plan_next(&c->plan, &run)) > 0)
-            if (run.kind == LSM_RUN_DATA || run.kind == LSM_RUN_MIXED)
+            if (run.kind == LSM_RUN_DATA || run.kind == LSM_RUN_MIXED ||
+                (run.kind == LSM_RUN_ZERO && p->allocate_all))
                 st->bytes_total += run.length -
                                    (p->journal ? journal_done_in(p->journal, run.start, run.length) : 0);
         lsm_plan_init(&c->plan, src, c->size, c->granule, p->absent_zero_mixed_is_data);

@@ -129,6 +129,10 @@ struct lsm_engine_params {
     uint64_t sparse_size;             /* -S: zero runs inside data shorter than this (rounded
                                          up to the destination's granule) are written;
                                          0: the destination's hole_min */
+    bool allocate_all;                /* -S 0 (qemu-img's "no sparse detection"): every run
+                                         but SKIP is written as data, zeroes included (no
+                                         zero commands, no holes); SKIP runs (absent in a
+                                         copied layer: the backing file shows) stay skipped */
     /* Called once the data is in and flushed, right before the
      * destination's finish (e.g. metadata the flow adds to a qcow2
      * destination: its bitmaps); NULL: none.  <0 fails the copy. */

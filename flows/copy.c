@@ -152,6 +152,7 @@ void lsm_copy_engine_params(const struct lsm_copy_opts *o, struct lsm_engine_par
         .salvage = o->salvage,
         .warn = o->warn,
         .sparse_size = o->sparse_size,
+        .allocate_all = o->allocate_all,
         .checksum = o->checksum,
         .checksum_alg = o->checksum_alg,
         .checksum_block_size = o->checksum_block_size,
@@ -203,7 +204,8 @@ static int physical_applies(const struct lsm_copy_opts *o, struct lsm_image *img
                                    : "--salvage (zeroes in place of metadata)") : 0;
     const struct lsm_create_opts *co = &o->create;
     if (co->qcow2_version || co->refcount_bits || co->lazy_refcounts || co->extended_l2 ||
-        co->compression_type || co->prealloc || co->compress || o->sparse_size)
+        co->compression_type || co->prealloc || co->compress || o->sparse_size ||
+        o->allocate_all)
         return explain ? lsm_error(-EINVAL, "--physical keeps the source's layout: creation "
                                    "options (-o) and -S do not apply") : 0;
     struct lsm_qcow2_info qi;
@@ -361,6 +363,8 @@ static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t gran
     json_object_object_add(j, "backing_format", o->backing_fmt == LSM_FMT_AUTO ? NULL :
                            json_object_new_string(lsm_format_name(o->backing_fmt)));
     json_object_object_add(j, "reads_zero", json_object_new_boolean(reads_zero));
+    /* -S 0: a resume without it would leave holes in what remains */
+    json_object_object_add(j, "allocate_all", json_object_new_boolean(o->allocate_all));
     return j;
 }
 

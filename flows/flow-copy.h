@@ -89,8 +89,13 @@ struct lsm_copy_opts {
     uint64_t sparse_size;             /* -S: zero runs of at least this many bytes (rounded
                                          up to the zero-detection unit) are left
                                          unallocated (0: the default, 64K for raw and one
-                                         cluster for qcow2).  The command line makes -S 0
-                                         (allocate everything) create.prealloc FULL. */
+                                         cluster for qcow2). */
+    bool allocate_all;                /* -S 0: no sparse detection, everything the copy
+                                         covers is written as data, zeroes included (a
+                                         fully allocated DST; with -B what the backing
+                                         file provides stays unallocated), as qemu-img
+                                         convert -S 0 writes it; with -c every cluster
+                                         is compressed, zero ones too */
 
     /* --checksum: the block hash (blkhash.h; what `lsm-sync checksum`
      * computes) of the guest view copied, from the buffers as the copy

@@ -89,6 +89,44 @@ if errs:
     print("; ".join(errs)); sys.exit(1)
 EOF
 }
+# same_alloc NAME QIMG LIMG: the two have the same allocation, exactly (the
+# -S 0 forms, where nothing is left to sparse detection): qemu-img map's
+# depth/present/zero/data flags per range, adjacent ranges with the same
+# flags merged (host offsets differ), and for raw the same allocated blocks.
+same_alloc() {
+    local name=$1 q=$2 l=$3 fmt d why=""
+    fmt=$(img_format "$q")
+    d=$(diff <(map_flags "$q" "$fmt") <(map_flags "$l" "$fmt")) ||
+        why+="map differs from qemu-img's: $(echo "$d" | head -6 | tr '\n' ' '); "
+    if [[ $fmt == raw && $(stat -c %b "$q") != "$(stat -c %b "$l")" ]]; then
+        why+="$(stat -c %b "$l") blocks allocated, qemu-img's output $(stat -c %b "$q"); "
+    fi
+    if [[ $fmt == qcow2 && $(check_counts "$q") != "$(check_counts "$l")" ]]; then
+        why+="qemu-img check: $(check_counts "$l"), qemu-img's output $(check_counts "$q"); "
+    fi
+    if [[ -n $why ]]; then fail "$name" "$why"; else pass "$name"; fi
+}
+map_flags() {
+    qemu-img map --output=json -f "$2" "$1" | python3 -c '
+import json, sys
+runs = []
+for e in json.load(sys.stdin):
+    k = (e["depth"], e["present"], e["zero"], e["data"])
+    if runs and runs[-1][2] == k and runs[-1][0] + runs[-1][1] == e["start"]:
+        runs[-1][1] += e["length"]
+    else:
+        runs.append([e["start"], e["length"], k])
+for s, n, k in runs:
+    print(s, n, "depth=%d present=%s zero=%s data=%s" % k)
+'
+}
+# check_counts IMG: allocated and compressed clusters, as qemu-img check counts them.
+check_counts() {
+    qemu-img check --output=json "$1" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+print("allocated-clusters=%s compressed-clusters=%s" % (j.get("allocated-clusters"), j.get("compressed-clusters", 0)))'
+}
 img_format() {
     qemu-img info --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])'
 }
@@ -229,6 +267,14 @@ pair compress-11 - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=1.1
 pair compress-010 - "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -o compat=0.10
 pair compress-raw-W - "${V[@]}" -c -W -f raw src.raw -O qcow2 -o compat=1.1
 pair compress-backing - "${V[@]}" -c -f qcow2 top.qcow2 -O qcow2 -o compat=1.1,backing_file=base.raw,backing_fmt=raw
+# -c -S 0: every cluster compressed, zero ones too (a raw source's holes,
+# compat 0.10, and onto a backing file: only SRC's layer), as qemu-img.
+pair compress-S0 - -c -S 0 -f qcow2 src.qcow2 -O qcow2
+((PAIR_OK)) && same_alloc compress-S0-alloc q-compress-S0 l-compress-S0
+pair compress-S0-raw-010 - -c -S 0 -f raw src.raw -O qcow2 -o compat=0.10
+((PAIR_OK)) && same_alloc compress-S0-raw-010-alloc q-compress-S0-raw-010 l-compress-S0-raw-010
+pair compress-S0-B - -c -S 0 -f qcow2 top.qcow2 -O qcow2 -B base.raw -F raw
+((PAIR_OK)) && same_alloc compress-S0-B-alloc q-compress-S0-B l-compress-S0-B
 if qemu_has_zstd; then
     pair compress-zstd - -c -f qcow2 src.qcow2 -O qcow2 -o compression_type=zstd
 else
@@ -236,7 +282,9 @@ else
 fi
 # -S: 0 allocates everything (raw and qcow2), other sizes as sparse detection.
 pair sparse-0-raw - -S 0 -f qcow2 src.qcow2 -O raw
+((PAIR_OK)) && same_alloc sparse-0-raw-alloc q-sparse-0-raw l-sparse-0-raw
 pair sparse-0-qcow2 - -S 0 -f qcow2 src.qcow2 -O qcow2
+((PAIR_OK)) && same_alloc sparse-0-qcow2-alloc q-sparse-0-qcow2 l-sparse-0-qcow2
 pair sparse-4k-raw - -S 4k -f qcow2 src.qcow2 -O raw
 pair sparse-64k-qcow2 - -S 64k -f qcow2 src.qcow2 -O qcow2
 
@@ -325,11 +373,36 @@ qcow2 flat.qcow2 64M
 qio flat.qcow2 -- 'write -P 0x72 1M 1M'
 pair n-qcow2-B-flat mk_qcow2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
 pair n-qcow2-v2-B-flat mk_qcow2_v2_backed "${V[@]}" -f qcow2 flat.qcow2 -O qcow2 -n -B base.raw -F raw
+# -S 0 -n: every range of the guest view written, zeroes as data, into
+# existing raw, compat 1.1 (also with --target-is-zero: qemu-img still
+# writes everything) and compat 0.10 volumes: allocated exactly as
+# qemu-img's (data everywhere, no holes in the raw file).
+for v in raw qcow2 qcow2_v2; do
+    f=${v%_v2}
+    pair "sparse-0-n-$v" "mk_$v" -S 0 -f qcow2 src.qcow2 -O "$f" -n
+    ((PAIR_OK)) && same_alloc "sparse-0-n-$v-alloc" "q-sparse-0-n-$v" "l-sparse-0-n-$v"
+done
+pair sparse-0-n-tiz mk_qcow2 -S 0 -f qcow2 src.qcow2 -O qcow2 -n --target-is-zero
+((PAIR_OK)) && same_alloc sparse-0-n-tiz-alloc q-sparse-0-n-tiz l-sparse-0-n-tiz
+# -S 0 with a backing file (-B, or vdsm's -o backing_file with compat
+# 0.10), new and -n: what SRC's layer has (its zero clusters and the zeroes
+# it wrote too) is written as data, what the backing file provides stays
+# unallocated; a source without a backing file is written whole.
+pair sparse-0-B - -S 0 -f qcow2 top.qcow2 -O qcow2 -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-B-alloc q-sparse-0-B l-sparse-0-B
+pair sparse-0-B-010 - -S 0 -f qcow2 top.qcow2 -O qcow2 -o compat=0.10,backing_file=base.raw,backing_fmt=raw
+((PAIR_OK)) && same_alloc sparse-0-B-010-alloc q-sparse-0-B-010 l-sparse-0-B-010
+pair sparse-0-B-flat - -S 0 -f qcow2 flat.qcow2 -O qcow2 -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-B-flat-alloc q-sparse-0-B-flat l-sparse-0-B-flat
+pair sparse-0-n-B mk_qcow2_backed -S 0 -f qcow2 top.qcow2 -O qcow2 -n -B base.raw -F raw
+((PAIR_OK)) && same_alloc sparse-0-n-B-alloc q-sparse-0-n-B l-sparse-0-n-B
 # -c -n: compressed clusters into an existing empty volume (compat 1.1
 # and 0.10).  Into one with allocated clusters qemu-img fails (compressed
 # writes never overwrite): lsm-sync refuses it before writing anything.
 pair compress-n mk_qcow2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
 pair compress-n-v2 mk_qcow2_v2 "${V[@]}" -c -f qcow2 src.qcow2 -O qcow2 -n
+pair compress-n-S0 mk_qcow2 -c -S 0 -f qcow2 src.qcow2 -O qcow2 -n
+((PAIR_OK)) && same_alloc compress-n-S0-alloc q-compress-n-S0 l-compress-n-S0
 mk_qcow2_used() {
     mk_qcow2 "$1"
     qio "$1" -- 'write -P 0x73 0 64M'
@@ -370,7 +443,6 @@ refused() {
     one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
 }
 refused offload-C - -C -f raw src.raw -O raw
-refused compress-S0 - -c -S 0 -f qcow2 src.qcow2 -O qcow2
 
 # ---- what qemu-img refuses, lsm-sync refuses too (non-zero, one line) ------
 both_refuse() {
