@@ -363,8 +363,11 @@ static json_object *journal_options(const struct lsm_copy_opts *o, uint64_t gran
     json_object_object_add(j, "backing_format", o->backing_fmt == LSM_FMT_AUTO ? NULL :
                            json_object_new_string(lsm_format_name(o->backing_fmt)));
     json_object_object_add(j, "reads_zero", json_object_new_boolean(reads_zero));
-    /* -S 0: a resume without it would leave holes in what remains */
-    json_object_object_add(j, "allocate_all", json_object_new_boolean(o->allocate_all));
+    /* -S 0: a resume without it would leave holes in what remains.  Only
+     * when set, so that journals written before the key existed (which
+     * never had it) still resume. */
+    if (o->allocate_all)
+        json_object_object_add(j, "allocate_all", json_object_new_boolean(true));
     return j;
 }
 
