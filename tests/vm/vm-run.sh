@@ -17,6 +17,7 @@
 # ASAN_/UBSAN_/LSAN_OPTIONS and the names listed in LSM_VM_ENV.  The guest
 # adds LSM_VM=1 and LSM_VM_SCRATCH (a tmpfs directory for scratch data).
 # LSM_VM_KERNEL picks a kernel image, LSM_VM_QEMU the qemu binary,
+# LSM_VM_SMP the guest's vCPUs (default 1: the suite runs two VM tests at once),
 # LSM_VM_CACHE the initramfs cache directory, LSM_VM_9P_CACHE the 9p cache
 # mode of the root (loose; none is slower), LSM_VM_TIMING=1 prints timings.
 set -u
@@ -236,7 +237,7 @@ loglevel=1
 [ "$verbose" = 1 ] && loglevel=7
 start=$(date +%s.%N)
 timeout -k 5 "$timeout_s" "$qemu" \
-    -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot -no-user-config \
+    -accel tcg -cpu max -smp "${LSM_VM_SMP:-1}" -m "$mem" -nographic -no-reboot -no-user-config \
     -net none \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 quiet loglevel=$loglevel panic=-1 lsmvm.job=$job lsmvm.run=$here/guest-run.sh lsmvm.cache=${LSM_VM_9P_CACHE:-loose}" \
