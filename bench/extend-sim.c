@@ -142,7 +142,7 @@ static void run_ours(enum trace tr, double rate, const struct latency *lat, bool
             s->alloc += bytes;
             if (s->alloc > (double)s->phys)
                 s->alloc = (double)s->phys;
-            if (t - s->last_sample >= POLL_NS || t == 0) {
+            if (t - s->last_sample >= lsm_extend_poll_ns(&s->rate, POLL_NS) || t == 0) {
                 lsm_extend_rate_add(&s->rate, &p, t, (uint64_t)s->alloc);
                 s->last_sample = t;
             }

@@ -246,6 +246,11 @@ double lsm_extend_rate_bps(const struct lsm_extend_rate *r, uint64_t window_ns)
     return (double)(an - a0) / ((double)(tn - t0) / 1e9);
 }
 
+uint64_t lsm_extend_poll_ns(const struct lsm_extend_rate *r, uint64_t poll_ns)
+{
+    return r->n < LSM_EXTEND_RATE_WARM ? poll_ns / 5 : poll_ns;
+}
+
 void lsm_extend_latency_add(struct lsm_extend_latency *l, uint64_t ns)
 {
     l->ns[l->head] = ns;

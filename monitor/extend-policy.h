@@ -156,6 +156,14 @@ double lsm_extend_rate_recent(const struct lsm_extend_rate *r);
  * than two samples or no growth). */
 double lsm_extend_rate_bps(const struct lsm_extend_rate *r, uint64_t window_ns);
 
+/* How long to wait before the next sample of a side: poll_ns, but a fifth
+ * of it until the side has LSM_EXTEND_RATE_WARM samples, so that a rate is
+ * known a fraction of the poll interval after the extender starts watching
+ * (a guest writing fast from the start would otherwise have a whole poll
+ * interval of headroom planned with no rate: the configured watermark). */
+#define LSM_EXTEND_RATE_WARM 5
+uint64_t lsm_extend_poll_ns(const struct lsm_extend_rate *r, uint64_t poll_ns);
+
 /* Recent extension latency: the largest of the last few (a slow LVM is the
  * one to plan for), 0 (plan with the default) until LSM_EXTEND_LAT_MIN have
  * been measured: one fast extension says little about the next. */

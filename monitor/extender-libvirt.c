@@ -881,7 +881,15 @@ static void *drive_main(void *arg)
     struct lsm_extender *x = d->x;
     pthread_mutex_lock(&x->lock);
     while (!atomic_load(&x->stop)) {
-        uint64_t next = lsm_now_ns() + (uint64_t)x->poll_ms * 1000000ULL;
+        /* A side still without a few samples of its rate is sampled sooner
+         * (lsm_extend_poll_ns). */
+        uint64_t poll = (uint64_t)x->poll_ms * 1000000ULL, wait = poll;
+        for (int i = 0; i < 2; i++)
+            if (d->side[i].path && d->side[i].have_stats) {
+                uint64_t w = lsm_extend_poll_ns(&d->side[i].rate, poll);
+                wait = w < wait ? w : wait;
+            }
+        uint64_t next = lsm_now_ns() + wait;
         for (int i = 0; i < 2; i++)
             if (d->side[i].state == LSM_SIDE_RETRYING && d->side[i].retry_at < next)
                 next = d->side[i].retry_at;

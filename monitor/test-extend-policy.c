@@ -237,6 +237,23 @@ static void test_rate(void **state)
     assert_true(lsm_extend_rate_recent(&r3) == 0);
 }
 
+/* A side is sampled five times as often until its rate has a few samples. */
+static void test_poll_warm(void **state)
+{
+    (void)state;
+    struct lsm_extend_policy p = pol();
+    struct lsm_extend_rate r = { 0 };
+    const uint64_t poll = SEC / 2;
+    for (unsigned k = 0; k < LSM_EXTEND_RATE_WARM; k++) {
+        assert_int_equal(lsm_extend_poll_ns(&r, poll), poll / 5);
+        lsm_extend_rate_add(&r, &p, k * (poll / 5), k * 10 * MiB);
+    }
+    assert_int_equal(lsm_extend_poll_ns(&r, poll), poll);
+    /* by then the rate is known: 10 MiB per 100 ms */
+    double bps = lsm_extend_rate_bps(&r, 2 * SEC);
+    assert_true(bps > 99.0 * MiB && bps < 101.0 * MiB);
+}
+
 static void test_latency(void **state)
 {
     (void)state;
@@ -337,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_classify_and_retry),
         cmocka_unit_test(test_trigger_merges),
         cmocka_unit_test(test_rate),
+        cmocka_unit_test(test_poll_warm),
         cmocka_unit_test(test_latency),
         cmocka_unit_test(test_resume),
         cmocka_unit_test(test_lat_hist),
