@@ -283,6 +283,8 @@ static int dupstr(char **dst, const char *s)
     return *dst ? 0 : -ENOMEM;
 }
 
+static int parse_journal(struct mig *g, const char *text, const char *name);
+
 static int load(struct mig *g)
 {
     _cleanup_free_ char *text = NULL;
@@ -317,6 +319,12 @@ static int load(struct mig *g)
     if (bad)
         return lsm_error(-EIO, "cannot read %s", g->journal);
     text[len] = 0;
+    return parse_journal(g, text, g->journal);
+}
+
+/* The journal's text (NAME: where it came from, for the message). */
+static int parse_journal(struct mig *g, const char *text, const char *name)
+{
     json_object *doc = json_tokener_parse(text);
     int r = -EINVAL;
     json_object *v, *disks;
@@ -378,7 +386,7 @@ bad:
         for (unsigned i = 0; i < g->n; i++)
             g->d[i].ndst = 0;
         return lsm_error(-EINVAL, "%s is not a migration journal of domain '%s' "
-                         "(or is damaged): look at it, then remove it by hand", g->journal,
+                         "(or is damaged): look at it, then remove it by hand", name,
                          g->domain);
     }
     return 0;
@@ -1302,24 +1310,43 @@ static void fill_result(struct mig *g, struct lsm_migrate_result *res)
     res->seconds = elapsed(g);
 }
 
-static void mig_free(struct mig *g)
+/* What parse_journal fills in. */
+static void journal_fields_free(struct mig *g)
 {
-    stop_syncs(g);
-    lsm_extender_stop(g->x);
     for (unsigned i = 0; i < LSM_MIGRATE_MAX_DISKS; i++) {
         struct mdisk *d = &g->d[i];
-        lsm_mirror_close(d->m);
         free(d->old_leaf);
         free(d->overlay);
         for (unsigned k = 0; k < MAX_DST; k++)
             free(d->dst[k]);
     }
+    free(g->uri);
+    free(g->dst_domain);
+}
+
+static void mig_free(struct mig *g)
+{
+    stop_syncs(g);
+    lsm_extender_stop(g->x);
+    for (unsigned i = 0; i < LSM_MIGRATE_MAX_DISKS; i++)
+        lsm_mirror_close(g->d[i].m);
+    journal_fields_free(g);
     if (g->lockfd >= 0)
         close(g->lockfd);    /* the lock file stays: removing it would race a waiter */
-    free(g->uri);
     free(g->domain);
-    free(g->dst_domain);
     free(g->journal);
+}
+
+int lsm_migrate_journal_check(const char *domain, const char *text)
+{
+    struct mig *g = calloc(1, sizeof *g);
+    if (!g)
+        return lsm_error(-ENOMEM, "out of memory");
+    g->domain = (char *)domain;     /* only read */
+    int r = parse_journal(g, text, "the journal");
+    journal_fields_free(g);
+    free(g);
+    return r;
 }
 
 static int setup(struct mig *g, const struct lsm_migrate_opts *o)

@@ -55,6 +55,11 @@ enum lsm_migrate_mode {
     LSM_MIGRATE_ROLLBACK,     /* undo it (refused past the commit point) */
 };
 
+/* Parse TEXT as the journal of DOMAIN's migration, as --resume and
+ * --rollback read it, and free what was read: 0, or -EINVAL with a
+ * message.  (For the fuzz target, tests/fuzz/fuzz-migrate-journal.c.) */
+int lsm_migrate_journal_check(const char *domain, const char *text);
+
 /* The phases, in order; "rollback" and "done" end a run. */
 #define LSM_MIGRATE_PHASES "snapshot, clone, replicate, sync, pivot"
 

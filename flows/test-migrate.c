@@ -126,6 +126,18 @@ static void test_journal(void **state)
     struct stat st;
     assert_int_equal(stat(p, &st), 0);
     assert_true(st.st_size > 100);
+
+    /* the parser alone (the fuzz target's entry): the same answers */
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(lsm_migrate_journal_check("d2", bad[i]), -EINVAL);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    char text[2048];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    assert_int_equal(lsm_migrate_journal_check("d2", text), 0);
+    assert_int_equal(lsm_migrate_journal_check("d3", text), -EINVAL);
 }
 
 static void test_lock(void **state)

@@ -154,6 +154,9 @@ rate_iops=100
 fsync=8
 end_fsync=1
 JOB
+# migrate's journal (fuzz-migrate-journal): two disks, one block and one
+# file, as a run killed in the sync phase leaves it.
+printf '%s\n' '{"version":1,"domain":"vm1","uri":"qemu:///system","run":"20261203T120000-4242","phase":"sync","committed":false,"dst_kind":"block","dst_domain":"/dev/vg1","disks":[{"disk":"vda","old_leaf":"/dev/vg0/leaf","overlay":"/dev/vg0/leaf.mig-20261203T120000-4242","overlay_block":true,"overlay_made":true,"destination":["/dev/vg1/leaf.mig-20261203T120000-4242","/dev/vg1/mid","/dev/vg1/base"],"dst_planned":true,"synced":false,"sync_writes":false,"pivoted":false},{"disk":"vdb","old_leaf":"/srv/a/b.qcow2","overlay":"/srv/a/b.qcow2.mig-x","overlay_block":false,"overlay_made":false,"destination":[],"dst_planned":false,"synced":true,"sync_writes":true,"pivoted":true}]}' >migrate-journal.json
 
 mkdir -p "$out"
 rm -f "$out"/*
