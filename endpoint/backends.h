@@ -76,7 +76,8 @@ int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct ls
  * from base:allocation; data with NBD_CMD_READ / WRITE, zeroes with
  * WRITE_ZEROES (FAST_ZERO when the command asks and the server offers it,
  * NO_HOLE when the command does not allow a hole), flush with
- * NBD_CMD_FLUSH on every connection.  `connections` connections (0: the
+ * NBD_CMD_FLUSH on every connection (and one in the background every
+ * flush_every bytes written).  `connections` connections (0: the
  * default below) when the server advertises multi-conn, one otherwise.
  * A destination reads_zero when the caller says so (--target-is-zero) or
  * when the server's base:allocation says every byte reads as zero (asked
@@ -94,6 +95,7 @@ int lsm_ep_qcow2_create(struct lsm_loop *loop, struct qcow2_writer *w, struct ls
 #define LSM_NBD_MAX_CONNECTIONS 8
 #define LSM_NBD_CONNECTIONS 4
 #define LSM_NBD_RETRIES 3
+#define LSM_NBD_FLUSH_EVERY (32ull << 20)
 struct lsm_ep_nbd_opts {
     const char *uri;
     bool writable;                  /* a destination */
@@ -101,6 +103,10 @@ struct lsm_ep_nbd_opts {
     unsigned connections;           /* 0: LSM_NBD_CONNECTIONS (1 without multi-conn) */
     int retries;                    /* -1: LSM_NBD_RETRIES */
     unsigned connect_ms, request_ms;
+    /* A destination: a background NBD_CMD_FLUSH every this many bytes of
+     * writes and zeroes completed (0: LSM_NBD_FLUSH_EVERY; UINT64_MAX:
+     * never), so that the final flush has little left to do. */
+    uint64_t flush_every;
     volatile sig_atomic_t *cancel;
     /* After *cancel is set, requests in flight and a flush may still
      * complete for this long (at most 900 ms) before every wait ends with

@@ -24,7 +24,12 @@
  * with FAST_ZERO when the command asks for it and the server offers it
  * (-ENOTSUP at once when it asks and the server does not); a server
  * without WRITE_ZEROES gets writes of a zero buffer.  Flush asks every
- * connection (NBD_CMD_FLUSH) when the server can flush.
+ * connection (NBD_CMD_FLUSH) when the server can flush.  Before that, every
+ * flush_every bytes of writes and zeroes completed, one flush is sent in
+ * the background (nothing waits for it; one at a time, on one connection:
+ * with multi-conn it covers what completed on every one), so that the
+ * server's writeback overlaps the copy; a server that fails one fails the
+ * final flush (a failed flush is not retried: what it covered may be lost).
  *
  * Every wait on the server is bounded.  The handles are driven with libnbd's
  * asynchronous calls and poll() in slices of at most CANCEL_POLL_MS, so:
@@ -135,6 +140,16 @@ struct nbd_ep {
     unsigned connect_ms, request_ms, retries;
     bool broken;                 /* timed out, cancelled or lost: send nothing more */
     bool have_status, can_zero, can_fast_zero, can_flush, can_trim;
+    /* Background flushes (a destination): every flush_every bytes of
+     * writes and zeroes completed, one NBD_CMD_FLUSH that nothing waits
+     * for, so that the server's writeback overlaps the copy and the final
+     * flush (which still covers everything) has little left to do. */
+    uint64_t flush_every;        /* 0: never */
+    uint64_t unflushed;          /* bytes completed since the last one was sent */
+    bool bg_due, bg_inflight;
+    struct nbd_conn *bg_conn;    /* where the one in flight was sent */
+    uint64_t bg_deadline_ns;
+    int bg_err;                  /* errno the server failed one with (0: none) */
     struct nbd_status st[2];     /* the window in use, and the next one asked ahead */
     unsigned cur;
     size_t next;                 /* next extent of st[cur] to look at */
@@ -507,6 +522,12 @@ static int part_done(void *user, int *error)
         return 1;
     }
     int err = 0;
+    if (!*error && ne->flush_every && p->op != LSM_EP_OP_READ) {
+        /* (sent from poll_fd: no libnbd call inside its own callback) */
+        ne->unflushed += p->len;
+        if (ne->unflushed >= ne->flush_every)
+            ne->bg_due = true;
+    }
     if (*error)
         err = lsm_error(-*error, "cannot %s %s at offset %" PRIu64 " (%" PRIu64 " bytes)%s: "
                         "NBD server: %s", op_name(p->op), ne->uri, p->off, p->len,
@@ -539,12 +560,48 @@ static void send_retries(struct nbd_ep *ne)
     }
 }
 
+/* The background flush's completion (see flush_every). */
+static int bg_done(void *user, int *error)
+{
+    struct nbd_ep *ne = user;
+    ne->bg_inflight = false;
+    if (*error && !ne->bg_err)
+        ne->bg_err = *error;
+    return 1;
+}
+
+/* Send the background flush that is due, on the connection with the fewest
+ * bytes in flight: with multi-conn a flush on one connection covers the
+ * writes completed on every one, and without it there is one connection.
+ * Nothing waits for it; the final flush still covers everything. */
+static void send_bg_flush(struct nbd_ep *ne)
+{
+    if (ne->bg_inflight || ne->broken || (ne->cancel && *ne->cancel))
+        return;
+    struct nbd_conn *c = &ne->conns[0];
+    for (unsigned i = 1; i < ne->nconns; i++)
+        if (ne->conns[i].bytes < c->bytes)
+            c = &ne->conns[i];
+    nbd_completion_callback cb = { .callback = bg_done, .user_data = ne };
+    ne->bg_due = false;
+    ne->unflushed = 0;
+    ne->bg_inflight = true;    /* before the call: libnbd may complete it inside */
+    ne->bg_conn = c;
+    ne->bg_deadline_ns = deadline_after(ne->request_ms);
+    if (nbd_aio_flush(c->h, cb, 0) == -1) {
+        ne->bg_inflight = false;
+        abandon_all(ne, conn_fail(ne, c, "cannot send a flush to"));
+        return;
+    }
+}
+
 /* Give up on every request in flight or waiting with err (message
  * recorded): the connections are in an unknown state, nothing more is
  * sent on them. */
 static void abandon_all(struct nbd_ep *ne, int err)
 {
     ne->broken = true;
+    ne->bg_inflight = false;    /* given up on: nothing waits for it */
     for (unsigned i = 0; i < ne->nconns; i++) {
         struct nbd_conn *c = &ne->conns[i];
         while (c->head) {
@@ -681,7 +738,12 @@ static int conn_poll_fd(struct lsm_ep *shell, short *events)
 {
     struct nbd_conn *c = shell->priv;
     struct nbd_ep *ne = c->ne;
-    if (ne->broken || (!c->inflight && !ne->nretry))
+    if (ne->broken)
+        return -1;
+    if (ne->bg_due && c == &ne->conns[0])
+        send_bg_flush(ne);
+    bool bg_here = ne->bg_inflight && ne->bg_conn == c;
+    if (!c->inflight && !ne->nretry && !bg_here)
         return -1;
     if (cancelled(ne)) {
         abandon_all(ne, lsm_error(-EINTR, "interrupted while waiting for NBD server %s", ne->uri));
@@ -705,10 +767,24 @@ static int conn_poll_fd(struct lsm_ep *shell, short *events)
                                   p->off, ne->request_ms / 1000, ne->request_ms % 1000));
         return -1;
     }
+    if (bg_here && lsm_now_ns() >= ne->bg_deadline_ns) {
+        int e = poll_once(c, 0);
+        if (e < 0) {
+            abandon_all(ne, e);
+            return -1;
+        }
+        if (ne->bg_inflight && lsm_now_ns() >= ne->bg_deadline_ns) {
+            abandon_all(ne, lsm_error(-ETIMEDOUT, "cannot flush %s: no answer from the NBD "
+                                      "server within %u.%03u s", ne->uri, ne->request_ms / 1000,
+                                      ne->request_ms % 1000));
+            return -1;
+        }
+        bg_here = ne->bg_inflight && ne->bg_conn == c;
+    }
     if (ne->broken)
         return -1;
     *events = 0;
-    if (c->inflight) {
+    if (c->inflight || bg_here) {
         unsigned dir = nbd_aio_get_direction(c->h);
         if (dir & LIBNBD_AIO_DIRECTION_READ)
             *events |= POLLIN;
@@ -748,6 +824,11 @@ static int ep_flush(struct lsm_ep *ep)
         return 0;
     if (ne->broken)
         return lsm_error(-EIO, "cannot flush %s: the connection was abandoned", ne->uri);
+    if (ne->bg_err)
+        return lsm_error(-ne->bg_err, "NBD server %s failed a flush: %s", ne->uri,
+                         strerror(ne->bg_err));
+    ne->bg_due = false;
+    ne->unflushed = 0;     /* covered by this one */
     int64_t cookies[LSM_NBD_MAX_CONNECTIONS];
     for (unsigned i = 0; i < ne->nconns; i++) {
         cookies[i] = nbd_aio_flush(ne->conns[i].h, NBD_NULL_COMPLETION, 0);
@@ -766,6 +847,9 @@ static int ep_flush(struct lsm_ep *ep)
         if (ne->broken)
             break;
     }
+    if (r == 0 && ne->bg_err)   /* (answered while these were waited for) */
+        r = lsm_error(-ne->bg_err, "NBD server %s failed a flush: %s", ne->uri,
+                      strerror(ne->bg_err));
     return r;
 }
 
@@ -972,6 +1056,8 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
     ne->connect_ms = o->connect_ms ? o->connect_ms : LSM_NBD_CONNECT_TIMEOUT_MS;
     ne->request_ms = o->request_ms ? o->request_ms : LSM_NBD_REQUEST_TIMEOUT_MS;
     ne->retries = o->retries < 0 ? LSM_NBD_RETRIES : (unsigned)o->retries;
+    ne->flush_every = !o->writable || o->flush_every == UINT64_MAX ? 0
+                    : o->flush_every ? o->flush_every : LSM_NBD_FLUSH_EVERY;
     unsigned want = o->connections ? o->connections : LSM_NBD_CONNECTIONS;
     int r;
     if (want > LSM_NBD_MAX_CONNECTIONS) {
@@ -997,6 +1083,8 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
     ne->can_fast_zero = ne->can_zero && nbd_can_fast_zero(h) == 1;
     ne->can_trim = nbd_can_trim(h) == 1;
     ne->can_flush = nbd_can_flush(h) == 1;
+    if (!ne->can_flush)
+        ne->flush_every = 0;    /* nothing to flush (libnbd would refuse the command) */
     ne->ep.caps.can_extents = ne->have_status;
     ne->ep.caps.multi_conn = nbd_can_multi_conn(h) == 1;
     if (o->writable) {

@@ -4,7 +4,8 @@
 # filter: the log filter counts the connections), qemu-nbd serving a
 # writable qcow2, sources from a qcow2 chain, nbdkit's sparse-random and
 # pattern plugins and qemu-nbd; zero ranges of a destination that held
-# data; a destination that reads as zeroes is not zeroed; nbdkit's error
+# data; background flushes during a copy (the log filter shows them before
+# the last write); a destination that reads as zeroes is not zeroed; nbdkit's error
 # filter (transient errors retried, permanent ones: exit 1 naming the
 # offset), the delay filter (requests in flight overlap; a stalled write
 # times out; SIGTERM ends a stalled copy within 1 s), a server killed in
@@ -76,6 +77,29 @@ for mc in on off; do
     fi
     stop_servers
 done
+
+# 2b. Background flushes: 96 MiB of data on one connection get an
+# NBD_CMD_FLUSH every 32 MiB written (docs/nbd.md), sent while writes are
+# still to come (the log filter shows the order), and the final one.
+truncate -s 96M f.raw
+qio f.raw raw -- "write -P 0x41 0 96M"
+nbdkit_on "$T/m.sock" --filter=log memory 96M logfile="$T/log.flush"
+if ! "$LSM_SYNC" copy --connections=1 f.raw "$(uri m.sock)" 2>err.log; then
+    fail "background flush" "$(head -n3 err.log)"
+elif ! qemu-img compare -q -f raw -F raw f.raw "$(uri m.sock)"; then
+    fail "background flush" "qemu-img compare: the export differs"
+else
+    # flushes sent before the last write was sent, and in all
+    n=$(awk '/ Write id=.* \.\.\.$/ { w = NR } / Flush id=.* \.\.\.$/ { f[++k] = NR }
+             END { b = 0; for (i = 1; i <= k; i++) if (f[i] < w) b++; print b, k + 0 }' "$T/log.flush")
+    if [[ ${n% *} -ge 2 && ${n#* } -ge 3 ]]; then
+        pass "background flush"
+    else
+        fail "background flush" "flushes before the last write, in all: $n (want >= 2, >= 3)"
+    fi
+fi
+stop_servers
+rm -f f.raw
 
 # 3. A fresh export reads as zeroes (base:allocation says so): nothing is
 # zeroed, the zero ranges are skipped; --target-is-zero says the same.

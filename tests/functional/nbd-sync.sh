@@ -10,7 +10,8 @@
 # clean.  Refused with one line, exit 1 and nothing written: an export of
 # the wrong size, a job mixing exports and local volumes, an NBD source,
 # --journal, --checksum and -C.  --type=INTERNAL connects only to the exports
-# it writes (the leaf's need not be served).
+# it writes (the leaf's need not be served).  A chain whose base is raw:
+# the base's export is served with -f raw.
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-nbd qemu-img qemu-io jq
 . "$TESTS_DIR/nbd-netns-lib.sh"   # qemu_nbd_on, uri, stop_servers
@@ -179,5 +180,28 @@ for l in mid.qcow2 base.qcow2; do
 done
 [[ $(layer_map "$T/dst2/top.qcow2" | jq -c 'map(select(.present)) | length') == 0 ]] || ok=0
 if ((ok)); then pass internal; else fail internal "exit $rc: $(cat internal.err)"; fi
+
+# 5. A chain whose base is raw (qemu-img create -b base.raw -F raw): the
+# raw base is served with -f raw (it has no backing to hide), the qcow2
+# top alone.  The chains compare equal, the top layer maps as its source,
+# the raw base reads as its source.
+qemu-img create -q -f raw rbase.raw 16M
+qemu-io -f raw -c "write -P 0x71 0 2M" -c "write -P 0x72 9M 1M" rbase.raw >/dev/null
+qemu-img create -q -f qcow2 -b rbase.raw -F raw rtop.qcow2
+qio rtop.qcow2 -- "write -P 0x73 1M 2M" "write -z 9M 256k" "write -P 0x74 15M 64k"
+mkdir rdst
+"$LSM_SYNC" clone-structure --output=json rtop.qcow2 --dst-dir "$T/rdst" >rclone.json
+job rdst rclone.json >rjob.json
+qemu_nbd_on "$T/rdst-rtop.qcow2.sock" "json:$(alone "$T/rdst/rtop.qcow2")"
+qemu_nbd_on "$T/rdst-rbase.raw.sock" -f raw "$T/rdst/rbase.raw"
+rc=0
+"$LSM_SYNC" sync --type=ALL --job rjob.json >/dev/null 2>rsync.err || rc=$?
+stop_servers
+ok=$((rc == 0))
+qemu-img compare -q -f qcow2 -F qcow2 rtop.qcow2 rdst/rtop.qcow2 || ok=0
+qemu-img compare -q -f raw -F raw rbase.raw rdst/rbase.raw || ok=0
+[[ $(layer_map "$T/rdst/rtop.qcow2") == "$(layer_map "$T/rtop.qcow2")" ]] || ok=0
+qemu-img check -q -f qcow2 rdst/rtop.qcow2 || ok=0
+if ((ok)); then pass "raw base"; else fail "raw base" "exit $rc: $(cat rsync.err)"; fi
 
 finish
