@@ -469,6 +469,18 @@ refused() {
     one_line_failure "$name" "$rc" "$ld.err" "$([[ $prep == - ]] && echo "$ld")"
 }
 refused offload-C - -C -f raw src.raw -O raw
+# --journal (lsm-sync's own) with compat=0.10: refused before anything is
+# made (a resumed copy would finish a version 3 image), saying what to use.
+set +e
+"$L" copy --journal=j010.journal -f qcow2 src.qcow2 -O qcow2 -o compat=0.10 l-journal-010 \
+    >/dev/null 2>l-journal-010.err
+rc=$?
+set -e
+if [[ -e j010.journal ]] || ! grep -q 'compat=1.1' l-journal-010.err; then
+    fail journal-010 "a journal was left, or the message does not say what to use: $(head -c 300 l-journal-010.err)"
+else
+    one_line_failure journal-010 "$rc" l-journal-010.err l-journal-010
+fi
 
 # ---- what qemu-img refuses, lsm-sync refuses too (non-zero, one line) ------
 both_refuse() {
