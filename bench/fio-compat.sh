@@ -10,7 +10,7 @@
 set -uo pipefail
 export LC_ALL=C
 
-: "${LSM_SYNC:=$(dirname "$0")/../build/lsm-sync}"
+: "${LSM_SYNC:=$(cd "$(dirname "$0")/.." && pwd)/build/lsm-sync}"
 : "${FIO:=fio}"
 JOBS=$(cd "$(dirname "$0")/jobs-compat" && pwd)
 [[ -x $LSM_SYNC ]] || { echo "fio-compat: LSM_SYNC=$LSM_SYNC is not executable" >&2; exit 1; }

@@ -90,7 +90,8 @@ static void usage(FILE *f)
         "  --connections=N      NBD: connections to a server that offers multi-conn\n"
         "                       (1 to 8, default 4; always 1 without multi-conn)\n"
         "  --journal=FILE       keep the job's durable progress in FILE (refused if FILE\n"
-        "                       exists, unless --resume); removed when the copy completes\n"
+        "                       exists, unless --resume); removed when the copy completes;\n"
+        "                       not with a compat=0.10 qcow2 DST\n"
         "  --resume             continue the copy FILE describes after a kill: only what\n"
         "                       was not durable is copied; refused if SRC or DST changed\n"
         "  --checkpoint-interval=SIZE[,SECONDS]  with --journal: flush DST and save the\n"
@@ -768,10 +769,16 @@ int cmd_copy(int argc, char **argv)
         return cli_usage_error("copy", "--checkpoint-interval needs --journal");
     if (o.journal && o.physical == LSM_PHYSICAL_ALWAYS)
         return cli_usage_error("copy", "--journal copies in guest order: not with --physical");
-    /* A resumed writer finishes a version 3 image: the version 2 header
-     * is made by the writer that created the image. */
+    /* Until it finishes, the writer marks the image incomplete in the
+     * version 3 header's incompatible features, which version 2 lacks: a
+     * resumed writer would find a version 3 header and finish a version 3
+     * image.  Only the writer that created the image makes its version 2
+     * header at the end. */
     if (o.journal && o.create.qcow2_version == 2)
-        return cli_usage_error("copy", "--journal is not supported with compat=0.10 yet");
+        return cli_usage_error("copy", "--journal cannot be used with compat=0.10: an interrupted "
+                               "copy is marked incomplete in a header field that version 2 "
+                               "lacks, so it could not be resumed as version 2 (use "
+                               "compat=1.1, or no --journal)");
     if (o.create.compress) {
         /* -c: qemu-img's refusals in its words where it has them. */
         if (o.dst_fmt != LSM_FMT_QCOW2)

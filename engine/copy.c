@@ -567,27 +567,12 @@ static int emit_zero(struct ctx *c, struct creq *q, uint64_t pos, uint64_t len)
     return c->err;
 }
 
-/* Reads of q are complete: detect zeroes chunk by chunk and issue the
- * writes.  Zero runs shorter than min_hole inside data are written as data
- * (large writes, unfragmented files); longer ones become zero commands
- * (holes, zero clusters) or nothing. */
-static void start_writes(struct ctx *c, struct creq *q)
+/* Issue q's writes with zero detection, chunk by chunk.  Zero runs
+ * shorter than min_hole inside data are written as data (large writes,
+ * unfragmented files); longer ones become zero commands (holes, zero
+ * clusters) or nothing. */
+static void emit_detected(struct ctx *c, struct creq *q)
 {
-    checksum_feed(c, q->start, q->buf, q->len);
-    q->writing = true;
-    q->used = 0;
-    q->pending++;   /* held while issuing */
-    if (c->p->allocate_all) {
-        /* -S 0: no zero detection, every byte written */
-        emit_data(c, q, 0, q->len);
-        if (--q->pending)
-            return;
-        if (c->err)
-            free_req(c, q);
-        else
-            req_done(c, q);
-        return;
-    }
     const uint64_t none = UINT64_MAX;
     uint64_t z = c->zchunk, min_hole = c->min_hole;
     uint64_t dstart = none, zstart = none;
@@ -601,9 +586,9 @@ static void start_writes(struct ctx *c, struct creq *q)
         if (zstart != none) {
             if (dstart == none || p - zstart >= min_hole) {
                 if (dstart != none && emit_data(c, q, dstart, zstart - dstart) < 0)
-                    break;
+                    return;
                 if (emit_zero(c, q, zstart, p - zstart) < 0)
-                    break;
+                    return;
                 dstart = p;
             }
             zstart = none;
@@ -611,14 +596,28 @@ static void start_writes(struct ctx *c, struct creq *q)
         if (dstart == none)
             dstart = p;
     }
-    if (!c->err) {
-        if (zstart != none && (dstart == none || q->len - zstart >= min_hole)) {
-            if (dstart == none || emit_data(c, q, dstart, zstart - dstart) == 0)
-                emit_zero(c, q, zstart, q->len - zstart);
-        } else if (dstart != none) {
-            emit_data(c, q, dstart, q->len - dstart);
-        }
+    if (c->err)
+        return;
+    if (zstart != none && (dstart == none || q->len - zstart >= min_hole)) {
+        if (dstart == none || emit_data(c, q, dstart, zstart - dstart) == 0)
+            emit_zero(c, q, zstart, q->len - zstart);
+    } else if (dstart != none) {
+        emit_data(c, q, dstart, q->len - dstart);
     }
+}
+
+/* Reads of q are complete: issue its writes (-S 0: every byte as data, no
+ * zero detection). */
+static void start_writes(struct ctx *c, struct creq *q)
+{
+    checksum_feed(c, q->start, q->buf, q->len);
+    q->writing = true;
+    q->used = 0;
+    q->pending++;   /* held while issuing */
+    if (c->p->allocate_all)
+        emit_data(c, q, 0, q->len);
+    else
+        emit_detected(c, q);
     if (--q->pending)
         return;
     if (c->err)

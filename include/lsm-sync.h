@@ -128,7 +128,8 @@ enum {
  * (docs/chains.md: the JSON that lsm-sync clone-structure --output=json
  * prints), each destination volume receiving its source volume's own
  * layer.  Of o, the bandwidth, requests, request size, buffer size,
- * direct and parallel options are used. */
+ * direct and parallel options are used.  A JOBFILE that cannot be read
+ * fails at once with its -errno (-ENOENT, -EACCES). */
 int lsm_sync_start_file(struct lsm_ctx *ctx, const char *jobfile, int type,
                         const struct lsm_copy_options *o, struct lsm_transfer **out);
 /* The same with the job file's JSON text in memory. */

@@ -417,6 +417,10 @@ int lsm_sync_start_file(struct lsm_ctx *ctx, const char *jobfile, int type,
         return lsm_error(-EINVAL, "lsm_sync_start_file: no context or no place for the transfer");
     if (!jobfile || !*jobfile)
         return lsm_error(-EINVAL, "lsm_sync_start_file: no job file");
+    /* A job file that cannot be read fails here with its errno (-ENOENT,
+     * -EACCES), not later as one that does not parse. */
+    if (access(jobfile, R_OK) < 0)
+        return lsm_error_errno(-errno, "cannot read job file %s", jobfile);
     return sync_start(ctx, jobfile, -1, type, o, out);
 }
 

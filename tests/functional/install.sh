@@ -10,6 +10,8 @@
 #     (man -l, or groff) with the command's name in it;
 #   - the completion script, sourced into bash, registers a completion for
 #     lsm-sync that offers the commands;
+#   - the worker service's systemd units (lsm-sync.socket, lsm-sync.service
+#     starting the installed binary's serve) are in PREFIX/lib/systemd/system;
 #   - the library liblsm-sync (docs/library.md): its header, shared library
 #     (with the soname link) and pkg-config file are installed, and
 #     examples/copy-example, built with its own Makefile against them alone
@@ -104,6 +106,15 @@ if [[ -s $D$includedir/lsm-sync.h && -e $LIBD/liblsm-sync.so && -e $LIBD/liblsm-
     pass library-installed
 else
     fail library-installed "in $D: $(ls "$D$includedir" "$LIBD" "$LIBD/pkgconfig" 2>&1 | tr '\n' ' ')"
+fi
+# The worker service's systemd units (socket activation), the service
+# starting the installed binary.
+units=$D$prefix/lib/systemd/system
+if [[ -s $units/lsm-sync.socket ]] && grep -q '^ListenStream=/' "$units/lsm-sync.socket" &&
+   grep -q "^ExecStart=$bindir/lsm-sync serve " "$units/lsm-sync.service" 2>/dev/null; then
+    pass systemd-units
+else
+    fail systemd-units "in $units: $(ls "$units" 2>&1 | tr '\n' ' ') $(grep -h '^ExecStart' "$units/lsm-sync.service" 2>&1)"
 fi
 cp -r "$SOURCE_DIR/examples/copy-example" ex
 set +e

@@ -19,9 +19,13 @@
 #     (-EINVAL with a message), a copy under the context's bandwidth (still
 #     running after a second, the memory limit refused meanwhile, the
 #     status filled as far as its size says), the context freed before its
-#     transfer, a sync from a job file's JSON text (the destination chain
-#     then equal to the source by qemu-img compare), a job text that is not
-#     JSON failing with its message;
+#     transfer, the transfer's own bandwidth changed while it runs (seen in
+#     its status), a sync from a job file's JSON text and again from its
+#     path (the destination chain then equal to the source by qemu-img
+#     compare), a job text that is not JSON and a job path that does not
+#     exist failing with their message, a qcow2 copy with the cluster size
+#     asked for (qemu-img info), an image held by qemu-io refused and then
+#     read with force-share;
 #   - the library exports exactly the names of lib/liblsm-sync.map (nm -D
 #     --defined-only), the public ones being those include/lsm-sync.h
 #     declares, and every lsm_* name the modules a copy may load need is
@@ -166,10 +170,19 @@ qio chain-top.qcow2 -- 'write -P 0x56 1M 2M' 'write -z 8M 64k'
 mkdir chain-dst
 "$LSM_SYNC" clone-structure --output=json chain-top.qcow2 --dst-dir chain-dst >job.json 2>clone.err ||
     die "clone-structure: $(cat clone.err)"
+# An image held for writing by another process (QEMU's lock) while
+# libapi-check reads it, refused, then with force-share.
+qemu-img create -q -f raw api-held.raw 4M
+qio api-held.raw raw -- 'write -P 0x45 0 1M'
+qemu-io -f raw -c 'sleep 60000' api-held.raw &
+holder=$!
+for _ in $(seq 50); do qemu-img info api-held.raw >/dev/null 2>&1 || break; sleep 0.1; done
 set +e
-"$BUILD_DIR/tests/tools/libapi-check" api-src.raw api-dst.raw job.json >api.out 2>api.err
+"$BUILD_DIR/tests/tools/libapi-check" api-src.raw api-dst.raw job.json api-held.raw >api.out 2>api.err
 rc=$?
 set -e
+kill "$holder"
+wait "$holder" 2>/dev/null || :
 while read -r word name rest; do
     case $word in
     ok) pass "api-$name" ;;
@@ -181,6 +194,11 @@ grep -q '^ok journal-resumed' api.out && qemu-img compare -q -f raw -F raw api-s
     pass api-resume-equal || fail api-resume-equal "the resumed copy differs from its source (or did not finish)"
 grep -q '^ok copy-finished' api.out && qemu-img compare -q -f raw -F raw api-src.raw api-dst.raw &&
     pass api-copy-equal || fail api-copy-equal "the limited copy differs from its source (or did not finish)"
+[[ $(qemu-img info --output=json api-dst.raw.128k.qcow2 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])') == 131072 ]] &&
+    qemu-img compare -q -f raw api-src.raw api-dst.raw.128k.qcow2 &&
+    pass api-cluster-size-image || fail api-cluster-size-image "api-dst.raw.128k.qcow2 has not 128 KiB clusters, or differs from its source"
+qemu-img compare -q -U -f raw -F raw api-held.raw api-dst.raw.held &&
+    pass api-held-equal || fail api-held-equal "the force-share copy differs from the held image (or is missing)"
 if grep -q '^ok sync-finished' api.out && qemu-img compare -q chain-top.qcow2 chain-dst/chain-top.qcow2 &&
    qemu-img compare -q chain-base.qcow2 chain-dst/chain-base.qcow2 && qemu-img check -q chain-dst/chain-top.qcow2; then
     pass api-sync-equal

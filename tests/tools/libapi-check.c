@@ -2,12 +2,14 @@
  * built against that header and the shared library only; run by
  * tests/functional/library.sh:
  *
- *   libapi-check SRC_RAW DST_RAW JOB_JSON
+ *   libapi-check SRC_RAW DST_RAW JOB_JSON HELD_RAW
  *
  * SRC_RAW holds at least 24 MiB of data; DST_RAW does not exist; JOB_JSON
  * is a job file (clone-structure --output=json) whose destination chain
- * the script compares after.  One line per case ("ok NAME" or "FAIL NAME:
- * why"); exit 1 if any failed. */
+ * the script compares after; HELD_RAW is an image another process holds
+ * for writing (qemu-io).  The script also checks DST_RAW.128k.qcow2 (a
+ * copy with 128 KiB clusters) and DST_RAW.held (a copy of HELD_RAW).  One
+ * line per case ("ok NAME" or "FAIL NAME: why"); exit 1 if any failed. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,11 +46,11 @@ static char *slurp(const char *path)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: libapi-check SRC_RAW DST_RAW JOB_JSON\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: libapi-check SRC_RAW DST_RAW JOB_JSON HELD_RAW\n");
         return 2;
     }
-    const char *src = argv[1], *dst = argv[2], *jobjson = argv[3];
+    const char *src = argv[1], *dst = argv[2], *jobjson = argv[3], *held = argv[4];
     const uint64_t MiB = 1 << 20;
     int r;
 
@@ -74,6 +76,8 @@ int main(int argc, char **argv)
     CHECK("zero-needs-existing", lsm_copy_options_set_existing(o, 0, 1) == -EINVAL,
           "'%s'", lsm_last_error());
     CHECK("parallel-range", lsm_copy_options_set_parallel(o, 65) == -EINVAL, "'%s'", lsm_last_error());
+    CHECK("cluster-size-pow2", lsm_copy_options_set_cluster_size(o, 96 * 1024) == -EINVAL &&
+          strstr(lsm_last_error(), "power of two"), "'%s'", lsm_last_error());
     CHECK("copy-no-dst", lsm_copy_start(ctx, src, "raw", NULL, NULL, o, &t) == -EINVAL && !t,
           "'%s'", lsm_last_error());
     CHECK("copy-bad-dst-format", lsm_copy_start(ctx, src, "raw", dst, "auto", o, &t) == -EINVAL &&
@@ -124,6 +128,14 @@ int main(int argc, char **argv)
     s01.size = LSM_TRANSFER_STATUS_SIZE_0_1;
     CHECK("status-0.1", lsm_transfer_get_status(t, &s01) == 0 && s01.size == LSM_TRANSFER_STATUS_SIZE_0_1,
           "size %u", s01.size);
+
+    /* The transfer's own bandwidth: seen in its status. */
+    r = lsm_transfer_set_bandwidth(t, 4 * MiB);
+    struct lsm_transfer_status sb = { .size = sizeof sb };
+    lsm_transfer_get_status(t, &sb);
+    CHECK("transfer-bandwidth", r == 0 && sb.bandwidth == 4 * MiB, "r %d bandwidth %llu '%s'", r,
+          (unsigned long long)sb.bandwidth, lsm_last_error());
+    lsm_transfer_set_bandwidth(t, 0);
 
     /* The context may go first; the limit off lets the copy finish. */
     lsm_ctx_set_bandwidth(ctx, 0);
@@ -251,6 +263,70 @@ int main(int argc, char **argv)
         t = NULL;
     }
     CHECK("memory-limit-idle", lsm_ctx_set_memory_limit(ctx, 0) == 0, "'%s'", lsm_last_error());
+
+    /* A qcow2 destination with the cluster size asked for (the script
+     * reads it with qemu-img info). */
+    char cdst[4096];
+    snprintf(cdst, sizeof cdst, "%s.128k.qcow2", dst);
+    lsm_copy_options_new(&o);
+    r = lsm_copy_options_set_cluster_size(o, 128 * 1024);
+    if (r == 0)
+        r = lsm_copy_start(ctx, src, "raw", cdst, "qcow2", o, &t);
+    if (r == 0) {
+        lsm_transfer_wait(t, 60000);
+        r = lsm_transfer_result(t);
+    }
+    CHECK("cluster-size-copy", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    lsm_transfer_free(t);
+    t = NULL;
+
+    /* An image another process holds for writing: refused (QEMU's
+     * locks), nothing created; read with force-share. */
+    char hdst[4096];
+    snprintf(hdst, sizeof hdst, "%s.held", dst);
+    r = lsm_copy_start(ctx, held, "raw", hdst, "raw", o, &t);
+    if (r == 0) {
+        lsm_transfer_wait(t, 60000);
+        r = lsm_transfer_result(t);
+    }
+    const char *why = t ? lsm_transfer_error(t) : lsm_last_error();
+    CHECK("held-refused", r == -EAGAIN && strstr(why, "lock") && access(hdst, F_OK) != 0,
+          "%d '%s' destination %s", r, why, access(hdst, F_OK) == 0 ? "left" : "absent");
+    lsm_transfer_free(t);
+    t = NULL;
+    r = lsm_copy_options_set_force_share(o, 1);
+    if (r == 0)
+        r = lsm_copy_start(ctx, held, "raw", hdst, "raw", o, &t);
+    if (r == 0) {
+        lsm_transfer_wait(t, 60000);
+        r = lsm_transfer_result(t);
+    }
+    CHECK("held-force-share", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    lsm_transfer_free(t);
+    t = NULL;
+    lsm_copy_options_free(o);
+    o = NULL;
+
+    /* A sync from the job file by its path (the chain synced above again:
+     * a sync into volumes that hold their data already), and a path that
+     * does not exist. */
+    r = lsm_sync_start_file(ctx, jobjson, LSM_SYNC_TYPE_ALL, NULL, &t);
+    if (r == 0) {
+        lsm_transfer_wait(t, 60000);
+        r = lsm_transfer_result(t);
+    }
+    CHECK("sync-file", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    lsm_transfer_free(t);
+    t = NULL;
+    r = lsm_sync_start_file(ctx, "/nonexistent/job.json", LSM_SYNC_TYPE_ALL, NULL, &t);
+    if (r == 0) {
+        lsm_transfer_wait(t, 10000);
+        r = lsm_transfer_result(t);
+    }
+    why = t ? lsm_transfer_error(t) : lsm_last_error();
+    CHECK("sync-file-missing", r == -ENOENT && strstr(why, "/nonexistent/job.json"), "%d '%s'", r, why);
+    lsm_transfer_free(t);
+    t = NULL;
     lsm_ctx_free(ctx);
     return failed;
 }
