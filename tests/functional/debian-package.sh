@@ -1,8 +1,8 @@
 #!/bin/bash
 # The Debian package: `dpkg-buildpackage -us -uc -b` on a copy of the source
 # tree (never in the tree itself: it writes debian/ and ../*.deb), then the
-# .deb is unpacked into a scratch root with `dpkg -x` (no chroot, nothing
-# installed on this machine) and checked:
+# .deb is unpacked into a scratch root with `dpkg -x` (no chroot) and
+# checked, then installed with `dpkg -i` and purged again (below):
 #   - its control fields (Package lsm-sync, the version of debian/changelog,
 #     a Depends line filled by dh_shlibdeps);
 #   - the binary, the modules, lsm-sync(1) and a page per command, and the
@@ -137,6 +137,44 @@ else
             fail library-example "exit $rc, library '$resolved': $(cat ex.err)"
         fi
     fi
+fi
+
+# Installed for real with dpkg -i (what a user of the packages does), when
+# none of the three packages is installed here already (an operator's own
+# installation is never replaced or removed): the installed binary runs a
+# copy that qemu-img compare finds equal, pkg-config finds the library, and
+# dpkg --purge takes everything away again (also when the test fails).
+debs=(lsm-sync_*.deb liblsm-sync0_*.deb liblsm-sync-dev_*.deb)
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' lsm-sync liblsm-sync0 liblsm-sync-dev 2>/dev/null |
+            grep -c ' installed$' || true)
+if [[ $(id -u) != 0 ]]; then
+    skip_case dpkg-install "not root: dpkg -i needs root"
+elif ((installed > 0)); then
+    skip_case dpkg-install "lsm-sync packages are installed on this machine already: not touched"
+elif ! ls "${debs[@]}" >/dev/null 2>&1; then
+    fail dpkg-install "missing .deb files: $(ls ./*.deb | tr '\n' ' ')"
+else
+    purge() { dpkg --purge lsm-sync liblsm-sync-dev liblsm-sync0 >>purge.log 2>&1; }
+    trap 'purge; cleanup' EXIT
+    if ! dpkg -i "${debs[@]}" >dpkg.log 2>&1; then
+        fail dpkg-install "dpkg -i failed: $(tail -5 dpkg.log)"
+    else
+        qemu-img create -q -f qcow2 isrc.qcow2 16M
+        qemu-io -f qcow2 -c 'write -P 0x6c 1M 2M' isrc.qcow2 >/dev/null
+        why=""
+        [[ $(/usr/bin/lsm-sync --version 2>&1) == "lsm-sync ${ver%%-*}" ]] || why+="--version '$(/usr/bin/lsm-sync --version 2>&1)'; "
+        /usr/bin/lsm-sync copy -O qcow2 isrc.qcow2 idst.qcow2 >icopy.log 2>&1 &&
+            qemu-img compare -q isrc.qcow2 idst.qcow2 || why+="copy by the installed binary: $(tail -3 icopy.log); "
+        [[ $(pkg-config --modversion lsm-sync 2>&1) == "${ver%%-*}" ]] || why+="pkg-config says '$(pkg-config --modversion lsm-sync 2>&1)'; "
+        [[ -z $why ]] && pass dpkg-install || fail dpkg-install "$why"
+    fi
+    purge
+    if [[ -e /usr/bin/lsm-sync ]] || dpkg-query -W -f='${Status}\n' lsm-sync 2>/dev/null | grep -q ' installed$'; then
+        fail dpkg-purge "still installed after dpkg --purge: $(tail -5 purge.log)"
+    else
+        pass dpkg-purge
+    fi
+    trap cleanup EXIT
 fi
 
 finish
