@@ -1471,6 +1471,16 @@ static int finish_pivots(struct mig *g, char *pivot_why, size_t pivot_why_len)
     return r;
 }
 
+/* A disk turned out pivoted (a killed run's pivot that libvirtd finished
+ * meanwhile) while going forward or rolling back: past the commit point
+ * now.  Say why (the error that found it), then pivot the others. */
+static int late_pivot(struct mig *g, char *pivot_why, size_t pivot_why_len)
+{
+    report(g, "%s: past the commit point, pivoting the others", lsm_last_error());
+    lsm_error_clear();
+    return finish_pivots(g, pivot_why, pivot_why_len);
+}
+
 int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -1598,28 +1608,18 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
             if (r == 0)
                 report(&g, "the killed run's destination side removed: starting again from the "
                        "%s", from_snapshot ? "snapshot" : "clone");
-            else if (g.committed) {
-                /* a disk pivoted meanwhile: past the commit point now */
-                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                lsm_error_clear();
-                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
-            }
+            else if (g.committed)
+                r = late_pivot(&g, pivot_why, sizeof pivot_why);   /* a disk pivoted meanwhile */
         }
         if (r == 0 && !g.committed) {
             r = forward(&g, from, pivot_why, sizeof pivot_why);
             if (r == -EALREADY && g.committed) {
-                /* a disk turned out pivoted: past the commit point */
-                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                lsm_error_clear();
-                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+                r = late_pivot(&g, pivot_why, sizeof pivot_why);
             } else if (r < 0 && !g.committed) {
                 snprintf(why, sizeof why, "%s", lsm_last_error());
                 int rb = g.committed ? -EALREADY : rollback(&g, false);
                 if (rb < 0 && g.committed) {
-                    /* a disk turned out pivoted: past the commit point */
-                    report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                    lsm_error_clear();
-                    r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+                    r = late_pivot(&g, pivot_why, sizeof pivot_why);
                     goto end;
                 }
                 res->failed_phase = strdup(g.phase);
