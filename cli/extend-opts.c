@@ -46,6 +46,10 @@ int cli_extend_policy_option(const char *cmd, int c, const char *arg,
         if ((ok = number(cmd, "--safety", arg, 1, 100, &d)))
             p->safety = d;
         break;
+    case CLI_OPT_LATENCY:
+        if ((ok = number(cmd, "--latency", arg, 0.001, 600, &d)))
+            p->default_latency_ns = (uint64_t)(d * 1e9);
+        break;
     case CLI_OPT_MAX_RATIO:
         if ((ok = number(cmd, "--max-ratio", arg, 1, 10, &d)))
             p->max_ratio = d;

@@ -8,7 +8,7 @@
 /* getopt values of the options below; a command's own start at 256. */
 enum {
     CLI_OPT_CHUNK = 1000, CLI_OPT_CHUNK_REPL, CLI_OPT_WATERMARK, CLI_OPT_WATERMARK_REPL,
-    CLI_OPT_SAFETY, CLI_OPT_EXTENT, CLI_OPT_MAX_RATIO, CLI_OPT_RETRIES,
+    CLI_OPT_SAFETY, CLI_OPT_EXTENT, CLI_OPT_MAX_RATIO, CLI_OPT_RETRIES, CLI_OPT_LATENCY,
 };
 
 /* Entries of a command's struct option array. */
@@ -20,7 +20,8 @@ enum {
     { "safety", required_argument, NULL, CLI_OPT_SAFETY },                       \
     { "extent", required_argument, NULL, CLI_OPT_EXTENT },                       \
     { "max-ratio", required_argument, NULL, CLI_OPT_MAX_RATIO },                 \
-    { "retries", required_argument, NULL, CLI_OPT_RETRIES }
+    { "retries", required_argument, NULL, CLI_OPT_RETRIES },                     \
+    { "latency", required_argument, NULL, CLI_OPT_LATENCY }
 
 /* Their lines of --help. */
 #define CLI_EXTEND_POLICY_HELP                                                            \
@@ -30,6 +31,8 @@ enum {
     "  --watermark-replicating=SIZE  the same while a mirror runs (default 3G)\n"        \
     "  --safety=F               headroom = max(watermark, write rate x extension\n"      \
     "                           latency x F) (default 2)\n"                              \
+    "  --latency=S              extension latency assumed until three are measured\n"  \
+    "                           (default 6)\n"                                           \
     "  --extent=SIZE            sizes are multiples of this (default 128M)\n"            \
     "  --max-ratio=F            never beyond F x the virtual size (default 1.1)\n"       \
     "  --retries=N              retries of a transient failure (default 5)\n"

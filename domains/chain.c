@@ -635,8 +635,11 @@ int lsm_chain_clone_sized(const struct lsm_chain_desc *src, const struct lsm_job
             break;
         int ex = dom->ops->volume_exists(dom, name);
         uint64_t need = p->dst_type == LSM_DOMAIN_BLOCK ? lsm_volume_needed_size(v) : v->virtual_size;
-        if (i == 0 && p->dst_type == LSM_DOMAIN_BLOCK && top_min > need)
-            need = top_min;
+        /* a leaf the extender grows: the policy's size, not one more chunk
+         * of LSM_BLOCK_CHUNK (1 GiB, whatever the policy), but never less
+         * than the data the copy onto it starts from */
+        if (i == 0 && p->dst_type == LSM_DOMAIN_BLOCK && top_min)
+            need = MAX(top_min, align_up(v->used_end, v->cluster_size ? v->cluster_size : 512));
         if (ex < 0) {
             r = ex;
         } else if (ex && !reuse) {

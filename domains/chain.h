@@ -111,8 +111,10 @@ int lsm_jobfile_check_chain(const struct lsm_jobfile *job, const struct lsm_chai
  * created with O_EXCL, or LVs it made) are removed. */
 int lsm_chain_clone(const struct lsm_chain_desc *src, const struct lsm_jobfile *job, bool reuse,
                     const volatile sig_atomic_t *cancel);
-/* The same, the top volume on a block domain made at least top_min bytes
- * (0: lsm_volume_needed_size alone): a leaf the guest will write. */
+/* The same, the top volume on a block domain made top_min bytes (never
+ * less than its source's used end; 0: lsm_volume_needed_size): a leaf the
+ * guest will write and an extender grows, sized by the extender's policy
+ * (lsm_extend_initial_size) instead of one LSM_BLOCK_CHUNK more. */
 int lsm_chain_clone_sized(const struct lsm_chain_desc *src, const struct lsm_jobfile *job,
                           bool reuse, const volatile sig_atomic_t *cancel, uint64_t top_min);
 

@@ -599,6 +599,8 @@ static int snapshot(struct mig *g)
         return r;
     for (unsigned i = 0; i < g->n; i++)
         g->d[i].snapshotted = true;
+    if (g->x)
+        lsm_extender_kick(g->x);   /* new tops: re-arm on the overlays */
     report(g, "live snapshot of %u disk%s taken", g->n, g->n == 1 ? "" : "s");
     return save(g);
 }
@@ -772,6 +774,49 @@ static int start_extender(struct mig *g)
     return 0;
 }
 
+/* Just before a disk's mirror starts, its destination top on a block
+ * domain is grown to what the extender would give the source top now: its
+ * allocation plus the source's headroom (adaptive: the guest's measured
+ * write rate) plus a chunk.  Sized at clone time only, it may be full
+ * before the extender has armed its threshold: the mirror's bulk copy
+ * writes the source top's whole allocation at once (a mirror onto a full
+ * volume fails).  Nothing measured yet: it keeps its clone-time size. */
+static int presize_destination(struct mig *g, struct mdisk *d)
+{
+    if (g->dst_kind != LSM_DOMAIN_BLOCK || !g->x || !d->ndst)
+        return 0;
+    _cleanup_free_ struct lsm_extender_status *st = calloc(1, sizeof *st);
+    if (!st)
+        return lsm_error(-ENOMEM, "out of memory");
+    lsm_extender_status(g->x, st);
+    const struct lsm_extender_side_status *src = NULL;
+    for (unsigned k = 0; k < st->ndrives; k++)
+        if (!strcmp(st->drive[k].disk, d->disk))
+            src = &st->drive[k].side[0];
+    if (!src || !src->allocation || !src->capacity)
+        return 0;
+    uint64_t headroom = MAX(src->headroom, lsm_extend_headroom(&g->policy, 0, 0, true));
+    uint64_t size = lsm_extend_next_size(&g->policy, src->allocation, 0, headroom,
+                                         lsm_extend_max_size(&g->policy, src->capacity, 0),
+                                         true);
+    _cleanup_free_ char *vg = NULL, *lv = NULL;
+    int r = split_lv(d->dst[0], &vg, &lv);
+    if (r < 0)
+        return lsm_error(r, "%s is not a volume of a block domain", d->dst[0]);
+    struct lsm_domain *dom;
+    if ((r = lsm_domain_open(LSM_DOMAIN_BLOCK, vg, &dom)) < 0)
+        return r;
+    r = dom->ops->extend_volume(dom, lv, size);
+    lsm_domain_close(dom);
+    if (r < 0)
+        return r;
+    char b1[32], b2[32];
+    report(g, "%s: destination %s grown to at least %s before mirroring (source allocation "
+           "%s)", d->disk, d->dst[0], lsm_format_size(size, b1, sizeof b1),
+           lsm_format_size(src->allocation, b2, sizeof b2));
+    return 0;
+}
+
 static int start_mirror(struct mig *g, struct mdisk *d)
 {
     struct lsm_mirror_start_opts so = { .dst = d->dst[0], .dst_fmt = LSM_FMT_QCOW2,
@@ -789,6 +834,8 @@ static int start_mirror(struct mig *g, struct mdisk *d)
         return lsm_error(-EALREADY, "%s runs on its destination %s already (a pivot the killed "
                          "run had asked for)", d->disk, d->dst[0]);
     }
+    if ((r = presize_destination(g, d)) < 0)
+        return r;
     r = lsm_mirror_start(d->m, &so);
     if (r < 0)
         return r;
@@ -1261,7 +1308,10 @@ static int forward(struct mig *g, enum start from, char *reason, size_t reason_l
 {
     int r;
     if (from == FROM_SNAPSHOT) {
-        if ((r = fail_point(g, "snapshot")) < 0 || (r = save(g)) < 0 || (r = snapshot(g)) < 0)
+        /* the extender first: the guest writes the new overlay from the
+         * snapshot on, and the mirror starts only after the clone */
+        if ((r = fail_point(g, "snapshot")) < 0 || (r = save(g)) < 0 ||
+            (r = start_extender(g)) < 0 || (r = snapshot(g)) < 0)
             return r;
     }
     if (from <= FROM_CLONE &&
@@ -1498,6 +1548,16 @@ static int finish_pivots(struct mig *g, char *pivot_why, size_t pivot_why_len)
     return r;
 }
 
+/* A disk turned out pivoted (a killed run's pivot that libvirtd finished
+ * meanwhile) while going forward or rolling back: past the commit point
+ * now.  Say why (the error that found it), then pivot the others. */
+static int late_pivot(struct mig *g, char *pivot_why, size_t pivot_why_len)
+{
+    report(g, "%s: past the commit point, pivoting the others", lsm_last_error());
+    lsm_error_clear();
+    return finish_pivots(g, pivot_why, pivot_why_len);
+}
+
 int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res)
 {
     memset(res, 0, sizeof *res);
@@ -1625,28 +1685,18 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
             if (r == 0)
                 report(&g, "the killed run's destination side removed: starting again from the "
                        "%s", from_snapshot ? "snapshot" : "clone");
-            else if (g.committed) {
-                /* a disk pivoted meanwhile: past the commit point now */
-                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                lsm_error_clear();
-                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
-            }
+            else if (g.committed)
+                r = late_pivot(&g, pivot_why, sizeof pivot_why);   /* a disk pivoted meanwhile */
         }
         if (r == 0 && !g.committed) {
             r = forward(&g, from, pivot_why, sizeof pivot_why);
             if (r == -EALREADY && g.committed) {
-                /* a disk turned out pivoted: past the commit point */
-                report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                lsm_error_clear();
-                r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+                r = late_pivot(&g, pivot_why, sizeof pivot_why);
             } else if (r < 0 && !g.committed) {
                 snprintf(why, sizeof why, "%s", lsm_last_error());
                 int rb = g.committed ? -EALREADY : rollback(&g, false);
                 if (rb < 0 && g.committed) {
-                    /* a disk turned out pivoted: past the commit point */
-                    report(&g, "%s: past the commit point, pivoting the others", lsm_last_error());
-                    lsm_error_clear();
-                    r = finish_pivots(&g, pivot_why, sizeof pivot_why);
+                    r = late_pivot(&g, pivot_why, sizeof pivot_why);
                     goto end;
                 }
                 res->failed_phase = strdup(g.phase);

@@ -250,8 +250,24 @@ int lsm_mirror_settle(struct lsm_mirror *m, int64_t timeout_ms)
                                        : lsm_now_ns() + (uint64_t)timeout_ms * 1000000ULL;
     for (;;) {
         int r = m->ops->switching(m);
-        if (r <= 0)
+        if (r < 0)
             return r;
+        if (r == 0) {
+            /* A block copy the killed process asked for may still be being
+             * set up in libvirtd: the disk's XML has no <mirror> yet, and a
+             * caller that read it would think no mirror runs (and remove
+             * its destination under it).  A job query is run by libvirt
+             * only between the domain's other jobs, so once it returns the
+             * copy, if any, is in the XML.  Another kind of job (-EBUSY)
+             * is not ours to wait for. */
+            struct lsm_mirror_status st;
+            r = lsm_mirror_status(m, &st);
+            if (r == -EBUSY) {
+                lsm_error_clear();
+                r = 0;
+            }
+            return r;
+        }
         if (lsm_now_ns() >= deadline)
             return lsm_error(-ETIMEDOUT, "a pivot or abort of the mirror of %s was still in "
                              "progress after %.0f s", m->what, (double)timeout_ms / 1000.0);

@@ -139,9 +139,11 @@ int lsm_mirror_abort(struct lsm_mirror *m, char **active);
 
 /* Wait until no pivot or abort is in progress on the target (see
  * struct lsm_mirror_ops.switching), polling for at most timeout_ms (< 0:
- * no limit); -ETIMEDOUT if one still is.  A process that resumes after a
- * kill calls this before reading which file the target uses: a pivot the
- * killed process asked for may still be finishing. */
+ * no limit); -ETIMEDOUT if one still is; then query the job once (libvirt
+ * runs the query after a block copy still being set up).  A process that
+ * resumes after a kill calls this before reading which file the target
+ * uses: a pivot the killed process asked for may still be finishing, or
+ * its block copy still starting. */
 int lsm_mirror_settle(struct lsm_mirror *m, int64_t timeout_ms);
 
 /* Do two paths name the same file or device (same inode, or the same

@@ -23,9 +23,11 @@
 #      --rollback), replicate, pivot (then --resume), and a kill right after
 #      asking libvirtd for the pivot (then --resume, which must wait for it
 #      to end and find the disk past the commit point), loop -> loop.
-#   7. loop -> loop with a 1 MiB extent and chunk: the extender extends the
-#      source overlay at least once while mirroring, the VM never pauses,
-#      the checks of part 1.
+#   7. loop -> loop with a 1 MiB extent and chunk while the guest writes a
+#      new 2 MiB window each pass (grow mode, through the control disk vdd):
+#      the extender extends the source overlay and the mirror's destination
+#      (both counted in the result), the VM never pauses, every block the
+#      guest wrote verifies on the destination, the checks of part 1.
 . "$(dirname "$0")/lib.sh"
 . "$SOURCE_DIR/tests/libvirt/libvirt-env.sh"
 . "$SOURCE_DIR/tests/libvirt/writer-guest.sh"
@@ -54,6 +56,7 @@ lvenv_at_exit at_exit
 
 
 mkdir -p src dst1/.lsm-loop "$STATE"
+MIG_GROW=1
 . "$SOURCE_DIR/tests/functional/migrate-lib.sh"
 
 check guest-writes wait_pass 1 60
@@ -72,6 +75,7 @@ check runs-on-dst1 test "$(source_of vda)" = "$top1"
 check top1-in-dst1 test "$(dirname "$top1")" = "$T/dst1"
 check vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
 check journal-removed no_journal
+check no-pause test "$(jq -r '.pauses // 0' m1.json)" = 0
 check all-phases test "$(phases_seen m1.err)" = "snapshot clone replicate sync pivot done"
 check no-job-after no_job
 p=$(last_pass)
@@ -116,6 +120,7 @@ check b2f-overlay-backing test "$(qemu-img info -U --output=json "$ovl2" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = "$top1"
 check b2f-vdb-not-moved test "$(source_of vdb)" = "$T/src/vdb.raw"
 check b2f-journal-removed no_journal
+check b2f-no-pause test "$(jq -r '.pauses // 0' m2.json)" = 0
 check b2f-all-phases test "$(phases_seen m2.err)" = "snapshot clone replicate sync pivot done"
 check b2f-no-job no_job
 p=$(last_pass)
@@ -141,6 +146,7 @@ lvenv_virsh resume "$DOM" >/dev/null
 # with the checks of parts 1 and 2; the guest resumed at the end; sets $top.
 # STEP_EXTRA: more options for migrate.
 STEP_EXTRA=()
+STEP_AFTER=()
 step() {
     local n=$1 opt=$2 dir=$3 rc=0 t0 prev ovl p f
     prev=$(source_of vda)
@@ -148,6 +154,8 @@ step() {
     "${MIG[@]}" "$DOM" --disk vda "$opt" "$dir" "${STEP_EXTRA[@]}" --progress=json --output=json \
         >"$n.json" 2>"$n.err" || rc=$?
     log "$n: migrate $prev -> $dir took $(($(date +%s) - t0)) s"
+    # STEP_AFTER: run right after the migration (part 7: the monitor)
+    [[ ${#STEP_AFTER[@]} == 0 ]] || "${STEP_AFTER[@]}"
     check "$n-exit-0" test "$rc" = 0
     [[ $rc == 0 ]] || { log "$(grep -v '^{' "$n.err" | tail -n 3)"; return; }
     top=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["disks"][0]["destination"])' "$n.json")
@@ -162,6 +170,7 @@ step() {
         python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = "$want"
     check "$n-vdb-not-moved" test "$(source_of vdb)" = "$T/src/vdb.raw"
     check "$n-journal-removed" no_journal
+    check "$n-no-pause" test "$(jq -r '.pauses // 0' "$n.json")" = 0
     check "$n-all-phases" test "$(phases_seen "$n.err")" = "snapshot clone replicate sync pivot done"
     check "$n-no-job" no_job
     p=$(last_pass)
@@ -311,20 +320,45 @@ for ph in snapshot clone replicate pivot in-pivot; do
 done
 check kill-vdb-untouched test "$(sha256sum <src/vdb.raw)" = "$sum_vdb"
 
-# ---- 7. the extender grows a leaf while mirroring: loop -> loop with a
-# 1 MiB extent and chunk and a 2 MiB watermark.  The snapshot's overlay is
-# made 3 MiB (0 + watermark + chunk), the guest's 2 MiB of blocks and the
-# qcow2 metadata take it past its threshold (1 MiB), so the extender must
-# extend the source at least once; the VM must never pause. ----
+# ---- 7. the extender grows both leaves while mirroring, driven by what
+# the guest writes: loop -> loop with a 1 MiB extent and chunk and a 2 MiB
+# watermark, the headroom planned with a 0.2 s latency until three are
+# measured (loop extensions take 17-56 ms here; the default 6 s is LVM's),
+# the guest switched to grow mode first (each pass a new 2 MiB window, 46
+# MiB of them: clusters no layer holds, about 2 MiB/s).  The snapshot's
+# overlay is made 3 MiB (0 + watermark + chunk), the destination leaf, just
+# before its mirror starts, the overlay's allocation + headroom + chunk;
+# the guest's new clusters take both past their thresholds, so the
+# extender must extend the source and the mirror at least once each; the
+# VM must never pause. ----
 mkdir -p dstx/.lsm-loop
-STEP_EXTRA=(--extent 1M --chunk 1M --chunk-replicating 1M --watermark 2M --watermark-replicating 2M)
+check grow-started grow_writes
+g0=$(grow_info | cut -d' ' -f1)
+STEP_EXTRA=(--extent 1M --chunk 1M --chunk-replicating 1M --watermark 2M --watermark-replicating 2M
+    --latency 0.2)
+t7=$SECONDS
+# migrate's extender stops at the pivot; the guest goes on growing its new
+# leaf, so a monitor (as a management system would run) takes over then:
+# it extends the leaf (and resumes the VM if it paused in between)
+start_monitor() {
+    "$LSM_SYNC" monitor "${STEP_EXTRA[@]}" --disk vda "$DOM" >ext-mon.out 2>ext-mon.err &
+    MON_PID=$!
+    PIDS+=("$MON_PID")
+}
+STEP_AFTER=(start_monitor)
 step ext --dst-loop "$T/dstx"
-STEP_EXTRA=()
+STEP_EXTRA=() STEP_AFTER=()
+kill "$MON_PID" 2>/dev/null
+wait "$MON_PID" 2>/dev/null || true
 jq_ext() { jq -r "$1" ext.json; }
 check ext-source-extended test "$(jq_ext '.disks[0].extensions.source')" -ge 1
+check ext-mirror-extended test "$(jq_ext '.disks[0].extensions.mirror')" -ge 1
 check ext-no-pause test "$(jq_ext '.pauses')" = 0
 check ext-running test "$(lvenv_virsh domstate "$DOM" | head -n 1)" = running
-log "ext: extensions $(jq_ext '.disks[0].extensions | "source \(.source), mirror \(.mirror)"'), pauses $(jq_ext .pauses)"
+# the guest did write new clusters during the migration: passes from g0 on
+# ended while it ran (the step waited for one more after the pivot)
+check ext-guest-grew test "$(last_pass)" -gt "$g0"
+log "ext: extensions $(jq_ext '.disks[0].extensions | "source \(.source), mirror \(.mirror)"'), pauses $(jq_ext .pauses), grow from pass $g0 to $(last_pass), $((SECONDS - t7)) s"
 
 lvenv_virsh destroy "$DOM" >/dev/null
 finish

@@ -7,7 +7,7 @@
 #
 # The guest is the distribution kernel with a busybox initramfs (as
 # ../shared/ENVIRONMENT.md describes): init loads the virtio block modules,
-# prints WRITER-START, (lsmw.mode=seq: see wg_seq_cmdline) writes MIB MiB of 1 MiB blocks (zeros) to /dev/vda
+# prints WRITER-START, (lsmw.mode=seq: see wg_seq_cmdline and wg_grow) writes MIB MiB of 1 MiB blocks (zeros) to /dev/vda
 # with O_DIRECT in one dd, prints
 # "WRITER-DONE rc=N" and powers off (or, with HOLD=1, idles).  The domain is of type qemu (TCG),
 # its disk a qcow2 on a block device with error_policy='stop', so a
@@ -84,11 +84,11 @@ mkdir -p /tmp
 for m in $(cat /modules.order); do
     insmod "/modules/$m" || echo "WRITER-ENV-FAIL: insmod $m"
 done
-mib=64 hold=0 mode=zero seqoff=256 seqn=64
+mib=64 hold=0 mode=zero seqoff=256 seqn=64 ctl=
 for w in $(cat /proc/cmdline); do
     case $w in
     lsmw.mib=*) mib=${w#*=} ;; lsmw.hold=1) hold=1 ;; lsmw.mode=*) mode=${w#*=} ;;
-    lsmw.seqoff=*) seqoff=${w#*=} ;; lsmw.seqn=*) seqn=${w#*=} ;;
+    lsmw.seqoff=*) seqoff=${w#*=} ;; lsmw.seqn=*) seqn=${w#*=} ;; lsmw.ctl=*) ctl=${w#*=} ;;
     esac
 done
 i=0
@@ -100,13 +100,32 @@ if [ "$mode" = seq ]; then
     # padded with zeros, O_DIRECT, one block at a time.  A reader of the
     # disk (the guest paused) sees blocks < k of pass P+1 and the rest of
     # pass P: anything else is a lost or misplaced write.
-    echo "WRITER-START mode=seq seqoff=$seqoff seqn=$seqn"
-    pass=1
+    # lsmw.ctl=DEV (grow mode): before each pass the writer reads the
+    # control disk /dev/DEV; once it says LSMW-GROW, it prints
+    # "WRITER-GROW pass=G first=F nwin=N" and from pass G on each pass
+    # writes the next window of SEQN blocks from block F = seqoff+seqn to the
+    # end of the disk (pass P: F + ((P-G) mod N) x SEQN), so that the
+    # guest's writes reach clusters it never wrote.
+    echo "WRITER-START mode=seq seqoff=$seqoff seqn=$seqn${ctl:+ ctl=$ctl}"
+    pass=1 grow=0 base=$seqoff
+    gfirst=$((seqoff + seqn))
+    nwin=$(( ($(cat /sys/block/vda/size) / 128 - gfirst) / seqn ))
     while :; do
+        if [ -n "$ctl" ] && [ $grow = 0 ] &&
+           [ "$(dd if=/dev/$ctl bs=512 count=1 iflag=direct 2>/dev/null | tr -dc 'A-Z-')" = LSMW-GROW ]; then
+            if [ $nwin -ge 1 ]; then
+                grow=$pass
+                echo "WRITER-GROW pass=$pass first=$gfirst nwin=$nwin"
+            else
+                echo "WRITER-ENV-FAIL: no room to grow past block $gfirst"
+                ctl=
+            fi
+        fi
+        [ $grow = 0 ] || base=$((gfirst + (pass - grow) % nwin * seqn))
         b=0
         while [ $b -lt $seqn ]; do
             printf 'LSMW pass=%08d blk=%08d\n' $pass $b |
-                dd of=/dev/vda bs=65536 seek=$((seqoff + b)) count=1 conv=sync,notrunc \
+                dd of=/dev/vda bs=65536 seek=$((base + b)) count=1 conv=sync,notrunc \
                    oflag=direct 2>/dev/null || echo "WRITER-ERROR pass=$pass blk=$b"
             b=$((b + 1))
         done
@@ -127,12 +146,27 @@ sleep 10
 INIT
 }
 
-# wg_seq_cmdline SEQOFF SEQN: the kernel command line of the sequence
+# wg_seq_cmdline SEQOFF SEQN [CTL]: the kernel command line of the sequence
 # writer (lsmw.mode=seq): endless passes over SEQN 64 KiB blocks from
 # block SEQOFF of /dev/vda; each pass ends with "WRITER-PASS P" on the
-# console.  tests/functional/migrate.sh verifies the blocks.
+# console.  With CTL (a disk target, vdd), the guest reads /dev/CTL before
+# each pass and switches to grow mode once it holds LSMW-GROW (wg_grow).
+# tests/functional/migrate-lib.sh verifies the blocks.
 wg_seq_cmdline() {
-    echo "console=ttyS0 panic=-1 quiet lsmw.mode=seq lsmw.seqoff=$1 lsmw.seqn=$2"
+    echo "console=ttyS0 panic=-1 quiet lsmw.mode=seq lsmw.seqoff=$1 lsmw.seqn=$2${3:+ lsmw.ctl=$3}"
+}
+
+# wg_grow CTLFILE CONSOLE SECONDS: tell a sequence writer started with a
+# control disk (CTLFILE, the raw file behind it) to grow, and wait for its
+# WRITER-GROW line on CONSOLE.
+wg_grow() {
+    local i
+    printf 'LSMW-GROW' | dd of="$1" bs=512 conv=notrunc status=none || return 1
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -q '^WRITER-GROW ' "$2" && return 0
+        sleep 0.1
+    done
+    return 1
 }
 
 # wg_domain_xml NAME DISK MIB CONSOLE_FILE [HOLD]: HOLD=1 keeps the guest
