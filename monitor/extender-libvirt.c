@@ -674,6 +674,25 @@ static void extend_sides(struct drive *d, const bool need[2])
 }
 
 /* Arm side i's threshold.  A failed set is retried at the next check. */
+/* Test hook: LSM_TEST_ARM_FAIL=N makes the first N threshold sets of the
+ * process fail as a refusing libvirt would (the re-arm at the next check is
+ * what tests/functional/monitor-extend.sh then sees). */
+static bool arm_fail_injected(void)
+{
+    static atomic_int left = -1;
+    int v = atomic_load(&left);
+    if (v < 0) {
+        const char *e = getenv("LSM_TEST_ARM_FAIL");
+        int want = e ? atoi(e) : 0;
+        int expect = -1;
+        atomic_compare_exchange_strong(&left, &expect, want > 0 ? want : 0);
+    }
+    for (v = atomic_load(&left); v > 0;)
+        if (atomic_compare_exchange_weak(&left, &v, v - 1))
+            return true;
+    return false;
+}
+
 static int arm(struct drive *d, int i, uint64_t threshold)
 {
     struct lsm_extender *x = d->x;
@@ -683,11 +702,14 @@ static int arm(struct drive *d, int i, uint64_t threshold)
     copy_str(target, sizeof target, s->target);
     bool indexed = s->index >= 0;
     pthread_mutex_unlock(&x->lock);
-    int r = indexed ? virDomainSetBlockThreshold(x->dom, target, threshold, 0) : -1;
+    bool injected = indexed && arm_fail_injected();
+    int r = indexed && !injected ? virDomainSetBlockThreshold(x->dom, target, threshold, 0) : -1;
     char msg[512];
     if (r < 0)
         snprintf(msg, sizeof msg, "cannot set the block threshold of %s to %" PRIu64 ": %s",
-                 target, threshold, indexed ? virt_msg() : "libvirt gave it no index");
+                 target, threshold,
+                 injected ? "failure injected (LSM_TEST_ARM_FAIL)"
+                          : indexed ? virt_msg() : "libvirt gave it no index");
     pthread_mutex_lock(&x->lock);
     s->armed = r == 0;
     if (r == 0)

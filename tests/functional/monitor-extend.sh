@@ -5,7 +5,8 @@
 #   1. loop backend: the guest writes 640 MiB onto a 64 MiB loop device
 #      while `monitor` runs: it finishes without ever pausing, every
 #      extension is reported, the device grows in whole chunks, the image
-#      checks clean.
+#      checks clean; its first threshold set fails (LSM_TEST_ARM_FAIL=1) and
+#      is armed again at the next check.
 #   2. out of space: the loop device's file on a 160 MiB tmpfs; the first
 #      extension past it fails with ENOSPC: monitor exits 1 at once with one
 #      clear message, the file is not shrunk, the VM is not resumed.
@@ -100,7 +101,9 @@ D1=$PREFIX-1
 new_loop "$T/d1.img" 64M
 dev1=$LOOP
 start_writer "$D1" "$dev1" 640 1
-"$LSM_SYNC" monitor "${MON_OPTS[@]}" --disk vda "$D1" >mon1.json 2>mon1.err &
+# The first threshold set fails (as a refusing libvirt's would): the next
+# check arms it again.
+LSM_TEST_ARM_FAIL=1 "$LSM_SYNC" monitor "${MON_OPTS[@]}" --disk vda "$D1" >mon1.json 2>mon1.err &
 MONPIDS+=($!)
 mon1=$!
 check writer-started wait_console "$D1" WRITER-START 120
@@ -136,6 +139,14 @@ max_size=$(python3 -c 'import json, sys; print([e for e in map(json.loads, open(
 at_max=0
 [[ $(size_of "$dev1") == "$max_size" ]] && at_max=1
 check thresholds-armed test "$(count_events mon1.json armed)" -ge $((n_ext - at_max))
+# The failed set was reported, then armed again, the same side.
+check rearmed-after-failed-set python3 - mon1.json <<'EOF'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+i = next(k for k, e in enumerate(ev) if e["event"] == "arm-failed")
+assert "LSM_TEST_ARM_FAIL" in ev[i].get("message", ""), ev[i]
+assert any(e["event"] == "armed" and e.get("side") == ev[i].get("side") for e in ev[i + 1:]), ev[i:]
+EOF
 # Every extension is reported, and the device ends at the last reported size.
 last_new=$(python3 -c '
 import json, sys
