@@ -44,6 +44,23 @@ static char *slurp(const char *path)
     return buf;
 }
 
+/* The result of a transfer that started (r == 0), waited for up to a
+ * minute; the start's error otherwise. */
+static int run_to_end(int r, struct lsm_transfer *t)
+{
+    if (r < 0)
+        return r;
+    lsm_transfer_wait(t, 60000);
+    return lsm_transfer_result(t);
+}
+
+/* The message of what failed: the transfer's, or the call's when there is
+ * no transfer. */
+static const char *why_failed(struct lsm_transfer *t)
+{
+    return t ? lsm_transfer_error(t) : lsm_last_error();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 5) {
@@ -196,7 +213,7 @@ int main(int argc, char **argv)
             res = r;
         }
         CHECK("journal-resumed", r == 0 && res == 0 && access(jpath, F_OK) != 0,
-              "wait %d result %d '%s' journal %s", r, res, t ? lsm_transfer_error(t) : lsm_last_error(),
+              "wait %d result %d '%s' journal %s", r, res, why_failed(t),
               access(jpath, F_OK) == 0 ? "left" : "gone");
         lsm_transfer_free(t);
         t = NULL;
@@ -254,10 +271,10 @@ int main(int argc, char **argv)
         if (pass == 0)
             CHECK("memory-limit-metadata", qres == -ENOMEM && t &&
                   strstr(lsm_transfer_error(t), "metadata"), "result %d '%s'", qres,
-                  t ? lsm_transfer_error(t) : lsm_last_error());
+                  why_failed(t));
         else
             CHECK("memory-limit-metadata-fits", qres == 0, "result %d '%s'", qres,
-                  t ? lsm_transfer_error(t) : lsm_last_error());
+                  why_failed(t));
         lsm_copy_options_free(qo);
         lsm_transfer_free(t);
         t = NULL;
@@ -272,11 +289,8 @@ int main(int argc, char **argv)
     r = lsm_copy_options_set_cluster_size(o, 128 * 1024);
     if (r == 0)
         r = lsm_copy_start(ctx, src, "raw", cdst, "qcow2", o, &t);
-    if (r == 0) {
-        lsm_transfer_wait(t, 60000);
-        r = lsm_transfer_result(t);
-    }
-    CHECK("cluster-size-copy", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    r = run_to_end(r, t);
+    CHECK("cluster-size-copy", r == 0, "%d '%s'", r, why_failed(t));
     lsm_transfer_free(t);
     t = NULL;
 
@@ -285,11 +299,8 @@ int main(int argc, char **argv)
     char hdst[4096];
     snprintf(hdst, sizeof hdst, "%s.held", dst);
     r = lsm_copy_start(ctx, held, "raw", hdst, "raw", o, &t);
-    if (r == 0) {
-        lsm_transfer_wait(t, 60000);
-        r = lsm_transfer_result(t);
-    }
-    const char *why = t ? lsm_transfer_error(t) : lsm_last_error();
+    r = run_to_end(r, t);
+    const char *why = why_failed(t);
     CHECK("held-refused", r == -EAGAIN && strstr(why, "lock") && access(hdst, F_OK) != 0,
           "%d '%s' destination %s", r, why, access(hdst, F_OK) == 0 ? "left" : "absent");
     lsm_transfer_free(t);
@@ -297,11 +308,8 @@ int main(int argc, char **argv)
     r = lsm_copy_options_set_force_share(o, 1);
     if (r == 0)
         r = lsm_copy_start(ctx, held, "raw", hdst, "raw", o, &t);
-    if (r == 0) {
-        lsm_transfer_wait(t, 60000);
-        r = lsm_transfer_result(t);
-    }
-    CHECK("held-force-share", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    r = run_to_end(r, t);
+    CHECK("held-force-share", r == 0, "%d '%s'", r, why_failed(t));
     lsm_transfer_free(t);
     t = NULL;
     lsm_copy_options_free(o);
@@ -311,11 +319,8 @@ int main(int argc, char **argv)
      * a sync into volumes that hold their data already), and a path that
      * does not exist. */
     r = lsm_sync_start_file(ctx, jobjson, LSM_SYNC_TYPE_ALL, NULL, &t);
-    if (r == 0) {
-        lsm_transfer_wait(t, 60000);
-        r = lsm_transfer_result(t);
-    }
-    CHECK("sync-file", r == 0, "%d '%s'", r, t ? lsm_transfer_error(t) : lsm_last_error());
+    r = run_to_end(r, t);
+    CHECK("sync-file", r == 0, "%d '%s'", r, why_failed(t));
     lsm_transfer_free(t);
     t = NULL;
     r = lsm_sync_start_file(ctx, "/nonexistent/job.json", LSM_SYNC_TYPE_ALL, NULL, &t);
@@ -323,7 +328,7 @@ int main(int argc, char **argv)
         lsm_transfer_wait(t, 10000);
         r = lsm_transfer_result(t);
     }
-    why = t ? lsm_transfer_error(t) : lsm_last_error();
+    why = why_failed(t);
     CHECK("sync-file-missing", r == -ENOENT && strstr(why, "/nonexistent/job.json"), "%d '%s'", r, why);
     lsm_transfer_free(t);
     t = NULL;
