@@ -101,6 +101,10 @@ struct lsm_extender {
     bool no_resume, forced_replicating;
 
     pthread_mutex_t lock;       /* everything below */
+    /* Test hook: LSM_TEST_ARM_FAIL=N fails this extender's first N
+     * threshold sets as a refusing libvirt would (the re-arm at the next
+     * check is what tests/functional/monitor-extend.sh then sees). */
+    int arm_fail;
     pthread_cond_t cond;        /* lsm_extender_wait */
     pthread_mutex_t deliver;    /* one event at a time to subscribers */
     struct subscriber subs[MAX_SUBSCRIBERS];
@@ -674,25 +678,6 @@ static void extend_sides(struct drive *d, const bool need[2])
 }
 
 /* Arm side i's threshold.  A failed set is retried at the next check. */
-/* Test hook: LSM_TEST_ARM_FAIL=N makes the first N threshold sets of the
- * process fail as a refusing libvirt would (the re-arm at the next check is
- * what tests/functional/monitor-extend.sh then sees). */
-static bool arm_fail_injected(void)
-{
-    static atomic_int left = -1;
-    int v = atomic_load(&left);
-    if (v < 0) {
-        const char *e = getenv("LSM_TEST_ARM_FAIL");
-        int want = e ? atoi(e) : 0;
-        int expect = -1;
-        atomic_compare_exchange_strong(&left, &expect, want > 0 ? want : 0);
-    }
-    for (v = atomic_load(&left); v > 0;)
-        if (atomic_compare_exchange_weak(&left, &v, v - 1))
-            return true;
-    return false;
-}
-
 static int arm(struct drive *d, int i, uint64_t threshold)
 {
     struct lsm_extender *x = d->x;
@@ -701,8 +686,10 @@ static int arm(struct drive *d, int i, uint64_t threshold)
     pthread_mutex_lock(&x->lock);
     copy_str(target, sizeof target, s->target);
     bool indexed = s->index >= 0;
+    bool injected = indexed && x->arm_fail > 0;
+    if (injected)
+        x->arm_fail--;
     pthread_mutex_unlock(&x->lock);
-    bool injected = indexed && arm_fail_injected();
     int r = indexed && !injected ? virDomainSetBlockThreshold(x->dom, target, threshold, 0) : -1;
     char msg[512];
     if (r < 0)
@@ -1337,6 +1324,8 @@ static int ext_start(const struct lsm_extender_opts *o, struct lsm_extender **ou
     x->t0 = lsm_now_ns();
     x->policy = o->policy;
     x->poll_ms = o->poll_ms > 0 ? o->poll_ms : 500;
+    const char *arm_fail = getenv("LSM_TEST_ARM_FAIL");
+    x->arm_fail = arm_fail ? atoi(arm_fail) : 0;
     x->cmd_timeout_ms = o->extend_cmd_timeout_ms > 0 ? o->extend_cmd_timeout_ms : 60000;
     x->no_resume = o->no_resume;
     x->forced_replicating = o->replicating;
