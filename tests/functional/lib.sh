@@ -130,6 +130,22 @@ elapsed_ms() {
     MS=$(( (t1 - t0) / 1000000 ))
 }
 
+# after_kill OUT ERR CMD...: run CMD (stdout in OUT, stderr in ERR) right
+# after a SIGKILLed run on the same destination, running it again while it
+# is refused because that destination's lock is still held: the kernel
+# drops the killed run's locks when its io_uring lets go of the
+# descriptors, up to about a second after the process is reaped
+# (docs/copy.md).  RC is CMD's exit code from its last try.
+after_kill() {
+    local out=$1 err=$2 n; shift 2
+    for n in 1 2 3 4 5 6 7 8 9 10; do
+        RC=0
+        "$@" >"$out" 2>"$err" || RC=$?
+        ((RC == 1)) && grep -q 'Failed to get .* lock' "$err" || return 0
+        sleep 0.3
+    done
+}
+
 # killed_run LOG CMD...: run CMD --progress=json in the background (its
 # lines in LOG, its stderr in LOG.err) and SIGKILL it at a random point:
 # after a random time under a second, or (every other call) once its JSON

@@ -55,18 +55,12 @@ killed_copy() {
     ((KILLED_DONE > 0)) || die "$log: the journal has nothing done after $sig"
 }
 
-# resumed LOG SRC DST: the resume finishes, copying less than the whole.
-# A file destination's lock may still be held for a moment by the killed
-# run's io_uring (docs/copy.md): retried while the refusal says so.
+# resumed LOG SRC DST: the resume finishes, copying less than the whole
+# (after_kill: tried again while the killed run's lock is still held).
 resumed() {
-    local log=$1 src=$2 dst=$3 n rc
-    for n in $(seq 10); do
-        rc=0
-        "${COPY[@]}" --journal=j --resume --output=json "$src" "$dst" >"$log.out" 2>"$log" || rc=$?
-        ((rc == 1)) && grep -q 'lock' "$log" && { sleep 0.3; continue; }
-        break
-    done
-    ((rc == 0)) || die "$log: resume failed (exit $rc): $(cat "$log")"
+    local log=$1 src=$2 dst=$3
+    after_kill "$log.out" "$log" "${COPY[@]}" --journal=j --resume --output=json "$src" "$dst"
+    ((RC == 0)) || die "$log: resume failed (exit $RC): $(cat "$log")"
     [[ ! -e j ]] || die "$log: the journal is still there after the resume"
     local already written
     already=$(jq .bytes_already_done "$log.out")
@@ -122,10 +116,9 @@ qemu-img compare -q -f qcow2 -F raw src.qcow2 pulled.raw || die "pull: pulled.ra
 # a pull resumed from another export is refused
 rm -f pulled2.raw
 killed_copy pull2 KILL "$(uri r.sock)" pulled2.raw
-rc=0
-"${COPY[@]}" --journal=j --resume "$(uri o.sock)" pulled2.raw 2>wrong.log || rc=$?
-((rc == 1)) && grep -q "not the export this journal was written for" wrong.log ||
-    die "pull resumed from another export: exit $rc: $(cat wrong.log)"
+after_kill /dev/null wrong.log "${COPY[@]}" --journal=j --resume "$(uri o.sock)" pulled2.raw
+((RC == 1)) && grep -q "not the export this journal was written for" wrong.log ||
+    die "pull resumed from another export: exit $RC: $(cat wrong.log)"
 resumed resume-pull2 "$(uri r.sock)" pulled2.raw
 qemu-img compare -q -f qcow2 -F raw src.qcow2 pulled2.raw || die "pull 2: pulled2.raw differs"
 

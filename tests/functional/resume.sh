@@ -45,13 +45,7 @@ SRC_SUM=$(sha256sum src.qcow2 | cut -d' ' -f1)
 # JSON result.
 resume() {
     local out=$1; shift
-    local n
-    for n in 1 2 3 4 5 6 7 8 9 10; do
-        RC=0
-        timeout -k 5 120 "$@" --output=json >"$out" 2>"$out.err" || RC=$?
-        ((RC == 1)) && grep -q 'lock' "$out.err" && { sleep 0.3; continue; }
-        return 0
-    done
+    after_kill "$out" "$out.err" timeout -k 5 120 "$@" --output=json
 }
 
 # check_result CASE FMT DST OUT: complete, identical, clean, journal gone,

@@ -60,13 +60,7 @@ KILL_MIN_MB=2 KILL_SPAN_MB=20
 # is still held by the killed run's io_uring (docs/copy.md).
 resume() {
     local out=$1; shift
-    local n
-    for n in 1 2 3 4 5 6 7 8 9 10; do
-        RC=0
-        timeout -k 5 120 "$@" --output=json >"$out" 2>"$out.err" || RC=$?
-        ((RC == 1)) && grep -q 'lock' "$out.err" && { sleep 0.3; continue; }
-        return 0
-    done
+    after_kill "$out" "$out.err" timeout -k 5 120 "$@" --output=json
 }
 
 # check_chain CASE C: every destination volume identical to its source
