@@ -873,8 +873,10 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                 goto out;
             }
             if (o->journal && qcow2_writer_version(d.w) == 2) {
-                r = lsm_error(-ENOTSUP, "--journal is not supported with compat=0.10 "
-                              "destinations yet: %s is a version 2 qcow2", o->dst_path);
+                r = lsm_error(-ENOTSUP, "--journal cannot be used with %s, a version 2 "
+                              "(compat=0.10) qcow2: an interrupted copy marks its destination "
+                              "incomplete in a version 3 header field; copy without --journal",
+                              o->dst_path);
                 goto out;
             }
             if (qcow2_writer_virtual_size(d.w) < vsize) {

@@ -561,7 +561,11 @@ if command -v qemu-nbd >/dev/null && command -v nbdinfo >/dev/null; then
     cp bsrc.qcow2 binuse.qcow2
     qemu-io -f qcow2 -c 'sleep 20000' binuse.qcow2 &
     holder=$!
-    sleep 1
+    # the in-use flag is written when qemu-io opens the image for writing
+    for _ in $(seq 100); do
+        qemu-img info -U binuse.qcow2 2>/dev/null | grep -q in-use && break
+        sleep 0.1
+    done
     kill -9 "$holder"
     wait "$holder" 2>/dev/null || true
     if qemu-img info binuse.qcow2 | grep -q in-use; then
