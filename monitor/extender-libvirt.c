@@ -30,17 +30,14 @@
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 
 #include "cleanup.h"
+#include "domxml.h"
 #include "error.h"
 #include "extend-backend.h"
 #include "extender-ops.h"
-#include "libvirt-xml.h"
 #include "util.h"
 
-LSM_DEFINE_CLEANUP(xmlDocPtr, xmlFreeDoc)
 
 #define DEFAULT_URI "qemu:///system"
 #define LOOP_TICK_MS 200
@@ -214,19 +211,6 @@ static void layout_free(struct layout *l)
     memset(l, 0, sizeof *l);
 }
 
-static void source_of(xmlNodePtr src, struct layout_side *s)
-{
-    s->index = -1;
-    if (!src)
-        return;
-    s->path = lsm_xml_attr(src, "dev");
-    if (!s->path)
-        s->path = lsm_xml_attr(src, "file");
-    _cleanup_free_ char *idx = lsm_xml_attr(src, "index");
-    if (idx)
-        s->index = atoi(idx);
-}
-
 /* Disk `target` of the live XML; -ENOENT if there is none.  With target
  * NULL, fills names[] with the block-backed disks instead. */
 static int read_layout(struct lsm_extender *x, const char *target, struct layout *l,
@@ -237,44 +221,44 @@ static int read_layout(struct lsm_extender *x, const char *target, struct layout
     _cleanup_free_ char *xml = virDomainGetXMLDesc(x->dom, 0);
     if (!xml)
         return lsm_error(-EIO, "cannot read the XML of domain '%s': %s", x->domain, virt_msg());
-    _cleanup_(xmlFreeDocp) xmlDocPtr doc =
-        xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return lsm_error(-EIO, "cannot parse the XML of domain '%s'", x->domain);
-    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
+    struct lsm_domxml_disk *disks;
+    unsigned n;
+    int r = lsm_domxml_disks(xml, strlen(xml), x->domain, &disks, &n);
+    if (r < 0)
+        return r;
     if (nnames)
         *nnames = 0;
-    for (xmlNodePtr n = devices ? devices->children : NULL; n; n = n->next) {
-        if (n->type != XML_ELEMENT_NODE || strcmp((const char *)n->name, "disk"))
-            continue;
-        _cleanup_free_ char *dev = lsm_xml_attr(lsm_xml_child(n, "target"), "dev");
-        _cleanup_free_ char *device = lsm_xml_attr(n, "device");
-        if (!dev || (device && strcmp(device, "disk")))
+    bool found = false;
+    for (unsigned i = 0; i < n && !found; i++) {
+        struct lsm_domxml_disk *d = &disks[i];
+        if (d->device && strcmp(d->device, "disk"))
             continue;
         if (!target) {
-            _cleanup_free_ char *type = lsm_xml_attr(n, "type");
-            if (type && !strcmp(type, "block") && nnames && *nnames < LSM_EXTENDER_MAX_DRIVES &&
-                strlen(dev) < 32)
-                copy_str(names[(*nnames)++], 32, dev);
+            if (d->type && !strcmp(d->type, "block") && nnames &&
+                *nnames < LSM_EXTENDER_MAX_DRIVES && strlen(d->target) < 32)
+                copy_str(names[(*nnames)++], 32, d->target);
             continue;
         }
-        if (strcmp(dev, target))
+        if (strcmp(d->target, target))
             continue;
-        l->type = lsm_xml_attr(n, "type");
-        l->alias = lsm_xml_attr(lsm_xml_child(n, "alias"), "name");
-        source_of(lsm_xml_child(n, "source"), &l->side[SRC]);
-        xmlNodePtr mirror = lsm_xml_child(n, "mirror");
-        if (mirror) {
-            source_of(lsm_xml_child(mirror, "source"), &l->side[DST]);
-            if (!l->side[DST].path)
-                l->side[DST].path = lsm_xml_attr(mirror, "file");
+        /* the strings move to l */
+        l->type = d->type;
+        l->alias = d->alias;
+        l->side[SRC].path = d->src.path;
+        l->side[SRC].index = d->src.index;
+        if (d->has_mirror) {
+            l->side[DST].path = d->mirror.path;
+            l->side[DST].index = d->mirror.index;
         }
-        return 0;
+        d->type = d->alias = d->src.path = NULL;
+        if (d->has_mirror)
+            d->mirror.path = NULL;
+        found = true;
     }
-    if (!target)
-        return 0;
-    return lsm_error(-ENOENT, "domain '%s' has no disk '%s'", x->domain, target);
+    lsm_domxml_free(disks, n);
+    if (target && !found)
+        return lsm_error(-ENOENT, "domain '%s' has no disk '%s'", x->domain, target);
+    return 0;
 }
 
 /* ---- block stats ---- */

@@ -15,6 +15,7 @@
 
 #ifdef HAVE_LIBVIRT
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -30,19 +31,16 @@
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 
 #include "cleanup.h"
+#include "domxml.h"
 #include "error.h"
 #include "image.h"
-#include "libvirt-xml.h"
 #include "mirror.h"
 #include "util.h"
 
 LSM_DEFINE_CLEANUP(virConnectPtr, virConnectClose)
 LSM_DEFINE_CLEANUP(virDomainPtr, virDomainFree)
-LSM_DEFINE_CLEANUP(xmlDocPtr, xmlFreeDoc)
 
 #define DEFAULT_URI "qemu:///system"
 
@@ -111,32 +109,6 @@ static int global_init(void)
 
 /* ---- domain XML ---- */
 
-/* The path of a <source> element: file= for files, dev= for block devices. */
-static char *source_path(xmlNodePtr src)
-{
-    if (!src)
-        return NULL;
-    char *p = lsm_xml_attr(src, "file");
-    return p ? p : lsm_xml_attr(src, "dev");
-}
-
-static int parse_disk(xmlNodePtr disk, struct disk_info *di)
-{
-    di->type = lsm_xml_attr(disk, "type");
-    di->source = source_path(lsm_xml_child(disk, "source"));
-    xmlNodePtr bs = lsm_xml_child(disk, "backingStore");
-    di->has_backing = bs && lsm_xml_child(bs, "source");
-    xmlNodePtr mirror = lsm_xml_child(disk, "mirror");
-    if (mirror) {
-        di->has_mirror = true;
-        di->mirror_ready = lsm_xml_attr(mirror, "ready");
-        di->mirror_source = source_path(lsm_xml_child(mirror, "source"));
-        if (!di->mirror_source)     /* the old form: <mirror file='...'> */
-            di->mirror_source = lsm_xml_attr(mirror, "file");
-    }
-    return 0;
-}
-
 /* Find disk `target` in the live XML.  -ENOENT (with the list of disks in
  * the message) if there is none. */
 static int get_disk(struct virt_mirror *vm, const char *target, struct disk_info *di)
@@ -146,30 +118,34 @@ static int get_disk(struct virt_mirror *vm, const char *target, struct disk_info
     if (!xml)
         return lsm_error(-EIO, "cannot read the XML of domain '%s': %s", vm->domain,
                          virt_msg());
-    _cleanup_(xmlFreeDocp) xmlDocPtr doc =
-        xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
-                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return lsm_error(-EIO, "cannot parse the XML of domain '%s'", vm->domain);
-
+    struct lsm_domxml_disk *disks;
+    unsigned n;
+    int r = lsm_domxml_disks(xml, strlen(xml), vm->domain, &disks, &n);
+    if (r < 0)
+        return r;
+    const struct lsm_domxml_disk *d = lsm_domxml_find(disks, n, target);
+    if (d) {
+        /* the strings move to di */
+        struct lsm_domxml_disk *m = &disks[d - disks];
+        di->type = m->type;
+        di->source = m->src.path;
+        di->has_backing = m->has_backing;
+        di->has_mirror = m->has_mirror;
+        di->mirror_source = m->mirror.path;
+        di->mirror_ready = m->mirror_ready;
+        m->type = m->src.path = m->mirror.path = m->mirror_ready = NULL;
+        lsm_domxml_free(disks, n);
+        return 0;
+    }
     char names[256] = "";
     size_t used = 0;
-    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
-    for (xmlNodePtr d = devices ? devices->children : NULL; d; d = d->next) {
-        if (!lsm_xml_is_elem(d, "disk"))
-            continue;
-        xmlNodePtr tgt = lsm_xml_child(d, "target");
-        _cleanup_free_ char *dev = tgt ? lsm_xml_attr(tgt, "dev") : NULL;
-        if (!dev)
-            continue;
-        if (!strcmp(dev, target))
-            return parse_disk(d, di);
-        if (used < sizeof names) {
-            int n = snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "", dev);
-            if (n > 0)
-                used += (size_t)n;
-        }
+    for (unsigned i = 0; i < n && used < sizeof names; i++) {
+        int k = snprintf(names + used, sizeof names - used, "%s%s", used ? ", " : "",
+                         disks[i].target);
+        if (k > 0)
+            used += (size_t)k;
     }
+    lsm_domxml_free(disks, n);
     return lsm_error(-ENOENT, "domain '%s' has no disk '%s' (its disks: %s)", vm->domain,
                      target, used ? names : "none");
 }

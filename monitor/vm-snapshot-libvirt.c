@@ -4,24 +4,22 @@
 
 #ifdef HAVE_LIBVIRT
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
 
 #include "cleanup.h"
+#include "domxml.h"
 #include "error.h"
-#include "libvirt-xml.h"
 #include "vm-snapshot.h"
 
 LSM_DEFINE_CLEANUP(virConnectPtr, virConnectClose)
 LSM_DEFINE_CLEANUP(virDomainPtr, virDomainFree)
 LSM_DEFINE_CLEANUP(virDomainSnapshotPtr, virDomainSnapshotFree)
-LSM_DEFINE_CLEANUP(xmlDocPtr, xmlFreeDoc)
 
 static const char *virt_msg(void)
 {
@@ -81,32 +79,25 @@ int lsm_vm_snapshot_libvirt(const char *uri, const char *domain,
     _cleanup_free_ char *live = virDomainGetXMLDesc(dom, 0);
     if (!live)
         return lsm_error(-EIO, "cannot read the XML of domain '%s': %s", domain, virt_msg());
-    _cleanup_(xmlFreeDocp) xmlDocPtr doc =
-        xmlReadMemory(live, (int)strlen(live), "domain.xml", NULL,
-                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc)
-        return lsm_error(-EIO, "cannot parse the XML of domain '%s'", domain);
+    struct lsm_domxml_disk *disks;
+    unsigned ndisks;
+    int r = lsm_domxml_disks(live, strlen(live), domain, &disks, &ndisks);
+    if (r < 0)
+        return r;
 
     _cleanup_free_ char *xml = NULL;
     size_t len = 0;
-    int r = append(&xml, &len, "<domainsnapshot><disks>", false);
+    r = append(&xml, &len, "<domainsnapshot><disks>", false);
     unsigned found = 0;
-    xmlNodePtr devices = lsm_xml_child(xmlDocGetRootElement(doc), "devices");
-    for (xmlNodePtr dk = devices ? devices->children : NULL; dk && !r; dk = dk->next) {
-        if (!lsm_xml_is_elem(dk, "disk"))
-            continue;
-        xmlNodePtr tgt = lsm_xml_child(dk, "target");
-        xmlChar *dev = tgt ? xmlGetProp(tgt, (const xmlChar *)"dev") : NULL;
-        if (!dev)
-            continue;
+    for (unsigned k = 0; k < ndisks && !r; k++) {
+        const char *dev = disks[k].target;
         const struct lsm_vm_snapshot_disk *mine = NULL;
         for (unsigned i = 0; i < n; i++)
-            if (!strcmp(d[i].disk, (const char *)dev))
+            if (!strcmp(d[i].disk, dev))
                 mine = &d[i];
         r = append(&xml, &len, "<disk name='", false);
         if (!r)
-            r = append(&xml, &len, (const char *)dev, true);
-        xmlFree(dev);
+            r = append(&xml, &len, dev, true);
         if (r)
             break;
         if (!mine) {
@@ -123,6 +114,7 @@ int lsm_vm_snapshot_libvirt(const char *uri, const char *domain,
         if (!r)
             r = append(&xml, &len, "'/></disk>", false);
     }
+    lsm_domxml_free(disks, ndisks);
     if (!r)
         r = append(&xml, &len, "</disks></domainsnapshot>", false);
     if (r)
