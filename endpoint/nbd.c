@@ -379,6 +379,16 @@ static int merge_depth(struct nbd_ep *ne, struct nbd_status *s)
             }
         }
     }
+    /* A window that ends inside a cluster ends at the cluster's start
+     * instead: the next window then sees the whole cluster, and its depth
+     * changes are checked there. */
+    uint64_t a = ne->layer_align;
+    if (a > 1 && pos % a && pos < ne->ep.caps.size && pos - pos % a > s->start) {
+        uint64_t cut = pos - pos % a;
+        while (n && out[n - 1].start >= cut)
+            n--;
+        out[n - 1].length = cut - out[n - 1].start;
+    }
     free(s->ext);
     s->ext = out;
     s->n = n;
