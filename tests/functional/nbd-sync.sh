@@ -11,7 +11,9 @@
 # the wrong size, a job mixing exports and local volumes, an NBD source,
 # --journal, --checksum and -C.  --type=INTERNAL connects only to the exports
 # it writes (the leaf's need not be served).  A chain whose base is raw:
-# the base's export is served with -f raw.
+# the base's export is served with -f raw.  Then the pull (docs/nbd.md,
+# "sync from NBD exports"): each SOURCE layer served alone by qemu-nbd -r -A,
+# the destinations a local clone; the same comparisons, and its refusals.
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-nbd qemu-img qemu-io jq
 . "$TESTS_DIR/nbd-netns-lib.sh"   # qemu_nbd_on, uri, stop_servers
