@@ -112,6 +112,14 @@ struct lsm_ep_nbd_opts {
      * complete for this long (at most 900 ms) before every wait ends with
      * -EINTR: a journaled copy drains and checkpoints then.  0: at once. */
     unsigned cancel_grace_ms;
+    /* A source serving one qcow2 layer alone (qemu-nbd with "backing":
+     * null; sync's NBD sources, docs/nbd.md): needs qemu:allocation-depth
+     * (-ENOTSUP otherwise); depth 0 is ABSENT, the rest as base:allocation
+     * says.  layer_align (the destination's cluster size, or 0): a depth
+     * change off a multiple of it is -EINVAL (such a cluster could not be
+     * copied). */
+    bool one_layer;
+    uint64_t layer_align;
 };
 int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, struct lsm_ep **out);
 /* A source over one connection (lsm_ep_nbd_open with the defaults). */

@@ -90,6 +90,10 @@ struct nbd_status {
     struct nbd_ep *ne;
     struct nbd_ext *ext;
     size_t n, cap;
+    /* one_layer: qemu:allocation-depth's answer (kind ABSENT for depth 0,
+     * DATA for in this layer), merged into ext once both are in */
+    struct nbd_ext *dext;
+    size_t dn, dcap;
     uint64_t start;
     int64_t cookie;              /* > 0: asked, not yet collected */
     uint64_t deadline_ns;
@@ -140,6 +144,11 @@ struct nbd_ep {
     unsigned connect_ms, request_ms, retries;
     bool broken;                 /* timed out, cancelled or lost: send nothing more */
     bool have_status, can_zero, can_fast_zero, can_flush, can_trim;
+    /* A source serving one qcow2 layer alone (backing null): extents from
+     * base:allocation and qemu:allocation-depth, depth 0 ABSENT; every
+     * change of depth on a multiple of layer_align. */
+    bool one_layer;
+    uint64_t layer_align;
     /* Background flushes (a destination): every flush_every bytes of
      * writes and zeroes completed, one NBD_CMD_FLUSH that nothing waits
      * for, so that the server's writeback overlaps the copy and the final
@@ -267,34 +276,44 @@ static uint64_t deadline_after(unsigned ms)
 
 /* ---- Extents: base:allocation, one window asked ahead ---- */
 
-static int add_ext(struct nbd_status *s, uint64_t start, uint64_t length, enum lsm_ep_kind kind)
+static int push_ext(struct nbd_ext **ext, size_t *n, size_t *cap, uint64_t start,
+                    uint64_t length, enum lsm_ep_kind kind)
 {
-    if (s->n && s->ext[s->n - 1].kind == kind &&
-        s->ext[s->n - 1].start + s->ext[s->n - 1].length == start) {
-        s->ext[s->n - 1].length += length;
+    if (*n && (*ext)[*n - 1].kind == kind && (*ext)[*n - 1].start + (*ext)[*n - 1].length == start) {
+        (*ext)[*n - 1].length += length;
         return 0;
     }
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 256;
-        struct nbd_ext *e = realloc(s->ext, cap * sizeof(*e));
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 256;
+        struct nbd_ext *e = realloc(*ext, c * sizeof(*e));
         if (!e)
             return -ENOMEM;
-        s->ext = e;
-        s->cap = cap;
+        *ext = e;
+        *cap = c;
     }
-    s->ext[s->n++] = (struct nbd_ext){ start, length, kind };
+    (*ext)[(*n)++] = (struct nbd_ext){ start, length, kind };
     return 0;
 }
+
+static int add_ext(struct nbd_status *s, uint64_t start, uint64_t length, enum lsm_ep_kind kind)
+{
+    return push_ext(&s->ext, &s->n, &s->cap, start, length, kind);
+}
+
+#define CONTEXT_ALLOCATION_DEPTH "qemu:allocation-depth"
 
 static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
                      uint32_t *entries, size_t nr_entries, int *error)
 {
     struct nbd_status *s = opaque;
     uint64_t size = s->ne->ep.caps.size;
-    if (strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    bool depth = s->ne->one_layer && !strcmp(metacontext, CONTEXT_ALLOCATION_DEPTH);
+    if (!depth && strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
         return 0;
     uint64_t pos = offset;
-    if (s->n)   /* a second reply chunk continues the first */
+    if (depth && s->dn)
+        pos = s->dext[s->dn - 1].start + s->dext[s->dn - 1].length;
+    else if (!depth && s->n)   /* a second reply chunk continues the first */
         pos = s->ext[s->n - 1].start + s->ext[s->n - 1].length;
     for (size_t i = 0; i + 1 < nr_entries; i += 2) {
         uint64_t len = entries[i];
@@ -308,7 +327,10 @@ static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
         /* A hole without the zero flag reads as whatever the server says:
          * copy it as data to be safe. */
         enum lsm_ep_kind kind = (flags & LIBNBD_STATE_ZERO) ? LSM_EP_ZERO : LSM_EP_DATA;
-        if (add_ext(s, pos, len, kind) < 0) {
+        if (depth)   /* the depth of the layer that decides: 0 none, 1 this one */
+            kind = flags ? LSM_EP_DATA : LSM_EP_ABSENT;
+        if ((depth ? push_ext(&s->dext, &s->dn, &s->dcap, pos, len, kind)
+                   : add_ext(s, pos, len, kind)) < 0) {
             s->cb_err = -ENOMEM;
             *error = ENOMEM;
             return -1;
@@ -318,10 +340,67 @@ static int status_cb(void *opaque, const char *metacontext, uint64_t offset,
     return 0;
 }
 
+/* One layer: s->ext (base:allocation) cut by s->dext (allocation depth)
+ * into the layer's own extents: where the depth is 0 ABSENT, elsewhere
+ * what base:allocation says (a zero cluster of this layer is ZERO: it
+ * hides the backing).  The window ends where the shorter answer ends.
+ * The copy writes whole destination clusters, and the export reads as
+ * zeroes where the layer allocates nothing (its backing is null), so a
+ * cluster both allocated and not in this layer cannot be copied: a depth
+ * change off a multiple of layer_align is refused. */
+static int merge_depth(struct nbd_ep *ne, struct nbd_status *s)
+{
+    if (!s->dn || s->dext[0].start != s->start)
+        return lsm_error(-EIO, "NBD server %s returned no allocation depth at offset %" PRIu64,
+                         ne->uri, s->start);
+    struct nbd_ext *out = NULL;
+    size_t n = 0, cap = 0, i = 0, j = 0;
+    uint64_t pos = s->start;
+    while (i < s->n && j < s->dn) {
+        const struct nbd_ext *a = &s->ext[i], *d = &s->dext[j];
+        uint64_t end = MIN(a->start + a->length, d->start + d->length);
+        enum lsm_ep_kind kind = d->kind == LSM_EP_ABSENT ? LSM_EP_ABSENT : a->kind;
+        if (push_ext(&out, &n, &cap, pos, end - pos, kind) < 0) {
+            free(out);
+            return lsm_error(-ENOMEM, "out of memory for the extents of %s", ne->uri);
+        }
+        pos = end;
+        if (pos == a->start + a->length)
+            i++;
+        if (pos == d->start + d->length) {
+            j++;
+            if (ne->layer_align > 1 && pos % ne->layer_align && pos < ne->ep.caps.size &&
+                j < s->dn && s->dext[j].kind != d->kind) {
+                free(out);
+                return lsm_error(-EINVAL, "%s: its layer's allocation changes at offset %" PRIu64
+                                 ", not on a cluster (%" PRIu64 " bytes) of the destination: "
+                                 "one layer cannot be copied into clusters of another size",
+                                 ne->uri, pos, ne->layer_align);
+            }
+        }
+    }
+    /* A window that ends inside a cluster ends at the cluster's start
+     * instead: the next window then sees the whole cluster, and its depth
+     * changes are checked there. */
+    uint64_t a = ne->layer_align;
+    if (a > 1 && pos % a && pos < ne->ep.caps.size && pos - pos % a > s->start) {
+        uint64_t cut = pos - pos % a;
+        while (n && out[n - 1].start >= cut)
+            n--;
+        out[n - 1].length = cut - out[n - 1].start;
+    }
+    free(s->ext);
+    s->ext = out;
+    s->n = n;
+    s->cap = cap;
+    return 0;
+}
+
 /* Ask for the window at off (on the first connection), without waiting. */
 static int status_ask(struct nbd_ep *ne, struct nbd_status *s, uint64_t off)
 {
     s->n = 0;
+    s->dn = 0;
     s->valid = false;
     s->cb_err = 0;
     s->start = off;
@@ -351,6 +430,8 @@ static int status_wait(struct nbd_ep *ne, struct nbd_status *s)
     if (!s->n || s->ext[0].start != s->start)
         return lsm_error(-EIO, "NBD server %s returned no extents at offset %" PRIu64,
                          ne->uri, s->start);
+    if (ne->one_layer && (r = merge_depth(ne, s)) < 0)
+        return r;
     s->valid = true;
     return 0;
 }
@@ -908,6 +989,8 @@ static void nbd_close_ep(struct lsm_ep *ep)
     }
     free(ne->st[0].ext);
     free(ne->st[1].ext);
+    free(ne->st[0].dext);
+    free(ne->st[1].dext);
     free(ne->zero_buf);
     free(ne->uri);
     free(ne);
@@ -996,6 +1079,7 @@ static int start_connect(struct nbd_ep *ne, struct nbd_conn *c)
     if (!c->h)
         return lsm_error(-ENOMEM, "cannot create an NBD handle: %s", nbd_get_error());
     if (nbd_add_meta_context(c->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+        (ne->one_layer && nbd_add_meta_context(c->h, CONTEXT_ALLOCATION_DEPTH) == -1) ||
         nbd_aio_connect_uri(c->h, ne->uri) == -1)
         return conn_fail(ne, c, "cannot connect to");
     return 0;
@@ -1051,6 +1135,8 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
         },
     };
     ne->st[0].ne = ne->st[1].ne = ne;
+    ne->one_layer = !o->writable && o->one_layer;
+    ne->layer_align = o->layer_align;
     ne->cancel = o->cancel;
     ne->cancel_grace_ms = MIN(o->cancel_grace_ms, 900u);
     ne->connect_ms = o->connect_ms ? o->connect_ms : LSM_NBD_CONNECT_TIMEOUT_MS;
@@ -1079,6 +1165,14 @@ int lsm_ep_nbd_open(struct lsm_loop *loop, const struct lsm_ep_nbd_opts *o, stru
         goto fail;
     }
     ne->have_status = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+    if (ne->one_layer && (!ne->have_status ||
+                          nbd_can_meta_context(h, CONTEXT_ALLOCATION_DEPTH) != 1)) {
+        r = lsm_error(-ENOTSUP, "%s does not offer %s%s: which ranges belong to the layer it "
+                      "serves cannot be told (serve each layer with qemu-nbd; docs/nbd.md)",
+                      ne->uri, ne->have_status ? "" : "base:allocation and ",
+                      CONTEXT_ALLOCATION_DEPTH);
+        goto fail;
+    }
     ne->can_zero = nbd_can_zero(h) == 1;
     ne->can_fast_zero = ne->can_zero && nbd_can_fast_zero(h) == 1;
     ne->can_trim = nbd_can_trim(h) == 1;

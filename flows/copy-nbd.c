@@ -50,6 +50,9 @@ int lsm_copy_open_nbd(const struct lsm_copy_opts *o, struct lsm_loop *loop, cons
         .cancel = o->cancel,
         /* with a journal, SIGINT/SIGTERM leave time for the last checkpoint */
         .cancel_grace_ms = o->journal ? 500 : 0,
+        /* a source serving one layer alone (sync's NBD sources) */
+        .one_layer = !writable && o->one_layer,
+        .layer_align = o->cluster_size,
     };
     return nbd_open(loop, &no, out);
 #else

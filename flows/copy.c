@@ -679,7 +679,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
                                   .fixed_buffers = true };
     bool nbd = lsm_is_nbd_uri(o->src_path);
     if (nbd) {
-        if (o->backing)
+        if (o->backing && !o->one_layer)
             return lsm_error(-EINVAL, "-B needs an image source: %s has no layers", o->src_path);
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--physical needs a qcow2 source, not %s", o->src_path);

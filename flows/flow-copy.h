@@ -58,7 +58,11 @@ struct lsm_copy_opts {
                                          serves one destination layer alone; only SRC's own
                                          layer is copied: data written, zero ranges always
                                          sent as WRITE_ZEROES (they hide the backing), ranges
-                                         the layer does not allocate left as they are */
+                                         the layer does not allocate left as they are.
+                                         With an NBD source and a local DST (sync's NBD
+                                         sources): SRC serves one qcow2 layer alone, read
+                                         with qemu:allocation-depth (depth 0 left as it is;
+                                         cluster_size: DST's clusters) */
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
     enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */

@@ -52,6 +52,7 @@ struct sync_plan {
     struct lsm_jobfile job;
     struct lsm_chain_desc src, dst;
     bool nbd;                       /* the job's destinations are NBD exports */
+    bool nbd_src;                   /* the job's sources are NBD exports (a pull) */
 };
 
 static void plan_free(struct sync_plan *p)
@@ -87,11 +88,21 @@ static int count_nbd(const struct lsm_jobfile *job, bool src, unsigned *first)
 
 static int nbd_check_job(const char *jobfile, const struct lsm_jobfile *job)
 {
-    unsigned k = 0;
-    if (count_nbd(job, true, &k))
-        return lsm_error(-EINVAL, "job file '%s': volume %u: source '%s' is an NBD export; a "
-                         "sync reads its source chain layer by layer, which an export does not "
-                         "show: sources must be local files or LVs", jobfile, k, job->v[k].src_path);
+    unsigned k = 0, ks = 0;
+    unsigned ns = (unsigned)count_nbd(job, true, &ks);
+    if (ns && count_nbd(job, false, &k))
+        return lsm_error(-EINVAL, "job file '%s': volume %u: source '%s' and volume %u: "
+                         "destination '%s' are both NBD exports: one end of a sync must be "
+                         "local (its chain is what the order is checked against)", jobfile, ks,
+                         job->v[ks].src_path, k, job->v[k].dst_path);
+    if (ns && ns < job->n) {
+        unsigned l = 0;
+        while (l < job->n && lsm_is_nbd_uri(job->v[l].src_path))
+            l++;
+        return lsm_error(-EINVAL, "job file '%s' mixes NBD exports (volume %u: '%s') and local "
+                         "volumes (volume %u: '%s') as sources: name every source as an NBD URI "
+                         "or none", jobfile, ks, job->v[ks].src_path, l, job->v[l].src_path);
+    }
     unsigned n = (unsigned)count_nbd(job, false, &k);
     if (n && n < job->n) {
         unsigned l = 0;
@@ -158,6 +169,90 @@ static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_j
     return 0;
 }
 
+/* A pull (docs/nbd.md, "sync from NBD exports"): every source is an export
+ * serving one source layer alone, every destination a local volume of a
+ * chain made by clone-structure.  What is known is the destination chain:
+ * it is described and checked as a local sync checks it (entry i+1's
+ * destination backs entry i's, the job lists the whole chain, a format or
+ * type given is what is there), and the source descriptions are made from
+ * it: each layer's format and cluster size are its destination's, its
+ * size the export's.  Checked: no two entries name the same URI, a source
+ * format given is the destination's, each export this sync reads is the
+ * size of its destination volume.  An export does not say what backs it:
+ * the job's order (top first) is the destination chain's, and that the
+ * exports serve those layers is the job's to say. */
+static int nbd_plan_sources(const struct lsm_sync_opts *o, struct sync_plan *p)
+{
+    struct lsm_jobfile *job = &p->job;
+    int r;
+    if (o->journal)
+        return lsm_error(-EINVAL, "--journal: a sync from NBD exports cannot be resumed (run it "
+                         "again: it rewrites what each layer allocates)");
+    if (o->copy.offload_required || o->copy.offload_mode == LSM_OFFLOAD_ONLY ||
+        o->copy.offload_cmd)
+        return lsm_error(-EINVAL, "offload (-C, --offload=NAME, --offload-cmd) needs source "
+                         "files: NBD exports give their data over the connection");
+    for (unsigned i = 0; i < job->n; i++)
+        for (unsigned k = 0; k < i; k++)
+            if (!strcmp(job->v[k].src_path, job->v[i].src_path))
+                return lsm_error(-EINVAL, "volumes %u and %u have the same source ('%s')", k, i,
+                                 job->v[i].src_path);
+    if ((r = lsm_chain_describe_flags(job->v[0].dst_path, job->v[0].dst_fmt,
+                                      LSM_OPEN_INCOMPLETE_OK, &p->dst)) < 0)
+        return r;
+    if ((r = lsm_jobfile_check_chain(job, &p->dst)) < 0)
+        return r;
+    p->src.v = calloc(job->n, sizeof *p->src.v);
+    if (!p->src.v)
+        return oom();
+    p->src.n = job->n;
+    for (unsigned i = 0; i < job->n; i++) {
+        struct lsm_volume_pair *jp = &job->v[i];
+        const struct lsm_volume_desc *d = &p->dst.v[i];
+        struct lsm_volume_desc *sv = &p->src.v[i];
+        if (d->type == LSM_DOMAIN_BLOCK)
+            return lsm_error(-EINVAL, "volume %u: destination '%s' is a block device: a sync "
+                             "from NBD exports does not know how much room each layer needs; "
+                             "sync into files", i, jp->dst_path);
+        if (jp->src_fmt != LSM_FMT_AUTO && jp->src_fmt != d->format)
+            return lsm_error(-EINVAL, "volume %u: source '%s' is given as %s, but its "
+                             "destination '%s' is %s", i, jp->src_path,
+                             lsm_format_name(jp->src_fmt), d->path, lsm_format_name(d->format));
+        if (!(sv->path = strdup(jp->src_path)) || !(sv->name = strdup(jp->src_path)))
+            return oom();
+        sv->format = d->format;
+        sv->type = LSM_DOMAIN_FILE;
+        sv->cluster_size = d->cluster_size;
+        sv->backing_fmt = d->backing_fmt;
+        sv->virtual_size = d->virtual_size;
+        jp->dst_type = d->type;
+        free(jp->dst_backing);
+        jp->dst_backing = NULL;
+        if (d->backing_name && !(jp->dst_backing = strdup(d->backing_name)))
+            return oom();
+        if (!copies(o->type, i))
+            continue;
+        /* One export at a time (a qemu-nbd without --shared serves one
+         * client): closed before the copy connects. */
+        struct lsm_image *img = NULL;
+        if ((r = lsm_image_open(jp->src_path, LSM_FMT_RAW, 0, &img)) < 0) {
+            lsm_error_prefix("volume %u", i);
+            return r;
+        }
+        uint64_t size = img->virtual_size;
+        lsm_image_close(img);
+        if (size != d->virtual_size)
+            return lsm_error(-EINVAL, "volume %u: source %s is %" PRIu64 " bytes, but its "
+                             "destination '%s' is %" PRIu64 " bytes: not the layer this "
+                             "volume is a copy of", i, jp->src_path, size, d->path,
+                             d->virtual_size);
+        /* its own data is at most all of it (the export's map is read
+         * by the copy, not before) */
+        sv->data_bytes = size;
+    }
+    return 0;
+}
+
 /* Everything before the first write: describe both chains, and check that
  * no destination is a file of the source chain, that the destinations form
  * one chain of the source's structure, and (job file) that its entries are
@@ -173,6 +268,9 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
         return r;
     unsigned first_nbd = 0;
     p->nbd = jobfile && count_nbd(job, false, &first_nbd) > 0;
+    p->nbd_src = jobfile && count_nbd(job, true, &first_nbd) > 0;
+    if (p->nbd_src)
+        return nbd_plan_sources(o, p);
     if (!jobfile && (!o->src_top || !o->dst_top))
         return lsm_error(-EINVAL, "need SRC_TOP and DST_TOP");
     if (!jobfile && (lsm_is_nbd_uri(o->src_top) || lsm_is_nbd_uri(o->dst_top)))
@@ -290,6 +388,7 @@ struct sync_ctx {
     struct lsm_journal *sj;
     struct lsm_journal_file *ids;   /* 2 per volume: source, destination */
     bool nbd;                       /* destinations are NBD exports (one layer each) */
+    bool nbd_src;                   /* sources are NBD exports (one layer each) */
 };
 
 /* ---- The sync journal (docs/resume.md, "sync") ----
@@ -657,6 +756,13 @@ static int vol_run(struct lsm_job *job, void *arg)
         o.dst_fmt = LSM_FMT_RAW;
         o.one_layer = true;
     }
+    if (v->ctx->nbd_src) {
+        /* an export serving one source layer alone, read as raw: a qcow2
+         * layer by its allocation depth (only what it allocates is
+         * copied, a zero cluster as a zero cluster), a raw base whole */
+        o.src_fmt = LSM_FMT_RAW;
+        o.one_layer = v->src->format == LSM_FMT_QCOW2;
+    }
     /* Only this volume's own layer: the destination's backing is already
      * the destination chain below it. */
     o.backing = v->ctx->nbd ? NULL : v->pair->dst_backing;
@@ -675,7 +781,7 @@ static int vol_run(struct lsm_job *job, void *arg)
     }
     lsm_job_set_phase(job, "extending");
     /* Block destinations: make room for the copy first. */
-    int r = v->ctx->nbd ? 0 : lsm_jobfile_ensure_room(v->pair, v->src);
+    int r = v->ctx->nbd || v->ctx->nbd_src ? 0 : lsm_jobfile_ensure_room(v->pair, v->src);
     if (r < 0)
         return r;
     if (lsm_job_cancelled(job))
@@ -870,6 +976,7 @@ int lsm_sync(const struct lsm_sync_opts *o, struct lsm_sync_result *res)
     }
     ctx.nvols = n;
     ctx.nbd = plan.nbd;
+    ctx.nbd_src = plan.nbd_src;
     ctx.total = res->bytes_total;
     if (o->journal && (r = sj_open(&ctx, res)) < 0)
         goto out_plan;

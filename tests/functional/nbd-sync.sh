@@ -11,7 +11,9 @@
 # the wrong size, a job mixing exports and local volumes, an NBD source,
 # --journal, --checksum and -C.  --type=INTERNAL connects only to the exports
 # it writes (the leaf's need not be served).  A chain whose base is raw:
-# the base's export is served with -f raw.
+# the base's export is served with -f raw.  Then the pull (docs/nbd.md,
+# "sync from NBD exports"): each SOURCE layer served alone by qemu-nbd -r -A,
+# the destinations a local clone; the same comparisons, and its refusals.
 . "$(dirname "$0")/lib.sh"
 need_cmd qemu-nbd qemu-img qemu-io jq
 . "$TESTS_DIR/nbd-netns-lib.sh"   # qemu_nbd_on, uri, stop_servers
@@ -145,7 +147,7 @@ if [[ $rc == 1 ]]; then one_line mixed mixed.err "mixes NBD exports"; else fail 
 jq '.volumes[0].source.path = .volumes[0].destination.path' job.json >nbdsrc.json
 rc=0
 "$LSM_SYNC" sync --type=ALL --job nbdsrc.json >/dev/null 2>nbdsrc.err || rc=$?
-if [[ $rc == 1 ]]; then one_line "nbd source" nbdsrc.err "is an NBD export"; else fail "nbd source" "exit $rc"; fi
+if [[ $rc == 1 ]]; then one_line "both ends nbd" nbdsrc.err "are both NBD exports"; else fail "both ends nbd" "exit $rc"; fi
 rm -f dst2/top.qcow2
 "$LSM_SYNC" clone-structure --reuse top.qcow2 --dst-dir "$T/dst2" >/dev/null
 serve dst2
@@ -203,5 +205,91 @@ qemu-img compare -q -f raw -F raw rbase.raw rdst/rbase.raw || ok=0
 [[ $(layer_map "$T/rdst/rtop.qcow2") == "$(layer_map "$T/rtop.qcow2")" ]] || ok=0
 qemu-img check -q -f qcow2 rdst/rtop.qcow2 || ok=0
 if ((ok)); then pass "raw base"; else fail "raw base" "exit $rc: $(cat rsync.err)"; fi
+
+# 6. The pull: each SOURCE layer served alone, read-only, and the job's
+# destinations a local clone.  The zero clusters of mid and top (over data
+# of the layers below) must stay zero clusters, what a layer does not
+# allocate must stay unallocated: the chains and every volume alone compare
+# equal, every layer maps alone as its source, check is clean.
+serve_src() {   # serve_src LAYER...: source layers alone, read-only, on src-NAME.sock
+    local l
+    for l in "$@"; do
+        qemu_nbd_on "$T/src-$l.sock" -r -A "json:$(alone "$T/$l")"
+    done
+}
+# pull_job CLONE_JSON: the clone's job with every source an export
+pull_job() {
+    jq --arg t "$T" '{volumes: [.volumes[] | .source = {
+            path: ("nbd+unix:///?socket=" + $t + "/src-" + (.source.path | split("/") | last) + ".sock")}]}' "$1"
+}
+mkdir pull
+"$LSM_SYNC" clone-structure --output=json top.qcow2 --dst-dir "$T/pull" >pclone.json
+pull_job pclone.json >pjob.json
+serve_src "${LAYERS[@]}"
+rc=0
+"$LSM_SYNC" sync --type=ALL --output=json --job pjob.json >pull.json 2>pull.err || rc=$?
+stop_servers
+ok=$((rc == 0))
+[[ $(jq -r '[.volumes[].status] | unique | join(",")' pull.json) == synced ]] || ok=0
+if ((ok)); then pass pull; else fail pull "exit $rc: $(cat pull.err)"; fi
+ok=1
+for l in "${LAYERS[@]}"; do
+    qemu-img compare -q -f qcow2 -F qcow2 "$l" "pull/$l" || { ok=0; echo "chain of $l differs"; }
+    qemu-img compare -q "json:$(alone "$T/$l")" "json:$(alone "$T/pull/$l")" ||
+        { ok=0; echo "layer $l alone differs"; }
+    [[ $(layer_map "$T/pull/$l") == "$(layer_map "$T/$l")" ]] || { ok=0; echo "map of $l differs"; }
+    qemu-img check -q -f qcow2 "pull/$l" || { ok=0; echo "check of $l"; }
+done
+if ((ok)); then pass "pull: compare, map, check"; else fail "pull: compare, map, check"; fi
+
+# --type=INTERNAL into a fresh clone, the leaf's export not served.
+mkdir pull2
+"$LSM_SYNC" clone-structure --output=json top.qcow2 --dst-dir "$T/pull2" >pclone2.json
+pull_job pclone2.json >pjob2.json
+serve_src mid.qcow2 base.qcow2
+rc=0
+"$LSM_SYNC" sync --type=INTERNAL --job pjob2.json >/dev/null 2>pint.err || rc=$?
+ok=$((rc == 0))
+for l in mid.qcow2 base.qcow2; do
+    [[ $(layer_map "$T/pull2/$l") == "$(layer_map "$T/$l")" ]] || ok=0
+done
+qemu-img compare -q -f qcow2 mid.qcow2 pull2/mid.qcow2 || ok=0
+[[ $(layer_map "$T/pull2/top.qcow2" | jq -c 'map(select(.present)) | length') == 0 ]] || ok=0
+if ((ok)); then pass "pull internal"; else fail "pull internal" "exit $rc: $(cat pint.err)"; fi
+
+# Refusals (exit 1, one line, pull2's leaf untouched): the same URI twice,
+# an export of the wrong size, an export without qemu:allocation-depth
+# (nbdkit serving the file), --journal.
+jq '.volumes[1].source.path = .volumes[2].source.path' pjob2.json >pdup.json
+rc=0
+"$LSM_SYNC" sync --type=INTERNAL --job pdup.json >/dev/null 2>pdup.err || rc=$?
+if [[ $rc == 1 ]]; then one_line "pull duplicate" pdup.err "have the same source"; else fail "pull duplicate" "exit $rc"; fi
+rc=0
+"$LSM_SYNC" sync --type=INTERNAL --journal="$T/pj" --job pjob2.json >/dev/null 2>pj.err || rc=$?
+if [[ $rc == 1 && ! -e pj ]]; then one_line "pull journal" pj.err "cannot be resumed"; else fail "pull journal" "exit $rc"; fi
+stop_servers
+qemu-img create -q -f qcow2 big.qcow2 17M
+qemu_nbd_on "$T/src-top.qcow2.sock" -r -A "json:$(alone "$T/big.qcow2")"
+rc=0
+"$LSM_SYNC" sync --type=LEAF --job pjob2.json >/dev/null 2>psize.err || rc=$?
+stop_servers
+if [[ $rc == 1 ]]; then one_line "pull wrong size" psize.err "is 17825792 bytes, but its destination"; else fail "pull wrong size" "exit $rc"; fi
+if command -v nbdkit >/dev/null; then
+    truncate -s 16M flat.raw
+    nbdkit -U "$T/src-top.qcow2.sock" -P "$T/nbdkit.pid" -r file "$T/flat.raw" 2>>"$T/server.log"
+    wait_file "$T/nbdkit.pid"
+    PIDS+=("$(cat "$T/nbdkit.pid")")
+    rc=0
+    "$LSM_SYNC" sync --type=LEAF --job pjob2.json >/dev/null 2>pdepth.err || rc=$?
+    stop_servers
+    if [[ $rc == 1 ]]; then one_line "pull no depth" pdepth.err "does not offer qemu:allocation-depth"; else fail "pull no depth" "exit $rc"; fi
+else
+    echo "nbdkit missing: the allocation-depth refusal is not checked"
+fi
+if [[ $(layer_map "$T/pull2/top.qcow2" | jq -c 'map(select(.present)) | length') == 0 ]]; then
+    pass "pull refusals wrote nothing"
+else
+    fail "pull refusals wrote nothing"
+fi
 
 finish
