@@ -11,7 +11,19 @@
  * loop.  Given an offload ladder (lsm_ep_file_set_offload) the endpoint
  * offers copy_range: each range goes down the ladder (reflink,
  * copy_file_range where that is a server-side copy, a plugin, a command;
- * offload/offload.h), and what it leaves is the pipeline's. */
+ * offload/offload.h), and what it leaves is the pipeline's.
+ *
+ * Background syncs (a writable regular file on io_uring or psync): after
+ * every LSM_FILE_SYNC_EVERY bytes of writes and zeroes submitted, one
+ * fdatasync is queued on the loop that nothing waits for, one at a time,
+ * so that the final flush finds little left to commit (the allocation of
+ * the extents an O_DIRECT copy into a growing file makes, and the disk's
+ * cache).  A failed one is remembered and fails the final flush: Linux
+ * reports a writeback error to one fsync only.  Not on block devices (no
+ * allocation to commit) nor on libaio (which runs a flush synchronously on
+ * the loop's thread: it would stall the copy).  LSM_FILE_SYNC_EVERY in the
+ * environment (bytes; 0: never) overrides the default, for tests and the
+ * benchmark. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -29,13 +41,47 @@
 #include "util.h"
 
 #define RAW_MIN_HOLE (64 * KiB)
+#define FILE_SYNC_EVERY (32ull << 20)
 
 struct file_ep {
     struct lsm_ep ep;
     struct lsm_file *f;
     int tail_fd;              /* buffered descriptor, opened on first use */
     struct lsm_offload *ol;   /* not owned; NULL: no copy_range */
+    /* Background syncs (see the top). */
+    uint64_t sync_every;      /* 0: never */
+    uint64_t unsynced;        /* bytes submitted since the last one started */
+    bool sync_busy;           /* one in flight (sync_cmd) */
+    int sync_err;             /* the first failure, reported by flush */
+    struct lsm_ep_cmd sync_cmd;
 };
+
+static void bg_sync_done(struct lsm_ep_cmd *cmd)
+{
+    struct file_ep *fe = cmd->user;
+    fe->sync_busy = false;
+    if (cmd->result < 0 && !fe->sync_err)
+        fe->sync_err = cmd->result;
+}
+
+/* Count len bytes submitted; start a background sync when enough are. */
+static void bg_sync_account(struct lsm_ep *ep, uint64_t len)
+{
+    struct file_ep *fe = ep->priv;
+    if (!fe->sync_every)
+        return;
+    fe->unsynced += len;
+    if (fe->unsynced < fe->sync_every || fe->sync_busy || fe->sync_err)
+        return;
+    fe->unsynced = 0;
+    struct lsm_ep_cmd *c = &fe->sync_cmd;
+    *c = (struct lsm_ep_cmd){ .op = LSM_EP_OP_WRITE, .buf_index = -1, .done = bg_sync_done,
+                              .user = fe };
+    fe->sync_busy = true;
+    lsm_loop_cmd_begin(ep->loop, ep, c);
+    int r = lsm_loop_file_io(ep->loop, c, LSM_OP_FLUSH, fe->f, NULL, 0, 0, NULL);
+    lsm_loop_cmd_put(ep->loop, c, r);
+}
 
 static int open_tail(struct file_ep *fe)
 {
@@ -141,6 +187,8 @@ static int file_rw(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
                : tail_write(fe, p, cmd->len - an, cmd->offset + an);
     }
     lsm_loop_cmd_put(ep->loop, cmd, r);
+    if (!rd)
+        bg_sync_account(ep, cmd->len);
     return 0;
 }
 
@@ -158,12 +206,23 @@ static int file_zero(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
             lsm_error_prefix("cannot zero %s at offset %" PRIu64, fe->f->path, cmd->offset);
     }
     lsm_loop_cmd_put(ep->loop, cmd, r);
+    bg_sync_account(ep, cmd->len);
     return 0;
 }
 
 static int file_flush(struct lsm_ep *ep)
 {
     struct file_ep *fe = ep->priv;
+    /* A background sync still in flight ends first (nothing else is). */
+    while (fe->sync_busy && lsm_loop_run(ep->loop) > 0)
+        ;
+    if (fe->sync_busy)
+        return lsm_error(-EIO, "cannot flush %s: a background sync did not end", fe->f->path);
+    if (fe->sync_err) {
+        /* Reported once by the kernel: keep failing every flush after it. */
+        return lsm_error_errno(fe->sync_err, "cannot flush %s (a background sync failed)",
+                               fe->f->path);
+    }
     int r = lsm_file_sync(fe->f);
     if (r < 0) {
         lsm_error_prefix("cannot flush %s", fe->f->path);
@@ -256,6 +315,13 @@ int lsm_ep_file_create(struct lsm_loop *loop, struct lsm_file *f, uint64_t size,
             .hole_min = (uint32_t)MAX((uint64_t)g, RAW_MIN_HOLE),
         },
     };
+    if (!fe->ep.caps.read_only && !f->is_blockdev &&
+        strncmp(lsm_loop_io_name(loop), "aio", 3) != 0) {
+        fe->sync_every = FILE_SYNC_EVERY;
+        const char *e = getenv("LSM_FILE_SYNC_EVERY");
+        if (e && *e)
+            fe->sync_every = strtoull(e, NULL, 0);
+    }
     if (!fe->ep.caps.read_only && lsm_loop_register_file(loop, f) < 0)
         lsm_error_clear();   /* fixed files are an optimisation */
     *out = &fe->ep;

@@ -277,6 +277,8 @@ static void part_done(struct lsm_loop *l, struct part *p)
             if (err == 0)
                 return;
         }
+    } else if (req->result < 0 && req->op == LSM_OP_FLUSH) {
+        err = lsm_error_errno((int)req->result, "cannot sync %s", req->file->path);
     } else if (req->result < 0) {
         err = rd ? lsm_error_errno((int)req->result, "cannot read %s at offset %" PRIu64,
                                    req->file->path, req->offset)

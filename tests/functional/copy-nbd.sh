@@ -32,6 +32,41 @@ for out in raw qcow2; do
     rm -f nbd.$out ref.raw
 done
 
+# Background syncs of a raw destination (endpoint/file.c): with psync
+# (whose fdatasync strace sees; io_uring's it cannot) and one every 4 MiB,
+# a pull of about 77 MiB of data must sync many times, not only at the
+# end, and the result must not change.  Then the first background sync
+# fails (EIO injected on the first flush): the copy must fail, not exit 0.
+# About 1.5 s.
+if command -v strace >/dev/null; then
+    # LeakSanitizer cannot run under ptrace: leaks are checked by the runs without strace.
+    asan_noleak=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+    rm -f bg.raw ref.raw
+    if nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
+           --run "LSM_FILE_SYNC_EVERY=4194304 ASAN_OPTIONS=$asan_noleak strace -f -qq -e trace=fdatasync,fsync -o bg.strace \"$LSM_SYNC\" copy --io=psync -f raw \"\$uri\" bg.raw && qemu-img convert -f raw \"\$uri\" ref.raw" 2>err.log; then
+        n=$(grep -cE '^[0-9]+ +(fdatasync|fsync)\(' bg.strace || :)
+        if ((n >= 5)); then
+            same "nbd background syncs" ref.raw bg.raw && pass "nbd background syncs ($n syncs)"
+        else
+            fail "nbd background syncs" "$n fsync/fdatasync calls, want at least 5"
+        fi
+    else
+        fail "nbd background syncs" "$(head -n3 err.log)"
+    fi
+    rm -f bg.raw ref.raw bg.strace
+    rc=0
+    nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
+        --run "LSM_FILE_SYNC_EVERY=4194304 LSM_IO_FAULT=flush:1:EIO \"$LSM_SYNC\" copy --io=psync -f raw \"\$uri\" bg.raw" >err.log 2>&1 || rc=$?
+    if ((rc == 1)) && grep -q "background sync failed" err.log; then
+        pass "nbd failed background sync"
+    else
+        fail "nbd failed background sync" "exit $rc, want 1 and 'background sync failed': $(head -n3 err.log)"
+    fi
+    rm -f bg.raw
+else
+    echo "# strace not installed: the background sync checks are not run" >&2
+fi
+
 # A 3-deep chain (raw base, two qcow2 layers) served read-only by qemu-nbd.
 truncate -s 8M base.raw
 qio base.raw raw -- "write -P 0x71 0 2M" "write -P 0x72 6M 1M"
