@@ -83,6 +83,16 @@ uint64_t lsm_extend_max_size(const struct lsm_extend_policy *p, uint64_t capacit
     return round_up_sat(m, p->extent);
 }
 
+uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t image_capacity,
+                             uint64_t allocation)
+{
+    if (!full_size || !capacity || image_capacity != capacity || allocation > full_size ||
+        full_size < capacity)
+        return 0;
+    uint64_t margin = MAX(capacity / 256, 1 * MiB);
+    return full_size > UINT64_MAX - margin ? 0 : full_size + margin;
+}
+
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size)
 {
     if (physical >= max_size)

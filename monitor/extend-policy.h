@@ -75,6 +75,17 @@ uint64_t lsm_extend_headroom(const struct lsm_extend_policy *p, double rate_bps,
 uint64_t lsm_extend_max_size(const struct lsm_extend_policy *p, uint64_t capacity,
                              uint64_t measured);
 
+/* The `measured` to pass above for a qcow2 whose header gives full_size
+ * (lsm_qcow2_full_size_of: 0 when unknown) and image_capacity: full_size
+ * plus a margin of capacity / 256 (at least 1 MiB: metadata moved while the
+ * old copy is still held, a layout another writer left), or 0 (use the
+ * ratio) when anything does not add up: no full size, the header's
+ * capacity not the one libvirt reports (a resize since), or an allocation
+ * already past the full size.  A cap too small would pause the guest for
+ * ever at it, so every doubt falls back to the ratio. */
+uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t image_capacity,
+                             uint64_t allocation);
+
 /* Threshold to arm: physical - headroom (at least 1; 0 means "no threshold":
  * the volume is at its maximum size). */
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size);

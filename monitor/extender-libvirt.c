@@ -20,6 +20,7 @@
 
 #ifdef HAVE_LIBVIRT
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -36,8 +37,8 @@
 #include "error.h"
 #include "extend-backend.h"
 #include "extender-ops.h"
+#include "qcow2/qcow2-measure.h"
 #include "util.h"
-
 
 #define DEFAULT_URI "qemu:///system"
 #define LOOP_TICK_MS 200
@@ -66,6 +67,9 @@ struct side {
     uint64_t retry_at;
     unsigned extensions, arm_failures;
     uint64_t headroom, max_size;
+    uint64_t full, full_cap;    /* a full image's size and the capacity its
+                                 * header gave (0: not a qcow2, or one a full
+                                 * allocation does not describe) */
     char error[512];
     bool enospc, other_error;
     unsigned pause_mark;        /* extensions when the ENOSPC came (0 if
@@ -339,7 +343,35 @@ static void side_policy_locked(struct lsm_extender *x, struct side *s, uint64_t 
                                       replicating_locked(x));
     /* The chunk must cover the headroom, or every extension would leave
      * the side below it again: the policy's next size handles that. */
-    s->max_size = lsm_extend_max_size(&x->policy, s->cap, 0);
+    s->max_size = lsm_extend_max_size(&x->policy, s->cap,
+                                      lsm_extend_measured(s->cap, s->full, s->full_cap, s->alloc));
+}
+
+/* A qcow2 volume's full size from its header (read only, the first 64 KiB);
+ * *full = 0 for anything else: the cap then falls back to the ratio. */
+static void read_full_size(const char *path, uint64_t *full, uint64_t *cap)
+{
+    *full = *cap = 0;
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    _cleanup_free_ uint8_t *buf = malloc(64 * KiB);
+    if (!buf)
+        return;
+    size_t got = 0;
+    while (got < 64 * KiB) {
+        ssize_t n = pread(fd, buf + got, 64 * KiB - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    struct lsm_qcow2_geometry g;
+    if (lsm_qcow2_geometry_parse(buf, got, &g) < 0)
+        return;
+    *full = lsm_qcow2_full_size_of(&g);
+    *cap = g.capacity;
 }
 
 /* Bring the drive's sides in line with the XML: a new path or index (a
@@ -355,6 +387,7 @@ static int update_layout(struct drive *d)
     struct lsm_extend_volume vols[2];
     int pr[2] = { -1, -1 };
     char perr[2][512] = { "", "" };
+    uint64_t full[2] = { 0, 0 }, full_cap[2] = { 0, 0 };
     pthread_mutex_lock(&x->lock);
     bool changed[2];
     for (int i = 0; i < 2; i++) {
@@ -369,6 +402,7 @@ static int update_layout(struct drive *d)
             continue;
         pr[i] = lsm_extend_volume_probe(l.side[i].path, x->extend_cmd, x->cmd_timeout_ms,
                                         &vols[i]);
+        read_full_size(l.side[i].path, &full[i], &full_cap[i]);
         if (pr[i] < 0)
             copy_str(perr[i], sizeof perr[i], lsm_last_error());
     }
@@ -387,6 +421,8 @@ static int update_layout(struct drive *d)
         s->path = LSM_STEAL(l.side[i].path);
         s->index = l.side[i].index;
         s->cap = cap;
+        s->full = full[i];
+        s->full_cap = full_cap[i];
         if (s->index >= 0)
             snprintf(s->target, sizeof s->target, "%s[%d]", d->disk, s->index);
         else

@@ -60,6 +60,31 @@ static void test_headroom(void **state)
     assert_int_equal(lsm_extend_headroom(&p, 1e30, 10 * SEC, false), UINT64_MAX);
 }
 
+static void test_measured(void **state)
+{
+    (void)state;
+    struct lsm_extend_policy p;
+    lsm_extend_policy_default(&p);
+    /* 100 GiB at 64 KiB clusters: qemu-img measure says 107390828544 bytes
+     * fully allocated; plus 400 MiB of margin, rounded to the 128 MiB
+     * extent: 100.5 GiB instead of 1.1 x 100 GiB = 110 GiB. */
+    uint64_t full = 107390828544ULL;
+    uint64_t m = lsm_extend_measured(100 * GiB, full, 100 * GiB, 5 * GiB);
+    assert_int_equal(m, full + 400 * MiB);
+    assert_int_equal(lsm_extend_max_size(&p, 100 * GiB, m), 100 * GiB + 512 * MiB);
+    assert_true(lsm_extend_max_size(&p, 100 * GiB, m) >= full);
+    /* small: the margin is at least 1 MiB */
+    assert_int_equal(lsm_extend_measured(128 * MiB, 128 * MiB + 65536 * 4, 128 * MiB, 0),
+                     128 * MiB + 65536 * 4 + 1 * MiB);
+    /* every doubt: the ratio */
+    assert_int_equal(lsm_extend_measured(100 * GiB, 0, 100 * GiB, 0), 0);
+    assert_int_equal(lsm_extend_measured(0, full, 100 * GiB, 0), 0);
+    assert_int_equal(lsm_extend_measured(100 * GiB, full, 90 * GiB, 0), 0);  /* resized */
+    assert_int_equal(lsm_extend_measured(100 * GiB, full, 100 * GiB, full + 1), 0);
+    assert_int_equal(lsm_extend_measured(100 * GiB, 99 * GiB, 100 * GiB, 0), 0);
+    assert_true(lsm_extend_max_size(&p, 100 * GiB, 0) >= 110 * GiB);
+}
+
 static void test_max_size(void **state)
 {
     (void)state;
@@ -348,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_headroom),
         cmocka_unit_test(test_max_size),
+        cmocka_unit_test(test_measured),
         cmocka_unit_test(test_threshold_and_needed),
         cmocka_unit_test(test_next_size),
         cmocka_unit_test(test_initial_size),

@@ -136,6 +136,11 @@ check no-failure test "$(count_events mon1.json failed)" = 0
 # Armed after every extension but one that reached the maximum size
 # (1.1 x 1 GiB); at start only if no extension was needed at once.
 max_size=$(python3 -c 'import json, sys; print([e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "status"][-1]["drives"][0]["source"]["max_size"])' mon1.json)
+# The cap is the full image's size (qemu-img measure, plus capacity/256,
+# rounded to the 4 MiB extent), not 1.1 x capacity.
+full=$(qemu-img measure --size 1G -O qcow2 --output=json | python3 -c 'import json, sys; print(json.load(sys.stdin)["fully-allocated"])')
+check max-size-at-least-full test "$max_size" -ge "$full"
+check max-size-full-plus-margin test "$max_size" -eq $(( (full + (4 << 20) + (4 << 20) - 1) / (4 << 20) * (4 << 20) ))
 at_max=0
 [[ $(size_of "$dev1") == "$max_size" ]] && at_max=1
 check thresholds-armed test "$(count_events mon1.json armed)" -ge $((n_ext - at_max))
