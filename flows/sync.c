@@ -122,6 +122,20 @@ static bool copies(enum lsm_sync_type t, unsigned i)
     return t == LSM_SYNC_ALL || (t == LSM_SYNC_LEAF ? i == 0 : i > 0);
 }
 
+/* The size of volume i's export (one connection, closed again). */
+static int export_size(unsigned i, const char *uri, uint64_t *size)
+{
+    struct lsm_image *img = NULL;
+    int r = lsm_image_open(uri, LSM_FMT_RAW, 0, &img);
+    if (r < 0) {
+        lsm_error_prefix("volume %u", i);
+        return r;
+    }
+    *size = img->virtual_size;
+    lsm_image_close(img);
+    return 0;
+}
+
 static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_jobfile *job,
                                   enum lsm_sync_type type)
 {
@@ -153,14 +167,10 @@ static int nbd_check_destinations(const struct lsm_chain_desc *src, struct lsm_j
         p->dst_type = LSM_DOMAIN_FILE;
         if (!copies(type, i))
             continue;
-        struct lsm_image *img = NULL;
-        int r = lsm_image_open(p->dst_path, LSM_FMT_RAW, 0, &img);
-        if (r < 0) {
-            lsm_error_prefix("volume %u", i);
+        uint64_t size;
+        int r = export_size(i, p->dst_path, &size);
+        if (r < 0)
             return r;
-        }
-        uint64_t size = img->virtual_size;
-        lsm_image_close(img);
         if (size != sv->virtual_size)
             return lsm_error(-EINVAL, "volume %u: destination %s is %" PRIu64 " bytes, but its "
                              "source '%s' is %" PRIu64 " bytes: not a layer of this chain's "
@@ -234,13 +244,9 @@ static int nbd_plan_sources(const struct lsm_sync_opts *o, struct sync_plan *p)
             continue;
         /* One export at a time (a qemu-nbd without --shared serves one
          * client): closed before the copy connects. */
-        struct lsm_image *img = NULL;
-        if ((r = lsm_image_open(jp->src_path, LSM_FMT_RAW, 0, &img)) < 0) {
-            lsm_error_prefix("volume %u", i);
+        uint64_t size;
+        if ((r = export_size(i, jp->src_path, &size)) < 0)
             return r;
-        }
-        uint64_t size = img->virtual_size;
-        lsm_image_close(img);
         if (size != d->virtual_size)
             return lsm_error(-EINVAL, "volume %u: source %s is %" PRIu64 " bytes, but its "
                              "destination '%s' is %" PRIu64 " bytes: not the layer this "
