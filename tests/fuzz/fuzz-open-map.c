@@ -1,7 +1,9 @@
 /* libFuzzer target: open an arbitrary file as an image (format probed, chain
  * followed), walk its whole map in chain mode and in one-layer mode, read a
  * few ranges and the format information (snapshots, bitmap directory and content), then each internal snapshot's view
- * (lsm_qcow2_load_snapshot, copy -l) the same way, close.
+ * (lsm_qcow2_load_snapshot, copy -l) the same way, close.  The same bytes
+ * also go through the extender's header parser (lsm_qcow2_geometry_parse,
+ * the full-size cap).
  *
  * The input is written to a file in a private directory, so relative backing
  * names resolve inside that directory (to missing files, or back to the input
@@ -22,6 +24,7 @@
 
 #include "error.h"
 #include "image.h"
+#include "qcow2/qcow2-measure.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -116,6 +119,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static uint8_t buf[READ_MAX];
     struct lsm_image *img = NULL;
     unsigned reads = 0;
+
+    /* The extender's header parser (qcow2-measure.c) on the same bytes: a
+     * geometry it accepts gives a cap of 0 (unknown) or at least the
+     * capacity. */
+    struct lsm_qcow2_geometry g;
+    if (lsm_qcow2_geometry_parse(data, size, &g) == 0) {
+        uint64_t full = lsm_qcow2_full_size_of(&g);
+        if (full && full < g.capacity)
+            abort();
+    }
 
     setup();
     write_input(data, size);
