@@ -19,7 +19,7 @@ TEST_PACKAGES=(
     # sanitizer and fuzzing builds, unit tests, the independent libqcow reader
     clang libclang-rt-14-dev libcmocka-dev libqcow-dev libqcow-utils
     # functional tests and benchmarks
-    libnbd-bin nbdkit fio xfsprogs jq time man-db
+    libnbd-bin nbdkit fio xfsprogs jq time man-db strace
     # the debian-package test (dpkg-buildpackage)
     debhelper dpkg-dev fakeroot
     # replication through libvirt: a real libvirtd running QEMU domains

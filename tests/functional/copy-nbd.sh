@@ -64,7 +64,7 @@ if command -v strace >/dev/null; then
     fi
     rm -f bg.raw
 else
-    echo "# strace not installed: the background sync checks are not run" >&2
+    skip_case "nbd background syncs" "strace is not installed (scripts/deps.sh --tests installs it)"
 fi
 
 # A 3-deep chain (raw base, two qcow2 layers) served read-only by qemu-nbd.
