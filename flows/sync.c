@@ -75,45 +75,53 @@ static int oom(void)
  * half's chain could not be checked either), no two entries name the same
  * URI, a format the job gives is the source's, no type is given, and each
  * export's size is its source volume's virtual size. */
+static const char *end_path(const struct lsm_jobfile *job, unsigned i, bool src)
+{
+    return src ? job->v[i].src_path : job->v[i].dst_path;
+}
+
 static int count_nbd(const struct lsm_jobfile *job, bool src, unsigned *first)
 {
     unsigned n = 0;
     for (unsigned i = job->n; i-- > 0;)
-        if (lsm_is_nbd_uri(src ? job->v[i].src_path : job->v[i].dst_path)) {
+        if (lsm_is_nbd_uri(end_path(job, i, src))) {
             n++;
             *first = i;
         }
     return (int)n;
 }
 
+/* A job whose sources (src) or destinations are NBD exports must name
+ * every one of them so: -EINVAL naming the first export and the first
+ * local volume otherwise.  why: the reason, for the message. */
+static int check_all_nbd(const char *jobfile, const struct lsm_jobfile *job, bool src,
+                         const char *why)
+{
+    unsigned k = 0;
+    unsigned n = (unsigned)count_nbd(job, src, &k);
+    if (!n || n == job->n)
+        return 0;
+    unsigned l = 0;
+    while (l < job->n && lsm_is_nbd_uri(end_path(job, l, src)))
+        l++;
+    const char *what = src ? "source" : "destination";
+    return lsm_error(-EINVAL, "job file '%s' mixes NBD exports (volume %u: '%s') and local "
+                     "volumes (volume %u: '%s') as %ss: %sname every %s as an NBD URI or none",
+                     jobfile, k, end_path(job, k, src), l, end_path(job, l, src), what, why,
+                     what);
+}
+
 static int nbd_check_job(const char *jobfile, const struct lsm_jobfile *job)
 {
     unsigned k = 0, ks = 0;
-    unsigned ns = (unsigned)count_nbd(job, true, &ks);
-    if (ns && count_nbd(job, false, &k))
+    if (count_nbd(job, true, &ks) && count_nbd(job, false, &k))
         return lsm_error(-EINVAL, "job file '%s': volume %u: source '%s' and volume %u: "
                          "destination '%s' are both NBD exports: one end of a sync must be "
                          "local (its chain is what the order is checked against)", jobfile, ks,
                          job->v[ks].src_path, k, job->v[k].dst_path);
-    if (ns && ns < job->n) {
-        unsigned l = 0;
-        while (l < job->n && lsm_is_nbd_uri(job->v[l].src_path))
-            l++;
-        return lsm_error(-EINVAL, "job file '%s' mixes NBD exports (volume %u: '%s') and local "
-                         "volumes (volume %u: '%s') as sources: name every source as an NBD URI "
-                         "or none", jobfile, ks, job->v[ks].src_path, l, job->v[l].src_path);
-    }
-    unsigned n = (unsigned)count_nbd(job, false, &k);
-    if (n && n < job->n) {
-        unsigned l = 0;
-        while (l < job->n && lsm_is_nbd_uri(job->v[l].dst_path))
-            l++;
-        return lsm_error(-EINVAL, "job file '%s' mixes NBD exports (volume %u: '%s') and local "
-                         "volumes (volume %u: '%s') as destinations: the local volumes' chain "
-                         "cannot be checked through an export; name every destination as an "
-                         "NBD URI or none", jobfile, k, job->v[k].dst_path, l, job->v[l].dst_path);
-    }
-    return 0;
+    int r = check_all_nbd(jobfile, job, true, "");
+    return r < 0 ? r : check_all_nbd(jobfile, job, false, "the local volumes' chain cannot be "
+                                     "checked through an export; ");
 }
 
 /* Whether a sync of type t copies volume i (top first) of an n-volume chain. */
