@@ -37,6 +37,7 @@
 #include "error.h"
 #include "extend-backend.h"
 #include "extender-ops.h"
+#include "fileio.h"
 #include "qcow2/qcow2-measure.h"
 #include "util.h"
 
@@ -358,17 +359,9 @@ static void read_full_size(const char *path, uint64_t *full, uint64_t *cap)
     _cleanup_free_ uint8_t *buf = malloc(64 * KiB);
     if (!buf)
         return;
-    size_t got = 0;
-    while (got < 64 * KiB) {
-        ssize_t n = pread(fd, buf + got, 64 * KiB - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
+    ssize_t got = lsm_pread_all(fd, buf, 64 * KiB, 0);
     struct lsm_qcow2_geometry g;
-    if (lsm_qcow2_geometry_parse(buf, got, &g) < 0)
+    if (got < 0 || lsm_qcow2_geometry_parse(buf, (size_t)got, &g) < 0)
         return;
     *full = lsm_qcow2_full_size_of(&g);
     *cap = g.capacity;
