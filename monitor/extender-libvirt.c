@@ -68,6 +68,7 @@ struct side {
     uint64_t retry_at;
     unsigned extensions, arm_failures;
     uint64_t headroom, max_size;
+    uint64_t growth;            /* what it may write during an extension */
     uint64_t full, full_cap;    /* a full image's size and the capacity its
                                  * header gave (0: not a qcow2, or one a full
                                  * allocation does not describe) */
@@ -340,8 +341,9 @@ static void side_policy_locked(struct lsm_extender *x, struct side *s, uint64_t 
 {
     double rate = lsm_extend_rate_recent(&s->rate);
     (void)now;
-    s->headroom = lsm_extend_headroom(&x->policy, rate, lsm_extend_latency_recent(&x->lat),
-                                      replicating_locked(x));
+    uint64_t lat = lsm_extend_latency_recent(&x->lat);
+    s->headroom = lsm_extend_headroom(&x->policy, rate, lat, replicating_locked(x));
+    s->growth = lsm_extend_growth(&x->policy, rate, lat);
     /* The chunk must cover the headroom, or every extension would leave
      * the side below it again: the policy's next size handles that. */
     s->max_size = lsm_extend_max_size(&x->policy, s->cap,
@@ -560,8 +562,8 @@ static void extend_sides(struct drive *d, const bool need[2])
         s->state = LSM_SIDE_EXTENDING;
         old[i] = s->phys;
         job[i].vol = &s->vol;
-        job[i].size = lsm_extend_next_size(&x->policy, s->alloc, s->phys, s->headroom,
-                                           s->max_size, repl);
+        job[i].size = lsm_extend_next_size_growing(&x->policy, s->alloc, s->phys, s->headroom,
+                                                   s->growth, s->max_size, repl);
     }
     pthread_mutex_unlock(&x->lock);
 
