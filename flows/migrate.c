@@ -785,7 +785,8 @@ static uint64_t presize_cap(const struct lsm_extend_policy *p,
                             const struct lsm_extender_drive_status *dr)
 {
     const struct lsm_extender_side_status *src = &dr->side[0], *dst = &dr->side[1];
-    if (dst->state != LSM_SIDE_NONE && dst->max_size && dst->capacity == src->capacity)
+    if (dst->state != LSM_SIDE_NONE && dst->state != LSM_SIDE_RAW && dst->max_size &&
+        dst->capacity == src->capacity)
         return dst->max_size;
     if (src->max_size && src->max_size > src->capacity)
         return src->max_size;

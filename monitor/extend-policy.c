@@ -101,6 +101,11 @@ uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t ima
     return full_size > UINT64_MAX - margin ? 0 : full_size + margin;
 }
 
+bool lsm_extend_format_grows(const char *format)
+{
+    return !format || strcmp(format, "raw") != 0;
+}
+
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size)
 {
     if (physical >= max_size)

@@ -97,6 +97,13 @@ uint64_t lsm_extend_max_size(const struct lsm_extend_policy *p, uint64_t capacit
 uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t image_capacity,
                              uint64_t allocation);
 
+/* May a volume holding an image of this format (libvirt's <driver type=>,
+ * NULL when unknown) be extended?  Not a raw one: its size is the guest's
+ * disk size, so growing it would only hold space the guest never sees (a
+ * raw LV past a threshold would go to 1.1 x its size).  Anything else
+ * (qcow2, unknown) may: not growing a qcow2 would pause its guest. */
+bool lsm_extend_format_grows(const char *format);
+
 /* Threshold to arm: physical - headroom (at least 1; 0 means "no threshold":
  * the volume is at its maximum size). */
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size);

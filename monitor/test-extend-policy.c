@@ -99,6 +99,14 @@ static void test_max_size(void **state)
     assert_int_equal(lsm_extend_max_size(&p, 1 * GiB, 0), 1128 * MiB);
 }
 
+static void test_format_grows(void **state)
+{
+    (void)state;
+    assert_true(lsm_extend_format_grows("qcow2"));
+    assert_true(lsm_extend_format_grows(NULL));   /* unknown: as before */
+    assert_false(lsm_extend_format_grows("raw"));
+}
+
 static void test_threshold_and_needed(void **state)
 {
     (void)state;
@@ -419,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_headroom),
         cmocka_unit_test(test_max_size),
         cmocka_unit_test(test_measured),
+        cmocka_unit_test(test_format_grows),
         cmocka_unit_test(test_threshold_and_needed),
         cmocka_unit_test(test_next_size),
         cmocka_unit_test(test_growth),
