@@ -4,7 +4,10 @@
  * its drive code, as described in docs/extender.md), and count pauses and
  * space.  docs/benchmarks.md has the results.
  *
- *   extend-sim [--seed N] [--duration S] [--csv]
+ *   extend-sim [--seed N] [--duration S] [--csv] [--no-growth]
+ *
+ * --no-growth runs our policy as it was before the next size planned the
+ * writes during the extension (lsm_extend_growth 0), for comparison.
  *
  * The model, in 10 ms steps:
  *   - the guest writes at the trace's rate into the source top; while
@@ -40,6 +43,9 @@
  * thin volume on block storage with), virtual size 2 TiB (never reached). */
 #define INITIAL ((uint64_t)(2.5 * (double)GiB))
 #define VIRTUAL (2 * TiB)
+
+/* Plan the growth during an extension into the next size (--no-growth). */
+static bool growth = true;
 
 /* ---- random numbers (xorshift64*, seeded) ---- */
 static uint64_t rng = 88172645463325252ULL;
@@ -146,16 +152,18 @@ static void run_ours(enum trace tr, double rate, const struct latency *lat, bool
                 lsm_extend_rate_add(&s->rate, &p, t, (uint64_t)s->alloc);
                 s->last_sample = t;
             }
-            uint64_t head = lsm_extend_headroom(&p, lsm_extend_rate_recent(&s->rate),
-                                                lsm_extend_latency_recent(&measured), repl);
+            double r = lsm_extend_rate_recent(&s->rate);
+            uint64_t l_ns = lsm_extend_latency_recent(&measured);
+            uint64_t head = lsm_extend_headroom(&p, r, l_ns, repl);
             if (!s->extending &&
                 lsm_extend_needed((uint64_t)s->alloc, s->phys, head, maxsz, false)) {
                 uint64_t l = draw(lat);
                 s->extending = true;
                 s->started = t;
                 s->done_at = t + l;
-                s->target = lsm_extend_next_size(&p, (uint64_t)s->alloc, s->phys, head, maxsz,
-                                                 repl);
+                s->target = lsm_extend_next_size_growing(
+                    &p, (uint64_t)s->alloc, s->phys, head,
+                    growth ? lsm_extend_growth(&p, r, l_ns) : 0, maxsz, repl);
             }
             fr += ((double)s->phys - s->alloc) / (double)GiB;
         }
@@ -220,7 +228,7 @@ static void run_vdsm(enum trace tr, double rate, const struct latency *lat, bool
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: extend-sim [--seed N] [--duration S] [--csv]\n");
+    fprintf(f, "Usage: extend-sim [--seed N] [--duration S] [--csv] [--no-growth]\n");
 }
 
 int main(int argc, char **argv)
@@ -229,6 +237,7 @@ int main(int argc, char **argv)
         { "seed", required_argument, NULL, 's' },
         { "duration", required_argument, NULL, 'd' },
         { "csv", no_argument, NULL, 'c' },
+        { "no-growth", no_argument, NULL, 'g' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -240,6 +249,7 @@ int main(int argc, char **argv)
         case 's': seed = strtoull(optarg, NULL, 10); break;
         case 'd': duration_s = strtoull(optarg, NULL, 10); break;
         case 'c': csv = true; break;
+        case 'g': growth = false; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

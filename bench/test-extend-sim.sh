@@ -1,8 +1,8 @@
 #!/bin/bash
 # The extender's policy against vdsm's in the simulation (bench/extend-sim.c):
 # the issue's target, checked on every row: no pause at any write rate,
-# trace and latency where vdsm's own policy has none (three seeds; see
-# docs/benchmarks.md for the one marginal case another seed shows).
+# trace and latency where vdsm's own policy has none (three seeds; seeds
+# 1-8 and the numbers are in docs/benchmarks.md).
 . "$(dirname "$0")/../tests/functional/lib.sh"
 need_cmd python3
 SIM=$BUILD_DIR/bench/extend-sim

@@ -774,13 +774,34 @@ static int start_extender(struct mig *g)
     return 0;
 }
 
+/* The cap for pre-sizing a destination top: the extender's own cap for
+ * the mirror's side when it has one (a full qcow2 of its geometry, read
+ * from its header), else the source top's when that is a qcow2 the
+ * extender measured (the destination is a qcow2 of the same virtual size;
+ * the extender caps the destination by its own header once the mirror
+ * runs), else max_ratio x the virtual size.  A raw source's cap is its
+ * capacity: no cap for a qcow2. */
+static uint64_t presize_cap(const struct lsm_extend_policy *p,
+                            const struct lsm_extender_drive_status *dr)
+{
+    const struct lsm_extender_side_status *src = &dr->side[0], *dst = &dr->side[1];
+    if (dst->state != LSM_SIDE_NONE && dst->state != LSM_SIDE_RAW && dst->max_size &&
+        dst->capacity == src->capacity)
+        return dst->max_size;
+    if (src->max_size && src->max_size > src->capacity)
+        return src->max_size;
+    return lsm_extend_max_size(p, src->capacity, 0);
+}
+
 /* Just before a disk's mirror starts, its destination top on a block
  * domain is grown to what the extender would give the source top now: its
  * allocation plus the source's headroom (adaptive: the guest's measured
- * write rate) plus a chunk.  Sized at clone time only, it may be full
- * before the extender has armed its threshold: the mirror's bulk copy
- * writes the source top's whole allocation at once (a mirror onto a full
- * volume fails).  Nothing measured yet: it keeps its clone-time size. */
+ * write rate) plus its growth during an extension plus a chunk, capped as
+ * above.  Sized at clone time only, it
+ * may be full before the extender has armed its threshold: the mirror's
+ * bulk copy writes the source top's whole allocation at once (a mirror
+ * onto a full volume fails).  Nothing measured yet: it keeps its
+ * clone-time size. */
 static int presize_destination(struct mig *g, struct mdisk *d)
 {
     if (g->dst_kind != LSM_DOMAIN_BLOCK || !g->x || !d->ndst)
@@ -789,16 +810,18 @@ static int presize_destination(struct mig *g, struct mdisk *d)
     if (!st)
         return lsm_error(-ENOMEM, "out of memory");
     lsm_extender_status(g->x, st);
-    const struct lsm_extender_side_status *src = NULL;
+    const struct lsm_extender_drive_status *dr = NULL;
     for (unsigned k = 0; k < st->ndrives; k++)
         if (!strcmp(st->drive[k].disk, d->disk))
-            src = &st->drive[k].side[0];
+            dr = &st->drive[k];
+    const struct lsm_extender_side_status *src = dr ? &dr->side[0] : NULL;
     if (!src || !src->allocation || !src->capacity)
         return 0;
     uint64_t headroom = MAX(src->headroom, lsm_extend_headroom(&g->policy, 0, 0, true));
-    uint64_t size = lsm_extend_next_size(&g->policy, src->allocation, 0, headroom,
-                                         lsm_extend_max_size(&g->policy, src->capacity, 0),
-                                         true);
+    uint64_t cap = presize_cap(&g->policy, dr);
+    uint64_t growth = lsm_extend_growth(&g->policy, src->planned_rate_bps, st->latency_ns);
+    uint64_t size = lsm_extend_next_size_growing(&g->policy, src->allocation, 0, headroom, growth,
+                                                 cap, true);
     _cleanup_free_ char *vg = NULL, *lv = NULL;
     int r = split_lv(d->dst[0], &vg, &lv);
     if (r < 0)
@@ -811,9 +834,10 @@ static int presize_destination(struct mig *g, struct mdisk *d)
     if (r < 0)
         return r;
     char b1[32], b2[32];
+    char b3[32];
     report(g, "%s: destination %s grown to at least %s before mirroring (source allocation "
-           "%s)", d->disk, d->dst[0], lsm_format_size(size, b1, sizeof b1),
-           lsm_format_size(src->allocation, b2, sizeof b2));
+           "%s, cap %s)", d->disk, d->dst[0], lsm_format_size(size, b1, sizeof b1),
+           lsm_format_size(src->allocation, b2, sizeof b2), lsm_format_size(cap, b3, sizeof b3));
     return 0;
 }
 

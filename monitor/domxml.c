@@ -73,8 +73,10 @@ static void disk_free(struct lsm_domxml_disk *d)
     free(d->type);
     free(d->alias);
     free(d->src.path);
+    free(d->src.format);
     free(d->mirror_ready);
     free(d->mirror.path);
+    free(d->mirror.format);
     memset(d, 0, sizeof *d);
 }
 
@@ -84,6 +86,7 @@ static void parse_disk(xmlNodePtr n, struct lsm_domxml_disk *d)
     d->type = attr(n, "type");
     d->alias = attr(child(n, "alias"), "name");
     source_of(child(n, "source"), &d->src);
+    d->src.format = attr(child(n, "driver"), "type");
     xmlNodePtr bs = child(n, "backingStore");
     d->has_backing = bs && child(bs, "source");
     d->mirror.index = -1;
@@ -94,6 +97,9 @@ static void parse_disk(xmlNodePtr n, struct lsm_domxml_disk *d)
         source_of(child(m, "source"), &d->mirror);
         if (!d->mirror.path)            /* the old form: <mirror file='...'> */
             d->mirror.path = attr(m, "file");
+        d->mirror.format = attr(child(m, "format"), "type");
+        if (!d->mirror.format)          /* the old form: format= */
+            d->mirror.format = attr(m, "format");
     }
 }
 

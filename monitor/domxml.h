@@ -21,6 +21,9 @@
 struct lsm_domxml_source {
     char *path;     /* dev= (block) or file= (file), NULL if neither */
     int index;      /* libvirt's index= of the layer, -1 if absent or not a number */
+    char *format;   /* its image format: the disk's <driver type=> for the
+                     * active layer, <format type=> (or format=) of a
+                     * <mirror>; "qcow2", "raw", ... or NULL */
 };
 
 struct lsm_domxml_disk {

@@ -69,6 +69,14 @@ uint64_t lsm_extend_headroom(const struct lsm_extend_policy *p, double rate_bps,
     return MAX(replicating ? p->watermark_replicating : p->watermark, to_bytes(adaptive));
 }
 
+uint64_t lsm_extend_growth(const struct lsm_extend_policy *p, double rate_bps,
+                           uint64_t latency_ns)
+{
+    if (!latency_ns)
+        latency_ns = p->default_latency_ns;
+    return to_bytes(rate_bps * ((double)latency_ns / 1e9) * p->safety);
+}
+
 static uint64_t round_up_sat(uint64_t v, uint64_t a)
 {
     if (v > UINT64_MAX - (a - 1))
@@ -91,6 +99,11 @@ uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t ima
         return 0;
     uint64_t margin = MAX(capacity / 256, 1 * MiB);
     return full_size > UINT64_MAX - margin ? 0 : full_size + margin;
+}
+
+bool lsm_extend_format_grows(const char *format)
+{
+    return !format || strcmp(format, "raw") != 0;
 }
 
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size)
@@ -119,16 +132,24 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
-uint64_t lsm_extend_next_size(const struct lsm_extend_policy *p, uint64_t allocation,
-                              uint64_t physical, uint64_t headroom, uint64_t max_size,
-                              bool replicating)
+uint64_t lsm_extend_next_size_growing(const struct lsm_extend_policy *p, uint64_t allocation,
+                                      uint64_t physical, uint64_t headroom, uint64_t growth,
+                                      uint64_t max_size, bool replicating)
 {
     if (physical >= max_size)
         return physical;
     uint64_t chunk = lsm_extend_chunk(p, replicating);
-    uint64_t want = MAX(add_sat(physical, chunk), add_sat(add_sat(allocation, headroom), chunk));
-    want = round_up_sat(want, p->extent);
+    uint64_t planned = add_sat(add_sat(add_sat(allocation, growth), headroom), chunk);
+    uint64_t want = round_up_sat(MAX(add_sat(physical, chunk), planned), p->extent);
     return MIN(want, max_size);
+}
+
+uint64_t lsm_extend_next_size(const struct lsm_extend_policy *p, uint64_t allocation,
+                              uint64_t physical, uint64_t headroom, uint64_t max_size,
+                              bool replicating)
+{
+    return lsm_extend_next_size_growing(p, allocation, physical, headroom, 0, max_size,
+                                        replicating);
 }
 
 uint64_t lsm_extend_initial_size(const struct lsm_extend_policy *p, uint64_t allocation,

@@ -22,10 +22,14 @@
  * (event to re-armed threshold).  So the guest keeps writing during an
  * extension at any rate the measurements have seen, with a margin.
  *
- * Next size: max(physical + chunk, allocation + headroom + chunk), rounded
- * up to the extent size and capped at the maximum size (1.1 x capacity, or
- * a full image's `qemu-img measure` size when the caller knows it, rounded
- * up to the extent).  A volume at its maximum is never extended. */
+ * Next size: max(physical + chunk, allocation + growth + headroom + chunk),
+ * rounded up to the extent size and capped at the maximum size (1.1 x
+ * capacity, or a full image's `qemu-img measure` size when the caller knows
+ * it, rounded up to the extent), where growth (rate x latency x safety, no
+ * minimum) is what the side may write while this extension runs: the
+ * headroom and a chunk are still free when it ends, so a slow extension
+ * does not leave the next one starting late.  A volume at its maximum is
+ * never extended. */
 #ifndef LSM_EXTEND_POLICY_H
 #define LSM_EXTEND_POLICY_H
 
@@ -69,6 +73,13 @@ uint64_t lsm_extend_chunk(const struct lsm_extend_policy *p, bool replicating);
 uint64_t lsm_extend_headroom(const struct lsm_extend_policy *p, double rate_bps,
                              uint64_t latency_ns, bool replicating);
 
+/* What a side writing rate_bps bytes/s may write while one extension
+ * taking latency_ns (0: default_latency_ns) runs, with the safety factor:
+ * rate x latency x safety, 0 with no measured rate (the headroom's
+ * watermark covers that). */
+uint64_t lsm_extend_growth(const struct lsm_extend_policy *p, double rate_bps,
+                           uint64_t latency_ns);
+
 /* Largest size a volume of this capacity may reach: measured (a full
  * image's size from `qemu-img measure`, 0 if unknown) or max_ratio x
  * capacity, rounded up to the extent. */
@@ -86,6 +97,13 @@ uint64_t lsm_extend_max_size(const struct lsm_extend_policy *p, uint64_t capacit
 uint64_t lsm_extend_measured(uint64_t capacity, uint64_t full_size, uint64_t image_capacity,
                              uint64_t allocation);
 
+/* May a volume holding an image of this format (libvirt's <driver type=>,
+ * NULL when unknown) be extended?  Not a raw one: its size is the guest's
+ * disk size, so growing it would only hold space the guest never sees (a
+ * raw LV past a threshold would go to 1.1 x its size).  Anything else
+ * (qcow2, unknown) may: not growing a qcow2 would pause its guest. */
+bool lsm_extend_format_grows(const char *format);
+
 /* Threshold to arm: physical - headroom (at least 1; 0 means "no threshold":
  * the volume is at its maximum size). */
 uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max_size);
@@ -95,7 +113,13 @@ uint64_t lsm_extend_threshold(uint64_t physical, uint64_t headroom, uint64_t max
 bool lsm_extend_needed(uint64_t allocation, uint64_t physical, uint64_t headroom,
                        uint64_t max_size, bool exceeded_event);
 
-/* The size to extend to; returns physical when the volume is at its maximum. */
+/* The size to extend to, planning `growth` (lsm_extend_growth) for the
+ * writes during the extension; returns physical when the volume is at its
+ * maximum. */
+uint64_t lsm_extend_next_size_growing(const struct lsm_extend_policy *p, uint64_t allocation,
+                                      uint64_t physical, uint64_t headroom, uint64_t growth,
+                                      uint64_t max_size, bool replicating);
+/* The same with no growth planned (nothing measured yet: a new volume). */
 uint64_t lsm_extend_next_size(const struct lsm_extend_policy *p, uint64_t allocation,
                               uint64_t physical, uint64_t headroom, uint64_t max_size,
                               bool replicating);

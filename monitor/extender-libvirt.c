@@ -68,6 +68,8 @@ struct side {
     uint64_t retry_at;
     unsigned extensions, arm_failures;
     uint64_t headroom, max_size;
+    uint64_t growth;            /* what it may write during an extension */
+    bool raw;                   /* a raw image (libvirt's format): never extended */
     uint64_t full, full_cap;    /* a full image's size and the capacity its
                                  * header gave (0: not a qcow2, or one a full
                                  * allocation does not describe) */
@@ -200,6 +202,7 @@ static void kick_locked(struct drive *d)
 struct layout_side {
     char *path;
     int index;
+    char *format;
 };
 
 struct layout {
@@ -211,8 +214,10 @@ static void layout_free(struct layout *l)
 {
     free(l->type);
     free(l->alias);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         free(l->side[i].path);
+        free(l->side[i].format);
+    }
     memset(l, 0, sizeof *l);
 }
 
@@ -251,13 +256,15 @@ static int read_layout(struct lsm_extender *x, const char *target, struct layout
         l->alias = d->alias;
         l->side[SRC].path = d->src.path;
         l->side[SRC].index = d->src.index;
+        l->side[SRC].format = d->src.format;
         if (d->has_mirror) {
             l->side[DST].path = d->mirror.path;
             l->side[DST].index = d->mirror.index;
+            l->side[DST].format = d->mirror.format;
         }
-        d->type = d->alias = d->src.path = NULL;
+        d->type = d->alias = d->src.path = d->src.format = NULL;
         if (d->has_mirror)
-            d->mirror.path = NULL;
+            d->mirror.path = d->mirror.format = NULL;
         found = true;
     }
     lsm_domxml_free(disks, n);
@@ -340,12 +347,17 @@ static void side_policy_locked(struct lsm_extender *x, struct side *s, uint64_t 
 {
     double rate = lsm_extend_rate_recent(&s->rate);
     (void)now;
-    s->headroom = lsm_extend_headroom(&x->policy, rate, lsm_extend_latency_recent(&x->lat),
-                                      replicating_locked(x));
+    uint64_t lat = lsm_extend_latency_recent(&x->lat);
+    s->headroom = lsm_extend_headroom(&x->policy, rate, lat, replicating_locked(x));
+    s->growth = lsm_extend_growth(&x->policy, rate, lat);
     /* The chunk must cover the headroom, or every extension would leave
      * the side below it again: the policy's next size handles that. */
     s->max_size = lsm_extend_max_size(&x->policy, s->cap,
                                       lsm_extend_measured(s->cap, s->full, s->full_cap, s->alloc));
+    /* A raw image is as large as the guest's disk already: its cap is its
+     * size (status shows it; never extended, no threshold). */
+    if (s->raw)
+        s->max_size = s->phys;
 }
 
 /* A qcow2 volume's full size from its header (read only, the first 64 KiB);
@@ -416,17 +428,23 @@ static int update_layout(struct drive *d)
         s->cap = cap;
         s->full = full[i];
         s->full_cap = full_cap[i];
+        s->raw = !lsm_extend_format_grows(l.side[i].format);
         if (s->index >= 0)
             snprintf(s->target, sizeof s->target, "%s[%d]", d->disk, s->index);
         else
             copy_str(s->target, sizeof s->target, d->disk);
-        if (pr[i] < 0) {
+        if (pr[i] < 0 && s->raw) {
+            /* never extended: no backend needed */
+            s->state = LSM_SIDE_RAW;
+        } else if (pr[i] < 0) {
             s->state = LSM_SIDE_FAILED;
             copy_str(s->error, sizeof s->error, perr[i]);
         } else {
             s->vol = vols[i];
             s->vol_ok = true;
-            s->state = s->vol.kind == LSM_EXTEND_FILE ? LSM_SIDE_UNMANAGED : LSM_SIDE_WATCHING;
+            s->state = s->vol.kind == LSM_EXTEND_FILE ? LSM_SIDE_UNMANAGED
+                       : s->raw                       ? LSM_SIDE_RAW
+                                                      : LSM_SIDE_WATCHING;
         }
     }
     for (unsigned k = 0; k < x->ndrives; k++)
@@ -497,8 +515,11 @@ static int measure(struct drive *d)
     pthread_mutex_lock(&x->lock);
     for (int i = 0; i < 2; i++) {
         struct side *s = &d->side[i];
-        if (!want[i] || pr[i] < 0)
+        if (!want[i] || pr[i] < 0) {
+            if (s->raw)
+                s->max_size = s->phys;  /* libvirt's physical: no backend */
             continue;
+        }
         s->phys = phys[i];
         if (s->have_stats)
             lsm_extend_rate_add(&s->rate, &x->policy, now, s->alloc);
@@ -560,8 +581,8 @@ static void extend_sides(struct drive *d, const bool need[2])
         s->state = LSM_SIDE_EXTENDING;
         old[i] = s->phys;
         job[i].vol = &s->vol;
-        job[i].size = lsm_extend_next_size(&x->policy, s->alloc, s->phys, s->headroom,
-                                           s->max_size, repl);
+        job[i].size = lsm_extend_next_size_growing(&x->policy, s->alloc, s->phys, s->headroom,
+                                                   s->growth, s->max_size, repl);
     }
     pthread_mutex_unlock(&x->lock);
 
@@ -782,7 +803,7 @@ static void maybe_resume(struct lsm_extender *x)
             r->paused_enospc = true;
             if (s->state == LSM_SIDE_FAILED)
                 r->failed = true;
-            if (!s->vol_ok || s->vol.kind == LSM_EXTEND_FILE)
+            if (!s->vol_ok || s->vol.kind == LSM_EXTEND_FILE || s->raw)
                 r->managed = false;
             if (s->extensions <= s->pause_mark)
                 r->extended = false;
@@ -851,7 +872,7 @@ static void check_drive(struct drive *d)
     pthread_mutex_lock(&x->lock);
     for (int i = 0; i < 2; i++) {
         struct side *s = &d->side[i];
-        if (!s->path || !s->vol_ok || s->vol.kind == LSM_EXTEND_FILE ||
+        if (!s->path || !s->vol_ok || s->vol.kind == LSM_EXTEND_FILE || s->raw ||
             s->state == LSM_SIDE_FAILED)
             continue;
         if (s->state == LSM_SIDE_RETRYING && now < s->retry_at)
@@ -1427,13 +1448,14 @@ static int ext_start(const struct lsm_extender_opts *o, struct lsm_extender **ou
      * block) may start later.  Found ones are block-backed anyway. */
     bool any = o->ndisks > 0;
     for (unsigned k = 0; k < x->ndrives; k++)
-        if (x->drives[k].side[SRC].state != LSM_SIDE_UNMANAGED ||
+        if ((x->drives[k].side[SRC].state != LSM_SIDE_UNMANAGED &&
+             x->drives[k].side[SRC].state != LSM_SIDE_RAW) ||
             x->drives[k].side[DST].path)
             any = true;
     if (!any) {
         ext_stop(x);
         return lsm_error(-ENOENT, "no disk of domain '%s' is on a volume that needs "
-                         "extending (all are regular files)", o->domain);
+                         "extending (all are regular files or raw images)", o->domain);
     }
 
     /* Events, then the threads.  Without an event callback the periodic

@@ -51,6 +51,7 @@ const char *lsm_side_state_name(enum lsm_side_state s)
     case LSM_SIDE_RETRYING: return "retrying";
     case LSM_SIDE_AT_MAX: return "at-max";
     case LSM_SIDE_FAILED: return "failed";
+    case LSM_SIDE_RAW: return "raw";
     }
     return "unknown";
 }

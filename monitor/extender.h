@@ -126,6 +126,7 @@ enum lsm_side_state {
     LSM_SIDE_RETRYING,
     LSM_SIDE_AT_MAX,            /* at its maximum size */
     LSM_SIDE_FAILED,
+    LSM_SIDE_RAW,               /* a raw image: its size is the guest's, never extended */
 };
 const char *lsm_side_state_name(enum lsm_side_state s);
 

@@ -49,6 +49,8 @@ static void test_chain_and_mirror(void **state)
     assert_string_equal(a->mirror_ready, "yes");
     assert_string_equal(a->mirror.path, "/dev/vg1/leaf");
     assert_int_equal(a->mirror.index, 5);
+    assert_string_equal(a->src.format, "qcow2");      /* <driver type=> */
+    assert_string_equal(a->mirror.format, "qcow2");   /* <mirror><format type=> */
 
     const struct lsm_domxml_disk *b = lsm_domxml_find(d, n, "vdb");
     assert_non_null(b);
@@ -59,6 +61,8 @@ static void test_chain_and_mirror(void **state)
     assert_null(b->mirror.path);
     assert_int_equal(b->mirror.index, -1);
     assert_null(b->alias);
+    assert_null(b->src.format);        /* no <driver> */
+    assert_null(b->mirror.format);
 
     const struct lsm_domxml_disk *c = lsm_domxml_find(d, n, "hdc");
     assert_string_equal(c->device, "cdrom");
@@ -75,7 +79,8 @@ static void test_old_mirror_and_odd_indexes(void **state)
         "<domain><devices><disk type='file'><source file='/a.qcow2' index='x9'/>"
         "<mirror file='/b.qcow2' format='qcow2' job='copy' ready='pivot'/>"
         "<target dev='sda'/></disk>"
-        "<disk type='block'><source dev='/dev/c' index='2147483648'/>"
+        "<disk type='block'><driver name='qemu' type='raw' cache='none'/>"
+        "<source dev='/dev/c' index='2147483648'/>"
         "<mirror ready='abort'><source file='/d' index='-3'/></mirror>"
         "<target dev='sdb'/></disk></devices></domain>";
     struct lsm_domxml_disk *d;
@@ -84,6 +89,8 @@ static void test_old_mirror_and_odd_indexes(void **state)
     assert_int_equal(n, 2);
     assert_int_equal(d[0].src.index, -1);
     assert_string_equal(d[0].mirror.path, "/b.qcow2");   /* <mirror file=...> */
+    assert_string_equal(d[0].mirror.format, "qcow2");    /* <mirror format=...> */
+    assert_string_equal(d[1].src.format, "raw");
     assert_string_equal(d[0].mirror_ready, "pivot");
     assert_int_equal(d[0].mirror.index, -1);
     assert_int_equal(d[1].src.index, -1);                /* over INT_MAX */

@@ -99,6 +99,14 @@ static void test_max_size(void **state)
     assert_int_equal(lsm_extend_max_size(&p, 1 * GiB, 0), 1128 * MiB);
 }
 
+static void test_format_grows(void **state)
+{
+    (void)state;
+    assert_true(lsm_extend_format_grows("qcow2"));
+    assert_true(lsm_extend_format_grows(NULL));   /* unknown: as before */
+    assert_false(lsm_extend_format_grows("raw"));
+}
+
 static void test_threshold_and_needed(void **state)
 {
     (void)state;
@@ -150,6 +158,51 @@ static void test_next_size(void **state)
     /* Odd physical sizes are rounded to the extent. */
     assert_int_equal(lsm_extend_next_size(&p, 0, 100 * MiB, 512 * MiB, max, false),
                      1536 * MiB);
+}
+
+static void test_growth(void **state)
+{
+    (void)state;
+    struct lsm_extend_policy p = pol();
+    /* rate x latency x safety, no minimum. */
+    assert_int_equal(lsm_extend_growth(&p, 0, 3 * SEC), 0);
+    assert_int_equal(lsm_extend_growth(&p, 200.0 * MiB, 3 * SEC), 1200 * MiB);
+    /* No measured latency: the default (6 s). */
+    assert_int_equal(lsm_extend_growth(&p, 100.0 * MiB, 0), 1200 * MiB);
+    assert_int_equal(lsm_extend_growth(&p, 1e30, 10 * SEC), UINT64_MAX);
+}
+
+static void test_next_size_growing(void **state)
+{
+    (void)state;
+    struct lsm_extend_policy p = pol();
+    uint64_t max = 100 * GiB;
+    /* No growth: the same as lsm_extend_next_size. */
+    assert_int_equal(lsm_extend_next_size_growing(&p, 1536 * MiB, 2 * GiB, 512 * MiB, 0, max,
+                                                  false),
+                     lsm_extend_next_size(&p, 1536 * MiB, 2 * GiB, 512 * MiB, max, false));
+    /* 200 MiB/s, 3 s: headroom 1200 MiB and growth 1200 MiB on top of the
+     * allocation, and a chunk: 10 GiB + 2400 MiB + 1 GiB, rounded up. */
+    uint64_t g = lsm_extend_growth(&p, 200.0 * MiB, 3 * SEC);
+    uint64_t h = lsm_extend_headroom(&p, 200.0 * MiB, 3 * SEC, false);
+    assert_int_equal(lsm_extend_next_size_growing(&p, 10 * GiB, 11 * GiB, h, g, max, false),
+                     10 * GiB + 2432 * MiB + 1 * GiB);
+    /* So after an extension as slow as the latency planned for, at the
+     * rate planned for, the headroom and a chunk are still free. */
+    uint64_t next = lsm_extend_next_size_growing(&p, 10 * GiB, 11 * GiB, h, g, max, false);
+    uint64_t alloc_after = 10 * GiB + 600 * MiB;
+    assert_true(next - alloc_after >= h + p.chunk);
+    /* Growth never takes it past the maximum, and a growth that would
+     * overflow saturates there. */
+    assert_int_equal(lsm_extend_next_size_growing(&p, 98 * GiB, 99 * GiB, h, g, max, false),
+                     max);
+    assert_int_equal(lsm_extend_next_size_growing(&p, 10 * GiB, 11 * GiB, h, UINT64_MAX, max,
+                                                  true), max);
+    /* A small growth never shrinks the step below one chunk. */
+    assert_int_equal(lsm_extend_next_size_growing(&p, 1 * GiB, 3 * GiB, 512 * MiB, 1 * MiB,
+                                                  max, false), 4 * GiB);
+    /* At the maximum, unchanged. */
+    assert_int_equal(lsm_extend_next_size_growing(&p, max, max, h, g, max, false), max);
 }
 
 static void test_initial_size(void **state)
@@ -374,8 +427,11 @@ int main(void)
         cmocka_unit_test(test_headroom),
         cmocka_unit_test(test_max_size),
         cmocka_unit_test(test_measured),
+        cmocka_unit_test(test_format_grows),
         cmocka_unit_test(test_threshold_and_needed),
         cmocka_unit_test(test_next_size),
+        cmocka_unit_test(test_growth),
+        cmocka_unit_test(test_next_size_growing),
         cmocka_unit_test(test_initial_size),
         cmocka_unit_test(test_classify_and_retry),
         cmocka_unit_test(test_trigger_merges),

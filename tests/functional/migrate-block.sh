@@ -354,6 +354,26 @@ jq_ext() { jq -r "$1" ext.json; }
 check ext-source-extended test "$(jq_ext '.disks[0].extensions.source')" -ge 1
 check ext-mirror-extended test "$(jq_ext '.disks[0].extensions.mirror')" -ge 1
 check ext-no-pause test "$(jq_ext '.pauses')" = 0
+# pre-sizing capped the destination leaf by the overlay's measured full
+# size (qcow2 header), not by 1.1 x the virtual size
+presize_cap_measured() {
+    python3 - ext.err "$(qemu-img info -U --output=json "$top" | jq '.["virtual-size"]')" <<'PY2'
+import json, re, sys
+units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+virt = int(sys.argv[2])
+caps = []
+for line in open(sys.argv[1]):
+    try:
+        m = re.search(r"grown to at least .* cap ([0-9.]+) (\w+)\)", json.loads(line).get("message", ""))
+    except ValueError:
+        continue
+    if m:
+        caps.append(float(m.group(1)) * units[m.group(2)])
+print("pre-size caps", caps, "virtual size", virt, file=sys.stderr)
+sys.exit(0 if caps and all(virt < c < 1.1 * virt for c in caps) else 1)
+PY2
+}
+check ext-presize-measured-cap presize_cap_measured
 check ext-running test "$(lvenv_virsh domstate "$DOM" | head -n 1)" = running
 # the guest did write new clusters during the migration: passes from g0 on
 # ended while it ran (the step waited for one more after the pivot)

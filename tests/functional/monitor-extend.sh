@@ -52,7 +52,9 @@ new_loop() {
 start_writer() {
     local name=$1 dev=$2 mib=$3 hold=${4:-0} err
     lvenv_at_exit "virsh -q -c $LVENV_URI destroy $name"
-    wg_domain_xml "$name" "$dev" "$mib" "$T/$name.console" "$hold" >"$name.xml"
+    # WG_EXTRA_DISK: more <disk> XML after the writer's (part 1: a raw vdb)
+    wg_domain_xml "$name" "$dev" "$mib" "$T/$name.console" "$hold" |
+        sed "s|</disk>|</disk>${WG_EXTRA_DISK:-}|" >"$name.xml"
     : >"$T/$name.console"
     err=$(lvenv_virsh create "$name.xml" 2>&1) || die "cannot start $name: $err"
 }
@@ -100,10 +102,16 @@ MON_OPTS=(--chunk 256M --extent 4M --watermark 128M --poll-interval 500 --output
 D1=$PREFIX-1
 new_loop "$T/d1.img" 64M
 dev1=$LOOP
-start_writer "$D1" "$dev1" 640 1
+# and a raw 8 MiB vdb on a loop device, which must never be extended (its
+# free space is under the headroom: the extender did extend it once)
+truncate -s 8M "$T/raw1.img"
+raw1=$(losetup -f --show "$T/raw1.img") || die "losetup $T/raw1.img failed"
+LOOPS+=("$raw1")
+WG_EXTRA_DISK="<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none'/><source dev='$raw1'/><target dev='vdb' bus='virtio'/></disk>" \
+    start_writer "$D1" "$dev1" 640 1
 # The first threshold set fails (as a refusing libvirt's would): the next
 # check arms it again.
-LSM_TEST_ARM_FAIL=1 "$LSM_SYNC" monitor "${MON_OPTS[@]}" --disk vda "$D1" >mon1.json 2>mon1.err &
+LSM_TEST_ARM_FAIL=1 "$LSM_SYNC" monitor "${MON_OPTS[@]}" --disk vda --disk vdb "$D1" >mon1.json 2>mon1.err &
 MONPIDS+=($!)
 mon1=$!
 check writer-started wait_console "$D1" WRITER-START 120
@@ -133,6 +141,18 @@ n_ext=$(count_events mon1.json extended)
 log "$n_ext extensions; final size $(size_of "$dev1")"
 check extensions-reported test "$n_ext" -ge 2
 check no-failure test "$(count_events mon1.json failed)" = 0
+# The raw disk: state raw, capped at its size, never armed or extended.
+check raw-never-extended python3 - mon1.json "$raw1" <<'EOF'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+st = [e for e in ev if e["event"] == "status"][-1]
+vdb = [d for d in st["drives"] if d["disk"] == "vdb"][0]["source"]
+assert vdb["state"] == "raw" and vdb["path"] == sys.argv[2], vdb
+assert vdb["max_size"] == vdb["physical"] == 8 << 20 and vdb["extensions"] == 0, vdb
+assert not vdb["armed"], vdb
+assert not [e for e in ev if e.get("disk") == "vdb" and e["event"] in ("armed", "extending", "extended")], "vdb touched"
+EOF
+check raw-size-unchanged test "$(size_of "$raw1")" = $((8 << 20))
 # Armed after every extension but one that reached the maximum size
 # (1.1 x 1 GiB); at start only if no extension was needed at once.
 max_size=$(python3 -c 'import json, sys; print([e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "status"][-1]["drives"][0]["source"]["max_size"])' mon1.json)
