@@ -317,8 +317,19 @@ killed_sync() {
     ((rc != 0)) || die "$log: the sync exited 0 after SIGKILL"
     [[ -s sj && -s sj.1 ]] || die "$log: no journals after the kill"
 }
-# sums DIR FILE...: checksums of DIR's files and the journals, for "nothing written"
-sums() { md5sum "$1"/* sj sj.* "${@:2}"; }
+# sums DIR FILE...: checksums of DIR's files and the journals (not the
+# temporary files of saves the kill cut short: a resume that loads the
+# journal removes them), for "nothing written".  A push's exports are
+# flushed first: qemu-nbd keeps qcow2 metadata the killed run's writes
+# changed in its cache, and writes it out at the next flush or disconnect.
+sums() {
+    local s
+    for s in "$T/$1"-*.sock; do
+        [[ -S $s ]] || continue
+        qemu-io -f raw -c flush "nbd+unix:///?socket=$s" >/dev/null || die "cannot flush $s"
+    done
+    md5sum "$1"/* sj sj.[0-9] "${@:2}"
+}
 # refused_resumes LOG JOB OTHER_JOB DIR: the two refusals above
 refused_resumes() {
     local log=$1 job=$2 other=$3 dir=$4 before
@@ -347,6 +358,10 @@ resumed() {
            .volumes[2].status == "synced" and .volumes[2].bytes_already_done == 0' \
         "$log.rout" >/dev/null || { ok=0; echo "resume output: $(cat "$log.rout")"; }
     if ((ok)); then pass "$log: resume"; else fail "$log: resume" "exit $RC: $(cat "$log.rerr")"; fi
+    log "$log: resume: $(jq -r '.bytes_redone as $r |
+        [.volumes[] | "\(.status) \(.bytes_already_done // "-")/\(.bytes_total)"] |
+        "volumes (base first: status bytes_already_done/bytes_total): " + join(", ") + "; bytes_redone \($r)"' \
+        "$log.rout")"
     ok=1
     for l in "${LAYERS[@]}"; do
         qemu-img compare -q -f qcow2 -F qcow2 "$l" "$dir/$l" || { ok=0; echo "chain of $l differs"; }
