@@ -104,9 +104,13 @@ static int check_opts(const struct lsm_copy_opts *o)
     if (o->one_layer && lsm_is_nbd_uri(o->src_path))
         return lsm_error(-EINVAL, "one layer of %s cannot be copied: an NBD export does not "
                          "show its layers", o->src_path);
-    if (o->one_layer && (o->target_is_zero || o->journal || o->checksum || o->snapshot))
+    /* A journal is fine (sync --journal's volumes): the plan it records
+     * has reads_zero false, as the one-layer copy sets it before the
+     * journal is set up, so a resume writes the zero ranges too; ranges
+     * the layer does not allocate are skipped in both runs. */
+    if (o->one_layer && (o->target_is_zero || o->checksum || o->snapshot))
         return lsm_error(-EINVAL, "a copy of one layer to %s takes no --target-is-zero, "
-                         "--journal, --checksum or -l", o->dst_path);
+                         "--checksum or -l", o->dst_path);
     if (o->journal && o->checksum)
         return lsm_error(-EINVAL, "--checksum covers one uninterrupted copy: not with --journal");
     if (o->request_size && (!is_pow2(o->request_size) || o->request_size < 4096))

@@ -203,9 +203,6 @@ static int nbd_plan_sources(const struct lsm_sync_opts *o, struct sync_plan *p)
 {
     struct lsm_jobfile *job = &p->job;
     int r;
-    if (o->journal)
-        return lsm_error(-EINVAL, "--journal: a sync from NBD exports cannot be resumed (run it "
-                         "again: it rewrites what each layer allocates)");
     if (o->copy.offload_required || o->copy.offload_mode == LSM_OFFLOAD_ONLY ||
         o->copy.offload_cmd)
         return lsm_error(-EINVAL, "offload (-C, --offload=NAME, --offload-cmd) needs source "
@@ -301,9 +298,6 @@ static int plan_prepare(const struct lsm_sync_opts *o, struct sync_plan *p)
     if (p->nbd) {
         if ((r = lsm_jobfile_check_sources(&p->src, job)) < 0)
             return r;
-        if (o->journal)
-            return lsm_error(-EINVAL, "--journal: a sync to NBD exports cannot be resumed "
-                             "(run it again: it rewrites what each layer allocates)");
         if (o->checksum)
             return lsm_error(-EINVAL, "--checksum: an NBD export of one layer alone is not the "
                              "guest view of its volume (checksum the destination chain "
@@ -412,7 +406,11 @@ struct sync_ctx {
  * options say the sync type and the number of volumes; its files are two
  * per volume, source and destination.  A destination is compared only
  * once its volume is done (size 0, no mtime, no hash before: a volume in
- * progress is its copy journal's to check); sources always. */
+ * progress is its copy journal's to check); sources always.  An NBD end
+ * (a push's destinations, a pull's sources) is what a copy journal records
+ * for an export: its URI, dev and ino 0, its size (the plan checked it
+ * against the local end), no modification time; a resume must name the
+ * same URI.  Its blocks are the volume's copy journal's to check. */
 
 #define SJ_UNIT 512u
 
@@ -459,6 +457,52 @@ static int file_ident(const char *path, enum lsm_format fmt, const char *role, u
     return 0;
 }
 
+/* Whether the sync's sources (dst false) or its destinations are exports
+ * (a job names all of them so, or none). */
+static bool vol_nbd_end(const struct sync_ctx *ctx, bool dst)
+{
+    return dst ? ctx->nbd : ctx->nbd_src;
+}
+
+/* The identity of volume k's source (dst false) or destination: an
+ * export's as above, a file's by file_ident. */
+static int vol_ident(struct sync_ctx *ctx, unsigned k, bool dst, bool full)
+{
+    const struct vol *v = &ctx->vols[k];
+    const char *role = dst ? "destination" : "source";
+    const char *path = dst ? v->pair->dst_path : v->src->path;
+    struct lsm_journal_file *f = &ctx->ids[2 * k + dst];
+    if (!vol_nbd_end(ctx, dst))
+        return file_ident(path, v->src->format, role, k, full, f);
+    lsm_journal_file_clear(f);
+    if (asprintf(&f->role, "%s (volume %u)", role, k) < 0) {
+        f->role = NULL;
+        return oom();
+    }
+    if (!(f->path = strdup(path)))
+        return oom();
+    f->mtime_ns = -1;
+    f->size = v->src->virtual_size;
+    return 0;
+}
+
+/* Resume: every export is named by the URI the journal recorded for it
+ * (lsm_journal_check_files has compared the rest). */
+static int sj_check_uris(const struct sync_ctx *ctx)
+{
+    for (unsigned k = 0; k < ctx->nvols; k++)
+        for (int dst = 0; dst < 2; dst++) {
+            if (!vol_nbd_end(ctx, dst))
+                continue;
+            const struct lsm_journal_file *a = &ctx->sj->files[2 * k + dst];
+            const struct lsm_journal_file *b = &ctx->ids[2 * k + dst];
+            if (!a->path || strcmp(a->path, b->path))
+                return lsm_error(-ESTALE, "%s %s is not the export this journal was written for "
+                                 "(it names %s)", b->role, b->path, a->path ? a->path : "none");
+        }
+    return 0;
+}
+
 static json_object *sj_options(const struct sync_ctx *ctx)
 {
     json_object *j = json_object_new_object();
@@ -479,18 +523,17 @@ static bool sj_done(const struct sync_ctx *ctx, unsigned k)
 static int sj_idents(struct sync_ctx *ctx, const bool *done)
 {
     for (unsigned k = 0; k < ctx->nvols; k++) {
-        const struct vol *v = &ctx->vols[k];
-        int r = file_ident(v->src->path, v->src->format, "source", k, true, &ctx->ids[2 * k]);
+        int r = vol_ident(ctx, k, false, true);
         if (r == 0)
-            r = file_ident(v->pair->dst_path, v->src->format, "destination", k, done[k],
-                           &ctx->ids[2 * k + 1]);
+            r = vol_ident(ctx, k, true, done[k]);
         if (r < 0)
             return r;
     }
     return 0;
 }
 
-/* The journal is none of the files the sync reads or writes. */
+/* The journal is none of the files the sync reads or writes (exports are
+ * not files: the journal cannot be one). */
 static int sj_alias(const struct sync_ctx *ctx, const char *journal)
 {
     struct lsm_filekey kj = { 0 };
@@ -498,6 +541,8 @@ static int sj_alias(const struct sync_ctx *ctx, const char *journal)
     for (unsigned k = 0; r == 0 && k < ctx->nvols; k++) {
         const char *paths[2] = { ctx->vols[k].src->path, ctx->vols[k].pair->dst_path };
         for (int i = 0; i < 2 && r == 0; i++) {
+            if (vol_nbd_end(ctx, i))
+                continue;
             struct lsm_filekey kf = { 0 };
             r = lsm_filekey_get(paths[i], &kf);
             if (r == 0 && lsm_filekey_same(&kj, &kf))
@@ -593,14 +638,17 @@ static int sj_open(struct sync_ctx *ctx, struct lsm_sync_result *res)
         done[k] = sj_done(ctx, k);
     if ((r = sj_idents(ctx, done)) < 0)
         return r;
-    if ((r = lsm_journal_check_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0) {
+    if ((r = lsm_journal_check_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0 ||
+        (r = sj_check_uris(ctx)) < 0) {
         lsm_error_prefix("cannot resume from %s", journal);
         return r;
     }
     for (unsigned k = 0; k < n; k++) {
         struct vol *v = &ctx->vols[k];
         bool have = lstat(v->journal, &sb) == 0;
-        if (!done[k] && have && v->src->format == LSM_FMT_QCOW2) {
+        /* (An export has no such bit: a push's volume killed there is
+         * finished by its copy journal, which has everything done.) */
+        if (!done[k] && have && v->src->format == LSM_FMT_QCOW2 && !ctx->nbd) {
             /* The copy's journal is saved only after the writer marked the
              * destination incomplete, and the mark goes only when the
              * writer finishes, after the last data and the source's check:
@@ -610,8 +658,7 @@ static int sj_open(struct sync_ctx *ctx, struct lsm_sync_result *res)
                 return r;
             if (r == 1) {
                 done[k] = true;
-                if ((r = file_ident(v->pair->dst_path, v->src->format, "destination", k, true,
-                                    &ctx->ids[2 * k + 1])) < 0 ||
+                if ((r = vol_ident(ctx, k, true, true)) < 0 ||
                     (r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)n)) < 0 ||
                     (r = lsm_journal_mark(ctx->sj, (uint64_t)k * SJ_UNIT, SJ_UNIT)) < 0)
                     return r;
@@ -641,8 +688,7 @@ static int sj_volume_done(struct vol *v)
     struct sync_ctx *ctx = v->ctx;
     unsigned k = v->k;
     pthread_mutex_lock(&ctx->jlock);
-    int r = file_ident(v->pair->dst_path, v->src->format, "destination", k, true,
-                       &ctx->ids[2 * k + 1]);
+    int r = vol_ident(ctx, k, true, true);
     if (r == 0)
         r = lsm_journal_set_files(ctx->sj, ctx->ids, 2 * (size_t)ctx->nvols);
     if (r == 0)
