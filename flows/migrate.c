@@ -38,6 +38,7 @@
 #define DEFAULT_READY_MS 600000
 #define DEFAULT_PIVOT_MS 60000
 #define POLL_MS 200
+#define PRESIZE_MEASURE_MS 30000   /* the extender measuring the drives before pre-sizing */
 #define REPORT_NS 1000000000ULL
 #define MAX_DST 64
 
@@ -800,8 +801,8 @@ static uint64_t presize_cap(const struct lsm_extend_policy *p,
  * above.  Sized at clone time only, it
  * may be full before the extender has armed its threshold: the mirror's
  * bulk copy writes the source top's whole allocation at once (a mirror
- * onto a full volume fails).  Nothing measured yet: it keeps its
- * clone-time size. */
+ * onto a full volume fails).  The drives are measured anew first; a
+ * source top still reporting no allocation keeps its clone-time size. */
 static int presize_destination(struct mig *g, struct mdisk *d)
 {
     if (g->dst_kind != LSM_DOMAIN_BLOCK || !g->x || !d->ndst)
@@ -809,6 +810,12 @@ static int presize_destination(struct mig *g, struct mdisk *d)
     _cleanup_free_ struct lsm_extender_status *st = calloc(1, sizeof *st);
     if (!st)
         return lsm_error(-ENOMEM, "out of memory");
+    /* measured after the snapshot, not what the last periodic check saw
+     * (which may predate the new top, or be none yet) */
+    int r = lsm_extender_refresh(g->x, PRESIZE_MEASURE_MS);
+    if (r < 0)
+        return lsm_error(r, "%s: cannot size its destination before mirroring: %s", d->disk,
+                         lsm_last_error());
     lsm_extender_status(g->x, st);
     const struct lsm_extender_drive_status *dr = NULL;
     for (unsigned k = 0; k < st->ndrives; k++)
@@ -823,7 +830,7 @@ static int presize_destination(struct mig *g, struct mdisk *d)
     uint64_t size = lsm_extend_next_size_growing(&g->policy, src->allocation, 0, headroom, growth,
                                                  cap, true);
     _cleanup_free_ char *vg = NULL, *lv = NULL;
-    int r = split_lv(d->dst[0], &vg, &lv);
+    r = split_lv(d->dst[0], &vg, &lv);
     if (r < 0)
         return lsm_error(r, "%s is not a volume of a block domain", d->dst[0]);
     struct lsm_domain *dom;

@@ -87,6 +87,7 @@ struct drive {
     pthread_t thread;
     bool started;
     bool kicked;
+    uint64_t checked_gen;       /* the kick generation its last check began after */
     pthread_cond_t cond;
 };
 
@@ -124,6 +125,7 @@ struct lsm_extender {
     bool close_cb;
     uint64_t t0;
 
+    uint64_t kick_gen;          /* bumped by every kick (lsm_extender_refresh) */
     bool replicating;           /* a mirror is seen on some drive */
     bool paused;
     const char *refused_why;
@@ -950,11 +952,14 @@ static void *drive_main(void *arg)
         if (atomic_load(&x->stop))
             break;
         d->kicked = false;
+        uint64_t gen = x->kick_gen;
         bool stopped = x->domain_stopped;
         pthread_mutex_unlock(&x->lock);
         if (!stopped)
             check_drive(d);
         pthread_mutex_lock(&x->lock);
+        d->checked_gen = gen;
+        pthread_cond_broadcast(&x->cond);   /* lsm_extender_refresh */
     }
     pthread_mutex_unlock(&x->lock);
     return NULL;
@@ -1230,6 +1235,7 @@ static int ext_subscribe(struct lsm_extender *x, lsm_monitor_cb cb, void *opaque
 static void ext_kick(struct lsm_extender *x)
 {
     pthread_mutex_lock(&x->lock);
+    x->kick_gen++;
     for (unsigned k = 0; k < x->ndrives; k++)
         kick_locked(&x->drives[k]);
     pthread_mutex_unlock(&x->lock);
@@ -1315,6 +1321,44 @@ static int ext_wait(struct lsm_extender *x, int timeout_ms)
     r = x->error || x->domain_stopped;
     pthread_mutex_unlock(&x->lock);
     return r;
+}
+
+/* Kick, then wait until every drive has finished a check that began after
+ * the kick (its stats read anew: the chain as it is now). */
+static int ext_refresh(struct lsm_extender *x, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
+                      (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
+    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
+    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    pthread_mutex_lock(&x->lock);
+    uint64_t gen = ++x->kick_gen;
+    for (unsigned k = 0; k < x->ndrives; k++)
+        kick_locked(&x->drives[k]);
+    int r = 0;
+    for (;;) {
+        bool done = true;
+        for (unsigned k = 0; k < x->ndrives; k++)
+            done = done && x->drives[k].checked_gen >= gen;
+        if (done)
+            break;
+        if (x->domain_stopped || atomic_load(&x->stop)) {
+            r = -ESRCH;
+            break;
+        }
+        if (pthread_cond_timedwait(&x->cond, &x->lock, &ts) != 0) {
+            r = -ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&x->lock);
+    if (r == -ESRCH)
+        return lsm_error(r, "the domain stopped while its drives were being measured");
+    if (r < 0)
+        return lsm_error(r, "the drives were not measured within %d ms", timeout_ms);
+    return 0;
 }
 
 static int init_sync(struct lsm_extender *x)
@@ -1520,6 +1564,7 @@ const struct lsm_extender_ops lsm_extender_libvirt_ops = {
     .subscribe = ext_subscribe,
     .set_replicating = ext_set_replicating,
     .kick = ext_kick,
+    .refresh = ext_refresh,
     .status = ext_status,
     .error = ext_error,
     .wait = ext_wait,

@@ -11,6 +11,7 @@ struct lsm_extender_ops {
     int (*subscribe)(struct lsm_extender *x, lsm_monitor_cb cb, void *opaque);
     void (*set_replicating)(struct lsm_extender *x, bool on);
     void (*kick)(struct lsm_extender *x);
+    int (*refresh)(struct lsm_extender *x, int timeout_ms);
     void (*status)(struct lsm_extender *x, struct lsm_extender_status *st);
     int (*error)(struct lsm_extender *x);
     int (*wait)(struct lsm_extender *x, int timeout_ms);

@@ -105,6 +105,11 @@ void lsm_extender_kick(struct lsm_extender *x)
     ops()->kick(x);
 }
 
+int lsm_extender_refresh(struct lsm_extender *x, int timeout_ms)
+{
+    return ops()->refresh(x, timeout_ms);
+}
+
 void lsm_extender_status(struct lsm_extender *x, struct lsm_extender_status *st)
 {
     ops()->status(x, st);

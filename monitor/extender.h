@@ -178,6 +178,11 @@ void lsm_extender_set_replicating(struct lsm_extender *x, bool on);
 /* Check every drive now (after the caller changed the chain: snapshot,
  * pivot, new mirror). */
 void lsm_extender_kick(struct lsm_extender *x);
+/* Kick, and wait up to timeout_ms until every drive has been measured
+ * since: a status read after it describes the chain as it is now.
+ * Errors: -ETIMEDOUT, -ESRCH (the domain stopped, or the extender is
+ * stopping). */
+int lsm_extender_refresh(struct lsm_extender *x, int timeout_ms);
 /* A copy of the state. */
 void lsm_extender_status(struct lsm_extender *x, struct lsm_extender_status *st);
 /* 0, or the first failure that left a side FAILED (its -errno; the
