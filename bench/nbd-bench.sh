@@ -4,18 +4,24 @@
 # round, medians of N rounds, ratios against nbdcopy.
 #
 #   bench/nbd-bench.sh [--lsm-sync PATH] [--runs N] [--size SIZE] [--rows "..."]
-#                      [--sweep]
+#                      [--source chain|frag] [--tools "lsm lsm-buf nbdcopy qemu"] [--sweep]
 #
-# The source is a sparse qcow2 chain (a base of SIZE with 25% random data
-# in runs, from nbdkit sparse-random, and a top layer over it with 64 MiB
-# more), and its raw image (a sparse file) for the copies to NBD.
+# --source chain (the default): a sparse qcow2 chain (a base of SIZE with
+# 25% random data in runs of 16 MiB on average, from nbdkit sparse-random,
+# and a top layer over it with 64 MiB more), and its raw image (a sparse
+# file) for the copies to NBD.  --source frag: one fragmented qcow2 of
+# SIZE, where allocation matters: the same generator with runs of 64 KiB
+# on average (1 GiB: about 5100 extents, 455 MiB of data), and its raw image.
+# --tools: the columns to run (qemu-img asks for block status one extent
+# at a time: on frag behind the delay rows it takes minutes a run).
 # Rows (LINK-DIRECTION):
 #   LINK  unix    qemu-nbd on a Unix socket on this host
 #         veth    qemu-nbd in a network namespace of its own, over a veth
 #                 pair (tests/functional/nbd-netns-lib.sh): real TCP
 #         tbf     the same link limited to 1 Gbit/s each way (tc tbf)
-#         delay   veth, with nbdkit's delay filter ($DELAY, default 2ms, per request,
-#                 reads and writes) in front of the far qemu-nbd
+#         delay   veth, with nbdkit's delay filter ($DELAY, default 2ms, per request:
+#                 reads, writes, zeroes, trims and block status alike, as a longer
+#                 link delays them) in front of the far qemu-nbd
 #   DIRECTION  pull   the far chain (read-only export) to a local raw file
 #              push   the local sparse raw file into a new qcow2 the far
 #                     qemu-nbd serves (made again before every run, untimed)
@@ -37,6 +43,8 @@ RUNS=5
 SIZE=1G
 ROWS="unix-pull unix-push veth-pull veth-push tbf-pull tbf-push delay-pull delay-push"
 SWEEP=0
+SOURCE=chain
+TOOLS=(lsm lsm-buf nbdcopy qemu)
 DELAY=${DELAY:-2ms}   # per request, the delay rows (nbdkit delay filter)
 # Options for the others: by default neither makes its output durable
 # (nbdcopy flushes only with --flush, qemu-img convert's output cache is
@@ -50,10 +58,16 @@ while (($#)); do
     --runs) RUNS=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --rows) ROWS=$2; shift 2 ;;
+    --source) SOURCE=$2; shift 2 ;;
+    --tools) read -ra TOOLS <<<"$2"; shift 2 ;;
     --sweep) SWEEP=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
+done
+[[ $SOURCE == chain || $SOURCE == frag ]] || { echo "--source is chain or frag" >&2; exit 2; }
+for t in "${TOOLS[@]}"; do
+    [[ $t =~ ^(lsm|lsm-buf|nbdcopy|qemu)$ ]] || { echo "unknown tool $t" >&2; exit 2; }
 done
 [[ -x $LSM ]] || { echo "lsm-sync not found: give --lsm-sync PATH" >&2; exit 2; }
 for c in qemu-img qemu-io qemu-nbd nbdkit nbdcopy ip tc; do
@@ -81,11 +95,17 @@ stop_far() {
 trap 'stop_far; netns_down; cd /; rm -rf "$T"' EXIT
 netns_up || { echo "cannot make namespaces: $NETNS_WHY" >&2; exit 2; }
 
-echo "# making the source ($SIZE, 25% data, and a top layer)" >&2
-nbdkit -U - sparse-random size="$SIZE" percent=25 seed=3 random-content=true \
-    --run 'qemu-img convert -q -f raw -O qcow2 "$uri" base.qcow2'
-qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
-qemu-io -c "write -P 0x5a 0 32M" -c "write -P 0x5b $(( $(numfmt --from=iec "$SIZE") / 2 )) 32M" top.qcow2 >/dev/null
+if [[ $SOURCE == chain ]]; then
+    echo "# making the source ($SIZE, 25% data, and a top layer)" >&2
+    nbdkit -U - sparse-random size="$SIZE" percent=25 seed=3 random-content=true \
+        --run 'qemu-img convert -q -f raw -O qcow2 "$uri" base.qcow2'
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+    qemu-io -c "write -P 0x5a 0 32M" -c "write -P 0x5b $(( $(numfmt --from=iec "$SIZE") / 2 )) 32M" top.qcow2 >/dev/null
+else
+    echo "# making the source ($SIZE, 25% data in runs of 64 KiB on average)" >&2
+    nbdkit -U - sparse-random size="$SIZE" percent=25 runlength=65536 seed=5 random-content=true \
+        --run 'qemu-img convert -q -f raw -O qcow2 "$uri" top.qcow2'
+fi
 qemu-img convert -q -O raw top.qcow2 top.raw    # sparse
 DATA=$(qemu-img map --output=json top.qcow2 | python3 -c '
 import json,sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))')
@@ -120,7 +140,8 @@ serve() {
         on_far qemu-nbd "${args[@]}" -k "$T/q.sock" --pid-file="$T/q.pid" --fork
         for _ in $(seq 50); do
             on_far nbdkit -i "$FAR_IP" -p 10809 -P "$T/k.pid" --filter=delay nbd \
-                socket="$T/q.sock" rdelay=$DELAY wdelay=$DELAY 2>"$T/serve.err" && break
+                socket="$T/q.sock" rdelay=$DELAY wdelay=$DELAY delay-zero=$DELAY \
+                delay-trim=$DELAY delay-extents=$DELAY 2>"$T/serve.err" && break
             sleep 0.1
         done
         for _ in $(seq 100); do [[ -s k.pid ]] && break; sleep 0.05; done
@@ -181,7 +202,6 @@ if ((SWEEP)); then
     exit 0
 fi
 
-TOOLS=(lsm lsm-buf nbdcopy qemu)
 printf '%-12s %9s %9s %9s %9s %9s %9s %9s\n' row lsm lsm-buf nbdcopy qemu-img \
     "lsm/nbdc" "buf/nbdc" "lsm/qemu"
 for row in $ROWS; do
@@ -190,19 +210,20 @@ for row in $ROWS; do
     declare -A S=()
     for r in $(seq "$RUNS"); do
         # interleaved, in a rotating order
-        for i in 0 1 2 3; do
-            tool=${TOOLS[$(( (i + r) % 4 ))]}
+        for i in "${!TOOLS[@]}"; do
+            tool=${TOOLS[$(( (i + r) % ${#TOOLS[@]} ))]}
             serve "$link" "$dir"
             S[$tool]+="$(run "$tool" "$dir") "
             stop_far
         done
         echo "$row round $r: ${S[*]}" >>"$SAMPLES"
     done
-    med() { tr ' ' '\n' <<<"${S[$1]}" | grep . | median; }
+    med() { [[ -n ${S[$1]:-} ]] || { echo -; return; }; tr ' ' '\n' <<<"${S[$1]}" | grep . | median; }
+    # speed-up: the other tool's time over lsm-sync's ("-": a column not run)
+    ratio() { [[ $1 == - || $2 == - ]] && { echo -; return; }; printf '%.2fx' "$(echo "$1 / $2" | bc -l)"; }
     lsm=$(med lsm) buf=$(med lsm-buf) nbc=$(med nbdcopy) qem=$(med qemu)
-    # ratios are speed-ups: the other tool's time over lsm-sync's
-    printf '%-12s %8ss %8ss %8ss %8ss %8.2fx %8.2fx %8.2fx\n' "$row" "$lsm" "$buf" "$nbc" "$qem" \
-        "$(echo "$nbc / $lsm" | bc -l)" "$(echo "$nbc / $buf" | bc -l)" "$(echo "$qem / $lsm" | bc -l)"
+    printf '%-12s %9s %9s %9s %9s %9s %9s %9s\n' "$row" "$lsm" "$buf" "$nbc" "$qem" \
+        "$(ratio "$nbc" "$lsm")" "$(ratio "$nbc" "$buf")" "$(ratio "$qem" "$lsm")"
     unset S
 done
 netns_rate none
