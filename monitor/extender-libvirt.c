@@ -1305,7 +1305,8 @@ static int ext_error(struct lsm_extender *x)
     return e;
 }
 
-static int ext_wait(struct lsm_extender *x, int timeout_ms)
+/* timeout_ms from now on x->cond's clock (CLOCK_REALTIME). */
+static struct timespec realtime_deadline(int timeout_ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -1313,6 +1314,12 @@ static int ext_wait(struct lsm_extender *x, int timeout_ms)
                       (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
     ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
     ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    return ts;
+}
+
+static int ext_wait(struct lsm_extender *x, int timeout_ms)
+{
+    struct timespec ts = realtime_deadline(timeout_ms);
     pthread_mutex_lock(&x->lock);
     int r = 0;
     while (!x->error && !x->domain_stopped && !atomic_load(&x->stop))
@@ -1327,12 +1334,7 @@ static int ext_wait(struct lsm_extender *x, int timeout_ms)
  * the kick (its stats read anew: the chain as it is now). */
 static int ext_refresh(struct lsm_extender *x, int timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t abs_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
-                      (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ULL;
-    ts.tv_sec = (time_t)(abs_ns / 1000000000ULL);
-    ts.tv_nsec = (long)(abs_ns % 1000000000ULL);
+    struct timespec ts = realtime_deadline(timeout_ms);
     pthread_mutex_lock(&x->lock);
     uint64_t gen = ++x->kick_gen;
     for (unsigned k = 0; k < x->ndrives; k++)
