@@ -8,8 +8,9 @@
 # the last write); a destination that reads as zeroes is not zeroed; nbdkit's error
 # filter (transient errors retried, permanent ones: exit 1 naming the
 # offset), the delay filter (requests in flight overlap; a stalled write
-# times out; SIGTERM ends a stalled copy within 1 s), a server killed in
-# the middle of a copy, a read-only export and one too small refused.
+# times out; SIGTERM ends a stalled copy within 1 s), a server that fails
+# every flush, a server killed in the middle of a copy, a read-only export
+# and one too small refused.
 # Results: qemu-img compare through the same URI, and sha256 of what
 # nbdcopy reads back.
 . "$(dirname "$0")/lib.sh"
@@ -272,6 +273,27 @@ for sig in TERM INT; do
         pass "SIG$sig during a stalled write"
     fi
 done
+stop_servers
+
+# A server that fails NBD_CMD_FLUSH (nbdkit's eval plugin over a file: the
+# error filter cannot fail flushes): the data all arrive, but nothing says
+# they are durable, so exit 1 with one line naming the flush.
+truncate -s 4M fl.img fl.raw
+qio fl.raw raw -- "write -P 0x67 0 1M" "write -P 0x68 3M 512k"
+nbdkit_on "$T/fl.sock" eval get_size='echo 4194304' \
+    pread="dd if=$T/fl.img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
+    pwrite="dd of=$T/fl.img seek=\$4 oflag=seek_bytes conv=notrunc status=none" \
+    can_flush='exit 0' flush='echo "EIO the test fails every flush" >&2; exit 1'
+rc=0
+"$LSM_SYNC" copy fl.raw "$(uri fl.sock)" 2>err.log || rc=$?
+if ((rc != 1)) || [[ $(wc -l <err.log) != 1 ]] || ! grep -q "failed a flush" err.log ||
+    ! grep -q "incomplete" err.log; then
+    fail "failed flush" "exit $rc: $(cat err.log)"
+elif ! cmp -s fl.raw fl.img; then
+    fail "failed flush" "the data written before the flush differ"
+else
+    pass "failed flush"
+fi
 stop_servers
 
 # A server killed in the middle of a copy: exit 1 soon, the destination

@@ -85,10 +85,14 @@ int main(int argc, char **argv)
         uint64_t t0 = lsm_now_ns();
         uint64_t alloc = highest_nonzero(fd, phys);
         lsm_extend_rate_add(&rate, &p, t0, alloc);
-        uint64_t head = lsm_extend_headroom(&p, lsm_extend_rate_recent(&rate),
-                                            lsm_extend_latency_recent(&lat), false);
+        double bps = lsm_extend_rate_recent(&rate);
+        uint64_t latency = lsm_extend_latency_recent(&lat);
+        uint64_t head = lsm_extend_headroom(&p, bps, latency, false);
         if (alive && lsm_extend_needed(alloc, phys, head, maxsz, false)) {
-            uint64_t next = lsm_extend_next_size(&p, alloc, phys, head, maxsz, false);
+            /* as the extender: the writes during this extension planned too */
+            uint64_t next = lsm_extend_next_size_growing(&p, alloc, phys, head,
+                                                         lsm_extend_growth(&p, bps, latency),
+                                                         maxsz, false);
             struct lsm_extend_timing t;
             if (lsm_extend_volume_grow(&v, next, &t) < 0) {
                 printf("failed %" PRIu64 " %" PRIu64 ": %s\n", phys, next, lsm_last_error());
