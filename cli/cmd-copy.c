@@ -57,7 +57,8 @@ static void usage(FILE *f)
         "  --skip-broken-bitmaps  with --bitmaps: skip inconsistent (in-use) bitmaps\n"
         "                       instead of failing\n"
         "  -t CACHE, -T CACHE   destination / source cache mode: none, directsync: O_DIRECT;\n"
-        "                       writeback, writethrough, unsafe: buffered\n"
+        "                       writeback, writethrough, unsafe: buffered; -t unsafe: DST is\n"
+        "                       never flushed (exit 0 does not mean durable)\n"
         "  -W                   accepted: writes are always issued out of order\n"
         "  -r RATE              same as --rate\n"
         "  -q                   quiet: no progress output\n"
@@ -607,6 +608,7 @@ int cmd_copy(int argc, char **argv)
         case 't':
             if (!parse_cache(optarg, "-t", &o.direct))
                 return EXIT_USAGE;
+            o.unsafe = !strcmp(optarg, "unsafe");
             break;
         case 'T':
             if (!parse_cache(optarg, "-T", &o.src_direct))
@@ -765,6 +767,9 @@ int cmd_copy(int argc, char **argv)
     }
     if (o.resume && !o.journal)
         return cli_usage_error("copy", "--resume needs --journal");
+    if (o.unsafe && o.journal)
+        return cli_usage_error("copy", "-t unsafe is not combined with --journal: a checkpoint "
+                               "records only what is durable");
     if ((o.checkpoint_bytes || o.checkpoint_ms) && !o.journal)
         return cli_usage_error("copy", "--checkpoint-interval needs --journal");
     if (o.journal && o.physical == LSM_PHYSICAL_ALWAYS)

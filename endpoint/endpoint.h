@@ -201,6 +201,12 @@ struct lsm_ep {
     const char *name;         /* for messages: the path or URI (the backend's copy) */
     struct lsm_loop *loop;
     void *priv;
+    /* A destination never flushed (copy -t unsafe, as qemu-img's
+     * cache=unsafe): lsm_ep_flush does nothing, and the file and NBD
+     * backends send no background syncs or flushes.  Set by the caller
+     * before the first write.  A finish that is more than a flush (the
+     * qcow2 writer's) still runs. */
+    bool no_flush;
 };
 
 /* Calls through the table, with the defaults above. */

@@ -68,7 +68,7 @@ static void bg_sync_done(struct lsm_ep_cmd *cmd)
 static void bg_sync_account(struct lsm_ep *ep, uint64_t len)
 {
     struct file_ep *fe = ep->priv;
-    if (!fe->sync_every)
+    if (!fe->sync_every || ep->no_flush)
         return;
     fe->unsynced += len;
     if (fe->unsynced < fe->sync_every || fe->sync_busy || fe->sync_err)

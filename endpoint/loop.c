@@ -418,6 +418,8 @@ int lsm_ep_submit(struct lsm_ep *ep, struct lsm_ep_cmd *cmd)
 
 int lsm_ep_flush(struct lsm_ep *ep)
 {
+    if (ep->no_flush)
+        return 0;
     return ep->ops->flush ? ep->ops->flush(ep) : 0;
 }
 

@@ -603,7 +603,7 @@ static int part_done(void *user, int *error)
         return 1;
     }
     int err = 0;
-    if (!*error && ne->flush_every && p->op != LSM_EP_OP_READ) {
+    if (!*error && ne->flush_every && !ne->ep.no_flush && p->op != LSM_EP_OP_READ) {
         /* (sent from poll_fd: no libnbd call inside its own callback) */
         ne->unflushed += p->len;
         if (ne->unflushed >= ne->flush_every)

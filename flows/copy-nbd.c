@@ -101,6 +101,9 @@ static int check_opts(const struct lsm_copy_opts *o)
         return lsm_error(-EINVAL, "-l needs a qcow2 source: %s has no snapshots", o->src_path);
     if (o->resume && !o->journal)
         return lsm_error(-EINVAL, "--resume needs --journal");
+    if (o->unsafe && o->journal)
+        return lsm_error(-EINVAL, "-t unsafe is not combined with --journal: a checkpoint "
+                         "records only what is durable");
     if (o->one_layer && lsm_is_nbd_uri(o->src_path))
         return lsm_error(-EINVAL, "one layer of %s cannot be copied: an NBD export does not "
                          "show its layers", o->src_path);
@@ -528,6 +531,7 @@ int lsm_copy_nbd_dst(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     r = lsm_copy_open_nbd(o, loop, o->dst_path, true, &dst);
     if (r < 0)
         goto out;
+    dst->no_flush = o->unsafe;
     uint64_t vsize = src->caps.size;
     if (dst->caps.size < vsize) {
         r = lsm_error(-ENOSPC, "destination %s is smaller (%" PRIu64 " bytes) than %s (%" PRIu64

@@ -643,6 +643,9 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     bool no_create = o->no_create || o->resume;
     if (o->resume && !o->journal)
         return lsm_error(-EINVAL, "--resume needs --journal");
+    if (o->unsafe && o->journal)
+        return lsm_error(-EINVAL, "-t unsafe is not combined with --journal: a checkpoint "
+                         "records only what is durable");
     if (o->journal) {
         if (o->physical == LSM_PHYSICAL_ALWAYS)
             return lsm_error(-EINVAL, "--journal copies in guest order: not with --physical");
@@ -982,6 +985,7 @@ int lsm_copy(const struct lsm_copy_opts *o, struct lsm_copy_stats *st)
     if (r < 0)
         goto out;
     d.ep = dep;
+    dep->no_flush = o->unsafe;
     if (ol)
         lsm_ep_file_set_offload(dep, ol);
     if (o->journal) {

@@ -66,6 +66,12 @@ struct lsm_copy_opts {
     enum lsm_physical_mode physical;
     enum lsm_io_kind io_kind;
     enum lsm_direct_mode direct;      /* destination, and source unless src_direct_set */
+    bool unsafe;                      /* -t unsafe: the destination is never flushed
+                                         (lsm_ep.no_flush): no fsync of a raw file, no
+                                         NBD_CMD_FLUSH, no background ones, so exit 0 does
+                                         not mean durable and a writeback error after
+                                         write() returned is not seen; a qcow2 file is
+                                         still synced by its writer.  Refused with journal. */
     enum lsm_direct_mode src_direct;  /* -T: the source's mode when src_direct_set */
     bool src_direct_set;
     bool offload;                     /* --offload=auto (when offload_mode is NEVER) */

@@ -63,6 +63,19 @@ if command -v strace >/dev/null; then
         fail "nbd failed background sync" "exit $rc, want 1 and 'background sync failed': $(head -n3 err.log)"
     fi
     rm -f bg.raw
+    # -t unsafe: no sync at all, background or final, and the same bytes
+    if nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
+           --run "LSM_FILE_SYNC_EVERY=4194304 ASAN_OPTIONS=$asan_noleak strace -f -qq -e trace=fdatasync,fsync -o bg.strace \"$LSM_SYNC\" copy -t unsafe --io=psync -f raw \"\$uri\" bg.raw && qemu-img convert -f raw \"\$uri\" ref.raw" 2>err.log; then
+        n=$(grep -cE '^[0-9]+ +(fdatasync|fsync)\(' bg.strace || :)
+        if ((n == 0)); then
+            same "nbd -t unsafe" ref.raw bg.raw && pass "nbd -t unsafe: no sync"
+        else
+            fail "nbd -t unsafe" "$n fsync/fdatasync calls, want none"
+        fi
+    else
+        fail "nbd -t unsafe" "$(head -n3 err.log)"
+    fi
+    rm -f bg.raw ref.raw bg.strace
 else
     skip_case "nbd background syncs" "strace is not installed (scripts/deps.sh --tests installs it)"
 fi

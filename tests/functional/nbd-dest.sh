@@ -294,6 +294,27 @@ elif ! cmp -s fl.raw fl.img; then
 else
     pass "failed flush"
 fi
+# -t unsafe sends no flush (the same server fails every one): exit 0, the
+# same bytes; with --journal it is refused before anything is sent
+: >fl.img
+truncate -s 4M fl.img
+rc=0
+"$LSM_SYNC" copy -t unsafe fl.raw "$(uri fl.sock)" 2>err.log || rc=$?
+if ((rc != 0)); then
+    fail "-t unsafe: no flush" "exit $rc: $(cat err.log)"
+elif ! cmp -s fl.raw fl.img; then
+    fail "-t unsafe: no flush" "the export's file differs from fl.raw"
+else
+    pass "-t unsafe: no flush"
+fi
+rc=0
+"$LSM_SYNC" copy -t unsafe --journal=fl.journal fl.raw "$(uri fl.sock)" 2>err.log || rc=$?
+if ((rc != 2)) || [[ $(grep -c '^lsm-sync: ' err.log) != 1 ]] || ! grep -q "not combined with --journal" err.log ||
+    [[ -e fl.journal ]]; then
+    fail "-t unsafe --journal refused" "exit $rc: $(cat err.log)"
+else
+    pass "-t unsafe --journal refused"
+fi
 stop_servers
 
 # A server killed in the middle of a copy: exit 1 soon, the destination
