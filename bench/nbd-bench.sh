@@ -4,7 +4,8 @@
 # round, medians of N rounds, ratios against nbdcopy.
 #
 #   bench/nbd-bench.sh [--lsm-sync PATH] [--runs N] [--size SIZE] [--rows "..."]
-#                      [--source chain|frag] [--tools "lsm lsm-buf nbdcopy qemu"] [--sweep]
+#                      [--source chain|frag] [--tools "lsm lsm-buf lsm-unsafe nbdcopy qemu"]
+#                      [--sweep]
 #
 # --source chain (the default): a sparse qcow2 chain (a base of SIZE with
 # 25% random data in runs of 16 MiB on average, from nbdkit sparse-random,
@@ -28,7 +29,9 @@
 # Every tool with its defaults (lsm-sync's NBD defaults: docs/nbd.md);
 # lsm-sync writes and reads local files with O_DIRECT by default, the
 # others through the page cache, so "lsm-buf" is lsm-sync --direct=never,
-# the like-for-like column.  Ratios are speed-ups over nbdcopy / qemu-img
+# the like-for-like column; "lsm-unsafe" (not run unless --tools names it)
+# is lsm-sync -t unsafe: buffered and never flushed, as nbdcopy without
+# --flush and qemu-img convert by default.  Ratios are speed-ups over nbdcopy / qemu-img
 # (their median time over lsm-sync's).  Every sample: $SAMPLES.
 # --sweep: lsm-sync alone over veth, request size x requests in flight x
 # connections (how the defaults were chosen; SWEEP_LINK, SWEEP_DIRS,
@@ -54,7 +57,7 @@ NBDCOPY_OPTS=${NBDCOPY_OPTS:-}
 QEMU_OPTS=${QEMU_OPTS:-}
 while (($#)); do
     case $1 in
-    --lsm-sync) LSM=$2; shift 2 ;;
+    --lsm-sync) LSM=$(realpath "$2"); shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --rows) ROWS=$2; shift 2 ;;
@@ -67,7 +70,7 @@ while (($#)); do
 done
 [[ $SOURCE == chain || $SOURCE == frag ]] || { echo "--source is chain or frag" >&2; exit 2; }
 for t in "${TOOLS[@]}"; do
-    [[ $t =~ ^(lsm|lsm-buf|nbdcopy|qemu)$ ]] || { echo "unknown tool $t" >&2; exit 2; }
+    [[ $t =~ ^(lsm|lsm-buf|lsm-unsafe|nbdcopy|qemu)$ ]] || { echo "unknown tool $t" >&2; exit 2; }
 done
 [[ -x $LSM ]] || { echo "lsm-sync not found: give --lsm-sync PATH" >&2; exit 2; }
 for c in qemu-img qemu-io qemu-nbd nbdkit nbdcopy ip tc; do
@@ -156,22 +159,28 @@ run() {
     local t0 t1
     rm -f out.raw
     t0=$(date +%s%N)
+    local rc=0
     if [[ $dir == pull ]]; then
         case $tool in
-        lsm) on_near "$LSM" copy "$@" "$URI" out.raw ;;
-        lsm-buf) on_near "$LSM" copy --direct=never "$@" "$URI" out.raw ;;
-        nbdcopy) truncate -s 0 out.raw; on_near nbdcopy $NBDCOPY_OPTS "$URI" out.raw ;;
-        qemu) on_near qemu-img convert $QEMU_OPTS -f raw -O raw "$URI" out.raw ;;
+        lsm) on_near "$LSM" copy "$@" "$URI" out.raw || rc=$? ;;
+        lsm-buf) on_near "$LSM" copy --direct=never "$@" "$URI" out.raw || rc=$? ;;
+        lsm-unsafe) on_near "$LSM" copy -t unsafe "$@" "$URI" out.raw || rc=$? ;;
+        nbdcopy) truncate -s 0 out.raw; on_near nbdcopy $NBDCOPY_OPTS "$URI" out.raw || rc=$? ;;
+        qemu) on_near qemu-img convert $QEMU_OPTS -f raw -O raw "$URI" out.raw || rc=$? ;;
         esac
     else
         case $tool in
-        lsm) on_near "$LSM" copy "$@" top.raw "$URI" ;;
-        lsm-buf) on_near "$LSM" copy --direct=never "$@" top.raw "$URI" ;;
-        nbdcopy) on_near nbdcopy $NBDCOPY_OPTS top.raw "$URI" ;;
-        qemu) on_near qemu-img convert $QEMU_OPTS -n -f raw -O raw top.raw "$URI" ;;
+        lsm) on_near "$LSM" copy "$@" top.raw "$URI" || rc=$? ;;
+        lsm-buf) on_near "$LSM" copy --direct=never "$@" top.raw "$URI" || rc=$? ;;
+        lsm-unsafe) on_near "$LSM" copy -t unsafe "$@" top.raw "$URI" || rc=$? ;;
+        nbdcopy) on_near nbdcopy $NBDCOPY_OPTS top.raw "$URI" || rc=$? ;;
+        qemu) on_near qemu-img convert $QEMU_OPTS -n -f raw -O raw top.raw "$URI" || rc=$? ;;
         esac
     fi
     t1=$(date +%s%N)
+    # a failed copy is no sample (and the command substitution does not
+    # inherit set -e): stop the whole run
+    ((rc == 0)) || { echo "nbd-bench: $tool $dir failed (exit $rc)" >&2; exit 1; }
     echo "scale=3; ($t1 - $t0) / 1000000000" | bc
 }
 
@@ -202,8 +211,8 @@ if ((SWEEP)); then
     exit 0
 fi
 
-printf '%-12s %9s %9s %9s %9s %9s %9s %9s\n' row lsm lsm-buf nbdcopy qemu-img \
-    "lsm/nbdc" "buf/nbdc" "lsm/qemu"
+printf '%-12s %9s %9s %10s %9s %9s %9s %9s %9s %9s\n' row lsm lsm-buf lsm-unsafe nbdcopy \
+    qemu-img "lsm/nbdc" "buf/nbdc" "uns/nbdc" "lsm/qemu"
 for row in $ROWS; do
     link=${row%-*} dir=${row#*-}
     if [[ $link == tbf ]]; then netns_rate 1gbit; else netns_rate none; fi
@@ -221,9 +230,10 @@ for row in $ROWS; do
     med() { [[ -n ${S[$1]:-} ]] || { echo -; return; }; tr ' ' '\n' <<<"${S[$1]}" | grep . | median; }
     # speed-up: the other tool's time over lsm-sync's ("-": a column not run)
     ratio() { [[ $1 == - || $2 == - ]] && { echo -; return; }; printf '%.2fx' "$(echo "$1 / $2" | bc -l)"; }
-    lsm=$(med lsm) buf=$(med lsm-buf) nbc=$(med nbdcopy) qem=$(med qemu)
-    printf '%-12s %9s %9s %9s %9s %9s %9s %9s\n' "$row" "$lsm" "$buf" "$nbc" "$qem" \
-        "$(ratio "$nbc" "$lsm")" "$(ratio "$nbc" "$buf")" "$(ratio "$qem" "$lsm")"
+    lsm=$(med lsm) buf=$(med lsm-buf) uns=$(med lsm-unsafe) nbc=$(med nbdcopy) qem=$(med qemu)
+    printf '%-12s %9s %9s %10s %9s %9s %9s %9s %9s %9s\n' "$row" "$lsm" "$buf" "$uns" "$nbc" "$qem" \
+        "$(ratio "$nbc" "$lsm")" "$(ratio "$nbc" "$buf")" "$(ratio "$nbc" "$uns")" \
+        "$(ratio "$qem" "$lsm")"
     unset S
 done
 netns_rate none
