@@ -1110,9 +1110,15 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
         if (g->committed && g->o->fail_at && !strcmp(g->o->fail_at, "commit"))
             r = lsm_error(-EIO, "%s: failure injected past the commit point (--fail-at "
                           "commit)", d->disk);
+        /* tests: the pivot held not ready (-EAGAIN) until the deadline:
+         * pivot-wait the first one, commit-wait every one after it */
+        const char *hold = g->o->fail_at;
+        if (hold && strcmp(hold, g->committed ? "commit-wait" : "pivot-wait"))
+            hold = NULL;
         for (; r == 0;) {
             _cleanup_free_ char *active = NULL;
-            r = lsm_mirror_finish(d->m, false, 0, &d->st, &active);
+            r = hold ? lsm_error(-EAGAIN, "not ready (injected by --fail-at %s)", hold)
+                     : lsm_mirror_finish(d->m, false, 0, &d->st, &active);
             if (r == 0)
                 break;
             if (r != -EAGAIN || (ms >= 0 && lsm_now_ns() >= deadline))
