@@ -1115,7 +1115,7 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
         const char *hold = g->o->fail_at;
         if (hold && strcmp(hold, g->committed ? "commit-wait" : "pivot-wait"))
             hold = NULL;
-        for (; r == 0;) {
+        while (r == 0) {
             _cleanup_free_ char *active = NULL;
             r = hold ? lsm_error(-EAGAIN, "not ready (injected by --fail-at %s)", hold)
                      : lsm_mirror_finish(d->m, false, 0, &d->st, &active);
@@ -1129,6 +1129,7 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
             }
             struct timespec ts = { 0, POLL_MS * 1000000L };
             nanosleep(&ts, NULL);
+            r = 0;   /* not ready yet: ask again */
         }
         if (r == 0) {
             d->pivoted = true;
@@ -1141,9 +1142,13 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
                 first = s;
             continue;
         }
-        if (r == -EAGAIN)
-            r = lsm_error(-ETIMEDOUT, "%s was not ready to pivot within %.0f s: %s", d->disk,
-                          (double)ms / 1000, lsm_last_error());
+        if (r == -EAGAIN) {
+            /* (the last error is the reason: a prefix, not an argument of
+             * lsm_error, which writes the buffer it would read) */
+            lsm_error_prefix("%s was not ready to pivot within %.0f s", d->disk,
+                             (double)ms / 1000);
+            r = -ETIMEDOUT;
+        }
         if (!g->committed)
             return r;
         /* past the commit point: the disk keeps mirroring; go on */
