@@ -186,7 +186,7 @@ check partial-message grep -q "past the commit point, not every disk pivoted: vd
 check partial-outcome grep -q '"outcome":"partial"' <(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' m7.json | tr -d ' ')
 check partial-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
 check partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst2"
-check partial-vdc-still-mirroring lvenv_virsh blockjob "$DOM" vdc --info >/dev/null 2>&1
+check partial-vdc-still-mirroring has_job vdc
 check partial-journal-kept test -s "$STATE/$DOM.json"
 rc=0
 "${MIG[@]}" "$DOM" --rollback >m7r.out 2>m7r.err || rc=$?
@@ -200,7 +200,7 @@ check partial-resume-vdc-on-dst5 test "$(dirname "$(source_of vdc)")" = "$T/dst5
 check partial-resume-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
 check partial-resume-no-journal no_journal
 check partial-resume-no-job no_job
-check partial-resume-no-vdc-job test -z "$(lvenv_virsh blockjob "$DOM" vdc --info 2>/dev/null | grep '%')"
+check partial-resume-no-vdc-job no_job vdc
 lvenv_virsh suspend "$DOM" >/dev/null
 check blocks-verify-on-dst5 verify "$(source_of vda)"
 check partial-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
