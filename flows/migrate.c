@@ -1745,10 +1745,13 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
                               g.removed == 1 ? "" : "s");
                 } else {
                     res->outcome = LSM_MIGRATE_STOPPED;
+                    /* the rollback's error, copied: save() can replace it,
+                     * and lsm_error() formats into the buffer it is in */
+                    char rb_why[512];
+                    snprintf(rb_why, sizeof rb_why, "%s", lsm_last_error());
                     save(&g);
                     lsm_error(r, "%s; the rollback did not finish (%s)%s%s: run --rollback "
-                              "again", why, lsm_last_error(), g.left[0] ? "; left: " : "",
-                              g.left);
+                              "again", why, rb_why, g.left[0] ? "; left: " : "", g.left);
                 }
                 g.phase = "rollback";
                 report(&g, "%s", lsm_last_error());
