@@ -69,7 +69,9 @@ static void usage(FILE *f)
         "would make them):\n"
         CLI_EXTEND_POLICY_HELP
         "  --fail-at=PHASE          tests: fail at the start of PHASE (" LSM_MIGRATE_PHASES "),\n"
-        "                           or with commit every pivot after the first\n",
+        "                           or with commit every pivot after the first;\n"
+        "                           pivot-wait: the first pivot is not ready until the\n"
+        "                           --pivot-timeout deadline; commit-wait: every one after it\n",
         LSM_MIGRATE_DEFAULT_STATE_DIR);
 }
 
@@ -347,12 +349,14 @@ int cmd_migrate(int argc, char **argv)
             break;
         case OPT_FAIL_AT: {
             static const char *const phases[] = { "snapshot", "clone", "replicate", "sync",
-                                                  "pivot", "commit" };
+                                                  "pivot", "commit", "pivot-wait",
+                                                  "commit-wait" };
             bool ok = false;
             for (size_t i = 0; i < ARRAY_SIZE(phases); i++)
                 ok = ok || !strcmp(optarg, phases[i]);
             if (!ok)
-                return cli_usage_error(CMD, "--fail-at takes a phase (%s) or commit, not '%s'",
+                return cli_usage_error(CMD, "--fail-at takes a phase (%s), commit, pivot-wait "
+                                       "or commit-wait, not '%s'",
                                        LSM_MIGRATE_PHASES, optarg);
             o.fail_at = optarg;
             break;

@@ -1117,9 +1117,15 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
         if (g->committed && g->o->fail_at && !strcmp(g->o->fail_at, "commit"))
             r = lsm_error(-EIO, "%s: failure injected past the commit point (--fail-at "
                           "commit)", d->disk);
-        for (; r == 0;) {
+        /* tests: the pivot held not ready (-EAGAIN) until the deadline:
+         * pivot-wait the first one, commit-wait every one after it */
+        const char *hold = g->o->fail_at;
+        if (hold && strcmp(hold, g->committed ? "commit-wait" : "pivot-wait"))
+            hold = NULL;
+        while (r == 0) {
             _cleanup_free_ char *active = NULL;
-            r = lsm_mirror_finish(d->m, false, 0, &d->st, &active);
+            r = hold ? lsm_error(-EAGAIN, "not ready (injected by --fail-at %s)", hold)
+                     : lsm_mirror_finish(d->m, false, 0, &d->st, &active);
             if (r == 0)
                 break;
             if (r != -EAGAIN || (ms >= 0 && lsm_now_ns() >= deadline))
@@ -1130,6 +1136,7 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
             }
             struct timespec ts = { 0, POLL_MS * 1000000L };
             nanosleep(&ts, NULL);
+            r = 0;   /* not ready yet: ask again */
         }
         if (r == 0) {
             d->pivoted = true;
@@ -1142,9 +1149,13 @@ static int pivot(struct mig *g, char *reason, size_t reason_len)
                 first = s;
             continue;
         }
-        if (r == -EAGAIN)
-            r = lsm_error(-ETIMEDOUT, "%s was not ready to pivot within %.0f s: %s", d->disk,
-                          (double)ms / 1000, lsm_last_error());
+        if (r == -EAGAIN) {
+            /* (the last error is the reason: a prefix, not an argument of
+             * lsm_error, which writes the buffer it would read) */
+            lsm_error_prefix("%s was not ready to pivot within %.0f s", d->disk,
+                             (double)ms / 1000);
+            r = -ETIMEDOUT;
+        }
         if (!g->committed)
             return r;
         /* past the commit point: the disk keeps mirroring; go on */
@@ -1741,10 +1752,13 @@ int lsm_migrate(const struct lsm_migrate_opts *o, struct lsm_migrate_result *res
                               g.removed == 1 ? "" : "s");
                 } else {
                     res->outcome = LSM_MIGRATE_STOPPED;
+                    /* the rollback's error, copied: save() can replace it,
+                     * and lsm_error() formats into the buffer it is in */
+                    char rb_why[512];
+                    snprintf(rb_why, sizeof rb_why, "%s", lsm_last_error());
                     save(&g);
                     lsm_error(r, "%s; the rollback did not finish (%s)%s%s: run --rollback "
-                              "again", why, lsm_last_error(), g.left[0] ? "; left: " : "",
-                              g.left);
+                              "again", why, rb_why, g.left[0] ? "; left: " : "", g.left);
                 }
                 g.phase = "rollback";
                 report(&g, "%s", lsm_last_error());

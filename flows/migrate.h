@@ -109,7 +109,10 @@ struct lsm_migrate_opts {
      * layers show the guest what the source's do (their block hashes). */
     bool no_checksum;
     const char *fail_at;              /* tests: fail at the start of this phase, or
-                                         "commit": every pivot after the first fails */
+                                         "commit": every pivot after the first fails;
+                                         "pivot-wait": the first pivot, "commit-wait":
+                                         every one after it, not ready (-EAGAIN) until
+                                         the pivot deadline */
     volatile sig_atomic_t *cancel;    /* set non-zero to stop (a signal handler) */
     lsm_migrate_progress_fn progress; /* called on the calling thread */
     void *opaque;

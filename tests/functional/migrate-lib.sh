@@ -100,7 +100,10 @@ grow_writes() { wg_grow src/ctl.raw console 30; }
 grow_info() { sed -n 's/^WRITER-GROW pass=\([0-9]*\) first=\([0-9]*\) nwin=\([0-9]*\).*/\1 \2 \3/p' console | head -n 1; }
 source_of() { lvenv_virsh domblklist "$DOM" | awk -v d="$1" '$1 == d { print $2 }'; }
 no_journal() { [[ ! -e $STATE/$DOM.json ]]; }
-no_job() { ! lvenv_virsh blockjob "$DOM" vda --info 2>/dev/null | grep -q '[0-9] *%'; }
+# has_job DISK: DISK has a block job (virsh prints its progress,
+# "Block Copy: [100 %]", on stderr, and exits 0 without a job too)
+has_job() { lvenv_virsh blockjob "$DOM" "$1" --info 2>&1 | grep -q '[0-9] *%'; }
+no_job() { ! has_job "${1:-vda}"; }   # no_job [DISK]: vda by default
 
 # verify TOP: the guest paused, every block it wrote is in TOP's chain, and
 # the layers' data below is what the test wrote.  The writer's schedule is

@@ -24,6 +24,14 @@
 #      fails): exit 1, outcome partial, vda on dst5 and vdc still mirroring,
 #      the journal kept; --rollback refused; --resume pivots vdc; vda's blocks
 #      verify, vdc's content is what it was.
+#   3c. the pivot deadline, --pivot-timeout 2: (a) vda's pivot held not
+#      ready (--fail-at pivot-wait) until it passes: exit 1, one line naming
+#      vda and the deadline, rolled back (the VM on its source side, dst6
+#      empty, no job, no journal), the guest writes on, and 2 s (not 60)
+#      between the start of the pivots and the rollback; (b) vda and vdc,
+#      vdc held past the commit point (--fail-at commit-wait): exit 1,
+#      partial with vdc's deadline as the reason, vdc still mirroring;
+#      --resume pivots it: both on dst6.
 #   4. SIGKILL during the sync phase, then --rollback: dst3 empty, VM where
 #      it was, no job; and SIGTERM during the sync: exit 1, rolled back.
 #   5. a mirror held to 1 KiB/s (--stall-timeout 1): restarted with
@@ -52,7 +60,7 @@ at_exit() {
 lvenv_at_exit at_exit
 
 
-mkdir -p src dst1 dst2 dst3 dst4 dst5 "$STATE"
+mkdir -p src dst1 dst2 dst3 dst4 dst5 dst6 "$STATE"
 . "$SOURCE_DIR/tests/functional/migrate-lib.sh"
 
 expect() {
@@ -186,7 +194,7 @@ check partial-message grep -q "past the commit point, not every disk pivoted: vd
 check partial-outcome grep -q '"outcome":"partial"' <(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' m7.json | tr -d ' ')
 check partial-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
 check partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst2"
-check partial-vdc-still-mirroring lvenv_virsh blockjob "$DOM" vdc --info >/dev/null 2>&1
+check partial-vdc-still-mirroring has_job vdc
 check partial-journal-kept test -s "$STATE/$DOM.json"
 rc=0
 "${MIG[@]}" "$DOM" --rollback >m7r.out 2>m7r.err || rc=$?
@@ -200,11 +208,75 @@ check partial-resume-vdc-on-dst5 test "$(dirname "$(source_of vdc)")" = "$T/dst5
 check partial-resume-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
 check partial-resume-no-journal no_journal
 check partial-resume-no-job no_job
-check partial-resume-no-vdc-job test -z "$(lvenv_virsh blockjob "$DOM" vdc --info 2>/dev/null | grep '%')"
+check partial-resume-no-vdc-job no_job vdc
 lvenv_virsh suspend "$DOM" >/dev/null
 check blocks-verify-on-dst5 verify "$(source_of vda)"
 check partial-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
 lvenv_virsh resume "$DOM" >/dev/null
+
+log "section 3c at ${SECONDS} s"
+# ---- 3c. the pivot deadline ----
+# (a) before the commit point: vda is held not ready until the deadline
+before=$(source_of vda)
+t0=$(date +%s%N)
+rc=0
+"${MIG[@]}" "$DOM" --disk vda --dst-dir "$T/dst6" --pivot-timeout 2 --fail-at pivot-wait \
+    --progress=json >m8.out 2>m8.err || rc=$?
+t8=$((($(date +%s%N) - t0) / 1000000))
+grep -v '^{' m8.err >m8.msg
+log "$(cat m8.msg) (the run took $t8 ms)"
+check wait-exit-1 test "$rc" = 1
+check wait-one-line test "$(wc -l <m8.msg)" = 1
+check wait-message grep -q "vda was not ready to pivot within 2 s: not ready (injected by --fail-at pivot-wait); rolled back" m8.msg
+# from the start of the pivots to the rollback: the 2 s deadline, not the default 60 s
+waited=$(python3 -c '
+import json, sys
+start = end = None
+for l in open(sys.argv[1]):
+    if not l.startswith("{"):
+        continue
+    p = json.loads(l)
+    if p.get("message") == "every mirror is ready: pivoting":
+        start = p["elapsed"]
+    elif p["phase"] == "rollback" and start is not None and end is None:
+        end = p["elapsed"]
+print(-1 if start is None or end is None else int((end - start) * 1000))' m8.err)
+log "pivots started to rollback: $waited ms"
+check wait-used-deadline test "$waited" -ge 1990 -a "$waited" -lt 10000
+check wait-run-short test "$t8" -lt 30000
+check wait-stays-dir test "$(dirname "$(source_of vda)")" = "$(dirname "$before")"
+check wait-stays-on-source test "$(qemu-img info -U --output=json "$(source_of vda)" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = "$(basename "$before")"
+check wait-no-job no_job
+check wait-dst6-empty test -z "$(ls -A dst6)"
+check wait-no-journal no_journal
+p=$(last_pass)
+check wait-writes-on wait_pass $((p + 1)) 60
+
+# (b) past the commit point: vda pivots, vdc is held not ready until the deadline
+rc=0
+"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst6" --pivot-timeout 2 --fail-at commit-wait \
+    --progress=json --output=json >m9.json 2>m9.err || rc=$?
+grep -v '^{' m9.err >m9.msg
+log "$(cat m9.msg)"
+check wait-partial-exit-1 test "$rc" = 1
+check wait-partial-one-line test "$(wc -l <m9.msg)" = 1
+check wait-partial-message grep -q "past the commit point, not every disk pivoted: vdc was not ready to pivot within 2 s: not ready (injected by --fail-at commit-wait).*run --resume" m9.msg
+check wait-partial-outcome python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["outcome"] != "partial")' m9.json
+check wait-partial-vda-on-dst6 test "$(dirname "$(source_of vda)")" = "$T/dst6"
+check wait-partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst5"
+check wait-partial-vdc-mirroring has_job vdc
+check wait-partial-journal-kept test -s "$STATE/$DOM.json"
+rc=0
+"${MIG[@]}" "$DOM" --resume >m9r.out 2>m9r.err || rc=$?
+check wait-resume-exit-0 test "$rc" = 0
+[[ $rc == 0 ]] || log "$(cat m9r.err)"
+check wait-resume-vdc-on-dst6 test "$(dirname "$(source_of vdc)")" = "$T/dst6"
+check wait-resume-vda-on-dst6 test "$(dirname "$(source_of vda)")" = "$T/dst6"
+check wait-resume-no-journal no_journal
+check wait-resume-no-job no_job
+check wait-resume-no-vdc-job no_job vdc
+check wait-resume-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
 
 log "section 4 at ${SECONDS} s"
 # ---- 4. SIGKILL, then --rollback; SIGTERM ----
