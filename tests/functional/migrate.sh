@@ -253,15 +253,16 @@ check wait-no-journal no_journal
 p=$(last_pass)
 check wait-writes-on wait_pass $((p + 1)) 60
 
-# (b) past the commit point: vda pivots, vdc is held not ready until the deadline
+# (b) past the commit point: vda pivots, vdc is held not ready until the
+# deadline (5 s: vda's real pivot must land inside it on a loaded machine)
 rc=0
-"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst6" --pivot-timeout 2 --fail-at commit-wait \
+"${MIG[@]}" "$DOM" --disk vda --disk vdc --dst-dir "$T/dst6" --pivot-timeout 5 --fail-at commit-wait \
     --progress=json --output=json >m9.json 2>m9.err || rc=$?
 grep -v '^{' m9.err >m9.msg
 log "$(cat m9.msg)"
 check wait-partial-exit-1 test "$rc" = 1
 check wait-partial-one-line test "$(wc -l <m9.msg)" = 1
-check wait-partial-message grep -q "past the commit point, not every disk pivoted: vdc was not ready to pivot within 2 s: not ready (injected by --fail-at commit-wait).*run --resume" m9.msg
+check wait-partial-message grep -q "past the commit point, not every disk pivoted: vdc was not ready to pivot within 5 s: not ready (injected by --fail-at commit-wait).*run --resume" m9.msg
 check wait-partial-outcome python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["outcome"] != "partial")' m9.json
 check wait-partial-vda-on-dst6 test "$(dirname "$(source_of vda)")" = "$T/dst6"
 check wait-partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst5"
