@@ -32,7 +32,8 @@
 # the like-for-like column; "lsm-unsafe" (not run unless --tools names it)
 # is lsm-sync -t unsafe: buffered and never flushed, as nbdcopy without
 # --flush and qemu-img convert by default.  Ratios are speed-ups over nbdcopy / qemu-img
-# (their median time over lsm-sync's).  Every sample: $SAMPLES.
+# (their median time over lsm-sync's).  Every sample: $SAMPLES.  Between
+# runs an untimed sync: each starts with nothing dirty in the page cache.
 # --sweep: lsm-sync alone over veth, request size x requests in flight x
 # connections (how the defaults were chosen; SWEEP_LINK, SWEEP_DIRS,
 # SWEEP_SIZES, SWEEP_M and SWEEP_C in the environment narrow it).  Needs root (namespaces),
@@ -224,6 +225,10 @@ for row in $ROWS; do
             serve "$link" "$dir"
             S[$tool]+="$(run "$tool" "$dir") "
             stop_far
+            # untimed: the next run starts with nothing dirty in the page
+            # cache (a tool that exits before its data is on the disk
+            # would otherwise slow whichever tool comes after it)
+            sync
         done
         echo "$row round $r: ${S[*]}" >>"$SAMPLES"
     done
