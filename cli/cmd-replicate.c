@@ -221,7 +221,12 @@ static int run_finish(const struct args *a, struct lsm_mirror *m)
     }
     _cleanup_free_ char *active = NULL;
     struct lsm_mirror_status st;
-    if (lsm_mirror_finish(m, a->wait, a->timeout_ms, &st, &active) < 0)
+    int r = lsm_mirror_finish(m, a->wait, a->timeout_ms, &st, &active);
+    if (r == -EAGAIN) {
+        cli_error(a->what, "%s; retry with --wait", lsm_last_error());
+        return EXIT_OPERATIONAL;
+    }
+    if (r < 0)
         return cli_fail(a->what);
     return report_end(a, m, "pivoted", active, &st);
 }

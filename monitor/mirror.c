@@ -200,7 +200,7 @@ int lsm_mirror_finish(struct lsm_mirror *m, bool wait, int64_t timeout_ms,
         return lsm_error(-EIO, "mirror of %s failed; abort it to stay on the source", m->what);
     if (st.phase != LSM_MIRROR_READY) {
         if (!wait)
-            return lsm_error(-EAGAIN, "not ready yet (%u%% copied); retry with --wait",
+            return lsm_error(-EAGAIN, "not ready yet (%u%% copied)",
                              lsm_mirror_percent(&st));
         r = lsm_mirror_wait_ready(m, timeout_ms, &st);
         if (r < 0)

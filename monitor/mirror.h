@@ -125,7 +125,7 @@ int lsm_mirror_wait_ready(struct lsm_mirror *m, int64_t timeout_ms,
                           struct lsm_mirror_status *st);
 
 /* Pivot to the destination.  Not READY and !wait: -EAGAIN with
- * "not ready yet (N% copied); retry with --wait".  With wait, waits up to
+ * "not ready yet (N% copied)".  With wait, waits up to
  * timeout_ms (< 0: no limit) first.  On success *active (malloc'd, may be
  * NULL if not wanted) is the source the target uses afterwards, read back
  * from the backend; it is checked to be the destination.  *st (may be NULL)
