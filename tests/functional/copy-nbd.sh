@@ -41,19 +41,26 @@ done
 if command -v strace >/dev/null; then
     # LeakSanitizer cannot run under ptrace: leaks are checked by the runs without strace.
     asan_noleak=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
-    rm -f bg.raw ref.raw
-    if nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
-           --run "LSM_FILE_SYNC_EVERY=4194304 ASAN_OPTIONS=$asan_noleak strace -f -qq -e trace=fdatasync,fsync -o bg.strace \"$LSM_SYNC\" copy --io=psync -f raw \"\$uri\" bg.raw && qemu-img convert -f raw \"\$uri\" ref.raw" 2>err.log; then
-        n=$(grep -cE '^[0-9]+ +(fdatasync|fsync)\(' bg.strace || :)
-        if ((n >= 5)); then
-            same "nbd background syncs" ref.raw bg.raw && pass "nbd background syncs ($n syncs)"
+    # synced_pull CASE WANT OPTS...: a pull under strace with OPTS, its
+    # fsync/fdatasync calls counted and compared (arithmetic WANT on n)
+    synced_pull() {
+        local case=$1 want=$2 n
+        shift 2
+        rm -f bg.raw ref.raw
+        if nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
+               --run "LSM_FILE_SYNC_EVERY=4194304 ASAN_OPTIONS=$asan_noleak strace -f -qq -e trace=fdatasync,fsync -o bg.strace \"$LSM_SYNC\" copy $* --io=psync -f raw \"\$uri\" bg.raw && qemu-img convert -f raw \"\$uri\" ref.raw" 2>err.log; then
+            n=$(grep -cE '^[0-9]+ +(fdatasync|fsync)\(' bg.strace || :)
+            if (($want)); then
+                same "$case" ref.raw bg.raw && pass "$case ($n syncs)"
+            else
+                fail "$case" "$n fsync/fdatasync calls, want $want"
+            fi
         else
-            fail "nbd background syncs" "$n fsync/fdatasync calls, want at least 5"
+            fail "$case" "$(head -n3 err.log)"
         fi
-    else
-        fail "nbd background syncs" "$(head -n3 err.log)"
-    fi
-    rm -f bg.raw ref.raw bg.strace
+        rm -f bg.raw ref.raw bg.strace
+    }
+    synced_pull "nbd background syncs" 'n >= 5'
     rc=0
     nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
         --run "LSM_FILE_SYNC_EVERY=4194304 LSM_IO_FAULT=flush:1:EIO \"$LSM_SYNC\" copy --io=psync -f raw \"\$uri\" bg.raw" >err.log 2>&1 || rc=$?
@@ -64,18 +71,7 @@ if command -v strace >/dev/null; then
     fi
     rm -f bg.raw
     # -t unsafe: no sync at all, background or final, and the same bytes
-    if nbdkit -U - sparse-random size=256M percent=30 random-content=true seed=7 \
-           --run "LSM_FILE_SYNC_EVERY=4194304 ASAN_OPTIONS=$asan_noleak strace -f -qq -e trace=fdatasync,fsync -o bg.strace \"$LSM_SYNC\" copy -t unsafe --io=psync -f raw \"\$uri\" bg.raw && qemu-img convert -f raw \"\$uri\" ref.raw" 2>err.log; then
-        n=$(grep -cE '^[0-9]+ +(fdatasync|fsync)\(' bg.strace || :)
-        if ((n == 0)); then
-            same "nbd -t unsafe" ref.raw bg.raw && pass "nbd -t unsafe: no sync"
-        else
-            fail "nbd -t unsafe" "$n fsync/fdatasync calls, want none"
-        fi
-    else
-        fail "nbd -t unsafe" "$(head -n3 err.log)"
-    fi
-    rm -f bg.raw ref.raw bg.strace
+    synced_pull "nbd -t unsafe: no sync" 'n == 0' -t unsafe
 else
     skip_case "nbd background syncs" "strace is not installed (scripts/deps.sh --tests installs it)"
 fi

@@ -200,15 +200,19 @@ rc=0
 "${MIG[@]}" "$DOM" --rollback >m7r.out 2>m7r.err || rc=$?
 check partial-no-rollback test "$rc" = 1
 check partial-no-rollback-message grep -q "past the commit point.*cannot be rolled back" m7r.err
-rc=0
-"${MIG[@]}" "$DOM" --resume --output=json >m7s.json 2>m7s.err || rc=$?
-check partial-resume-exit-0 test "$rc" = 0
-[[ $rc == 0 ]] || log "$(cat m7s.err)"
-check partial-resume-vdc-on-dst5 test "$(dirname "$(source_of vdc)")" = "$T/dst5"
-check partial-resume-vda-on-dst5 test "$(dirname "$(source_of vda)")" = "$T/dst5"
-check partial-resume-no-journal no_journal
-check partial-resume-no-job no_job
-check partial-resume-no-vdc-job no_job vdc
+# the partial result's --resume pivots vdc: both disks on DIR, nothing left
+resume_partial() {
+    local tag=$1 dir=$2 rc=0
+    "${MIG[@]}" "$DOM" --resume >"$tag.resume.out" 2>"$tag.resume.err" || rc=$?
+    check "$tag-resume-exit-0" test "$rc" = 0
+    [[ $rc == 0 ]] || log "$(cat "$tag.resume.err")"
+    check "$tag-resume-vdc-on-$(basename "$dir")" test "$(dirname "$(source_of vdc)")" = "$dir"
+    check "$tag-resume-vda-on-$(basename "$dir")" test "$(dirname "$(source_of vda)")" = "$dir"
+    check "$tag-resume-no-journal" no_journal
+    check "$tag-resume-no-job" no_job
+    check "$tag-resume-no-vdc-job" no_job vdc
+}
+resume_partial partial "$T/dst5"
 lvenv_virsh suspend "$DOM" >/dev/null
 check blocks-verify-on-dst5 verify "$(source_of vda)"
 check partial-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
@@ -268,15 +272,7 @@ check wait-partial-vda-on-dst6 test "$(dirname "$(source_of vda)")" = "$T/dst6"
 check wait-partial-vdc-not-yet test "$(dirname "$(source_of vdc)")" = "$T/dst5"
 check wait-partial-vdc-mirroring has_job vdc
 check wait-partial-journal-kept test -s "$STATE/$DOM.json"
-rc=0
-"${MIG[@]}" "$DOM" --resume >m9r.out 2>m9r.err || rc=$?
-check wait-resume-exit-0 test "$rc" = 0
-[[ $rc == 0 ]] || log "$(cat m9r.err)"
-check wait-resume-vdc-on-dst6 test "$(dirname "$(source_of vdc)")" = "$T/dst6"
-check wait-resume-vda-on-dst6 test "$(dirname "$(source_of vda)")" = "$T/dst6"
-check wait-resume-no-journal no_journal
-check wait-resume-no-job no_job
-check wait-resume-no-vdc-job no_job vdc
+resume_partial wait "$T/dst6"
 check wait-resume-vdc-same qemu-img compare -U -q vdc-before.qcow2 "$(source_of vdc)"
 
 log "section 4 at ${SECONDS} s"
