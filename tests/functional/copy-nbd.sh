@@ -98,4 +98,22 @@ for out in raw qcow2; do
 done
 stop_nbd
 
+# A pull onto the file the export serves (aliasing through the server):
+# qemu-nbd holds its lock, so the copy is refused with one line, with and
+# without -n, and the file keeps every byte.
+qemu-nbd -r -t -f raw -k "$T/q.sock" --pid-file="$T/q.pid" --fork base.raw
+sum=$(sha256sum <base.raw)
+for n in "" -n; do
+    rc=0
+    "$LSM_SYNC" copy $n "nbd+unix:///?socket=$T/q.sock" base.raw 2>err.log || rc=$?
+    if ((rc != 1)) || [[ $(wc -l <err.log) != 1 ]] || ! grep -q "lock" err.log; then
+        fail "pull onto the export's file ${n:-new}" "exit $rc: $(cat err.log)"
+    elif [[ $(sha256sum <base.raw) != "$sum" ]]; then
+        fail "pull onto the export's file ${n:-new}" "base.raw changed"
+    else
+        pass "pull onto the export's file ${n:-new}"
+    fi
+done
+stop_nbd
+
 finish
