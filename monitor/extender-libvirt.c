@@ -199,6 +199,14 @@ static void kick_locked(struct drive *d)
     pthread_cond_signal(&d->cond);
 }
 
+/* Kick every drive; returns the new kick generation.  x->lock held. */
+static uint64_t kick_all_locked(struct lsm_extender *x)
+{
+    for (unsigned k = 0; k < x->ndrives; k++)
+        kick_locked(&x->drives[k]);
+    return ++x->kick_gen;
+}
+
 /* ---- the live XML ---- */
 
 struct layout_side {
@@ -1103,8 +1111,7 @@ static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int de
     if (event == VIR_DOMAIN_EVENT_SUSPENDED && detail == VIR_DOMAIN_EVENT_SUSPENDED_IOERROR) {
         x->paused = true;
         x->refused_why = NULL;
-        for (unsigned k = 0; k < x->ndrives; k++)
-            kick_locked(&x->drives[k]);
+        kick_all_locked(x);
     } else if (event == VIR_DOMAIN_EVENT_RESUMED) {
         x->paused = false;
         for (unsigned k = 0; k < x->ndrives; k++)
@@ -1235,9 +1242,7 @@ static int ext_subscribe(struct lsm_extender *x, lsm_monitor_cb cb, void *opaque
 static void ext_kick(struct lsm_extender *x)
 {
     pthread_mutex_lock(&x->lock);
-    x->kick_gen++;
-    for (unsigned k = 0; k < x->ndrives; k++)
-        kick_locked(&x->drives[k]);
+    kick_all_locked(x);
     pthread_mutex_unlock(&x->lock);
 }
 
@@ -1336,9 +1341,7 @@ static int ext_refresh(struct lsm_extender *x, int timeout_ms)
 {
     struct timespec ts = realtime_deadline(timeout_ms);
     pthread_mutex_lock(&x->lock);
-    uint64_t gen = ++x->kick_gen;
-    for (unsigned k = 0; k < x->ndrives; k++)
-        kick_locked(&x->drives[k]);
+    uint64_t gen = kick_all_locked(x);
     int r = 0;
     for (;;) {
         bool done = true;
